@@ -1,0 +1,1 @@
+"""The `megagpt` command line and the ways it starts processes (local, torchrun, srun)."""

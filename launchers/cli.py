@@ -1,0 +1,134 @@
+"""`megagpt`: one command for every stage.
+
+    megagpt pretrain --config PATH [--nproc N] [key=value ...]
+    megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
+    megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
+
+A bad config, a bad override or an impossible layout ends the command with one line
+naming the key and value, before any process starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from megagpt.config import Config, ConfigError, load_config, validate
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "demo", "tiny.yaml")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"megagpt: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megagpt", description="CommonCrawl to a pretrained, aligned GPT.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain a GPT (3D parallel)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    d = sub.add_parser("demo", help="build the embedded stdlib-docstring corpus and pretrain the tiny model on it")
+    d.add_argument("--nproc", type=int, default=8)
+    d.add_argument("--run-dir", default="runs/demo")
+    d.add_argument("overrides", nargs="*", metavar="key=value")
+
+    t = sub.add_parser("tokenize", help="text/JSONL files -> Megatron .bin/.idx with a byte-level BPE")
+    t.add_argument("--input", nargs="+", required=True)
+    t.add_argument("--output-prefix", required=True)
+    t.add_argument("--tokenizer", help="tokenizer.json to use")
+    t.add_argument("--vocab", help="GPT-2 vocab.json (with --merges)")
+    t.add_argument("--merges", help="GPT-2 merges.txt (with --vocab)")
+    t.add_argument("--vocab-size", type=int, help="train a new BPE of this size on the input")
+    t.add_argument("--text-key", default="text", help="JSONL field holding the text")
+    return parser
+
+
+def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
+    from launchers.local import existing_world_size, join_existing_world, launch_local
+
+    world = existing_world_size()
+    validate(cfg, world or nproc)
+    if world is None and nproc > 1:
+        return launch_local(nproc, argv)
+    join_existing_world()
+    from megagpt.train.pretrain import pretrain
+
+    pretrain(cfg)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    argv = ["pretrain", "--config", args.config, *args.overrides]
+    return run_pretrain(cfg, args.nproc, argv)
+
+
+def cmd_demo(args) -> int:
+    from launchers.local import existing_world_size
+    from megagpt.data.demo_corpus import build_demo_shard
+
+    overrides = [f"run.dir={args.run_dir}", *args.overrides]
+    cfg = load_config(DEMO_CONFIG, overrides)
+    validate(cfg, existing_world_size() or args.nproc, check_data=False)
+    prefix = build_demo_shard(os.path.join(args.run_dir, "data"), cfg.model.vocab_size)
+    overrides.append(f"data.prefixes=[{prefix}]")
+    cfg = load_config(DEMO_CONFIG, overrides)
+    return run_pretrain(cfg, args.nproc, ["pretrain", "--config", DEMO_CONFIG, *overrides])
+
+
+def cmd_tokenize(args) -> int:
+    from megagpt.data.shards import read_documents, write_shard
+    from megagpt.data.tokenizer import Tokenizer
+
+    for path in args.input:
+        if not os.path.isfile(path):
+            fail(f"--input {path}: file not found")
+    chosen = [bool(args.tokenizer), bool(args.vocab or args.merges), args.vocab_size is not None]
+    if sum(chosen) != 1:
+        fail("give exactly one of --tokenizer, --vocab/--merges, --vocab-size")
+    if args.tokenizer:
+        tok = Tokenizer.load(args.tokenizer)
+    elif args.vocab or args.merges:
+        if not (args.vocab and args.merges):
+            fail("--vocab and --merges go together")
+        tok = Tokenizer.from_gpt2_files(args.vocab, args.merges)
+    else:
+        try:
+            tok = Tokenizer.train(read_documents(args.input, args.text_key), args.vocab_size)
+        except ValueError as exc:
+            fail(str(exc))
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
+        tok.save(args.output_prefix + ".tokenizer.json")
+    try:
+        counts = write_shard(args.output_prefix, read_documents(args.input, args.text_key), tok)
+    except ValueError as exc:  # a malformed JSONL line, named by path:line
+        fail(str(exc))
+    print(f"wrote {args.output_prefix}.bin/.idx: {counts['documents']} documents, {counts['tokens']} tokens, "
+          f"vocab {tok.vocab_size}, eod id {tok.eod}")
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as exc:
+        fail(str(exc))
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

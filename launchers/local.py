@@ -1,0 +1,47 @@
+"""Starting or joining the world: N local processes (torch elastic), or the one torchrun/srun made."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping, Sequence
+
+from launchers.slurm_env import in_slurm_step, torch_env_from_slurm
+
+
+def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
+    """The world this process was started into by torchrun or srun, if any."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"])
+    if in_slurm_step(env):
+        return int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"])
+    return None
+
+
+def join_existing_world() -> None:
+    """Under srun, translate Slurm's variables once, before torch.distributed reads them."""
+    if "RANK" not in os.environ and in_slurm_step(os.environ):
+        os.environ.update(torch_env_from_slurm(os.environ))
+
+
+def launch_local(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m launchers.cli *argv` as nproc local processes; returns an exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from megagpt.parallel.distributed import free_port
+
+    # 2 cores shared by 8 ranks: more threads per rank only thrash.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"megagpt-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
+                          monitor_interval=0.1)
+    try:
+        elastic_launch(config, sys.executable)("-m", "launchers.cli", *argv)
+    except ChildFailedError as exc:
+        failures = exc.failures
+        first = min(failures)
+        print(f"megagpt: error: rank {first} of {nproc} failed (exit code {failures[first].exitcode})",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,326 @@
+"""Typed run configuration: YAML files plus dotted command-line overrides.
+
+A config file may name other files under `base:` (paths relative to itself); they are
+merged first, in order, so presets in configs/model/ compose with run files. Every key
+is checked against the dataclasses below, and `validate()` rejects impossible runs with
+one line naming the keys and values at fault, before any process group exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and value."""
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 12
+    hidden_size: int = 768
+    num_heads: int = 12
+    ffn_hidden_size: Optional[int] = None  # default 4 * hidden_size
+    seq_length: int = 1024
+    vocab_size: int = 50257
+    # Vocab is padded to a multiple of this, independent of tp, so every layout holds the same matrix.
+    make_vocab_size_divisible_by: int = 128
+    norm_position: str = "pre"  # "pre": GPT-2/3 (plus a final norm); "post": GPT-1
+    layernorm_epsilon: float = 1e-5
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_std: float = 0.02
+    # GPT-2: residual output projections start at init_std / sqrt(2 * num_layers).
+    scale_residual_init: bool = True
+    attention: str = "dense"  # "dense" | "alternating" (GPT-3: dense and locally banded layers alternate)
+    local_window: int = 256  # tokens a banded layer sees (distances 0..local_window-1)
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def padded_vocab_size(self) -> int:
+        d = self.make_vocab_size_divisible_by
+        return math.ceil(self.vocab_size / d) * d
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def is_local_layer(self, layer_index: int) -> bool:
+        return self.attention == "alternating" and layer_index % 2 == 1
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    zero_stage: int = 1
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of lr (GPT-3: 10%)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    warmup_tokens: int = 375_000_000
+    decay_tokens: Optional[int] = None  # default: the tokens of the whole run
+
+
+@dataclass
+class DataConfig:
+    prefixes: list = field(default_factory=list)  # Megatron .bin/.idx path prefixes
+    weights: Optional[list] = None  # per prefix; default: proportional to size
+    mixture: Optional[str] = None  # mixture.json written by the corpus pipeline
+    split: str = "969,30,1"  # train, validation, test
+    cache_dir: Optional[str] = None  # default: <run.dir>/data_cache
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch_size: int = 256
+    micro_batch_size: int = 4
+    seed: int = 1234
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on GPU only)
+    # GPT-3 batch ramp: from batch_ramp_start sequences, add batch_ramp_increment at a time,
+    # linearly in consumed tokens, reaching global_batch_size after batch_ramp_tokens.
+    batch_ramp_start: Optional[int] = None
+    batch_ramp_increment: Optional[int] = None
+    batch_ramp_tokens: int = 0
+    log_interval: int = 1
+    eval_interval: int = 0  # 0: no periodic held-out evaluation
+    eval_samples: int = 64
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    raw = _read_yaml_with_bases(path, seen=()) if path else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"malformed override {item!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed override {item!r}: {str(exc).splitlines()[0]}") from None
+    return key, value
+
+
+def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"config base cycle through {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
+    bases = raw.pop("base", None) or []
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        _deep_merge(merged, _read_yaml_with_bases(os.path.join(os.path.dirname(path), base), seen + (path,)))
+    _deep_merge(merged, raw)
+    return merged
+
+
+def _deep_merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[leaf] = value
+
+
+def from_dict(raw: dict) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section {name!r} (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {name} must be a mapping, got {values!r}")
+        built[name] = _build_section(name, sections[name].default_factory, values)
+    return Config(**built)
+
+
+def _build_section(section: str, cls: type, values: dict):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {section}.{key}={value!r}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "6e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is list or typing.get_origin(hint) is list:
+        if isinstance(value, list):
+            return value
+    raise ConfigError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    return world_size // (cfg.parallel.tp * cfg.parallel.pp)
+
+
+def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
+    """Reject a run that cannot work at this world size. Raises ConfigError."""
+    m, p, t, o = cfg.model, cfg.parallel, cfg.train, cfg.optim
+    for key, value in [
+        ("model.num_layers", m.num_layers), ("model.hidden_size", m.hidden_size),
+        ("model.num_heads", m.num_heads), ("model.seq_length", m.seq_length),
+        ("model.vocab_size", m.vocab_size), ("model.make_vocab_size_divisible_by", m.make_vocab_size_divisible_by),
+        ("model.local_window", m.local_window), ("parallel.tp", p.tp), ("parallel.pp", p.pp),
+        ("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
+        ("train.micro_batch_size", t.micro_batch_size), ("train.log_interval", t.log_interval),
+    ]:
+        _require(value >= 1, f"{key}={value} must be at least 1")
+    _require(m.norm_position in ("pre", "post"), f"model.norm_position={m.norm_position!r} must be 'pre' or 'post'")
+    _require(m.attention in ("dense", "alternating"), f"model.attention={m.attention!r} must be 'dense' or 'alternating'")
+    _require(m.hidden_size % m.num_heads == 0,
+             f"model.num_heads={m.num_heads} must divide model.hidden_size={m.hidden_size}")
+    _require(m.num_heads % p.tp == 0, f"parallel.tp={p.tp} must divide model.num_heads={m.num_heads}")
+    _require(m.ffn_size % p.tp == 0, f"parallel.tp={p.tp} must divide the MLP width {m.ffn_size}")
+    _require(m.padded_vocab_size % p.tp == 0,
+             f"parallel.tp={p.tp} must divide the padded vocab {m.padded_vocab_size} "
+             f"(model.vocab_size={m.vocab_size} rounded up to model.make_vocab_size_divisible_by="
+             f"{m.make_vocab_size_divisible_by})")
+    _require(m.num_layers % p.pp == 0, f"parallel.pp={p.pp} must divide model.num_layers={m.num_layers}")
+    _require(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
+    _require(p.pp == 1 or p.zero_stage <= 1,
+             f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 (DeepSpeed's pipeline takes ZeRO 0/1), got pp={p.pp}")
+    _require(world_size % (p.tp * p.pp) == 0,
+             f"world size {world_size} must be a multiple of parallel.tp*parallel.pp={p.tp}*{p.pp}")
+    dp = data_parallel_size(cfg, world_size)
+    per_step = t.micro_batch_size * dp
+    _require(t.global_batch_size % per_step == 0,
+             f"train.global_batch_size={t.global_batch_size} must be a multiple of "
+             f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+    if t.batch_ramp_start is not None:
+        inc = t.batch_ramp_increment
+        _require(inc is not None and inc >= 1, f"train.batch_ramp_increment={inc} must be set (>= 1) with a batch ramp")
+        for key, value in [("train.batch_ramp_start", t.batch_ramp_start), ("train.batch_ramp_increment", inc)]:
+            _require(value >= 1 and value % per_step == 0,
+                     f"{key}={value} must be a positive multiple of train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+        _require(t.batch_ramp_start <= t.global_batch_size and (t.global_batch_size - t.batch_ramp_start) % inc == 0,
+                 f"train.global_batch_size={t.global_batch_size} must be train.batch_ramp_start={t.batch_ramp_start} "
+                 f"plus a whole number of train.batch_ramp_increment={inc}")
+    if t.eval_interval:
+        _require(t.eval_samples >= per_step and t.eval_samples % per_step == 0,
+                 f"train.eval_samples={t.eval_samples} must be a positive multiple of "
+                 f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+    _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
+    _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
+    _require(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    _require(o.warmup_tokens >= 0, f"optim.warmup_tokens={o.warmup_tokens} must be >= 0")
+    _require(0 <= m.hidden_dropout < 1 and 0 <= m.attention_dropout < 1, "model dropouts must lie in [0, 1)")
+    parts = cfg.data.split.split(",")
+    _require(len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts),
+             f"data.split={cfg.data.split!r} must be three comma-separated numbers (train,valid,test)")
+    if check_data:
+        validate_data_paths(cfg)
+
+
+def validate_data_paths(cfg: Config) -> None:
+    d = cfg.data
+    _require(bool(d.prefixes) or d.mixture is not None, "data.prefixes=[] is empty and no data.mixture is given")
+    if d.mixture is not None:
+        _require(os.path.isfile(d.mixture), f"data.mixture={d.mixture!r}: file not found")
+    for i, prefix in enumerate(d.prefixes):
+        for ext in (".bin", ".idx"):
+            _require(os.path.isfile(prefix + ext), f"data.prefixes[{i}]={prefix!r}: {prefix + ext} not found")
+    if d.weights is not None:
+        _require(len(d.weights) == len(d.prefixes),
+                 f"data.weights has {len(d.weights)} entries but data.prefixes has {len(d.prefixes)}")
+        _require(all(isinstance(w, (int, float)) and w > 0 for w in d.weights),
+                 f"data.weights={d.weights!r} must all be positive numbers")

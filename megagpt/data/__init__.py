@@ -1,0 +1,1 @@
+"""Training-time data: tokenizer, Megatron shards, blended datasets and batches."""

@@ -1,0 +1,81 @@
+"""Training and held-out samples from Megatron shards through megatron-core's datasets.
+
+The blend is either `data.prefixes` (+ optional `data.weights`) or the `mixture.json`
+the corpus pipeline writes: {"sources": [{"source", "prefix", "weight", ...}], ...}
+with prefixes relative to that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from megagpt.config import Config, ConfigError
+
+
+@dataclass
+class _ShardTokenizer:
+    """What GPTDataset asks of a tokenizer: the EOD id (document boundaries) and vocab size."""
+
+    eod: int
+    vocab_size: int
+
+    @property
+    def unique_identifiers(self) -> dict:  # part of megatron-core's index-cache key
+        return {"class": "megagpt", "eod": self.eod, "vocab_size": self.vocab_size}
+
+
+def resolve_blend(cfg: Config) -> tuple[list[str], Optional[list[float]]]:
+    d = cfg.data
+    if d.mixture is None:
+        return list(d.prefixes), (list(map(float, d.weights)) if d.weights else None)
+    try:
+        with open(d.mixture) as f:
+            sources = json.load(f)["sources"]
+        base = os.path.dirname(os.path.abspath(d.mixture))
+        prefixes = [os.path.join(base, s["prefix"]) for s in sources]
+        weights = [float(s["weight"]) for s in sources]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"data.mixture={d.mixture!r} is not a readable mixture file: {exc}") from None
+    for prefix in prefixes:
+        if not os.path.isfile(prefix + ".bin") or not os.path.isfile(prefix + ".idx"):
+            raise ConfigError(f"data.mixture={d.mixture!r} names shard {prefix} whose .bin/.idx is missing")
+    return prefixes, weights
+
+
+def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int = 0):
+    """(train, valid) GPTDatasets. Every rank builds; megatron-core lets rank 0 write the index cache first."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    prefixes, weights = resolve_blend(cfg)
+    ds_config = GPTDatasetConfig(
+        random_seed=cfg.train.seed, sequence_length=cfg.model.seq_length, blend=(prefixes, weights),
+        split=cfg.data.split, path_to_cache=cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache"),
+        tokenizer=_ShardTokenizer(eod=eod, vocab_size=cfg.model.vocab_size),
+        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False,
+    )
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, None], lambda: True, ds_config).build()
+    return train, valid
+
+
+def micro_batches(dataset, first_sample: int, samples: int, micro_batch_size: int, dp_rank: int, dp_size: int
+                  ) -> Iterator[tuple]:
+    """This DP rank's micro-batches of samples [first_sample, first_sample + samples).
+
+    Each rank takes a contiguous slice, so the union over ranks is the same set of
+    samples at every layout: what makes losses comparable across layouts.
+    """
+    per_rank = samples // dp_size
+    start = first_sample + dp_rank * per_rank
+    for offset in range(0, per_rank, micro_batch_size):
+        items = [dataset[start + offset + i] for i in range(micro_batch_size)]
+        tokens = torch.stack([it["tokens"] for it in items])
+        labels = torch.stack([it["labels"] for it in items])
+        loss_mask = torch.stack([it["loss_mask"] for it in items]).float()
+        yield tokens, (labels, loss_mask)

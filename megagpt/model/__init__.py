@@ -1,0 +1,1 @@
+"""GPT math: attention, MLP, blocks, embeddings, and the model as a list of pipeline layers."""

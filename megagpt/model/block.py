@@ -1,0 +1,49 @@
+"""A transformer block, pre-LN (GPT-2/3) or post-LN (GPT-1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megagpt.model.attention import Attention
+from megagpt.model.init import residual_std
+from megagpt.model.layers import LayerContext
+from megagpt.model.mlp import MLP
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, ctx: LayerContext, layer_index: int):
+        super().__init__()
+        cfg = ctx.model
+        self.pre_norm = cfg.norm_position == "pre"
+        self.dropout_p = cfg.hidden_dropout
+        self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.attn = Attention(ctx, layer_index)
+        self.ln2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.mlp = MLP(ctx)
+        out_std = residual_std(cfg.init_std, cfg.num_layers, cfg.scale_residual_init)
+        ctx.init_layer(self, f"layer{layer_index}", cfg.init_std,
+                       {"attn.proj.weight": out_std, "mlp.fc2.weight": out_std})
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self._drop(self.attn(self.ln1(x)))
+            return x + self._drop(self.mlp(self.ln2(x)))
+        x = self.ln1(x + self._drop(self.attn(x)))
+        return self.ln2(x + self._drop(self.mlp(x)))
+
+
+class FinalNorm(nn.Module):
+    """The extra LayerNorm GPT-2 added after the last pre-LN block."""
+
+    def __init__(self, ctx: LayerContext):
+        super().__init__()
+        self.norm = nn.LayerNorm(ctx.model.hidden_size, eps=ctx.model.layernorm_epsilon)
+        ctx.init_layer(self, "final_norm", ctx.model.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)

@@ -1,0 +1,38 @@
+"""Token + learned position embeddings; the same vocab-parallel matrix is the output head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megagpt.model.layers import LayerContext
+
+POSITION_STD = 0.01  # GPT-2's position-embedding init
+
+
+class Embedding(nn.Module):
+    def __init__(self, ctx: LayerContext):
+        super().__init__()
+        cfg = ctx.model
+        self.ctx = ctx
+        self.dropout_p = cfg.hidden_dropout
+        self.word_embeddings = ctx.vocab_embedding(cfg.padded_vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.seq_length, cfg.hidden_size)
+        ctx.init_layer(self, "embedding", cfg.init_std, {"position_embeddings.weight": POSITION_STD})
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.word_embeddings(tokens) + self.position_embeddings(positions)
+        return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Tied output head: this rank's slice of the vocabulary, [b, t, padded_vocab / tp]."""
+        from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+        x = copy_to_tensor_model_parallel_region(x, group=self.ctx.tp_group)
+        return F.linear(x, self.word_embeddings.weight)
+
+
+def head_forward(embedding: Embedding, x: torch.Tensor) -> torch.Tensor:
+    return embedding.logits(x)

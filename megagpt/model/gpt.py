@@ -1,0 +1,57 @@
+"""The GPT as a flat list of layers, which the pipeline cuts into stages.
+
+    embedding -> block 0 .. block L-1 -> [final norm] -> tied head (the embedding again)
+
+With pp > 1 the list becomes a DeepSpeed PipelineModule; with pp = 1 the same layers
+form a plain module (so ZeRO 2/3 stay available). Either way the loss is the
+vocab-parallel cross entropy, averaged over unmasked tokens of the micro-batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from megagpt.model.block import FinalNorm, TransformerBlock
+from megagpt.model.embedding import Embedding, head_forward
+from megagpt.model.layers import LayerContext
+
+
+def lm_loss(logits: torch.Tensor, labels) -> torch.Tensor:
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    labels, loss_mask = labels
+    # megatron-core's vocab-parallel CE reduces over its global TP group, which
+    # build_parallel_context made identical to the one our layers were given.
+    losses = vocab_parallel_cross_entropy(logits.float(), labels)
+    return (losses * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
+
+
+class GPT(nn.Module):
+    """The layer list as one module, for pp = 1."""
+
+    def __init__(self, ctx: LayerContext):
+        super().__init__()
+        self.embedding = Embedding(ctx)
+        self.blocks = nn.ModuleList(TransformerBlock(ctx, i) for i in range(ctx.model.num_layers))
+        self.final_norm = FinalNorm(ctx) if ctx.model.norm_position == "pre" else nn.Identity()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.embedding.logits(self.final_norm(x))
+
+
+def pipeline_model(ctx: LayerContext, topology) -> nn.Module:
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+
+    tied = dict(tied_weight_attr=["word_embeddings.weight"])
+    layers = [TiedLayerSpec("embed", Embedding, ctx, **tied)]
+    layers += [LayerSpec(TransformerBlock, ctx, i) for i in range(ctx.model.num_layers)]
+    if ctx.model.norm_position == "pre":
+        layers.append(LayerSpec(FinalNorm, ctx))
+    layers.append(TiedLayerSpec("embed", Embedding, ctx, forward_fn=head_forward, **tied))
+    # Balance stages by transformer blocks; embedding and head ride on the end stages.
+    return PipelineModule(layers=layers, topology=topology, loss_fn=lm_loss,
+                          partition_method="type:TransformerBlock", activation_checkpoint_interval=0)

@@ -1,0 +1,1 @@
+"""Rank grid, process groups, RNG streams and distributed start-up."""

@@ -1,0 +1,1 @@
+"""Pretraining: schedules, the DeepSpeed engine, metrics and the loop."""

@@ -1,0 +1,70 @@
+"""Rank 0's record of a run: metrics.jsonl (one object per optimizer step), eval.jsonl, TensorBoard, a progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+class RunLog:
+    def __init__(self, run_dir: str, enabled: bool, total_steps: int, tensorboard: bool, progress: bool,
+                 first_step: int = 0):
+        self.enabled = enabled
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self._eval = open(os.path.join(run_dir, "eval.jsonl"), "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=first_step, desc="pretrain", unit="step", dynamic_ncols=True)
+
+    def step(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        self._scalars("train", record)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                  tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def evaluation(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._eval.write(json.dumps(record) + "\n")
+        self._eval.flush()
+        self._scalars("eval", record)
+        if self._bar is not None:
+            self._bar.write(f"step {record['step']}: held-out loss {record['loss']:.4f}, perplexity {record['ppl']:.2f}")
+
+    def _scalars(self, prefix: str, record: dict) -> None:
+        if self._tb is None:
+            return
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and value is not None:
+                self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        for f in (self._metrics, self._eval):
+            f.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+

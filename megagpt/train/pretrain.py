@@ -1,0 +1,115 @@
+"""The pretraining loop: one process of a DP x PP x TP world."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from megagpt.config import Config, ConfigError, validate
+from megagpt.data.datasets import build_datasets, micro_batches
+from megagpt.model.gpt import lm_loss
+from megagpt.parallel.distributed import init_distributed
+from megagpt.parallel.topology import ParallelContext, build_parallel_context
+from megagpt.train.engine import build_engine
+from megagpt.train.metrics import RunLog
+from megagpt.train.schedules import batch_sizes, lr_schedule
+
+
+def _to(device, batch):
+    tokens, (labels, mask) = batch
+    return tokens.to(device), (labels.to(device), mask.to(device))
+
+
+def _dp_mean(value: torch.Tensor, pc: ParallelContext) -> float:
+    if pc.dp > 1:
+        dist.all_reduce(value, group=pc.dp_group)
+        value = value / pc.dp
+    return value.item()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, pc: ParallelContext, engine):
+        self.cfg, self.pc, self.engine = cfg, pc, engine
+        self.pipelined = pc.pp > 1
+
+    def train_step(self, batches) -> float:
+        if self.pipelined:
+            return self.engine.train_batch(data_iter=(_to(self.pc.device, b) for b in batches)).item()
+        engine, gas = self.engine, self.engine.gradient_accumulation_steps()
+        losses = []
+        for i, batch in enumerate(batches):
+            tokens, labels = _to(self.pc.device, batch)
+            engine.set_gradient_accumulation_boundary(i == gas - 1)
+            loss = lm_loss(engine(tokens), labels)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach())
+        return _dp_mean(torch.stack(losses).mean(), self.pc)
+
+    def evaluate(self, batches: list) -> float:
+        if self.pipelined:
+            return self.engine.eval_batch(iter([_to(self.pc.device, b) for b in batches]),
+                                          num_micro_batches=len(batches)).item()
+        self.engine.eval()
+        with torch.no_grad():
+            losses = [lm_loss(self.engine(t), l) for t, l in (_to(self.pc.device, b) for b in batches)]
+        self.engine.train()
+        return _dp_mean(torch.stack(losses).mean(), self.pc)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+
+def pretrain(cfg: Config) -> None:
+    device = init_distributed()
+    world = dist.get_world_size()
+    validate(cfg, world)
+    if device.type != "cuda" and cfg.train.precision != "fp32":
+        raise ConfigError(f"train.precision={cfg.train.precision} needs a GPU; on CPU use fp32")
+    pc = build_parallel_context(cfg.parallel.tp, cfg.parallel.pp, device)
+    t, seq = cfg.train, cfg.model.seq_length
+    sizes = batch_sizes(cfg)
+    lr_at = lr_schedule(cfg, sum(sizes) * seq)
+    eval_samples = t.eval_samples if t.eval_interval else 0
+    train_ds, valid_ds = build_datasets(cfg, sum(sizes), max(eval_samples, 1))
+    engine, _rng = build_engine(cfg, pc, sizes[0])
+    trainer = Trainer(cfg, pc, engine)
+    is_logger = dist.get_rank() == 0
+    if is_logger:
+        os.makedirs(cfg.run.dir, exist_ok=True)
+        with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress)
+
+    def held_out(step: int) -> None:
+        batches = list(micro_batches(valid_ds, 0, eval_samples, t.micro_batch_size, pc.dp_rank, pc.dp))
+        loss = trainer.evaluate(batches)
+        log.evaluation({"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0))})
+
+    consumed_samples = consumed_tokens = 0
+    if eval_samples:
+        held_out(0)
+    for step, gbs in enumerate(sizes, start=1):
+        if gbs != engine.train_batch_size():
+            engine.set_train_batch_size(gbs)
+        lr = lr_at(consumed_tokens + gbs * seq)  # the schedule's value once this batch is consumed
+        trainer.set_lr(lr)
+        start = time.perf_counter()
+        loss = trainer.train_step(micro_batches(train_ds, consumed_samples, gbs, t.micro_batch_size, pc.dp_rank, pc.dp))
+        elapsed = time.perf_counter() - start
+        consumed_samples += gbs
+        consumed_tokens += gbs * seq
+        grad_norm = engine.get_global_grad_norm()
+        log.step({"step": step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "global_batch_size": gbs, "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
+                  "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed})
+        if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
+            held_out(step)
+    log.close()
+    dist.barrier()
