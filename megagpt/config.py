@@ -85,7 +85,7 @@ class DataConfig:
     prefixes: list = field(default_factory=list)  # Megatron .bin/.idx path prefixes
     weights: Optional[list] = None  # per prefix; default: proportional to size
     mixture: Optional[str] = None  # mixture.json written by the corpus pipeline
-    split: str = "969,30,1"  # train, validation, test
+    split: str = "98,2,0"  # train, validation (held-out loss), test
     cache_dir: Optional[str] = None  # default: <run.dir>/data_cache
 
 

@@ -47,12 +47,31 @@ def resolve_blend(cfg: Config) -> tuple[list[str], Optional[list[float]]]:
     return prefixes, weights
 
 
+def check_split_sizes(split: str, prefixes: list[str]) -> None:
+    """Every split with a share must get a document from every source.
+
+    megatron-core's GPTDataset loops forever on a split with no tokens, so a small
+    corpus with data.split=969,30,1 would hang instead of failing.
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    shares = [float(x) for x in split.split(",")]
+    bounds = [sum(shares[:i]) / sum(shares) for i in range(4)]
+    for prefix in prefixes:
+        documents = len(IndexedDataset(prefix).document_indices) - 1
+        for name, begin, end, share in zip(("train", "valid", "test"), bounds, bounds[1:], shares):
+            if share > 0 and round(end * documents) - round(begin * documents) == 0:
+                raise ConfigError(f"data.split={split!r} leaves the {name} split of {prefix} empty "
+                                  f"({documents} documents in all)")
+
+
 def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int = 0):
     """(train, valid) GPTDatasets. Every rank builds; megatron-core lets rank 0 write the index cache first."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     prefixes, weights = resolve_blend(cfg)
+    check_split_sizes(cfg.data.split, prefixes)
     ds_config = GPTDatasetConfig(
         random_seed=cfg.train.seed, sequence_length=cfg.model.seq_length, blend=(prefixes, weights),
         split=cfg.data.split, path_to_cache=cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache"),
@@ -60,7 +79,7 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False,
     )
     train, valid, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, [train_samples, valid_samples, None], lambda: True, ds_config).build()
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
     return train, valid
 
 

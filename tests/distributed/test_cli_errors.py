@@ -1,0 +1,41 @@
+"""Bad input ends `megagpt` with one line naming the key and value, before any process or file is made."""
+
+import pytest
+
+from tests.conftest import TINY, megagpt
+
+CASES = [
+    (["--nproc", "8", "parallel.tp=3"], "parallel.tp=3 must divide model.num_heads=4"),
+    (["--nproc", "6"], "world size 6 must be a multiple of parallel.tp*parallel.pp=2*2"),
+    (["--nproc", "8", "parallel.pp=3"], "parallel.pp=3 must divide model.num_layers=4"),
+    (["--nproc", "8", "train.global_batch_size=6"], "train.global_batch_size=6 must be a multiple"),
+    (["--nproc", "8", "model.vocab_size=4095", "model.make_vocab_size_divisible_by=1"],
+     "parallel.tp=2 must divide the padded vocab 4095"),
+    (["--nproc", "8", "data.prefixes=[/no/such/shard]"], "data.prefixes[0]='/no/such/shard': /no/such/shard.bin not found"),
+    (["--nproc", "8", "model.hidden_sise=64"], "unknown config key model.hidden_sise=64"),
+    (["--nproc", "8", "model.num_layers=four"], "model.num_layers='four' is not a valid int"),
+    (["--nproc", "8", "model.num_layers"], "malformed override 'model.num_layers'"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[c[1][:40] for c in CASES])
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    proc = megagpt("pretrain", "--config", TINY, f"run.dir={run_dir}", *args, check=False, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not run_dir.exists()
+
+
+def test_missing_config_file(tmp_path):
+    proc = megagpt("pretrain", "--config", str(tmp_path / "none.yaml"), check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"megagpt: error: config file {tmp_path / 'none.yaml'} not found"
+
+
+def test_tokenize_bad_jsonl_names_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\nnot json\n')
+    proc = megagpt("tokenize", "--input", str(bad), "--output-prefix", str(tmp_path / "out"), "--vocab-size", "300",
+                   check=False, timeout=60)
+    assert proc.returncode == 2 and f"{bad}:2: not a JSON object" in proc.stderr

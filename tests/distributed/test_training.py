@@ -1,0 +1,68 @@
+"""Training runs as users start them: learning on the demo corpus, torchrun and srun worlds, the batch ramp."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megagpt.parallel.distributed import free_port
+from tests.conftest import REPO, TINY, megagpt, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_corpus_is_learned(pretrain_tiny):
+    metrics, evals = pretrain_tiny(1, 1, 2, "train.steps=200", "train.eval_interval=100")
+    assert [e["step"] for e in evals] == [0, 100, 200]
+    assert evals[0]["loss"] == pytest.approx(8.32, abs=0.1)  # ln(4096): uniform over the vocabulary
+    # measured: 8.31 at step 0, 6.49 at step 100, 6.24 at step 200
+    assert evals[1]["loss"] < evals[0]["loss"] - 1.5
+    assert evals[2]["loss"] < evals[1]["loss"] - 0.1
+    assert evals[2]["loss"] < evals[0]["loss"] - 2.0
+    assert len(metrics) == 200 and metrics[-1]["consumed_tokens"] == 200 * 16 * 64
+    for key in ("step", "loss", "lr", "grad_norm", "global_batch_size", "consumed_tokens", "tokens_per_s"):
+        assert key in metrics[-1]
+
+
+def test_batch_ramp_matches_across_layouts(pretrain_tiny):
+    ramp = ["train.steps=12", "train.eval_interval=0", "train.batch_ramp_start=8", "train.batch_ramp_increment=4",
+            "train.batch_ramp_tokens=2048"]
+    single, _ = pretrain_tiny(1, 1, 1, *ramp, name="ramp-1")
+    piped, _ = pretrain_tiny(1, 2, 2, *ramp, name="ramp-4")
+    # two increments over 2048 tokens: 12 sequences from 1024 consumed tokens (after 2 steps of 8 x 64), 16 from 2048
+    assert [m["global_batch_size"] for m in single] == [8, 8, 12, 12, 16, 16, 16, 16, 16, 16, 16, 16]
+    for a, b in zip(single, piped):
+        assert b["global_batch_size"] == a["global_batch_size"]
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+
+
+def test_torchrun_world_is_joined(pretrain_tiny, demo_prefix, tmp_path):
+    base, _ = pretrain_tiny(1, 1, 1, "train.steps=5", "train.eval_interval=0", name="base")
+    run_dir = tmp_path / "torchrun"
+    megagpt("pretrain", "--config", TINY, "parallel.tp=2", "parallel.pp=1", "train.steps=5", "train.eval_interval=0",
+            f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false",
+            launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                      "--master_port", str(free_port()), "-m", "launchers.cli"))
+    got = read_jsonl(str(run_dir / "metrics.jsonl"))
+    assert [round(m["loss"], 5) for m in got] == [round(m["loss"], 5) for m in base]
+
+
+def test_srun_tasks_form_the_world_from_slurm_variables(pretrain_tiny, demo_prefix, tmp_path):
+    """Two processes carrying only the variables srun sets (no RANK/WORLD_SIZE) train together."""
+    base, _ = pretrain_tiny(1, 1, 1, "train.steps=5", "train.eval_interval=0", name="base")
+    run_dir = tmp_path / "srun"
+    slurm = {"SLURM_JOB_ID": "777", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
+             "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost", "SLURM_NODEID": "0",
+             "SLURM_STEP_TASKS_PER_NODE": "2", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    cmd = [sys.executable, "-m", "launchers.cli", "pretrain", "--config", TINY, "parallel.tp=1", "parallel.pp=1",
+           "train.steps=5", "train.eval_interval=0", f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}",
+           "run.tensorboard=false", "train.progress=false"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env={**clean, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    got = read_jsonl(str(run_dir / "metrics.jsonl"))
+    assert [round(m["loss"], 5) for m in got] == [round(m["loss"], 5) for m in base]

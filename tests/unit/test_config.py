@@ -1,0 +1,106 @@
+import os
+
+import pytest
+
+from megagpt.config import ConfigError, load_config, parse_override, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(REPO, "configs", "demo", "tiny.yaml")
+PRESETS = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "configs", "model")))
+
+
+def tiny(*overrides):
+    return load_config(TINY, list(overrides))
+
+
+def test_yaml_and_dotted_overrides():
+    cfg = tiny("parallel.tp=1", "optim.lr=1e-3", "data.prefixes=[a, b]", "model.norm_position=post")
+    assert cfg.model.num_layers == 4 and cfg.parallel.tp == 1 and cfg.optim.lr == 1e-3
+    assert cfg.data.prefixes == ["a", "b"] and cfg.model.norm_position == "post"
+
+
+def test_base_files_merge_in_order(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text(f"base: {os.path.join(REPO, 'configs/model/gpt3-small.yaml')}\nparallel: {{tp: 4}}\n"
+                   "model: {seq_length: 1024}\n")
+    cfg = load_config(str(run))
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.seq_length) == (12, 768, 1024)
+    assert cfg.parallel.tp == 4 and cfg.optim.beta2 == 0.95
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_validate(preset):
+    cfg = load_config(os.path.join(REPO, "configs", "model", f"{preset}.yaml"),
+                      ["train.micro_batch_size=1", "train.batch_ramp_start=null"])
+    validate(cfg, world_size=1, check_data=False)
+
+
+@pytest.mark.parametrize("item,message", [
+    ("model.num_layerz=3", "unknown config key model.num_layerz=3"),
+    ("modle.num_layers=3", "unknown config section 'modle'"),
+    ("model.num_layers=abc", "model.num_layers='abc' is not a valid int"),
+    ("model.num_layers", "malformed override 'model.num_layers': expected section.key=value"),
+    ("model.num_layers=[1", "malformed override 'model.num_layers=[1'"),
+    ("optim.lr=fast", "optim.lr='fast' is not a valid float"),
+    ("train.progress=3", "train.progress=3 is not a valid bool"),
+])
+def test_bad_keys_and_values_are_named(item, message):
+    with pytest.raises(ConfigError) as err:
+        tiny(item)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=1.5") == ("a.b", 1.5)
+    assert parse_override("a.b=[x, 2]") == ("a.b", ["x", 2])
+    assert parse_override("a.b=null") == ("a.b", None)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+RULES = [
+    (["parallel.tp=3"], 8 * 3 // 2, "parallel.tp=3 must divide model.num_heads=4"),
+    (["model.hidden_size=66"], 8, "model.num_heads=4 must divide model.hidden_size=66"),
+    (["parallel.pp=3"], 6, "parallel.pp=3 must divide model.num_layers=4"),
+    ([], 6, "world size 6 must be a multiple of parallel.tp*parallel.pp=2*2"),
+    (["train.global_batch_size=6"], 8, "train.global_batch_size=6 must be a multiple of train.micro_batch_size*dp=2*2"),
+    (["parallel.tp=4", "model.num_heads=8", "model.vocab_size=102", "model.make_vocab_size_divisible_by=2"], 8,
+     "parallel.tp=4 must divide the padded vocab 102"),
+    (["parallel.zero_stage=2"], 8, "parallel.zero_stage=2 needs parallel.pp=1"),
+    (["parallel.zero_stage=0"], 8, "parallel.zero_stage=0 must be 1, 2 or 3"),
+    (["train.batch_ramp_start=6", "train.batch_ramp_increment=4"], 8, "train.batch_ramp_start=6 must be a positive multiple"),
+    (["train.batch_ramp_start=8", "train.batch_ramp_increment=12"], 8,
+     "train.global_batch_size=16 must be train.batch_ramp_start=8 plus a whole number"),
+    (["train.eval_samples=6"], 8, "train.eval_samples=6 must be a positive multiple"),
+    (["train.precision=fp8"], 8, "train.precision='fp8' must be fp32, bf16 or fp16"),
+    (["model.norm_position=middle"], 8, "model.norm_position='middle' must be 'pre' or 'post'"),
+    (["model.attention=sparse"], 8, "model.attention='sparse' must be 'dense' or 'alternating'"),
+    (["train.steps=0"], 8, "train.steps=0 must be at least 1"),
+    (["data.split=90,10"], 8, "data.split='90,10' must be three comma-separated numbers"),
+]
+
+
+@pytest.mark.parametrize("overrides,world,message", RULES, ids=[r[2][:40] for r in RULES])
+def test_validate_rejects_impossible_runs(overrides, world, message):
+    with pytest.raises(ConfigError) as err:
+        validate(tiny(*overrides), world, check_data=False)
+    assert message in str(err.value)
+
+
+def test_validate_checks_data_paths(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.prefixes=\[\] is empty"):
+        validate(tiny(), 8)
+    with pytest.raises(ConfigError, match=r"data.prefixes\[0\]='/no/such': /no/such.bin not found"):
+        validate(tiny("data.prefixes=[/no/such]"), 8)
+    for ext in (".bin", ".idx"):
+        (tmp_path / f"s{ext}").write_bytes(b"")
+    validate(tiny(f"data.prefixes=[{tmp_path}/s]"), 8)
+    with pytest.raises(ConfigError, match="data.weights has 2 entries but data.prefixes has 1"):
+        validate(tiny(f"data.prefixes=[{tmp_path}/s]", "data.weights=[1, 2]"), 8)

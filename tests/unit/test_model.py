@@ -1,0 +1,76 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megagpt.config import load_config
+from megagpt.model.attention import Attention
+from megagpt.model.gpt import GPT, lm_loss
+from megagpt.model.init import fill_shard, normal, param_seed
+from megagpt.model.layers import LayerContext
+from megagpt.planner import parameter_count
+
+
+def tiny(*overrides):
+    return load_config(None, ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=4", "model.seq_length=16",
+                              "model.vocab_size=100", "model.make_vocab_size_divisible_by=64", *overrides]).model
+
+
+def test_shards_of_a_parameter_reassemble_the_full_draw():
+    full = torch.nn.Parameter(torch.empty(8, 6))
+    fill_shard(full, normal(1.0), seed=7, layer="l", name="w", tp_rank=0, tp_size=1)
+    for dim in (0, 1):
+        shards = []
+        for rank in range(2):
+            shape = [8, 6]
+            shape[dim] //= 2
+            p = torch.nn.Parameter(torch.empty(shape))
+            p.tensor_model_parallel, p.partition_dim = True, dim
+            fill_shard(p, normal(1.0), seed=7, layer="l", name="w", tp_rank=rank, tp_size=2)
+            shards.append(p.detach())
+        torch.testing.assert_close(torch.cat(shards, dim), full.detach(), rtol=0, atol=0)
+    assert param_seed(1, "a", "b") == param_seed(1, "a", "b") != param_seed(2, "a", "b")
+
+
+def test_model_shape_init_and_loss(world_of_one):
+    m = tiny()
+    model = GPT(LayerContext(model=m, seed=3, tp_group=world_of_one))
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(m, padded_vocab=True)
+    assert model.blocks[0].attn.proj.weight.std().item() == pytest.approx(0.02 / 2, rel=0.1)  # 1/sqrt(2 * layers)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.all(model.blocks[1].ln1.weight == 1) and torch.all(model.blocks[1].mlp.fc1.bias == 0)
+    again = GPT(LayerContext(model=m, seed=3, tp_group=world_of_one))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+
+    tokens = torch.randint(0, 100, (2, 16))
+    labels = torch.randint(0, 100, (2, 16))
+    mask = torch.ones(2, 16)
+    mask[1, 8:] = 0
+    logits = model(tokens)
+    assert logits.shape == (2, 16, 128)  # padded vocab
+    per_token = F.cross_entropy(logits.reshape(-1, 128), labels.reshape(-1), reduction="none").view(2, 16)
+    expected = (per_token * mask).sum() / mask.sum()
+    assert lm_loss(logits, (labels, mask)).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_post_ln_has_no_final_norm_and_differs(world_of_one):
+    pre = GPT(LayerContext(model=tiny(), seed=3, tp_group=world_of_one))
+    post = GPT(LayerContext(model=tiny("model.norm_position=post"), seed=3, tp_group=world_of_one))
+    assert isinstance(post.final_norm, torch.nn.Identity)
+    tokens = torch.randint(0, 100, (1, 16))
+    assert not torch.allclose(pre(tokens), post(tokens))
+
+
+def test_gpt3_alternating_layers_band_the_odd_ones(world_of_one):
+    m = tiny("model.attention=alternating", "model.local_window=4")
+    ctx = LayerContext(model=m, seed=0, tp_group=world_of_one)
+    layers = [Attention(ctx, i) for i in range(4)]
+    for i, layer in enumerate(layers):
+        ctx.init_layer(layer, f"attn{i}", 0.2)  # a bare Attention is not initialised; its block does that
+    assert [a.window for a in layers] == [None, 4, None, 4]
+    x = torch.randn(1, 16, 32)
+    far = x.clone()
+    far[0, 0] += 10.0  # token 0 is 15 positions before the last one
+    dense, banded = layers[0], layers[1]
+    assert not torch.allclose(dense(x)[0, -1], dense(far)[0, -1])
+    torch.testing.assert_close(banded(x)[0, -1], banded(far)[0, -1])
+    assert not torch.allclose(banded(x)[0, 2], banded(far)[0, 2])

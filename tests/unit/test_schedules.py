@@ -1,0 +1,31 @@
+import math
+
+import pytest
+
+from megagpt.config import load_config
+from megagpt.train.schedules import BatchRamp, CosineLR, batch_sizes
+
+
+def test_warmup_is_linear_then_cosine_to_floor():
+    lr = CosineLR(peak=6e-4, min_ratio=0.1, warmup_tokens=1000, decay_tokens=11000)
+    assert lr(0) == 0.0
+    assert lr(500) == pytest.approx(3e-4)
+    assert lr(1000) == pytest.approx(6e-4)
+    assert lr(6000) == pytest.approx(6e-5 + (6e-4 - 6e-5) * 0.5)  # half-way: cos(pi/2) = 0
+    assert lr(11000) == pytest.approx(6e-5)
+    assert lr(10**9) == pytest.approx(6e-5)  # GPT-3: training continues at 10%
+    mid = 1000 + 10000 / 3
+    assert lr(mid) == pytest.approx(6e-5 + 5.4e-4 * 0.5 * (1 + math.cos(math.pi / 3)))
+
+
+def test_batch_ramp_grows_linearly_in_tokens():
+    ramp = BatchRamp(full=64, start=16, increment=16, ramp_tokens=3000)  # 3 increments, 1000 tokens each
+    assert [ramp.batch_size(t) for t in (0, 999, 1000, 1999, 2000, 2999, 3000, 10**6)] == [16, 16, 32, 32, 48, 48, 64, 64]
+    assert BatchRamp(full=64).batch_size(0) == 64
+
+
+def test_run_batch_sizes_follow_consumed_tokens():
+    cfg = load_config(None, ["model.seq_length=10", "train.steps=6", "train.global_batch_size=8",
+                             "train.batch_ramp_start=4", "train.batch_ramp_increment=2", "train.batch_ramp_tokens=100"])
+    # increments every 50 tokens: 40 tokens after step 1, 80 after step 2, 140 after step 3
+    assert batch_sizes(cfg) == [4, 4, 6, 8, 8, 8]
