@@ -23,6 +23,22 @@ def device_for_local_rank() -> torch.device:
     return torch.device("cpu")
 
 
+# Advice that does not apply to how we use these libraries, printed once per rank.
+_KNOWN_NOISE = [
+    ".*Transformer Engine and Apex are not installed.*",  # megatron-core: we use neither
+    ".*CUDA_DEVICE_MAX_CONNECTIONS.*",  # megatron-core: CUDA stream advice
+    ".*c10d::broadcast_: an autograd kernel was not registered.*",  # DeepSpeed's tied-weight sync at start-up
+    ".*all_gather_into_tensor. is deprecated.*",  # DeepSpeed ZeRO internals
+]
+
+
+def quiet_library_warnings(device: torch.device) -> None:
+    for pattern in _KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
+
+
 def init_distributed() -> torch.device:
     """Join the world described by torch.distributed's environment variables.
 
@@ -33,7 +49,7 @@ def init_distributed() -> torch.device:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     device = device_for_local_rank()
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    quiet_library_warnings(device)
     import deepspeed  # slow import: only once we know we train
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)

@@ -87,10 +87,13 @@ def pretrain(cfg: Config) -> None:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
     log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress)
 
+    evals = []
+
     def held_out(step: int) -> None:
         batches = list(micro_batches(valid_ds, 0, eval_samples, t.micro_batch_size, pc.dp_rank, pc.dp))
         loss = trainer.evaluate(batches)
-        log.evaluation({"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0))})
+        evals.append({"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0))})
+        log.evaluation(evals[-1])
 
     consumed_samples = consumed_tokens = 0
     if eval_samples:
@@ -112,4 +115,8 @@ def pretrain(cfg: Config) -> None:
         if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
             held_out(step)
     log.close()
+    if is_logger:
+        held = f"; held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""
+        print(f"megagpt: trained {t.steps} steps at (tp,pp,dp)=({pc.tp},{pc.pp},{pc.dp}), {consumed_tokens} tokens; "
+              f"last loss {loss:.3f}{held}; metrics in {cfg.run.dir}/metrics.jsonl")
     dist.barrier()
