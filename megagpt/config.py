@@ -95,7 +95,7 @@ class TrainConfig:
     global_batch_size: int = 256
     micro_batch_size: int = 4
     seed: int = 1234
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on GPU only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (loss-scaled; GPU only)
     # GPT-3 batch ramp: from batch_ramp_start sequences, add batch_ramp_increment at a time,
     # linearly in consumed tokens, reaching global_batch_size after batch_ramp_tokens.
     batch_ramp_start: Optional[int] = None

@@ -70,8 +70,8 @@ def pretrain(cfg: Config) -> None:
     device = init_distributed()
     world = dist.get_world_size()
     validate(cfg, world)
-    if device.type != "cuda" and cfg.train.precision != "fp32":
-        raise ConfigError(f"train.precision={cfg.train.precision} needs a GPU; on CPU use fp32")
+    if device.type != "cuda" and cfg.train.precision == "fp16":
+        raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")
     pc = build_parallel_context(cfg.parallel.tp, cfg.parallel.pp, device)
     t, seq = cfg.train, cfg.model.seq_length
     sizes = batch_sizes(cfg)

@@ -12,8 +12,10 @@ from tests.conftest import REPO, TINY, megagpt, read_jsonl
 pytestmark = pytest.mark.slow
 
 
-def test_demo_corpus_is_learned(pretrain_tiny):
-    metrics, evals = pretrain_tiny(1, 1, 2, "train.steps=200", "train.eval_interval=100")
+def test_demo_corpus_is_learned(pretrain_tiny, tmp_path):
+    metrics, evals = pretrain_tiny(1, 1, 2, "train.steps=200", "train.eval_interval=100", "run.tensorboard=true",
+                                   name="learn")
+    assert list((tmp_path / "learn" / "tensorboard").glob("events.out.tfevents.*"))
     assert [e["step"] for e in evals] == [0, 100, 200]
     assert evals[0]["loss"] == pytest.approx(8.32, abs=0.1)  # ln(4096): uniform over the vocabulary
     # measured: 8.31 at step 0, 6.49 at step 100, 6.24 at step 200
@@ -66,3 +68,14 @@ def test_srun_tasks_form_the_world_from_slurm_variables(pretrain_tiny, demo_pref
         assert p.returncode == 0, err[-3000:]
     got = read_jsonl(str(run_dir / "metrics.jsonl"))
     assert [round(m["loss"], 5) for m in got] == [round(m["loss"], 5) for m in base]
+
+
+def test_bf16_agrees_across_layouts_and_differs_from_fp32(pretrain_tiny):
+    steps = ["train.steps=6", "train.eval_interval=0"]
+    fp32, _ = pretrain_tiny(1, 1, 1, *steps, name="fp32")
+    single, _ = pretrain_tiny(1, 1, 1, *steps, "train.precision=bf16", name="bf16-1")
+    piped, _ = pretrain_tiny(1, 2, 2, *steps, "train.precision=bf16", name="bf16-4")
+    for a, b, ref in zip(single, piped, fp32):
+        assert b["loss"] == pytest.approx(a["loss"], abs=2e-3)
+        assert a["loss"] == pytest.approx(ref["loss"], abs=0.05)
+    assert any(a["loss"] != ref["loss"] for a, ref in zip(single, fp32))  # bf16 really ran
