@@ -3,6 +3,7 @@
     megagpt pretrain --config PATH [--nproc N] [key=value ...]
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
+    megagpt corpus run --config PATH [key=value ...]
 
 A bad config, a bad override or an impossible layout ends the command with one line
 naming the key and value, before any process starts.
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--nproc", type=int, default=8)
     d.add_argument("--run-dir", default="runs/demo")
     d.add_argument("overrides", nargs="*", metavar="key=value")
+
+    c = sub.add_parser("corpus", help="the CommonCrawl corpus pipeline")
+    csub = c.add_subparsers(dest="corpus_command", required=True)
+    cr = csub.add_parser("run", help="WARC/WET/JSONL -> filtered, deduplicated, tokenized shards")
+    cr.add_argument("--config", help="corpus config YAML (see configs/data/commoncrawl-example.yaml)")
+    cr.add_argument("overrides", nargs="*", metavar="key=value")
 
     t = sub.add_parser("tokenize", help="text/JSONL files -> Megatron .bin/.idx with a byte-level BPE")
     t.add_argument("--input", nargs="+", required=True)
@@ -116,7 +123,21 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize}
+def cmd_corpus(args) -> int:
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.pipeline import run
+    from megagpt.parallel.distributed import quiet_library_warnings
+
+    quiet_library_warnings()
+    cfg = load_corpus_config(args.config, args.overrides)
+    summary = run(cfg)
+    stages = summary["stages"]
+    print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read, {summary['documents']} documents kept, "
+          f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus}
 
 
 def main(argv: list[str] | None = None) -> None:

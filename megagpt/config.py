@@ -129,12 +129,13 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = (), root: type = None):
+    """Read `path` (with its bases), apply `section.key=value` overrides, build `root` (default Config)."""
     raw = _read_yaml_with_bases(path, seen=()) if path else {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return from_dict(raw)
+    return from_dict(raw, root or Config)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -187,8 +188,9 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def from_dict(raw: dict) -> Config:
-    sections = {f.name: f for f in dataclasses.fields(Config)}
+def from_dict(raw: dict, root: type = None):
+    root = root or Config
+    sections = {f.name: f for f in dataclasses.fields(root)}
     built = {}
     for name, values in raw.items():
         if name not in sections:
@@ -196,7 +198,7 @@ def from_dict(raw: dict) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {name} must be a mapping, got {values!r}")
         built[name] = _build_section(name, sections[name].default_factory, values)
-    return Config(**built)
+    return root(**built)
 
 
 def _build_section(section: str, cls: type, values: dict):

@@ -32,11 +32,9 @@ _KNOWN_NOISE = [
 ]
 
 
-def quiet_library_warnings(device: torch.device) -> None:
+def quiet_library_warnings() -> None:
     for pattern in _KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
-    if device.type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
 
 
 def init_distributed() -> torch.device:
@@ -49,7 +47,9 @@ def init_distributed() -> torch.device:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     device = device_for_local_rank()
-    quiet_library_warnings(device)
+    quiet_library_warnings()
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
     import deepspeed  # slow import: only once we know we train
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)

@@ -39,3 +39,12 @@ def test_tokenize_bad_jsonl_names_the_line(tmp_path):
     proc = megagpt("tokenize", "--input", str(bad), "--output-prefix", str(tmp_path / "out"), "--vocab-size", "300",
                    check=False, timeout=60)
     assert proc.returncode == 2 and f"{bad}:2: not a JSON object" in proc.stderr
+
+
+def test_fp16_on_cpu_is_refused(tmp_path, demo_prefix):
+    proc = megagpt("pretrain", "--config", TINY, "--nproc", "1", "parallel.tp=1", "parallel.pp=1",
+                   "train.precision=fp16", f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}",
+                   check=False, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "megagpt: error: train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")

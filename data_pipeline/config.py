@@ -1,0 +1,110 @@
+"""The corpus pipeline's config, read by the same loader as training configs (megagpt.config)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megagpt.config import ConfigError, load_config
+
+
+@dataclass
+class InputConfig:
+    paths: list = field(default_factory=list)  # files or globs: .warc[.gz], .wet[.gz], .jsonl[.gz]
+    source: str = "commoncrawl"
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/corpus"
+
+
+@dataclass
+class LangidConfig:
+    languages: list = field(default_factory=lambda: ["en"])
+    threshold: float = 0.65  # fastText lid.176 top-label probability needed to keep
+
+
+@dataclass
+class FiltersConfig:
+    """Heuristic quality rules (in the spirit of Gopher/C4); each drop names its rule."""
+
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1  # '#' and '...' per word
+    max_duplicate_line_fraction: float = 0.3
+    min_alpha_word_fraction: float = 0.8
+
+
+@dataclass
+class DedupConfig:
+    enabled: bool = True
+    ngram: int = 5  # word n-grams (FineWeb)
+    num_perm: int = 112
+    bands: int = 14
+    rows: int = 8
+    # Candidates from the bands merge only if their signatures agree on this share of
+    # hashes (an estimate of Jaccard similarity): keeps pairs below ~0.5 apart.
+    verify_threshold: float = 0.7
+    seed: int = 1
+
+
+@dataclass
+class TokenizeConfig:
+    tokenizer: Optional[str] = None  # tokenizer.json; absent: train a byte-level BPE on the kept text
+    vocab_size: int = 32000
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"
+    workers: Optional[int] = None  # default: all cores
+
+
+@dataclass
+class CorpusConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    langid: LangidConfig = field(default_factory=LangidConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+def load_corpus_config(path: Optional[str], overrides=()) -> CorpusConfig:
+    cfg = load_config(path, overrides, root=CorpusConfig)
+    validate_corpus(cfg)
+    return cfg
+
+
+def input_files(cfg: CorpusConfig) -> list[str]:
+    """Every input file, in a fixed order (so shard ids are stable across runs)."""
+    files = []
+    for i, pattern in enumerate(cfg.input.paths):
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not all(os.path.isfile(m) for m in matches):
+            raise ConfigError(f"input.paths[{i}]={pattern!r} matches no file")
+        files.extend(matches)
+    return files
+
+
+def validate_corpus(cfg: CorpusConfig) -> None:
+    if not cfg.input.paths:
+        raise ConfigError("input.paths=[] is empty")
+    if cfg.executor.kind not in ("local",):
+        raise ConfigError(f"executor.kind={cfg.executor.kind!r} must be 'local'")
+    if cfg.executor.workers is not None and cfg.executor.workers < 1:
+        raise ConfigError(f"executor.workers={cfg.executor.workers} must be at least 1")
+    d = cfg.dedup
+    if d.bands * d.rows > d.num_perm:
+        raise ConfigError(f"dedup.bands*dedup.rows={d.bands}*{d.rows} exceeds dedup.num_perm={d.num_perm}")
+    if not 0.0 <= cfg.langid.threshold <= 1.0:
+        raise ConfigError(f"langid.threshold={cfg.langid.threshold} must lie in [0, 1]")
+    if cfg.tokenize.tokenizer is not None and not os.path.isfile(cfg.tokenize.tokenizer):
+        raise ConfigError(f"tokenize.tokenizer={cfg.tokenize.tokenizer!r}: file not found")
+    input_files(cfg)

@@ -1,0 +1,104 @@
+"""Exact and MinHash fuzzy deduplication, staged so each step can run on its own shards.
+
+    per shard:  content hash + MinHash signature of every kept document
+    reduce:     exact duplicates by hash; LSH band buckets -> candidate pairs ->
+                verified pairs -> clusters (union-find); keep the first document of each
+
+MinHash is datasketch's; band bucketing and union-find are written out because
+datasketch's MinHashLSH is an in-memory index that cannot be built shard by shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Iterable, Optional
+
+import numpy as np
+
+from data_pipeline.config import DedupConfig
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalize(text: str) -> list[str]:
+    """Lower-cased words without punctuation (FineWeb's MinHash normalisation)."""
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha1(" ".join(text.split()).encode()).hexdigest()
+
+
+def shingles(words: list[str], n: int) -> set[bytes]:
+    if len(words) < n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def signature(text: str, cfg: DedupConfig) -> np.ndarray:
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+    m.update_batch(list(shingles(normalize(text), cfg.ngram)))
+    return m.hashvalues.astype(np.uint64)
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+    sa, sb = shingles(normalize(a), n), shingles(normalize(b), n)
+    return len(sa & sb) / len(sa | sb)
+
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:  # the smaller index (earlier document) becomes the root, the one we keep
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, cfg: DedupConfig
+                    ) -> dict[str, dict]:
+    """{dropped id: {"stage", "reason", "duplicate_of"}} over documents in corpus order."""
+    dropped: dict[str, dict] = {}
+    first_by_hash: dict[str, int] = {}
+    unique = []
+    for i, h in enumerate(hashes):
+        if h in first_by_hash:
+            dropped[ids[i]] = {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": ids[first_by_hash[h]]}
+        else:
+            first_by_hash[h] = i
+            unique.append(i)
+    uf = UnionFind(len(ids))
+    for a, b in _candidate_pairs(signatures, unique, cfg):
+        if _estimated_jaccard(signatures[a], signatures[b]) >= cfg.verify_threshold:
+            uf.union(a, b)
+    for i in unique:
+        root = uf.find(i)
+        if root != i:
+            dropped[ids[i]] = {"stage": "fuzzy-dedup", "reason": "near duplicate", "duplicate_of": ids[root],
+                               "similarity": round(_estimated_jaccard(signatures[i], signatures[root]), 4)}
+    return dropped
+
+
+def _candidate_pairs(signatures: np.ndarray, rows: Iterable[int], cfg: DedupConfig) -> Iterable[tuple[int, int]]:
+    rows = list(rows)
+    for band in range(cfg.bands):
+        part = signatures[rows, band * cfg.rows:(band + 1) * cfg.rows]
+        buckets: dict[bytes, int] = {}
+        for row, key in zip(rows, map(bytes, part)):
+            first: Optional[int] = buckets.setdefault(key, row)
+            if first != row:
+                yield first, row
+
+
+def _estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a == b))

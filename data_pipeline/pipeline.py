@@ -1,0 +1,121 @@
+"""The corpus run: stages over shards, then the reduce steps between them.
+
+    process   (per input file)  read, extract, langid, filters, hash + MinHash
+    dedup     (reduce)          exact and fuzzy duplicates across all shards
+    finalize  (per shard)       documents/<source>/*.jsonl.gz, dedup drops
+    tokenizer (reduce)          train a byte-level BPE on the kept text (or use the given one)
+    tokenize  (per shard)       Megatron .bin/.idx parts, merged into tokens/<source>
+    then stats.json and mixture.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from data_pipeline.config import CorpusConfig, input_files
+from data_pipeline.dedup import find_duplicates
+from data_pipeline.executors import LocalExecutor, is_done, mark_done
+from data_pipeline.io import atomic_path, read_jsonl_gz, write_json
+from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
+from data_pipeline.stats import merge_stats
+
+
+def run(cfg: CorpusConfig, progress: bool = True) -> dict:
+    out = cfg.output.dir
+    files = input_files(cfg)
+    names = [shard_name(i) for i in range(len(files))]
+    ex = LocalExecutor(cfg.executor.workers, progress)
+
+    ex.run(out, "process", process_shard, [(n, (cfg, i, f)) for i, (n, f) in enumerate(zip(names, files))])
+    if not is_done(out, "dedup", "all"):
+        write_json(os.path.join(out, "work", "dedup", "duplicates.json"), _duplicates(cfg, names))
+        mark_done(out, "dedup", "all")
+    with open(os.path.join(out, "work", "dedup", "duplicates.json")) as f:
+        duplicates = json.load(f)
+    ex.run(out, "finalize", finalize_shard, [(n, (cfg, i, duplicates)) for i, n in enumerate(names)])
+
+    tokenizer_path = cfg.tokenize.tokenizer or os.path.join(out, "tokenizer.json")
+    if not cfg.tokenize.tokenizer and not is_done(out, "tokenizer", "all"):
+        _train_tokenizer(cfg, names, tokenizer_path)
+        mark_done(out, "tokenizer", "all")
+    ex.run(out, "tokenize", tokenize_shard, [(n, (cfg, i, tokenizer_path)) for i, n in enumerate(names)])
+    counts = _merge_tokens(cfg, names)
+    return _write_summary(cfg, names, counts, tokenizer_path)
+
+
+def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:
+    work = os.path.join(cfg.output.dir, "work", "process")
+    ids, hashes, sigs = [], [], []
+    for n in names:
+        ids += [d["id"] for d in read_jsonl_gz(os.path.join(work, f"{n}.jsonl.gz"))]
+        with open(os.path.join(work, f"{n}.hashes.json")) as f:
+            hashes += json.load(f)
+        sigs.append(np.load(os.path.join(work, f"{n}.sig.npy")))
+    if not cfg.dedup.enabled or not ids:
+        return {}
+    return find_duplicates(ids, hashes, np.concatenate(sigs), cfg.dedup)
+
+
+def _documents(cfg: CorpusConfig, names: list[str]):
+    for n in names:
+        yield from (d["text"] for d in read_jsonl_gz(os.path.join(cfg.output.dir, "documents", cfg.input.source,
+                                                                      f"{n}.jsonl.gz")))
+
+
+def _train_tokenizer(cfg: CorpusConfig, names: list[str], path: str) -> None:
+    from megagpt.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(_documents(cfg, names), cfg.tokenize.vocab_size)
+    with atomic_path(path) as tmp:
+        tokenizer.save(tmp)
+
+
+def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:
+    """Concatenate the per-shard parts into tokens/<source>.bin/.idx (megatron-core's add_index)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+    out = cfg.output.dir
+    parts = [os.path.join(out, "work", "tokens", n) for n in names]
+    prefix = os.path.join(out, "tokens", cfg.input.source)
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    builder = IndexedDatasetBuilder(prefix + ".bin.tmp", dtype=IndexedDataset(parts[0]).index.dtype)
+    for part in parts:
+        builder.add_index(part)
+    builder.finalize(prefix + ".idx.tmp")
+    os.replace(prefix + ".bin.tmp", prefix + ".bin")
+    os.replace(prefix + ".idx.tmp", prefix + ".idx")
+    totals = {"documents": 0, "tokens": 0}
+    for n in names:
+        with open(os.path.join(out, "work", "tokens", f"{n}.counts.json")) as f:
+            for key, value in json.load(f).items():
+                totals[key] += value
+    return totals
+
+
+def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_path: str) -> dict:
+    out = cfg.output.dir
+    parts, errors = [], []
+    for n in names:
+        with open(os.path.join(out, "work", "process", f"{n}.stats.json")) as f:
+            shard = json.load(f)
+        parts.append(shard["stats"])
+        errors += shard["errors"]
+    stats = merge_stats(parts)
+    dedup = {"in": 0, "kept": 0, "dropped": {}}
+    for n in names:
+        for d in read_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{n}.jsonl.gz")):
+            dedup["dropped"][d["reason"]] = dedup["dropped"].get(d["reason"], 0) + 1
+    dedup["in"] = stats.get("filters", {}).get("kept", 0)
+    dedup["kept"] = dedup["in"] - sum(dedup["dropped"].values())
+    stats["dedup"] = dedup
+    summary = {"stages": stats, "errors": errors, "documents": counts["documents"], "tokens": counts["tokens"]}
+    write_json(os.path.join(out, "stats.json"), summary)
+    write_json(os.path.join(out, "mixture.json"), {
+        "tokenizer": os.path.relpath(tokenizer_path, out),
+        "sources": [{"source": cfg.input.source, "prefix": os.path.join("tokens", cfg.input.source), "weight": 1.0,
+                     "documents": counts["documents"], "tokens": counts["tokens"]}],
+    })
+    return summary

@@ -1,0 +1,108 @@
+"""Reading crawl files into records: WARC responses (HTML), WET conversions (text), JSONL.
+
+fastwarc stops silently at a truncated gzip member, so after each .gz file we check
+that the bytes after the last record it read form complete gzip members (only the tail
+is decompressed again). A truncated or unreadable file is reported, never fatal: the
+records before the damage are still processed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, Optional, Union
+
+
+@dataclass
+class Record:
+    id: str
+    url: Optional[str]
+    kind: str  # "html" (WARC response) or "text" (WET conversion, JSONL)
+    payload: Union[bytes, str]
+    content_type: str = ""
+
+
+@dataclass
+class ReadError:
+    file: str
+    reason: str
+
+
+def read_file(path: str) -> Iterator[Union[Record, ReadError]]:
+    name = os.path.basename(path)
+    try:
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            yield from _read_jsonl(path)
+        else:
+            yield from _read_warc(path)
+    except OSError as exc:
+        yield ReadError(path, f"unreadable: {exc}")
+
+
+def _read_warc(path: str) -> Iterator[Union[Record, ReadError]]:
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.resource
+    last_pos, count = 0, 0
+    with open(path, "rb") as f:
+        for rec in ArchiveIterator(f, record_types=wanted, parse_http=True):
+            last_pos, count = rec.stream_pos, count + 1
+            body = rec.reader.read()
+            rid = rec.record_id or f"{path}@{rec.stream_pos}"
+            url = rec.headers.get("WARC-Target-URI")
+            if rec.record_type == WarcRecordType.response:
+                ctype = (rec.http_headers.get("Content-Type", "") if rec.http_headers else "") or ""
+                yield Record(rid, url, "html", body, ctype.lower())
+            else:
+                yield Record(rid, url, "text", body, rec.headers.get("Content-Type", "text/plain"))
+    damage = _tail_damage(path, last_pos)
+    if damage:
+        yield ReadError(path, f"{damage} after {count} records")
+
+
+def _tail_damage(path: str, offset: int) -> Optional[str]:
+    """None if the file is whole from `offset` (the last record read) to its end."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read()
+    if path.endswith(".gz"):
+        while tail:
+            d = zlib.decompressobj(wbits=31)
+            try:
+                d.decompress(tail)
+            except zlib.error as exc:
+                return f"corrupt gzip ({exc})"
+            if not d.eof:
+                return "truncated gzip"
+            tail = d.unused_data
+        return None
+    header_end = tail.find(b"\r\n\r\n")
+    length = None
+    for line in tail[:header_end].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if header_end < 0 or length is None or len(tail) < header_end + 4 + length:
+        return "truncated WARC record"
+    return None
+
+
+def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    text = obj["text"]
+                except (ValueError, KeyError, TypeError):
+                    yield ReadError(path, f"line {lineno}: not a JSON object with a 'text' field")
+                    continue
+                yield Record(str(obj.get("id", f"{os.path.basename(path)}:{lineno}")), obj.get("url"), "text",
+                             text if isinstance(text, str) else str(text))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        yield ReadError(path, f"truncated gzip ({exc})")

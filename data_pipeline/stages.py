@@ -1,0 +1,102 @@
+"""The per-shard work: one input file in, kept documents + signatures + dropped documents + stats out."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from data_pipeline.config import CorpusConfig
+from data_pipeline.dedup import content_hash, signature
+from data_pipeline.extract import extract_text
+from data_pipeline.filters import heuristic_reason
+from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
+from data_pipeline.langid import identify
+from data_pipeline.readers import ReadError, read_file
+from data_pipeline.stats import StageStats
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
+    """read > extract > langid > heuristic filters > hash + MinHash signature, for one input file."""
+    out, name = cfg.output.dir, shard_name(index)
+    stats, kept, dropped, errors = StageStats(), [], [], []
+    languages = set(cfg.langid.languages)
+
+    def drop(doc_id, url, stage, reason, **extra):
+        stats.dropped(stage, reason)
+        dropped.append({"id": doc_id, "url": url, "stage": stage, "reason": reason, **extra})
+
+    clock = time.perf_counter()
+    for item in read_file(path):
+        if isinstance(item, ReadError):
+            errors.append({"file": item.file, "reason": item.reason})
+            stats.dropped("read", item.reason.split(" after ")[0].split(":")[0])
+            continue
+        size = len(item.payload)
+        stats.saw("read", size)
+        stats.kept("read", size)
+        stats.saw("extract", size)
+        text, reason = extract_text(item)
+        if reason:
+            drop(item.id, item.url, "extract", reason)
+            continue
+        stats.kept("extract", len(text))
+        stats.saw("langid", len(text))
+        lang, score = identify(text)
+        if lang not in languages or score < cfg.langid.threshold:
+            drop(item.id, item.url, "langid", f"language {lang}" if lang not in languages else "low confidence",
+                 lang=lang, lang_score=round(score, 4))
+            continue
+        stats.kept("langid", len(text))
+        stats.saw("filters", len(text))
+        reason = heuristic_reason(text, cfg.filters)
+        if reason:
+            drop(item.id, item.url, "filters", reason)
+            continue
+        stats.kept("filters", len(text))
+        kept.append({"id": item.id, "url": item.url, "source": cfg.input.source, "text": text, "lang": lang,
+                     "lang_score": round(score, 4)})
+    stats.timed("process", time.perf_counter() - clock)
+
+    clock = time.perf_counter()
+    hashes = [content_hash(d["text"]) for d in kept]
+    sigs = np.stack([signature(d["text"], cfg.dedup) for d in kept]) if kept and cfg.dedup.enabled else \
+        np.zeros((len(kept), cfg.dedup.num_perm), np.uint64)
+    stats.timed("minhash", time.perf_counter() - clock)
+
+    work = os.path.join(out, "work", "process")
+    write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept)
+    with atomic_path(os.path.join(work, f"{name}.sig.npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, sigs)
+    write_json(os.path.join(work, f"{name}.hashes.json"), hashes)
+    write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped)
+    write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
+
+
+def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
+    """Drop this shard's duplicates; write its final documents and its dedup drops."""
+    out, name = cfg.output.dir, shard_name(index)
+    kept, dropped = [], []
+    for doc in read_jsonl_gz(os.path.join(out, "work", "process", f"{name}.jsonl.gz")):
+        dup = duplicates.get(doc["id"])
+        if dup:
+            dropped.append({"id": doc["id"], "url": doc["url"], **dup})
+        else:
+            kept.append(doc)
+    write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept)
+    write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dropped)
+
+
+def tokenize_shard(cfg: CorpusConfig, index: int, tokenizer_path: str) -> None:
+    from megagpt.data.shards import write_shard
+    from megagpt.data.tokenizer import Tokenizer
+
+    out, name = cfg.output.dir, shard_name(index)
+    docs = (d["text"] for d in read_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz")))
+    counts = write_shard(os.path.join(out, "work", "tokens", name), docs, Tokenizer.load(tokenizer_path))
+    write_json(os.path.join(out, "work", "tokens", f"{name}.counts.json"), counts)

@@ -1,0 +1,49 @@
+"""Per-stage counts: documents in, kept, dropped by reason, bytes, seconds."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class StageStats:
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    def _stage(self, name: str) -> dict:
+        return self.stages.setdefault(name, {"in": 0, "kept": 0, "dropped": Counter(), "bytes_in": 0,
+                                             "bytes_kept": 0, "seconds": 0.0})
+
+    def saw(self, stage: str, nbytes: int = 0) -> None:
+        s = self._stage(stage)
+        s["in"] += 1
+        s["bytes_in"] += nbytes
+
+    def kept(self, stage: str, nbytes: int = 0) -> None:
+        s = self._stage(stage)
+        s["kept"] += 1
+        s["bytes_kept"] += nbytes
+
+    def dropped(self, stage: str, reason: str) -> None:
+        self._stage(stage)["dropped"][reason] += 1
+
+    def timed(self, stage: str, seconds: float) -> None:
+        self._stage(stage)["seconds"] += seconds
+
+    def to_dict(self) -> dict:
+        return {k: {**v, "dropped": dict(sorted(v["dropped"].items()))} for k, v in self.stages.items()}
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """Sum per-shard stats (as dicts) stage by stage, keeping stage order of first appearance."""
+    total: dict[str, dict] = {}
+    for part in parts:
+        for stage, s in part.items():
+            t = total.setdefault(stage, {"in": 0, "kept": 0, "dropped": Counter(), "bytes_in": 0, "bytes_kept": 0,
+                                         "seconds": 0.0})
+            for key in ("in", "kept", "bytes_in", "bytes_kept", "seconds"):
+                t[key] += s[key]
+            t["dropped"].update(s["dropped"])
+    for t in total.values():
+        t["dropped"] = dict(sorted(t["dropped"].items()))
+        t["seconds"] = round(t["seconds"], 3)
+    return total

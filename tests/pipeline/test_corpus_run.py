@@ -1,0 +1,86 @@
+"""The whole corpus run against the planted crawl."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from data_pipeline.dedup import jaccard
+from data_pipeline.io import read_jsonl_gz
+
+
+def rows(out, pattern):
+    return [r for f in sorted(glob.glob(os.path.join(out, pattern))) for r in read_jsonl_gz(f)]
+
+
+def test_every_foreign_page_is_dropped_by_langid(corpus_run):
+    out, truth, _ = corpus_run
+    dropped = {d["id"]: d for d in rows(out, "dropped/process/*.jsonl.gz")}
+    for rid, lang in truth.foreign.items():
+        if rid in dropped or not any(rid == d["id"] for d in rows(out, "documents/*/*.jsonl.gz")):
+            assert dropped[rid]["stage"] == "langid" and dropped[rid]["reason"] == f"language {lang}"
+    kept_ids = {d["id"] for d in rows(out, "documents/*/*.jsonl.gz")}
+    assert not kept_ids & set(truth.foreign)
+
+
+def test_broken_records_and_truncated_file_are_counted_with_reasons(corpus_run):
+    out, truth, summary = corpus_run
+    dropped = {d["id"]: d for d in rows(out, "dropped/process/*.jsonl.gz")}
+    expected = {"binary": "binary content", "not html": "not html (application/pdf)", "invalid utf-8": "invalid utf-8",
+                "empty": "empty record"}
+    seen = {kind for rid, kind in truth.broken.items() if rid in dropped}
+    for rid, kind in truth.broken.items():
+        if rid in dropped:
+            assert dropped[rid]["stage"] == "extract" and dropped[rid]["reason"] == expected[kind]
+    # the truncated file's lost tail may have held one broken record; every other one is accounted for
+    assert len(seen) >= len(truth.broken) - 1
+    assert [e["file"] for e in summary["errors"]] == truth.truncated_files
+    assert summary["errors"][0]["reason"].startswith("truncated gzip after ")
+    assert summary["stages"]["read"]["dropped"] == {"truncated gzip": 1}
+    stats = json.load(open(os.path.join(out, "stats.json")))
+    assert stats["stages"]["extract"]["dropped"]["binary content"] == (1 if "binary" in seen else 0)
+
+
+def test_dedup_finds_planted_pairs_and_merges_nothing_dissimilar(corpus_run):
+    out, truth, summary = corpus_run
+    texts = {d["id"]: d["text"] for d in rows(out, "work/process/*.jsonl.gz")}
+    reached = set(texts)
+    dups = {d["id"]: d for d in rows(out, "dropped/dedup/*.jsonl.gz")}
+    def merged(a, b, stage):  # whichever came later in the crawl is dropped as a copy of the other
+        return any(dups.get(x, {}).get("duplicate_of") == y and dups[x]["stage"] == stage for x, y in ((a, b), (b, a)))
+
+    exact = [(a, b) for a, b in truth.exact_pairs if a in reached and b in reached]
+    assert len(exact) >= 15 and all(merged(a, b, "exact-dedup") for a, b in exact)
+    similar = [(a, b) for a, b, j in truth.near_pairs if j >= 0.8 and a in reached and b in reached]
+    found = sum(merged(a, b, "fuzzy-dedup") for a, b in similar)
+    assert len(similar) >= 15 and found / len(similar) >= 0.95
+    dissimilar = [(a, b) for a, b, j in truth.near_pairs if j < 0.5 and a in reached and b in reached]
+    assert len(dissimilar) >= 10 and not any(merged(a, b, "fuzzy-dedup") for a, b in dissimilar)
+    # every merge in the corpus, planted or not (the stdlib repeats some docstrings), joins truly similar pages
+    for d in dups.values():
+        assert jaccard(texts[d["id"]], texts[d["duplicate_of"]]) >= 0.5
+
+
+def test_outputs_tokens_and_mixture(corpus_run):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megagpt.data.tokenizer import Tokenizer
+
+    out, _, summary = corpus_run
+    docs = rows(out, "documents/commoncrawl/*.jsonl.gz")
+    assert docs and set(docs[0]) >= {"id", "url", "source", "text", "lang", "lang_score"}
+    assert len(docs) == summary["documents"] == summary["stages"]["dedup"]["kept"]
+    mixture = json.load(open(os.path.join(out, "mixture.json")))
+    assert mixture["sources"][0]["source"] == "commoncrawl" and mixture["sources"][0]["weight"] == 1.0
+    tok = Tokenizer.load(os.path.join(out, mixture["tokenizer"]))
+    ds = IndexedDataset(os.path.join(out, mixture["sources"][0]["prefix"]))
+    assert len(ds) == len(docs)
+    for i in (0, len(docs) // 2, len(docs) - 1):
+        assert ds[i].tolist() == tok.encode(docs[i]["text"]) + [tok.eod]
+    assert sum(len(ds[i]) for i in range(len(ds))) == summary["tokens"] == mixture["sources"][0]["tokens"]
+    s = summary["stages"]
+    assert s["read"]["in"] == s["extract"]["in"] and s["extract"]["kept"] == s["langid"]["in"]
+    assert s["langid"]["kept"] == s["filters"]["in"] and s["filters"]["kept"] == s["dedup"]["in"]
+    for stage in ("extract", "langid", "filters"):
+        assert s[stage]["in"] == s[stage]["kept"] + sum(s[stage]["dropped"].values())
