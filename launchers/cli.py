@@ -79,14 +79,29 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """Generate a small crawl, run the corpus pipeline on it, pretrain the tiny GPT on the result."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.pipeline import run
+    from data_pipeline.synthetic import write_crawl
     from launchers.local import existing_world_size
-    from megagpt.data.demo_corpus import build_demo_shard
+    from megagpt.parallel.distributed import quiet_library_warnings
 
+    quiet_library_warnings()
     overrides = [f"run.dir={args.run_dir}", *args.overrides]
     cfg = load_config(DEMO_CONFIG, overrides)
     validate(cfg, existing_world_size() or args.nproc, check_data=False)
-    prefix = build_demo_shard(os.path.join(args.run_dir, "data"), cfg.model.vocab_size)
-    overrides.append(f"data.prefixes=[{prefix}]")
+    crawl_dir, corpus_dir = os.path.join(args.run_dir, "crawl"), os.path.join(args.run_dir, "corpus")
+    if not os.path.isdir(crawl_dir):
+        truth = write_crawl(crawl_dir, files=8, pages=400)
+        print(f"megagpt demo: wrote {crawl_dir}: {len(truth.english)} English pages, {len(truth.exact_pairs)} exact "
+              f"and {len(truth.near_pairs)} near copies, {len(truth.foreign)} foreign, {len(truth.spam)} spam, "
+              f"{len(truth.broken)} broken records, {len(truth.truncated_files)} truncated file")
+    corpus = load_corpus_config(None, [f"input.paths=[{crawl_dir}/*.warc.gz]", f"output.dir={corpus_dir}",
+                                       f"tokenize.vocab_size={cfg.model.vocab_size}", "langid.threshold=0.5"])
+    summary = run(corpus)
+    print(f"megagpt demo: corpus kept {summary['documents']} documents, {summary['tokens']} tokens "
+          f"({corpus_dir}/stats.json)")
+    overrides.append(f"data.mixture={os.path.join(corpus_dir, 'mixture.json')}")
     cfg = load_config(DEMO_CONFIG, overrides)
     return run_pretrain(cfg, args.nproc, ["pretrain", "--config", DEMO_CONFIG, *overrides])
 

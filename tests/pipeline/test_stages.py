@@ -1,0 +1,107 @@
+"""Each stage on its own, with inputs whose right answer is known."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from data_pipeline.config import DedupConfig, FiltersConfig
+from data_pipeline.dedup import find_duplicates, jaccard, signature
+from data_pipeline.extract import extract_text
+from data_pipeline.filters import heuristic_reason
+from data_pipeline.langid import identify
+from data_pipeline.readers import ReadError, Record, read_file
+from data_pipeline.synthetic import _record, foreign_page, mutate
+
+PROSE = ("The river runs through the old town, past the mill and the church, and on into the fields where "
+         "farmers have grown wheat and barley for many hundreds of years. ") * 6
+
+
+def records_and_errors(path):
+    items = list(read_file(str(path)))
+    return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, ReadError)]
+
+
+def test_warc_records_keep_id_url_and_payload(tmp_path):
+    path = tmp_path / "a.warc.gz"
+    path.write_bytes(_record("<urn:uuid:1>", "http://x.org/a", b"<p>hi</p>") + _record("<urn:uuid:2>", "http://x.org/b", b"t", "", "conversion"))
+    recs, errors = records_and_errors(path)
+    assert [(r.id, r.url, r.kind) for r in recs] == [("<urn:uuid:1>", "http://x.org/a", "html"), ("<urn:uuid:2>", "http://x.org/b", "text")]
+    assert recs[0].payload == b"<p>hi</p>" and recs[0].content_type.startswith("text/html") and not errors
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_truncated_file_keeps_its_whole_records_and_says_so(tmp_path, compressed):
+    blobs = [_record(f"<urn:uuid:{i}>", f"http://x.org/{i}", PROSE.encode()) for i in range(5)]
+    data = b"".join(blobs if compressed else [gzip.decompress(b) for b in blobs])
+    path = tmp_path / ("t.warc.gz" if compressed else "t.warc")
+    path.write_bytes(data[: len(data) - 40])
+    recs, errors = records_and_errors(path)
+    assert len(recs) in (4, 5) and [r.id for r in recs] == [f"<urn:uuid:{i}>" for i in range(len(recs))]
+    assert len(errors) == 1 and errors[0].reason.startswith("truncated")
+    path.write_bytes(data)
+    assert records_and_errors(path) == (records_and_errors(path)[0], [])
+
+
+def test_unreadable_and_jsonl_inputs(tmp_path):
+    missing = list(read_file(str(tmp_path / "nope.warc.gz")))
+    assert len(missing) == 1 and missing[0].reason.startswith("unreadable")
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n{oops\n")
+    recs, errors = records_and_errors(path)
+    assert [r.payload for r in recs] == ["hello"] and errors[0].reason == "line 2: not a JSON object with a 'text' field"
+
+
+@pytest.mark.parametrize("payload,kind,ctype,reason", [
+    (b"", "html", "text/html", "empty record"),
+    (b"\x89PNG\x00\x00\x01", "html", "image/png", "binary content"),
+    (b"%PDF-1.4", "html", "application/pdf", "not html (application/pdf)"),
+    (b"caf\xe9 \xff", "text", "text/plain", "invalid utf-8"),
+    (b"<html><body><script>var x;</script></body></html>", "html", "text/html", "no text"),
+])
+def test_extraction_names_what_is_wrong(payload, kind, ctype, reason):
+    assert extract_text(Record("i", None, kind, payload, ctype)) == (None, reason)
+
+
+def test_extraction_keeps_main_text_and_decodes_other_charsets():
+    page = "<html><body><nav>Home | Login</nav><article><p>Caf\xe9 cr\xe8me, na\xefve text.</p></article></body></html>"
+    text, reason = extract_text(Record("i", None, "html", page.encode("latin-1"), "text/html; charset=iso-8859-1"))
+    assert reason is None and "Café crème, naïve text." in text
+
+
+def test_language_id_offline():
+    import random
+
+    assert identify(PROSE)[0] == "en" and identify(PROSE)[1] > 0.9
+    rng = random.Random(0)
+    for lang in ("fr", "de", "es"):
+        assert identify(foreign_page(lang, rng))[0] == lang
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("short text only", "too few words"),
+    ("### " * 10 + PROSE, "symbol to word ratio"),
+    ("12345 67890 " * 40, "few alphabetic words"),
+    ("\n".join(["Buy now and save big on everything today"] * 30), "repeated lines"),
+    ("a b c d e f g h " * 20, "mean word length"),
+    (PROSE, None),
+])
+def test_heuristic_rules(text, reason):
+    assert heuristic_reason(text, FiltersConfig()) == reason
+
+
+def test_minhash_estimates_jaccard_and_clusters_keep_the_first():
+    import random
+
+    rng = random.Random(1)
+    cfg = DedupConfig()
+    base = " ".join(f"word{rng.randrange(5000)}" for _ in range(400))
+    near = mutate(base, 0.01, rng)
+    far = mutate(base, 0.2, rng)
+    sigs = np.stack([signature(t, cfg) for t in (base, near, far, base)])
+    assert abs(float(np.mean(sigs[0] == sigs[1])) - jaccard(base, near)) < 0.1
+    dropped = find_duplicates(["a", "b", "c", "d"], ["h1", "h2", "h3", "h1"], sigs, cfg)
+    assert dropped["d"] == {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": "a"}
+    assert dropped["b"]["stage"] == "fuzzy-dedup" and dropped["b"]["duplicate_of"] == "a"
+    assert "c" not in dropped and "a" not in dropped
