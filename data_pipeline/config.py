@@ -41,6 +41,15 @@ class FiltersConfig:
 
 
 @dataclass
+class QualityConfig:
+    model: Optional[str] = None  # fastText classifier from `megagpt corpus train-quality`; absent: stage off
+    mode: str = "pareto"  # "pareto": GPT-3's np.random.pareto(alpha) > 1 - score; "threshold": score >= threshold
+    alpha: float = 9.0
+    threshold: float = 0.5
+    seed: int = 0
+
+
+@dataclass
 class DedupConfig:
     enabled: bool = True
     ngram: int = 5  # word n-grams (FineWeb)
@@ -71,6 +80,7 @@ class CorpusConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     langid: LangidConfig = field(default_factory=LangidConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
@@ -105,6 +115,13 @@ def validate_corpus(cfg: CorpusConfig) -> None:
         raise ConfigError(f"dedup.bands*dedup.rows={d.bands}*{d.rows} exceeds dedup.num_perm={d.num_perm}")
     if not 0.0 <= cfg.langid.threshold <= 1.0:
         raise ConfigError(f"langid.threshold={cfg.langid.threshold} must lie in [0, 1]")
+    q = cfg.quality
+    if q.mode not in ("pareto", "threshold"):
+        raise ConfigError(f"quality.mode={q.mode!r} must be 'pareto' or 'threshold'")
+    if q.model is not None and not os.path.isfile(q.model):
+        raise ConfigError(f"quality.model={q.model!r}: file not found")
+    if q.alpha <= 0:
+        raise ConfigError(f"quality.alpha={q.alpha} must be positive")
     if cfg.tokenize.tokenizer is not None and not os.path.isfile(cfg.tokenize.tokenizer):
         raise ConfigError(f"tokenize.tokenizer={cfg.tokenize.tokenizer!r}: file not found")
     input_files(cfg)

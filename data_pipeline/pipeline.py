@@ -108,7 +108,7 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
     for n in names:
         for d in read_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{n}.jsonl.gz")):
             dedup["dropped"][d["reason"]] = dedup["dropped"].get(d["reason"], 0) + 1
-    dedup["in"] = stats.get("filters", {}).get("kept", 0)
+    dedup["in"] = stats.get("quality", stats.get("filters", {})).get("kept", 0)
     dedup["kept"] = dedup["in"] - sum(dedup["dropped"].values())
     stats["dedup"] = dedup
     summary = {"stages": stats, "errors": errors, "documents": counts["documents"], "tokens": counts["tokens"]}

@@ -1,4 +1,4 @@
-"""Reading crawl files into records: WARC responses (HTML), WET conversions (text), JSONL.
+"""Reading crawl files into records: WARC responses (HTML), WET conversions (text), JSONL, plain text.
 
 fastwarc stops silently at a truncated gzip member, so after each .gz file we check
 that the bytes after the last record it read form complete gzip members (only the tail
@@ -36,6 +36,9 @@ def read_file(path: str) -> Iterator[Union[Record, ReadError]]:
     try:
         if name.endswith((".jsonl", ".jsonl.gz")):
             yield from _read_jsonl(path)
+        elif name.endswith(".txt"):
+            with open(path, "rb") as f:
+                yield Record(name, None, "text", f.read())
         else:
             yield from _read_warc(path)
     except OSError as exc:
@@ -106,3 +109,15 @@ def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
                              text if isinstance(text, str) else str(text))
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         yield ReadError(path, f"truncated gzip ({exc})")
+
+
+def iter_texts(paths: list[str]) -> Iterator[str]:
+    """The extracted text of every readable record in `paths` (for training classifiers)."""
+    from data_pipeline.extract import extract_text
+
+    for path in paths:
+        for item in read_file(path):
+            if isinstance(item, Record):
+                text, _ = extract_text(item)
+                if text:
+                    yield text

@@ -13,6 +13,7 @@ from data_pipeline.extract import extract_text
 from data_pipeline.filters import heuristic_reason
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import identify
+from data_pipeline.quality import pareto_keep, quality_score
 from data_pipeline.readers import ReadError, read_file
 from data_pipeline.stats import StageStats
 
@@ -59,8 +60,17 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
             drop(item.id, item.url, "filters", reason)
             continue
         stats.kept("filters", len(text))
-        kept.append({"id": item.id, "url": item.url, "source": cfg.input.source, "text": text, "lang": lang,
-                     "lang_score": round(score, 4)})
+        doc = {"id": item.id, "url": item.url, "source": cfg.input.source, "text": text, "lang": lang,
+               "lang_score": round(score, 4)}
+        if cfg.quality.model:
+            stats.saw("quality", len(text))
+            q = quality_score(cfg.quality.model, text)
+            doc["quality"] = round(q, 4)
+            if not _quality_keeps(cfg.quality, item.id, q):
+                drop(item.id, item.url, "quality", f"{cfg.quality.mode} rule", quality=doc["quality"])
+                continue
+            stats.kept("quality", len(text))
+        kept.append(doc)
     stats.timed("process", time.perf_counter() - clock)
 
     clock = time.perf_counter()
@@ -76,6 +86,12 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
     write_json(os.path.join(work, f"{name}.hashes.json"), hashes)
     write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
+
+
+def _quality_keeps(q, doc_id: str, score: float) -> bool:
+    if q.mode == "pareto":
+        return pareto_keep(doc_id, score, q.alpha, q.seed)
+    return score >= q.threshold
 
 
 def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:

@@ -4,6 +4,7 @@
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [key=value ...]
+    megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
 
 A bad config, a bad override or an impossible layout ends the command with one line
 naming the key and value, before any process starts.
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     cr = csub.add_parser("run", help="WARC/WET/JSONL -> filtered, deduplicated, tokenized shards")
     cr.add_argument("--config", help="corpus config YAML (see configs/data/commoncrawl-example.yaml)")
     cr.add_argument("overrides", nargs="*", metavar="key=value")
+
+    tq = csub.add_parser("train-quality", help="train GPT-3's quality classifier (fastText): curated vs raw crawl")
+    tq.add_argument("--positive", nargs="+", required=True, help="curated text: .txt, .jsonl[.gz], WARC/WET")
+    tq.add_argument("--negative", nargs="+", required=True, help="raw crawl: WARC/WET, .jsonl[.gz], .txt")
+    tq.add_argument("--out", required=True, help="where to write the model (.bin)")
+    tq.add_argument("--epochs", type=int, default=10)
 
     t = sub.add_parser("tokenize", help="text/JSONL files -> Megatron .bin/.idx with a byte-level BPE")
     t.add_argument("--input", nargs="+", required=True)
@@ -139,6 +146,8 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_corpus(args) -> int:
+    if args.corpus_command == "train-quality":
+        return cmd_train_quality(args)
     from data_pipeline.config import load_corpus_config
     from data_pipeline.pipeline import run
     from megagpt.parallel.distributed import quiet_library_warnings
@@ -149,6 +158,21 @@ def cmd_corpus(args) -> int:
     stages = summary["stages"]
     print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read, {summary['documents']} documents kept, "
           f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")
+    return 0
+
+
+def cmd_train_quality(args) -> int:
+    from data_pipeline.quality import train_quality
+    from data_pipeline.readers import iter_texts
+
+    for path in args.positive + args.negative:
+        if not os.path.isfile(path):
+            fail(f"{path}: file not found")
+    try:
+        counts = train_quality(iter_texts(args.positive), iter_texts(args.negative), args.out, epochs=args.epochs)
+    except ValueError as exc:
+        fail(str(exc))
+    print(f"megagpt corpus: trained {args.out} on {counts['positive']} curated and {counts['negative']} crawl documents")
     return 0
 
 

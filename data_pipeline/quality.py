@@ -1,0 +1,74 @@
+"""GPT-3's quality filter: a fastText classifier of curated text (positive) against raw crawl
+(negative), and the keep rule `numpy.random.pareto(alpha) > 1 - score` with alpha = 9.
+
+The Pareto draw is seeded by the document id, so a rerun keeps exactly the same documents.
+numpy's pareto is the Lomax distribution, so a document with score s is kept with
+probability (2 - s) ** -alpha.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from functools import lru_cache
+from typing import Iterable
+
+import numpy as np
+
+POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
+
+
+def _line(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def train_quality(positive: Iterable[str], negative: Iterable[str], out_path: str, epochs: int = 10,
+                  dim: int = 32, seed: int = 0) -> dict:
+    """Train and save the classifier; returns example counts. One thread, so training is reproducible."""
+    import fasttext
+
+    counts = {"positive": 0, "negative": 0}
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        for label, texts, key in ((POSITIVE, positive, "positive"), (NEGATIVE, negative, "negative")):
+            for text in texts:
+                if text.strip():
+                    f.write(f"{label} {_line(text)}\n")
+                    counts[key] += 1
+        train_file = f.name
+    try:
+        if not counts["positive"] or not counts["negative"]:
+            raise ValueError(f"need positive and negative examples, got {counts}")
+        model = fasttext.train_supervised(train_file, epoch=epochs, dim=dim, wordNgrams=2, minCount=1,
+                                          thread=1, seed=seed, verbose=0)
+    finally:
+        os.remove(train_file)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    model.save_model(out_path)
+    return counts
+
+
+@lru_cache(maxsize=4)
+def _model(path: str):
+    import fasttext
+
+    return fasttext.load_model(path)
+
+
+def quality_score(model_path: str, text: str) -> float:
+    """P(curated) under the classifier."""
+    # model.f.predict: fastText 0.9.3's Python predict() breaks under NumPy 2.
+    for prob, label in _model(model_path).f.predict(_line(text), 2, 0.0, "strict"):
+        if label == POSITIVE:
+            return min(float(prob), 1.0)
+    return 0.0
+
+
+def pareto_keep(doc_id: str, score: float, alpha: float, seed: int = 0) -> bool:
+    digest = hashlib.sha256(f"{seed}/{doc_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return bool(rng.pareto(alpha) > 1.0 - score)
+
+
+def pareto_keep_probability(score: float, alpha: float) -> float:
+    return (2.0 - score) ** -alpha
