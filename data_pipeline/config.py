@@ -63,6 +63,15 @@ class DedupConfig:
 
 
 @dataclass
+class DecontamConfig:
+    paths: list = field(default_factory=list)  # benchmark files (.jsonl[.gz] with "text", .txt); empty: stage off
+    ngram: int = 13
+    margin_chars: int = 200
+    min_piece_chars: int = 200
+    max_pieces: int = 10
+
+
+@dataclass
 class TokenizeConfig:
     tokenizer: Optional[str] = None  # tokenizer.json; absent: train a byte-level BPE on the kept text
     vocab_size: int = 32000
@@ -82,6 +91,7 @@ class CorpusConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
@@ -115,6 +125,9 @@ def validate_corpus(cfg: CorpusConfig) -> None:
         raise ConfigError(f"dedup.bands*dedup.rows={d.bands}*{d.rows} exceeds dedup.num_perm={d.num_perm}")
     if not 0.0 <= cfg.langid.threshold <= 1.0:
         raise ConfigError(f"langid.threshold={cfg.langid.threshold} must lie in [0, 1]")
+    for i, path in enumerate(cfg.decontam.paths):
+        if not os.path.isfile(path):
+            raise ConfigError(f"decontam.paths[{i}]={path!r}: file not found")
     q = cfg.quality
     if q.mode not in ("pareto", "threshold"):
         raise ConfigError(f"quality.mode={q.mode!r} must be 'pareto' or 'threshold'")

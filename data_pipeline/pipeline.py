@@ -104,13 +104,14 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
         parts.append(shard["stats"])
         errors += shard["errors"]
     stats = merge_stats(parts)
-    dedup = {"in": 0, "kept": 0, "dropped": {}}
-    for n in names:
-        for d in read_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{n}.jsonl.gz")):
-            dedup["dropped"][d["reason"]] = dedup["dropped"].get(d["reason"], 0) + 1
-    dedup["in"] = stats.get("quality", stats.get("filters", {})).get("kept", 0)
-    dedup["kept"] = dedup["in"] - sum(dedup["dropped"].values())
-    stats["dedup"] = dedup
+    entering = stats.get("quality", stats.get("filters", {})).get("kept", 0)
+    for stage in ("dedup", "decontam"):
+        dropped: dict = {}
+        for n in names:
+            for d in read_jsonl_gz(os.path.join(out, "dropped", stage, f"{n}.jsonl.gz")):
+                dropped[d["reason"]] = dropped.get(d["reason"], 0) + 1
+        stats[stage] = {"in": entering, "kept": entering - sum(dropped.values()), "dropped": dict(sorted(dropped.items()))}
+        entering = stats[stage]["kept"]
     summary = {"stages": stats, "errors": errors, "documents": counts["documents"], "tokens": counts["tokens"]}
     write_json(os.path.join(out, "stats.json"), summary)
     write_json(os.path.join(out, "mixture.json"), {

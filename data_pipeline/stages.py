@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import time
+from functools import lru_cache
 
 import numpy as np
 
 from data_pipeline.config import CorpusConfig
+from data_pipeline.decontam import Decontaminator
 from data_pipeline.dedup import content_hash, signature
 from data_pipeline.extract import extract_text
 from data_pipeline.filters import heuristic_reason
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import identify
 from data_pipeline.quality import pareto_keep, quality_score
-from data_pipeline.readers import ReadError, read_file
+from data_pipeline.readers import ReadError, iter_texts, read_file
 from data_pipeline.stats import StageStats
 
 
@@ -94,18 +96,36 @@ def _quality_keeps(q, doc_id: str, score: float) -> bool:
     return score >= q.threshold
 
 
+@lru_cache(maxsize=2)
+def _decontaminator(paths: tuple, ngram: int, margin: int, min_piece: int, max_pieces: int) -> Decontaminator:
+    return Decontaminator(iter_texts(list(paths)), ngram, margin, min_piece, max_pieces)
+
+
 def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
-    """Drop this shard's duplicates; write its final documents and its dedup drops."""
+    """Drop this shard's duplicates, cut benchmark overlaps; write its final documents and drops."""
     out, name = cfg.output.dir, shard_name(index)
-    kept, dropped = [], []
+    d = cfg.decontam
+    decon = _decontaminator(tuple(d.paths), d.ngram, d.margin_chars, d.min_piece_chars, d.max_pieces) if d.paths else None
+    kept, dup_drops, decon_drops = [], [], []
     for doc in read_jsonl_gz(os.path.join(out, "work", "process", f"{name}.jsonl.gz")):
         dup = duplicates.get(doc["id"])
         if dup:
-            dropped.append({"id": doc["id"], "url": doc["url"], **dup})
-        else:
+            dup_drops.append({"id": doc["id"], "url": doc["url"], **dup})
+            continue
+        if decon is None:
             kept.append(doc)
+            continue
+        pieces, reason, hits = decon.clean(doc["text"])
+        if reason:
+            decon_drops.append({"id": doc["id"], "url": doc["url"], "stage": "decontam", "reason": reason,
+                                "benchmark_ngrams": hits})
+            continue
+        for k, piece in enumerate(pieces):
+            piece_id = doc["id"] if len(pieces) == 1 else f"{doc['id']}#{k}"
+            kept.append({**doc, "id": piece_id, "text": piece, **({"benchmark_ngrams": hits} if hits else {})})
     write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept)
-    write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dropped)
+    write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops)
+    write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops)
 
 
 def tokenize_shard(cfg: CorpusConfig, index: int, tokenizer_path: str) -> None:

@@ -1,0 +1,56 @@
+"""GPT-3 Appendix C decontamination on planted 13-gram overlaps."""
+
+import json
+
+from data_pipeline.decontam import Decontaminator
+
+FILLER = " ".join(f"filler{i}" for i in range(300))  # 300 distinct words, ~2,700 characters
+QUESTION = "What is the capital city of the small landlocked country that lies between France and Spain"
+
+
+def test_overlap_is_cut_with_200_characters_either_side():
+    d = Decontaminator([QUESTION + "? Andorra la Vella."])
+    text = f"{FILLER} {QUESTION.lower()} {FILLER}"
+    pieces, reason, hits = d.clean(text)
+    assert reason is None and hits == 4 and len(pieces) == 2  # 16 words hold four 13-grams
+    start = text.index(QUESTION.lower())
+    assert pieces[0] == text[: start - 200].strip()
+    assert pieces[1] == text[start + len(QUESTION) + 200:].strip()
+
+
+def test_twelve_shared_words_are_not_contamination():
+    d = Decontaminator([QUESTION])
+    twelve = " ".join(QUESTION.split()[:12])
+    text = f"{FILLER} {twelve} {FILLER}"
+    assert d.clean(text) == ([text], None, 0)
+
+
+def test_short_remainders_and_many_pieces_drop_the_document():
+    d = Decontaminator([QUESTION])
+    assert d.clean(f"intro {QUESTION} outro") == ([], "nothing left after removing benchmark overlap", 4)
+    many = f" {QUESTION} ".join([FILLER] * 12)
+    pieces, reason, _ = d.clean(many)
+    assert pieces == [] and reason == "split into more than 10 pieces"
+
+
+def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
+    from data_pipeline.io import read_jsonl_gz
+    from data_pipeline.pipeline import run
+    from tests.pipeline.conftest import corpus_config
+
+    crawl_dir, truth = crawl
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"text": QUESTION}) + "\n")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text(json.dumps({"id": "contaminated", "text": f"{FILLER} {QUESTION} {FILLER}"}) + "\n"
+                     + json.dumps({"id": "clean", "text": FILLER + " the end"}) + "\n")
+    out = tmp_path / "out"
+    cfg = corpus_config(crawl_dir, out, f"input.paths=[{jsonl}]", f"decontam.paths=[{bench}]", "langid.threshold=0",
+                        "langid.languages=[en, la, eo, it, fr, de, es, nl, pt, sv, da, fi, pl, cs, ru, tr]",
+                        "filters.min_alpha_word_fraction=0", "dedup.enabled=false", "tokenize.vocab_size=300")
+    summary = run(cfg, progress=False)
+    docs = {d["id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
+    assert set(docs) == {"contaminated#0", "contaminated#1", "clean"}
+    assert all(QUESTION.split()[5] not in docs[k]["text"] for k in ("contaminated#0", "contaminated#1"))
+    assert docs["contaminated#0"]["benchmark_ngrams"] == 4 and "benchmark_ngrams" not in docs["clean"]
+    assert summary["stages"]["decontam"]["in"] == 2 and summary["documents"] == 3
