@@ -4,6 +4,7 @@
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [key=value ...]
+    megagpt corpus mix --config PATH [key=value ...]
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
 
 A bad config, a bad override or an impossible layout ends the command with one line
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     cr = csub.add_parser("run", help="WARC/WET/JSONL -> filtered, deduplicated, tokenized shards")
     cr.add_argument("--config", help="corpus config YAML (see configs/data/commoncrawl-example.yaml)")
     cr.add_argument("overrides", nargs="*", metavar="key=value")
+
+    cm = csub.add_parser("mix", help="weight finished corpus runs into one mixture.json for training")
+    cm.add_argument("--config", required=True, help="see configs/data/gpt3-mixture.yaml")
+    cm.add_argument("overrides", nargs="*", metavar="key=value")
 
     tq = csub.add_parser("train-quality", help="train GPT-3's quality classifier (fastText): curated vs raw crawl")
     tq.add_argument("--positive", nargs="+", required=True, help="curated text: .txt, .jsonl[.gz], WARC/WET")
@@ -148,6 +153,14 @@ def cmd_tokenize(args) -> int:
 def cmd_corpus(args) -> int:
     if args.corpus_command == "train-quality":
         return cmd_train_quality(args)
+    if args.corpus_command == "mix":
+        from data_pipeline.mixture import load_mix_config, mix
+
+        summary = mix(load_mix_config(args.config, args.overrides))
+        for s in summary["sources"]:
+            print(f"{s['source']:<16} weight {s['weight']:.4f}  {s['tokens']:>14,} tokens"
+                  + (f"  {s['epochs']:.2f} epochs" if "epochs" in s else ""))
+        return 0
     from data_pipeline.config import load_corpus_config
     from data_pipeline.pipeline import run
     from megagpt.parallel.distributed import quiet_library_warnings

@@ -1,0 +1,84 @@
+"""Weighted mixtures of finished corpus runs, written as the mixture.json training reads.
+
+Each source is a `megagpt corpus run` output; all must share one tokenizer (set
+tokenize.tokenizer to the same file in each run). For a token budget, the file also
+records how many epochs of each source the weights imply (GPT-3 Table 2.2 reports
+these: 0.44 epochs of Common Crawl, 3.4 of Wikipedia).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from data_pipeline.io import write_json
+from megagpt.config import ConfigError, load_config
+
+
+@dataclass
+class MixtureSection:
+    sources: list = field(default_factory=list)  # [{source, run, weight}]
+    token_budget: Optional[int] = None
+    out: str = "runs/mixture"
+
+
+@dataclass
+class MixConfig:
+    mixture: MixtureSection = field(default_factory=MixtureSection)
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _run_source(entry: dict, i: int) -> dict:
+    try:
+        name, run_dir, weight = entry["source"], entry["run"], float(entry["weight"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"mixture.sources[{i}]={entry!r} needs source, run and a numeric weight") from None
+    if weight <= 0:
+        raise ConfigError(f"mixture.sources[{i}].weight={weight} must be positive")
+    path = os.path.join(run_dir, "mixture.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} has no mixture.json (is the corpus run finished?)")
+    with open(path) as f:
+        run = json.load(f)
+    match = [s for s in run["sources"] if s["source"] == name]
+    if not match:
+        raise ConfigError(f"mixture.sources[{i}]: run {run_dir!r} holds no source {name!r}")
+    return {"source": name, "weight": weight, "prefix": os.path.abspath(os.path.join(run_dir, match[0]["prefix"])),
+            "tokens": match[0]["tokens"], "documents": match[0]["documents"],
+            "tokenizer": os.path.abspath(os.path.join(run_dir, run["tokenizer"]))}
+
+
+def mix(cfg: MixConfig) -> dict:
+    m = cfg.mixture
+    if not m.sources:
+        raise ConfigError("mixture.sources=[] is empty")
+    sources = [_run_source(entry, i) for i, entry in enumerate(m.sources)]
+    tokenizers = {s["tokenizer"]: _digest(s["tokenizer"]) for s in sources}
+    if len(set(tokenizers.values())) > 1:
+        raise ConfigError(f"mixture sources use different tokenizers ({', '.join(sorted(tokenizers))}); "
+                          "tokenize every run with the same tokenize.tokenizer")
+    total = sum(s["weight"] for s in sources)
+    out = os.path.abspath(m.out)
+    entries = []
+    for s in sources:
+        weight = s["weight"] / total
+        entry = {"source": s["source"], "prefix": os.path.relpath(s["prefix"], out), "weight": round(weight, 6),
+                 "tokens": s["tokens"], "documents": s["documents"]}
+        if m.token_budget:
+            entry["epochs"] = round(weight * m.token_budget / max(s["tokens"], 1), 4)
+        entries.append(entry)
+    summary = {"tokenizer": os.path.relpath(sources[0]["tokenizer"], out), "token_budget": m.token_budget,
+               "sources": entries}
+    write_json(os.path.join(out, "mixture.json"), summary)
+    return summary
+
+
+def load_mix_config(path: Optional[str], overrides=()) -> MixConfig:
+    return load_config(path, overrides, root=MixConfig)

@@ -1,0 +1,74 @@
+"""Mixing finished corpus runs by weight, and training-time sampling that honours the weights."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_pipeline.config import load_corpus_config
+from data_pipeline.mixture import load_mix_config, mix
+from data_pipeline.pipeline import run
+from data_pipeline.synthetic import english_pages
+from megagpt.config import ConfigError, load_config
+from megagpt.data.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mix")
+    pages = english_pages()
+    tokenizer = base / "shared-tokenizer.json"
+    Tokenizer.train(pages, 1000).save(str(tokenizer))
+    runs = {}
+    for name, docs in (("books", pages[:150]), ("wiki", pages[150:300])):
+        src = base / f"{name}.jsonl"
+        src.write_text("".join(json.dumps({"id": f"{name}{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
+        runs[name] = base / f"run-{name}"
+        run(load_corpus_config(None, [f"input.paths=[{src}]", f"output.dir={runs[name]}", f"input.source={name}",
+                                      "langid.threshold=0.5", f"tokenize.tokenizer={tokenizer}", "executor.workers=1"]),
+            progress=False)
+    return base, runs
+
+
+def test_mix_writes_weights_tokens_and_epochs(two_runs):
+    base, runs = two_runs
+    cfg = load_mix_config(None, [f"mixture.sources=[{{source: books, run: {runs['books']}, weight: 3}}, "
+                                 f"{{source: wiki, run: {runs['wiki']}, weight: 1}}]",
+                                 "mixture.token_budget=100000", f"mixture.out={base / 'mixed'}"])
+    summary = mix(cfg)
+    books, wiki = summary["sources"]
+    assert (books["weight"], wiki["weight"]) == (0.75, 0.25)
+    assert books["epochs"] == round(0.75 * 100000 / books["tokens"], 4) and books["tokens"] > 10000
+    on_disk = json.loads((base / "mixed" / "mixture.json").read_text())
+    assert on_disk == summary
+
+
+def test_training_samples_follow_the_mixture(two_runs, world_of_one, tmp_path):
+    from megagpt.data.datasets import build_datasets
+
+    base, runs = two_runs
+    mix(load_mix_config(None, [f"mixture.sources=[{{source: books, run: {runs['books']}, weight: 0.7}}, "
+                               f"{{source: wiki, run: {runs['wiki']}, weight: 0.3}}]", f"mixture.out={tmp_path}"]))
+    cfg = load_config(None, [f"data.mixture={tmp_path / 'mixture.json'}", "model.seq_length=32", "model.vocab_size=1000",
+                             f"run.dir={tmp_path}"])
+    train, _ = build_datasets(cfg, train_samples=5000, valid_samples=10)
+    shares = np.bincount(train.dataset_index[:5000], minlength=2) / 5000
+    assert shares == pytest.approx([0.7, 0.3], abs=0.01)
+
+
+def test_mixing_runs_with_different_tokenizers_is_refused(two_runs, tmp_path):
+    base, runs = two_runs
+    other = tmp_path / "other"
+    other.mkdir()
+    mixture = json.loads((runs["wiki"] / "mixture.json").read_text())
+    Tokenizer.train(["something else entirely"] * 10, 300).save(str(other / "tokenizer.json"))
+    for ext in (".bin", ".idx"):
+        (other / "tokens").mkdir(exist_ok=True)
+        (other / "tokens" / f"wiki{ext}").write_bytes((runs["wiki"] / "tokens" / f"wiki{ext}").read_bytes())
+    (other / "mixture.json").write_text(json.dumps({**mixture, "tokenizer": "tokenizer.json"}))
+    cfg = load_mix_config(None, [f"mixture.sources=[{{source: books, run: {runs['books']}, weight: 1}}, "
+                                 f"{{source: wiki, run: {other}, weight: 1}}]", f"mixture.out={tmp_path / 'm'}"])
+    with pytest.raises(ConfigError, match="mixture sources use different tokenizers"):
+        mix(cfg)
+    with pytest.raises(ConfigError, match="has no mixture.json"):
+        mix(load_mix_config(None, [f"mixture.sources=[{{source: x, run: {tmp_path / 'nope'}, weight: 1}}]"]))
