@@ -4,6 +4,7 @@
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [key=value ...]
+    megagpt corpus report RUN_DIR
     megagpt corpus mix --config PATH [key=value ...]
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
 
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     cr = csub.add_parser("run", help="WARC/WET/JSONL -> filtered, deduplicated, tokenized shards")
     cr.add_argument("--config", help="corpus config YAML (see configs/data/commoncrawl-example.yaml)")
     cr.add_argument("overrides", nargs="*", metavar="key=value")
+
+    rp = csub.add_parser("report", help="plots (funnel, lengths, scores) and a summary table of a finished run")
+    rp.add_argument("run_dir")
 
     cm = csub.add_parser("mix", help="weight finished corpus runs into one mixture.json for training")
     cm.add_argument("--config", required=True, help="see configs/data/gpt3-mixture.yaml")
@@ -153,6 +157,16 @@ def cmd_tokenize(args) -> int:
 def cmd_corpus(args) -> int:
     if args.corpus_command == "train-quality":
         return cmd_train_quality(args)
+    if args.corpus_command == "report":
+        import json
+
+        from data_pipeline.report import summary_table, write_report
+
+        for path in write_report(args.run_dir):
+            print(f"wrote {path}")
+        with open(os.path.join(args.run_dir, "stats.json")) as f:
+            print(summary_table(json.load(f)))
+        return 0
     if args.corpus_command == "mix":
         from data_pipeline.mixture import load_mix_config, mix
 

@@ -37,7 +37,7 @@ def test_broken_records_and_truncated_file_are_counted_with_reasons(corpus_run):
     assert len(seen) >= len(truth.broken) - 1
     assert [e["file"] for e in summary["errors"]] == truth.truncated_files
     assert summary["errors"][0]["reason"].startswith("truncated gzip after ")
-    assert summary["stages"]["read"]["dropped"] == {"truncated gzip": 1}
+    assert summary["stages"]["read"]["dropped"] == {} and len(summary["errors"]) == 1
     stats = json.load(open(os.path.join(out, "stats.json")))
     assert stats["stages"]["extract"]["dropped"]["binary content"] == (1 if "binary" in seen else 0)
 
@@ -84,3 +84,25 @@ def test_outputs_tokens_and_mixture(corpus_run):
     assert s["langid"]["kept"] == s["filters"]["in"] and s["filters"]["kept"] == s["dedup"]["in"]
     for stage in ("extract", "langid", "filters"):
         assert s[stage]["in"] == s[stage]["kept"] + sum(s[stage]["dropped"].values())
+
+
+def test_report_writes_plots_and_a_table(corpus_run):
+    from tests.conftest import megagpt
+
+    out, _, summary = corpus_run
+    proc = megagpt("corpus", "report", str(out), timeout=120)
+    for name in ("funnel", "lengths", "scores"):
+        with open(os.path.join(out, "report", f"{name}.png"), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    lines = proc.stdout.splitlines()
+    langid = next(line for line in lines if line.startswith("langid"))
+    assert langid.split()[1:3] == [str(summary["stages"]["langid"]["in"]), str(summary["stages"]["langid"]["kept"])]
+    assert f"documents {summary['documents']}, tokens {summary['tokens']}, file errors 1" in proc.stdout
+
+
+def test_report_of_a_missing_run_is_one_line(tmp_path):
+    from tests.conftest import megagpt
+
+    proc = megagpt("corpus", "report", str(tmp_path / "nope"), check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "stats.json not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,78 @@
+"""`megagpt corpus report RUN_DIR`: PNG plots of a finished run and a summary table."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from data_pipeline.io import read_jsonl_gz
+
+FUNNEL = ("read", "extract", "langid", "filters", "quality", "dedup", "decontam")
+
+
+def summary_table(stats: dict) -> str:
+    rows = [f"{'stage':<10}{'in':>10}{'kept':>10}{'dropped':>10}  top reasons"]
+    for stage in FUNNEL:
+        s = stats["stages"].get(stage)
+        if not s:
+            continue
+        reasons = sorted(s["dropped"].items(), key=lambda kv: -kv[1])[:3]
+        rows.append(f"{stage:<10}{s['in']:>10}{s['kept']:>10}{sum(s['dropped'].values()):>10}  "
+                    + ", ".join(f"{r} ({n})" for r, n in reasons))
+    rows.append(f"documents {stats['documents']}, tokens {stats['tokens']}, file errors {len(stats['errors'])}")
+    return "\n".join(rows)
+
+
+def write_report(run_dir: str) -> list[str]:
+    """Write funnel.png, lengths.png and scores.png into <run_dir>/report; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(run_dir, "stats.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished corpus run?")
+    with open(path) as f:
+        stats = json.load(f)
+    docs = [d for p in sorted(glob.glob(os.path.join(run_dir, "documents", "*", "*.jsonl.gz"))) for d in read_jsonl_gz(p)]
+    out = os.path.join(run_dir, "report")
+    os.makedirs(out, exist_ok=True)
+    written = []
+
+    stages = [s for s in FUNNEL if s in stats["stages"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(stages, [stats["stages"][s]["in"] for s in stages], color="#c8d6e5", label="in")
+    ax.bar(stages, [stats["stages"][s]["kept"] for s in stages], color="#2e86de", label="kept")
+    ax.set_ylabel("documents")
+    ax.set_title("Documents through each stage")
+    ax.legend()
+    written.append(_save(fig, os.path.join(out, "funnel.png")))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.hist([len(d["text"]) for d in docs] or [0], bins=40, color="#2e86de")
+    ax.set_xlabel("characters per kept document")
+    ax.set_ylabel("documents")
+    ax.set_title("Length of kept documents")
+    written.append(_save(fig, os.path.join(out, "lengths.png")))
+
+    scores = {key: [d[key] for d in docs if key in d] for key in ("lang_score", "quality")}
+    scores = {k: v for k, v in scores.items() if v}
+    fig, axes = plt.subplots(1, max(len(scores), 1), figsize=(8, 4), squeeze=False)
+    for ax, (key, values) in zip(axes[0], scores.items()):
+        ax.hist(values, bins=30, range=(0, 1), color="#10ac84")
+        ax.set_xlabel(key)
+        ax.set_ylabel("documents")
+    fig.suptitle("Scores of kept documents")
+    written.append(_save(fig, os.path.join(out, "scores.png")))
+    return written
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
