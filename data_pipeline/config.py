@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -79,8 +80,12 @@ class TokenizeConfig:
 
 @dataclass
 class ExecutorConfig:
-    kind: str = "local"
-    workers: Optional[int] = None  # default: all cores
+    kind: str = "local"  # "local": a process per worker here; "slurm": array jobs, reduce steps as dependent jobs
+    workers: Optional[int] = None  # local: processes (default: all cores); slurm: array tasks at once (default: all)
+    partition: Optional[str] = None  # slurm only
+    time: Optional[str] = None  # slurm only: per-task limit, e.g. 02:00:00
+    cpus_per_task: int = 1
+    wait: bool = True  # slurm: wait for the last job and check every stage finished
 
 
 @dataclass
@@ -94,6 +99,9 @@ class CorpusConfig:
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+_SAFE = re.compile(r"[A-Za-z0-9_.:-]+")  # values that reach an sbatch command line
 
 
 def load_corpus_config(path: Optional[str], overrides=()) -> CorpusConfig:
@@ -116,8 +124,14 @@ def input_files(cfg: CorpusConfig) -> list[str]:
 def validate_corpus(cfg: CorpusConfig) -> None:
     if not cfg.input.paths:
         raise ConfigError("input.paths=[] is empty")
-    if cfg.executor.kind not in ("local",):
-        raise ConfigError(f"executor.kind={cfg.executor.kind!r} must be 'local'")
+    e = cfg.executor
+    if e.kind not in ("local", "slurm"):
+        raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
+    for key, value in (("executor.partition", e.partition), ("executor.time", e.time)):
+        if value is not None and not _SAFE.fullmatch(value):
+            raise ConfigError(f"{key}={value!r} may only hold letters, digits and . _ : -")
+    if e.cpus_per_task < 1:
+        raise ConfigError(f"executor.cpus_per_task={e.cpus_per_task} must be at least 1")
     if cfg.executor.workers is not None and cfg.executor.workers < 1:
         raise ConfigError(f"executor.workers={cfg.executor.workers} must be at least 1")
     d = cfg.dedup

@@ -23,27 +23,55 @@ from data_pipeline.stages import finalize_shard, process_shard, shard_name, toke
 from data_pipeline.stats import merge_stats
 
 
+# (stage, kind): "shard" stages run once per input file, "reduce" stages once over all of them.
+STAGES = [("process", "shard"), ("dedup", "reduce"), ("finalize", "shard"), ("tokenizer", "reduce"),
+          ("tokenize", "shard"), ("summary", "reduce")]
+
+
 def run(cfg: CorpusConfig, progress: bool = True) -> dict:
-    out = cfg.output.dir
-    files = input_files(cfg)
-    names = [shard_name(i) for i in range(len(files))]
+    """Every stage in order on this machine; returns the summary (stats.json)."""
     ex = LocalExecutor(cfg.executor.workers, progress)
+    for stage, kind in STAGES:
+        if kind == "shard":
+            ex.run(cfg.output.dir, stage, run_shard, [(n, (cfg, stage, i)) for i, n in enumerate(shard_names(cfg))])
+        elif not is_done(cfg.output.dir, stage, "all"):
+            run_reduce(cfg, stage)
+            mark_done(cfg.output.dir, stage, "all")
+    with open(os.path.join(cfg.output.dir, "stats.json")) as f:
+        return json.load(f)
 
-    ex.run(out, "process", process_shard, [(n, (cfg, i, f)) for i, (n, f) in enumerate(zip(names, files))])
-    if not is_done(out, "dedup", "all"):
-        write_json(os.path.join(out, "work", "dedup", "duplicates.json"), _duplicates(cfg, names))
-        mark_done(out, "dedup", "all")
-    with open(os.path.join(out, "work", "dedup", "duplicates.json")) as f:
-        duplicates = json.load(f)
-    ex.run(out, "finalize", finalize_shard, [(n, (cfg, i, duplicates)) for i, n in enumerate(names)])
 
-    tokenizer_path = cfg.tokenize.tokenizer or os.path.join(out, "tokenizer.json")
-    if not cfg.tokenize.tokenizer and not is_done(out, "tokenizer", "all"):
-        _train_tokenizer(cfg, names, tokenizer_path)
-        mark_done(out, "tokenizer", "all")
-    ex.run(out, "tokenize", tokenize_shard, [(n, (cfg, i, tokenizer_path)) for i, n in enumerate(names)])
-    counts = _merge_tokens(cfg, names)
-    return _write_summary(cfg, names, counts, tokenizer_path)
+def shard_names(cfg: CorpusConfig) -> list[str]:
+    return [shard_name(i) for i in range(len(input_files(cfg)))]
+
+
+def tokenizer_path(cfg: CorpusConfig) -> str:
+    return cfg.tokenize.tokenizer or os.path.join(cfg.output.dir, "tokenizer.json")
+
+
+def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
+    if stage == "process":
+        process_shard(cfg, index, input_files(cfg)[index])
+    elif stage == "finalize":
+        with open(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json")) as f:
+            finalize_shard(cfg, index, json.load(f))
+    elif stage == "tokenize":
+        tokenize_shard(cfg, index, tokenizer_path(cfg))
+    else:
+        raise ValueError(f"{stage} is not a per-shard stage")
+
+
+def run_reduce(cfg: CorpusConfig, stage: str) -> None:
+    names = shard_names(cfg)
+    if stage == "dedup":
+        write_json(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json"), _duplicates(cfg, names))
+    elif stage == "tokenizer":
+        if not cfg.tokenize.tokenizer:
+            _train_tokenizer(cfg, names, tokenizer_path(cfg))
+    elif stage == "summary":
+        _write_summary(cfg, names, _merge_tokens(cfg, names), tokenizer_path(cfg))
+    else:
+        raise ValueError(f"{stage} is not a reduce stage")
 
 
 def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:

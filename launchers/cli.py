@@ -15,6 +15,7 @@ naming the key and value, before any process starts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import NoReturn
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     cr = csub.add_parser("run", help="WARC/WET/JSONL -> filtered, deduplicated, tokenized shards")
     cr.add_argument("--config", help="corpus config YAML (see configs/data/commoncrawl-example.yaml)")
     cr.add_argument("overrides", nargs="*", metavar="key=value")
+
+    ct = csub.add_parser("task", help="run one stage of a corpus run (what the Slurm executor's jobs call)")
+    ct.add_argument("--config", required=True)
+    ct.add_argument("--stage", required=True)
+    ct.add_argument("--index", type=int, help="shard index (default: $SLURM_ARRAY_TASK_ID)")
 
     rp = csub.add_parser("report", help="plots (funnel, lengths, scores) and a summary table of a finished run")
     rp.add_argument("run_dir")
@@ -157,9 +163,14 @@ def cmd_tokenize(args) -> int:
 def cmd_corpus(args) -> int:
     if args.corpus_command == "train-quality":
         return cmd_train_quality(args)
-    if args.corpus_command == "report":
-        import json
+    if args.corpus_command == "task":
+        from data_pipeline.config import load_corpus_config
+        from data_pipeline.slurm_executor import run_task
 
+        index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", -1))
+        run_task(load_corpus_config(args.config), args.stage, index if index >= 0 else None)
+        return 0
+    if args.corpus_command == "report":
         from data_pipeline.report import summary_table, write_report
 
         for path in write_report(args.run_dir):
@@ -181,7 +192,17 @@ def cmd_corpus(args) -> int:
 
     quiet_library_warnings()
     cfg = load_corpus_config(args.config, args.overrides)
-    summary = run(cfg)
+    if cfg.executor.kind == "slurm":
+        from data_pipeline.slurm_executor import submit
+
+        jobs = submit(cfg)
+        print(f"megagpt corpus: submitted Slurm jobs {', '.join(jobs)} (logs in {cfg.output.dir}/work/slurm)")
+        if not cfg.executor.wait:
+            return 0
+        with open(os.path.join(cfg.output.dir, "stats.json")) as f:
+            summary = json.load(f)
+    else:
+        summary = run(cfg)
     stages = summary["stages"]
     print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read, {summary['documents']} documents kept, "
           f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")

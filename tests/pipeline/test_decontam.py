@@ -36,7 +36,7 @@ def test_short_remainders_and_many_pieces_drop_the_document():
 def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     from data_pipeline.io import read_jsonl_gz
     from data_pipeline.pipeline import run
-    from tests.pipeline.conftest import corpus_config
+    from tests.conftest import corpus_config
 
     crawl_dir, truth = crawl
     bench = tmp_path / "bench.jsonl"

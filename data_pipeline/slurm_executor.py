@@ -1,0 +1,109 @@
+"""Running the corpus stages as Slurm jobs: an array job per shard stage (one task per input
+file), each reduce step a single job that depends on the one before.
+
+Tasks are `megagpt corpus task` over a copy of the run's config saved in the output
+directory; they honour the same manifest as the local executor, so a requeued or
+resubmitted run redoes only unfinished shards. With executor.wait the driver waits
+for the queue to drain and then names the first stage that did not finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import yaml
+
+from data_pipeline.config import CorpusConfig
+from megagpt.config import ConfigError
+from data_pipeline.executors import is_done
+from data_pipeline.pipeline import STAGES, shard_names
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save_config(cfg: CorpusConfig) -> str:
+    """The config with absolute paths, as the tasks will read it."""
+    cfg = dataclasses.replace(cfg)
+    cfg.input = dataclasses.replace(cfg.input, paths=[os.path.abspath(p) for p in cfg.input.paths])
+    cfg.output = dataclasses.replace(cfg.output, dir=os.path.abspath(cfg.output.dir))
+    path = os.path.join(cfg.output.dir, "work", "corpus-config.yaml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+    return path
+
+
+def sbatch_args(cfg: CorpusConfig, stage: str, shards: int, config_path: str, depends_on: str | None) -> list[str]:
+    e = cfg.executor
+    logs = os.path.join(os.path.abspath(cfg.output.dir), "work", "slurm")
+    task = [sys.executable, "-m", "launchers.cli", "corpus", "task", "--config", config_path, "--stage", stage]
+    args = ["sbatch", "--parsable", f"--job-name=megagpt-corpus-{stage}", f"--chdir={REPO_ROOT}",
+            f"--cpus-per-task={e.cpus_per_task}", "--kill-on-invalid-dep=yes"]
+    if dict(STAGES)[stage] == "shard":
+        limit = f"%{e.workers}" if e.workers else ""
+        args += [f"--array=0-{shards - 1}{limit}", f"--output={logs}/{stage}-%A_%a.out"]
+    else:
+        args.append(f"--output={logs}/{stage}-%j.out")
+    if e.partition:
+        args.append(f"--partition={e.partition}")
+    if e.time:
+        args.append(f"--time={e.time}")
+    if depends_on:
+        args.append(f"--dependency=afterok:{depends_on}")
+    return args + ["--wrap", shlex.join(task)]
+
+
+def submit(cfg: CorpusConfig, poll_seconds: float = 1.0) -> list[str]:
+    config_path = save_config(cfg)
+    os.makedirs(os.path.join(cfg.output.dir, "work", "slurm"), exist_ok=True)
+    shards = len(shard_names(cfg))
+    jobs, previous = [], None
+    for stage, _ in STAGES:
+        proc = subprocess.run(sbatch_args(cfg, stage, shards, config_path, previous), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sbatch for stage {stage} failed: {proc.stderr.strip()}")
+        previous = proc.stdout.strip().split(";")[0]
+        jobs.append(previous)
+    if cfg.executor.wait:
+        wait_for(jobs, poll_seconds)
+        for stage, kind in STAGES:
+            names = shard_names(cfg) if kind == "shard" else ["all"]
+            missing = [n for n in names if not is_done(cfg.output.dir, stage, n)]
+            if missing:
+                raise RuntimeError(f"Slurm stage {stage} did not finish for {len(missing)} task(s) "
+                                   f"(first: {missing[0]}); logs in {cfg.output.dir}/work/slurm")
+    return jobs
+
+
+def wait_for(jobs: list[str], poll_seconds: float) -> None:
+    while True:
+        proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], capture_output=True, text=True)
+        if proc.returncode == 0 and not proc.stdout.strip():
+            return
+        time.sleep(poll_seconds)
+
+
+def run_task(cfg: CorpusConfig, stage: str, index: int | None) -> None:
+    """One array task (index = SLURM_ARRAY_TASK_ID) or one reduce step; skipped if already done."""
+    from data_pipeline.executors import mark_done
+    from data_pipeline.pipeline import run_reduce, run_shard
+    from data_pipeline.stages import shard_name
+
+    out = cfg.output.dir
+    if stage not in dict(STAGES):
+        raise ConfigError(f"--stage {stage!r} is not one of {', '.join(s for s, _ in STAGES)}")
+    if dict(STAGES)[stage] == "shard":
+        if index is None:
+            raise ConfigError(f"stage {stage} runs per shard: give --index or run as a Slurm array task")
+        task_id = shard_name(index)
+        if not is_done(out, stage, task_id):
+            run_shard(cfg, stage, index)
+            mark_done(out, stage, task_id)
+    elif not is_done(out, stage, "all"):
+        run_reduce(cfg, stage)
+        mark_done(out, stage, "all")
