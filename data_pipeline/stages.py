@@ -24,6 +24,20 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
+class _Clock:
+    """Adds the time of each call to its stage's seconds."""
+
+    def __init__(self, stats: StageStats):
+        self.stats = stats
+
+    def run(self, stage: str, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.stats.timed(stage, time.perf_counter() - start)
+
+
 def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
     """read > extract > langid > heuristic filters > hash + MinHash signature, for one input file."""
     out, name = cfg.output.dir, shard_name(index)
@@ -34,8 +48,11 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
         stats.dropped(stage, reason)
         dropped.append({"id": doc_id, "url": url, "stage": stage, "reason": reason, **extra})
 
-    clock = time.perf_counter()
-    for item in read_file(path):
+    reader, clock = read_file(path), _Clock(stats)
+    while True:
+        item = clock.run("read", next, reader, None)
+        if item is None:
+            break
         if isinstance(item, ReadError):
             errors.append({"file": item.file, "reason": item.reason})  # a file's damage, not a document
             continue
@@ -43,20 +60,20 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
         stats.saw("read", size)
         stats.kept("read", size)
         stats.saw("extract", size)
-        text, reason = extract_text(item)
+        text, reason = clock.run("extract", extract_text, item)
         if reason:
             drop(item.id, item.url, "extract", reason)
             continue
         stats.kept("extract", len(text))
         stats.saw("langid", len(text))
-        lang, score = identify(text)
+        lang, score = clock.run("langid", identify, text)
         if lang not in languages or score < cfg.langid.threshold:
             drop(item.id, item.url, "langid", f"language {lang}" if lang not in languages else "low confidence",
                  lang=lang, lang_score=round(score, 4))
             continue
         stats.kept("langid", len(text))
         stats.saw("filters", len(text))
-        reason = heuristic_reason(text, cfg.filters)
+        reason = clock.run("filters", heuristic_reason, text, cfg.filters)
         if reason:
             drop(item.id, item.url, "filters", reason)
             continue
@@ -65,20 +82,19 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
                "lang_score": round(score, 4)}
         if cfg.quality.model:
             stats.saw("quality", len(text))
-            q = quality_score(cfg.quality.model, text)
+            q = clock.run("quality", quality_score, cfg.quality.model, text)
             doc["quality"] = round(q, 4)
             if not _quality_keeps(cfg.quality, item.id, q):
                 drop(item.id, item.url, "quality", f"{cfg.quality.mode} rule", quality=doc["quality"])
                 continue
             stats.kept("quality", len(text))
         kept.append(doc)
-    stats.timed("process", time.perf_counter() - clock)
 
-    clock = time.perf_counter()
+    start = time.perf_counter()
     hashes = [content_hash(d["text"]) for d in kept]
     sigs = np.stack([signature(d["text"], cfg.dedup) for d in kept]) if kept and cfg.dedup.enabled else \
         np.zeros((len(kept), cfg.dedup.num_perm), np.uint64)
-    stats.timed("minhash", time.perf_counter() - clock)
+    stats.timed("signatures", time.perf_counter() - start)
 
     work = os.path.join(out, "work", "process")
     write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept)

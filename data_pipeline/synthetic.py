@@ -55,6 +55,24 @@ def english_pages(min_words: int = 80) -> list[str]:
     return pages
 
 
+def markov_pages(seed_pages: list[str], count: int, rng: random.Random, words: int = 250) -> list[str]:
+    """More English-looking pages than the stdlib holds: a word-bigram chain over its docstrings."""
+    successors: dict[str, list[str]] = {}
+    for page in seed_pages:
+        tokens = page.split()
+        for a, b in zip(tokens, tokens[1:]):
+            successors.setdefault(a, []).append(b)
+    starts = [p.split()[0] for p in seed_pages]
+    pages = []
+    for _ in range(count):
+        word, out = rng.choice(starts), []
+        for _ in range(words):
+            out.append(word)
+            word = rng.choice(successors.get(word) or starts)
+        pages.append(" ".join(out))
+    return pages
+
+
 def mutate(text: str, fraction: float, rng: random.Random) -> str:
     """Replace `fraction` of the words with fresh ones: fewer shared 5-grams."""
     words = text.split()
@@ -102,6 +120,8 @@ def write_crawl(out_dir: str, files: int = 4, pages: int = 200, seed: int = 0, t
     rng = random.Random(seed)
     english = english_pages()
     rng.shuffle(english)
+    if pages > len(english):
+        english += markov_pages(english, pages - len(english), rng)
     truth = Truth()
     records: list[tuple[str, bytes]] = []
 

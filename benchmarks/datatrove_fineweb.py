@@ -1,0 +1,60 @@
+"""The peer side of benchmarks/corpus_throughput.py: datatrove configured as FineWeb uses it.
+
+Runs in its own environment (see benchmarks/requirements-peers.txt):
+    python benchmarks/datatrove_fineweb.py CRAWL_DIR WORK_DIR LID176_PATH
+and prints one JSON object: seconds per stage, documents in/out, and the ids MinHash removed.
+"""
+
+import glob
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    crawl_dir, work, lid_path = sys.argv[1:4]
+    from datatrove.executor.local import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import LanguageFilter
+    from datatrove.pipeline.readers import JsonlReader, WarcReader
+    from datatrove.pipeline.writers.jsonl import JsonlWriter
+    from datatrove.utils import lid
+
+    lid.FT176LID.MODEL_URL = lid_path  # the same offline lid.176 file megagpt uses; datatrove would download it
+    files = len(glob.glob(os.path.join(crawl_dir, "*.warc.gz")))
+    config = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    timings = {}
+
+    def timed(name, pipeline, tasks):
+        start = time.perf_counter()
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=f"{work}/logs/{name}").run()
+        timings[name] = time.perf_counter() - start
+
+    timed("extract+langid", [WarcReader(crawl_dir, glob_pattern="*.warc.gz"), Trafilatura(favour_precision=True),
+                             LanguageFilter(languages=["en"], language_threshold=0.65),
+                             JsonlWriter(f"{work}/base")], files)
+    timed("minhash-signatures", [JsonlReader(f"{work}/base"), MinhashDedupSignature(f"{work}/sigs", config=config)], files)
+    timed("minhash-buckets", [MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)], config.num_buckets)
+    timed("minhash-cluster", [MinhashDedupCluster(f"{work}/buckets", f"{work}/remove_ids", config=config)], 1)
+    timed("minhash-filter", [JsonlReader(f"{work}/base"),
+                             MinhashDedupFilter(f"{work}/remove_ids", exclusion_writer=JsonlWriter(f"{work}/removed")),
+                             JsonlWriter(f"{work}/deduped")], files)
+
+    def ids(folder):
+        import gzip
+
+        out = []
+        for path in sorted(glob.glob(f"{folder}/*.jsonl.gz")):
+            with gzip.open(path, "rt") as f:
+                out += [json.loads(line)["id"] for line in f]
+        return out
+
+    print(json.dumps({"seconds": timings, "extracted_kept": len(ids(f"{work}/base")),
+                      "final": len(ids(f"{work}/deduped")), "removed_ids": ids(f"{work}/removed")}))
+
+
+if __name__ == "__main__":
+    main()
