@@ -52,17 +52,17 @@ def shingle_hashes(words: list[str], n: int) -> np.ndarray:
     """32-bit hashes of the word n-grams, computed from per-word CRCs in one vectorised pass.
 
     Hashing each n-gram string in Python (datasketch's default, sha1 per item) was 80% of
-    the cost of a signature; word CRCs are cached and combined here instead.
+    the cost of a signature; word CRCs are cached and combined here instead. Repeated
+    n-grams are left in: they cannot change a minimum.
     """
-    h = np.fromiter((_word_hash(w) for w in words), dtype=np.uint64, count=len(words))
+    h = np.fromiter(map(_word_hash, words), dtype=np.uint64, count=len(words))
     if len(h) < n:
         h = np.concatenate([h, np.zeros(n - len(h), np.uint64)])
     span = len(h) - n + 1
-    out = np.zeros(span, np.uint64)
-    for k in range(n):
-        out = (out ^ (h[k:k + span] * _MIX[k % len(_MIX)])) & _MASK32
-        out = ((out << np.uint64(13)) | (out >> np.uint64(19))) & _MASK32
-    return np.unique(out)
+    out = h[:span] * _MIX[0]
+    for k in range(1, n):
+        out ^= h[k:k + span] * _MIX[k]
+    return (out ^ (out >> np.uint64(29))) & _MASK32
 
 
 @lru_cache(maxsize=4)

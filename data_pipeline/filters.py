@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Optional
 
 from data_pipeline.config import FiltersConfig
+
+
+_ALPHA_WORD = re.compile(r"\S*[^\W\d_]\S*")  # a whitespace-separated word holding at least one letter
 
 
 def heuristic_reason(text: str, cfg: FiltersConfig) -> Optional[str]:
@@ -21,7 +25,7 @@ def heuristic_reason(text: str, cfg: FiltersConfig) -> Optional[str]:
     symbols = text.count("#") + text.count("...") + text.count("\u2026")
     if symbols / n > cfg.max_symbol_word_ratio:
         return "symbol to word ratio"
-    if sum(any(c.isalpha() for c in w) for w in words) / n < cfg.min_alpha_word_fraction:
+    if len(_ALPHA_WORD.findall(text)) / n < cfg.min_alpha_word_fraction:
         return "few alphabetic words"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1:

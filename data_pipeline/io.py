@@ -23,11 +23,14 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def write_jsonl_gz(path: str, rows: Iterable[dict]) -> int:
-    """gzip with mtime 0 and no file name in the header, so equal rows give equal bytes."""
+def write_jsonl_gz(path: str, rows: Iterable[dict], level: int = 6) -> int:
+    """gzip with mtime 0 and no file name in the header, so equal rows give equal bytes.
+
+    Level 6 (zlib's default) rather than gzip's 9: 9 is several times slower for ~2% smaller files.
+    """
     count = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=level) as gz:
             with io.TextIOWrapper(gz, encoding="utf-8") as text:
                 for row in rows:
                     text.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -25,5 +25,5 @@ def _model():
 def identify(text: str) -> tuple[str, float]:
     """(language code, probability) of the most likely language, judged on the first 2,000 characters."""
     # model.f.predict: fastText 0.9.3's Python predict() breaks under NumPy 2.
-    (prob, label), = _model().f.predict(" ".join(text[:2000].split()), 1, 0.0, "strict")
+    (prob, label), = _model().f.predict(text[:2000].replace("\n", " "), 1, 0.0, "strict")
     return label.removeprefix("__label__"), float(prob)

@@ -78,9 +78,10 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:
     work = os.path.join(cfg.output.dir, "work", "process")
     ids, hashes, sigs = [], [], []
     for n in names:
-        ids += [d["id"] for d in read_jsonl_gz(os.path.join(work, f"{n}.jsonl.gz"))]
         with open(os.path.join(work, f"{n}.hashes.json")) as f:
-            hashes += json.load(f)
+            shard = json.load(f)
+        ids += shard["ids"]
+        hashes += shard["hashes"]
         sigs.append(np.load(os.path.join(work, f"{n}.sig.npy")))
     if not cfg.dedup.enabled or not ids:
         return {}

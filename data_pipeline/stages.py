@@ -97,10 +97,10 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
     stats.timed("signatures", time.perf_counter() - start)
 
     work = os.path.join(out, "work", "process")
-    write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept)
+    write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept, level=1)  # intermediate: speed over size
     with atomic_path(os.path.join(work, f"{name}.sig.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, sigs)
-    write_json(os.path.join(work, f"{name}.hashes.json"), hashes)
+    write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes})
     write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
 
