@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections import Counter
 
 
+def _empty() -> dict:
+    return {"in": 0, "kept": 0, "dropped": Counter(), "bytes_in": 0, "bytes_kept": 0, "seconds": 0.0}
+
+
 class StageStats:
     def __init__(self):
         self.stages: dict[str, dict] = {}
 
     def _stage(self, name: str) -> dict:
-        return self.stages.setdefault(name, {"in": 0, "kept": 0, "dropped": Counter(), "bytes_in": 0,
-                                             "bytes_kept": 0, "seconds": 0.0})
+        return self.stages.setdefault(name, _empty())
 
     def saw(self, stage: str, nbytes: int = 0) -> None:
         s = self._stage(stage)
@@ -38,8 +41,7 @@ def merge_stats(parts: list[dict]) -> dict:
     total: dict[str, dict] = {}
     for part in parts:
         for stage, s in part.items():
-            t = total.setdefault(stage, {"in": 0, "kept": 0, "dropped": Counter(), "bytes_in": 0, "bytes_kept": 0,
-                                         "seconds": 0.0})
+            t = total.setdefault(stage, _empty())
             for key in ("in", "kept", "bytes_in", "bytes_kept", "seconds"):
                 t[key] += s[key]
             t["dropped"].update(s["dropped"])
