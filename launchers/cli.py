@@ -86,7 +86,9 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     world = existing_world_size()
     validate(cfg, world or nproc)
     if world is None and nproc > 1:
-        return launch_local(nproc, argv)
+        from megagpt.train.pretrain import PREEMPTED
+
+        return launch_local(nproc, argv, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
     join_existing_world()
     from megagpt.train.pretrain import pretrain
 

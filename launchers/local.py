@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Mapping, Sequence
 
@@ -24,8 +25,23 @@ def join_existing_world() -> None:
         os.environ.update(torch_env_from_slurm(os.environ))
 
 
-def launch_local(nproc: int, argv: Sequence[str]) -> int:
-    """Run `python -m launchers.cli *argv` as nproc local processes; returns an exit code."""
+def _forward_to_ranks(signum, frame) -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def launch_local(nproc: int, argv: Sequence[str], preempted_marker: str | None = None) -> int:
+    """Run `python -m launchers.cli *argv` as nproc local processes; returns an exit code.
+
+    SIGUSR1 is passed on to every rank (the trainer saves and stops). SIGTERM torch elastic
+    passes on itself, then raises; if the ranks left `preempted_marker`, that was a clean stop.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -36,8 +52,14 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"megagpt-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                           monitor_interval=0.1)
+    signal.signal(signal.SIGUSR1, _forward_to_ranks)
     try:
         elastic_launch(config, sys.executable)("-m", "launchers.cli", *argv)
+    except SignalException as exc:
+        if preempted_marker and os.path.exists(preempted_marker):
+            return 0
+        print(f"megagpt: error: stopped by signal {exc.sigval.name} before the ranks saved", file=sys.stderr)
+        return 1
     except ChildFailedError as exc:
         failures = exc.failures
         first = min(failures)

@@ -105,6 +105,9 @@ class TrainConfig:
     eval_interval: int = 0  # 0: no periodic held-out evaluation
     eval_samples: int = 64
     progress: bool = True
+    save_interval: int = 0  # save a checkpoint every this many steps (and at the end); 0: never
+    keep_last: int = 2  # complete checkpoints kept in <run.dir>/checkpoints; 0: all
+    resume: bool = True  # continue from <run.dir>/checkpoints/latest when there is one
 
 
 @dataclass
@@ -302,6 +305,8 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(t.eval_samples >= per_step and t.eval_samples % per_step == 0,
                  f"train.eval_samples={t.eval_samples} must be a positive multiple of "
                  f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+    _require(t.save_interval >= 0, f"train.save_interval={t.save_interval} must be >= 0 (0: no checkpoints)")
+    _require(t.keep_last >= 0, f"train.keep_last={t.keep_last} must be >= 0 (0: keep all)")
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive")

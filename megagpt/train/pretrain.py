@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
 import time
 
 import torch
@@ -15,6 +17,7 @@ from megagpt.data.datasets import build_datasets, micro_batches
 from megagpt.model.gpt import lm_loss
 from megagpt.parallel.distributed import init_distributed
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
+from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.engine import build_engine
 from megagpt.train.metrics import RunLog
 from megagpt.train.schedules import batch_sizes, lr_schedule
@@ -66,6 +69,41 @@ class Trainer:
             group["lr"] = lr
 
 
+PREEMPTED = "PREEMPTED"  # in run.dir: the last run stopped on a signal after saving; a requeue continues it
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 (Slurm's --signal) mark the run; ranks agree on it after each step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank has a signal: all stop after the same step."""
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def keep_records_through(run_dir: str, step: int) -> None:
+    """Drop metrics a killed run logged after its last checkpoint; the resumed run logs those steps again."""
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
 def pretrain(cfg: Config) -> None:
     device = init_distributed()
     world = dist.get_world_size()
@@ -78,14 +116,23 @@ def pretrain(cfg: Config) -> None:
     lr_at = lr_schedule(cfg, sum(sizes) * seq)
     eval_samples = t.eval_samples if t.eval_interval else 0
     train_ds, valid_ds = build_datasets(cfg, sum(sizes), max(eval_samples, 1))
-    engine, _rng = build_engine(cfg, pc, sizes[0])
+    engine, rng = build_engine(cfg, pc, sizes[0])
     trainer = Trainer(cfg, pc, engine)
+    preemption = Preemption()
+    checkpointer = Checkpointer(cfg, pc, engine, rng)
+    state = checkpointer.resume()
     is_logger = dist.get_rank() == 0
     if is_logger:
         os.makedirs(cfg.run.dir, exist_ok=True)
         with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress)
+        keep_records_through(cfg.run.dir, state.step)
+        if os.path.exists(os.path.join(cfg.run.dir, PREEMPTED)):
+            os.remove(os.path.join(cfg.run.dir, PREEMPTED))
+        if state.step:
+            print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
+                  f"{state.consumed_tokens} tokens consumed)", flush=True)
+    log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress, first_step=state.step)
 
     evals = []
 
@@ -95,10 +142,11 @@ def pretrain(cfg: Config) -> None:
         evals.append({"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0))})
         log.evaluation(evals[-1])
 
-    consumed_samples = consumed_tokens = 0
-    if eval_samples:
+    consumed_samples, consumed_tokens = state.consumed_samples, state.consumed_tokens
+    loss = float("nan")
+    if eval_samples and state.step == 0:
         held_out(0)
-    for step, gbs in enumerate(sizes, start=1):
+    for step, gbs in enumerate(sizes[state.step:], start=state.step + 1):
         if gbs != engine.train_batch_size():
             engine.set_train_batch_size(gbs)
         lr = lr_at(consumed_tokens + gbs * seq)  # the schedule's value once this batch is consumed
@@ -114,6 +162,17 @@ def pretrain(cfg: Config) -> None:
                   "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed})
         if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
             held_out(step)
+        if preemption.agreed():
+            checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
+            log.close()
+            if is_logger:
+                open(os.path.join(cfg.run.dir, PREEMPTED), "w").close()
+                print(f"megagpt: signal {signal.Signals(preemption.received or signal.SIGTERM).name} received; "
+                      f"saved step {step} to {checkpointer.root} and stopped", flush=True)
+            dist.barrier()
+            return
+        if t.save_interval and (step % t.save_interval == 0 or step == t.steps):
+            checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
     log.close()
     if is_logger:
         held = f"; held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""

@@ -1,0 +1,410 @@
+"""Checkpoints that resume exactly, survive a crash mid-save, and load at any layout.
+
+    <run.dir>/checkpoints/
+        latest                      the tag of the newest complete checkpoint (written last, atomically)
+        step_00000040/
+            megagpt.json            step, consumed samples/tokens, layout, config, sha256 of every file
+            mp_rank_*, *optim_states.pt, layer_*   DeepSpeed's engine state of every rank
+            rng/rank_00003.pt       this rank's RNG streams (ours, torch, Python, NumPy)
+            universal/pp0_tp1.pt    layout-free form: full-DP fp32 weights and Adam moments of one TP shard
+
+Resuming at the layout that saved goes through DeepSpeed's own `load_checkpoint` and
+is bitwise exact. Loading at another (tp, pp, dp) reads `universal/`: each parameter is
+keyed by its canonical name (the pp = 1 module's), and its TP shards are concatenated
+along their partition dim and re-cut for the new layout. We keep this form ourselves
+rather than DeepSpeed's universal checkpoint because that one needs an offline
+conversion step and Megatron-specific name patterns for TP merging; ours is written in
+the same save, and the Hugging Face export reads it too.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megagpt.config import Config, ConfigError
+from megagpt.parallel.topology import ParallelContext
+
+FORMAT_VERSION = 1
+META = "megagpt.json"
+LATEST = "latest"
+ADAM_STATES = ("exp_avg", "exp_avg_sq")
+TAG_RE = re.compile(r"^step_(\d{8})$")
+# Model fields a checkpoint's weights depend on; any difference makes it unloadable.
+SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_size", "padded_vocab_size", "seq_length",
+              "norm_position")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used; the message names the directory or file."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done; also the batch-ramp position
+    consumed_samples: int = 0  # the data loader's position
+    consumed_tokens: int = 0
+
+
+def checkpoint_root(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def model_shape(cfg: Config) -> dict:
+    return {k: getattr(cfg.model, k) for k in SHAPE_KEYS}
+
+
+# ---------------------------------------------------------------- names
+
+
+def canonical_name(name: str, num_layers: int) -> str:
+    """A parameter's name in the pp = 1 module, from its name in either module."""
+    if name.startswith("tied_modules.embed."):
+        return "embedding." + name[len("tied_modules.embed."):]
+    head, _, rest = name.partition(".")
+    if not head.isdigit():
+        return name
+    index = int(head)  # PipelineModule's layer list: embedding, blocks..., [final norm], head
+    if 1 <= index <= num_layers:
+        return f"blocks.{index - 1}.{rest}"
+    return f"final_norm.{rest}"
+
+
+def partition_dim(param: torch.Tensor) -> int:
+    return param.partition_dim if getattr(param, "tensor_model_parallel", False) else -1
+
+
+# ---------------------------------------------------------------- files
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_under(path: str) -> list[str]:
+    found = []
+    for root, _, files in os.walk(path):
+        found += [os.path.relpath(os.path.join(root, f), path) for f in files if f != META]
+    return sorted(found)
+
+
+def read_meta(path: str) -> dict:
+    meta_path = os.path.join(path, META)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: {META} not found (not a megagpt checkpoint, or an unfinished save)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {META} is corrupt ({exc})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format_version {meta.get('format_version')!r}, "
+                              f"this megagpt reads {FORMAT_VERSION}")
+    return meta
+
+
+def verify(path: str, rank: int = 0, world: int = 1) -> Optional[str]:
+    """None if this rank's share of the files match their checksums, else what is wrong."""
+    try:
+        meta = read_meta(path)
+    except CheckpointError as exc:
+        return str(exc)
+    names = sorted(meta["files"])
+    for name in names[rank::world]:
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            return f"{full} is missing"
+        if sha256_file(full) != meta["files"][name]:
+            return f"{full} fails its sha256 checksum"
+    return None
+
+
+def candidates(root: str) -> list[str]:
+    """Checkpoint dirs to try, best first: the one `latest` names, then older complete ones."""
+    if not os.path.isdir(root):
+        return []
+    tags = sorted((t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isfile(os.path.join(root, t, META))),
+                  reverse=True)
+    latest_file = os.path.join(root, LATEST)
+    if os.path.isfile(latest_file):
+        with open(latest_file) as f:
+            latest = f.read().strip()
+        if latest in tags:  # newer dirs than `latest` are saves that never finished
+            tags = tags[tags.index(latest):]
+    return [os.path.join(root, t) for t in tags]
+
+
+def check_compatible(meta: dict, cfg: Config, path: str) -> None:
+    theirs, ours = meta["model"], model_shape(cfg)
+    diff = [f"model.{k}={ours[k]} (checkpoint has {theirs.get(k)})" for k in SHAPE_KEYS if theirs.get(k) != ours[k]]
+    if diff:
+        raise CheckpointError(f"checkpoint {path} is for another model shape: config has {', '.join(diff)}")
+
+
+# ---------------------------------------------------------------- saving
+
+
+class Checkpointer:
+    """Saves and restores one rank's share; every method is collective over the world."""
+
+    def __init__(self, cfg: Config, pc: ParallelContext, engine, rng):
+        self.cfg, self.pc, self.engine, self.rng = cfg, pc, engine, rng
+        self.root = checkpoint_root(cfg.run.dir)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def layout(self) -> dict:
+        p = self.cfg.parallel
+        return {"tp": p.tp, "pp": p.pp, "dp": self.pc.dp, "zero_stage": p.zero_stage,
+                "precision": self.cfg.train.precision}
+
+    def save(self, state: TrainState) -> str:
+        tag = tag_for(state.step)
+        path = os.path.join(self.root, tag)
+        if self.rank == 0:
+            if os.path.isdir(path):  # left by a save that crashed before `latest` moved
+                shutil.rmtree(path)
+            os.makedirs(os.path.join(path, "rng"))
+            os.makedirs(os.path.join(path, "universal"))
+        dist.barrier()
+        self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
+        torch.save(self._rng_state(), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        universal = self._universal_shard()
+        if universal is not None:
+            torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
+        dist.barrier()
+        files = _files_under(path)
+        mine = {name: sha256_file(os.path.join(path, name)) for name in files[self.rank::self.world]}
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        if self.rank == 0:
+            meta = {"format_version": FORMAT_VERSION, "step": state.step, "consumed_samples": state.consumed_samples,
+                    "consumed_tokens": state.consumed_tokens, "layout": self.layout(), "model": model_shape(self.cfg),
+                    "weights_only": False, "config": self.cfg.to_dict(),
+                    "files": {k: v for part in gathered for k, v in part.items()}}
+            atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
+            atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete
+            self._prune()
+        dist.barrier()
+        return path
+
+    def _prune(self) -> None:
+        keep = self.cfg.train.keep_last
+        if keep <= 0:
+            return
+        done = sorted(t for t in os.listdir(self.root) if TAG_RE.match(t) and os.path.isfile(os.path.join(self.root, t, META)))
+        for tag in done[:-keep]:
+            shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
+
+    def _rng_state(self) -> dict:
+        state = {"streams": self.rng.state_dict(), "python": random.getstate(), "numpy": np.random.get_state(),
+                 "torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def _restore_rng(self, path: str) -> None:
+        state = torch.load(os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"), weights_only=False)
+        torch.set_rng_state(state["torch_cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        self.rng.load_state_dict(state["streams"])
+
+    def _local_params(self):
+        layers = self.cfg.model.num_layers
+        return [(canonical_name(n, layers), p) for n, p in self.engine.module.named_parameters()]
+
+    def _universal_shard(self) -> Optional[dict]:
+        """This TP shard's full-DP fp32 weights and Adam moments (gathered over DP; dp rank 0 keeps them)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        link_adam_state(self.engine)
+        params, dims = {}, {}
+        for name, param in self._local_params():
+            entry = {"fp32": safe_get_full_fp32_param(param)}
+            for key in ADAM_STATES:
+                entry[key] = safe_get_full_optimizer_state(param, key)
+            if entry["fp32"] is None:
+                raise CheckpointError(f"parameter {name} has no DeepSpeed fp32 master copy; cannot save it layout-free")
+            params[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
+            dims[name] = partition_dim(param)
+        if self.pc.dp_rank != 0:
+            return None
+        return {"params": params, "partition_dims": dims, "tp": self.pc.tp, "tp_rank": self.pc.tp_rank,
+                "optimizer_step": self._optimizer_step()}
+
+    def _optimizer_step(self) -> int:
+        for state in self.engine.optimizer.optimizer.state.values():
+            if "step" in state:
+                return int(state["step"])
+        return 0
+
+    # ------------------------------------------------------------ loading
+
+    def resume(self) -> TrainState:
+        """Load the newest usable checkpoint in run.dir (if train.resume); a fresh state otherwise."""
+        if not self.cfg.train.resume:
+            return TrainState()
+        for path in candidates(self.root):
+            problem = self._verify_everywhere(path)
+            if problem is None:
+                return self.load(path)
+            if self.rank == 0:
+                print(f"megagpt: warning: skipping checkpoint {path}: {problem}", file=sys.stderr, flush=True)
+        return TrainState()
+
+    def _verify_everywhere(self, path: str) -> Optional[str]:
+        problems = [None] * self.world
+        dist.all_gather_object(problems, verify(path, self.rank, self.world))
+        return next((p for p in problems if p), None)
+
+    def load(self, path: str) -> TrainState:
+        meta = read_meta(path)
+        check_compatible(meta, self.cfg, path)
+        if not meta["weights_only"] and meta["layout"] == self.layout():
+            loaded, _ = self.engine.load_checkpoint(os.path.dirname(path), tag=os.path.basename(path),
+                                                    load_optimizer_states=True, load_lr_scheduler_states=False)
+            if loaded is None:
+                raise CheckpointError(f"checkpoint {path}: DeepSpeed could not load its engine state")
+            self._restore_rng(path)
+        else:
+            self.load_universal(path, with_optimizer=not meta["weights_only"])
+        dist.barrier()
+        return TrainState(meta["step"], meta["consumed_samples"], meta["consumed_tokens"])
+
+    def load_universal(self, path: str, with_optimizer: bool) -> None:
+        """Set every local parameter (and its Adam moments) from the layout-free shards."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        if self.cfg.parallel.zero_stage == 3:
+            raise CheckpointError(f"checkpoint {path} was written at another layout; loading it into "
+                                  f"parallel.zero_stage=3 is not supported (use ZeRO 1 or 2 to reshape)")
+        shards = UniversalShards(path)
+        step = shards.optimizer_step
+        link_adam_state(self.engine)
+        with torch.no_grad():
+            for name, param in self._local_params():
+                full = shards.full(name)
+                mine = {k: _my_shard(v, partition_dim(param), self.pc.tp, self.pc.tp_rank) for k, v in full.items()}
+                if mine["fp32"].shape != param.shape:
+                    raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "
+                                          f"the model expects {tuple(param.shape)}")
+                param.copy_(mine["fp32"].to(param.dtype))
+                safe_set_full_fp32_param(param, mine["fp32"].to(param.device))
+                if with_optimizer:
+                    for key in ADAM_STATES:
+                        safe_set_full_optimizer_state(param, mine[key].to(param.device), key)
+        if with_optimizer:  # a weights-only checkpoint leaves the fresh optimizer as it is
+            for state in self.engine.optimizer.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"].fill_(step)
+                elif "step" in state:
+                    state["step"] = step
+
+
+def link_adam_state(engine) -> None:
+    """Give every ZeRO partition its Adam state and link it to the parameters' fragments.
+
+    DeepSpeed 0.19.8 links fragments after stepping the first param group only, so the
+    second group (biases, norms: no weight decay) never gets its moments linked; a fresh
+    engine has no state at all. The state created here is what AdamW's first step makes.
+    """
+    zero = engine.optimizer
+    if not hasattr(zero, "_lazy_init_hp_params_optimizer_state"):
+        return
+    base = zero.optimizer
+    for group in base.param_groups:
+        for flat in group["params"]:
+            state = base.state[flat]
+            if "exp_avg" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=flat.device)
+                state["exp_avg"] = torch.zeros_like(flat)
+                state["exp_avg_sq"] = torch.zeros_like(flat)
+    zero._hp_optimizer_states_linked = False
+    zero._lazy_init_hp_params_optimizer_state()
+
+
+def _my_shard(full: torch.Tensor, dim: int, tp: int, tp_rank: int) -> torch.Tensor:
+    return full if dim < 0 else full.chunk(tp, dim=dim)[tp_rank].contiguous()
+
+
+class UniversalShards:
+    """Reads `universal/` lazily: full tensors assembled from the TP shards that hold them."""
+
+    def __init__(self, path: str):
+        self.files = {}
+        for file in sorted(glob.glob(os.path.join(path, "universal", "pp*_tp*.pt"))):
+            self.files[file] = torch.load(file, mmap=True, weights_only=True)
+        if not self.files:
+            raise CheckpointError(f"checkpoint {path}: universal/ holds no shards")
+        self.where: dict[str, list] = {}
+        for shard in self.files.values():
+            for name in shard["params"]:
+                self.where.setdefault(name, {})[shard["tp_rank"]] = shard
+        self.optimizer_step = max(s.get("optimizer_step", 0) for s in self.files.values())
+        self.path = path
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def full(self, name: str) -> dict:
+        if name not in self.where:
+            raise CheckpointError(f"checkpoint {self.path}: parameter {name} is not in universal/")
+        by_rank = self.where[name]
+        ranks = sorted(by_rank)
+        first = by_rank[ranks[0]]
+        dim = first["partition_dims"][name]
+        if dim < 0:
+            return dict(first["params"][name])
+        if ranks != list(range(first["tp"])):
+            raise CheckpointError(f"checkpoint {self.path}: {name} is missing TP shards (have {ranks} of {first['tp']})")
+        keys = first["params"][name].keys()
+        return {k: torch.cat([by_rank[r]["params"][name][k] for r in ranks], dim=dim) for k in keys}
+
+
+def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config, partition_dims: dict[str, int]) -> None:
+    """A weights-only checkpoint (no optimizer state, step 0) from full tensors: what import-hf writes."""
+    os.makedirs(os.path.join(path, "universal"), exist_ok=True)
+    params = {name: {"fp32": t.float().contiguous()} for name, t in tensors.items()}
+    torch.save({"params": params, "partition_dims": partition_dims, "tp": 1, "tp_rank": 0, "optimizer_step": 0},
+               os.path.join(path, "universal", "pp0_tp0.pt"))
+    files = _files_under(path)
+    meta = {"format_version": FORMAT_VERSION, "step": 0, "consumed_samples": 0, "consumed_tokens": 0,
+            "layout": None, "model": model_shape(cfg), "weights_only": True, "config": cfg.to_dict(),
+            "files": {name: sha256_file(os.path.join(path, name)) for name in files}}
+    atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))

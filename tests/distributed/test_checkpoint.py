@@ -1,0 +1,173 @@
+"""Checkpoints: exact resume after SIGKILL, preemption by signal, reshaping, corrupt and incompatible checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, TINY, megagpt, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+STEPS = 10
+
+
+def pretrain_args(prefix, run_dir, tp=1, pp=1, dp=1, *overrides):
+    return ["pretrain", "--config", TINY, "--nproc", str(tp * pp * dp), f"parallel.tp={tp}", f"parallel.pp={pp}",
+            f"data.prefixes=[{prefix}]", f"run.dir={run_dir}", "run.tensorboard=false", "train.progress=false",
+            f"train.steps={STEPS}", "train.eval_interval=5", "train.eval_samples=16", *overrides]
+
+
+def start(args) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return subprocess.Popen([sys.executable, "-m", "launchers.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir, step: int, timeout: float = 600) -> None:
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isfile(metrics) and len(read_jsonl(metrics)) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (exit {proc.returncode}) before step {step}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every rank at once, as a node failure would (ranks run in their own sessions)."""
+    import psutil
+
+    everyone = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in everyone:
+        p.kill()
+    proc.wait()
+    psutil.wait_procs(everyone, timeout=30)
+
+
+def training_record(run_dir):
+    metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    evals = read_jsonl(os.path.join(run_dir, "eval.jsonl"))
+    keys = ("step", "loss", "grad_norm", "lr", "global_batch_size", "consumed_samples", "consumed_tokens")
+    return [{k: m[k] for k in keys} for m in metrics], evals
+
+
+@pytest.mark.parametrize("layout", [(1, 1, 1), (2, 2, 2)], ids=["1-1-1", "2-2-2"])
+def test_sigkill_then_resume_is_bitwise_identical(demo_prefix, tmp_path, layout):
+    reference = tmp_path / "reference"
+    megagpt(*pretrain_args(demo_prefix, reference, *layout))  # no checkpoints at all
+    killed = tmp_path / "killed"
+    args = pretrain_args(demo_prefix, killed, *layout, "train.save_interval=3")
+    proc = start(args)
+    wait_for_step(proc, killed, 5)  # the newest checkpoint is step 3; steps 4-5 are lost
+    kill_tree(proc)
+    assert open(killed / "checkpoints" / "latest").read().strip() == "step_00000003"
+    out = megagpt(*args)
+    assert "resumed from step 3" in out.stdout
+    assert training_record(killed) == training_record(reference)  # exact floats: bitwise
+    assert sorted(os.listdir(killed / "checkpoints"))[:2] == ["latest", "step_00000009"]  # keep_last=2
+    assert os.path.isdir(killed / "checkpoints" / "step_00000010")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig):
+    reference = tmp_path / "reference"
+    megagpt(*pretrain_args(demo_prefix, reference, 1, 1, 2))
+    run = tmp_path / "preempted"
+    args = pretrain_args(demo_prefix, run, 1, 1, 2)  # no periodic saves: only the signal saves
+    proc = start(args)
+    wait_for_step(proc, run, 2)
+    os.kill(proc.pid, sig)  # the launcher passes it to every rank, as Slurm signals every task
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    assert f"signal {sig.name} received" in output
+    assert (run / "PREEMPTED").exists()
+    stopped_at = len(read_jsonl(str(run / "metrics.jsonl")))
+    assert 2 <= stopped_at < STEPS
+    assert open(run / "checkpoints" / "latest").read().strip() == f"step_{stopped_at:08d}"
+    megagpt(*args)
+    assert not (run / "PREEMPTED").exists()
+    assert training_record(run) == training_record(reference)
+
+
+def first_loss_after(run_dir) -> float:
+    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
+
+
+@pytest.mark.parametrize("source,target", [((2, 2, 2), (1, 1, 1)), ((1, 1, 2), (2, 2, 1)), ((1, 1, 1), (2, 1, 2))],
+                         ids=["222-to-111", "112-to-221", "111-to-212"])
+def test_reshape_continues_the_same_run(demo_prefix, tmp_path, source, target):
+    reference = tmp_path / "reference"
+    megagpt(*pretrain_args(demo_prefix, reference, *source))
+    saved = tmp_path / "saved"
+    megagpt(*pretrain_args(demo_prefix, saved, *source, "train.save_interval=5", "train.keep_last=0"))
+    resumed = tmp_path / "resumed"
+    os.makedirs(resumed / "checkpoints")
+    os.symlink(saved / "checkpoints" / "step_00000005", resumed / "checkpoints" / "step_00000005")
+    (resumed / "checkpoints" / "latest").write_text("step_00000005\n")
+    megagpt(*pretrain_args(demo_prefix, resumed, *target))
+    ref, _ = training_record(reference)
+    got, _ = training_record(resumed)
+    assert [m["step"] for m in got] == list(range(6, STEPS + 1))
+    for r, g in zip(ref[5:], got):
+        assert g["loss"] == pytest.approx(r["loss"], rel=1e-5, abs=1e-5)
+        assert g["consumed_samples"] == r["consumed_samples"] and g["lr"] == r["lr"]
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=4", "train.keep_last=0")
+    megagpt(*args, "train.steps=8")
+    victim = run / "checkpoints" / "step_00000008" / "mp_rank_00_model_states.pt"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    out = megagpt(*args)
+    assert f"skipping checkpoint {run}/checkpoints/step_00000008: {victim} fails its sha256 checksum" in out.stderr
+    assert "resumed from step 4" in out.stdout
+    assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == list(range(1, STEPS + 1))
+
+
+def test_resume_false_and_a_new_run_dir_start_fresh(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=5", "train.steps=5")
+    megagpt(*args)
+    out = megagpt(*args, "train.resume=false")
+    assert "resumed" not in out.stdout
+    assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4, 5]
+
+
+def test_incompatible_checkpoint_is_one_line_error_and_nothing_is_overwritten(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=5", "train.steps=5")
+    megagpt(*args)
+    before = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*")}
+    proc = megagpt(*args, "model.hidden_size=128", check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("megagpt: error: checkpoint ") and "model.hidden_size=128 (checkpoint has 64)" in last
+    assert {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*")} == before
+
+
+def test_checkpoint_metadata_names_every_file_with_its_checksum(demo_prefix, tmp_path):
+    from megagpt.train.checkpoint import sha256_file
+
+    run = tmp_path / "run"
+    megagpt(*pretrain_args(demo_prefix, run, 1, 2, 2, "train.save_interval=5", "train.steps=5"))
+    path = run / "checkpoints" / "step_00000005"
+    meta = json.loads((path / "megagpt.json").read_text())
+    assert meta["step"] == 5 and meta["consumed_samples"] == 5 * 16 and meta["layout"]["pp"] == 2
+    on_disk = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != "megagpt.json")
+    assert sorted(meta["files"]) == on_disk
+    assert {"rng/rank_00003.pt", "universal/pp1_tp0.pt"} <= set(on_disk)
+    assert all(sha256_file(str(path / name)) == digest for name, digest in meta["files"].items())
