@@ -256,6 +256,10 @@ class Checkpointer:
         link_adam_state(self.engine)
         params, dims = {}, {}
         for name, param in self._local_params():
+            if self.pc.pp_rank > 0 and name.startswith("embedding."):
+                # The last stage's copy of the tied embedding: its word embeddings equal stage 0's, its
+                # position embeddings are unused there (never trained), so stage 0 alone is saved.
+                continue
             entry = {"fp32": safe_get_full_fp32_param(param)}
             for key in ADAM_STATES:
                 entry[key] = safe_get_full_optimizer_state(param, key)
