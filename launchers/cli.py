@@ -7,6 +7,8 @@
     megagpt corpus report RUN_DIR
     megagpt corpus mix --config PATH [key=value ...]
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
+    megagpt export-hf --checkpoint DIR --out DIR [--tokenizer JSON]
+    megagpt import-hf DIR --out RUN_DIR
 
 A bad config, a bad override or an impossible layout ends the command with one line
 naming the key and value, before any process starts.
@@ -77,7 +79,34 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--merges", help="GPT-2 merges.txt (with --vocab)")
     t.add_argument("--vocab-size", type=int, help="train a new BPE of this size on the input")
     t.add_argument("--text-key", default="text", help="JSONL field holding the text")
+
+    e = sub.add_parser("export-hf", help="a checkpoint -> a transformers GPT-2 directory (pre-LN, dense attention)")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the training data)")
+
+    i = sub.add_parser("import-hf", help="a local GPT-2-format model directory -> a megagpt run dir with a checkpoint")
+    i.add_argument("model_dir")
+    i.add_argument("--out", required=True, help="new run dir; train from it with run.dir=OUT")
+    i.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     return parser
+
+
+def cmd_export_hf(args) -> int:
+    from megagpt.hf import export_hf
+
+    done = export_hf(args.checkpoint, args.out, args.tokenizer)
+    print(f"megagpt: exported {done['checkpoint']} (step {done['step']}) to {done['out']}")
+    return 0
+
+
+def cmd_import_hf(args) -> int:
+    from megagpt.hf import import_hf
+
+    done = import_hf(args.model_dir, args.out, args.make_vocab_size_divisible_by)
+    print(f"megagpt: imported {done['parameters']:,} parameters from {args.model_dir} into {done['checkpoint']}; "
+          f"train with run.dir={args.out} and the model section of {args.out}/model.yaml")
+    return 0
 
 
 def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
@@ -226,7 +255,8 @@ def cmd_train_quality(args) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus}
+COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
+            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,202 @@
+"""Hugging Face interop: a megagpt checkpoint <-> a `transformers` GPT-2 model directory.
+
+Both directions go through the checkpoint's layout-free `universal/` shards, so neither
+needs a process group, and an imported model loads at any (tp, pp, dp).
+
+Two layouts differ from GPT-2's. Our fused qkv output features are ordered
+(head, q|k|v, head_dim) so a contiguous TP split keeps whole heads; GPT-2's c_attn
+orders them (q|k|v, head, head_dim). GPT-2's Conv1D stores weights as [in, out], the
+transpose of a Linear. The vocabulary is padded here (make_vocab_size_divisible_by)
+and exact there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from megagpt.config import Config, ConfigError, ModelConfig, from_dict
+from megagpt.train.checkpoint import (LATEST, CheckpointError, UniversalShards, atomic_write_text, checkpoint_root,
+                                      read_meta, tag_for, write_universal)
+
+# Which of our parameters are TP-sharded, and along which dim (what the model tags at build time).
+ROW_PARALLEL = ("attn.proj.weight", "mlp.fc2.weight")
+COLUMN_PARALLEL = ("attn.qkv.weight", "attn.qkv.bias", "mlp.fc1.weight", "mlp.fc1.bias")
+
+
+def partition_dims(names) -> dict[str, int]:
+    dims = {}
+    for name in names:
+        if name == "embedding.word_embeddings.weight" or name.endswith(COLUMN_PARALLEL):
+            dims[name] = 0
+        elif name.endswith(ROW_PARALLEL):
+            dims[name] = 1
+        else:
+            dims[name] = -1
+    return dims
+
+
+def _qkv_to_hf(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Our (head, 3, head_dim) output order -> GPT-2's (3, head, head_dim), along dim 0."""
+    rest = t.shape[1:]
+    return t.reshape(heads, 3, -1, *rest).transpose(0, 1).reshape(t.shape)
+
+
+def _qkv_from_hf(t: torch.Tensor, heads: int) -> torch.Tensor:
+    rest = t.shape[1:]
+    return t.reshape(3, heads, -1, *rest).transpose(0, 1).reshape(t.shape)
+
+
+def check_exportable(m: ModelConfig) -> None:
+    if m.norm_position != "pre":
+        raise ConfigError("export-hf: only pre-LN models map onto GPT-2 (this one has model.norm_position=post)")
+    if m.attention != "dense":
+        raise ConfigError(f"export-hf: GPT-2 has dense attention only (this model has model.attention={m.attention})")
+
+
+def to_hf_state_dict(full: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    sd = {"transformer.wte.weight": full["embedding.word_embeddings.weight"][: m.vocab_size],
+          "transformer.wpe.weight": full["embedding.position_embeddings.weight"],
+          "transformer.ln_f.weight": full["final_norm.norm.weight"],
+          "transformer.ln_f.bias": full["final_norm.norm.bias"]}
+    for i in range(m.num_layers):
+        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
+        for a, b in (("ln1", "ln_1"), ("ln2", "ln_2")):
+            sd[f"{hf}{b}.weight"], sd[f"{hf}{b}.bias"] = full[f"{ours}{a}.weight"], full[f"{ours}{a}.bias"]
+        sd[f"{hf}attn.c_attn.weight"] = _qkv_to_hf(full[f"{ours}attn.qkv.weight"], m.num_heads).t()
+        sd[f"{hf}attn.c_attn.bias"] = _qkv_to_hf(full[f"{ours}attn.qkv.bias"], m.num_heads)
+        for a, b in (("attn.proj", "attn.c_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+            sd[f"{hf}{b}.weight"] = full[f"{ours}{a}.weight"].t()
+            sd[f"{hf}{b}.bias"] = full[f"{ours}{a}.bias"]
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return {k: v.contiguous().clone() for k, v in sd.items()}
+
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    wte = sd["transformer.wte.weight"]
+    padded = torch.zeros(m.padded_vocab_size, m.hidden_size, dtype=wte.dtype)
+    padded[: wte.shape[0]] = wte
+    full = {"embedding.word_embeddings.weight": padded,
+            "embedding.position_embeddings.weight": sd["transformer.wpe.weight"],
+            "final_norm.norm.weight": sd["transformer.ln_f.weight"], "final_norm.norm.bias": sd["transformer.ln_f.bias"]}
+    for i in range(m.num_layers):
+        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
+        for a, b in (("ln1", "ln_1"), ("ln2", "ln_2")):
+            full[f"{ours}{a}.weight"], full[f"{ours}{a}.bias"] = sd[f"{hf}{b}.weight"], sd[f"{hf}{b}.bias"]
+        full[f"{ours}attn.qkv.weight"] = _qkv_from_hf(sd[f"{hf}attn.c_attn.weight"].t(), m.num_heads)
+        full[f"{ours}attn.qkv.bias"] = _qkv_from_hf(sd[f"{hf}attn.c_attn.bias"], m.num_heads)
+        for a, b in (("attn.proj", "attn.c_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+            full[f"{ours}{a}.weight"] = sd[f"{hf}{b}.weight"].t()
+            full[f"{ours}{a}.bias"] = sd[f"{hf}{b}.bias"]
+    return {k: v.float().contiguous() for k, v in full.items()}
+
+
+def gpt2_config(m: ModelConfig, eos_id: int | None):
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=m.vocab_size, n_positions=m.seq_length, n_embd=m.hidden_size, n_layer=m.num_layers,
+                      n_head=m.num_heads, n_inner=m.ffn_size, activation_function="gelu_new",
+                      layer_norm_epsilon=m.layernorm_epsilon, initializer_range=m.init_std, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id,
+                      tie_word_embeddings=True)
+
+
+def model_config_from_gpt2(hf) -> ModelConfig:
+    act = getattr(hf, "activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ConfigError(f"import-hf: activation_function={act!r}; megagpt's MLP uses the tanh GELU (gelu_new)")
+    if getattr(hf, "scale_attn_by_inverse_layer_idx", False) or getattr(hf, "reorder_and_upcast_attn", False):
+        raise ConfigError("import-hf: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+    return ModelConfig(num_layers=hf.n_layer, hidden_size=hf.n_embd, num_heads=hf.n_head,
+                       ffn_hidden_size=hf.n_inner or 4 * hf.n_embd, seq_length=hf.n_positions,
+                       vocab_size=hf.vocab_size, layernorm_epsilon=hf.layer_norm_epsilon, norm_position="pre",
+                       attention="dense", init_std=hf.initializer_range)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint dir, or a run.dir / checkpoints dir (then the one `latest` names)."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: no such directory")
+    for root in (path, checkpoint_root(path)):
+        latest = os.path.join(root, LATEST)
+        if os.path.isfile(latest):
+            with open(latest) as f:
+                return os.path.join(root, f.read().strip())
+    return path
+
+
+def find_tokenizer(cfg: Config) -> str | None:
+    d = cfg.data
+    found = [p + ".tokenizer.json" for p in d.prefixes] + [os.path.join(os.path.dirname(p), "tokenizer.json")
+                                                            for p in d.prefixes]
+    if d.mixture and os.path.isfile(d.mixture):
+        with open(d.mixture) as f:
+            rel = json.load(f).get("tokenizer")
+        if rel:
+            found.insert(0, os.path.join(os.path.dirname(d.mixture), rel))
+    return next((p for p in found if os.path.isfile(p)), None)
+
+
+def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
+    from safetensors.torch import save_file
+    from transformers import PreTrainedTokenizerFast
+
+    from megagpt.data.tokenizer import EOD
+
+    path = resolve_checkpoint(checkpoint)
+    meta = read_meta(path)
+    cfg = from_dict(meta["config"])
+    check_exportable(cfg.model)
+    tokenizer = tokenizer or find_tokenizer(cfg)
+    if tokenizer is None:
+        raise ConfigError(f"export-hf: no tokenizer.json found beside the training data of {path}; pass --tokenizer")
+    if not os.path.isfile(tokenizer):
+        raise ConfigError(f"export-hf: --tokenizer {tokenizer}: file not found")
+    shards = UniversalShards(path)
+    full = {name: shards.full(name)["fp32"] for name in shards.names()}
+    state = to_hf_state_dict(full, cfg.model)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_file=tokenizer, eos_token=EOD, bos_token=EOD, unk_token=EOD)
+    if len(hf_tok) > cfg.model.vocab_size:
+        raise ConfigError(f"export-hf: tokenizer {tokenizer} has {len(hf_tok)} tokens, the model "
+                          f"model.vocab_size={cfg.model.vocab_size}")
+    os.makedirs(out, exist_ok=True)
+    state.pop("lm_head.weight")  # tied: transformers re-ties it to wte on load
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    gpt2_config(cfg.model, hf_tok.convert_tokens_to_ids(EOD)).save_pretrained(out)
+    hf_tok.model_max_length = cfg.model.seq_length
+    hf_tok.save_pretrained(out)
+    return {"checkpoint": path, "step": meta["step"], "out": out}
+
+
+def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 128) -> dict:
+    """Write <run_dir>/checkpoints/step_00000000 (weights only) and <run_dir>/config.yaml's model section."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ConfigError(f"import-hf: {model_dir} has no config.json (not a Hugging Face model directory)")
+    hf_cfg = GPT2Config.from_pretrained(model_dir, local_files_only=True)
+    if hf_cfg.model_type != "gpt2":
+        raise ConfigError(f"import-hf: {model_dir} holds a {hf_cfg.model_type!r} model; only GPT-2 is supported")
+    m = model_config_from_gpt2(hf_cfg)
+    m.make_vocab_size_divisible_by = make_vocab_size_divisible_by
+    root = checkpoint_root(run_dir)
+    path = os.path.join(root, tag_for(0))
+    if os.path.exists(os.path.join(root, LATEST)):
+        raise ConfigError(f"import-hf: {run_dir} already holds checkpoints; give a new run directory")
+    model = GPT2LMHeadModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    full = from_hf_state_dict(model.state_dict(), m)
+    cfg = Config(model=m)
+    write_universal(path, full, cfg, partition_dims(full))
+    tokenizer = os.path.join(model_dir, "tokenizer.json")
+    if os.path.isfile(tokenizer):
+        shutil.copyfile(tokenizer, os.path.join(run_dir, "tokenizer.json"))
+    import yaml
+
+    with open(os.path.join(run_dir, "model.yaml"), "w") as f:
+        yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
+    atomic_write_text(os.path.join(root, LATEST), tag_for(0) + "\n")
+    return {"checkpoint": path, "parameters": sum(v.numel() for k, v in model.state_dict().items()
+                                                   if k != "lm_head.weight")}
