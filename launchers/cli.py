@@ -9,6 +9,8 @@
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
     megagpt export-hf --checkpoint DIR --out DIR [--tokenizer JSON]
     megagpt import-hf DIR --out RUN_DIR
+    megagpt submit pretrain --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
+                            [--partition P] [--time T] [--dry-run] [key=value ...]
 
 A bad config, a bad override or an impossible layout ends the command with one line
 naming the key and value, before any process starts.
@@ -89,7 +91,33 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("model_dir")
     i.add_argument("--out", required=True, help="new run dir; train from it with run.dir=OUT")
     i.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+
+    s = sub.add_parser("submit", help="render a Slurm batch script from slurm/ and sbatch it")
+    ssub = s.add_subparsers(dest="submit_command", required=True)
+    sp = ssub.add_parser("pretrain", help="multi-node pretraining: one task per GPU, requeued on preemption")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--nodes", type=int, required=True)
+    sp.add_argument("--gpus-per-node", type=int, help="GPUs (= tasks) per node")
+    sp.add_argument("--cpu-tasks-per-node", type=int, help="tasks per node on a CPU-only cluster (gloo)")
+    sp.add_argument("--cpus-per-task", type=int, default=8)
+    sp.add_argument("--partition")
+    sp.add_argument("--time", help="time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
+    sp.add_argument("--job-name", default="megagpt-pretrain")
+    sp.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
+    sp.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
+
+
+def cmd_submit(args) -> int:
+    from launchers.submit import PretrainJob, submit_pretrain
+
+    job = PretrainJob(config=args.config, overrides=list(args.overrides), nodes=args.nodes,
+                      gpus_per_node=args.gpus_per_node, cpu_tasks_per_node=args.cpu_tasks_per_node,
+                      cpus_per_task=args.cpus_per_task, partition=args.partition, time=args.time,
+                      job_name=args.job_name)
+    result = submit_pretrain(job, args.dry_run)
+    print(result, end="" if args.dry_run else "\n")
+    return 0
 
 
 def cmd_export_hf(args) -> int:
@@ -256,7 +284,7 @@ def cmd_train_quality(args) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
-            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf}
+            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,103 @@
+"""Rendering the templates in slurm/ and handing them to sbatch.
+
+Every value that reaches a script is checked here first: names and partitions are
+plain words, times are Slurm time formats, paths hold no whitespace or shell
+characters (they also land on `#SBATCH` lines, which sbatch parses without a shell),
+and command arguments are shell-quoted. A bad value is a one-line ConfigError before
+anything is written or submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+from megagpt.config import ConfigError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATES = os.path.join(REPO_ROOT, "slurm")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
+_PATH = re.compile(r"[A-Za-z0-9_./@+,:=~-]+")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def check_name(key: str, value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} may only hold letters, digits and . _ - (and must not start with . _ -)")
+    return value
+
+
+def check_time(key: str, value: str) -> str:
+    if not _TIME.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} is not a Slurm time (MINUTES, HH:MM:SS or D-HH:MM:SS)")
+    return value
+
+
+def check_path(key: str, value: str) -> str:
+    value = os.path.abspath(value)
+    if not _PATH.fullmatch(value):
+        raise ConfigError(f"{key}={value!r}: paths used in Slurm scripts may only hold letters, digits and "
+                          f"_ . / @ + , : = ~ - (no spaces, quotes or shell characters)")
+    return value
+
+
+def check_partition(partition: str) -> str:
+    """A plain word that the cluster knows (when sinfo is here to ask)."""
+    check_name("--partition", partition)
+    if shutil.which("sinfo"):
+        proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True)
+        known = sorted(set(proc.stdout.split()))
+        if proc.returncode == 0 and partition not in known:
+            raise ConfigError(f"--partition={partition!r}: no such Slurm partition (known: {', '.join(known) or 'none'})")
+    return partition
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill `{{name}}` placeholders of slurm/<template>; every placeholder must have a value."""
+    with open(os.path.join(TEMPLATES, template)) as f:
+        text = f.read()
+    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
+    if missing:
+        raise ConfigError(f"slurm/{template}: no value for {', '.join(missing)}")
+    lines = []
+    for line in text.splitlines(keepends=True):
+        filled = _PLACEHOLDER.sub(lambda m: values[m.group(1)], line)
+        if filled.strip() or not line.strip():  # an optional #SBATCH line left empty is dropped
+            lines.append(filled)
+    return "".join(lines)
+
+
+def sbatch_line(option: str, value) -> str:
+    return f"#SBATCH --{option}={value}" if value not in (None, "") else ""
+
+
+def python() -> str:
+    return check_path("python", sys.executable)
+
+
+def submit_script(path: str, extra_args: tuple = ()) -> str:
+    """sbatch the script at `path`; returns the job id."""
+    if not shutil.which("sbatch"):
+        raise ConfigError("sbatch not found: is Slurm installed here? (slurm/local-cluster.sh start for a local one)")
+    proc = subprocess.run(["sbatch", "--parsable", *extra_args, path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"sbatch {path} failed: {' '.join(proc.stderr.split())}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def write_script(path: str, text: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+def quote_all(args) -> str:
+    return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,84 @@
+"""`megagpt submit pretrain`: render slurm/pretrain.sbatch for a config and a node count, then sbatch it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from launchers.sbatch import (check_name, check_partition, check_path, check_time, python, quote_all, render,
+                              sbatch_line, submit_script, write_script)
+from megagpt.config import Config, ConfigError, load_config, parse_override, validate
+
+
+@dataclass
+class PretrainJob:
+    config: str
+    overrides: list
+    nodes: int
+    gpus_per_node: Optional[int] = None  # one task per GPU
+    cpu_tasks_per_node: Optional[int] = None  # CPU-only clusters: this many tasks, no GPU request
+    cpus_per_task: int = 8
+    partition: Optional[str] = None
+    time: Optional[str] = None
+    job_name: str = "megagpt-pretrain"
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.gpus_per_node or self.cpu_tasks_per_node or 0
+
+
+def check_job(job: PretrainJob) -> Config:
+    """Every value the script will hold, and the layout the world size must fit; returns the config."""
+    if job.nodes < 1:
+        raise ConfigError(f"--nodes={job.nodes} must be at least 1")
+    if (job.gpus_per_node is None) == (job.cpu_tasks_per_node is None):
+        raise ConfigError("give one of --gpus-per-node (GPU nodes) or --cpu-tasks-per-node (CPU-only nodes)")
+    if job.tasks_per_node < 1:
+        which = "--gpus-per-node" if job.gpus_per_node is not None else "--cpu-tasks-per-node"
+        raise ConfigError(f"{which}={job.tasks_per_node} must be at least 1")
+    if job.cpus_per_task < 1:
+        raise ConfigError(f"--cpus-per-task={job.cpus_per_task} must be at least 1")
+    check_name("--job-name", job.job_name)
+    if job.partition is not None:
+        check_partition(job.partition)
+    if job.time is not None:
+        check_time("--time", job.time)
+    check_path("--config", job.config)
+    for item in job.overrides:
+        parse_override(item)
+    cfg = load_config(job.config, job.overrides)
+    check_path("run.dir", cfg.run.dir)
+    world = job.nodes * job.tasks_per_node
+    p = cfg.parallel
+    if world % (p.tp * p.pp):
+        raise ConfigError(f"{job.nodes} nodes x {job.tasks_per_node} tasks = {world} ranks, not a multiple of "
+                          f"parallel.tp*parallel.pp={p.tp}*{p.pp}: the layout cannot use them all")
+    validate(cfg, world)
+    return cfg
+
+
+def render_pretrain(job: PretrainJob) -> tuple[str, Config]:
+    cfg = check_job(job)
+    run_dir = os.path.abspath(cfg.run.dir)
+    # The tasks must train the run we checked: pin run.dir to the absolute path.
+    overrides = [o for o in job.overrides if not o.startswith("run.dir=")] + [f"run.dir={run_dir}", "train.progress=false"]
+    script = render("pretrain.sbatch", {
+        "job_name": job.job_name, "nodes": str(job.nodes), "tasks_per_node": str(job.tasks_per_node),
+        "cpus_per_task": str(job.cpus_per_task),
+        "gpus_line": sbatch_line("gpus-per-node", job.gpus_per_node),
+        "partition_line": sbatch_line("partition", job.partition), "time_line": sbatch_line("time", job.time),
+        "log_dir": os.path.join(run_dir, "slurm"), "workdir": check_path("workdir", os.getcwd()),
+        "python": python(), "config": check_path("--config", job.config), "overrides": quote_all(overrides),
+        "run_dir": run_dir,
+    })
+    return script, cfg
+
+
+def submit_pretrain(job: PretrainJob, dry_run: bool) -> str:
+    """The script (dry run) or the job id."""
+    script, cfg = render_pretrain(job)
+    if dry_run:
+        return script
+    path = write_script(os.path.join(os.path.abspath(cfg.run.dir), "slurm", "pretrain.sbatch"), script)
+    return submit_script(path)

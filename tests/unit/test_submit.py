@@ -1,0 +1,98 @@
+"""`megagpt submit pretrain --dry-run`: the rendered script, and every value that must not reach it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import TINY, megagpt
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Partition checks ask sinfo; here it knows 'gpu' and 'debug'."""
+    import launchers.sbatch as sb
+
+    real_run = subprocess.run
+
+    def fake_run(cmd, *a, **kw):
+        if cmd[0] == "sinfo":
+            return subprocess.CompletedProcess(cmd, 0, "gpu\ndebug\n", "")
+        return real_run(cmd, *a, **kw)
+
+    monkeypatch.setattr(sb.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(sb.subprocess, "run", fake_run)
+
+
+def job(demo_prefix, tmp_path, **kw):
+    from launchers.submit import PretrainJob
+
+    base = dict(config=TINY, overrides=[f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}/run"], nodes=2,
+                gpus_per_node=4)
+    return PretrainJob(**{**base, **kw})
+
+
+def test_dry_run_renders_a_multi_node_script(no_cluster, demo_prefix, tmp_path):
+    from launchers.submit import render_pretrain
+
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, partition="gpu", time="1-00:00:00"))
+    lines = script.splitlines()
+    for expected in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                     "#SBATCH --partition=gpu", "#SBATCH --time=1-00:00:00", "#SBATCH --signal=USR1@120",
+                     "#SBATCH --requeue", f"#SBATCH --output={tmp_path}/run/slurm/%x-%j.out"]:
+        assert expected in lines
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert f"--config {TINY}" in srun and f"'data.prefixes=[{demo_prefix}]'" in srun
+    assert srun.count("run.dir=") == 1 and f"run.dir={tmp_path}/run" in srun
+    assert "{{" not in script and "" not in lines[:20]  # every placeholder filled, no blank #SBATCH gaps
+
+
+def test_cpu_cluster_asks_for_no_gpus(no_cluster, demo_prefix, tmp_path):
+    from launchers.submit import render_pretrain
+
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, gpus_per_node=None, cpu_tasks_per_node=2, nodes=2,
+                                    overrides=[f"data.prefixes=[{demo_prefix}]", "parallel.pp=1"]))
+    assert "--gpus-per-node" not in script and "#SBATCH --ntasks-per-node=2" in script
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(nodes=0), "--nodes=0 must be at least 1"),
+    (dict(gpus_per_node=0), "--gpus-per-node=0 must be at least 1"),
+    (dict(gpus_per_node=None), "give one of --gpus-per-node"),
+    (dict(nodes=1, gpus_per_node=3), "3 ranks, not a multiple of parallel.tp*parallel.pp=2*2"),
+    (dict(nodes=8, gpus_per_node=8), "train.global_batch_size=16 must be a multiple of train.micro_batch_size*dp=2*16"),
+    (dict(partition="gpu; rm -rf ~"), "--partition='gpu; rm -rf ~' may only hold letters"),
+    (dict(partition="bigmem"), "--partition='bigmem': no such Slurm partition (known: debug, gpu)"),
+    (dict(job_name="x$(reboot)"), "--job-name='x$(reboot)' may only hold"),
+    (dict(time="2 hours"), "--time='2 hours' is not a Slurm time"),
+    (dict(config="/tmp/a;b.yaml"), "--config='/tmp/a;b.yaml': paths used in Slurm scripts"),
+])
+def test_bad_values_never_reach_the_script(no_cluster, demo_prefix, tmp_path, change, message):
+    from launchers.submit import render_pretrain
+    from megagpt.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        render_pretrain(job(demo_prefix, tmp_path, **change))
+    assert message in str(err.value)
+
+
+def test_unsafe_run_dir_and_override_are_refused(no_cluster, demo_prefix, tmp_path):
+    from launchers.submit import render_pretrain
+    from megagpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.dir=.*no spaces, quotes or shell characters"):
+        render_pretrain(job(demo_prefix, tmp_path, overrides=[f"data.prefixes=[{demo_prefix}]", "run.dir=/tmp/`id`"]))
+    with pytest.raises(ConfigError, match="malformed override"):
+        render_pretrain(job(demo_prefix, tmp_path, overrides=["train.steps; reboot"]))
+
+
+def test_cli_dry_run_prints_and_writes_nothing(demo_prefix, tmp_path):
+    out = megagpt("submit", "pretrain", "--config", TINY, "--nodes", "1", "--gpus-per-node", "4", "--dry-run",
+                  f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}/run")
+    assert out.stdout.startswith("#!/bin/bash") and "srun --kill-on-bad-exit=1" in out.stdout
+    assert not os.path.exists(tmp_path / "run")
+    bad = megagpt("submit", "pretrain", "--config", TINY, "--nodes", "0", "--gpus-per-node", "4", "--dry-run",
+                  f"data.prefixes=[{demo_prefix}]", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == "megagpt: error: --nodes=0 must be at least 1"
