@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import subprocess
-import sys
 import time
 
 import yaml
 
 from data_pipeline.config import CorpusConfig
-from megagpt.config import ConfigError
 from data_pipeline.executors import is_done
 from data_pipeline.pipeline import STAGES, shard_names
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from launchers.sbatch import REPO_ROOT, check_path, python, render, sbatch_line, submit_script, write_script
+from megagpt.config import ConfigError
 
 
 def save_config(cfg: CorpusConfig) -> str:
@@ -38,36 +35,31 @@ def save_config(cfg: CorpusConfig) -> str:
     return path
 
 
-def sbatch_args(cfg: CorpusConfig, stage: str, shards: int, config_path: str, depends_on: str | None) -> list[str]:
+def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, depends_on: str | None) -> str:
+    """slurm/corpus.sbatch for one stage."""
     e = cfg.executor
     logs = os.path.join(os.path.abspath(cfg.output.dir), "work", "slurm")
-    task = [sys.executable, "-m", "launchers.cli", "corpus", "task", "--config", config_path, "--stage", stage]
-    args = ["sbatch", "--parsable", f"--job-name=megagpt-corpus-{stage}", f"--chdir={REPO_ROOT}",
-            f"--cpus-per-task={e.cpus_per_task}", "--kill-on-invalid-dep=yes"]
-    if dict(STAGES)[stage] == "shard":
-        limit = f"%{e.workers}" if e.workers else ""
-        args += [f"--array=0-{shards - 1}{limit}", f"--output={logs}/{stage}-%A_%a.out"]
-    else:
-        args.append(f"--output={logs}/{stage}-%j.out")
-    if e.partition:
-        args.append(f"--partition={e.partition}")
-    if e.time:
-        args.append(f"--time={e.time}")
-    if depends_on:
-        args.append(f"--dependency=afterok:{depends_on}")
-    return args + ["--wrap", shlex.join(task)]
+    sharded = dict(STAGES)[stage] == "shard"
+    limit = f"%{e.workers}" if e.workers else ""
+    return render("corpus.sbatch", {
+        "job_name": f"megagpt-corpus-{stage}", "cpus_per_task": str(e.cpus_per_task),
+        "array_line": sbatch_line("array", f"0-{shards - 1}{limit}" if sharded else None),
+        "dependency_line": sbatch_line("dependency", f"afterok:{depends_on}" if depends_on else None),
+        "partition_line": sbatch_line("partition", e.partition), "time_line": sbatch_line("time", e.time),
+        "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
+        "workdir": REPO_ROOT, "python": python(), "config": check_path("config", config_path), "stage": stage,
+    })
 
 
 def submit(cfg: CorpusConfig, poll_seconds: float = 1.0) -> list[str]:
     config_path = save_config(cfg)
-    os.makedirs(os.path.join(cfg.output.dir, "work", "slurm"), exist_ok=True)
+    slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
     shards = len(shard_names(cfg))
     jobs, previous = [], None
     for stage, _ in STAGES:
-        proc = subprocess.run(sbatch_args(cfg, stage, shards, config_path, previous), capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"sbatch for stage {stage} failed: {proc.stderr.strip()}")
-        previous = proc.stdout.strip().split(";")[0]
+        script = write_script(os.path.join(slurm_dir, f"{stage}.sbatch"),
+                              stage_script(cfg, stage, shards, config_path, previous))
+        previous = submit_script(script)
         jobs.append(previous)
     if cfg.executor.wait:
         wait_for(jobs, poll_seconds)

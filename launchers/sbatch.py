@@ -23,7 +23,7 @@ TEMPLATES = os.path.join(REPO_ROOT, "slurm")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
-_PATH = re.compile(r"[A-Za-z0-9_./@+,:=~-]+")
+_PATH = re.compile(r"[A-Za-z0-9_./@+,:=~%-]+")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -43,7 +43,7 @@ def check_path(key: str, value: str) -> str:
     value = os.path.abspath(value)
     if not _PATH.fullmatch(value):
         raise ConfigError(f"{key}={value!r}: paths used in Slurm scripts may only hold letters, digits and "
-                          f"_ . / @ + , : = ~ - (no spaces, quotes or shell characters)")
+                          f"_ . / @ + , : = ~ % - (no spaces, quotes or shell characters)")
     return value
 
 
