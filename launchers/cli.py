@@ -140,8 +140,11 @@ def cmd_import_hf(args) -> int:
 def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
+    from megagpt.train.checkpoint import preflight
+
     world = existing_world_size()
     validate(cfg, world or nproc)
+    preflight(cfg)
     if world is None and nproc > 1:
         from megagpt.train.pretrain import PREEMPTED
 

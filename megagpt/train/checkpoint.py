@@ -153,19 +153,33 @@ def verify(path: str, rank: int = 0, world: int = 1) -> Optional[str]:
     return None
 
 
+def read_latest(root: str) -> Optional[str]:
+    try:
+        with open(os.path.join(root, LATEST)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 def candidates(root: str) -> list[str]:
     """Checkpoint dirs to try, best first: the one `latest` names, then older complete ones."""
     if not os.path.isdir(root):
         return []
     tags = sorted((t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isfile(os.path.join(root, t, META))),
                   reverse=True)
-    latest_file = os.path.join(root, LATEST)
-    if os.path.isfile(latest_file):
-        with open(latest_file) as f:
-            latest = f.read().strip()
-        if latest in tags:  # newer dirs than `latest` are saves that never finished
-            tags = tags[tags.index(latest):]
+    latest = read_latest(root)
+    if latest in tags:  # newer dirs than `latest` are saves that never finished
+        tags = tags[tags.index(latest):]
     return [os.path.join(root, t) for t in tags]
+
+
+def preflight(cfg: Config) -> None:
+    """Before any process starts: the checkpoint a resume would pick must fit this model."""
+    if not cfg.train.resume:
+        return
+    found = candidates(checkpoint_root(cfg.run.dir))
+    if found:
+        check_compatible(read_meta(found[0]), cfg, found[0])
 
 
 def check_compatible(meta: dict, cfg: Config, path: str) -> None:
@@ -284,12 +298,19 @@ class Checkpointer:
         """Load the newest usable checkpoint in run.dir (if train.resume); a fresh state otherwise."""
         if not self.cfg.train.resume:
             return TrainState()
-        for path in candidates(self.root):
+        found, latest = candidates(self.root), read_latest(self.root)
+        if latest is not None and latest not in map(os.path.basename, found) and self.rank == 0:
+            print(f"megagpt: warning: {self.root}/latest names {latest}, which is missing or incomplete",
+                  file=sys.stderr, flush=True)
+        for path in found:
             problem = self._verify_everywhere(path)
             if problem is None:
                 return self.load(path)
             if self.rank == 0:
                 print(f"megagpt: warning: skipping checkpoint {path}: {problem}", file=sys.stderr, flush=True)
+        if found or latest is not None:
+            raise CheckpointError(f"no usable checkpoint in {self.root} (see the warnings above); "
+                                  f"train.resume=false starts afresh")
         return TrainState()
 
     def _verify_everywhere(self, path: str) -> Optional[str]:

@@ -171,3 +171,18 @@ def test_checkpoint_metadata_names_every_file_with_its_checksum(demo_prefix, tmp
     assert sorted(meta["files"]) == on_disk
     assert {"rng/rank_00003.pt", "universal/pp1_tp0.pt"} <= set(on_disk)
     assert all(sha256_file(str(path / name)) == digest for name, digest in meta["files"].items())
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_silent_fresh_start(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=4", "train.steps=4")
+    megagpt(*args)
+    missing = run / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt"
+    missing.unlink()
+    metrics = (run / "metrics.jsonl").read_text()
+    proc = megagpt(*args, check=False)
+    assert proc.returncode == 2
+    assert f"skipping checkpoint {run}/checkpoints/step_00000004: {missing} is missing" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"megagpt: error: no usable checkpoint in {run}/checkpoints "
+                                                    f"(see the warnings above); train.resume=false starts afresh")
+    assert (run / "metrics.jsonl").read_text() == metrics
