@@ -108,6 +108,9 @@ class TrainConfig:
     save_interval: int = 0  # save a checkpoint every this many steps (and at the end); 0: never
     keep_last: int = 2  # complete checkpoints kept in <run.dir>/checkpoints; 0: all
     resume: bool = True  # continue from <run.dir>/checkpoints/latest when there is one
+    # Also save layout-free shards (full-DP fp32 weights + Adam moments per TP shard): what loading at
+    # another (tp, pp, dp) and export-hf read. About doubles a checkpoint's size; off: same-layout resume only.
+    universal_checkpoint: bool = True
 
 
 @dataclass

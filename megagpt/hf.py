@@ -155,6 +155,8 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
         raise ConfigError(f"export-hf: no tokenizer.json found beside the training data of {path}; pass --tokenizer")
     if not os.path.isfile(tokenizer):
         raise ConfigError(f"export-hf: --tokenizer {tokenizer}: file not found")
+    if not meta["universal"]:
+        raise CheckpointError(f"export-hf: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
     shards = UniversalShards(path)
     full = {name: shards.full(name)["fp32"] for name in shards.names()}
     state = to_hf_state_dict(full, cfg.model)

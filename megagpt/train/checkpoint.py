@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -208,15 +209,17 @@ class Checkpointer:
     def save(self, state: TrainState) -> str:
         tag = tag_for(state.step)
         path = os.path.join(self.root, tag)
+        start = time.perf_counter()
         if self.rank == 0:
             if os.path.isdir(path):  # left by a save that crashed before `latest` moved
                 shutil.rmtree(path)
             os.makedirs(os.path.join(path, "rng"))
-            os.makedirs(os.path.join(path, "universal"))
+            if self.cfg.train.universal_checkpoint:
+                os.makedirs(os.path.join(path, "universal"))
         dist.barrier()
         self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
         torch.save(self._rng_state(), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
-        universal = self._universal_shard()
+        universal = self._universal_shard() if self.cfg.train.universal_checkpoint else None
         if universal is not None:
             torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
         dist.barrier()
@@ -227,13 +230,25 @@ class Checkpointer:
         if self.rank == 0:
             meta = {"format_version": FORMAT_VERSION, "step": state.step, "consumed_samples": state.consumed_samples,
                     "consumed_tokens": state.consumed_tokens, "layout": self.layout(), "model": model_shape(self.cfg),
-                    "weights_only": False, "config": self.cfg.to_dict(),
+                    "weights_only": False, "universal": self.cfg.train.universal_checkpoint,
+                    "config": self.cfg.to_dict(),
                     "files": {k: v for part in gathered for k, v in part.items()}}
             atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
             atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete
-            self._prune()
         dist.barrier()
+        self._record("save", path, state.step, time.perf_counter() - start)
+        if self.rank == 0:
+            self._prune()
         return path
+
+    def _record(self, event: str, path: str, step: int, seconds: float) -> None:
+        """<run.dir>/checkpoint_io.jsonl: what each save and load cost (benchmarks/checkpoint_io.py reads it)."""
+        if self.rank != 0:
+            return
+        size = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(path) for f in fs)
+        with open(os.path.join(self.cfg.run.dir, "checkpoint_io.jsonl"), "a") as f:
+            f.write(json.dumps({"event": event, "step": step, "path": path, "seconds": seconds, "bytes": size,
+                                "layout": self.layout()}) + "\n")
 
     def _prune(self) -> None:
         keep = self.cfg.train.keep_last
@@ -319,6 +334,7 @@ class Checkpointer:
         return next((p for p in problems if p), None)
 
     def load(self, path: str) -> TrainState:
+        start = time.perf_counter()
         meta = read_meta(path)
         check_compatible(meta, self.cfg, path)
         if not meta["weights_only"] and meta["layout"] == self.layout():
@@ -327,9 +343,14 @@ class Checkpointer:
             if loaded is None:
                 raise CheckpointError(f"checkpoint {path}: DeepSpeed could not load its engine state")
             self._restore_rng(path)
+        elif not meta["universal"]:
+            raise CheckpointError(f"checkpoint {path} was saved at layout {meta['layout']} without universal/ shards "
+                                  f"(train.universal_checkpoint=false); it loads only at that layout, not {self.layout()}")
         else:
             self.load_universal(path, with_optimizer=not meta["weights_only"])
         dist.barrier()
+        self._record("load" if meta["layout"] == self.layout() else "load-reshaped", path, meta["step"],
+                     time.perf_counter() - start)
         return TrainState(meta["step"], meta["consumed_samples"], meta["consumed_tokens"])
 
     def load_universal(self, path: str, with_optimizer: bool) -> None:
@@ -430,6 +451,6 @@ def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config, pa
                os.path.join(path, "universal", "pp0_tp0.pt"))
     files = _files_under(path)
     meta = {"format_version": FORMAT_VERSION, "step": 0, "consumed_samples": 0, "consumed_tokens": 0,
-            "layout": None, "model": model_shape(cfg), "weights_only": True, "config": cfg.to_dict(),
+            "layout": None, "model": model_shape(cfg), "weights_only": True, "universal": True, "config": cfg.to_dict(),
             "files": {name: sha256_file(os.path.join(path, name)) for name in files}}
     atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))

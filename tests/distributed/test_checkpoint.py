@@ -186,3 +186,14 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_fresh_start(demo_prefix, 
     assert proc.stderr.strip().splitlines()[-1] == (f"megagpt: error: no usable checkpoint in {run}/checkpoints "
                                                     f"(see the warnings above); train.resume=false starts afresh")
     assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_without_universal_shards_only_the_saving_layout_loads(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=4", "train.steps=4",
+                         "train.universal_checkpoint=false")
+    megagpt(*args)
+    assert not (run / "checkpoints" / "step_00000004" / "universal").exists()
+    proc = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=4"), check=False)
+    assert proc.returncode != 0
+    assert "without universal/ shards (train.universal_checkpoint=false); it loads only at that layout" in proc.stderr
