@@ -104,13 +104,15 @@ def first_loss_after(run_dir) -> float:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
 
 
-@pytest.mark.parametrize("source,target", [((2, 2, 2), (1, 1, 1)), ((1, 1, 2), (2, 2, 1)), ((1, 1, 1), (2, 1, 2))],
-                         ids=["222-to-111", "112-to-221", "111-to-212"])
-def test_reshape_continues_the_same_run(demo_prefix, tmp_path, source, target):
+@pytest.mark.parametrize("source,target,zero", [((2, 2, 2), (1, 1, 1), 1), ((1, 1, 2), (2, 2, 1), 1),
+                                                ((1, 1, 1), (2, 1, 2), 1), ((1, 1, 2), (1, 1, 1), 3)],
+                         ids=["222-to-111", "112-to-221", "111-to-212", "112-zero3-to-111"])
+def test_reshape_continues_the_same_run(demo_prefix, tmp_path, source, target, zero):
     reference = tmp_path / "reference"
-    megagpt(*pretrain_args(demo_prefix, reference, *source))
+    megagpt(*pretrain_args(demo_prefix, reference, *source, f"parallel.zero_stage={zero}"))
     saved = tmp_path / "saved"
-    megagpt(*pretrain_args(demo_prefix, saved, *source, "train.save_interval=5", "train.keep_last=0"))
+    megagpt(*pretrain_args(demo_prefix, saved, *source, f"parallel.zero_stage={zero}", "train.save_interval=5",
+                           "train.keep_last=0"))
     resumed = tmp_path / "resumed"
     os.makedirs(resumed / "checkpoints")
     os.symlink(saved / "checkpoints" / "step_00000005", resumed / "checkpoints" / "step_00000005")
