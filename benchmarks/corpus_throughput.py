@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peers", "bin", "python"))
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
+    if args.work and os.path.exists(args.work) and os.listdir(args.work):
+        sys.exit(f"--work {args.work} is not empty: both pipelines would resume and skip the finished work")
     work = args.work or tempfile.mkdtemp(prefix="megagpt-corpus-bench-")
     crawl = os.path.join(work, "crawl")
     truth = write_crawl(crawl, files=8, pages=args.pages, truncate_last=False)

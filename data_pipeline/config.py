@@ -20,6 +20,9 @@ class InputConfig:
 @dataclass
 class OutputConfig:
     dir: str = "runs/corpus"
+    # gzip level of documents/ and dropped/. 4: on English prose 5% larger than zlib's default 6
+    # at 2.7x its speed (6 made compression the largest single cost of the finalize stage).
+    gzip_level: int = 4
 
 
 @dataclass
@@ -124,6 +127,8 @@ def input_files(cfg: CorpusConfig) -> list[str]:
 def validate_corpus(cfg: CorpusConfig) -> None:
     if not cfg.input.paths:
         raise ConfigError("input.paths=[] is empty")
+    if not 1 <= cfg.output.gzip_level <= 9:
+        raise ConfigError(f"output.gzip_level={cfg.output.gzip_level} must be between 1 and 9")
     e = cfg.executor
     if e.kind not in ("local", "slurm"):
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")

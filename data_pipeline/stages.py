@@ -97,11 +97,11 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
     stats.timed("signatures", time.perf_counter() - start)
 
     work = os.path.join(out, "work", "process")
-    write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept, level=1)  # intermediate: speed over size
+    write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept, level=0)  # intermediate, read once: stored
     with atomic_path(os.path.join(work, f"{name}.sig.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, sigs)
     write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes})
-    write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped)
+    write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped, cfg.output.gzip_level)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
 
 
@@ -138,9 +138,10 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
         for k, piece in enumerate(pieces):
             piece_id = doc["id"] if len(pieces) == 1 else f"{doc['id']}#{k}"
             kept.append({**doc, "id": piece_id, "text": piece, **({"benchmark_ngrams": hits} if hits else {})})
-    write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept)
-    write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops)
-    write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops)
+    level = cfg.output.gzip_level
+    write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept, level)
+    write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops, level)
+    write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops, level)
 
 
 def tokenize_shard(cfg: CorpusConfig, index: int, tokenizer_path: str) -> None:
