@@ -150,9 +150,11 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
 
         return launch_local(nproc, argv, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
     join_existing_world()
+    from megagpt.parallel.distributed import shutdown_distributed
     from megagpt.train.pretrain import pretrain
 
     pretrain(cfg)
+    shutdown_distributed()
     return 0
 
 

@@ -54,3 +54,16 @@ def init_distributed() -> torch.device:
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
     return device
+
+
+def shutdown_distributed() -> None:
+    """Leave the world cleanly: a process that exits with live gloo groups can abort in C++
+    teardown ("terminate called without an active exception") after training succeeded."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
