@@ -10,6 +10,24 @@ from typing import Mapping, Sequence
 from launchers.slurm_env import in_slurm_step, torch_env_from_slurm
 
 
+# Set for the ranks of a local launch: torch elastic starts each in its own session, so
+# without this a SIGKILLed launcher would leave them training, racing a restarted run.
+DIE_WITH_LAUNCHER = "MEGAGPT_LAUNCHER_PID"
+
+
+def die_with_launcher() -> None:
+    """In a rank of a local launch: ask Linux to SIGKILL this process when the launcher dies."""
+    launcher = os.environ.get(DIE_WITH_LAUNCHER)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(launcher):  # it died before the request was in place
+        os._exit(1)
+
+
 def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
     """The world this process was started into by torchrun or srun, if any."""
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -21,6 +39,7 @@ def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
 
 def join_existing_world() -> None:
     """Under srun, translate Slurm's variables once, before torch.distributed reads them."""
+    die_with_launcher()
     if "RANK" not in os.environ and in_slurm_step(os.environ):
         os.environ.update(torch_env_from_slurm(os.environ))
 
@@ -49,6 +68,7 @@ def launch_local(nproc: int, argv: Sequence[str], preempted_marker: str | None =
 
     # 2 cores shared by 8 ranks: more threads per rank only thrash.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[DIE_WITH_LAUNCHER] = str(os.getpid())
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"megagpt-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                           monitor_interval=0.1)

@@ -199,3 +199,18 @@ def test_without_universal_shards_only_the_saving_layout_loads(demo_prefix, tmp_
     proc = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=4"), check=False)
     assert proc.returncode != 0
     assert "without universal/ shards (train.universal_checkpoint=false); it loads only at that layout" in proc.stderr
+
+
+def test_ranks_die_with_a_killed_launcher(demo_prefix, tmp_path):
+    """Ranks run in their own sessions; left alive they would race the restarted run over run.dir."""
+    import psutil
+
+    run = tmp_path / "run"
+    proc = start(pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=200"))
+    wait_for_step(proc, run, 1)
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    assert len(ranks) >= 2
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not alive
