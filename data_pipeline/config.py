@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from launchers.sbatch import check_name, check_time
 from megagpt.config import ConfigError, load_config
 
 
@@ -104,7 +104,6 @@ class CorpusConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
-_SAFE = re.compile(r"[A-Za-z0-9_.:-]+")  # values that reach an sbatch command line
 
 
 def load_corpus_config(path: Optional[str], overrides=()) -> CorpusConfig:
@@ -132,9 +131,10 @@ def validate_corpus(cfg: CorpusConfig) -> None:
     e = cfg.executor
     if e.kind not in ("local", "slurm"):
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
-    for key, value in (("executor.partition", e.partition), ("executor.time", e.time)):
-        if value is not None and not _SAFE.fullmatch(value):
-            raise ConfigError(f"{key}={value!r} may only hold letters, digits and . _ : -")
+    if e.partition is not None:
+        check_name("executor.partition", e.partition)
+    if e.time is not None:
+        check_time("executor.time", e.time)
     if e.cpus_per_task < 1:
         raise ConfigError(f"executor.cpus_per_task={e.cpus_per_task} must be at least 1")
     if cfg.executor.workers is not None and cfg.executor.workers < 1:

@@ -22,23 +22,6 @@ from megagpt.config import Config, ConfigError, ModelConfig, from_dict
 from megagpt.train.checkpoint import (LATEST, CheckpointError, UniversalShards, atomic_write_text, checkpoint_root,
                                       read_meta, tag_for, write_universal)
 
-# Which of our parameters are TP-sharded, and along which dim (what the model tags at build time).
-ROW_PARALLEL = ("attn.proj.weight", "mlp.fc2.weight")
-COLUMN_PARALLEL = ("attn.qkv.weight", "attn.qkv.bias", "mlp.fc1.weight", "mlp.fc1.bias")
-
-
-def partition_dims(names) -> dict[str, int]:
-    dims = {}
-    for name in names:
-        if name == "embedding.word_embeddings.weight" or name.endswith(COLUMN_PARALLEL):
-            dims[name] = 0
-        elif name.endswith(ROW_PARALLEL):
-            dims[name] = 1
-        else:
-            dims[name] = -1
-    return dims
-
-
 def _qkv_to_hf(t: torch.Tensor, heads: int) -> torch.Tensor:
     """Our (head, 3, head_dim) output order -> GPT-2's (3, head, head_dim), along dim 0."""
     rest = t.shape[1:]
@@ -191,7 +174,7 @@ def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 
     model = GPT2LMHeadModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
     full = from_hf_state_dict(model.state_dict(), m)
     cfg = Config(model=m)
-    write_universal(path, full, cfg, partition_dims(full))
+    write_universal(path, full, cfg)
     tokenizer = os.path.join(model_dir, "tokenizer.json")
     if os.path.isfile(tokenizer):
         shutil.copyfile(tokenizer, os.path.join(run_dir, "tokenizer.json"))

@@ -162,12 +162,16 @@ def read_latest(root: str) -> Optional[str]:
         return None
 
 
-def candidates(root: str) -> list[str]:
-    """Checkpoint dirs to try, best first: the one `latest` names, then older complete ones."""
+def complete_tags(root: str) -> list[str]:
+    """Tags of the checkpoints under root whose save finished (they have their metadata), oldest first."""
     if not os.path.isdir(root):
         return []
-    tags = sorted((t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isfile(os.path.join(root, t, META))),
-                  reverse=True)
+    return sorted(t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isfile(os.path.join(root, t, META)))
+
+
+def candidates(root: str) -> list[str]:
+    """Checkpoint dirs to try, best first: the one `latest` names, then older complete ones."""
+    tags = complete_tags(root)[::-1]
     latest = read_latest(root)
     if latest in tags:  # newer dirs than `latest` are saves that never finished
         tags = tags[tags.index(latest):]
@@ -254,8 +258,7 @@ class Checkpointer:
         keep = self.cfg.train.keep_last
         if keep <= 0:
             return
-        done = sorted(t for t in os.listdir(self.root) if TAG_RE.match(t) and os.path.isfile(os.path.join(self.root, t, META)))
-        for tag in done[:-keep]:
+        for tag in complete_tags(self.root)[:-keep]:
             shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
 
     def _rng_state(self) -> dict:
@@ -443,11 +446,15 @@ class UniversalShards:
         return {k: torch.cat([by_rank[r]["params"][name][k] for r in ranks], dim=dim) for k in keys}
 
 
-def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config, partition_dims: dict[str, int]) -> None:
-    """A weights-only checkpoint (no optimizer state, step 0) from full tensors: what import-hf writes."""
+def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config) -> None:
+    """A weights-only checkpoint (no optimizer state, step 0) from full tensors: what import-hf writes.
+
+    One shard holding whole tensors, so no partition dims: loading cuts them for its own layout.
+    """
     os.makedirs(os.path.join(path, "universal"), exist_ok=True)
     params = {name: {"fp32": t.float().contiguous()} for name, t in tensors.items()}
-    torch.save({"params": params, "partition_dims": partition_dims, "tp": 1, "tp_rank": 0, "optimizer_step": 0},
+    torch.save({"params": params, "partition_dims": {name: -1 for name in params}, "tp": 1, "tp_rank": 0,
+                "optimizer_step": 0},
                os.path.join(path, "universal", "pp0_tp0.pt"))
     files = _files_under(path)
     meta = {"format_version": FORMAT_VERSION, "step": 0, "consumed_samples": 0, "consumed_tokens": 0,
