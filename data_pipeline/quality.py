@@ -16,6 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
+from megagpt.errors import DataError
+
 POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
 
 
@@ -38,7 +40,7 @@ def train_quality(positive: Iterable[str], negative: Iterable[str], out_path: st
         train_file = f.name
     try:
         if not counts["positive"] or not counts["negative"]:
-            raise ValueError(f"need positive and negative examples, got {counts}")
+            raise DataError(f"need positive and negative examples, got {counts}")
         model = fasttext.train_supervised(train_file, epoch=epochs, dim=dim, wordNgrams=2, minCount=1,
                                           thread=1, seed=seed, verbose=0)
     finally:

@@ -7,6 +7,7 @@ import json
 import os
 
 from data_pipeline.io import read_jsonl_gz
+from megagpt.errors import DataError
 
 FUNNEL = ("read", "extract", "langid", "filters", "quality", "dedup", "decontam")
 
@@ -33,7 +34,7 @@ def write_report(run_dir: str) -> list[str]:
 
     path = os.path.join(run_dir, "stats.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished corpus run?")
+        raise DataError(f"{path} not found: is {run_dir} a finished corpus run?")
     with open(path) as f:
         stats = json.load(f)
     docs = [d for p in sorted(glob.glob(os.path.join(run_dir, "documents", "*", "*.jsonl.gz"))) for d in read_jsonl_gz(p)]

@@ -19,8 +19,8 @@ import yaml
 from data_pipeline.config import CorpusConfig
 from data_pipeline.executors import is_done
 from data_pipeline.pipeline import STAGES, shard_names
-from launchers.sbatch import REPO_ROOT, check_path, python, render, sbatch_line, submit_script, write_script
-from megagpt.config import ConfigError
+from megagpt.errors import ConfigError, SlurmError
+from megagpt.slurm import check_path, python, render, sbatch_line, submit_script, write_script
 
 
 def save_config(cfg: CorpusConfig) -> str:
@@ -47,7 +47,9 @@ def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, d
         "dependency_line": sbatch_line("dependency", f"afterok:{depends_on}" if depends_on else None),
         "partition_line": sbatch_line("partition", e.partition), "time_line": sbatch_line("time", e.time),
         "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
-        "workdir": REPO_ROOT, "python": python(), "config": check_path("config", config_path), "stage": stage,
+        # The submitting directory, as for a local run: relative paths in the config mean the same there.
+        "workdir": check_path("workdir", os.getcwd()), "python": python(),
+        "config": check_path("config", config_path), "stage": stage,
     })
 
 
@@ -67,8 +69,8 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0) -> list[str]:
             names = shard_names(cfg) if kind == "shard" else ["all"]
             missing = [n for n in names if not is_done(cfg.output.dir, stage, n)]
             if missing:
-                raise RuntimeError(f"Slurm stage {stage} did not finish for {len(missing)} task(s) "
-                                   f"(first: {missing[0]}); logs in {cfg.output.dir}/work/slurm")
+                raise SlurmError(f"Slurm stage {stage} did not finish for {len(missing)} task(s) "
+                                 f"(first: {missing[0]}); logs in {cfg.output.dir}/work/slurm")
     return jobs
 
 

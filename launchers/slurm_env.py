@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
+from megagpt.errors import SlurmError
+
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -34,7 +36,7 @@ def _expand_entry(entry: str) -> list[str]:
     for part in match.group(1).split(","):
         m = _RANGE.match(part.strip())
         if not m:
-            raise ValueError(f"cannot parse Slurm node range {part!r} in {entry!r}")
+            raise SlurmError(f"cannot parse Slurm node range {part!r} in {entry!r}")
         lo, hi = m.group(1), m.group(2) or m.group(1)
         width = len(lo) if lo.startswith("0") else 0
         for n in range(int(lo), int(hi) + 1):
@@ -61,7 +63,7 @@ def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
         nodelist = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
         job_id = int(env.get("SLURM_JOB_ID", 0))
     except KeyError as exc:
-        raise ValueError(f"Slurm variable {exc.args[0]} is not set; is this an srun task?") from None
+        raise SlurmError(f"Slurm variable {exc.args[0]} is not set; is this an srun task?") from None
     per_node = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1")
     node = int(env.get("SLURM_NODEID", 0))
     return {
@@ -78,6 +80,6 @@ def expand_tasks_per_node(spec: str) -> list[int]:
     for part in spec.split(","):
         m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
         if not m:
-            raise ValueError(f"cannot parse Slurm tasks-per-node {spec!r}")
+            raise SlurmError(f"cannot parse Slurm tasks-per-node {spec!r}")
         counts += [int(m.group(1))] * int(m.group(2) or 1)
     return counts

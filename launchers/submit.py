@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from launchers.sbatch import (check_name, check_partition, check_path, check_time, python, quote_all, render,
-                              sbatch_line, submit_script, write_script)
-from megagpt.config import Config, ConfigError, load_config, parse_override, validate
+from megagpt.config import Config, load_config, parse_override, validate
+from megagpt.errors import ConfigError
+from megagpt.slurm import (check_name, check_partition, check_path, check_time, python, quote_all, render, sbatch_line,
+                           submit_script, write_script)
 
 
 @dataclass

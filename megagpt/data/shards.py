@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from megagpt.data.tokenizer import Tokenizer, batched
+from megagpt.errors import DataError
 
 
 def token_dtype(vocab_size: int):
@@ -43,16 +44,23 @@ def write_shard(prefix: str, documents: Iterable[str], tokenizer: Tokenizer, bat
 def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str]:
     """Documents from .txt (one per file), .jsonl or .jsonl.gz (one per line, field text_key)."""
     for path in paths:
-        if path.endswith((".jsonl", ".jsonl.gz")):
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield json.loads(line)[text_key]
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise ValueError(f"{path}:{lineno}: not a JSON object with a {text_key!r} field ({exc})") from None
-        else:
-            with open(path, encoding="utf-8") as f:
-                yield f.read()
+        try:
+            if path.endswith((".jsonl", ".jsonl.gz")):
+                yield from _read_jsonl(path, text_key)
+            else:
+                with open(path, encoding="utf-8") as f:
+                    yield f.read()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)[text_key]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}:{lineno}: not a JSON object with a {text_key!r} field ({exc})") from None

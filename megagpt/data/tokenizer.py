@@ -6,17 +6,19 @@ import json
 import os
 from typing import Iterable, Iterator
 
+from megagpt.errors import DataError
+
 EOD = "<|endoftext|>"
 
 
 class Tokenizer:
     """Text <-> ids, with the end-of-document id that separates documents in shards."""
 
-    def __init__(self, hf_tokenizer):
+    def __init__(self, hf_tokenizer, source: str = "tokenizer"):
         self._tok = hf_tokenizer
         eod = hf_tokenizer.token_to_id(EOD)
         if eod is None:
-            raise ValueError(f"tokenizer has no {EOD} token")
+            raise DataError(f"{source} has no {EOD} token")
         self.eod = eod
 
     @property
@@ -38,7 +40,7 @@ class Tokenizer:
 
         for path in (vocab_json, merges_txt):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"tokenizer file {path} not found")
+                raise DataError(f"tokenizer file {path} not found")
         tok = ByteLevelBPETokenizer(vocab_json, merges_txt, add_prefix_space=False)
         if tok.token_to_id(EOD) is None:
             tok.add_special_tokens([EOD])
@@ -49,8 +51,8 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer file {path} not found")
-        return cls(HFTokenizer.from_file(path))
+            raise DataError(f"tokenizer file {path} not found")
+        return cls(HFTokenizer.from_file(path), source=f"tokenizer file {path}")
 
     def save(self, path: str) -> None:
         self._tok.save(path)

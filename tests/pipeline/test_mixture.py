@@ -11,6 +11,7 @@ from data_pipeline.pipeline import run
 from data_pipeline.synthetic import english_pages
 from megagpt.config import ConfigError, load_config
 from megagpt.data.tokenizer import Tokenizer
+from megagpt.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,6 @@ def test_mixing_runs_with_different_tokenizers_is_refused(two_runs, tmp_path):
         mix(cfg)
     with pytest.raises(ConfigError, match="has no mixture.json"):
         mix(load_mix_config(None, [f"mixture.sources=[{{source: x, run: {tmp_path / 'nope'}, weight: 1}}]"]))
+    (other / "tokenizer.json").unlink()
+    with pytest.raises(DataError, match=f"{other / 'mixture.json'} names tokenizer {other / 'tokenizer.json'}, which"):
+        mix(cfg)

@@ -2,6 +2,7 @@ import pytest
 
 from launchers.local import existing_world_size
 from launchers.slurm_env import expand_nodelist, expand_tasks_per_node, in_slurm_step, torch_env_from_slurm
+from megagpt.errors import SlurmError
 
 
 @pytest.mark.parametrize("nodelist,hosts", [
@@ -16,7 +17,7 @@ def test_expand_nodelist(nodelist, hosts):
 
 
 def test_bad_nodelist_is_named():
-    with pytest.raises(ValueError, match="cannot parse Slurm node range 'x-y'"):
+    with pytest.raises(SlurmError, match="cannot parse Slurm node range 'x-y'"):
         expand_nodelist("gpu[x-y]")
 
 
@@ -54,5 +55,5 @@ def test_batch_script_is_not_a_task():
 def test_missing_variable_is_named():
     env = dict(MULTI_NODE)
     del env["SLURM_JOB_NODELIST"], env["SLURM_STEP_NODELIST"]
-    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST is not set"):
+    with pytest.raises(SlurmError, match="SLURM_JOB_NODELIST is not set"):
         torch_env_from_slurm(env)

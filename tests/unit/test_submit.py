@@ -1,4 +1,5 @@
-"""`megagpt submit pretrain --dry-run`: the rendered script, and every value that must not reach it."""
+"""Slurm scripts (`megagpt submit pretrain --dry-run`, the corpus stages): what they hold, and every value
+that must not reach them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.conftest import TINY, megagpt
 @pytest.fixture
 def no_cluster(monkeypatch):
     """Partition checks ask sinfo; here it knows 'gpu' and 'debug'."""
-    import launchers.sbatch as sb
+    import megagpt.slurm as slurm
 
     real_run = subprocess.run
 
@@ -22,8 +23,8 @@ def no_cluster(monkeypatch):
             return subprocess.CompletedProcess(cmd, 0, "gpu\ndebug\n", "")
         return real_run(cmd, *a, **kw)
 
-    monkeypatch.setattr(sb.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(sb.subprocess, "run", fake_run)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
 
 
 def job(demo_prefix, tmp_path, **kw):
@@ -96,3 +97,16 @@ def test_cli_dry_run_prints_and_writes_nothing(demo_prefix, tmp_path):
     bad = megagpt("submit", "pretrain", "--config", TINY, "--nodes", "0", "--gpus-per-node", "4", "--dry-run",
                   f"data.prefixes=[{demo_prefix}]", check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "megagpt: error: --nodes=0 must be at least 1"
+
+
+def test_corpus_stage_jobs_start_where_the_run_was_submitted(tmp_path, monkeypatch):
+    """Not in the repository: relative config paths mean what they mean in a local run."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.slurm_executor import save_config, stage_script
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_corpus_config(None, ["input.paths=[a.jsonl]", "output.dir=out", "executor.kind=slurm"])
+    script = stage_script(cfg, "process", 1, save_config(cfg), None)
+    assert f"\ncd {tmp_path}\n" in script and "#SBATCH --array=0-0" in script
+    assert f"--config {tmp_path}/out/work/corpus-config.yaml --stage process" in script

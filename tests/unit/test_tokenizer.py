@@ -6,6 +6,7 @@ import pytest
 
 from megagpt.data.shards import read_documents, write_shard
 from megagpt.data.tokenizer import EOD, Tokenizer
+from megagpt.errors import DataError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Pack my box with five dozen liquor jugs!",
          "Unicode survives: naïve café, 東京, emoji 🙂."] * 20
@@ -47,10 +48,13 @@ def test_read_documents_formats_and_errors(tmp_path):
         f.write(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
     assert list(read_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl.gz")])) == ["whole file", "one", "two"]
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    with pytest.raises(ValueError, match=r"c.jsonl:2: not a JSON object with a 'text' field"):
+    with pytest.raises(DataError, match=r"c.jsonl:2: not a JSON object with a 'text' field"):
         list(read_documents([str(tmp_path / "c.jsonl")]))
+    (tmp_path / "d.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(DataError, match=r"d.txt: not UTF-8 text \(byte 3"):
+        list(read_documents([str(tmp_path / "d.txt")]))
 
 
 def test_missing_tokenizer_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="vocab.json not found"):
+    with pytest.raises(DataError, match="vocab.json not found"):
         Tokenizer.from_gpt2_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))

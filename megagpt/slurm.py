@@ -1,10 +1,15 @@
-"""Rendering the templates in slurm/ and handing them to sbatch.
+"""Rendering the Slurm batch templates and handing them to sbatch.
+
+The templates are the repository's slurm/*.sbatch, shipped inside the package as
+`megagpt.slurm_templates` (see pyproject.toml), so an installed megagpt renders them
+from any directory. Both `megagpt submit` and the corpus pipeline's Slurm executor
+use this module, which is why it lives in megagpt, the package both may import.
 
 Every value that reaches a script is checked here first: names and partitions are
 plain words, times are Slurm time formats, paths hold no whitespace or shell
 characters (they also land on `#SBATCH` lines, which sbatch parses without a shell),
 and command arguments are shell-quoted. A bad value is a one-line ConfigError before
-anything is written or submitted.
+anything is written or submitted; sbatch missing or refusing a script is a SlurmError.
 """
 
 from __future__ import annotations
@@ -15,16 +20,19 @@ import shlex
 import shutil
 import subprocess
 import sys
+from importlib import resources
 
-from megagpt.config import ConfigError
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEMPLATES = os.path.join(REPO_ROOT, "slurm")
+from megagpt.errors import ConfigError, SlurmError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
 _PATH = re.compile(r"[A-Za-z0-9_./@+,:=~%-]+")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def template_path(template: str) -> str:
+    """The installed copy of slurm/<template>."""
+    return str(resources.files("megagpt.slurm_templates") / template)
 
 
 def check_name(key: str, value: str) -> str:
@@ -60,11 +68,12 @@ def check_partition(partition: str) -> str:
 
 def render(template: str, values: dict[str, str]) -> str:
     """Fill `{{name}}` placeholders of slurm/<template>; every placeholder must have a value."""
-    with open(os.path.join(TEMPLATES, template)) as f:
+    path = template_path(template)
+    with open(path) as f:
         text = f.read()
     missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
     if missing:
-        raise ConfigError(f"slurm/{template}: no value for {', '.join(missing)}")
+        raise SlurmError(f"{path}: no value for {', '.join(missing)}")
     lines = []
     for line in text.splitlines(keepends=True):
         filled = _PLACEHOLDER.sub(lambda m: values[m.group(1)], line)
@@ -84,10 +93,10 @@ def python() -> str:
 def submit_script(path: str, extra_args: tuple = ()) -> str:
     """sbatch the script at `path`; returns the job id."""
     if not shutil.which("sbatch"):
-        raise ConfigError("sbatch not found: is Slurm installed here? (slurm/local-cluster.sh start for a local one)")
+        raise SlurmError("sbatch not found: is Slurm installed here? (slurm/local-cluster.sh start for a local one)")
     proc = subprocess.run(["sbatch", "--parsable", *extra_args, path], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ConfigError(f"sbatch {path} failed: {' '.join(proc.stderr.split())}")
+        raise SlurmError(f"sbatch {path} failed: {' '.join(proc.stderr.split())}")
     return proc.stdout.strip().split(";")[0]
 
 

@@ -1,0 +1,25 @@
+"""The errors megagpt raises on purpose: each says in one line what to fix.
+
+The `megagpt` command prints exactly these as `megagpt: error: <message>` and exits 2;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class MegagptError(Exception):
+    """Base of the errors below; the message is one line naming the file, key or value at fault."""
+
+
+class ConfigError(MegagptError):
+    """A value the user gave (config key, override, option) is invalid or names nothing; names key and value."""
+
+
+class CheckpointError(MegagptError):
+    """A checkpoint that cannot be used (missing, corrupt, another shape or layout); names the directory or file."""
+
+
+class DataError(MegagptError):
+    """An input file missing, incomplete or malformed (corpus run, shard, tokenizer, JSONL line); names the file."""
+
+
+class SlurmError(MegagptError):
+    """Slurm lacks or refused something (sbatch, job, a stage, srun's variables); names the script, job or variable."""

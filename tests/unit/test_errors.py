@@ -1,0 +1,59 @@
+"""megagpt.errors: one base class, and `megagpt` turns exactly that class into one line."""
+
+from __future__ import annotations
+
+import pytest
+
+import launchers.cli as cli
+from megagpt.errors import CheckpointError, ConfigError, DataError, MegagptError, SlurmError
+
+SUBCLASSES = [ConfigError, CheckpointError, DataError, SlurmError]
+
+
+@pytest.mark.parametrize("cls", SUBCLASSES)
+def test_every_error_is_a_megagpt_error(cls):
+    assert issubclass(cls, MegagptError)
+
+
+def test_old_import_paths_still_work():
+    from megagpt.config import ConfigError as from_config
+    from megagpt.train.checkpoint import CheckpointError as from_checkpoint
+
+    assert from_config is ConfigError and from_checkpoint is CheckpointError
+
+
+def pretrain_raising(monkeypatch, exc: Exception) -> None:
+    """`megagpt pretrain` with `exc` raised from inside the command, where loading its config would be."""
+
+    def load_config(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli, "load_config", load_config)
+    cli.main(["pretrain", "--config", "run.yaml"])
+
+
+@pytest.mark.parametrize("cls", SUBCLASSES)
+def test_our_errors_are_one_line_and_exit_2(monkeypatch, capsys, cls):
+    with pytest.raises(SystemExit) as stop:
+        pretrain_raising(monkeypatch, cls("shards/web.jsonl:3: not a JSON object with a 'text' field"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "megagpt: error: shards/web.jsonl:3: not a JSON object with a 'text' field\n"
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch, capsys):
+    with pytest.raises(FileNotFoundError, match="work/manifest/process"):
+        pretrain_raising(monkeypatch, FileNotFoundError(2, "No such file or directory", "work/manifest/process"))
+    assert "megagpt: error" not in capsys.readouterr().err
+
+
+def test_a_real_command_names_the_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["tokenize", "--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
+                  "--tokenizer", str(tmp_path / "tokenizer.json")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"megagpt: error: --input {tmp_path / 'a.jsonl'}: file not found\n"
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n')
+    with pytest.raises(SystemExit):
+        cli.main(["tokenize", "--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
+                  "--tokenizer", str(tmp_path / "tokenizer.json")])
+    assert capsys.readouterr().err == f"megagpt: error: tokenizer file {tmp_path / 'tokenizer.json'} not found\n"
