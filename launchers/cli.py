@@ -13,7 +13,9 @@
                             [--partition P] [--time T] [--dry-run] [key=value ...]
 
 A bad config, a bad override or an impossible layout ends the command with one line
-naming the key and value, before any process starts.
+naming the key and value, before any process starts: every error megagpt raises on
+purpose (megagpt.errors) is printed as `megagpt: error: ...` with exit status 2, and
+anything else keeps its traceback, since it is a bug.
 """
 
 from __future__ import annotations
@@ -22,17 +24,14 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
+from importlib import resources
 
-from megagpt.config import Config, ConfigError, load_config, validate
+from megagpt.config import Config, load_config, validate
+from megagpt.errors import ConfigError, MegagptError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "demo", "tiny.yaml")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"megagpt: error: {message}", file=sys.stderr)
-    sys.exit(code)
+# configs/ ships inside the package as megagpt.configs (see pyproject.toml), so an installed megagpt
+# finds the demo config from any directory; installed packages are plain files, which the ranks' command line names.
+DEMO_CONFIG = str(resources.files("megagpt.configs") / "demo" / "tiny.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,11 +139,13 @@ def cmd_import_hf(args) -> int:
 def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
+    from megagpt.parallel.distributed import local_world_size
     from megagpt.train.checkpoint import preflight
 
     world = existing_world_size()
     validate(cfg, world or nproc)
     preflight(cfg)
+    report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
     if world is None and nproc > 1:
         from megagpt.train.pretrain import PREEMPTED
 
@@ -156,6 +157,18 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     pretrain(cfg)
     shutdown_distributed()
     return 0
+
+
+def report_device(requested: str, local_ranks: int, quiet: bool) -> None:
+    """Check run.device against the GPUs here before any process starts; say when auto leaves GPUs unused."""
+    import torch
+
+    from megagpt.parallel.distributed import resolve_device
+
+    if resolve_device(requested, local_ranks) == "cpu" and requested == "auto" and torch.cuda.is_available() \
+            and not quiet:
+        print(f"megagpt: {local_ranks} ranks but {torch.cuda.device_count()} GPUs here: running on CPU with gloo "
+              f"(run.device=cuda requires a GPU per rank)", file=sys.stderr)
 
 
 def cmd_pretrain(args) -> int:
@@ -198,27 +211,21 @@ def cmd_tokenize(args) -> int:
 
     for path in args.input:
         if not os.path.isfile(path):
-            fail(f"--input {path}: file not found")
+            raise ConfigError(f"--input {path}: file not found")
     chosen = [bool(args.tokenizer), bool(args.vocab or args.merges), args.vocab_size is not None]
     if sum(chosen) != 1:
-        fail("give exactly one of --tokenizer, --vocab/--merges, --vocab-size")
+        raise ConfigError("give exactly one of --tokenizer, --vocab/--merges, --vocab-size")
     if args.tokenizer:
         tok = Tokenizer.load(args.tokenizer)
     elif args.vocab or args.merges:
         if not (args.vocab and args.merges):
-            fail("--vocab and --merges go together")
+            raise ConfigError("--vocab and --merges go together")
         tok = Tokenizer.from_gpt2_files(args.vocab, args.merges)
     else:
-        try:
-            tok = Tokenizer.train(read_documents(args.input, args.text_key), args.vocab_size)
-        except ValueError as exc:
-            fail(str(exc))
+        tok = Tokenizer.train(read_documents(args.input, args.text_key), args.vocab_size)
         os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
         tok.save(args.output_prefix + ".tokenizer.json")
-    try:
-        counts = write_shard(args.output_prefix, read_documents(args.input, args.text_key), tok)
-    except ValueError as exc:  # a malformed JSONL line, named by path:line
-        fail(str(exc))
+    counts = write_shard(args.output_prefix, read_documents(args.input, args.text_key), tok)
     print(f"wrote {args.output_prefix}.bin/.idx: {counts['documents']} documents, {counts['tokens']} tokens, "
           f"vocab {tok.vocab_size}, eod id {tok.eod}")
     return 0
@@ -279,11 +286,8 @@ def cmd_train_quality(args) -> int:
 
     for path in args.positive + args.negative:
         if not os.path.isfile(path):
-            fail(f"{path}: file not found")
-    try:
-        counts = train_quality(iter_texts(args.positive), iter_texts(args.negative), args.out, epochs=args.epochs)
-    except ValueError as exc:
-        fail(str(exc))
+            raise ConfigError(f"{path}: file not found")
+    counts = train_quality(iter_texts(args.positive), iter_texts(args.negative), args.out, epochs=args.epochs)
     print(f"megagpt corpus: trained {args.out} on {counts['positive']} curated and {counts['negative']} crawl documents")
     return 0
 
@@ -301,10 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides += extra
     try:
         code = COMMANDS[args.command](args)
-    except ConfigError as exc:
-        fail(str(exc))
-    except FileNotFoundError as exc:
-        fail(str(exc))
+    except MegagptError as exc:
+        print(f"megagpt: error: {exc}", file=sys.stderr)
+        code = 2
     sys.exit(code)
 
 

@@ -18,9 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config value; the message is one line naming the key and value."""
+from megagpt.errors import ConfigError
 
 
 @dataclass
@@ -42,6 +40,8 @@ class ModelConfig:
     scale_residual_init: bool = True
     attention: str = "dense"  # "dense" | "alternating" (GPT-3: dense and locally banded layers alternate)
     local_window: int = 256  # tokens a banded layer sees (distances 0..local_window-1)
+    # GPT-3 cites the Sparse Transformer without naming its pattern: "local" (the band) or "strided" (+ k, 2k, ...).
+    sparse_pattern: str = "local"
 
     @property
     def ffn_size(self) -> int:
@@ -111,12 +111,16 @@ class TrainConfig:
     # Also save layout-free shards (full-DP fp32 weights + Adam moments per TP shard): what loading at
     # another (tp, pp, dp) and export-hf read. About doubles a checkpoint's size; off: same-layout resume only.
     universal_checkpoint: bool = True
+    # torch.compile each transformer block on its own (as torchtitan does): same losses, fused kernels.
+    compile: bool = False
 
 
 @dataclass
 class RunConfig:
     dir: str = "runs/default"
     tensorboard: bool = True
+    # auto: CUDA + NCCL when every rank on a node has a GPU of its own, else CPU + gloo; cpu | cuda force one.
+    device: str = "auto"
 
 
 @dataclass
@@ -275,6 +279,7 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(value >= 1, f"{key}={value} must be at least 1")
     _require(m.norm_position in ("pre", "post"), f"model.norm_position={m.norm_position!r} must be 'pre' or 'post'")
     _require(m.attention in ("dense", "alternating"), f"model.attention={m.attention!r} must be 'dense' or 'alternating'")
+    _require(m.sparse_pattern in ("local", "strided"), f"model.sparse_pattern={m.sparse_pattern!r} must be 'local' or 'strided'")
     _require(m.hidden_size % m.num_heads == 0,
              f"model.num_heads={m.num_heads} must divide model.hidden_size={m.hidden_size}")
     _require(m.num_heads % p.tp == 0, f"parallel.tp={p.tp} must divide model.num_heads={m.num_heads}")
@@ -311,6 +316,7 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(t.save_interval >= 0, f"train.save_interval={t.save_interval} must be >= 0 (0: no checkpoints)")
     _require(t.keep_last >= 0, f"train.keep_last={t.keep_last} must be >= 0 (0: keep all)")
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
+    _require(cfg.run.device in ("auto", "cpu", "cuda"), f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive")
     _require(o.warmup_tokens >= 0, f"optim.warmup_tokens={o.warmup_tokens} must be >= 0")

@@ -22,15 +22,42 @@ from megagpt.config import Config, ConfigError, ModelConfig, from_dict
 from megagpt.train.checkpoint import (LATEST, CheckpointError, UniversalShards, atomic_write_text, checkpoint_root,
                                       read_meta, tag_for, write_universal)
 
-def _qkv_to_hf(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """Our (head, 3, head_dim) output order -> GPT-2's (3, head, head_dim), along dim 0."""
-    rest = t.shape[1:]
-    return t.reshape(heads, 3, -1, *rest).transpose(0, 1).reshape(t.shape)
+# Our canonical (pp = 1) parameter names -> GPT-2's; "{}" is the block index. One map drives both directions.
+HF_NAMES = {
+    "embedding.word_embeddings.weight": "transformer.wte.weight",
+    "embedding.position_embeddings.weight": "transformer.wpe.weight",
+    "final_norm.norm.weight": "transformer.ln_f.weight",
+    "final_norm.norm.bias": "transformer.ln_f.bias",
+    "blocks.{}.ln1.weight": "transformer.h.{}.ln_1.weight",
+    "blocks.{}.ln1.bias": "transformer.h.{}.ln_1.bias",
+    "blocks.{}.ln2.weight": "transformer.h.{}.ln_2.weight",
+    "blocks.{}.ln2.bias": "transformer.h.{}.ln_2.bias",
+    "blocks.{}.attn.qkv.weight": "transformer.h.{}.attn.c_attn.weight",
+    "blocks.{}.attn.qkv.bias": "transformer.h.{}.attn.c_attn.bias",
+    "blocks.{}.attn.proj.weight": "transformer.h.{}.attn.c_proj.weight",
+    "blocks.{}.attn.proj.bias": "transformer.h.{}.attn.c_proj.bias",
+    "blocks.{}.mlp.fc1.weight": "transformer.h.{}.mlp.c_fc.weight",
+    "blocks.{}.mlp.fc1.bias": "transformer.h.{}.mlp.c_fc.bias",
+    "blocks.{}.mlp.fc2.weight": "transformer.h.{}.mlp.c_proj.weight",
+    "blocks.{}.mlp.fc2.bias": "transformer.h.{}.mlp.c_proj.bias",
+}
+CONV1D = (".attn.qkv.weight", ".attn.proj.weight", ".mlp.fc1.weight", ".mlp.fc2.weight")  # stored [in, out] there
 
 
-def _qkv_from_hf(t: torch.Tensor, heads: int) -> torch.Tensor:
+def name_pairs(m: ModelConfig) -> list[tuple[str, str]]:
+    """(ours, GPT-2's) for every weight of a model of this shape."""
+    pairs = []
+    for ours, theirs in HF_NAMES.items():
+        blocks = range(m.num_layers) if "{}" in ours else [None]
+        pairs += [(ours.format(i), theirs.format(i)) for i in blocks]
+    return pairs
+
+
+def _reorder_qkv(t: torch.Tensor, heads: int, to_hf: bool) -> torch.Tensor:
+    """Our (head, q|k|v, head_dim) output order <-> GPT-2's (q|k|v, head, head_dim), along dim 0."""
     rest = t.shape[1:]
-    return t.reshape(3, heads, -1, *rest).transpose(0, 1).reshape(t.shape)
+    split = (heads, 3) if to_hf else (3, heads)
+    return t.reshape(*split, -1, *rest).transpose(0, 1).reshape(t.shape)
 
 
 def check_exportable(m: ModelConfig) -> None:
@@ -41,39 +68,32 @@ def check_exportable(m: ModelConfig) -> None:
 
 
 def to_hf_state_dict(full: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
-    sd = {"transformer.wte.weight": full["embedding.word_embeddings.weight"][: m.vocab_size],
-          "transformer.wpe.weight": full["embedding.position_embeddings.weight"],
-          "transformer.ln_f.weight": full["final_norm.norm.weight"],
-          "transformer.ln_f.bias": full["final_norm.norm.bias"]}
-    for i in range(m.num_layers):
-        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
-        for a, b in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            sd[f"{hf}{b}.weight"], sd[f"{hf}{b}.bias"] = full[f"{ours}{a}.weight"], full[f"{ours}{a}.bias"]
-        sd[f"{hf}attn.c_attn.weight"] = _qkv_to_hf(full[f"{ours}attn.qkv.weight"], m.num_heads).t()
-        sd[f"{hf}attn.c_attn.bias"] = _qkv_to_hf(full[f"{ours}attn.qkv.bias"], m.num_heads)
-        for a, b in (("attn.proj", "attn.c_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
-            sd[f"{hf}{b}.weight"] = full[f"{ours}{a}.weight"].t()
-            sd[f"{hf}{b}.bias"] = full[f"{ours}{a}.bias"]
+    sd = {}
+    for ours, theirs in name_pairs(m):
+        t = full[ours]
+        if ".attn.qkv." in ours:
+            t = _reorder_qkv(t, m.num_heads, to_hf=True)
+        if ours.endswith(CONV1D):
+            t = t.t()
+        sd[theirs] = t
+    sd["transformer.wte.weight"] = sd["transformer.wte.weight"][: m.vocab_size]  # drop the vocab padding
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return {k: v.contiguous().clone() for k, v in sd.items()}
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
-    wte = sd["transformer.wte.weight"]
+    full = {}
+    for ours, theirs in name_pairs(m):
+        t = sd[theirs]
+        if ours.endswith(CONV1D):
+            t = t.t()
+        if ".attn.qkv." in ours:
+            t = _reorder_qkv(t, m.num_heads, to_hf=False)
+        full[ours] = t
+    wte = full["embedding.word_embeddings.weight"]
     padded = torch.zeros(m.padded_vocab_size, m.hidden_size, dtype=wte.dtype)
     padded[: wte.shape[0]] = wte
-    full = {"embedding.word_embeddings.weight": padded,
-            "embedding.position_embeddings.weight": sd["transformer.wpe.weight"],
-            "final_norm.norm.weight": sd["transformer.ln_f.weight"], "final_norm.norm.bias": sd["transformer.ln_f.bias"]}
-    for i in range(m.num_layers):
-        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
-        for a, b in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            full[f"{ours}{a}.weight"], full[f"{ours}{a}.bias"] = sd[f"{hf}{b}.weight"], sd[f"{hf}{b}.bias"]
-        full[f"{ours}attn.qkv.weight"] = _qkv_from_hf(sd[f"{hf}attn.c_attn.weight"].t(), m.num_heads)
-        full[f"{ours}attn.qkv.bias"] = _qkv_from_hf(sd[f"{hf}attn.c_attn.bias"], m.num_heads)
-        for a, b in (("attn.proj", "attn.c_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
-            full[f"{ours}{a}.weight"] = sd[f"{hf}{b}.weight"].t()
-            full[f"{ours}{a}.bias"] = sd[f"{hf}{b}.bias"]
+    full["embedding.word_embeddings.weight"] = padded
     return {k: v.float().contiguous() for k, v in full.items()}
 
 

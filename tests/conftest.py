@@ -15,7 +15,8 @@ TINY = os.path.join(REPO, "configs", "demo", "tiny.yaml")
 
 def megagpt(*args: str, timeout: float = 900, check: bool = True, env: dict | None = None,
             launcher: tuple = (sys.executable, "-m", "launchers.cli")) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # CPU tests stay on CPU on a GPU machine too (tests/gpu opt in by passing CUDA_VISIBLE_DEVICES).
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_ID", "SLURM_PROCID"):
         full_env.pop(var, None)  # a test must not join the world of whatever started pytest
     proc = subprocess.run([*launcher, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,10 +1,11 @@
-"""The GPT as a flat list of layers, which the pipeline cuts into stages.
+"""The GPT as math: a flat sequence of layers, and its loss.
 
     embedding -> block 0 .. block L-1 -> [final norm] -> tied head (the embedding again)
 
-With pp > 1 the list becomes a DeepSpeed PipelineModule; with pp = 1 the same layers
-form a plain module (so ZeRO 2/3 stay available). Either way the loss is the
-vocab-parallel cross entropy, averaged over unmasked tokens of the micro-batch.
+With pp = 1 these layers form the `GPT` module (so ZeRO 2/3 stay available); with
+pp > 1 megagpt.parallel.parallelize cuts the same sequence into pipeline stages.
+Either way the loss is the vocab-parallel cross entropy, averaged over unmasked tokens
+of the micro-batch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from megagpt.model.block import FinalNorm, TransformerBlock
-from megagpt.model.embedding import Embedding, head_forward
+from megagpt.model.embedding import Embedding
 from megagpt.model.layers import LayerContext
 
 
@@ -41,17 +42,3 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.embedding.logits(self.final_norm(x))
-
-
-def pipeline_model(ctx: LayerContext, topology) -> nn.Module:
-    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
-
-    tied = dict(tied_weight_attr=["word_embeddings.weight"])
-    layers = [TiedLayerSpec("embed", Embedding, ctx, **tied)]
-    layers += [LayerSpec(TransformerBlock, ctx, i) for i in range(ctx.model.num_layers)]
-    if ctx.model.norm_position == "pre":
-        layers.append(LayerSpec(FinalNorm, ctx))
-    layers.append(TiedLayerSpec("embed", Embedding, ctx, forward_fn=head_forward, **tied))
-    # Balance stages by transformer blocks; embedding and head ride on the end stages.
-    return PipelineModule(layers=layers, topology=topology, loss_fn=lm_loss,
-                          partition_method="type:TransformerBlock", activation_checkpoint_interval=0)

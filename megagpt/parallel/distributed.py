@@ -8,6 +8,9 @@ import warnings
 
 import torch
 
+from megagpt.config import ConfigError
+from megagpt.parallel.collectives import audit_from_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -15,8 +18,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def device_for_local_rank() -> torch.device:
-    if torch.cuda.is_available():
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def local_world_size(default: int = 1) -> int:
+    """Ranks on this node: torchrun and our Slurm mapping set LOCAL_WORLD_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", default))
+
+
+def resolve_device(requested: str, local_ranks: int) -> str:
+    """'cuda' or 'cpu' for every rank of a node running `local_ranks` ranks (run.device).
+
+    Each CUDA rank needs a GPU of its own: NCCL cannot put two ranks on one device. So
+    `auto` takes the GPUs only when there is one per local rank, and CPU with gloo
+    otherwise (a test with more ranks than GPUs); `cuda` insists on them.
+    """
+    if requested not in DEVICES:
+        raise ConfigError(f"run.device={requested!r} must be one of {', '.join(DEVICES)}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "cuda" and gpus < local_ranks:
+        raise ConfigError(f"run.device=cuda needs a GPU per rank: {local_ranks} ranks on this node, {gpus} GPUs "
+                          f"visible (run.device=cpu runs them on CPU)")
+    if requested == "cpu" or gpus < local_ranks:
+        return "cpu"
+    return "cuda"
+
+
+def device_for_local_rank(kind: str) -> torch.device:
+    if kind == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -37,16 +66,18 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def init_distributed() -> torch.device:
-    """Join the world described by torch.distributed's environment variables.
+def init_distributed(requested_device: str = "auto") -> torch.device:
+    """Join the world described by torch.distributed's environment variables; returns this rank's device.
 
     A lone process with no such variables becomes a world of one. Under srun, the
-    launcher has already translated Slurm's variables (launchers.slurm_env).
+    launcher has already translated Slurm's variables (launchers.slurm_env). The
+    backend follows the device: NCCL for CUDA ranks, gloo for CPU ranks.
     """
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    device = device_for_local_rank()
+    audit_from_env()
+    device = device_for_local_rank(resolve_device(requested_device, local_world_size()))
     quiet_library_warnings()
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU

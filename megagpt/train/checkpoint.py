@@ -35,7 +35,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import Config, ConfigError
+from megagpt.config import Config
+from megagpt.errors import CheckpointError
+from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
 
 FORMAT_VERSION = 1
@@ -46,10 +48,6 @@ TAG_RE = re.compile(r"^step_(\d{8})$")
 # Model fields a checkpoint's weights depend on; any difference makes it unloadable.
 SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_size", "padded_vocab_size", "seq_length",
               "norm_position")
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used; the message names the directory or file."""
 
 
 @dataclass
@@ -72,19 +70,6 @@ def model_shape(cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------- names
-
-
-def canonical_name(name: str, num_layers: int) -> str:
-    """A parameter's name in the pp = 1 module, from its name in either module."""
-    if name.startswith("tied_modules.embed."):
-        return "embedding." + name[len("tied_modules.embed."):]
-    head, _, rest = name.partition(".")
-    if not head.isdigit():
-        return name
-    index = int(head)  # PipelineModule's layer list: embedding, blocks..., [final norm], head
-    if 1 <= index <= num_layers:
-        return f"blocks.{index - 1}.{rest}"
-    return f"final_norm.{rest}"
 
 
 def partition_dim(param: torch.Tensor) -> int:

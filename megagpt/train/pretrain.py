@@ -15,10 +15,11 @@ import yaml
 from megagpt.config import Config, ConfigError, validate
 from megagpt.data.datasets import build_datasets, micro_batches
 from megagpt.model.gpt import lm_loss
+from megagpt.parallel.collectives import any_rank, mean_over
 from megagpt.parallel.distributed import init_distributed
+from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.train.checkpoint import Checkpointer, TrainState
-from megagpt.train.engine import build_engine
 from megagpt.train.metrics import RunLog
 from megagpt.train.schedules import batch_sizes, lr_schedule
 
@@ -29,10 +30,7 @@ def _to(device, batch):
 
 
 def _dp_mean(value: torch.Tensor, pc: ParallelContext) -> float:
-    if pc.dp > 1:
-        dist.all_reduce(value, group=pc.dp_group)
-        value = value / pc.dp
-    return value.item()
+    return mean_over(value, pc.dp_group, pc.dp)
 
 
 class Trainer:
@@ -77,7 +75,8 @@ class Preemption:
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = device
         self.received: int | None = None
         for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
@@ -87,9 +86,7 @@ class Preemption:
 
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal: all stop after the same step."""
-        flag = torch.tensor([1.0 if self.received else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(self.received is not None, self.device)
 
 
 def keep_records_through(run_dir: str, step: int) -> None:
@@ -105,7 +102,7 @@ def keep_records_through(run_dir: str, step: int) -> None:
 
 
 def pretrain(cfg: Config) -> None:
-    device = init_distributed()
+    device = init_distributed(cfg.run.device)
     world = dist.get_world_size()
     validate(cfg, world)
     if device.type != "cuda" and cfg.train.precision == "fp16":
@@ -116,9 +113,9 @@ def pretrain(cfg: Config) -> None:
     lr_at = lr_schedule(cfg, sum(sizes) * seq)
     eval_samples = t.eval_samples if t.eval_interval else 0
     train_ds, valid_ds = build_datasets(cfg, sum(sizes), max(eval_samples, 1))
-    engine, rng = build_engine(cfg, pc, sizes[0])
+    engine, rng = parallelize(cfg, pc, sizes[0])
     trainer = Trainer(cfg, pc, engine)
-    preemption = Preemption()
+    preemption = Preemption(device)
     checkpointer = Checkpointer(cfg, pc, engine, rng)
     state = checkpointer.resume()
     is_logger = dist.get_rank() == 0

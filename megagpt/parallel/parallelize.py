@@ -1,0 +1,110 @@
+"""Parallelism applied to the GPT built as math, one concern per function, in order.
+
+    build_model      the math (megagpt.model), initialised the same at every layout
+    apply_pipeline   pp > 1: cut the layer list into stages (DeepSpeed PipelineModule)
+    apply_compile    train.compile: torch.compile each transformer block on its own
+    apply_deepspeed  the engine: ZeRO data parallelism, precision, clipping, the optimizer
+
+Tensor parallelism is not a step here: the layers are megatron-core TP layers built on
+the group the ParallelContext names, so the math is sharded as it is built.
+
+The pipeline's layer list is
+
+    index 0            embedding (tied: TiedLayerSpec "embed")
+    index 1 .. L       transformer blocks 0 .. L-1
+    index L+1          final LayerNorm (pre-LN models only)
+    last               the tied head (the embedding again)
+
+and `canonical_name` maps its parameter names to the pp = 1 module's, which is how
+checkpoints (megagpt.train.checkpoint) and the HF conversion (megagpt.hf) name weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+from megagpt.config import Config
+from megagpt.model.block import FinalNorm, TransformerBlock
+from megagpt.model.embedding import Embedding, head_forward
+from megagpt.model.gpt import GPT, lm_loss
+from megagpt.model.layers import LayerContext
+from megagpt.parallel.rng import RNGStreams
+from megagpt.parallel.topology import ParallelContext
+from megagpt.train.optimizer import adamw, deepspeed_config
+
+TIED_EMBEDDING = "tied_modules.embed."
+
+
+def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int):
+    """(DeepSpeed engine, RNG streams) for this rank: the whole chain above."""
+    ctx, rng = layer_context(cfg, pc)
+    model = apply_pipeline(ctx, pc) if pc.pp > 1 else GPT(ctx)
+    if cfg.train.compile:
+        apply_compile(model)
+    return apply_deepspeed(model, cfg, pc, global_batch_size), rng
+
+
+def layer_context(cfg: Config, pc: ParallelContext) -> tuple[LayerContext, RNGStreams]:
+    rng = RNGStreams(cfg.train.seed, pc.tp_rank, pc.pp_rank, pc.device)
+    ctx = LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
+                       tp_size=pc.tp, rng=rng)
+    return ctx, rng
+
+
+def apply_pipeline(ctx: LayerContext, pc: ParallelContext) -> nn.Module:
+    """This rank's stage of the layer list (module docstring), balanced by transformer blocks."""
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+
+    tied = dict(tied_weight_attr=["word_embeddings.weight"])
+    layers = [TiedLayerSpec("embed", Embedding, ctx, **tied)]
+    layers += [LayerSpec(TransformerBlock, ctx, i) for i in range(ctx.model.num_layers)]
+    if ctx.model.norm_position == "pre":
+        layers.append(LayerSpec(FinalNorm, ctx))
+    layers.append(TiedLayerSpec("embed", Embedding, ctx, forward_fn=head_forward, **tied))
+    # The embedding and head ride on the end stages.
+    return PipelineModule(layers=layers, topology=pc.topology, loss_fn=lm_loss,
+                          partition_method="type:TransformerBlock", activation_checkpoint_interval=0)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """torch.compile every transformer block in place, as torchtitan does.
+
+    Per block, not the whole model: the blocks share one compiled graph, DeepSpeed's
+    pipeline and ZeRO hooks stay outside it, and `Module.compile` keeps parameter names
+    (checkpoints and the name map do not see an `_orig_mod.` prefix).
+    """
+    import torch._dynamo
+
+    # megatron-core's RowParallelLinear calls warnings.warn (a deprecation notice) on every forward,
+    # which would split each block's graph in 7; inside compiled code the notice is dropped.
+    torch._dynamo.config.ignore_logging_functions.add(warnings.warn)
+    for module in model.modules():
+        if isinstance(module, TransformerBlock):
+            module.compile()
+
+
+def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_batch_size: int):
+    """The DeepSpeed engine: the pipeline engine for a PipelineModule, else the plain one (ZeRO 1/2/3)."""
+    import deepspeed
+    from deepspeed.runtime.pipe.topology import PipelineParallelGrid
+
+    # A PipelineModule brings its own grid; with pp = 1 DeepSpeed needs one as mpu.
+    mpu = PipelineParallelGrid(topology=pc.topology) if pc.pp == 1 else None
+    engine, *_ = deepspeed.initialize(model=model, optimizer=adamw(model, cfg.optim), mpu=mpu,
+                                      config=deepspeed_config(cfg, pc.dp, global_batch_size))
+    return engine
+
+
+def canonical_name(name: str, num_layers: int) -> str:
+    """A parameter's name in the pp = 1 module (GPT), from its name in either module."""
+    if name.startswith(TIED_EMBEDDING):
+        return "embedding." + name[len(TIED_EMBEDDING):]
+    head, _, rest = name.partition(".")
+    if not head.isdigit():
+        return name
+    index = int(head)
+    if 1 <= index <= num_layers:
+        return f"blocks.{index - 1}.{rest}"
+    return f"final_norm.{rest}"

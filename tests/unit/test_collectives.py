@@ -1,0 +1,66 @@
+"""Tensors handed to collectives live on the rank's device; the device and backend follow the GPUs there."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from megagpt.config import ConfigError
+from megagpt.parallel.collectives import CollectiveAudit, any_rank, mean_over
+from megagpt.parallel.distributed import resolve_device
+
+
+@pytest.fixture
+def audit(world_of_one):
+    audit = CollectiveAudit().install()
+    yield audit
+    audit.uninstall()
+
+
+def test_audit_fails_a_tensor_made_without_a_device(audit):
+    # What killed the first H100 runs: gloo takes this CPU tensor, NCCL refuses it.
+    with pytest.raises(RuntimeError, match="all_reduce was handed a tensor made by torch.tensor with no device"):
+        dist.all_reduce(torch.tensor([1.0]), op=dist.ReduceOp.MAX)
+    with pytest.raises(RuntimeError, match="broadcast was handed a tensor made by torch.zeros"):
+        dist.broadcast(torch.zeros(3), src=0)
+    with pytest.raises(RuntimeError, match="all_gather was handed"):
+        dist.all_gather([torch.empty(1, device="cpu")], torch.ones(1))
+
+
+def test_audit_passes_tensors_placed_on_a_device(audit):
+    dist.all_reduce(torch.tensor([1.0], device="cpu"))
+    dist.all_reduce(torch.tensor([1.0]).to("cpu"))  # moved explicitly, as `.to(device)` does on a GPU rank
+    dist.all_reduce(torch.ones(2, device=torch.device("cpu")) * 3)  # computed from a placed tensor
+    assert audit.calls["all_reduce"] == 3
+
+
+def test_trainer_collective_helpers_place_their_tensors(audit):
+    cpu = torch.device("cpu")
+    assert any_rank(True, cpu) and not any_rank(False, cpu)
+    assert mean_over(torch.tensor(2.5, device=cpu), None, 1) == 2.5
+    assert mean_over(torch.tensor(3.0, device=cpu), dist.group.WORLD, 1) == 3.0
+
+
+def test_audit_uninstalls_cleanly(world_of_one):
+    before = dist.all_reduce
+    CollectiveAudit().install().uninstall()
+    assert dist.all_reduce is before
+    dist.all_reduce(torch.tensor([1.0]))  # no audit: accepted, as gloo does
+
+
+@pytest.mark.parametrize("requested,gpus,ranks,expected", [
+    ("auto", 0, 1, "cpu"), ("auto", 1, 1, "cuda"), ("auto", 8, 8, "cuda"),
+    ("auto", 1, 8, "cpu"),  # more ranks than GPUs: never several NCCL ranks on one device
+    ("cpu", 8, 8, "cpu"), ("cuda", 2, 2, "cuda"),
+])
+def test_device_follows_the_gpus_per_node(monkeypatch, requested, gpus, ranks, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert resolve_device(requested, ranks) == expected
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_cuda_without_a_gpu_per_rank_is_one_line(monkeypatch, gpus):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(ConfigError, match=f"run.device=cuda needs a GPU per rank: 2 ranks on this node, {gpus} GPUs"):
+        resolve_device("cuda", 2)
