@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench gpu-check
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,3 +23,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/pretrain_throughput.py
+
+# On a GPU machine: every GPU path (tests/gpu) and the GPU benchmarks, one table (skipped without CUDA).
+# Uses .venv when there is one, else python3 as it is (GPU images without a package index).
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py

@@ -1,13 +1,18 @@
-"""Pretraining throughput: tokens/s and MFU, megagpt against a plain PyTorch loop.
+"""Pretraining throughput: tokens/s, MFU and peak memory, megagpt against a plain PyTorch loop.
 
-    python benchmarks/pretrain_throughput.py [--config PATH] [--repeats 2] [key=value ...]
+    python benchmarks/pretrain_throughput.py [--device cpu|cuda] [--config PATH] [--compile] [key=value ...]
+    python benchmarks/pretrain_throughput.py --device cuda --config configs/model/gpt3-xl.yaml
 
-On CPU both run at (1,1,1) on the demo corpus with the same model math, optimizer,
-clipping and data; runs alternate (megagpt, plain, megagpt, ...) and the median step
-time after the first steps is compared. MFU uses megagpt.planner.training_flops_per_token
-(6 FLOPs per matmul weight per token, output head included, plus 12*h*span per layer for
-attention) over the peak: on GPU the card's dense bf16 figure, on CPU the best fp32 matmul
-rate measured here.
+Both train the same model math at (1,1,1) on the demo corpus with the same optimizer,
+clipping, precision and data. The systems, in one run on the same shapes:
+megagpt eager and megagpt with train.compile (per-block torch.compile), and the plain
+loop (nanoGPT style: fused AdamW, SDPA, tied head, bf16 autocast when the config says
+bf16) eager and under torch.compile; on GPU also megagpt with GPT-3's alternating sparse
+attention. On CPU compiling is off unless --compile (inductor's C++ build takes minutes
+on 2 cores). Runs alternate per repeat and the median step time after the first steps is
+compared. MFU uses megagpt.planner.training_flops_per_token (6 FLOPs per matmul weight per
+token, output head included, plus 12*h*span per layer for attention) over the peak: on GPU
+the card's dense bf16 figure, on CPU the best fp32 matmul rate measured here.
 """
 
 from __future__ import annotations
@@ -77,29 +82,37 @@ class PlainGPT(nn.Module):
         return F.linear(self.final_norm.norm(x), wte)
 
 
-def megagpt_step_times(config: str, overrides: list[str], run_dir: str, threads: int) -> list[float]:
+def megagpt_run(config: str, overrides: list[str], run_dir: str, threads: int) -> tuple[list[float], float, float]:
+    """(step times, first loss, peak GPU GiB) of `megagpt pretrain` in its own process."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run([sys.executable, "-m", "launchers.cli", "pretrain", "--config", config, *overrides,
-                    f"run.dir={run_dir}", "train.progress=false"], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+                    f"run.dir={run_dir}", "train.progress=false", "train.resume=false"], cwd=REPO, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     os.remove(os.path.join(run_dir, "metrics.jsonl"))
-    return [r["step_time_s"] for r in records], records[0]["loss"]
+    return [r["step_time_s"] for r in records], records[0]["loss"], records[-1].get("peak_gpu_memory_gb", 0.0)
 
 
-def plain_step_times(cfg, dataset) -> tuple[list[float], float]:
+def plain_run(cfg, dataset, device: torch.device, compiled: bool) -> tuple[list[float], float, float]:
+    """The plain loop: same weights, data, optimizer, clipping; bf16 autocast when train.precision is bf16."""
     from megagpt.model.gpt import GPT
     from megagpt.model.layers import LayerContext
-    from megagpt.train.engine import adamw
+    from megagpt.train.optimizer import adamw
 
     m, t, o = cfg.model, cfg.train, cfg.optim
     model = PlainGPT(m)
     reference = GPT(LayerContext(model=m, seed=t.seed, tp_group=None))  # same initial weights as megagpt
     model.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.endswith("_extra_state")})
+    del reference
+    model.to(device)
     opt = adamw(model, o)
+    forward = torch.compile(model) if compiled else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     sizes = batch_sizes(cfg)
     lr_at = lr_schedule(cfg, sum(sizes) * m.seq_length)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times, first_loss, consumed = [], None, 0
     for gbs in sizes:
         for g in opt.param_groups:
@@ -108,7 +121,9 @@ def plain_step_times(cfg, dataset) -> tuple[list[float], float]:
         batches = list(micro_batches(dataset, consumed, gbs, t.micro_batch_size, 0, 1))
         losses = []
         for tokens, (labels, mask) in batches:
-            logits = model(tokens)
+            tokens, labels, mask = tokens.to(device), labels.to(device), mask.to(device)
+            with autocast:
+                logits = forward(tokens)
             per_token = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), reduction="none")
             loss = (per_token * mask.view(-1)).sum() / mask.sum()
             (loss / len(batches)).backward()
@@ -116,10 +131,15 @@ def plain_step_times(cfg, dataset) -> tuple[list[float], float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        step_loss = torch.stack(losses).mean().item()  # also waits for the GPU
         times.append(time.perf_counter() - start)
-        first_loss = first_loss if first_loss is not None else torch.stack(losses).mean().item()
+        first_loss = first_loss if first_loss is not None else step_loss
         consumed += gbs
-    return times, first_loss
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    del model, opt, forward
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return times, first_loss, peak
 
 
 def cpu_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -129,26 +149,53 @@ def cpu_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def gpu_peak_flops(device: torch.device) -> tuple[float, str]:
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in GPU_PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12, f"{name}, dense bf16 peak {tflops:.0f} TFLOP/s"
+    raise SystemExit(f"no peak FLOP/s known for {name!r}: add it to GPU_PEAK_TFLOPS")
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+def systems(device: str, compile_on_cpu: bool) -> list[tuple[str, str, list[str]]]:
+    """(name, kind, extra overrides) for each system the run compares."""
+    compiled = device == "cuda" or compile_on_cpu
+    rows = [("megagpt", "megagpt", ["train.compile=false", "model.attention=dense"])]
+    if compiled:
+        rows.append(("megagpt compiled", "megagpt", ["train.compile=true", "model.attention=dense"]))
+    if device == "cuda":
+        rows.append(("megagpt compiled, alternating", "megagpt", ["train.compile=true", "model.attention=alternating"]))
+    rows.append(("plain eager", "plain", []))
+    if compiled:
+        rows.append(("plain compiled", "plain", []))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "bench", "cpu-small.yaml"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--compile", action="store_true", help="on CPU too, compare compiled systems")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, help="train.steps (default: the config's; gpt3 presets: 10)")
     parser.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the median")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     work = tempfile.mkdtemp(prefix="megagpt-bench-")
     cfg0 = load_config(args.config, args.overrides)
     prefix = build_demo_shard(os.path.join(REPO, "runs", "bench-data"), cfg0.model.vocab_size)
-    overrides = [*args.overrides, f"data.prefixes=[{prefix}]", f"data.cache_dir={work}/cache"]
+    overrides = [*bench_shape(cfg0, args.device, args.steps), *args.overrides, f"data.prefixes=[{prefix}]",
+                 f"data.cache_dir={work}/cache", f"run.device={args.device}", "run.tensorboard=false"]
     cfg = load_config(args.config, overrides)
 
     import torch.distributed as dist
@@ -159,30 +206,54 @@ def main() -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     dataset, _ = build_datasets(cfg, sum(batch_sizes(cfg)), 1)
 
-    ours, plain = [], []
+    rows = systems(args.device, args.compile)
+    times = {name: [] for name, _, _ in rows}
+    first_loss, peak = {}, {}
     for _ in range(args.repeats):
-        times, ours_loss = megagpt_step_times(args.config, overrides, os.path.join(work, "run"), args.threads)
-        ours += times[args.skip_steps:]
-        times, plain_loss = plain_step_times(cfg, dataset)
-        plain += times[args.skip_steps:]
+        for name, kind, extra in rows:
+            if kind == "megagpt":
+                run = megagpt_run(args.config, overrides + extra, os.path.join(work, "run"), args.threads)
+            else:
+                run = plain_run(cfg, dataset, device, compiled=name.endswith("compiled"))
+            times[name] += run[0][args.skip_steps:]
+            first_loss[name], peak[name] = run[1], max(peak.get(name, 0.0), run[2])
 
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
     flops = training_flops_per_token(cfg.model)
-    device = "cpu"
-    peak = cpu_peak_flops()
-    rows = []
-    for name, times in (("megagpt (1,1,1)", ours), ("plain PyTorch", plain)):
-        tps = tokens_per_step / statistics.median(times)
-        rows.append((name, statistics.median(times), tps, tps * flops / peak))
+    if args.device == "cuda":
+        peak_flops, peak_text = gpu_peak_flops(device)
+    else:
+        peak_flops = cpu_peak_flops()
+        peak_text = f"peak {peak_flops / 1e9:.1f} GFLOP/s (measured fp32 matmul)"
     print(f"\nconfig {os.path.relpath(args.config, REPO)}: {parameter_count(cfg.model) / 1e6:.1f}M parameters, "
-          f"{flops / 1e6:.1f} MFLOP/token, {tokens_per_step} tokens/step, {args.threads} threads, device {device}, "
-          f"peak {peak / 1e9:.1f} GFLOP/s (measured fp32 matmul)")
-    print(f"first-step loss: megagpt {ours_loss:.6f}, plain {plain_loss:.6f} (same model math: equal within 1e-4: "
-          f"{math.isclose(ours_loss, plain_loss, abs_tol=1e-4)})")
-    print(f"{'system':<18}{'step s (median)':>17}{'tokens/s':>12}{'MFU':>8}")
-    for name, step, tps, mfu in rows:
-        print(f"{name:<18}{step:>17.4f}{tps:>12.0f}{mfu:>8.1%}")
-    print(f"ratio megagpt / plain tokens/s: {rows[0][2] / rows[1][2]:.3f} (target >= 0.95)")
+          f"{flops / 1e9:.3f} GFLOP/token (dense), {tokens_per_step} tokens/step, precision {cfg.train.precision}, "
+          f"{args.threads} threads, device {args.device}, {peak_text}")
+    print(f"first-step loss: " + ", ".join(f"{n} {first_loss[n]:.5f}" for n, _, _ in rows))
+    print(f"{'system':<32}{'step s (median)':>17}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}{'vs plain':>10}")
+    results = {}
+    for name, _, _ in rows:
+        step = statistics.median(times[name])
+        results[name] = tokens_per_step / step
+    for name, _, extra in rows:
+        tps = results[name]
+        mfu = tps * flops / peak_flops  # dense FLOPs: the alternating row's MFU is on the same count
+        baseline = "plain compiled" if "compiled" in name and "plain compiled" in results else "plain eager"
+        print(f"{name:<32}{tokens_per_step / tps:>17.4f}{tps:>12.0f}{mfu:>8.1%}{peak[name]:>10.1f}"
+              f"{tps / results[baseline]:>10.3f}")
+    print("targets: megagpt / plain eager >= 0.98 (CPU: >= 0.95); megagpt compiled / plain compiled >= 1.0; "
+          "alternating >= dense (GPU)")
+
+
+def bench_shape(cfg, device: str, steps: int | None) -> list[str]:
+    """A GPT-3 preset's recipe (batch ramp, 300B tokens) cut to a short run of one shape: micro-batch 4,
+    global batch 16, no ramp, as the issue's H100 table used."""
+    shape = [f"train.steps={steps}"] if steps else []
+    if cfg.train.batch_ramp_start is not None:
+        shape += ["train.batch_ramp_start=null", "train.global_batch_size=16", "train.micro_batch_size=4",
+                  "train.eval_interval=0", f"train.steps={steps or 10}"]
+        if device == "cuda":
+            shape.append("train.precision=bf16")
+    return shape
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 FLOPs (the MFU numerator): each matmul weight costs 6 FLOPs per token (2 forward, 4
 backward), the output head included; attention scores and their weighted sum cost
 12 * hidden * span per token and layer, where span is the sequence length for dense
-layers (causal masking not discounted, as Megatron-LM and PaLM count) and the band
-width for locally banded ones.
+layers (causal masking not discounted, as Megatron-LM and PaLM count) and, for sparse
+layers, the keys a query sees: the band width k for `local`, k + ceil(T/k) for `strided`
+(the band plus one key per stride).
 """
 
 from __future__ import annotations
+
+import math
 
 from megagpt.config import ModelConfig
 
@@ -21,7 +24,10 @@ def parameter_count(m: ModelConfig, padded_vocab: bool = False) -> int:
 
 
 def attention_span(m: ModelConfig, layer_index: int) -> int:
-    return min(m.local_window, m.seq_length) if m.is_local_layer(layer_index) else m.seq_length
+    t, k = m.seq_length, m.local_window
+    if not m.is_local_layer(layer_index) or k >= t:
+        return t
+    return k + math.ceil(t / k) if m.sparse_pattern == "strided" else k
 
 
 def training_flops_per_token(m: ModelConfig) -> float:

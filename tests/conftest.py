@@ -11,12 +11,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "demo", "tiny.yaml")
+# What every test process gets: one thread (2 cores, many ranks), and no GPU, so CPU tests compare
+# CPU runs on a GPU machine too (tests/gpu opt back in by passing CUDA_VISIBLE_DEVICES).
+CPU_ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def megagpt(*args: str, timeout: float = 900, check: bool = True, env: dict | None = None,
             launcher: tuple = (sys.executable, "-m", "launchers.cli")) -> subprocess.CompletedProcess:
-    # CPU tests stay on CPU on a GPU machine too (tests/gpu opt in by passing CUDA_VISIBLE_DEVICES).
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    full_env = {**os.environ, **CPU_ENV, **(env or {})}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_ID", "SLURM_PROCID"):
         full_env.pop(var, None)  # a test must not join the world of whatever started pytest
     proc = subprocess.run([*launcher, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -154,9 +154,12 @@ def pretrain(cfg: Config) -> None:
         consumed_samples += gbs
         consumed_tokens += gbs * seq
         grad_norm = engine.get_global_grad_norm()
-        log.step({"step": step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                   "global_batch_size": gbs, "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
-                  "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed})
+                  "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
+        if device.type == "cuda":
+            record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        log.step(record)
         if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
             held_out(step)
         if preemption.agreed():

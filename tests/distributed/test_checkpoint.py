@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, TINY, megagpt, read_jsonl
+from tests.conftest import CPU_ENV, REPO, TINY, megagpt, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def pretrain_args(prefix, run_dir, tp=1, pp=1, dp=1, *overrides):
 
 
 def start(args) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_ENV}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     return subprocess.Popen([sys.executable, "-m", "launchers.cli", *args], cwd=REPO, env=env,

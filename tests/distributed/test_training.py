@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from megagpt.parallel.distributed import free_port
-from tests.conftest import REPO, TINY, megagpt, read_jsonl
+from tests.conftest import CPU_ENV, REPO, TINY, megagpt, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_srun_tasks_form_the_world_from_slurm_variables(pretrain_tiny, demo_pref
     run_dir = tmp_path / "srun"
     slurm = {"SLURM_JOB_ID": "777", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
              "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost", "SLURM_NODEID": "0",
-             "SLURM_STEP_TASKS_PER_NODE": "2", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+             "SLURM_STEP_TASKS_PER_NODE": "2", "MASTER_PORT": str(free_port()), **CPU_ENV}
     clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     cmd = [sys.executable, "-m", "launchers.cli", "pretrain", "--config", TINY, "parallel.tp=1", "parallel.pp=1",
            "train.steps=5", "train.eval_interval=0", f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import CPU_ENV, REPO
 
 OUTPUTS = ("documents", "dropped", "tokens", "mixture.json", "tokenizer.json")
 
@@ -37,7 +37,7 @@ def test_kill_and_resume_is_byte_identical(crawl, corpus_run, tmp_path, kill_aft
     crawl_dir, _ = crawl
     reference, _, _ = corpus_run
     out = tmp_path / "resumed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_ENV}
     proc = subprocess.Popen(corpus_cmd(crawl_dir, out), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     manifest = out / "work" / "manifest" / "process"

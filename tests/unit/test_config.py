@@ -82,6 +82,8 @@ RULES = [
     (["train.precision=fp8"], 8, "train.precision='fp8' must be fp32, bf16 or fp16"),
     (["model.norm_position=middle"], 8, "model.norm_position='middle' must be 'pre' or 'post'"),
     (["model.attention=sparse"], 8, "model.attention='sparse' must be 'dense' or 'alternating'"),
+    (["model.sparse_pattern=dense"], 8, "model.sparse_pattern='dense' must be 'local' or 'strided'"),
+    (["run.device=tpu"], 8, "run.device='tpu' must be auto, cpu or cuda"),
     (["train.steps=0"], 8, "train.steps=0 must be at least 1"),
     (["data.split=90,10"], 8, "data.split='90,10' must be three comma-separated numbers"),
 ]

@@ -1,0 +1,118 @@
+"""GPT-3 sparse attention: the `local` band and the Sparse Transformer's `strided` pattern.
+
+With distance d = i - j from query i to key j and width (stride) k:
+  local:   query i sees key j iff 0 <= d < k                        O(T * k)
+  strided: the band, plus d = k, 2k, 3k, ..., in one softmax         O(T * (k + T/k))
+Neither kernel builds a T x T score or mask. Inputs and output are (B, nh, T, hs).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+
+def sparse_attention(q, k, v, pattern: str, window: int, dropout_p: float = 0.0) -> torch.Tensor:
+    if pattern == "strided":
+        # The stride columns touch every (or every other) 128x128 key block, so FlexAttention's
+        # block sparsity would do near-dense work: the two-pass form is the fast one on every device.
+        return strided_causal_attention(q, k, v, window, dropout_p)
+    # FlexAttention has no dropout and no CPU backward (torch 2.13); its Triton kernel needs hs >= 16.
+    if q.is_cuda and dropout_p == 0.0 and q.shape[-1] >= 16:
+        return flex_local_attention(q, k, v, window)
+    return local_causal_attention(q, k, v, window, dropout_p)
+
+
+@functools.cache
+def _compiled(fn):
+    # Compiled on first CUDA use, once per process: eager flex_attention computes all T x T scores and
+    # eager create_block_mask a T x T mask; importing the compiler (~1.5 s) is not paid by CPU runs.
+    return torch.compile(fn, dynamic=False)
+
+
+@torch.compiler.disable  # under train.compile too, built once per shape rather than traced into every block
+@functools.lru_cache(maxsize=32)
+def _sliding_window_block_mask(t: int, window: int, device: torch.device):
+    def in_band(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    # Default 128x128 blocks: with window a multiple of 128 the band's inner blocks are full and skip
+    # mask_mod. No kernel_options: ROWS_GUARANTEED_SAFE and BLOCKS_ARE_CONTIGUOUS do not hold blockwise
+    # for a band (a row's far-edge block can be all masked; its partial blocks are not adjacent).
+    return _compiled(create_block_mask)(in_band, None, None, t, t, device=device)
+
+
+def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
+    block_mask = _sliding_window_block_mask(q.shape[2], window, q.device)
+    # Inside a compiled block (train.compile) dynamo compiles flex_attention with the block itself.
+    attend = flex_attention if torch.compiler.is_compiling() else _compiled(flex_attention)
+    return attend(q, k, v, block_mask=block_mask)
+
+
+def _blocks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, nh, T, hs) -> (B, nh, n, size, hs), zero-padded at the end to n * size positions."""
+    b, h, t, d = x.shape
+    n = -(-t // size)
+    return F.pad(x, (0, 0, 0, n * size - t)).view(b, h, n, size, d)
+
+
+def _with_previous_block(x: torch.Tensor) -> torch.Tensor:
+    """(B, nh, n, s, hs) -> (B, nh, n, 2s, hs): each block's predecessor (zeros for block 0), then itself."""
+    return torch.cat([F.pad(x, (0, 0, 0, 0, 1, 0))[:, :, :-1], x], dim=3)
+
+
+def _band_mask(n: int, size: int, device) -> torch.Tensor:
+    """(n, s, 2s): True where query qi of block b may see key kj of `_with_previous_block`, 0 <= d < s."""
+    qi = torch.arange(size, device=device).view(size, 1)
+    kj = torch.arange(2 * size, device=device).view(1, 2 * size)
+    band = (kj > qi) & (kj <= qi + size)  # distance size + qi - kj in [0, size)
+    first = band & (kj >= size)  # block 0 has no previous block
+    return torch.stack([first] + [band] * (n - 1))
+
+
+def local_causal_attention(q, k, v, window: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """Query i sees keys i-window+1 .. i: query block b needs only key blocks b-1 and b."""
+    t = q.shape[2]
+    q, k, v = (_blocks(x, window) for x in (q, k, v))  # (B, nh, n, w, hs)
+    mask = _band_mask(q.shape[2], window, q.device)
+    out = F.scaled_dot_product_attention(q, _with_previous_block(k), _with_previous_block(v), attn_mask=mask,
+                                         dropout_p=dropout_p)  # (B, nh, n, w, hs)
+    return out.flatten(2, 3)[:, :, :t]
+
+
+def strided_causal_attention(q, k, v, stride: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """Query i sees key j iff 0 <= i-j < stride or i-j is a positive multiple of stride; one softmax.
+
+    The padded sequence is an (n, stride) grid: position a*stride + r is block a, residue class r.
+    Band pass: each query block against its previous and own key block (distances 0 .. stride-1).
+    Class pass: within class r, block a >= 1 sees blocks 0 .. a-1 (distances stride, 2*stride, ...).
+    The two score sets are disjoint parts of each softmax row, joined exactly by its log-sum-exp.
+    """
+    t, scale = q.shape[2], q.shape[-1] ** -0.5
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax statistics in at least fp32
+    q, k, v = (_blocks(x, stride) for x in (q, k, v))  # (B, nh, n, s, hs)
+    n = q.shape[2]
+
+    band = (q @ _with_previous_block(k).transpose(-2, -1) * scale).to(acc)  # (B, nh, n, s, 2s)
+    band = band.masked_fill(~_band_mask(n, stride, q.device), float("-inf"))
+    # class r as a sequence: queries of blocks 1..n-1 against keys of blocks 0..n-2, causal incl. diagonal
+    qc, kc, vc = (x.transpose(2, 3) for x in (q[:, :, 1:], k[:, :, :-1], v[:, :, :-1]))  # (B, nh, s, n-1, hs)
+    cls = (qc @ kc.transpose(-2, -1) * scale).to(acc)  # (B, nh, s, n-1, n-1)
+    earlier = torch.ones(n - 1, n - 1, dtype=torch.bool, device=q.device).tril()
+    cls = cls.masked_fill(~earlier, float("-inf"))
+
+    # Every class row keeps its diagonal, so no row is all -inf and no gradient turns NaN.
+    cls_lse = F.pad(cls.logsumexp(-1), (1, 0), value=float("-inf")).transpose(2, 3)  # (B, nh, n, s); block 0: none
+    lse = torch.logaddexp(band.logsumexp(-1), cls_lse)  # (B, nh, n, s)
+    p_band = torch.exp(band - lse.unsqueeze(-1))
+    p_cls = torch.exp(cls - lse[:, :, 1:].transpose(2, 3).unsqueeze(-1))
+    if dropout_p > 0:
+        p_band, p_cls = F.dropout(p_band, dropout_p), F.dropout(p_cls, dropout_p)
+
+    out = p_band.to(v.dtype) @ _with_previous_block(v)  # (B, nh, n, s, hs)
+    out_cls = (p_cls.to(v.dtype) @ vc).transpose(2, 3)  # (B, nh, n-1, s, hs)
+    out = out + F.pad(out_cls, (0, 0, 0, 0, 1, 0))
+    return out.flatten(2, 3)[:, :, :t]
