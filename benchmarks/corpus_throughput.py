@@ -47,8 +47,8 @@ def run_megagpt(crawl: str, out: str) -> dict:
         seconds[stage] = time.perf_counter() - start
     with open(os.path.join(out, "stats.json")) as f:
         stats = json.load(f)["stages"]
-    reached = {d["id"] for p in glob.glob(f"{out}/work/process/*.jsonl.gz") for d in read_jsonl_gz(p)}
-    removed = {d["id"] for p in glob.glob(f"{out}/dropped/dedup/*.jsonl.gz") for d in read_jsonl_gz(p)}
+    reached = {d["record_id"] for p in glob.glob(f"{out}/work/process/*.jsonl.gz") for d in read_jsonl_gz(p)}
+    removed = {d["record_id"] for p in glob.glob(f"{out}/dropped/dedup/*.jsonl.gz") for d in read_jsonl_gz(p)}  # truth: WARC ids
     return {"seconds": seconds, "stats": stats, "reached": reached, "removed": removed}
 
 

@@ -114,14 +114,28 @@ def load_corpus_config(path: Optional[str], overrides=()) -> CorpusConfig:
 
 
 def input_files(cfg: CorpusConfig) -> list[str]:
-    """Every input file, in a fixed order (so shard ids are stable across runs)."""
-    files = []
+    """Every input file once, in a fixed order (so shard ids are stable across runs).
+
+    A file that several patterns match (overlapping globs, a path given twice) is read once;
+    a copy of a file under another name is read twice, and dedup keeps one of each document.
+    """
+    files, seen = [], set()
     for i, pattern in enumerate(cfg.input.paths):
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches or not all(os.path.isfile(m) for m in matches):
             raise ConfigError(f"input.paths[{i}]={pattern!r} matches no file")
-        files.extend(matches)
+        for m in matches:
+            if os.path.realpath(m) not in seen:
+                seen.add(os.path.realpath(m))
+                files.append(m)
     return files
+
+
+def id_prefixes(files: list[str]) -> list[str]:
+    """Each file's path relative to the folder holding all inputs: the first half of its documents' ids."""
+    absolute = [os.path.abspath(f) for f in files]
+    base = os.path.commonpath([os.path.dirname(f) for f in absolute])
+    return [os.path.relpath(f, base) for f in absolute]
 
 
 def validate_corpus(cfg: CorpusConfig) -> None:

@@ -126,25 +126,29 @@ class UnionFind:
 
 def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, cfg: DedupConfig
                     ) -> dict[str, dict]:
-    """{dropped id: {"stage", "reason", "duplicate_of"}} over documents in corpus order."""
-    dropped: dict[str, dict] = {}
+    """{dropped id: {"stage", "reason", "duplicate_of"}} over documents in corpus order.
+
+    `duplicate_of` is always a kept document: an exact copy of a page that is itself a near
+    duplicate points at the page its cluster keeps.
+    """
     first_by_hash: dict[str, int] = {}
     unique = []
     for i, h in enumerate(hashes):
-        if h in first_by_hash:
-            dropped[ids[i]] = {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": ids[first_by_hash[h]]}
-        else:
-            first_by_hash[h] = i
+        if first_by_hash.setdefault(h, i) == i:
             unique.append(i)
     uf = UnionFind(len(ids))
     for a, b in _candidate_pairs(signatures, unique, cfg):
         if _estimated_jaccard(signatures[a], signatures[b]) >= cfg.verify_threshold:
             uf.union(a, b)
-    for i in unique:
-        root = uf.find(i)
-        if root != i:
-            dropped[ids[i]] = {"stage": "fuzzy-dedup", "reason": "near duplicate", "duplicate_of": ids[root],
-                               "similarity": round(_estimated_jaccard(signatures[i], signatures[root]), 4)}
+    dropped: dict[str, dict] = {}
+    for i, h in enumerate(hashes):
+        first = first_by_hash[h]
+        kept = uf.find(first)
+        if first != i:
+            dropped[ids[i]] = {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": ids[kept]}
+        elif kept != i:
+            dropped[ids[i]] = {"stage": "fuzzy-dedup", "reason": "near duplicate", "duplicate_of": ids[kept],
+                               "similarity": round(_estimated_jaccard(signatures[i], signatures[kept]), 4)}
     return dropped
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 from data_pipeline.readers import Record
 
 _HTML_TYPES = ("text/html", "application/xhtml")
+_JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
+               list: "an array"}
 
 
 def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
@@ -17,6 +19,8 @@ def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
     payload = record.payload
     if isinstance(payload, str):
         text = payload
+    elif not isinstance(payload, (bytes, bytearray)):  # a JSONL "text" that held a number, an object, null...
+        return None, f"text is {_JSON_KINDS.get(type(payload), type(payload).__name__)}, not a string"
     elif not payload:
         return None, "empty record"
     elif b"\x00" in payload[:4096]:
@@ -31,7 +35,12 @@ def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
             return None, f"not html ({record.content_type.split(';')[0].strip()})"
         html = bytes_to_str(payload, detect_encoding(payload))
         # main_content drops navigation and boilerplate, as CCNet/FineWeb extraction does.
-        text = extract_plain_text(html, main_content=True, alt_texts=False, links=False)
+        try:
+            text = extract_plain_text(html, main_content=True, alt_texts=False, links=False)
+        except Exception as exc:  # resiliparse on a page it cannot parse: that page is dropped, not the run
+            return None, f"extraction failed ({type(exc).__name__})"
+    if "\x00" in text:
+        return None, "NUL characters in text"
     text = text.strip()
     if not text:
         return None, "no text"

@@ -24,8 +24,14 @@ def _model():
     return fasttext.load_model(lid176_path())
 
 
+NO_LABEL = "none"  # what identify() calls a text fastText gives no label ("Page 1 of 3", digits only)
+
+
 def identify(text: str) -> tuple[str, float]:
     """(language code, probability) of the most likely language, judged on the first 2,000 characters."""
     # model.f.predict: fastText 0.9.3's Python predict() breaks under NumPy 2.
-    (prob, label), = _model().f.predict(text[:2000].replace("\n", " "), 1, 0.0, "strict")
+    found = _model().f.predict(text[:2000].replace("\n", " "), 1, 0.0, "strict")
+    if not found:  # no word fastText knows: a counted drop, not a crash
+        return NO_LABEL, 0.0
+    (prob, label), = found
     return label.removeprefix("__label__"), float(prob)

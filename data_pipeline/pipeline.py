@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from data_pipeline.config import CorpusConfig, input_files
+from data_pipeline.config import CorpusConfig, id_prefixes, input_files
 from data_pipeline.dedup import find_duplicates
 from data_pipeline.executors import LocalExecutor, is_done, mark_done
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json
@@ -51,7 +51,8 @@ def tokenizer_path(cfg: CorpusConfig) -> str:
 
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
     if stage == "process":
-        process_shard(cfg, index, input_files(cfg)[index])
+        files = input_files(cfg)
+        process_shard(cfg, index, files[index], id_prefixes(files)[index])
     elif stage == "finalize":
         with open(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json")) as f:
             finalize_shard(cfg, index, json.load(f))
@@ -107,8 +108,20 @@ def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:
     from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
     out = cfg.output.dir
-    parts = [os.path.join(out, "work", "tokens", n) for n in names]
+    totals, parts = {"documents": 0, "tokens": 0}, []
+    for n in names:
+        with open(os.path.join(out, "work", "tokens", f"{n}.counts.json")) as f:
+            counts = json.load(f)
+        for key, value in counts.items():
+            totals[key] += value
+        if counts["documents"]:  # a shard that kept nothing has an empty .bin, which cannot be mapped
+            parts.append(os.path.join(out, "work", "tokens", n))
     prefix = os.path.join(out, "tokens", cfg.input.source)
+    for ext in (".bin", ".idx"):  # a rerun that now keeps nothing must not leave the old tokens behind
+        if os.path.exists(prefix + ext):
+            os.remove(prefix + ext)
+    if not parts:
+        return totals
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
     builder = IndexedDatasetBuilder(prefix + ".bin.tmp", dtype=IndexedDataset(parts[0]).index.dtype)
     for part in parts:
@@ -116,11 +129,6 @@ def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:
     builder.finalize(prefix + ".idx.tmp")
     os.replace(prefix + ".bin.tmp", prefix + ".bin")
     os.replace(prefix + ".idx.tmp", prefix + ".idx")
-    totals = {"documents": 0, "tokens": 0}
-    for n in names:
-        with open(os.path.join(out, "work", "tokens", f"{n}.counts.json")) as f:
-            for key, value in json.load(f).items():
-                totals[key] += value
     return totals
 
 
@@ -142,10 +150,23 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
         stats[stage] = {"in": entering, "kept": entering - sum(dropped.values()), "dropped": dict(sorted(dropped.items()))}
         entering = stats[stage]["kept"]
     summary = {"stages": stats, "errors": errors, "documents": counts["documents"], "tokens": counts["tokens"]}
+    mixture = os.path.join(out, "mixture.json")
+    if not counts["documents"]:  # nothing to train on: say where the documents went, and offer no mixture
+        summary["kept_nothing"] = largest_drop(stats)
+        write_json(os.path.join(out, "stats.json"), summary)
+        if os.path.exists(mixture):
+            os.remove(mixture)
+        return summary
     write_json(os.path.join(out, "stats.json"), summary)
-    write_json(os.path.join(out, "mixture.json"), {
+    write_json(mixture, {
         "tokenizer": os.path.relpath(tokenizer_path, out),
         "sources": [{"source": cfg.input.source, "prefix": os.path.join("tokens", cfg.input.source), "weight": 1.0,
                      "documents": counts["documents"], "tokens": counts["tokens"]}],
     })
     return summary
+
+
+def largest_drop(stats: dict) -> dict:
+    """The stage that removed the most documents: {"stage", "dropped", "in"}."""
+    stage, record = max(stats.items(), key=lambda kv: kv[1].get("in", 0) - kv[1].get("kept", 0))
+    return {"stage": stage, "dropped": record.get("in", 0) - record.get("kept", 0), "in": record.get("in", 0)}

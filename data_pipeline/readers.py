@@ -18,10 +18,15 @@ from typing import Iterator, Optional, Union
 
 @dataclass
 class Record:
-    id: str
+    """One record of an input file. `index` (its place in the file: WARC record ordinal from 0,
+    JSONL line number) makes the document's run id; `record_id` (WARC-Record-ID, a JSONL "id")
+    is only a field, since the same record can arrive twice (copies, overlapping globs)."""
+
+    index: int
+    record_id: Optional[str]
     url: Optional[str]
     kind: str  # "html" (WARC response) or "text" (WET conversion, JSONL)
-    payload: Union[bytes, str]
+    payload: object  # bytes (WARC), str (JSONL text), or whatever a JSONL "text" held (judged by extract)
     content_type: str = ""
 
 
@@ -38,7 +43,7 @@ def read_file(path: str) -> Iterator[Union[Record, ReadError]]:
             yield from _read_jsonl(path)
         elif name.endswith(".txt"):
             with open(path, "rb") as f:
-                yield Record(name, None, "text", f.read())
+                yield Record(0, None, None, "text", f.read())
         else:
             yield from _read_warc(path)
     except OSError as exc:
@@ -52,15 +57,15 @@ def _read_warc(path: str) -> Iterator[Union[Record, ReadError]]:
     last_pos, count = 0, 0
     with open(path, "rb") as f:
         for rec in ArchiveIterator(f, record_types=wanted, parse_http=True):
-            last_pos, count = rec.stream_pos, count + 1
+            index, last_pos, count = count, rec.stream_pos, count + 1
             body = rec.reader.read()
-            rid = rec.record_id or f"{path}@{rec.stream_pos}"
+            rid = rec.record_id or None
             url = rec.headers.get("WARC-Target-URI")
             if rec.record_type == WarcRecordType.response:
                 ctype = (rec.http_headers.get("Content-Type", "") if rec.http_headers else "") or ""
-                yield Record(rid, url, "html", body, ctype.lower())
+                yield Record(index, rid, url, "html", body, ctype.lower())
             else:
-                yield Record(rid, url, "text", body, rec.headers.get("Content-Type", "text/plain"))
+                yield Record(index, rid, url, "text", body, rec.headers.get("Content-Type", "text/plain"))
     damage = _tail_damage(path, last_pos)
     if damage:
         yield ReadError(path, f"{damage} after {count} records")
@@ -105,8 +110,9 @@ def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
                 except (ValueError, KeyError, TypeError):
                     yield ReadError(path, f"line {lineno}: not a JSON object with a 'text' field")
                     continue
-                yield Record(str(obj.get("id", f"{os.path.basename(path)}:{lineno}")), obj.get("url"), "text",
-                             text if isinstance(text, str) else str(text))
+                rid, url = obj.get("id"), obj.get("url")
+                yield Record(lineno, None if rid is None else str(rid), url if isinstance(url, str) else None, "text",
+                             text)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         yield ReadError(path, f"truncated gzip ({exc})")
 

@@ -14,7 +14,7 @@ from data_pipeline.dedup import content_hash, signature
 from data_pipeline.extract import extract_text
 from data_pipeline.filters import heuristic_reason
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
-from data_pipeline.langid import identify
+from data_pipeline.langid import NO_LABEL, identify
 from data_pipeline.quality import pareto_keep, quality_score
 from data_pipeline.readers import ReadError, iter_texts, read_file
 from data_pipeline.stats import StageStats
@@ -38,15 +38,18 @@ class _Clock:
             self.stats.timed(stage, time.perf_counter() - start)
 
 
-def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
-    """read > extract > langid > heuristic filters > hash + MinHash signature, for one input file."""
+def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> None:
+    """read > extract > langid > heuristic filters > hash + MinHash signature, for one input file.
+
+    A document's id is `<id_prefix>:<record index>` (id_prefix: the file's path relative to the
+    run's inputs): unique within the run, whatever the records' own ids say.
+    """
     out, name = cfg.output.dir, shard_name(index)
     stats, kept, dropped, errors = StageStats(), [], [], []
-    languages = set(cfg.langid.languages)
 
-    def drop(doc_id, url, stage, reason, **extra):
+    def drop(ids, stage, reason, **extra):
         stats.dropped(stage, reason)
-        dropped.append({"id": doc_id, "url": url, "stage": stage, "reason": reason, **extra})
+        dropped.append({**ids, "stage": stage, "reason": reason, **extra})
 
     reader, clock = read_file(path), _Clock(stats)
     while True:
@@ -56,39 +59,19 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
         if isinstance(item, ReadError):
             errors.append({"file": item.file, "reason": item.reason})  # a file's damage, not a document
             continue
-        size = len(item.payload)
+        ids = {"id": f"{id_prefix}:{item.index}", "record_id": item.record_id, "url": item.url}
+        size = len(item.payload) if isinstance(item.payload, (str, bytes)) else 0
         stats.saw("read", size)
         stats.kept("read", size)
         stats.saw("extract", size)
         text, reason = clock.run("extract", extract_text, item)
         if reason:
-            drop(item.id, item.url, "extract", reason)
+            drop(ids, "extract", reason)
             continue
         stats.kept("extract", len(text))
-        stats.saw("langid", len(text))
-        lang, score = clock.run("langid", identify, text)
-        if lang not in languages or score < cfg.langid.threshold:
-            drop(item.id, item.url, "langid", f"language {lang}" if lang not in languages else "low confidence",
-                 lang=lang, lang_score=round(score, 4))
-            continue
-        stats.kept("langid", len(text))
-        stats.saw("filters", len(text))
-        reason = clock.run("filters", heuristic_reason, text, cfg.filters)
-        if reason:
-            drop(item.id, item.url, "filters", reason)
-            continue
-        stats.kept("filters", len(text))
-        doc = {"id": item.id, "url": item.url, "source": cfg.input.source, "text": text, "lang": lang,
-               "lang_score": round(score, 4)}
-        if cfg.quality.model:
-            stats.saw("quality", len(text))
-            q = clock.run("quality", quality_score, cfg.quality.model, text)
-            doc["quality"] = round(q, 4)
-            if not _quality_keeps(cfg.quality, item.id, q):
-                drop(item.id, item.url, "quality", f"{cfg.quality.mode} rule", quality=doc["quality"])
-                continue
-            stats.kept("quality", len(text))
-        kept.append(doc)
+        doc = _judge(cfg, ids["id"], text, stats, clock, lambda *a, **k: drop(ids, *a, **k))
+        if doc is not None:
+            kept.append({**ids, "source": cfg.input.source, **doc})
 
     start = time.perf_counter()
     hashes = [content_hash(d["text"]) for d in kept]
@@ -103,6 +86,45 @@ def process_shard(cfg: CorpusConfig, index: int, path: str) -> None:
     write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes})
     write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped, cfg.output.gzip_level)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
+
+
+def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: "_Clock", drop):
+    """Language, heuristic and quality verdicts on one text: its document fields, or None once dropped.
+
+    A verdict that raises (a library failing on one odd text) drops that document with the
+    stage and the error's type, as a counted drop: one record never stops a shard.
+    """
+    stage = "langid"
+    try:
+        stats.saw("langid", len(text))
+        lang, score = clock.run("langid", identify, text)
+        if lang not in cfg.langid.languages or score < cfg.langid.threshold:
+            why = "no language label" if lang == NO_LABEL else \
+                f"language {lang}" if lang not in cfg.langid.languages else "low confidence"
+            drop("langid", why, lang=lang, lang_score=round(score, 4))
+            return None
+        stats.kept("langid", len(text))
+        stage = "filters"
+        stats.saw("filters", len(text))
+        reason = clock.run("filters", heuristic_reason, text, cfg.filters)
+        if reason:
+            drop("filters", reason)
+            return None
+        stats.kept("filters", len(text))
+        doc = {"text": text, "lang": lang, "lang_score": round(score, 4)}
+        if cfg.quality.model:
+            stage = "quality"
+            stats.saw("quality", len(text))
+            q = clock.run("quality", quality_score, cfg.quality.model, text)
+            doc["quality"] = round(q, 4)
+            if not _quality_keeps(cfg.quality, doc_id, q):
+                drop("quality", f"{cfg.quality.mode} rule", quality=doc["quality"])
+                return None
+            stats.kept("quality", len(text))
+        return doc
+    except Exception as exc:
+        drop(stage, f"{stage} failed ({type(exc).__name__})", error=str(exc)[:200])
+        return None
 
 
 def _quality_keeps(q, doc_id: str, score: float) -> bool:
@@ -125,14 +147,15 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
     for doc in read_jsonl_gz(os.path.join(out, "work", "process", f"{name}.jsonl.gz")):
         dup = duplicates.get(doc["id"])
         if dup:
-            dup_drops.append({"id": doc["id"], "url": doc["url"], **dup})
+            dup_drops.append({"id": doc["id"], "record_id": doc["record_id"], "url": doc["url"], **dup})
             continue
         if decon is None:
             kept.append(doc)
             continue
         pieces, reason, hits = decon.clean(doc["text"])
         if reason:
-            decon_drops.append({"id": doc["id"], "url": doc["url"], "stage": "decontam", "reason": reason,
+            decon_drops.append({"id": doc["id"], "record_id": doc["record_id"], "url": doc["url"],
+                                "stage": "decontam", "reason": reason,
                                 "benchmark_ngrams": hits})
             continue
         for k, piece in enumerate(pieces):

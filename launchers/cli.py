@@ -277,6 +277,10 @@ def cmd_corpus(args) -> int:
     stages = summary["stages"]
     print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read, {summary['documents']} documents kept, "
           f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")
+    if "kept_nothing" in summary:
+        worst = summary["kept_nothing"]
+        print(f"megagpt corpus: kept nothing, so no mixture.json; stage {worst['stage']} removed the most "
+              f"({worst['dropped']} of {worst['in']}); the reasons are in {cfg.output.dir}/dropped/")
     return 0
 
 

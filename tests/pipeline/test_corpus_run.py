@@ -16,17 +16,17 @@ def rows(out, pattern):
 
 def test_every_foreign_page_is_dropped_by_langid(corpus_run):
     out, truth, _ = corpus_run
-    dropped = {d["id"]: d for d in rows(out, "dropped/process/*.jsonl.gz")}
+    dropped = {d["record_id"]: d for d in rows(out, "dropped/process/*.jsonl.gz")}
     for rid, lang in truth.foreign.items():
-        if rid in dropped or not any(rid == d["id"] for d in rows(out, "documents/*/*.jsonl.gz")):
+        if rid in dropped or not any(rid == d["record_id"] for d in rows(out, "documents/*/*.jsonl.gz")):
             assert dropped[rid]["stage"] == "langid" and dropped[rid]["reason"] == f"language {lang}"
-    kept_ids = {d["id"] for d in rows(out, "documents/*/*.jsonl.gz")}
+    kept_ids = {d["record_id"] for d in rows(out, "documents/*/*.jsonl.gz")}
     assert not kept_ids & set(truth.foreign)
 
 
 def test_broken_records_and_truncated_file_are_counted_with_reasons(corpus_run):
     out, truth, summary = corpus_run
-    dropped = {d["id"]: d for d in rows(out, "dropped/process/*.jsonl.gz")}
+    dropped = {d["record_id"]: d for d in rows(out, "dropped/process/*.jsonl.gz")}
     expected = {"binary": "binary content", "not html": "not html (application/pdf)", "invalid utf-8": "invalid utf-8",
                 "empty": "empty record"}
     seen = {kind for rid, kind in truth.broken.items() if rid in dropped}
@@ -44,9 +44,11 @@ def test_broken_records_and_truncated_file_are_counted_with_reasons(corpus_run):
 
 def test_dedup_finds_planted_pairs_and_merges_nothing_dissimilar(corpus_run):
     out, truth, summary = corpus_run
-    texts = {d["id"]: d["text"] for d in rows(out, "work/process/*.jsonl.gz")}
-    reached = set(texts)
-    dups = {d["id"]: d for d in rows(out, "dropped/dedup/*.jsonl.gz")}
+    processed = rows(out, "work/process/*.jsonl.gz")
+    texts = {d["id"]: d["text"] for d in processed}  # by run id
+    record = {d["id"]: d["record_id"] for d in processed}  # the planted truth names WARC-Record-IDs
+    reached = set(record.values())
+    dups = {record[d["id"]]: {**d, "duplicate_of": record[d["duplicate_of"]]} for d in rows(out, "dropped/dedup/*.jsonl.gz")}
     def merged(a, b, stage):  # whichever came later in the crawl is dropped as a copy of the other
         return any(dups.get(x, {}).get("duplicate_of") == y and dups[x]["stage"] == stage for x, y in ((a, b), (b, a)))
 
@@ -58,7 +60,7 @@ def test_dedup_finds_planted_pairs_and_merges_nothing_dissimilar(corpus_run):
     dissimilar = [(a, b) for a, b, j in truth.near_pairs if j < 0.5 and a in reached and b in reached]
     assert len(dissimilar) >= 10 and not any(merged(a, b, "fuzzy-dedup") for a, b in dissimilar)
     # every merge in the corpus, planted or not (the stdlib repeats some docstrings), joins truly similar pages
-    for d in dups.values():
+    for d in rows(out, "dropped/dedup/*.jsonl.gz"):
         assert jaccard(texts[d["id"]], texts[d["duplicate_of"]]) >= 0.5
 
 
@@ -69,7 +71,7 @@ def test_outputs_tokens_and_mixture(corpus_run):
 
     out, _, summary = corpus_run
     docs = rows(out, "documents/commoncrawl/*.jsonl.gz")
-    assert docs and set(docs[0]) >= {"id", "url", "source", "text", "lang", "lang_score"}
+    assert docs and set(docs[0]) >= {"id", "record_id", "url", "source", "text", "lang", "lang_score"}
     assert len(docs) == summary["documents"] == summary["stages"]["dedup"]["kept"]
     mixture = json.load(open(os.path.join(out, "mixture.json")))
     assert mixture["sources"][0]["source"] == "commoncrawl" and mixture["sources"][0]["weight"] == 1.0

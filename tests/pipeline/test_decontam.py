@@ -50,7 +50,9 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
                         "filters.min_alpha_word_fraction=0", "dedup.enabled=false", "tokenize.vocab_size=300")
     summary = run(cfg, progress=False)
     docs = {d["id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
-    assert set(docs) == {"contaminated#0", "contaminated#1", "clean"}
-    assert all(QUESTION.split()[5] not in docs[k]["text"] for k in ("contaminated#0", "contaminated#1"))
-    assert docs["contaminated#0"]["benchmark_ngrams"] == 4 and "benchmark_ngrams" not in docs["clean"]
+    # run ids (file:line), pieces numbered; the records' own ids stay as a field
+    assert {k: d["record_id"] for k, d in docs.items()} == {
+        "docs.jsonl:1#0": "contaminated", "docs.jsonl:1#1": "contaminated", "docs.jsonl:2": "clean"}
+    assert all(QUESTION.split()[5] not in docs[k]["text"] for k in ("docs.jsonl:1#0", "docs.jsonl:1#1"))
+    assert docs["docs.jsonl:1#0"]["benchmark_ngrams"] == 4 and "benchmark_ngrams" not in docs["docs.jsonl:2"]
     assert summary["stages"]["decontam"]["in"] == 2 and summary["documents"] == 3

@@ -84,8 +84,8 @@ def test_train_quality_cli_and_pipeline_threshold_mode(tmp_path):
                                     "quality.mode=threshold", "quality.threshold=0.5", "langid.threshold=0.3",
                                     "tokenize.vocab_size=500", "executor.workers=1", "filters.min_alpha_word_fraction=0"])
     summary = run(cfg, progress=False)
-    kept = {d["id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
-    dropped = {d["id"]: d for d in read_jsonl_gz(str(out / "dropped" / "process" / "00000.jsonl.gz"))}
+    kept = {d["record_id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
+    dropped = {d["record_id"]: d for d in read_jsonl_gz(str(out / "dropped" / "process" / "00000.jsonl.gz"))}
     assert sum(k.startswith("good") for k in kept) >= 36 and sum(k.startswith("salad") for k in kept) <= 4
     assert all(0 <= d["quality"] <= 1 for d in kept.values())
     quality_drops = [d for d in dropped.values() if d["stage"] == "quality"]

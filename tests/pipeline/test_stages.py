@@ -27,7 +27,8 @@ def test_warc_records_keep_id_url_and_payload(tmp_path):
     path = tmp_path / "a.warc.gz"
     path.write_bytes(_record("<urn:uuid:1>", "http://x.org/a", b"<p>hi</p>") + _record("<urn:uuid:2>", "http://x.org/b", b"t", "", "conversion"))
     recs, errors = records_and_errors(path)
-    assert [(r.id, r.url, r.kind) for r in recs] == [("<urn:uuid:1>", "http://x.org/a", "html"), ("<urn:uuid:2>", "http://x.org/b", "text")]
+    assert [(r.index, r.record_id, r.url, r.kind) for r in recs] == [
+        (0, "<urn:uuid:1>", "http://x.org/a", "html"), (1, "<urn:uuid:2>", "http://x.org/b", "text")]
     assert recs[0].payload == b"<p>hi</p>" and recs[0].content_type.startswith("text/html") and not errors
 
 
@@ -38,7 +39,7 @@ def test_truncated_file_keeps_its_whole_records_and_says_so(tmp_path, compressed
     path = tmp_path / ("t.warc.gz" if compressed else "t.warc")
     path.write_bytes(data[: len(data) - 40])
     recs, errors = records_and_errors(path)
-    assert len(recs) in (4, 5) and [r.id for r in recs] == [f"<urn:uuid:{i}>" for i in range(len(recs))]
+    assert len(recs) in (4, 5) and [r.record_id for r in recs] == [f"<urn:uuid:{i}>" for i in range(len(recs))]
     assert len(errors) == 1 and errors[0].reason.startswith("truncated")
     path.write_bytes(data)
     assert records_and_errors(path) == (records_and_errors(path)[0], [])
@@ -50,7 +51,7 @@ def test_unreadable_and_jsonl_inputs(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n{oops\n")
     recs, errors = records_and_errors(path)
-    assert [r.payload for r in recs] == ["hello"] and errors[0].reason == "line 2: not a JSON object with a 'text' field"
+    assert [(r.index, r.record_id, r.payload) for r in recs] == [(1, "a", "hello")] and errors[0].reason == "line 2: not a JSON object with a 'text' field"
 
 
 @pytest.mark.parametrize("payload,kind,ctype,reason", [
@@ -61,12 +62,12 @@ def test_unreadable_and_jsonl_inputs(tmp_path):
     (b"<html><body><script>var x;</script></body></html>", "html", "text/html", "no text"),
 ])
 def test_extraction_names_what_is_wrong(payload, kind, ctype, reason):
-    assert extract_text(Record("i", None, kind, payload, ctype)) == (None, reason)
+    assert extract_text(Record(0, None, None, kind, payload, ctype)) == (None, reason)
 
 
 def test_extraction_keeps_main_text_and_decodes_other_charsets():
     page = "<html><body><nav>Home | Login</nav><article><p>Caf\xe9 cr\xe8me, na\xefve text.</p></article></body></html>"
-    text, reason = extract_text(Record("i", None, "html", page.encode("latin-1"), "text/html; charset=iso-8859-1"))
+    text, reason = extract_text(Record(0, None, None, "html", page.encode("latin-1"), "text/html; charset=iso-8859-1"))
     assert reason is None and "Café crème, naïve text." in text
 
 
