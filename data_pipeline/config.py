@@ -138,9 +138,30 @@ def id_prefixes(files: list[str]) -> list[str]:
     return [os.path.relpath(f, base) for f in absolute]
 
 
+def _in_range(key: str, value, low, high=None) -> None:
+    if not (low <= value and (high is None or value <= high)):
+        raise ConfigError(f"{key}={value} must be at least {low}" if high is None else
+                          f"{key}={value} must lie in [{low}, {high}]")
+
+
 def validate_corpus(cfg: CorpusConfig) -> None:
     if not cfg.input.paths:
         raise ConfigError("input.paths=[] is empty")
+    check_name("input.source", cfg.input.source)  # it names folders and files under output.dir
+    f = cfg.filters
+    for key in ("min_words", "max_words"):
+        _in_range(f"filters.{key}", getattr(f, key), 0)
+    for key in ("min_mean_word_length", "max_mean_word_length"):
+        _in_range(f"filters.{key}", getattr(f, key), 0.0)
+    for key in ("max_symbol_word_ratio", "max_duplicate_line_fraction", "min_alpha_word_fraction"):
+        _in_range(f"filters.{key}", getattr(f, key), 0.0, 1.0)
+    if f.min_words > f.max_words:
+        raise ConfigError(f"filters.min_words={f.min_words} exceeds filters.max_words={f.max_words}")
+    for key in ("ngram", "num_perm", "bands", "rows"):
+        _in_range(f"dedup.{key}", getattr(cfg.dedup, key), 1)
+    _in_range("dedup.verify_threshold", cfg.dedup.verify_threshold, 0.0, 1.0)
+    # 256 byte tokens plus <|endoftext|>: a byte-level BPE cannot be smaller
+    _in_range("tokenize.vocab_size", cfg.tokenize.vocab_size, 257)
     if not 1 <= cfg.output.gzip_level <= 9:
         raise ConfigError(f"output.gzip_level={cfg.output.gzip_level} must be between 1 and 9")
     e = cfg.executor

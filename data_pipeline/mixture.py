@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -41,8 +42,8 @@ def _run_source(entry: dict, i: int) -> dict:
         name, run_dir, weight = entry["source"], entry["run"], float(entry["weight"])
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"mixture.sources[{i}]={entry!r} needs source, run and a numeric weight") from None
-    if weight <= 0:
-        raise ConfigError(f"mixture.sources[{i}].weight={weight} must be positive")
+    if not (math.isfinite(weight) and weight > 0):  # NaN passes a plain `<= 0` test
+        raise ConfigError(f"mixture.sources[{i}].weight={weight} must be finite and positive")
     path = os.path.join(run_dir, "mixture.json")
     if not os.path.isfile(path):
         raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} has no mixture.json (is the corpus run finished?)")

@@ -139,11 +139,13 @@ def cmd_import_hf(args) -> int:
 def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
+    from megagpt.data.checks import check_training_data
     from megagpt.parallel.distributed import local_world_size
     from megagpt.train.checkpoint import preflight
 
     world = existing_world_size()
     validate(cfg, world or nproc)
+    check_training_data(cfg)
     preflight(cfg)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
     if world is None and nproc > 1:

@@ -324,6 +324,12 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     parts = cfg.data.split.split(",")
     _require(len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts),
              f"data.split={cfg.data.split!r} must be three comma-separated numbers (train,valid,test)")
+    train_share, valid_share, _ = (float(x) for x in parts)
+    _require(train_share > 0, f"data.split={cfg.data.split!r} gives training no share")
+    _require(valid_share > 0 or not t.eval_interval,
+             f"data.split={cfg.data.split!r} gives the held-out split no share, but train.eval_interval="
+             f"{t.eval_interval} asks for held-out loss (give it a share, or train.eval_interval=0)")
+    _require(o.clip_grad >= 0, f"optim.clip_grad={o.clip_grad} must be >= 0 (0: no clipping)")
     if check_data:
         validate_data_paths(cfg)
 

@@ -12,7 +12,6 @@ and exact there.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -131,22 +130,11 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
-def find_tokenizer(cfg: Config) -> str | None:
-    d = cfg.data
-    found = [p + ".tokenizer.json" for p in d.prefixes] + [os.path.join(os.path.dirname(p), "tokenizer.json")
-                                                            for p in d.prefixes]
-    if d.mixture and os.path.isfile(d.mixture):
-        with open(d.mixture) as f:
-            rel = json.load(f).get("tokenizer")
-        if rel:
-            found.insert(0, os.path.join(os.path.dirname(d.mixture), rel))
-    return next((p for p in found if os.path.isfile(p)), None)
-
-
 def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
     from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast
 
+    from megagpt.data.checks import find_tokenizer
     from megagpt.data.tokenizer import EOD
 
     path = resolve_checkpoint(checkpoint)

@@ -71,7 +71,7 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     prefixes, weights = resolve_blend(cfg)
-    check_split_sizes(cfg.data.split, prefixes)
+    check_split_sizes(cfg.data.split, prefixes)  # also before any process starts; here too, since a miss hangs
     ds_config = GPTDatasetConfig(
         random_seed=cfg.train.seed, sequence_length=cfg.model.seq_length, blend=(prefixes, weights),
         split=cfg.data.split, path_to_cache=cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache"),
