@@ -29,12 +29,14 @@ from data_pipeline.executors import LocalExecutor, mark_done  # noqa: E402
 from data_pipeline.io import read_jsonl_gz  # noqa: E402
 from data_pipeline.langid import lid176_path  # noqa: E402
 from data_pipeline.pipeline import run_reduce, run_shard, shard_names  # noqa: E402
+from data_pipeline.runs import Run  # noqa: E402
 from data_pipeline.synthetic import write_crawl  # noqa: E402
 
 
 def run_megagpt(crawl: str, out: str) -> dict:
     cfg = load_corpus_config(None, [f"input.paths=[{crawl}/*.warc.gz]", f"output.dir={out}", "executor.workers=1",
                                     "tokenize.vocab_size=8000"])
+    Run(cfg).close()  # records the run's inputs (the stages read them) without running anything
     ex, names = LocalExecutor(1, progress=False), shard_names(cfg)
     seconds = {}
     for stage in ("process", "dedup", "finalize", "tokenizer", "tokenize", "summary"):

@@ -131,13 +131,6 @@ def input_files(cfg: CorpusConfig) -> list[str]:
     return files
 
 
-def id_prefixes(files: list[str]) -> list[str]:
-    """Each file's path relative to the folder holding all inputs: the first half of its documents' ids."""
-    absolute = [os.path.abspath(f) for f in files]
-    base = os.path.commonpath([os.path.dirname(f) for f in absolute])
-    return [os.path.relpath(f, base) for f in absolute]
-
-
 def _in_range(key: str, value, low, high=None) -> None:
     if not (low <= value and (high is None or value <= high)):
         raise ConfigError(f"{key}={value} must be at least {low}" if high is None else

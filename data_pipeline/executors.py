@@ -27,6 +27,13 @@ def mark_done(out_dir: str, stage: str, task_id: str) -> None:
         pass
 
 
+def clear_done(out_dir: str, stage: str) -> None:
+    """Forget every finished task of a stage, so the next run redoes it."""
+    import shutil
+
+    shutil.rmtree(os.path.join(out_dir, "work", "manifest", stage), ignore_errors=True)
+
+
 def _run_task(job):
     fn, out_dir, stage, task_id, args = job
     fn(*args)

@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 
-from data_pipeline.config import CorpusConfig, id_prefixes, input_files
+from data_pipeline.config import CorpusConfig
 from data_pipeline.dedup import find_duplicates
 from data_pipeline.executors import LocalExecutor, is_done, mark_done
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json
+from data_pipeline.runs import Run, recorded_inputs
 from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
 from data_pipeline.stats import merge_stats
 
@@ -28,21 +29,26 @@ STAGES = [("process", "shard"), ("dedup", "reduce"), ("finalize", "shard"), ("to
           ("tokenize", "shard"), ("summary", "reduce")]
 
 
-def run(cfg: CorpusConfig, progress: bool = True) -> dict:
-    """Every stage in order on this machine; returns the summary (stats.json)."""
-    ex = LocalExecutor(cfg.executor.workers, progress)
-    for stage, kind in STAGES:
-        if kind == "shard":
-            ex.run(cfg.output.dir, stage, run_shard, [(n, (cfg, stage, i)) for i, n in enumerate(shard_names(cfg))])
-        elif not is_done(cfg.output.dir, stage, "all"):
-            run_reduce(cfg, stage)
-            mark_done(cfg.output.dir, stage, "all")
-    with open(os.path.join(cfg.output.dir, "stats.json")) as f:
-        return json.load(f)
+def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
+    """Every stage in order on this machine; returns the summary (stats.json).
+
+    mode: "resume" (the default: finish what the recorded run left), "restart" or "extend" (data_pipeline.runs).
+    """
+    with Run(cfg, mode):
+        ex = LocalExecutor(cfg.executor.workers, progress)
+        for stage, kind in STAGES:
+            if kind == "shard":
+                ex.run(cfg.output.dir, stage, run_shard,
+                       [(n, (cfg, stage, i)) for i, n in enumerate(shard_names(cfg))])
+            elif not is_done(cfg.output.dir, stage, "all"):
+                run_reduce(cfg, stage)
+                mark_done(cfg.output.dir, stage, "all")
+        with open(os.path.join(cfg.output.dir, "stats.json")) as f:
+            return json.load(f)
 
 
 def shard_names(cfg: CorpusConfig) -> list[str]:
-    return [shard_name(i) for i in range(len(input_files(cfg)))]
+    return [shard_name(i) for i in range(len(recorded_inputs(cfg.output.dir)))]
 
 
 def tokenizer_path(cfg: CorpusConfig) -> str:
@@ -51,8 +57,8 @@ def tokenizer_path(cfg: CorpusConfig) -> str:
 
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
     if stage == "process":
-        files = input_files(cfg)
-        process_shard(cfg, index, files[index], id_prefixes(files)[index])
+        entry = recorded_inputs(cfg.output.dir)[index]
+        process_shard(cfg, index, entry["path"], entry["id_prefix"])
     elif stage == "finalize":
         with open(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json")) as f:
             finalize_shard(cfg, index, json.load(f))

@@ -19,6 +19,7 @@ import yaml
 from data_pipeline.config import CorpusConfig
 from data_pipeline.executors import is_done
 from data_pipeline.pipeline import STAGES, shard_names
+from data_pipeline.runs import Run
 from megagpt.errors import ConfigError, SlurmError
 from megagpt.slurm import check_path, python, render, sbatch_line, submit_script, write_script
 
@@ -53,25 +54,30 @@ def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, d
     })
 
 
-def submit(cfg: CorpusConfig, poll_seconds: float = 1.0) -> list[str]:
-    config_path = save_config(cfg)
-    slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
-    shards = len(shard_names(cfg))
-    jobs, previous = [], None
-    for stage, _ in STAGES:
-        script = write_script(os.path.join(slurm_dir, f"{stage}.sbatch"),
-                              stage_script(cfg, stage, shards, config_path, previous))
-        previous = submit_script(script)
-        jobs.append(previous)
-    if cfg.executor.wait:
-        wait_for(jobs, poll_seconds)
-        for stage, kind in STAGES:
-            names = shard_names(cfg) if kind == "shard" else ["all"]
-            missing = [n for n in names if not is_done(cfg.output.dir, stage, n)]
-            if missing:
-                raise SlurmError(f"Slurm stage {stage} did not finish for {len(missing)} task(s) "
-                                 f"(first: {missing[0]}); logs in {cfg.output.dir}/work/slurm")
-    return jobs
+def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -> list[str]:
+    """Submit every stage; with executor.wait, hold the run's lock until the queue drains and check each stage."""
+    run = Run(cfg, mode)
+    try:
+        config_path = save_config(cfg)
+        slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
+        shards = len(shard_names(cfg))
+        jobs, previous = [], None
+        for stage, _ in STAGES:
+            script = write_script(os.path.join(slurm_dir, f"{stage}.sbatch"),
+                                  stage_script(cfg, stage, shards, config_path, previous))
+            previous = submit_script(script)
+            jobs.append(previous)
+        if cfg.executor.wait:
+            wait_for(jobs, poll_seconds)
+            for stage, kind in STAGES:
+                names = shard_names(cfg) if kind == "shard" else ["all"]
+                missing = [n for n in names if not is_done(cfg.output.dir, stage, n)]
+                if missing:
+                    raise SlurmError(f"Slurm stage {stage} did not finish for {len(missing)} task(s) "
+                                     f"(first: {missing[0]}); logs in {cfg.output.dir}/work/slurm")
+        return jobs
+    finally:
+        run.close()
 
 
 def wait_for(jobs: list[str], poll_seconds: float) -> None:

@@ -3,7 +3,7 @@
     megagpt pretrain --config PATH [--nproc N] [key=value ...]
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
-    megagpt corpus run --config PATH [key=value ...]
+    megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
     megagpt corpus report RUN_DIR
     megagpt corpus mix --config PATH [key=value ...]
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpus", help="the CommonCrawl corpus pipeline")
     csub = c.add_subparsers(dest="corpus_command", required=True)
     cr = csub.add_parser("run", help="WARC/WET/JSONL -> filtered, deduplicated, tokenized shards")
+    again = cr.add_mutually_exclusive_group()
+    again.add_argument("--restart", action="store_true", help="clear output.dir's earlier run and start over")
+    again.add_argument("--extend", action="store_true",
+                       help="add new inputs to output.dir's run (redoes dedup, tokenizer and tokens over all)")
     cr.add_argument("--config", help="corpus config YAML (see configs/data/commoncrawl-example.yaml)")
     cr.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -268,14 +272,14 @@ def cmd_corpus(args) -> int:
     if cfg.executor.kind == "slurm":
         from data_pipeline.slurm_executor import submit
 
-        jobs = submit(cfg)
+        jobs = submit(cfg, mode=run_mode(args))
         print(f"megagpt corpus: submitted Slurm jobs {', '.join(jobs)} (logs in {cfg.output.dir}/work/slurm)")
         if not cfg.executor.wait:
             return 0
         with open(os.path.join(cfg.output.dir, "stats.json")) as f:
             summary = json.load(f)
     else:
-        summary = run(cfg)
+        summary = run(cfg, mode=run_mode(args))
     stages = summary["stages"]
     print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read, {summary['documents']} documents kept, "
           f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")
@@ -284,6 +288,10 @@ def cmd_corpus(args) -> int:
         print(f"megagpt corpus: kept nothing, so no mixture.json; stage {worst['stage']} removed the most "
               f"({worst['dropped']} of {worst['in']}); the reasons are in {cfg.output.dir}/dropped/")
     return 0
+
+
+def run_mode(args) -> str:
+    return "restart" if args.restart else "extend" if args.extend else "resume"
 
 
 def cmd_train_quality(args) -> int:

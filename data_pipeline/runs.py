@@ -1,0 +1,187 @@
+"""What a corpus run is, recorded in its output.dir, and one run there at a time.
+
+    <output.dir>/run.json   the config that shapes the results (not the executor's settings), the
+                            folder document ids are relative to, and the inputs in shard order:
+                            path, size, sha256 of the first and last MiB, id prefix
+    <output.dir>/.lock      held (flock) by the run in progress; a second run refuses at once
+
+A rerun into a recorded output.dir resumes only when config and inputs are what the record
+says. Otherwise it refuses with one line naming what changed, unless `--restart` (start
+clean) or, when inputs were only added, `--extend`: the new files become new shards, and
+dedup, finalize, tokenizer, tokenize and summary are redone over all shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from typing import Optional
+
+from data_pipeline.config import CorpusConfig, input_files
+from data_pipeline.io import write_json
+from megagpt.errors import ConfigError
+
+RECORD = "run.json"
+LOCK = ".lock"
+MODES = ("resume", "restart", "extend")
+EDGE_BYTES = 1 << 20
+# Stages whose output depends on every shard: redone when --extend adds shards.
+ACROSS_SHARDS = ("dedup", "finalize", "tokenizer", "tokenize", "summary")
+
+
+def fingerprint(path: str) -> dict:
+    """Size and a hash of the first and last MiB: catches a replaced or re-downloaded file cheaply."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(EDGE_BYTES))
+        if size > EDGE_BYTES:
+            f.seek(max(EDGE_BYTES, size - EDGE_BYTES))
+            digest.update(f.read())
+    return {"size": size, "edges_sha256": digest.hexdigest()}
+
+
+def result_config(cfg: CorpusConfig) -> dict:
+    """The settings the results depend on, flattened: section.key -> value."""
+    raw = dataclasses.asdict(cfg)
+    raw.pop("executor")  # local or Slurm, how many workers: the same bytes either way
+    raw["input"].pop("paths")  # compared as the files they match
+    raw["output"].pop("dir")
+    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+
+
+class Run:
+    """An open corpus run: holds the lock until closed; `inputs` are the recorded files in shard order."""
+
+    def __init__(self, cfg: CorpusConfig, mode: str = "resume"):
+        if mode not in MODES:
+            raise ConfigError(f"corpus run mode {mode!r} must be one of {', '.join(MODES)}")
+        self.out = cfg.output.dir
+        self._lock = _acquire_lock(self.out)
+        try:
+            self.inputs = self._open(cfg, mode)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, cfg: CorpusConfig, mode: str) -> list[dict]:
+        record = read_record(self.out)
+        if record is None and _holds_a_run(self.out) and mode != "restart":
+            raise ConfigError(f"output.dir={self.out!r} holds an earlier corpus run without {RECORD} "
+                              f"(made by an older megagpt): --restart to start it clean")
+        if mode == "restart" or record is None:
+            if mode == "restart":
+                _clear(self.out)
+            return self._write(cfg, _describe(input_files(cfg)))
+        files = input_files(cfg)
+        theirs, ours = record["config"], result_config(cfg)
+        changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+                   if theirs.get(k) != ours.get(k)]
+        recorded = {entry["path"]: entry for entry in record["inputs"]}
+        current = {os.path.abspath(f) for f in files}
+        removed = [p for p in recorded if p not in current]
+        altered = [p for p in recorded if p in current and fingerprint(p) != _fields(recorded[p])]
+        added = [f for f in files if os.path.abspath(f) not in recorded]
+        problems = changed + [f"input removed: {p}" for p in removed] + [f"input changed: {p}" for p in altered]
+        if problems:
+            raise ConfigError(f"output.dir={self.out!r} holds a run with other settings or inputs ("
+                              f"{'; '.join(problems[:4])}{'; ...' if len(problems) > 4 else ''}): "
+                              f"--restart to redo it, or use another output.dir")
+        if added and mode != "extend":
+            raise ConfigError(f"output.dir={self.out!r}: {len(added)} input(s) not in its run (first: {added[0]}): "
+                              f"--extend to add them (dedup, tokenizer and tokens are redone), --restart to redo all")
+        if added:
+            from data_pipeline.executors import clear_done
+
+            for stage in ACROSS_SHARDS:
+                clear_done(self.out, stage)
+            return self._write(cfg, record["inputs"] + _describe(added), record["base"])
+        return record["inputs"]
+
+    def _write(self, cfg: CorpusConfig, inputs: list[dict], base: Optional[str] = None) -> list[dict]:
+        base = base or _common_base([e["path"] for e in inputs])
+        inputs = [{**e, "id_prefix": e.get("id_prefix") or os.path.relpath(e["path"], base)} for e in inputs]
+        write_json(os.path.join(self.out, RECORD), {"config": result_config(cfg), "base": base, "inputs": inputs})
+        return inputs
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_record(out_dir: str) -> Optional[dict]:
+    path = os.path.join(out_dir, RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is corrupt ({exc}): --restart to redo the run") from None
+
+
+def recorded_inputs(out_dir: str) -> list[dict]:
+    """The run's inputs in shard order (what Slurm tasks and every stage read)."""
+    record = read_record(out_dir)
+    if record is None:
+        raise ConfigError(f"output.dir={out_dir!r} has no {RECORD}: start the run with `megagpt corpus run`")
+    return record["inputs"]
+
+
+def _describe(files: list[str]) -> list[dict]:
+    return [{"path": os.path.abspath(f), **fingerprint(f)} for f in files]
+
+
+def _fields(entry: dict) -> dict:
+    return {"size": entry["size"], "edges_sha256": entry["edges_sha256"]}
+
+
+def _common_base(paths: list[str]) -> str:
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
+def _holds_a_run(out_dir: str) -> bool:
+    return os.path.isdir(os.path.join(out_dir, "work", "manifest"))
+
+
+def _clear(out_dir: str) -> None:
+    """Everything a run wrote under out_dir, leaving the lock (held by us) in place."""
+    for name in os.listdir(out_dir):
+        if name == LOCK:
+            continue
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def _acquire_lock(out_dir: str):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"output.dir={out_dir!r} is a file, not a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        handle = open(os.path.join(out_dir, LOCK), "a+")
+    except OSError as exc:
+        raise ConfigError(f"output.dir={out_dir!r} cannot be written ({exc.strerror})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"output.dir={out_dir!r} is in use by another corpus run ({holder}); "
+                          f"wait for it or use another output.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle

@@ -1,0 +1,89 @@
+"""A corpus run knows its config and inputs: reruns resume, refuse, restart or extend; one run per output.dir."""
+
+import json
+
+import pytest
+
+from data_pipeline.io import read_jsonl_gz
+from data_pipeline.synthetic import english_pages
+from tests.conftest import megagpt
+
+PAGES = english_pages()[:12]
+
+
+def write(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    write(tmp_path / "a.jsonl", PAGES[:4])
+    write(tmp_path / "b.jsonl", PAGES[4:8])
+    return tmp_path
+
+
+def corpus(tmp_path, *args, paths="*.jsonl", check=True):
+    return megagpt("corpus", "run", f"input.paths=[{tmp_path}/{paths}]", f"output.dir={tmp_path}/out",
+                   "tokenize.vocab_size=400", "executor.workers=1", "filters.min_words=10", *args, check=check)
+
+
+def stats(tmp_path):
+    return json.loads((tmp_path / "out" / "stats.json").read_text())
+
+
+def error_line(proc):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("megagpt: error: "), proc.stderr
+    return lines[0]
+
+
+def test_changed_config_refuses_until_restart(inputs):
+    corpus(inputs)
+    assert stats(inputs)["documents"] == 8
+    corpus(inputs)  # the same run again: resumes, nothing to do
+    line = error_line(corpus(inputs, "tokenize.vocab_size=500", check=False))
+    assert "holds a run with other settings or inputs (tokenize.vocab_size: 400 -> 500)" in line
+    assert "--restart" in line
+    corpus(inputs, "tokenize.vocab_size=500", "--restart")
+    tokenizer = json.loads((inputs / "out" / "tokenizer.json").read_text())
+    assert len(tokenizer["model"]["vocab"]) > 400  # the new size, not the old run's tokenizer
+
+
+def test_added_input_refuses_until_extend_which_redoes_dedup_and_tokens(inputs):
+    corpus(inputs)
+    before = stats(inputs)
+    write(inputs / "c.jsonl", [PAGES[0], *PAGES[8:12]])  # one page repeats a.jsonl's first
+    line = error_line(corpus(inputs, check=False))
+    assert f"1 input(s) not in its run (first: {inputs}/c.jsonl): --extend to add them" in line
+    corpus(inputs, "--extend")
+    after = stats(inputs)
+    assert after["stages"]["read"]["in"] == before["stages"]["read"]["in"] + 5
+    assert after["documents"] == before["documents"] + 4 and after["tokens"] > before["tokens"]
+    dups = list(read_jsonl_gz(str(inputs / "out" / "dropped" / "dedup" / "00002.jsonl.gz")))
+    assert [(d["id"], d["duplicate_of"]) for d in dups] == [("c.jsonl:1", "a.jsonl:1")]
+    mixture = json.loads((inputs / "out" / "mixture.json").read_text())
+    assert mixture["sources"][0]["documents"] == after["documents"]
+
+
+def test_changed_or_removed_input_refuses(inputs):
+    corpus(inputs)
+    write(inputs / "b.jsonl", PAGES[4:7])
+    assert f"input changed: {inputs}/b.jsonl" in error_line(corpus(inputs, check=False))
+    assert f"input removed: {inputs}/b.jsonl" in error_line(corpus(inputs, paths="a.jsonl", check=False))
+
+
+def test_a_second_concurrent_run_refuses_at_once(inputs):
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.runs import Run
+
+    cfg = load_corpus_config(None, [f"input.paths=[{inputs}/*.jsonl]", f"output.dir={inputs}/out",
+                                    "tokenize.vocab_size=400", "filters.min_words=10"])
+    with Run(cfg):
+        line = error_line(corpus(inputs, check=False))
+    assert "is in use by another corpus run (pid " in line
+
+
+def test_output_dir_that_is_a_file_is_one_line(inputs):
+    (inputs / "out").write_text("not a directory")
+    assert f"output.dir='{inputs}/out' is a file, not a directory" in error_line(corpus(inputs, check=False))
