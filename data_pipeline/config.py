@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from data_pipeline.decontam import benchmark_texts, ngram_hashes
 from megagpt.config import load_config
 from megagpt.errors import ConfigError
 from megagpt.slurm import check_name, check_time
@@ -69,7 +70,8 @@ class DedupConfig:
 
 @dataclass
 class DecontamConfig:
-    paths: list = field(default_factory=list)  # benchmark files (.jsonl[.gz] with "text", .txt); empty: stage off
+    paths: list = field(default_factory=list)  # benchmark files (.jsonl[.gz], .txt); empty: stage off
+    text_field: str = "text"  # the JSONL field holding an example's text; known benchmark fields are tried next
     ngram: int = 13
     margin_chars: int = 200
     min_piece_chars: int = 200
@@ -176,6 +178,9 @@ def validate_corpus(cfg: CorpusConfig) -> None:
     for i, path in enumerate(cfg.decontam.paths):
         if not os.path.isfile(path):
             raise ConfigError(f"decontam.paths[{i}]={path!r}: file not found")
+        if not any(ngram_hashes(text, cfg.decontam.ngram) for text in benchmark_texts(path, cfg.decontam.text_field)):
+            raise ConfigError(f"decontam.paths[{i}]={path!r} yields no {cfg.decontam.ngram}-grams "
+                              f"(decontam.text_field={cfg.decontam.text_field!r}): it would remove nothing")
     q = cfg.quality
     if q.mode not in ("pareto", "threshold"):
         raise ConfigError(f"quality.mode={q.mode!r} must be 'pareto' or 'threshold'")

@@ -7,10 +7,54 @@ under 200 characters are dropped; a document split into more than 10 pieces is d
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
+
+from megagpt.errors import DataError
 
 _WORD = re.compile(r"\w+")
+# Where common benchmark formats keep their text, tried when a line lacks decontam.text_field:
+# LAMBADA/plain (text), SQuAD (context, question), TriviaQA/NQ (question, answer), HellaSwag (ctx, endings),
+# PIQA (goal, sol1, sol2), WinoGrande (sentence), ANLI/RTE (premise, hypothesis), prompt/completion pairs.
+KNOWN_FIELDS = ("text", "context", "passage", "question", "answer", "answers", "ctx", "endings", "goal", "sol1",
+                "sol2", "sentence", "premise", "hypothesis", "prompt", "completion")
+
+
+def benchmark_texts(path: str, field: str = "text") -> Iterator[str]:
+    """The text of each example of a benchmark file: .txt whole, .jsonl[.gz] per line (`field`, else known fields)."""
+    if not path.endswith((".jsonl", ".jsonl.gz")):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read()
+        return
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+            except ValueError:
+                raise DataError(f"decontam: {path}:{lineno} is not JSON") from None
+            if not isinstance(example, dict):
+                raise DataError(f"decontam: {path}:{lineno} is not a JSON object")
+            found = [example[field]] if field in example else [example[k] for k in KNOWN_FIELDS if k in example]
+            if not found:
+                raise DataError(f"decontam: {path}:{lineno} has no {field!r} field (decontam.text_field) nor any of "
+                                f"{', '.join(KNOWN_FIELDS)}")
+            yield " ".join(_strings(found))
+
+
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def ngram_hashes(text: str, n: int) -> set[int]:

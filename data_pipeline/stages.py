@@ -9,14 +9,14 @@ from functools import lru_cache
 import numpy as np
 
 from data_pipeline.config import CorpusConfig
-from data_pipeline.decontam import Decontaminator
+from data_pipeline.decontam import Decontaminator, benchmark_texts
 from data_pipeline.dedup import content_hash, signature
 from data_pipeline.extract import extract_text
 from data_pipeline.filters import heuristic_reason
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import NO_LABEL, identify
 from data_pipeline.quality import pareto_keep, quality_score
-from data_pipeline.readers import ReadError, iter_texts, read_file
+from data_pipeline.readers import ReadError, read_file
 from data_pipeline.stats import StageStats
 
 
@@ -134,15 +134,18 @@ def _quality_keeps(q, doc_id: str, score: float) -> bool:
 
 
 @lru_cache(maxsize=2)
-def _decontaminator(paths: tuple, ngram: int, margin: int, min_piece: int, max_pieces: int) -> Decontaminator:
-    return Decontaminator(iter_texts(list(paths)), ngram, margin, min_piece, max_pieces)
+def _decontaminator(paths: tuple, field: str, ngram: int, margin: int, min_piece: int, max_pieces: int
+                    ) -> Decontaminator:
+    texts = (text for path in paths for text in benchmark_texts(path, field))
+    return Decontaminator(texts, ngram, margin, min_piece, max_pieces)
 
 
 def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
     """Drop this shard's duplicates, cut benchmark overlaps; write its final documents and drops."""
     out, name = cfg.output.dir, shard_name(index)
     d = cfg.decontam
-    decon = _decontaminator(tuple(d.paths), d.ngram, d.margin_chars, d.min_piece_chars, d.max_pieces) if d.paths else None
+    decon = _decontaminator(tuple(d.paths), d.text_field, d.ngram, d.margin_chars, d.min_piece_chars,
+                            d.max_pieces) if d.paths else None
     kept, dup_drops, decon_drops = [], [], []
     for doc in read_jsonl_gz(os.path.join(out, "work", "process", f"{name}.jsonl.gz")):
         dup = duplicates.get(doc["id"])

@@ -18,8 +18,9 @@ import shutil
 import torch
 
 from megagpt.config import Config, ConfigError, ModelConfig, from_dict
+from megagpt.errors import DataError
 from megagpt.train.checkpoint import (LATEST, CheckpointError, UniversalShards, atomic_write_text, checkpoint_root,
-                                      read_meta, tag_for, write_universal)
+                                      read_meta, tag_for, verify, write_universal)
 
 # Our canonical (pp = 1) parameter names -> GPT-2's; "{}" is the block index. One map drives both directions.
 HF_NAMES = {
@@ -139,6 +140,11 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
 
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
+    problem = verify(path)  # a truncated or altered shard must not become a silently wrong model
+    if problem:
+        raise CheckpointError(f"export-hf: checkpoint {path}: {problem}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"export-hf: --out {out} is a file, not a directory")
     cfg = from_dict(meta["config"])
     check_exportable(cfg.model)
     tokenizer = tokenizer or find_tokenizer(cfg)
@@ -164,13 +170,33 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
     return {"checkpoint": path, "step": meta["step"], "out": out}
 
 
+def load_every_weight(model_class, model_dir: str):
+    """from_pretrained, but a weight that is missing or of another shape is an error, never a random init."""
+    try:
+        model, info = model_class.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32,
+                                                  output_loading_info=True)
+    except Exception as exc:  # safetensors, torch and transformers each raise their own types on a bad file
+        raise DataError(f"import-hf: the weights in {model_dir} cannot be read ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:300]})") from None
+    missing = [k for k in info["missing_keys"] if k != "lm_head.weight"]  # tied to wte
+    mismatched = [f"{k} {tuple(a)} (expected {tuple(b)})" for k, a, b in info.get("mismatched_keys", [])]
+    if missing or mismatched:
+        what = [f"missing {', '.join(sorted(missing)[:5])}" if missing else "", ", ".join(mismatched[:5])]
+        raise DataError(f"import-hf: {model_dir} lacks weights the config implies: {'; '.join(w for w in what if w)}"
+                        f"{' ...' if len(missing) > 5 or len(mismatched) > 5 else ''}")
+    return model
+
+
 def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 128) -> dict:
     """Write <run_dir>/checkpoints/step_00000000 (weights only) and <run_dir>/config.yaml's model section."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"import-hf: {model_dir} has no config.json (not a Hugging Face model directory)")
-    hf_cfg = GPT2Config.from_pretrained(model_dir, local_files_only=True)
+    try:
+        hf_cfg = GPT2Config.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:  # transformers' words for a malformed config.json
+        raise DataError(f"import-hf: {model_dir}/config.json is not a readable model config ({exc})") from None
     if hf_cfg.model_type != "gpt2":
         raise ConfigError(f"import-hf: {model_dir} holds a {hf_cfg.model_type!r} model; only GPT-2 is supported")
     m = model_config_from_gpt2(hf_cfg)
@@ -179,7 +205,7 @@ def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 
     path = os.path.join(root, tag_for(0))
     if os.path.exists(os.path.join(root, LATEST)):
         raise ConfigError(f"import-hf: {run_dir} already holds checkpoints; give a new run directory")
-    model = GPT2LMHeadModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model = load_every_weight(GPT2LMHeadModel, model_dir)
     full = from_hf_state_dict(model.state_dict(), m)
     cfg = Config(model=m)
     write_universal(path, full, cfg)

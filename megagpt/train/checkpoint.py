@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import Config
+from megagpt.config import Config, from_dict
 from megagpt.errors import CheckpointError
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
@@ -177,6 +177,29 @@ def check_compatible(meta: dict, cfg: Config, path: str) -> None:
     diff = [f"model.{k}={ours[k]} (checkpoint has {theirs.get(k)})" for k in SHAPE_KEYS if theirs.get(k) != ours[k]]
     if diff:
         raise CheckpointError(f"checkpoint {path} is for another model shape: config has {', '.join(diff)}")
+    if not meta["weights_only"]:  # an imported model (import-hf) starts a run; a trained one is continued
+        check_same_run(meta["config"], cfg, path)
+
+
+# What a resumed run may change: its length, logging and saving, and how it is laid out and run.
+RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval", "train.eval_samples",
+                     "train.progress", "train.save_interval", "train.keep_last", "train.resume",
+                     "train.universal_checkpoint", "train.compile", "data.cache_dir", "run.", "parallel.")
+
+
+def check_same_run(saved: dict, cfg: Config, path: str) -> None:
+    """Resuming continues the saved run: any other change would silently train a different one."""
+    theirs, ours = _flat(from_dict(saved).to_dict()), _flat(cfg.to_dict())
+    changed = [f"{k}={ours.get(k)!r} (checkpoint has {theirs.get(k)!r})" for k in sorted(set(theirs) | set(ours))
+               if theirs.get(k) != ours.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise CheckpointError(f"run.dir={cfg.run.dir!r} was trained with another config ({'; '.join(changed[:4])}"
+                              f"{'; ...' if len(changed) > 4 else ''}); resuming may change only steps, logging, "
+                              f"saving and the parallel layout: use a new run.dir, or train.resume=false")
+
+
+def _flat(raw: dict) -> dict:
+    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
 
 
 # ---------------------------------------------------------------- saving
