@@ -144,9 +144,10 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
     from megagpt.data.checks import check_training_data
-    from megagpt.parallel.distributed import local_world_size
+    from megagpt.parallel.distributed import local_world_size, quiet_library_warnings
     from megagpt.train.checkpoint import preflight
 
+    quiet_library_warnings()  # the data checks import megatron-core
     world = existing_world_size()
     validate(cfg, world or nproc)
     check_training_data(cfg)

@@ -172,6 +172,10 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
 
 def load_every_weight(model_class, model_dir: str):
     """from_pretrained, but a weight that is missing or of another shape is an error, never a random init."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its load report and progress bar; what matters is raised below
+    hf_logging.disable_progress_bar()
     try:
         model, info = model_class.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32,
                                                   output_loading_info=True)

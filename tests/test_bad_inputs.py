@@ -1,0 +1,174 @@
+"""One table of the bad inputs real users feed, each through the `megagpt` CLI.
+
+Every case ends in one of two ways, never a traceback: a one-line error naming the file or
+key (exit code 2, before any process starts), or a counted drop in the corpus's stats.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import TINY, megagpt
+
+pytestmark = pytest.mark.slow
+
+PAGES = None
+
+
+def pages():
+    global PAGES
+    if PAGES is None:
+        from data_pipeline.synthetic import english_pages
+
+        PAGES = english_pages()[:6]
+    return PAGES
+
+
+def jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def corpus(tmp, *args, inputs=None):
+    inputs = inputs or [jsonl(tmp / "in" / "docs.jsonl", [{"text": t} for t in pages()])]
+    return ["corpus", "run", f"input.paths=[{', '.join(map(str, inputs))}]", f"output.dir={tmp}/out",
+            "tokenize.vocab_size=400", "executor.workers=1", "filters.min_words=10", *args]
+
+
+def pretrain(tmp, prefix, *args):
+    return ["pretrain", "--config", TINY, "--nproc", "1", "parallel.tp=1", "parallel.pp=1",
+            f"data.prefixes=[{prefix}]", f"run.dir={tmp}/run", "train.steps=2", "train.eval_interval=0",
+            "run.tensorboard=false", "train.progress=false", *args]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_prefix):
+    """A tiny run with a checkpoint at step 2, and a Hugging Face directory exported from it."""
+    tmp = tmp_path_factory.mktemp("trained")
+    megagpt(*pretrain(tmp, demo_prefix, "train.save_interval=2"))
+    megagpt("export-hf", "--checkpoint", str(tmp / "run"), "--out", str(tmp / "hf"))
+    return tmp
+
+
+# ---------------------------------------------------------------- cases: (args for megagpt, expected)
+# expected: ("error", text the single line must contain) or ("drops", {stage: {reason: count}}) in stats.json
+
+
+def big_tokenizer_data(tmp, prefix):
+    """Shards whose tokenizer has more tokens than the tiny model's 4096-entry vocabulary."""
+    from megagpt.data.demo_corpus import build_demo_shard
+
+    return pretrain(tmp, build_demo_shard(str(tmp), vocab_size=6000))
+
+
+def truncated_bin(tmp, prefix):
+    for ext in (".bin", ".idx"):
+        shutil.copy(prefix + ext, f"{tmp}/cut{ext}")
+    with open(f"{tmp}/cut.bin", "r+b") as f:
+        f.truncate(os.path.getsize(f"{tmp}/cut.bin") - 100)
+    return pretrain(tmp, f"{tmp}/cut")
+
+
+def nan_mixture(tmp, prefix):
+    megagpt(*corpus(tmp))
+    (tmp / "mix.yaml").write_text(f"mixture:\n  sources: [{{source: commoncrawl, run: {tmp}/out, weight: .nan}}]\n"
+                                  f"  out: {tmp}/mix\n")
+    return ["corpus", "mix", "--config", str(tmp / "mix.yaml")]
+
+
+def changed_resume(tmp, prefix, trained):
+    shutil.copytree(trained / "run", tmp / "run", symlinks=True)
+    return pretrain(tmp, prefix, "optim.lr=0.01", "train.steps=3")
+
+
+def truncated_universal(tmp, prefix, trained):
+    shutil.copytree(trained / "run", tmp / "run", symlinks=True)
+    shard = next((tmp / "run" / "checkpoints").glob("step_*/universal/pp0_tp0.pt"))
+    shard.write_bytes(shard.read_bytes()[:-500])
+    return ["export-hf", "--checkpoint", str(tmp / "run"), "--out", str(tmp / "hf")]
+
+
+def export_onto_file(tmp, prefix, trained):
+    (tmp / "taken").write_text("x")
+    return ["export-hf", "--checkpoint", str(trained / "run"), "--out", str(tmp / "taken")]
+
+
+def hf_dir_with(tmp, trained, edit):
+    shutil.copytree(trained / "hf", tmp / "hf")
+    edit(tmp / "hf")
+    return ["import-hf", str(tmp / "hf"), "--out", str(tmp / "imported")]
+
+
+def missing_layer(hf):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(hf / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".h.3." not in k}, hf / "model.safetensors", metadata={"format": "pt"})
+
+
+def cut_safetensors(hf):
+    data = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+CASES = {
+    "same file twice": (lambda tmp, p: corpus(tmp, inputs=[
+        jsonl(tmp / "a" / "x.jsonl", [{"text": t} for t in pages()]), jsonl(tmp / "b" / "x.jsonl", [{"text": t} for t in pages()])]),
+        ("drops", {"dedup": {"exact duplicate": 6}})),
+    "record-level junk": (lambda tmp, p: corpus(tmp, inputs=[jsonl(tmp / "in" / "j.jsonl", [
+        {"text": pages()[0]}, {"text": 12345}, {"text": {"a": 1}}, {"text": None}, {"text": "Page 1 of 3"}])]),
+        ("drops", {"extract": {"text is a number, not a string": 1, "text is an object, not a string": 1,
+                               "text is null, not a string": 1}, "langid": {"no language label": 1}})),
+    "rerun with another vocab": (lambda tmp, p: megagpt(*corpus(tmp)) and corpus(tmp, "tokenize.vocab_size=500"),
+                                 ("error", "(tokenize.vocab_size: 400 -> 500): --restart to redo it")),
+    "tiny tokenize.vocab_size": (lambda tmp, p: corpus(tmp, "tokenize.vocab_size=100"),
+                                 ("error", "tokenize.vocab_size=100 must be at least 257")),
+    "source outside output.dir": (lambda tmp, p: corpus(tmp, "input.source=../../x"),
+                                  ("error", "input.source='../../x' may only hold letters")),
+    "output.dir is a file": (lambda tmp, p: (tmp / "out").write_text("x") and corpus(tmp),
+                             ("error", "is a file, not a directory")),
+    "benchmark without text": (lambda tmp, p: corpus(tmp, f"decontam.paths=[{jsonl(tmp / 'b.jsonl', [{'id': 1}])}]"),
+                               ("error", "b.jsonl:1 has no 'text' field (decontam.text_field)")),
+    "benchmark without n-grams": (lambda tmp, p: corpus(tmp, f"decontam.paths=[{jsonl(tmp / 'b.jsonl', [{'text': 'a b'}])}]"),
+                                  ("error", "yields no 13-grams")),
+    "mixture weight NaN": (nan_mixture, ("error", "mixture.sources[0].weight=nan must be finite and positive")),
+    "tokenizer larger than the model": (big_tokenizer_data, ("error", "tokens, more than model.vocab_size=4096")),
+    "truncated .bin": (truncated_bin, ("error", "cut.bin has")),
+    "split with no training share": (lambda tmp, p: pretrain(tmp, p, "data.split=0,1,0"),
+                                     ("error", "data.split='0,1,0' gives training no share")),
+    "split with a blank share": (lambda tmp, p: pretrain(tmp, p, "data.split='98,2,'"),
+                                 ("error", "must be three comma-separated numbers")),
+    "resume with another lr": (changed_resume, ("error", "optim.lr=0.01 (checkpoint has 0.003)")),
+    "truncated universal shard": (truncated_universal, ("error", "pp0_tp0.pt fails its sha256 checksum")),
+    "export onto a file": (export_onto_file, ("error", "taken is a file, not a directory")),
+    "import-hf missing layers": (lambda tmp, p, t: hf_dir_with(tmp, t, missing_layer),
+                                 ("error", "lacks weights the config implies: missing transformer.h.3.")),
+    "import-hf bad config.json": (lambda tmp, p, t: hf_dir_with(tmp, t, lambda hf: (hf / "config.json").write_text("{oops")),
+                                  ("error", "config.json is not a readable model config")),
+    "import-hf truncated weights": (lambda tmp, p, t: hf_dir_with(tmp, t, cut_safetensors),
+                                    ("error", "cannot be read")),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, tmp_path, demo_prefix, request):
+    build, (kind, expected) = CASES[case]
+    extra = (request.getfixturevalue("trained"),) if build.__code__.co_argcount == 3 else ()
+    args = build(tmp_path, demo_prefix, *extra)
+    proc = megagpt(*args, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if kind == "error":
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("megagpt: error: ") and expected in lines[0], proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())["stages"]
+    for stage, reasons in expected.items():
+        for reason, count in reasons.items():
+            assert stats[stage]["dropped"].get(reason) == count, (stage, reason, stats[stage]["dropped"])
