@@ -115,6 +115,9 @@ class TrainConfig:
     compile: bool = False
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass
 class RunConfig:
     dir: str = "runs/default"
@@ -316,7 +319,7 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(t.save_interval >= 0, f"train.save_interval={t.save_interval} must be >= 0 (0: no checkpoints)")
     _require(t.keep_last >= 0, f"train.keep_last={t.keep_last} must be >= 0 (0: keep all)")
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
-    _require(cfg.run.device in ("auto", "cpu", "cuda"), f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
+    _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive")
     _require(o.warmup_tokens >= 0, f"optim.warmup_tokens={o.warmup_tokens} must be >= 0")

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from megagpt.config import ConfigError
+from megagpt.config import DEVICES, ConfigError
 from megagpt.parallel.collectives import audit_from_env
 
 
@@ -16,9 +16,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def local_world_size(default: int = 1) -> int:

@@ -73,3 +73,16 @@ def test_equal_basenames_and_repeated_record_ids_are_different_documents(tmp_pat
     by_id = {d["id"]: d for d in kept}
     assert by_id["dump1/part-00000.jsonl:1"]["record_id"] == by_id["dump2/part-00000.jsonl:1"]["record_id"] == "doc0"
     assert by_id["dump1/part-00000.jsonl:1"]["text"] != by_id["dump2/part-00000.jsonl:1"]["text"]
+
+
+def test_a_partial_redownload_beside_the_full_file_loses_nothing(crawl, tmp_path):
+    original = first_whole_file(crawl)
+    partial = tmp_path / "redownload" / os.path.basename(original)
+    partial.parent.mkdir()
+    data = open(original, "rb").read()
+    partial.write_bytes(data[: len(data) * 2 // 3])  # cut mid-record, as an interrupted download is
+    alone = run(crawl[0], tmp_path / "alone", f"input.paths=[{original}]")
+    both = run(crawl[0], tmp_path / "both", f"input.paths=[{original}, {partial}]")
+    assert both["documents"] == alone["documents"]  # every shared record kept once, from one of the two
+    assert [e["file"] for e in both["errors"]] == [str(partial)]
+    assert both["errors"][0]["reason"].startswith("truncated gzip after ")
