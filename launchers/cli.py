@@ -8,6 +8,8 @@
     megagpt corpus mix --config PATH [key=value ...]
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
     megagpt export-hf --checkpoint DIR --out DIR [--tokenizer JSON]
+    megagpt generate --checkpoint DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P
+                     --seed S] [--nproc TP]
     megagpt import-hf DIR --out RUN_DIR
     megagpt submit pretrain --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
                             [--partition P] [--time T] [--dry-run] [key=value ...]
@@ -90,6 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the training data)")
 
+    g = sub.add_parser("generate", help="sample a completion from a checkpoint (KV cache, any TP size)")
+    g.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tokenizer", help="tokenizer.json (default: the training data's, or the run dir's)")
+    g.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks the model is split over")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
     i = sub.add_parser("import-hf", help="a local GPT-2-format model directory -> a megagpt run dir with a checkpoint")
     i.add_argument("model_dir")
     i.add_argument("--out", required=True, help="new run dir; train from it with run.dir=OUT")
@@ -128,6 +142,33 @@ def cmd_export_hf(args) -> int:
 
     done = export_hf(args.checkpoint, args.out, args.tokenizer)
     print(f"megagpt: exported {done['checkpoint']} (step {done['step']}) to {done['out']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from launchers.local import existing_world_size, join_existing_world, launch_local
+    from megagpt.generation import Sampling, check_layout, checkpoint_config, run_generation
+    from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
+
+    quiet_library_warnings()
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    sampling.check()
+    if args.tokenizer and not os.path.isfile(args.tokenizer):
+        raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
+    world = existing_world_size()
+    _, cfg = checkpoint_config(args.checkpoint)
+    check_layout(cfg, world or args.nproc)
+    resolve_device(args.device, args.nproc if world is None else local_world_size())
+    if world is None and args.nproc > 1:
+        argv = ["generate", "--checkpoint", args.checkpoint, "--prompt", args.prompt, "--max-new-tokens",
+                str(args.max_new_tokens), "--temperature", str(args.temperature), "--top-k", str(args.top_k),
+                "--top-p", str(args.top_p), "--seed", str(args.seed), "--device", args.device,
+                *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
+        return launch_local(args.nproc, argv)
+    join_existing_world()
+    completion = run_generation(args.checkpoint, args.prompt, sampling, args.tokenizer, args.device)
+    if completion is not None:
+        print(args.prompt + completion)
     return 0
 
 
@@ -308,7 +349,7 @@ def cmd_train_quality(args) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
-            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "submit": cmd_submit}
+            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megagpt.model.kv_cache import KVCache
 from megagpt.model.layers import LayerContext
-from megagpt.model.sparse_attention import sparse_attention
+from megagpt.model.sparse_attention import attention_mask, sparse_attention
 
 
 class Attention(nn.Module):
@@ -17,6 +19,7 @@ class Attention(nn.Module):
         super().__init__()
         cfg = ctx.model
         self.ctx = ctx
+        self.layer_index = layer_index
         self.local_heads = cfg.num_heads // ctx.tp_size
         self.head_dim = cfg.head_dim
         self.window = cfg.local_window if cfg.is_local_layer(layer_index) else None
@@ -26,10 +29,13 @@ class Attention(nn.Module):
         self.qkv = ctx.column_linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.proj = ctx.row_linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         b, t, _ = x.shape
         qkv, _ = self.qkv(x)
         q, k, v = qkv.view(b, t, self.local_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4).unbind(0)  # (B, nh, T, hs)
+        if cache is not None:
+            out = self._decode(q, k, v, cache)  # (B, nh, T, hs)
+            return self.proj(out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim))[0]
         dropout_p = self.dropout_p if self.training else 0.0
         # This rank's heads are its own: their dropout must differ from the other TP ranks'.
         fork = self.ctx.rng.fork() if dropout_p > 0 and self.ctx.rng else contextlib.nullcontext()
@@ -41,3 +47,11 @@ class Attention(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
         out, _ = self.proj(out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim))
         return out
+
+    def _decode(self, q, k, v, cache: KVCache) -> torch.Tensor:
+        """The new tokens' queries against every cached key they may see (inference: no dropout)."""
+        k, v = cache.update(self.layer_index, k, v)  # (B, nh, T_cached + T, hs)
+        q_positions = torch.arange(cache.length, cache.length + q.shape[2], device=q.device)
+        mask = attention_mask(q_positions, torch.arange(k.shape[2], device=q.device),
+                              self.pattern if self.window else None, self.window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

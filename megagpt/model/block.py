@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from megagpt.model.attention import Attention
 from megagpt.model.init import residual_std
+from megagpt.model.kv_cache import KVCache
 from megagpt.model.layers import LayerContext
 from megagpt.model.mlp import MLP
 
@@ -29,11 +32,11 @@ class TransformerBlock(nn.Module):
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self._drop(self.attn(self.ln1(x)))
+            x = x + self._drop(self.attn(self.ln1(x), cache))
             return x + self._drop(self.mlp(self.ln2(x)))
-        x = self.ln1(x + self._drop(self.attn(x)))
+        x = self.ln1(x + self._drop(self.attn(x, cache)))
         return self.ln2(x + self._drop(self.mlp(x)))
 
 

@@ -21,8 +21,9 @@ class Embedding(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.seq_length, cfg.hidden_size)
         ctx.init_layer(self, "embedding", cfg.init_std, {"position_embeddings.weight": POSITION_STD})
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+    def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """offset: the first token's position (the tokens already in a KV cache)."""
+        positions = torch.arange(offset, offset + tokens.shape[1], device=tokens.device)
         x = self.word_embeddings(tokens) + self.position_embeddings(positions)
         return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
 

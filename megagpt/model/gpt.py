@@ -10,11 +10,14 @@ of the micro-batch.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from megagpt.model.block import FinalNorm, TransformerBlock
 from megagpt.model.embedding import Embedding
+from megagpt.model.kv_cache import KVCache
 from megagpt.model.layers import LayerContext
 
 
@@ -37,8 +40,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(ctx, i) for i in range(ctx.model.num_layers))
         self.final_norm = FinalNorm(ctx) if ctx.model.norm_position == "pre" else nn.Identity()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(tokens)
+    def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Logits of this rank's vocabulary slice, (B, T, padded_vocab / tp). With a cache, `tokens`
+        continue the cached ones (generation), and the cache then holds them too."""
+        x = self.embedding(tokens, cache.length if cache is not None else 0)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += tokens.shape[1]
         return self.embedding.logits(self.final_norm(x))

@@ -52,6 +52,20 @@ def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
     return attend(q, k, v, block_mask=block_mask)
 
 
+def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, pattern: str | None,
+                   window: int | None) -> torch.Tensor:
+    """(Tq, Tk) True where a query may see a key: causal, and the sparse pattern's distances when given.
+
+    An explicit mask, for decoding with a KV cache (a few queries against the cached keys).
+    """
+    d = q_positions.view(-1, 1) - k_positions.view(1, -1)  # distance from query to key
+    allowed = d >= 0
+    if pattern is None or window is None:
+        return allowed
+    band = d < window
+    return allowed & (band | (d % window == 0) if pattern == "strided" else band)
+
+
 def _blocks(x: torch.Tensor, size: int) -> torch.Tensor:
     """(B, nh, T, hs) -> (B, nh, n, size, hs), zero-padded at the end to n * size positions."""
     b, h, t, d = x.shape

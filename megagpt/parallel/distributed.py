@@ -63,12 +63,14 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def init_distributed(requested_device: str = "auto") -> torch.device:
+def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True) -> torch.device:
     """Join the world described by torch.distributed's environment variables; returns this rank's device.
 
     A lone process with no such variables becomes a world of one. Under srun, the
     launcher has already translated Slurm's variables (launchers.slurm_env). The
-    backend follows the device: NCCL for CUDA ranks, gloo for CPU ranks.
+    backend follows the device: NCCL for CUDA ranks, gloo for CPU ranks. Training joins
+    through DeepSpeed (its engines need its comm layer); inference (deepspeed_comm=False)
+    through torch.distributed alone, without DeepSpeed's start-up.
     """
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
@@ -76,11 +78,17 @@ def init_distributed(requested_device: str = "auto") -> torch.device:
     audit_from_env()
     device = device_for_local_rank(resolve_device(requested_device, local_world_size()))
     quiet_library_warnings()
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
+    if not deepspeed_comm:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        return device
     import deepspeed  # slow import: only once we know we train
 
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return device
 
 

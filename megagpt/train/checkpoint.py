@@ -377,7 +377,7 @@ class Checkpointer:
         with torch.no_grad():
             for name, param in self._local_params():
                 full = shards.full(name)
-                mine = {k: _my_shard(v, partition_dim(param), self.pc.tp, self.pc.tp_rank) for k, v in full.items()}
+                mine = {k: tp_shard(v, partition_dim(param), self.pc.tp, self.pc.tp_rank) for k, v in full.items()}
                 if mine["fp32"].shape != param.shape:
                     raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "
                                           f"the model expects {tuple(param.shape)}")
@@ -416,7 +416,8 @@ def link_adam_state(engine) -> None:
     zero._lazy_init_hp_params_optimizer_state()
 
 
-def _my_shard(full: torch.Tensor, dim: int, tp: int, tp_rank: int) -> torch.Tensor:
+def tp_shard(full: torch.Tensor, dim: int, tp: int, tp_rank: int) -> torch.Tensor:
+    """This TP rank's slice of a full tensor along its partition dim (-1: replicated, the whole tensor)."""
     return full if dim < 0 else full.chunk(tp, dim=dim)[tp_rank].contiguous()
 
 

@@ -1,0 +1,167 @@
+"""Text generation from a checkpoint at any tensor-parallel size, with a KV cache.
+
+    megagpt generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
+                     [--top-k K] [--top-p P] [--seed S] [--nproc TP]
+
+The model is the pp = 1 module with this rank's TP shard of every weight, read from the
+checkpoint's layout-free `universal/` shards, so a checkpoint of any layout loads. Each
+step gathers the vocabulary-parallel logits across TP ranks; every rank then draws the
+same token from the same seeded generator, so the ranks never disagree. Temperature 0
+is greedy decoding. PPO rollouts (megagpt.rlhf) sample through the same `generate`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megagpt.config import Config, from_dict
+from megagpt.errors import ConfigError
+from megagpt.model.gpt import GPT
+from megagpt.model.kv_cache import KVCache
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: no cut
+    top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p
+    seed: int = 0
+
+    def check(self) -> None:
+        for ok, message in [(self.max_new_tokens >= 1, f"--max-new-tokens={self.max_new_tokens} must be at least 1"),
+                            (self.temperature >= 0, f"--temperature={self.temperature} must be >= 0"),
+                            (self.top_k >= 0, f"--top-k={self.top_k} must be >= 0"),
+                            (0 < self.top_p <= 1, f"--top-p={self.top_p} must lie in (0, 1]")]:
+            if not ok:
+                raise ConfigError(message)
+
+
+def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """(B,) tokens from (B, V) logits: greedy at temperature 0, else a draw after top-k and top-p cuts."""
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / s.temperature
+    if s.top_k:
+        kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens before it already reach top_p (the first one always stays)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= s.top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def full_vocab_logits(local: torch.Tensor, vocab_size: int, tp_group) -> torch.Tensor:
+    """This rank's vocabulary slice (B, V/tp) -> every rank's (B, vocab_size), the padding cut off.
+
+    A plain all_gather: megatron-core's gather allocates on CUDA only, and no gradient flows here.
+    """
+    tp = torch.distributed.get_world_size(tp_group) if tp_group is not None else 1
+    if tp > 1:
+        parts = [torch.empty_like(local) for _ in range(tp)]
+        torch.distributed.all_gather(parts, local.contiguous(), group=tp_group)
+        local = torch.cat(parts, dim=-1)
+    return local[..., :vocab_size]
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] = None) -> torch.Tensor:
+    """(B, T0) prompt ids -> (B, T0 + n) with n <= s.max_new_tokens new ones (stops once every row hit eod)."""
+    m = model.embedding.ctx.model
+    ctx = model.embedding.ctx
+    total = prompt.shape[1] + s.max_new_tokens
+    if total > m.seq_length:
+        raise ConfigError(f"prompt ({prompt.shape[1]} tokens) + --max-new-tokens={s.max_new_tokens} exceeds the "
+                          f"model's context model.seq_length={m.seq_length}")
+    weight = model.embedding.word_embeddings.weight
+    cache = KVCache.empty(m.num_layers, prompt.shape[0], m.num_heads // ctx.tp_size, total, m.head_dim,
+                          weight.dtype, weight.device)
+    generator = torch.Generator(device=weight.device).manual_seed(s.seed)
+    model.eval()
+    tokens, step_input = prompt, prompt
+    finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    for _ in range(s.max_new_tokens):
+        logits = full_vocab_logits(model(step_input, cache)[:, -1], m.vocab_size, ctx.tp_group)
+        new = next_token(logits, s, generator)
+        if eod is not None:
+            new = torch.where(finished, torch.full_like(new, eod), new)
+            finished |= new == eod
+        tokens = torch.cat([tokens, new[:, None]], dim=1)
+        step_input = new[:, None]
+        if eod is not None and bool(finished.all()):
+            break
+    return tokens
+
+
+def load_model(checkpoint: str, pc) -> tuple[GPT, Config]:
+    """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
+    from megagpt.hf import resolve_checkpoint
+    from megagpt.model.layers import LayerContext
+    from megagpt.train.checkpoint import UniversalShards, tp_shard, partition_dim, read_meta
+
+    path = resolve_checkpoint(checkpoint)
+    meta = read_meta(path)
+    cfg = from_dict(meta["config"])
+    if not meta["universal"]:
+        raise ConfigError(f"generate: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
+    model = GPT(LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
+                             tp_size=pc.tp))
+    shards = UniversalShards(path)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(tp_shard(shards.full(name)["fp32"], partition_dim(param), pc.tp, pc.tp_rank))
+    return model.to(pc.device), cfg
+
+
+def find_generation_tokenizer(checkpoint_path: str, cfg: Config) -> Optional[str]:
+    """The training data's tokenizer, else one in the run directory (where import-hf puts it)."""
+    from megagpt.data.checks import find_tokenizer
+
+    found = find_tokenizer(cfg)
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
+    beside = os.path.join(run_dir, "tokenizer.json")
+    return found or (beside if os.path.isfile(beside) else None)
+
+
+def check_layout(cfg: Config, tp: int) -> None:
+    m = cfg.model
+    for what, size in (("model.num_heads", m.num_heads), ("the MLP width", m.ffn_size),
+                       ("the padded vocab", m.padded_vocab_size)):
+        if size % tp:
+            raise ConfigError(f"generate: --nproc {tp} (tensor-parallel ranks) must divide {what} {size}")
+
+
+def checkpoint_config(checkpoint: str) -> tuple[str, Config]:
+    from megagpt.hf import resolve_checkpoint
+    from megagpt.train.checkpoint import read_meta
+
+    path = resolve_checkpoint(checkpoint)
+    return path, from_dict(read_meta(path)["config"])
+
+
+def run_generation(checkpoint: str, prompt: str, s: Sampling, tokenizer: Optional[str] = None,
+                   device: str = "auto") -> Optional[str]:
+    """One rank of a generation world (every rank one TP shard); rank 0 returns the completion."""
+    import torch.distributed as dist
+
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.parallel.distributed import init_distributed, shutdown_distributed
+    from megagpt.parallel.topology import build_parallel_context
+
+    rank_device = init_distributed(device, deepspeed_comm=False)
+    pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
+    model, cfg = load_model(checkpoint, pc)
+    tok = Tokenizer.load(tokenizer or find_generation_tokenizer(checkpoint_config(checkpoint)[0], cfg))
+    ids = tok.encode(prompt)
+    out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod)[0, len(ids):].tolist()
+    shutdown_distributed()
+    completion = tok.decode(out[: out.index(tok.eod)] if tok.eod in out else out)
+    return completion if pc.rank == 0 else None

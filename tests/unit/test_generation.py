@@ -1,0 +1,61 @@
+"""Generation: the KV cache reproduces the full forward pass; sampling rules do what they say."""
+
+import pytest
+import torch
+
+from megagpt.config import load_config
+from megagpt.errors import ConfigError
+from megagpt.generation import Sampling, generate, next_token
+from megagpt.model.gpt import GPT
+from megagpt.model.kv_cache import KVCache
+from megagpt.model.layers import LayerContext
+
+
+def model(tp_group, *overrides):
+    cfg = load_config(None, ["model.num_layers=4", "model.hidden_size=32", "model.num_heads=4", "model.seq_length=32",
+                             "model.vocab_size=100", "model.make_vocab_size_divisible_by=64", *overrides]).model
+    return GPT(LayerContext(model=cfg, seed=3, tp_group=tp_group)).eval()
+
+
+@pytest.mark.parametrize("attention", [[], ["model.attention=alternating", "model.local_window=4"],
+                                       ["model.attention=alternating", "model.local_window=4",
+                                        "model.sparse_pattern=strided"]], ids=["dense", "local", "strided"])
+def test_cached_decoding_equals_the_full_forward_pass(world_of_one, attention):
+    gpt = model(world_of_one, *attention)
+    tokens = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = gpt(tokens)
+        cache = KVCache.empty(4, 2, 4, 32, 8, torch.float32, torch.device("cpu"))
+        pieces = [gpt(tokens[:, :7], cache)] + [gpt(tokens[:, i:i + 1], cache) for i in range(7, 20)]
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_rules():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5], [4.0, 0.0, 0.0, 0.0]])
+    assert next_token(logits, Sampling(temperature=0), gen).tolist() == [1, 0]
+    assert next_token(logits, Sampling(top_k=1), gen).tolist() == [1, 0]
+    assert next_token(logits, Sampling(top_p=0.01), gen).tolist() == [1, 0]
+    draws = torch.stack([next_token(logits, Sampling(top_k=2), gen) for _ in range(200)])
+    assert set(draws[:, 0].tolist()) == {1, 3} and set(draws[:, 1].tolist()) <= {0, 1, 2, 3}
+    a = [next_token(logits, Sampling(seed=5), torch.Generator().manual_seed(5)).tolist() for _ in range(2)]
+    assert a[0] == a[1]  # the same seed, the same draw
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {next_token(logits, Sampling(top_p=0.8), gen).item() for _ in range(300)}
+    assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are cut
+
+
+def test_generate_stops_at_eod_and_checks_the_context(world_of_one):
+    gpt = model(world_of_one)
+    prompt = torch.tensor([[5, 6, 7]])
+    out = generate(gpt, prompt, Sampling(max_new_tokens=10, temperature=0))
+    assert out.shape == (1, 13) and out[0, :3].tolist() == [5, 6, 7]
+    eod = out[0, 3].item()  # the first greedy token, declared the end: generation stops right there
+    assert generate(gpt, prompt, Sampling(max_new_tokens=10, temperature=0), eod=eod).shape == (1, 4)
+    with pytest.raises(ConfigError, match="exceeds the model's context model.seq_length=32"):
+        generate(gpt, prompt, Sampling(max_new_tokens=30))
