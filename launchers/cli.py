@@ -1,6 +1,7 @@
 """`megagpt`: one command for every stage.
 
     megagpt pretrain --config PATH [--nproc N] [key=value ...]
+    megagpt sft --config PATH [--nproc N] [key=value ...]
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    f = sub.add_parser("sft", help="supervised fine-tuning on demonstrations (InstructGPT step 1)")
+    f.add_argument("--config", required=True, help="a training config with an sft section (see configs/rlhf/)")
+    f.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
+    f.add_argument("overrides", nargs="*", metavar="key=value")
 
     d = sub.add_parser("demo", help="build the embedded stdlib-docstring corpus and pretrain the tiny model on it")
     d.add_argument("--nproc", type=int, default=8)
@@ -181,7 +187,8 @@ def cmd_import_hf(args) -> int:
     return 0
 
 
-def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
+def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:
+    """Check, then launch or join the world and train: stage "pretrain", or "sft" (megagpt.rlhf.sft)."""
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
     from megagpt.data.checks import check_training_data
@@ -191,7 +198,12 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
     quiet_library_warnings()  # the data checks import megatron-core
     world = existing_world_size()
     validate(cfg, world or nproc)
-    check_training_data(cfg)
+    if stage == "sft":
+        from megagpt.rlhf.sft import preflight_sft
+
+        preflight_sft(cfg)
+    else:
+        check_training_data(cfg)
     preflight(cfg)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
     if world is None and nproc > 1:
@@ -200,9 +212,12 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str]) -> int:
         return launch_local(nproc, argv, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
     join_existing_world()
     from megagpt.parallel.distributed import shutdown_distributed
-    from megagpt.train.pretrain import pretrain
 
-    pretrain(cfg)
+    if stage == "sft":
+        from megagpt.rlhf.sft import sft as train
+    else:
+        from megagpt.train.pretrain import pretrain as train
+    train(cfg)
     shutdown_distributed()
     return 0
 
@@ -221,8 +236,8 @@ def report_device(requested: str, local_ranks: int, quiet: bool) -> None:
 
 def cmd_pretrain(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    argv = ["pretrain", "--config", args.config, *args.overrides]
-    return run_pretrain(cfg, args.nproc, argv)
+    argv = [args.command, "--config", args.config, *args.overrides]
+    return run_pretrain(cfg, args.nproc, argv, stage=args.command)
 
 
 def cmd_demo(args) -> int:
@@ -349,7 +364,8 @@ def cmd_train_quality(args) -> int:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
-            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "submit": cmd_submit}
+            "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "sft": cmd_pretrain,
+            "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> None:

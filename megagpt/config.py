@@ -127,6 +127,16 @@ class RunConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations (InstructGPT's first step), read by `megagpt sft`."""
+
+    data: Optional[str] = None  # JSONL of {"prompt", "response"}
+    init: Optional[str] = None  # the checkpoint (or run dir) whose weights SFT starts from
+    tokenizer: Optional[str] = None  # default: the init checkpoint's training tokenizer
+    valid_fraction: float = 0.05  # demonstrations held out for the eval loss
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -134,6 +144,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -333,11 +344,16 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"data.split={cfg.data.split!r} gives the held-out split no share, but train.eval_interval="
              f"{t.eval_interval} asks for held-out loss (give it a share, or train.eval_interval=0)")
     _require(o.clip_grad >= 0, f"optim.clip_grad={o.clip_grad} must be >= 0 (0: no clipping)")
+    _require(0 <= cfg.sft.valid_fraction < 1, f"sft.valid_fraction={cfg.sft.valid_fraction} must lie in [0, 1)")
     if check_data:
         validate_data_paths(cfg)
 
 
 def validate_data_paths(cfg: Config) -> None:
+    if cfg.sft.data is not None:  # fine-tuning reads demonstrations, not shards
+        _require(os.path.isfile(cfg.sft.data), f"sft.data={cfg.sft.data!r}: file not found")
+        _require(cfg.sft.init is not None, "sft.init is not set: SFT starts from a pretrained checkpoint")
+        return
     d = cfg.data
     _require(bool(d.prefixes) or d.mixture is not None, "data.prefixes=[] is empty and no data.mixture is given")
     if d.mixture is not None:

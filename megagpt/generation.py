@@ -103,9 +103,8 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
 
 def load_model(checkpoint: str, pc) -> tuple[GPT, Config]:
     """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
-    from megagpt.hf import resolve_checkpoint
     from megagpt.model.layers import LayerContext
-    from megagpt.train.checkpoint import UniversalShards, tp_shard, partition_dim, read_meta
+    from megagpt.train.checkpoint import UniversalShards, partition_dim, read_meta, resolve_checkpoint, tp_shard
 
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
@@ -140,8 +139,7 @@ def check_layout(cfg: Config, tp: int) -> None:
 
 
 def checkpoint_config(checkpoint: str) -> tuple[str, Config]:
-    from megagpt.hf import resolve_checkpoint
-    from megagpt.train.checkpoint import read_meta
+    from megagpt.train.checkpoint import read_meta, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     return path, from_dict(read_meta(path)["config"])

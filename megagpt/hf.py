@@ -20,7 +20,7 @@ import torch
 from megagpt.config import Config, ConfigError, ModelConfig, from_dict
 from megagpt.errors import DataError
 from megagpt.train.checkpoint import (LATEST, CheckpointError, UniversalShards, atomic_write_text, checkpoint_root,
-                                      read_meta, tag_for, verify, write_universal)
+                                      read_meta, resolve_checkpoint, tag_for, verify, write_universal)
 
 # Our canonical (pp = 1) parameter names -> GPT-2's; "{}" is the block index. One map drives both directions.
 HF_NAMES = {
@@ -117,18 +117,6 @@ def model_config_from_gpt2(hf) -> ModelConfig:
                        ffn_hidden_size=hf.n_inner or 4 * hf.n_embd, seq_length=hf.n_positions,
                        vocab_size=hf.vocab_size, layernorm_epsilon=hf.layer_norm_epsilon, norm_position="pre",
                        attention="dense", init_std=hf.initializer_range)
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint dir, or a run.dir / checkpoints dir (then the one `latest` names)."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path}: no such directory")
-    for root in (path, checkpoint_root(path)):
-        latest = os.path.join(root, LATEST)
-        if os.path.isfile(latest):
-            with open(latest) as f:
-                return os.path.join(root, f.read().strip())
-    return path
 
 
 def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:

@@ -172,11 +172,27 @@ def preflight(cfg: Config) -> None:
         check_compatible(read_meta(found[0]), cfg, found[0])
 
 
-def check_compatible(meta: dict, cfg: Config, path: str) -> None:
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint dir, or a run.dir / checkpoints dir (then the one `latest` names)."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: no such directory")
+    for root in (path, checkpoint_root(path)):
+        latest = os.path.join(root, LATEST)
+        if os.path.isfile(latest):
+            with open(latest) as f:
+                return os.path.join(root, f.read().strip())
+    return path
+
+
+def check_shape(meta: dict, cfg: Config, path: str) -> None:
     theirs, ours = meta["model"], model_shape(cfg)
     diff = [f"model.{k}={ours[k]} (checkpoint has {theirs.get(k)})" for k in SHAPE_KEYS if theirs.get(k) != ours[k]]
     if diff:
         raise CheckpointError(f"checkpoint {path} is for another model shape: config has {', '.join(diff)}")
+
+
+def check_compatible(meta: dict, cfg: Config, path: str) -> None:
+    check_shape(meta, cfg, path)
     if not meta["weights_only"]:  # an imported model (import-hf) starts a run; a trained one is continued
         check_same_run(meta["config"], cfg, path)
 
@@ -363,6 +379,19 @@ class Checkpointer:
         self._record("load" if meta["layout"] == self.layout() else "load-reshaped", path, meta["step"],
                      time.perf_counter() - start)
         return TrainState(meta["step"], meta["consumed_samples"], meta["consumed_tokens"])
+
+    def load_weights(self, checkpoint: str) -> None:
+        """Start this fresh run from another run's weights; its optimizer state and position are not taken."""
+        path = resolve_checkpoint(checkpoint)
+        meta = read_meta(path)
+        check_shape(meta, self.cfg, path)
+        if not meta["universal"]:
+            raise CheckpointError(f"checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
+        problem = self._verify_everywhere(path)
+        if problem:
+            raise CheckpointError(f"checkpoint {path}: {problem}")
+        self.load_universal(path, with_optimizer=False)
+        dist.barrier()
 
     def load_universal(self, path: str, with_optimizer: bool) -> None:
         """Set every local parameter (and its Adam moments) from the layout-free shards."""

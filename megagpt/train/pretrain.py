@@ -101,10 +101,13 @@ def keep_records_through(run_dir: str, step: int) -> None:
             f.writelines(kept)
 
 
-def pretrain(cfg: Config) -> None:
+def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None) -> None:
+    """Train one rank of the run. datasets(cfg, train_samples, valid_samples) -> (train, valid), each
+    indexable by sample into {"tokens", "labels", "loss_mask"}; init_from: a checkpoint whose weights
+    a fresh run starts from (SFT starts from a pretrained model; a resumed run ignores it)."""
     device = init_distributed(cfg.run.device)
     world = dist.get_world_size()
-    validate(cfg, world)
+    validate(cfg, world, check_data=False)  # the data were checked before the ranks started
     if device.type != "cuda" and cfg.train.precision == "fp16":
         raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")
     pc = build_parallel_context(cfg.parallel.tp, cfg.parallel.pp, device)
@@ -112,12 +115,14 @@ def pretrain(cfg: Config) -> None:
     sizes = batch_sizes(cfg)
     lr_at = lr_schedule(cfg, sum(sizes) * seq)
     eval_samples = t.eval_samples if t.eval_interval else 0
-    train_ds, valid_ds = build_datasets(cfg, sum(sizes), max(eval_samples, 1))
+    train_ds, valid_ds = datasets(cfg, sum(sizes), max(eval_samples, 1))
     engine, rng = parallelize(cfg, pc, sizes[0])
     trainer = Trainer(cfg, pc, engine)
     preemption = Preemption(device)
     checkpointer = Checkpointer(cfg, pc, engine, rng)
     state = checkpointer.resume()
+    if state.step == 0 and init_from is not None:
+        checkpointer.load_weights(init_from)
     is_logger = dist.get_rank() == 0
     if is_logger:
         os.makedirs(cfg.run.dir, exist_ok=True)

@@ -1,0 +1,1 @@
+"""InstructGPT: supervised fine-tuning, the reward model and PPO-ptx."""

@@ -1,0 +1,138 @@
+"""Supervised fine-tuning (InstructGPT §3.5): a pretrained GPT trained on demonstrations.
+
+    megagpt sft --config PATH [--nproc N] [key=value ...]
+
+Demonstrations are JSONL lines {"prompt": ..., "response": ...}. A sample is
+prompt + response + <|endoftext|>, cut to model.seq_length + 1 tokens; the loss counts
+only the tokens the model must produce (the response and its end), never the prompt. The
+run is the pretraining loop (any layout, checkpoints, resume, preemption) with these
+samples and the weights of `sft.init`; a demonstration whose prompt leaves no room for
+its response is counted and left out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+
+from megagpt.config import Config
+from megagpt.errors import DataError
+
+
+@dataclass
+class Demonstration:
+    prompt: list[int]
+    response: list[int]
+
+
+def read_demonstrations(path: str) -> list[tuple[str, str]]:
+    """(prompt, response) of every line; a malformed line is an error naming it."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: not JSON") from None
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "response")):
+                raise DataError(f"{path}:{lineno}: needs string fields \"prompt\" and \"response\"")
+            if not row["response"].strip():
+                raise DataError(f"{path}:{lineno}: the response is empty (nothing to learn from)")
+            pairs.append((row["prompt"], row["response"]))
+    if not pairs:
+        raise DataError(f"{path}: no demonstrations")
+    return pairs
+
+
+class DemonstrationDataset:
+    """Samples of demonstrations, in a seeded order reshuffled every epoch (as GPTDataset does for text)."""
+
+    def __init__(self, demos: list[Demonstration], seq_length: int, eod: int, num_samples: int, seed: int):
+        if not demos:
+            raise DataError("no demonstrations in this split")
+        self.demos, self.seq_length, self.eod = demos, seq_length, eod
+        self.num_samples, self.seed = num_samples, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _demo(self, index: int) -> Demonstration:
+        epoch, position = divmod(index, len(self.demos))
+        order = list(range(len(self.demos)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return self.demos[order[position]]
+
+    def __getitem__(self, index: int) -> dict:
+        demo = self._demo(index)
+        ids = (demo.prompt + demo.response + [self.eod])[: self.seq_length + 1]
+        targets = torch.zeros(self.seq_length + 1, dtype=torch.float32)
+        targets[len(demo.prompt):len(ids)] = 1.0  # the response and its end: what the model must produce
+        padded = torch.full((self.seq_length + 1,), self.eod, dtype=torch.int64)
+        padded[:len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return {"tokens": padded[:-1], "labels": padded[1:], "loss_mask": targets[1:]}
+
+
+def tokenize_demonstrations(cfg: Config, tokenizer) -> tuple[list[Demonstration], int]:
+    """The demonstrations as token ids, and how many were left out (prompt fills the whole context)."""
+    demos, too_long = [], 0
+    for prompt, response in read_demonstrations(cfg.sft.data):
+        p = tokenizer.encode(prompt)
+        if len(p) >= cfg.model.seq_length:
+            too_long += 1
+            continue
+        demos.append(Demonstration(p, tokenizer.encode(response)))
+    return demos, too_long
+
+
+def split(demos: list[Demonstration], valid_fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(demos)))
+    random.Random(seed).shuffle(order)
+    n_valid = int(round(len(demos) * valid_fraction))
+    return [demos[i] for i in order[n_valid:]], [demos[i] for i in order[:n_valid]]
+
+
+def sft_tokenizer(cfg: Config):
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.generation import checkpoint_config, find_generation_tokenizer
+
+    path, init_cfg = checkpoint_config(cfg.sft.init)
+    found = cfg.sft.tokenizer or find_generation_tokenizer(path, init_cfg)
+    if found is None:
+        raise DataError(f"sft: no tokenizer.json beside the training data of {path}; set sft.tokenizer")
+    return Tokenizer.load(found)
+
+
+def sft(cfg: Config) -> None:
+    """One rank of `megagpt sft`."""
+    from megagpt.train.pretrain import pretrain
+
+    tokenizer = sft_tokenizer(cfg)
+    demos, too_long = tokenize_demonstrations(cfg, tokenizer)
+    train, valid = split(demos, cfg.sft.valid_fraction, cfg.train.seed)
+    if cfg.train.eval_interval and not valid:
+        raise DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} holds out none of {len(demos)} demonstrations, "
+                        f"but train.eval_interval={cfg.train.eval_interval} asks for a held-out loss")
+    if too_long:
+        print(f"megagpt sft: left out {too_long} demonstrations whose prompt fills model.seq_length="
+              f"{cfg.model.seq_length}", flush=True)
+
+    def datasets(cfg: Config, train_samples: int, valid_samples: int):
+        seq, eod, seed = cfg.model.seq_length, tokenizer.eod, cfg.train.seed
+        held_out = DemonstrationDataset(valid or train, seq, eod, valid_samples, seed + 1)  # unused without eval
+        return DemonstrationDataset(train, seq, eod, train_samples, seed), held_out
+
+    pretrain(cfg, datasets=datasets, init_from=cfg.sft.init)
+
+
+def preflight_sft(cfg: Config) -> None:
+    """Before any process starts: the demonstrations read, and the init checkpoint fits the model."""
+    from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
+
+    read_demonstrations(cfg.sft.data)
+    path = resolve_checkpoint(cfg.sft.init)
+    check_shape(read_meta(path), cfg, path)

@@ -1,0 +1,48 @@
+"""SFT samples: the loss covers the response and its end, never the prompt; bad demonstration files are named."""
+
+import json
+
+import pytest
+import torch
+
+from megagpt.errors import DataError
+from megagpt.rlhf.sft import Demonstration, DemonstrationDataset, read_demonstrations, split
+
+
+def test_loss_mask_covers_the_response_and_its_end_only():
+    ds = DemonstrationDataset([Demonstration([1, 2, 3], [4, 5])], seq_length=8, eod=0, num_samples=1, seed=0)
+    s = ds[0]
+    assert s["tokens"].tolist() == [1, 2, 3, 4, 5, 0, 0, 0]
+    assert s["labels"].tolist() == [2, 3, 4, 5, 0, 0, 0, 0]
+    assert s["loss_mask"].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]  # predicting 4, 5 and the end
+
+
+def test_a_long_demonstration_is_cut_to_the_context():
+    ds = DemonstrationDataset([Demonstration(list(range(1, 8)), [8, 9, 10, 11, 12])], 8, eod=0, num_samples=1, seed=0)
+    s = ds[0]
+    assert s["tokens"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8] and s["labels"].tolist() == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert s["loss_mask"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+
+
+def test_epochs_visit_every_demonstration_in_a_seeded_order():
+    demos = [Demonstration([i + 1], [50 + i]) for i in range(5)]
+    ds = DemonstrationDataset(demos, 4, eod=0, num_samples=10, seed=1)
+    firsts = [ds[i]["tokens"][0].item() for i in range(10)]
+    assert sorted(firsts[:5]) == sorted(firsts[5:]) == [1, 2, 3, 4, 5] and firsts[:5] != firsts[5:]
+    again = DemonstrationDataset(demos, 4, eod=0, num_samples=10, seed=1)
+    assert [again[i]["tokens"][0].item() for i in range(10)] == firsts
+    train, valid = split(demos, 0.4, seed=0)
+    assert len(valid) == 2 and len(train) == 3 and not {id(d) for d in train} & {id(d) for d in valid}
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{oops", "demos.jsonl:2: not JSON"),
+    (json.dumps({"prompt": "x"}), "demos.jsonl:2: needs string fields \"prompt\" and \"response\""),
+    (json.dumps({"prompt": "x", "response": 5}), "needs string fields"),
+    (json.dumps({"prompt": "x", "response": "  "}), "demos.jsonl:2: the response is empty"),
+])
+def test_bad_demonstrations_name_the_line(tmp_path, line, message):
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=message):
+        read_demonstrations(str(path))
