@@ -29,14 +29,6 @@ class ParallelContext:
     topology: object  # deepspeed PipeModelDataParallelTopology
     device: torch.device
 
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp - 1
-
 
 def build_parallel_context(tp: int, pp: int, device: torch.device) -> ParallelContext:
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
