@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Optional
 
@@ -29,6 +30,7 @@ RECORD = "run.json"
 LOCK = ".lock"
 MODES = ("resume", "restart", "extend")
 EDGE_BYTES = 1 << 20
+_TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's names
 # Stages whose output depends on every shard: redone when --extend adds shards.
 ACROSS_SHARDS = ("dedup", "finalize", "tokenizer", "tokenize", "summary")
 
@@ -94,6 +96,7 @@ class Run:
         if added and mode != "extend":
             raise ConfigError(f"output.dir={self.out!r}: {len(added)} input(s) not in its run (first: {added[0]}): "
                               f"--extend to add them (dedup, tokenizer and tokens are redone), --restart to redo all")
+        _remove_stale_temporaries(self.out)
         if added:
             from data_pipeline.executors import clear_done
 
@@ -162,6 +165,25 @@ def _clear(out_dir: str) -> None:
             continue
         path = os.path.join(out_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def _remove_stale_temporaries(out_dir: str) -> None:
+    """Half-written files (`name.tmp.<pid>`) of a run that was killed: their writer is gone, nothing reads them."""
+    for root, _, files in os.walk(out_dir):
+        for name in files:
+            match = _TEMPORARY.search(name)
+            if match and not _alive(int(match.group(1))):
+                os.remove(os.path.join(root, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _acquire_lock(out_dir: str):

@@ -1,6 +1,7 @@
 """A corpus run knows its config and inputs: reruns resume, refuse, restart or extend; one run per output.dir."""
 
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,23 @@ def test_a_second_concurrent_run_refuses_at_once(inputs):
 def test_output_dir_that_is_a_file_is_one_line(inputs):
     (inputs / "out").write_text("not a directory")
     assert f"output.dir='{inputs}/out' is a file, not a directory" in error_line(corpus(inputs, check=False))
+
+
+def test_resume_removes_what_a_killed_run_half_wrote(inputs):
+    import subprocess
+
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.runs import Run
+
+    cfg = load_corpus_config(None, [f"input.paths=[{inputs}/*.jsonl]", f"output.dir={inputs}/out",
+                                    "tokenize.vocab_size=400", "filters.min_words=10"])
+    Run(cfg).close()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: the writer SIGKILL took
+    stale = inputs / "out" / "documents" / "commoncrawl" / f"00001.jsonl.gz.tmp.{dead.pid}"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("half")
+    live = stale.with_name(f"00002.jsonl.gz.tmp.{os.getpid()}")  # a writer still at work keeps its file
+    live.write_text("busy")
+    Run(cfg).close()
+    assert not stale.exists() and live.exists()
