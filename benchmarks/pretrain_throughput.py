@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -228,7 +227,7 @@ def main() -> None:
     print(f"\nconfig {os.path.relpath(args.config, REPO)}: {parameter_count(cfg.model) / 1e6:.1f}M parameters, "
           f"{flops / 1e9:.3f} GFLOP/token (dense), {tokens_per_step} tokens/step, precision {cfg.train.precision}, "
           f"{args.threads} threads, device {args.device}, {peak_text}")
-    print(f"first-step loss: " + ", ".join(f"{n} {first_loss[n]:.5f}" for n, _, _ in rows))
+    print("first-step loss: " + ", ".join(f"{n} {first_loss[n]:.5f}" for n, _, _ in rows))
     print(f"{'system':<32}{'step s (median)':>17}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}{'vs plain':>10}")
     results = {}
     for name, _, _ in rows:

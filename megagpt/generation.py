@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from megagpt.config import Config, from_dict
 from megagpt.errors import ConfigError
@@ -101,7 +100,7 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
     return tokens
 
 
-def load_model(checkpoint: str, pc) -> tuple[GPT, Config]:
+def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
     from megagpt.model.layers import LayerContext
     from megagpt.train.checkpoint import UniversalShards, partition_dim, read_meta, resolve_checkpoint, tp_shard
@@ -117,7 +116,7 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config]:
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(tp_shard(shards.full(name)["fp32"], partition_dim(param), pc.tp, pc.tp_rank))
-    return model.to(pc.device), cfg
+    return model.to(pc.device), cfg, path
 
 
 def find_generation_tokenizer(checkpoint_path: str, cfg: Config) -> Optional[str]:
@@ -156,8 +155,8 @@ def run_generation(checkpoint: str, prompt: str, s: Sampling, tokenizer: Optiona
 
     rank_device = init_distributed(device, deepspeed_comm=False)
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
-    model, cfg = load_model(checkpoint, pc)
-    tok = Tokenizer.load(tokenizer or find_generation_tokenizer(checkpoint_config(checkpoint)[0], cfg))
+    model, cfg, path = load_model(checkpoint, pc)  # path: the checkpoint dir a run dir resolved to
+    tok = Tokenizer.load(tokenizer or find_generation_tokenizer(path, cfg))
     ids = tok.encode(prompt)
     out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod)[0, len(ids):].tolist()
     shutdown_distributed()

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from megagpt.errors import DataError
 from megagpt.rlhf.sft import Demonstration, DemonstrationDataset, read_demonstrations, split
