@@ -2,6 +2,7 @@
 
     megagpt pretrain --config PATH [--nproc N] [key=value ...]
     megagpt sft --config PATH [--nproc N] [key=value ...]
+    megagpt rm --config PATH [--nproc N] [key=value ...]
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--config", required=True, help="a training config with an sft section (see configs/rlhf/)")
     f.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
     f.add_argument("overrides", nargs="*", metavar="key=value")
+
+    r = sub.add_parser("rm", help="train a reward model on ranked comparisons (InstructGPT step 2)")
+    r.add_argument("--config", required=True, help="a training config with an rm section (see configs/rlhf/)")
+    r.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
+    r.add_argument("overrides", nargs="*", metavar="key=value")
 
     d = sub.add_parser("demo", help="build the embedded stdlib-docstring corpus and pretrain the tiny model on it")
     d.add_argument("--nproc", type=int, default=8)
@@ -187,23 +193,34 @@ def cmd_import_hf(args) -> int:
     return 0
 
 
+def _stage(stage: str):
+    """(preflight check, one rank's training) of a stage run through the pretraining loop."""
+    if stage == "sft":
+        from megagpt.rlhf.sft import preflight_sft, sft
+
+        return preflight_sft, sft
+    if stage == "rm":
+        from megagpt.rlhf.reward import preflight_rm, rm
+
+        return preflight_rm, rm
+    from megagpt.data.checks import check_training_data
+    from megagpt.train.pretrain import pretrain
+
+    return check_training_data, pretrain
+
+
 def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:
-    """Check, then launch or join the world and train: stage "pretrain", or "sft" (megagpt.rlhf.sft)."""
+    """Check, then launch or join the world and train: stage "pretrain", "sft" or "rm" (megagpt.rlhf)."""
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
-    from megagpt.data.checks import check_training_data
     from megagpt.parallel.distributed import local_world_size, quiet_library_warnings
     from megagpt.train.checkpoint import preflight
 
     quiet_library_warnings()  # the data checks import megatron-core
     world = existing_world_size()
     validate(cfg, world or nproc)
-    if stage == "sft":
-        from megagpt.rlhf.sft import preflight_sft
-
-        preflight_sft(cfg)
-    else:
-        check_training_data(cfg)
+    check, train = _stage(stage)
+    check(cfg)
     preflight(cfg)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
     if world is None and nproc > 1:
@@ -213,10 +230,6 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     join_existing_world()
     from megagpt.parallel.distributed import shutdown_distributed
 
-    if stage == "sft":
-        from megagpt.rlhf.sft import sft as train
-    else:
-        from megagpt.train.pretrain import pretrain as train
     train(cfg)
     shutdown_distributed()
     return 0
@@ -365,6 +378,7 @@ def cmd_train_quality(args) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
             "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "sft": cmd_pretrain,
+            "rm": cmd_pretrain,
             "submit": cmd_submit}
 
 

@@ -137,6 +137,50 @@ class SFTConfig:
 
 
 @dataclass
+class RMConfig:
+    """The reward model (InstructGPT's second step), read by `megagpt rm`."""
+
+    data: Optional[str] = None  # JSONL of {"prompt", "responses": [best, ..., worst]}, K = 2..9
+    init: Optional[str] = None  # the SFT checkpoint (or run dir) the model starts from
+    # JSONL of {"prompt", "response"} (the SFT data): the reward is shifted so these score 0 on average
+    demonstrations: Optional[str] = None
+    tokenizer: Optional[str] = None  # default: the init checkpoint's
+    valid_fraction: float = 0.1  # comparisons held out for the loss and the pairwise accuracy
+
+
+@dataclass
+class RLHFConfig:
+    """PPO-ptx (InstructGPT's third step), read by `megagpt ppo`. train.steps counts PPO iterations,
+    optim is the actor's (and the critic's, but for critic_lr), data is the pretraining mix of the ptx term."""
+
+    prompts: Optional[str] = None  # JSONL of {"prompt"}
+    actor_init: Optional[str] = None  # the SFT checkpoint: where the policy starts, and the frozen reference
+    reward_init: Optional[str] = None  # the reward model: the frozen reward, and where the critic starts
+    tokenizer: Optional[str] = None  # default: actor_init's (the reward model's must be the same)
+    # Ranks and TP size per role, e.g. {actor: {ranks: 2, tp: 2}, critic: {ranks: 2, tp: 1}, ...}: the roles
+    # then run side by side on disjoint rank groups. None: every role on all ranks at parallel.tp (colocated).
+    layout: Optional[dict] = None
+    rollout_batch_size: int = 16  # prompts per iteration
+    mini_batches: int = 1  # optimizer steps per PPO epoch, each over rollout_batch_size / mini_batches samples
+    micro_batch_size: int = 4
+    ppo_epochs: int = 2
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    kl_coef: float = 0.02  # beta: per-token KL penalty to the SFT policy
+    kl_target: Optional[float] = None  # adaptive beta (Ziegler et al. 2019) towards this KL; None: fixed
+    kl_horizon: int = 10000  # samples over which the adaptive controller closes the gap
+    ptx_coef: float = 27.8  # gamma: weight of the pretraining log-likelihood in the actor's loss
+    clip_ratio: float = 0.2  # PPO's policy ratio clip
+    value_clip: float = 0.2  # the critic's value clip around the rollout's values
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    critic_lr: Optional[float] = None  # default: optim.lr
+    whiten_advantages: bool = True  # normalise advantages over the rollout batch
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -145,6 +189,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    rlhf: RLHFConfig = field(default_factory=RLHFConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -264,6 +310,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is list or typing.get_origin(hint) is list:
         if isinstance(value, list):
             return value
+    elif hint is dict:
+        if isinstance(value, dict):
+            return value
     raise ConfigError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
 
 
@@ -345,6 +394,12 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"{t.eval_interval} asks for held-out loss (give it a share, or train.eval_interval=0)")
     _require(o.clip_grad >= 0, f"optim.clip_grad={o.clip_grad} must be >= 0 (0: no clipping)")
     _require(0 <= cfg.sft.valid_fraction < 1, f"sft.valid_fraction={cfg.sft.valid_fraction} must lie in [0, 1)")
+    _require(0 < cfg.rm.valid_fraction < 1, f"rm.valid_fraction={cfg.rm.valid_fraction} must lie in (0, 1): "
+             f"the pairwise accuracy is measured on held-out comparisons")
+    if cfg.rm.data is not None:
+        _require(p.pp == 1, f"parallel.pp={p.pp}: the reward model trains at pp=1 (tensor and data parallel)")
+        _require(p.zero_stage in (1, 2), f"parallel.zero_stage={p.zero_stage}: the reward model trains at ZeRO 1 "
+                 f"or 2 (its reward shift sets a parameter in place)")
     if check_data:
         validate_data_paths(cfg)
 
@@ -353,6 +408,13 @@ def validate_data_paths(cfg: Config) -> None:
     if cfg.sft.data is not None:  # fine-tuning reads demonstrations, not shards
         _require(os.path.isfile(cfg.sft.data), f"sft.data={cfg.sft.data!r}: file not found")
         _require(cfg.sft.init is not None, "sft.init is not set: SFT starts from a pretrained checkpoint")
+        return
+    if cfg.rm.data is not None:  # the reward model reads comparisons
+        _require(os.path.isfile(cfg.rm.data), f"rm.data={cfg.rm.data!r}: file not found")
+        _require(cfg.rm.init is not None, "rm.init is not set: the reward model starts from the SFT checkpoint")
+        _require(cfg.rm.demonstrations is not None,
+                 "rm.demonstrations is not set: the reward is shifted so the SFT demonstrations score 0")
+        _require(os.path.isfile(cfg.rm.demonstrations), f"rm.demonstrations={cfg.rm.demonstrations!r}: file not found")
         return
     d = cfg.data
     _require(bool(d.prefixes) or d.mixture is not None, "data.prefixes=[] is empty and no data.mixture is given")

@@ -49,3 +49,30 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += tokens.shape[1]
         return self.embedding.logits(self.final_norm(x))
+
+
+class ScalarGPT(GPT):
+    """The GPT with its unembedding replaced by a scalar head: InstructGPT's reward model, and the
+    PPO critic (its value function starts as the reward model).
+
+    The head is a (hidden -> 1) linear layer, replicated on every TP rank (it is tiny).
+    `forward` gives the scalar at every position, (..., T) for tokens (..., T): the critic
+    reads values per token, the reward model the value at a sequence's final token.
+    """
+
+    def __init__(self, ctx: LayerContext):
+        super().__init__(ctx)
+        self.value_head = nn.Linear(ctx.model.hidden_size, 1)
+        ctx.init_layer(self.value_head, "value_head", ctx.model.init_std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        lead, t = tokens.shape[:-1], tokens.shape[-1]
+        x = self.embedding(tokens.reshape(-1, t))
+        for block in self.blocks:
+            x = block(x)
+        return self.value_head(self.final_norm(x)).squeeze(-1).reshape(*lead, t)
+
+
+def at_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """values (..., T) read at positions (...): a sequence's reward at its final token."""
+    return values.gather(-1, positions.unsqueeze(-1)).squeeze(-1)

@@ -37,13 +37,14 @@ from megagpt.train.optimizer import adamw, deepspeed_config
 TIED_EMBEDDING = "tied_modules.embed."
 
 
-def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int):
-    """(DeepSpeed engine, RNG streams) for this rank: the whole chain above."""
+def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int, model_cls: type = GPT, mpu=None):
+    """(DeepSpeed engine, RNG streams) for this rank: the whole chain above. model_cls: GPT, or
+    ScalarGPT (reward model, critic; pp = 1 only); mpu: the groups of an RLHF role (default: pc's grid)."""
     ctx, rng = layer_context(cfg, pc)
-    model = apply_pipeline(ctx, pc) if pc.pp > 1 else GPT(ctx)
+    model = apply_pipeline(ctx, pc) if pc.pp > 1 else model_cls(ctx)
     if cfg.train.compile:
         apply_compile(model)
-    return apply_deepspeed(model, cfg, pc, global_batch_size), rng
+    return apply_deepspeed(model, cfg, pc, global_batch_size, mpu), rng
 
 
 def layer_context(cfg: Config, pc: ParallelContext) -> tuple[LayerContext, RNGStreams]:
@@ -85,13 +86,14 @@ def apply_compile(model: nn.Module) -> None:
             module.compile()
 
 
-def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_batch_size: int):
+def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_batch_size: int, mpu=None):
     """The DeepSpeed engine: the pipeline engine for a PipelineModule, else the plain one (ZeRO 1/2/3)."""
     import deepspeed
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid
 
     # A PipelineModule brings its own grid; with pp = 1 DeepSpeed needs one as mpu.
-    mpu = PipelineParallelGrid(topology=pc.topology) if pc.pp == 1 else None
+    if mpu is None and pc.pp == 1:
+        mpu = PipelineParallelGrid(topology=pc.topology)
     engine, *_ = deepspeed.initialize(model=model, optimizer=adamw(model, cfg.optim), mpu=mpu,
                                       config=deepspeed_config(cfg, pc.dp, global_batch_size))
     return engine

@@ -12,41 +12,19 @@ its response is counted and left out.
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass
 
 import torch
 
 from megagpt.config import Config
 from megagpt.errors import DataError
+from megagpt.rlhf.data import checkpoint_tokenizer, epoch_item, keep_tokenizer, read_demonstrations, split
 
 
 @dataclass
 class Demonstration:
     prompt: list[int]
     response: list[int]
-
-
-def read_demonstrations(path: str) -> list[tuple[str, str]]:
-    """(prompt, response) of every line; a malformed line is an error naming it."""
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: not JSON") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "response")):
-                raise DataError(f"{path}:{lineno}: needs string fields \"prompt\" and \"response\"")
-            if not row["response"].strip():
-                raise DataError(f"{path}:{lineno}: the response is empty (nothing to learn from)")
-            pairs.append((row["prompt"], row["response"]))
-    if not pairs:
-        raise DataError(f"{path}: no demonstrations")
-    return pairs
 
 
 class DemonstrationDataset:
@@ -61,14 +39,8 @@ class DemonstrationDataset:
     def __len__(self) -> int:
         return self.num_samples
 
-    def _demo(self, index: int) -> Demonstration:
-        epoch, position = divmod(index, len(self.demos))
-        order = list(range(len(self.demos)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return self.demos[order[position]]
-
     def __getitem__(self, index: int) -> dict:
-        demo = self._demo(index)
+        demo = epoch_item(self.demos, index, self.seed)
         ids = (demo.prompt + demo.response + [self.eod])[: self.seq_length + 1]
         targets = torch.zeros(self.seq_length + 1, dtype=torch.float32)
         targets[len(demo.prompt):len(ids)] = 1.0  # the response and its end: what the model must produce
@@ -89,29 +61,12 @@ def tokenize_demonstrations(cfg: Config, tokenizer) -> tuple[list[Demonstration]
     return demos, too_long
 
 
-def split(demos: list[Demonstration], valid_fraction: float, seed: int) -> tuple[list, list]:
-    order = list(range(len(demos)))
-    random.Random(seed).shuffle(order)
-    n_valid = int(round(len(demos) * valid_fraction))
-    return [demos[i] for i in order[n_valid:]], [demos[i] for i in order[:n_valid]]
-
-
-def sft_tokenizer(cfg: Config):
-    from megagpt.data.tokenizer import Tokenizer
-    from megagpt.generation import checkpoint_config, find_generation_tokenizer
-
-    path, init_cfg = checkpoint_config(cfg.sft.init)
-    found = cfg.sft.tokenizer or find_generation_tokenizer(path, init_cfg)
-    if found is None:
-        raise DataError(f"sft: no tokenizer.json beside the training data of {path}; set sft.tokenizer")
-    return Tokenizer.load(found)
-
-
 def sft(cfg: Config) -> None:
     """One rank of `megagpt sft`."""
+    from megagpt.data.tokenizer import Tokenizer
     from megagpt.train.pretrain import pretrain
 
-    tokenizer = sft_tokenizer(cfg)
+    tokenizer = Tokenizer.load(checkpoint_tokenizer(cfg.sft.init, cfg.sft.tokenizer))
     demos, too_long = tokenize_demonstrations(cfg, tokenizer)
     train, valid = split(demos, cfg.sft.valid_fraction, cfg.train.seed)
     if cfg.train.eval_interval and not valid:
@@ -134,5 +89,6 @@ def preflight_sft(cfg: Config) -> None:
     from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
 
     read_demonstrations(cfg.sft.data)
+    keep_tokenizer(checkpoint_tokenizer(cfg.sft.init, cfg.sft.tokenizer), cfg.run.dir)
     path = resolve_checkpoint(cfg.sft.init)
     check_shape(read_meta(path), cfg, path)

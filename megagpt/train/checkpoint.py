@@ -306,33 +306,7 @@ class Checkpointer:
         return [(canonical_name(n, layers), p) for n, p in self.engine.module.named_parameters()]
 
     def _universal_shard(self) -> Optional[dict]:
-        """This TP shard's full-DP fp32 weights and Adam moments (gathered over DP; dp rank 0 keeps them)."""
-        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-
-        link_adam_state(self.engine)
-        params, dims = {}, {}
-        for name, param in self._local_params():
-            if self.pc.pp_rank > 0 and name.startswith("embedding."):
-                # The last stage's copy of the tied embedding: its word embeddings equal stage 0's, its
-                # position embeddings are unused there (never trained), so stage 0 alone is saved.
-                continue
-            entry = {"fp32": safe_get_full_fp32_param(param)}
-            for key in ADAM_STATES:
-                entry[key] = safe_get_full_optimizer_state(param, key)
-            if entry["fp32"] is None:
-                raise CheckpointError(f"parameter {name} has no DeepSpeed fp32 master copy; cannot save it layout-free")
-            params[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
-            dims[name] = partition_dim(param)
-        if self.pc.dp_rank != 0:
-            return None
-        return {"params": params, "partition_dims": dims, "tp": self.pc.tp, "tp_rank": self.pc.tp_rank,
-                "optimizer_step": self._optimizer_step()}
-
-    def _optimizer_step(self) -> int:
-        for state in self.engine.optimizer.optimizer.state.values():
-            if "step" in state:
-                return int(state["step"])
-        return 0
+        return universal_shard(self.engine, self._local_params(), self.pc)
 
     # ------------------------------------------------------------ loading
 
@@ -380,8 +354,9 @@ class Checkpointer:
                      time.perf_counter() - start)
         return TrainState(meta["step"], meta["consumed_samples"], meta["consumed_tokens"])
 
-    def load_weights(self, checkpoint: str) -> None:
-        """Start this fresh run from another run's weights; its optimizer state and position are not taken."""
+    def load_weights(self, checkpoint: str, new_parameters: tuple = ()) -> None:
+        """Start this fresh run from another run's weights; its optimizer state and position are not taken.
+        Parameters named with a `new_parameters` prefix (a head the checkpoint's model lacks) keep their init."""
         path = resolve_checkpoint(checkpoint)
         meta = read_meta(path)
         check_shape(meta, self.cfg, path)
@@ -390,37 +365,85 @@ class Checkpointer:
         problem = self._verify_everywhere(path)
         if problem:
             raise CheckpointError(f"checkpoint {path}: {problem}")
-        self.load_universal(path, with_optimizer=False)
+        self.load_universal(path, with_optimizer=False, new_parameters=new_parameters)
         dist.barrier()
 
-    def load_universal(self, path: str, with_optimizer: bool) -> None:
+    def load_universal(self, path: str, with_optimizer: bool, new_parameters: tuple = ()) -> None:
         """Set every local parameter (and its Adam moments) from the layout-free shards."""
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
         if self.cfg.parallel.zero_stage == 3:
             raise CheckpointError(f"checkpoint {path} was written at another layout; loading it into "
                                   f"parallel.zero_stage=3 is not supported (use ZeRO 1 or 2 to reshape)")
-        shards = UniversalShards(path)
-        step = shards.optimizer_step
-        link_adam_state(self.engine)
-        with torch.no_grad():
-            for name, param in self._local_params():
-                full = shards.full(name)
-                mine = {k: tp_shard(v, partition_dim(param), self.pc.tp, self.pc.tp_rank) for k, v in full.items()}
-                if mine["fp32"].shape != param.shape:
-                    raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "
-                                          f"the model expects {tuple(param.shape)}")
-                param.copy_(mine["fp32"].to(param.dtype))
-                safe_set_full_fp32_param(param, mine["fp32"].to(param.device))
-                if with_optimizer:
-                    for key in ADAM_STATES:
-                        safe_set_full_optimizer_state(param, mine[key].to(param.device), key)
-        if with_optimizer:  # a weights-only checkpoint leaves the fresh optimizer as it is
-            for state in self.engine.optimizer.optimizer.state.values():
-                if torch.is_tensor(state.get("step")):
-                    state["step"].fill_(step)
-                elif "step" in state:
-                    state["step"] = step
+        load_universal(self.engine, self._local_params(), self.pc, path, with_optimizer, new_parameters)
+
+
+def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]:
+    """This TP shard's full-DP fp32 weights and Adam moments of the engine's (canonical name, parameter)
+    pairs, gathered over DP (a collective over the engine's DP group); dp rank 0 gets them, others None."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    link_adam_state(engine)
+    tensors, dims = {}, {}
+    for name, param in params:
+        if pc.pp_rank > 0 and name.startswith("embedding."):
+            # The last stage's copy of the tied embedding: its word embeddings equal stage 0's, its
+            # position embeddings are unused there (never trained), so stage 0 alone is saved.
+            continue
+        entry = {"fp32": safe_get_full_fp32_param(param)}
+        for key in ADAM_STATES:
+            entry[key] = safe_get_full_optimizer_state(param, key)
+        if entry["fp32"] is None:
+            raise CheckpointError(f"parameter {name} has no DeepSpeed fp32 master copy; cannot save it layout-free")
+        tensors[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
+        dims[name] = partition_dim(param)
+    if pc.dp_rank != 0:
+        return None
+    return {"params": tensors, "partition_dims": dims, "tp": pc.tp, "tp_rank": pc.tp_rank,
+            "optimizer_step": optimizer_step(engine)}
+
+
+def optimizer_step(engine) -> int:
+    for state in engine.optimizer.optimizer.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
+
+
+def load_universal(engine, params: list, pc: ParallelContext, path: str, with_optimizer: bool,
+                   new_parameters: tuple = ()) -> None:
+    """Set the engine's (canonical name, parameter) pairs, and their Adam moments, from universal/ shards."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    shards = UniversalShards(path)
+    step = shards.optimizer_step
+    link_adam_state(engine)
+    with torch.no_grad():
+        for name, param in params:
+            if name.startswith(new_parameters) and name not in shards.where:
+                continue
+            full = shards.full(name)
+            mine = {k: tp_shard(v, partition_dim(param), pc.tp, pc.tp_rank) for k, v in full.items()}
+            if mine["fp32"].shape != param.shape:
+                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "
+                                      f"the model expects {tuple(param.shape)}")
+            assign(param, mine["fp32"])
+            if with_optimizer:
+                for key in ADAM_STATES:
+                    safe_set_full_optimizer_state(param, mine[key].to(param.device), key)
+    if with_optimizer:  # a weights-only checkpoint leaves the fresh optimizer as it is
+        for state in engine.optimizer.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"].fill_(step)
+            elif "step" in state:
+                state["step"] = step
+
+
+def assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Set a trained parameter: the model's copy and the ZeRO optimizer's fp32 master copy."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    with torch.no_grad():
+        param.copy_(value.to(param.dtype))
+    safe_set_full_fp32_param(param, value.float().to(param.device))
 
 
 def link_adam_state(engine) -> None:

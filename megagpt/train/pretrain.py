@@ -7,6 +7,8 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -14,7 +16,7 @@ import yaml
 
 from megagpt.config import Config, ConfigError, validate
 from megagpt.data.datasets import build_datasets, micro_batches
-from megagpt.model.gpt import lm_loss
+from megagpt.model.gpt import GPT, lm_loss
 from megagpt.parallel.collectives import any_rank, mean_over
 from megagpt.parallel.distributed import init_distributed
 from megagpt.parallel.parallelize import parallelize
@@ -33,9 +35,21 @@ def _dp_mean(value: torch.Tensor, pc: ParallelContext) -> float:
     return mean_over(value, pc.dp_group, pc.dp)
 
 
+@dataclass
+class Task:
+    """What a run optimises. Pretraining and SFT: the GPT and its LM loss; the reward model
+    (megagpt.rlhf.reward) brings a scalar head, its ranking loss and a last step of its own."""
+
+    model: type = GPT
+    loss: Callable = lm_loss  # (model output, labels) -> scalar
+    new_parameters: tuple = ()  # name prefixes an init checkpoint lacks (a new head), initialised fresh
+    # (engine, pc, cfg) after the last step, before the last checkpoint
+    finish: Optional[Callable] = None
+
+
 class Trainer:
-    def __init__(self, cfg: Config, pc: ParallelContext, engine):
-        self.cfg, self.pc, self.engine = cfg, pc, engine
+    def __init__(self, cfg: Config, pc: ParallelContext, engine, loss: Callable = lm_loss):
+        self.cfg, self.pc, self.engine, self.loss = cfg, pc, engine, loss
         self.pipelined = pc.pp > 1
 
     def train_step(self, batches) -> float:
@@ -46,7 +60,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             tokens, labels = _to(self.pc.device, batch)
             engine.set_gradient_accumulation_boundary(i == gas - 1)
-            loss = lm_loss(engine(tokens), labels)
+            loss = self.loss(engine(tokens), labels)
             engine.backward(loss)
             engine.step()
             losses.append(loss.detach())
@@ -58,7 +72,7 @@ class Trainer:
                                           num_micro_batches=len(batches)).item()
         self.engine.eval()
         with torch.no_grad():
-            losses = [lm_loss(self.engine(t), l) for t, l in (_to(self.pc.device, b) for b in batches)]
+            losses = [self.loss(self.engine(t), l) for t, l in (_to(self.pc.device, b) for b in batches)]
         self.engine.train()
         return _dp_mean(torch.stack(losses).mean(), self.pc)
 
@@ -101,7 +115,7 @@ def keep_records_through(run_dir: str, step: int) -> None:
             f.writelines(kept)
 
 
-def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None) -> None:
+def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None, task: Task = Task()) -> None:
     """Train one rank of the run. datasets(cfg, train_samples, valid_samples) -> (train, valid), each
     indexable by sample into {"tokens", "labels", "loss_mask"}; init_from: a checkpoint whose weights
     a fresh run starts from (SFT starts from a pretrained model; a resumed run ignores it)."""
@@ -116,13 +130,13 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None)
     lr_at = lr_schedule(cfg, sum(sizes) * seq)
     eval_samples = t.eval_samples if t.eval_interval else 0
     train_ds, valid_ds = datasets(cfg, sum(sizes), max(eval_samples, 1))
-    engine, rng = parallelize(cfg, pc, sizes[0])
-    trainer = Trainer(cfg, pc, engine)
+    engine, rng = parallelize(cfg, pc, sizes[0], task.model)
+    trainer = Trainer(cfg, pc, engine, task.loss)
     preemption = Preemption(device)
     checkpointer = Checkpointer(cfg, pc, engine, rng)
     state = checkpointer.resume()
     if state.step == 0 and init_from is not None:
-        checkpointer.load_weights(init_from)
+        checkpointer.load_weights(init_from, task.new_parameters)
     is_logger = dist.get_rank() == 0
     if is_logger:
         os.makedirs(cfg.run.dir, exist_ok=True)
@@ -167,6 +181,8 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None)
         log.step(record)
         if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
             held_out(step)
+        if step == t.steps and task.finish is not None:
+            task.finish(engine, pc, cfg)
         if preemption.agreed():
             checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
             log.close()

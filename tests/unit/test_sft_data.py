@@ -5,7 +5,8 @@ import json
 import pytest
 
 from megagpt.errors import DataError
-from megagpt.rlhf.sft import Demonstration, DemonstrationDataset, read_demonstrations, split
+from megagpt.rlhf.data import read_demonstrations, split
+from megagpt.rlhf.sft import Demonstration, DemonstrationDataset
 
 
 def test_loss_mask_covers_the_response_and_its_end_only():
@@ -35,10 +36,10 @@ def test_epochs_visit_every_demonstration_in_a_seeded_order():
 
 
 @pytest.mark.parametrize("line,message", [
-    ("{oops", "demos.jsonl:2: not JSON"),
-    (json.dumps({"prompt": "x"}), "demos.jsonl:2: needs string fields \"prompt\" and \"response\""),
-    (json.dumps({"prompt": "x", "response": 5}), "needs string fields"),
-    (json.dumps({"prompt": "x", "response": "  "}), "demos.jsonl:2: the response is empty"),
+    ("{oops", "demos.jsonl: 1 malformed line \\(line 2: not JSON\\)"),
+    (json.dumps({"prompt": "x"}), "line 2: needs a string field \"response\""),
+    (json.dumps({"prompt": "x", "response": 5}), "line 2: needs a string field \"response\""),
+    (json.dumps({"prompt": "x", "response": "  "}), "line 2: the response is empty"),
 ])
 def test_bad_demonstrations_name_the_line(tmp_path, line, message):
     path = tmp_path / "demos.jsonl"
