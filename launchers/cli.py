@@ -3,6 +3,7 @@
     megagpt pretrain --config PATH [--nproc N] [key=value ...]
     megagpt sft --config PATH [--nproc N] [key=value ...]
     megagpt rm --config PATH [--nproc N] [key=value ...]
+    megagpt ppo --config PATH [--nproc N] [key=value ...]
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
@@ -56,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", required=True, help="a training config with an rm section (see configs/rlhf/)")
     r.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
     r.add_argument("overrides", nargs="*", metavar="key=value")
+
+    o = sub.add_parser("ppo", help="PPO-ptx against a reward model, roles on their own ranks (InstructGPT step 3)")
+    o.add_argument("--config", required=True, help="a config with an rlhf section (see configs/rlhf/)")
+    o.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
+    o.add_argument("overrides", nargs="*", metavar="key=value")
 
     d = sub.add_parser("demo", help="build the embedded stdlib-docstring corpus and pretrain the tiny model on it")
     d.add_argument("--nproc", type=int, default=8)
@@ -194,23 +200,27 @@ def cmd_import_hf(args) -> int:
 
 
 def _stage(stage: str):
-    """(preflight check, one rank's training) of a stage run through the pretraining loop."""
+    """(preflight check (cfg, world), one rank's training (cfg)) of a training stage."""
     if stage == "sft":
         from megagpt.rlhf.sft import preflight_sft, sft
 
-        return preflight_sft, sft
+        return lambda cfg, world: preflight_sft(cfg), sft
     if stage == "rm":
         from megagpt.rlhf.reward import preflight_rm, rm
 
-        return preflight_rm, rm
+        return lambda cfg, world: preflight_rm(cfg), rm
+    if stage == "ppo":
+        from megagpt.rlhf.trainer import ppo, preflight_ppo
+
+        return preflight_ppo, ppo
     from megagpt.data.checks import check_training_data
     from megagpt.train.pretrain import pretrain
 
-    return check_training_data, pretrain
+    return lambda cfg, world: check_training_data(cfg), pretrain
 
 
 def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:
-    """Check, then launch or join the world and train: stage "pretrain", "sft" or "rm" (megagpt.rlhf)."""
+    """Check, then launch or join the world and train: stage "pretrain", "sft", "rm" or "ppo" (megagpt.rlhf)."""
     from launchers.local import existing_world_size, join_existing_world, launch_local
 
     from megagpt.parallel.distributed import local_world_size, quiet_library_warnings
@@ -220,7 +230,7 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     world = existing_world_size()
     validate(cfg, world or nproc)
     check, train = _stage(stage)
-    check(cfg)
+    check(cfg, world or nproc)
     preflight(cfg)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
     if world is None and nproc > 1:
@@ -378,7 +388,7 @@ def cmd_train_quality(args) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
             "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "sft": cmd_pretrain,
-            "rm": cmd_pretrain,
+            "rm": cmd_pretrain, "ppo": cmd_pretrain,
             "submit": cmd_submit}
 
 

@@ -358,24 +358,10 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 (DeepSpeed's pipeline takes ZeRO 1 only), got pp={p.pp}")
     _require(world_size % (p.tp * p.pp) == 0,
              f"world size {world_size} must be a multiple of parallel.tp*parallel.pp={p.tp}*{p.pp}")
-    dp = data_parallel_size(cfg, world_size)
-    per_step = t.micro_batch_size * dp
-    _require(t.global_batch_size % per_step == 0,
-             f"train.global_batch_size={t.global_batch_size} must be a multiple of "
-             f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
-    if t.batch_ramp_start is not None:
-        inc = t.batch_ramp_increment
-        _require(inc is not None and inc >= 1, f"train.batch_ramp_increment={inc} must be set (>= 1) with a batch ramp")
-        for key, value in [("train.batch_ramp_start", t.batch_ramp_start), ("train.batch_ramp_increment", inc)]:
-            _require(value >= 1 and value % per_step == 0,
-                     f"{key}={value} must be a positive multiple of train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
-        _require(t.batch_ramp_start <= t.global_batch_size and (t.global_batch_size - t.batch_ramp_start) % inc == 0,
-                 f"train.global_batch_size={t.global_batch_size} must be train.batch_ramp_start={t.batch_ramp_start} "
-                 f"plus a whole number of train.batch_ramp_increment={inc}")
-    if t.eval_interval:
-        _require(t.eval_samples >= per_step and t.eval_samples % per_step == 0,
-                 f"train.eval_samples={t.eval_samples} must be a positive multiple of "
-                 f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+    if cfg.rlhf.prompts is not None:
+        validate_rlhf(cfg)  # PPO's batches are per role (megagpt.rlhf.layout checks them against the world)
+    else:
+        validate_batches(cfg, world_size)
     _require(t.save_interval >= 0, f"train.save_interval={t.save_interval} must be >= 0 (0: no checkpoints)")
     _require(t.keep_last >= 0, f"train.keep_last={t.keep_last} must be >= 0 (0: keep all)")
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
@@ -404,8 +390,59 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         validate_data_paths(cfg)
 
 
+def validate_batches(cfg: Config, world_size: int) -> None:
+    """The global batch, its ramp and the held-out samples against micro-batch x dp."""
+    t = cfg.train
+    dp = data_parallel_size(cfg, world_size)
+    per_step = t.micro_batch_size * dp
+    _require(t.global_batch_size % per_step == 0,
+             f"train.global_batch_size={t.global_batch_size} must be a multiple of "
+             f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+    if t.batch_ramp_start is not None:
+        inc = t.batch_ramp_increment
+        _require(inc is not None and inc >= 1, f"train.batch_ramp_increment={inc} must be set (>= 1) with a batch ramp")
+        for key, value in [("train.batch_ramp_start", t.batch_ramp_start), ("train.batch_ramp_increment", inc)]:
+            _require(value >= 1 and value % per_step == 0,
+                     f"{key}={value} must be a positive multiple of train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+        _require(t.batch_ramp_start <= t.global_batch_size and (t.global_batch_size - t.batch_ramp_start) % inc == 0,
+                 f"train.global_batch_size={t.global_batch_size} must be train.batch_ramp_start={t.batch_ramp_start} "
+                 f"plus a whole number of train.batch_ramp_increment={inc}")
+    if t.eval_interval:
+        _require(t.eval_samples >= per_step and t.eval_samples % per_step == 0,
+                 f"train.eval_samples={t.eval_samples} must be a positive multiple of "
+                 f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}")
+
+
+def validate_rlhf(cfg: Config) -> None:
+    """PPO's settings that do not depend on the world (megagpt.rlhf.layout checks the rest)."""
+    r = cfg.rlhf
+    for key, value in [("rlhf.rollout_batch_size", r.rollout_batch_size), ("rlhf.mini_batches", r.mini_batches),
+                       ("rlhf.micro_batch_size", r.micro_batch_size), ("rlhf.ppo_epochs", r.ppo_epochs),
+                       ("rlhf.max_new_tokens", r.max_new_tokens), ("rlhf.kl_horizon", r.kl_horizon)]:
+        _require(value >= 1, f"{key}={value} must be at least 1")
+    _require(r.max_new_tokens < cfg.model.seq_length,
+             f"rlhf.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in model.seq_length={cfg.model.seq_length}")
+    for key, value in [("rlhf.kl_coef", r.kl_coef), ("rlhf.ptx_coef", r.ptx_coef), ("rlhf.temperature", r.temperature),
+                       ("rlhf.top_k", r.top_k)]:
+        _require(value >= 0, f"{key}={value} must be >= 0")
+    _require(r.kl_target is None or r.kl_target > 0, f"rlhf.kl_target={r.kl_target} must be positive (or null: fixed beta)")
+    _require(0 < r.top_p <= 1, f"rlhf.top_p={r.top_p} must lie in (0, 1]")
+    _require(r.clip_ratio > 0 and r.value_clip > 0, "rlhf.clip_ratio and rlhf.value_clip must be positive")
+    _require(0 <= r.gamma <= 1 and 0 <= r.lam <= 1, f"rlhf.gamma={r.gamma} and rlhf.lam={r.lam} must lie in [0, 1]")
+    _require(cfg.parallel.pp == 1, f"parallel.pp={cfg.parallel.pp}: PPO's roles are tensor and data parallel (pp=1)")
+    _require(cfg.parallel.zero_stage in (1, 2), f"parallel.zero_stage={cfg.parallel.zero_stage}: PPO trains its "
+             f"roles at ZeRO 1 or 2 (their checkpoints are layout-free, which ZeRO 3 does not load)")
+
+
 def validate_data_paths(cfg: Config) -> None:
-    if cfg.sft.data is not None:  # fine-tuning reads demonstrations, not shards
+    if cfg.rlhf.prompts is not None:  # PPO: prompts and two checkpoints, and shards for the ptx term
+        _require(os.path.isfile(cfg.rlhf.prompts), f"rlhf.prompts={cfg.rlhf.prompts!r}: file not found")
+        for key in ("actor_init", "reward_init"):
+            _require(getattr(cfg.rlhf, key) is not None, f"rlhf.{key} is not set: PPO starts from the SFT "
+                     f"(actor_init) and reward model (reward_init) checkpoints")
+        if not cfg.rlhf.ptx_coef:
+            return
+    elif cfg.sft.data is not None:  # fine-tuning reads demonstrations, not shards
         _require(os.path.isfile(cfg.sft.data), f"sft.data={cfg.sft.data!r}: file not found")
         _require(cfg.sft.init is not None, "sft.init is not set: SFT starts from a pretrained checkpoint")
         return

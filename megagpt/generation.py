@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -41,8 +41,12 @@ class Sampling:
                 raise ConfigError(message)
 
 
-def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> torch.Tensor:
-    """(B,) tokens from (B, V) logits: greedy at temperature 0, else a draw after top-k and top-p cuts."""
+def next_token(logits: torch.Tensor, s: Sampling, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """(B,) tokens from (B, V) logits: greedy at temperature 0, else a draw after top-k and top-p cuts.
+
+    Row i draws with generators[i] alone, so a row's tokens do not depend on which other
+    rows share its batch: PPO rollouts come out the same at every data-parallel layout.
+    """
     if s.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / s.temperature
@@ -55,7 +59,10 @@ def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator) ->
         # drop a token when the tokens before it already reach top_p (the first one always stays)
         drop_sorted = (probs.cumsum(dim=-1) - probs) >= s.top_p
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+    u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(cdf.device)
+    # inverse CDF: the first token whose cumulative probability passes u (cut tokens add none)
+    return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
 def full_vocab_logits(local: torch.Tensor, vocab_size: int, tp_group) -> torch.Tensor:
@@ -72,8 +79,10 @@ def full_vocab_logits(local: torch.Tensor, vocab_size: int, tp_group) -> torch.T
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] = None) -> torch.Tensor:
-    """(B, T0) prompt ids -> (B, T0 + n) with n <= s.max_new_tokens new ones (stops once every row hit eod)."""
+def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] = None,
+             row_seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """(B, T0) prompt ids -> (B, T0 + n) with n <= s.max_new_tokens new ones (stops once every row hit eod).
+    Row i samples from its own generator seeded row_seeds[i] (default s.seed + i)."""
     m = model.embedding.ctx.model
     ctx = model.embedding.ctx
     total = prompt.shape[1] + s.max_new_tokens
@@ -83,13 +92,14 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
     weight = model.embedding.word_embeddings.weight
     cache = KVCache.empty(m.num_layers, prompt.shape[0], m.num_heads // ctx.tp_size, total, m.head_dim,
                           weight.dtype, weight.device)
-    generator = torch.Generator(device=weight.device).manual_seed(s.seed)
+    seeds = row_seeds if row_seeds is not None else [s.seed + i for i in range(prompt.shape[0])]
+    generators = [torch.Generator(device=weight.device).manual_seed(int(seed)) for seed in seeds]
     model.eval()
     tokens, step_input = prompt, prompt
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for _ in range(s.max_new_tokens):
         logits = full_vocab_logits(model(step_input, cache)[:, -1], m.vocab_size, ctx.tp_group)
-        new = next_token(logits, s, generator)
+        new = next_token(logits, s, generators)
         if eod is not None:
             new = torch.where(finished, torch.full_like(new, eod), new)
             finished |= new == eod
@@ -103,7 +113,7 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
 def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
     from megagpt.model.layers import LayerContext
-    from megagpt.train.checkpoint import UniversalShards, partition_dim, read_meta, resolve_checkpoint, tp_shard
+    from megagpt.train.checkpoint import copy_weights, read_meta, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
@@ -112,10 +122,7 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
         raise ConfigError(f"generate: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
     model = GPT(LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
                              tp_size=pc.tp))
-    shards = UniversalShards(path)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(tp_shard(shards.full(name)["fp32"], partition_dim(param), pc.tp, pc.tp_rank))
+    copy_weights(model, path, pc)
     return model.to(pc.device), cfg, path
 
 

@@ -101,7 +101,7 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _files_under(path: str) -> list[str]:
+def files_under(path: str) -> list[str]:
     found = []
     for root, _, files in os.walk(path):
         found += [os.path.relpath(os.path.join(root, f), path) for f in files if f != META]
@@ -200,7 +200,8 @@ def check_compatible(meta: dict, cfg: Config, path: str) -> None:
 # What a resumed run may change: its length, logging and saving, and how it is laid out and run.
 RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval", "train.eval_samples",
                      "train.progress", "train.save_interval", "train.keep_last", "train.resume",
-                     "train.universal_checkpoint", "train.compile", "data.cache_dir", "run.", "parallel.")
+                     "train.universal_checkpoint", "train.compile", "data.cache_dir", "run.", "parallel.",
+                     "rlhf.layout")
 
 
 def check_same_run(saved: dict, cfg: Config, path: str) -> None:
@@ -251,7 +252,7 @@ class Checkpointer:
         if universal is not None:
             torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
         dist.barrier()
-        files = _files_under(path)
+        files = files_under(path)
         mine = {name: sha256_file(os.path.join(path, name)) for name in files[self.rank::self.world]}
         gathered = [None] * self.world
         dist.all_gather_object(gathered, mine)
@@ -437,6 +438,14 @@ def load_universal(engine, params: list, pc: ParallelContext, path: str, with_op
                 state["step"] = step
 
 
+def copy_weights(model: torch.nn.Module, path: str, pc: ParallelContext) -> None:
+    """Fill a pp = 1 model outside any engine (inference, PPO's frozen roles) with this rank's TP shards."""
+    shards = UniversalShards(path)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(tp_shard(shards.full(name)["fp32"], partition_dim(param), pc.tp, pc.tp_rank))
+
+
 def assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:
     """Set a trained parameter: the model's copy and the ZeRO optimizer's fp32 master copy."""
     from deepspeed.utils import safe_set_full_fp32_param
@@ -517,7 +526,7 @@ def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config) ->
     torch.save({"params": params, "partition_dims": {name: -1 for name in params}, "tp": 1, "tp_rank": 0,
                 "optimizer_step": 0},
                os.path.join(path, "universal", "pp0_tp0.pt"))
-    files = _files_under(path)
+    files = files_under(path)
     meta = {"format_version": FORMAT_VERSION, "step": 0, "consumed_samples": 0, "consumed_tokens": 0,
             "layout": None, "model": model_shape(cfg), "weights_only": True, "universal": True, "config": cfg.to_dict(),
             "files": {name: sha256_file(os.path.join(path, name)) for name in files}}

@@ -6,10 +6,15 @@ import json
 import os
 
 
+PRETRAIN_POSTFIX = (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("tok_s", "tokens_per_s", ".0f"))
+
+
 class RunLog:
     def __init__(self, run_dir: str, enabled: bool, total_steps: int, tensorboard: bool, progress: bool,
-                 first_step: int = 0):
+                 first_step: int = 0, desc: str = "pretrain", postfix: tuple = PRETRAIN_POSTFIX):
+        """postfix: (label, record key, format) of what the progress bar shows per step."""
         self.enabled = enabled
+        self.postfix = postfix
         self._tb = None
         self._bar = None
         if not enabled:
@@ -24,7 +29,7 @@ class RunLog:
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=first_step, desc="pretrain", unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=total_steps, initial=first_step, desc=desc, unit="step", dynamic_ncols=True)
 
     def step(self, record: dict) -> None:
         if not self.enabled:
@@ -34,8 +39,7 @@ class RunLog:
         self._scalars("train", record)
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                  tok_s=f"{record['tokens_per_s']:.0f}")
+            self._bar.set_postfix({label: format(record[key], fmt) for label, key, fmt in self.postfix})
 
     def evaluation(self, record: dict) -> None:
         if not self.enabled:

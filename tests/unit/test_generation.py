@@ -32,20 +32,24 @@ def test_cached_decoding_equals_the_full_forward_pass(world_of_one, attention):
 
 
 def test_sampling_rules():
-    gen = torch.Generator().manual_seed(0)
+    gen = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.5], [4.0, 0.0, 0.0, 0.0]])
     assert next_token(logits, Sampling(temperature=0), gen).tolist() == [1, 0]
     assert next_token(logits, Sampling(top_k=1), gen).tolist() == [1, 0]
     assert next_token(logits, Sampling(top_p=0.01), gen).tolist() == [1, 0]
     draws = torch.stack([next_token(logits, Sampling(top_k=2), gen) for _ in range(200)])
     assert set(draws[:, 0].tolist()) == {1, 3} and set(draws[:, 1].tolist()) <= {0, 1, 2, 3}
-    a = [next_token(logits, Sampling(seed=5), torch.Generator().manual_seed(5)).tolist() for _ in range(2)]
+    a = [next_token(logits, Sampling(seed=5), [torch.Generator().manual_seed(5)] * 2).tolist() for _ in range(2)]
     assert a[0] == a[1]  # the same seed, the same draw
+    for seed in range(20):  # a row's draw does not depend on the rows beside it
+        alone = next_token(logits[:1], Sampling(), [torch.Generator().manual_seed(seed)])
+        together = next_token(logits, Sampling(), [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(99)])
+        assert together[0] == alone[0]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    gen = torch.Generator().manual_seed(0)
+    gen = [torch.Generator().manual_seed(0)]
     draws = {next_token(logits, Sampling(top_p=0.8), gen).item() for _ in range(300)}
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are cut
 

@@ -1,0 +1,141 @@
+"""PPO checkpoints: both trained roles layout-free, the iteration's state, every rank's RNG.
+
+    <run.dir>/checkpoints/
+        latest                        the tag of the newest complete checkpoint (written last)
+        step_00000010/
+            megagpt.json              iteration, PPO state (ptx position, beta), config, sha256 of every file
+            actor/megagpt.json        the actor alone as a megagpt checkpoint: generate/export-hf/sft read it
+            actor/universal/pp0_tpN.pt    fp32 weights and Adam moments of each TP shard
+            critic/...                the same for the critic
+            rng/rank_00003.pt
+
+The frozen roles are not saved: they are their init checkpoints, reloaded on resume.
+Each role's universal form is gathered over that role's DP group only; the files are
+written by the role's DP-rank-0 ranks, and the metadata by rank 0, last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megagpt.config import Config
+from megagpt.errors import CheckpointError
+from megagpt.rlhf.layout import TRAINED
+from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, files_under, atomic_write_text, candidates,
+                                      check_same_run, checkpoint_root, complete_tags, load_universal, model_shape, read_meta,
+                                      sha256_file, tag_for, universal_shard, verify)
+
+
+@dataclass
+class PPOState:
+    iteration: int = 0  # PPO iterations done
+    ptx_samples: int = 0  # pretraining samples the ptx term has consumed
+    kl_coef: float = 0.0  # beta, which the adaptive controller moves
+
+
+class PPOCheckpointer:
+    """Every method is collective over the world."""
+
+    def __init__(self, cfg: Config, roles: dict):
+        self.cfg, self.roles = cfg, roles  # this rank's roles
+        self.root = checkpoint_root(cfg.run.dir)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def save(self, state: PPOState) -> str:
+        path = os.path.join(self.root, tag_for(state.iteration))
+        if self.rank == 0:
+            if os.path.isdir(path):  # left by a save that crashed before `latest` moved
+                shutil.rmtree(path)
+            for sub in ("rng", *(f"{r}/universal" for r in TRAINED)):
+                os.makedirs(os.path.join(path, sub))
+        dist.barrier()
+        for name in TRAINED:
+            role = self.roles.get(name)
+            if role is None:
+                continue
+            shard = universal_shard(role.engine, role.params(), role.pc)
+            if shard is not None:
+                torch.save(shard, os.path.join(path, name, "universal", f"pp0_tp{role.pc.tp_rank}.pt"))
+        torch.save(rng_state(self.roles), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        dist.barrier()
+        files = files_under(path)
+        mine = {f: sha256_file(os.path.join(path, f)) for f in files[self.rank::self.world]}
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        if self.rank == 0:
+            sums = {k: v for part in gathered for k, v in part.items()}
+            for name in TRAINED:  # each role's directory is a checkpoint of its own
+                own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
+                atomic_write_text(os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1))
+            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world}
+            atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
+            atomic_write_text(os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")
+            keep = self.cfg.train.keep_last
+            for tag in complete_tags(self.root)[:-keep] if keep > 0 else []:
+                shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
+        dist.barrier()
+        return path
+
+    def _meta(self, state: PPOState, files: dict) -> dict:
+        return {"format_version": FORMAT_VERSION, "step": state.iteration, "consumed_samples": 0,
+                "consumed_tokens": 0, "layout": None, "model": model_shape(self.cfg), "weights_only": False,
+                "universal": True, "config": self.cfg.to_dict(), "files": files}
+
+    def resume(self) -> PPOState:
+        """The newest verified checkpoint's state, with the trained roles loaded; a fresh state without one."""
+        fresh = PPOState(kl_coef=self.cfg.rlhf.kl_coef)
+        if not self.cfg.train.resume:
+            return fresh
+        for path in candidates(self.root):
+            problems = [None] * self.world
+            dist.all_gather_object(problems, verify(path, self.rank, self.world))
+            problem = next((p for p in problems if p), None)
+            if problem is None:
+                return self.load(path)
+            if self.rank == 0:
+                print(f"megagpt ppo: warning: skipping checkpoint {path}: {problem}", flush=True)
+        if complete_tags(self.root):
+            raise CheckpointError(f"no usable checkpoint in {self.root}; train.resume=false starts afresh")
+        return fresh
+
+    def load(self, path: str) -> PPOState:
+        meta = read_meta(path)
+        if "ppo" not in meta:
+            raise CheckpointError(f"checkpoint {path} is not a PPO checkpoint (run.dir holds another kind of run)")
+        check_same_run(meta["config"], self.cfg, path)
+        for name in TRAINED:
+            role = self.roles.get(name)
+            if role is not None:
+                load_universal(role.engine, role.params(), role.pc, os.path.join(path, name), with_optimizer=True)
+        rng_file = os.path.join(path, "rng", f"rank_{self.rank:05d}.pt")
+        if meta["world"] == self.world and os.path.isfile(rng_file):  # same world: same ranks, same roles
+            restore_rng(torch.load(rng_file, weights_only=False), self.roles)
+        dist.barrier()
+        return PPOState(**meta["ppo"])
+
+
+def rng_state(roles: dict) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch_cpu": torch.get_rng_state(),
+             "streams": {name: role.rng.state_dict() for name, role in roles.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict, roles: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch_cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    for name, role in roles.items():
+        if name in state["streams"]:
+            role.rng.load_state_dict(state["streams"][name])
