@@ -14,7 +14,7 @@
     megagpt generate --checkpoint DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P
                      --seed S] [--nproc TP]
     megagpt import-hf DIR --out RUN_DIR
-    megagpt submit pretrain --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
+    megagpt submit {pretrain,sft,rm,ppo} --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
                             [--partition P] [--time T] [--dry-run] [key=value ...]
 
 A bad config, a bad override or an impossible layout ends the command with one line
@@ -29,14 +29,10 @@ import argparse
 import json
 import os
 import sys
-from importlib import resources
 
 from megagpt.config import Config, load_config, validate
 from megagpt.errors import ConfigError, MegagptError
 
-# configs/ ships inside the package as megagpt.configs (see pyproject.toml), so an installed megagpt
-# finds the demo config from any directory; installed packages are plain files, which the ranks' command line names.
-DEMO_CONFIG = str(resources.files("megagpt.configs") / "demo" / "tiny.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,9 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
     o.add_argument("overrides", nargs="*", metavar="key=value")
 
-    d = sub.add_parser("demo", help="build the embedded stdlib-docstring corpus and pretrain the tiny model on it")
+    d = sub.add_parser("demo", help="crawl -> corpus -> pretrain the tiny GPT -> SFT -> reward model -> PPO-ptx")
     d.add_argument("--nproc", type=int, default=8)
     d.add_argument("--run-dir", default="runs/demo")
+    d.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (no SFT, RM, PPO)")
     d.add_argument("overrides", nargs="*", metavar="key=value")
 
     c = sub.add_parser("corpus", help="the CommonCrawl corpus pipeline")
@@ -129,17 +126,19 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="render a Slurm batch script from slurm/ and sbatch it")
     ssub = s.add_subparsers(dest="submit_command", required=True)
-    sp = ssub.add_parser("pretrain", help="multi-node pretraining: one task per GPU, requeued on preemption")
-    sp.add_argument("--config", required=True)
-    sp.add_argument("--nodes", type=int, required=True)
-    sp.add_argument("--gpus-per-node", type=int, help="GPUs (= tasks) per node")
-    sp.add_argument("--cpu-tasks-per-node", type=int, help="tasks per node on a CPU-only cluster (gloo)")
-    sp.add_argument("--cpus-per-task", type=int, default=8)
-    sp.add_argument("--partition")
-    sp.add_argument("--time", help="time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
-    sp.add_argument("--job-name", default="megagpt-pretrain")
-    sp.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
-    sp.add_argument("overrides", nargs="*", metavar="key=value")
+    for command, text in (("pretrain", "multi-node pretraining"), ("sft", "supervised fine-tuning"),
+                          ("rm", "reward model training"), ("ppo", "PPO-ptx, its roles on their rank groups")):
+        sp = ssub.add_parser(command, help=f"{text}: one task per GPU, requeued on preemption")
+        sp.add_argument("--config", required=True)
+        sp.add_argument("--nodes", type=int, required=True)
+        sp.add_argument("--gpus-per-node", type=int, help="GPUs (= tasks) per node")
+        sp.add_argument("--cpu-tasks-per-node", type=int, help="tasks per node on a CPU-only cluster (gloo)")
+        sp.add_argument("--cpus-per-task", type=int, default=8)
+        sp.add_argument("--partition")
+        sp.add_argument("--time", help="time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
+        sp.add_argument("--job-name", default=f"megagpt-{command}")
+        sp.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
+        sp.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
 
@@ -149,7 +148,7 @@ def cmd_submit(args) -> int:
     job = PretrainJob(config=args.config, overrides=list(args.overrides), nodes=args.nodes,
                       gpus_per_node=args.gpus_per_node, cpu_tasks_per_node=args.cpu_tasks_per_node,
                       cpus_per_task=args.cpus_per_task, partition=args.partition, time=args.time,
-                      job_name=args.job_name)
+                      job_name=args.job_name, command=args.submit_command)
     result = submit_pretrain(job, args.dry_run)
     print(result, end="" if args.dry_run else "\n")
     return 0
@@ -264,31 +263,11 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Generate a small crawl, run the corpus pipeline on it, pretrain the tiny GPT on the result."""
-    from data_pipeline.config import load_corpus_config
-    from data_pipeline.pipeline import run
-    from data_pipeline.synthetic import write_crawl
-    from launchers.local import existing_world_size
+    from launchers.demo import run_demo
     from megagpt.parallel.distributed import quiet_library_warnings
 
     quiet_library_warnings()
-    overrides = [f"run.dir={args.run_dir}", *args.overrides]
-    cfg = load_config(DEMO_CONFIG, overrides)
-    validate(cfg, existing_world_size() or args.nproc, check_data=False)
-    crawl_dir, corpus_dir = os.path.join(args.run_dir, "crawl"), os.path.join(args.run_dir, "corpus")
-    if not os.path.isdir(crawl_dir):
-        truth = write_crawl(crawl_dir, files=8, pages=400)
-        print(f"megagpt demo: wrote {crawl_dir}: {len(truth.english)} English pages, {len(truth.exact_pairs)} exact "
-              f"and {len(truth.near_pairs)} near copies, {len(truth.foreign)} foreign, {len(truth.spam)} spam, "
-              f"{len(truth.broken)} broken records, {len(truth.truncated_files)} truncated file")
-    corpus = load_corpus_config(None, [f"input.paths=[{crawl_dir}/*.warc.gz]", f"output.dir={corpus_dir}",
-                                       f"tokenize.vocab_size={cfg.model.vocab_size}", "langid.threshold=0.5"])
-    summary = run(corpus)
-    print(f"megagpt demo: corpus kept {summary['documents']} documents, {summary['tokens']} tokens "
-          f"({corpus_dir}/stats.json)")
-    overrides.append(f"data.mixture={os.path.join(corpus_dir, 'mixture.json')}")
-    cfg = load_config(DEMO_CONFIG, overrides)
-    return run_pretrain(cfg, args.nproc, ["pretrain", "--config", DEMO_CONFIG, *overrides])
+    return run_demo(args.nproc, args.run_dir, list(args.overrides), args.pretrain_only)
 
 
 def cmd_tokenize(args) -> int:

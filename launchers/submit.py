@@ -1,4 +1,7 @@
-"""`megagpt submit pretrain`: render slurm/pretrain.sbatch for a config and a node count, then sbatch it."""
+"""`megagpt submit {pretrain,sft,rm,ppo}`: render slurm/pretrain.sbatch for a config and a node count, then sbatch it.
+
+Every training command runs the same way under Slurm (one task per GPU, USR1 before the time
+limit, requeue), so one template serves them all; the command is its only difference."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class PretrainJob:
     partition: Optional[str] = None
     time: Optional[str] = None
     job_name: str = "megagpt-pretrain"
+    command: str = "pretrain"  # pretrain | sft | rm | ppo
 
     @property
     def tasks_per_node(self) -> int:
@@ -56,6 +60,10 @@ def check_job(job: PretrainJob) -> Config:
         raise ConfigError(f"{job.nodes} nodes x {job.tasks_per_node} tasks = {world} ranks, not a multiple of "
                           f"parallel.tp*parallel.pp={p.tp}*{p.pp}: the layout cannot use them all")
     validate(cfg, world)
+    if job.command == "ppo":
+        from megagpt.rlhf.layout import parse_layout
+
+        parse_layout(cfg, world)
     return cfg
 
 
@@ -70,7 +78,8 @@ def render_pretrain(job: PretrainJob) -> tuple[str, Config]:
         "gpus_line": sbatch_line("gpus-per-node", job.gpus_per_node),
         "partition_line": sbatch_line("partition", job.partition), "time_line": sbatch_line("time", job.time),
         "log_dir": os.path.join(run_dir, "slurm"), "workdir": check_path("workdir", os.getcwd()),
-        "python": python(), "config": check_path("--config", job.config), "overrides": quote_all(overrides),
+        "python": python(), "command": job.command, "config": check_path("--config", job.config),
+        "overrides": quote_all(overrides),
         "run_dir": run_dir,
     })
     return script, cfg
@@ -81,5 +90,5 @@ def submit_pretrain(job: PretrainJob, dry_run: bool) -> str:
     script, cfg = render_pretrain(job)
     if dry_run:
         return script
-    path = write_script(os.path.join(os.path.abspath(cfg.run.dir), "slurm", "pretrain.sbatch"), script)
+    path = write_script(os.path.join(os.path.abspath(cfg.run.dir), "slurm", f"{job.command}.sbatch"), script)
     return submit_script(path)

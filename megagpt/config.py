@@ -178,6 +178,7 @@ class RLHFConfig:
     lam: float = 0.95  # GAE lambda
     critic_lr: Optional[float] = None  # default: optim.lr
     whiten_advantages: bool = True  # normalise advantages over the rollout batch
+    log_samples: int = 2  # rollouts per iteration written to <run.dir>/samples.jsonl (prompt, response, reward)
 
 
 @dataclass
@@ -420,6 +421,7 @@ def validate_rlhf(cfg: Config) -> None:
                        ("rlhf.micro_batch_size", r.micro_batch_size), ("rlhf.ppo_epochs", r.ppo_epochs),
                        ("rlhf.max_new_tokens", r.max_new_tokens), ("rlhf.kl_horizon", r.kl_horizon)]:
         _require(value >= 1, f"{key}={value} must be at least 1")
+    _require(r.log_samples >= 0, f"rlhf.log_samples={r.log_samples} must be >= 0")
     _require(r.max_new_tokens < cfg.model.seq_length,
              f"rlhf.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in model.seq_length={cfg.model.seq_length}")
     for key, value in [("rlhf.kl_coef", r.kl_coef), ("rlhf.ptx_coef", r.ptx_coef), ("rlhf.temperature", r.temperature),

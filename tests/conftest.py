@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -25,6 +26,38 @@ def megagpt(*args: str, timeout: float = 900, check: bool = True, env: dict | No
     if check and proc.returncode != 0:
         raise AssertionError(f"megagpt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def start(args) -> subprocess.Popen:
+    """Start `megagpt *args` in the background, in a session of its own (kill_tree ends it as a node failure would)."""
+    env = {**os.environ, **CPU_ENV}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return subprocess.Popen([sys.executable, "-m", "launchers.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir, step: int, timeout: float = 600) -> None:
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isfile(metrics) and len(read_jsonl(metrics)) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (exit {proc.returncode}) before step {step}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every rank at once, as a node failure would (ranks run in their own sessions)."""
+    import psutil
+
+    everyone = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in everyone:
+        p.kill()
+    proc.wait()
+    psutil.wait_procs(everyone, timeout=30)
 
 
 def read_jsonl(path: str) -> list[dict]:

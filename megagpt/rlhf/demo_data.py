@@ -36,7 +36,8 @@ def _word_pool(limit: int = 400) -> tuple[list[str], list[str]]:
 
 
 def _response(rng: random.Random, words: list[str], mentions: int, length: int = 8) -> str:
-    chosen = [rng.choice(words) for _ in range(length)]
+    """`length` words, `mentions` of them the keyword: only the keyword tells responses apart, not length."""
+    chosen = [rng.choice(words) for _ in range(length - mentions)]
     for _ in range(mentions):
         chosen.insert(rng.randrange(len(chosen) + 1), KEYWORD)
     return " " + " ".join(chosen) + "."

@@ -17,6 +17,7 @@ SIGTERM/SIGUSR1 save and stop as in pretraining.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -182,6 +183,18 @@ class Iteration:
         return {"value_loss": mean_over(torch.stack(losses).mean(), critic.pc.dp_group, critic.pc.dp)}
 
 
+def sample_records(exp: dict, iteration: int, tokenizer, count: int) -> list[dict]:
+    """The first `count` rollouts as text, with their reward: what the policy is learning to say."""
+    records = []
+    tokens, first = exp["tokens"], exp["last"] - exp["response_len"] + 2  # the response's first position
+    for i in range(min(count, tokens.shape[0])):
+        start, end = int(first[i]), int(exp["last"][i]) + 2
+        records.append({"step": iteration, "prompt": tokenizer.decode(tokens[i, :start].tolist()),
+                        "response": tokenizer.decode(t for t in tokens[i, start:end].tolist() if t != tokenizer.eod),
+                        "reward": float(exp["score"][i])})
+    return records
+
+
 def gather_metrics(local: dict) -> dict:
     """Every rank's metrics merged on every rank (each role's leader reports its own)."""
     parts = [None] * dist.get_world_size()
@@ -250,6 +263,10 @@ def ppo(cfg: Config) -> None:
                              response_length=exp["response_len"].float().mean().item())
                 if "entropy" in exp:
                     local["entropy"] = math.masked_mean(exp["entropy"], mask).item()
+                if rank == 0 and r.log_samples:
+                    with open(os.path.join(cfg.run.dir, "samples.jsonl"), "a") as f:
+                        f.writelines(json.dumps(s) + "\n" for s in sample_records(exp, iteration, tokenizer,
+                                                                                  r.log_samples))
         trained = time.perf_counter()
         if rank == 0:
             local.update(time_generate_s=generated - start, time_score_s=scored - generated,

@@ -105,7 +105,7 @@ class Preemption:
 
 def keep_records_through(run_dir: str, step: int) -> None:
     """Drop metrics a killed run logged after its last checkpoint; the resumed run logs those steps again."""
-    for name in ("metrics.jsonl", "eval.jsonl"):
+    for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
         path = os.path.join(run_dir, name)
         if not os.path.isfile(path):
             continue

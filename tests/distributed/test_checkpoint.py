@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.conftest import CPU_ENV, REPO, TINY, megagpt, read_jsonl
+from tests.conftest import TINY, kill_tree, megagpt, read_jsonl, start, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -22,37 +19,6 @@ def pretrain_args(prefix, run_dir, tp=1, pp=1, dp=1, *overrides):
     return ["pretrain", "--config", TINY, "--nproc", str(tp * pp * dp), f"parallel.tp={tp}", f"parallel.pp={pp}",
             f"data.prefixes=[{prefix}]", f"run.dir={run_dir}", "run.tensorboard=false", "train.progress=false",
             f"train.steps={STEPS}", "train.eval_interval=5", "train.eval_samples=16", *overrides]
-
-
-def start(args) -> subprocess.Popen:
-    env = {**os.environ, **CPU_ENV}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    return subprocess.Popen([sys.executable, "-m", "launchers.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for_step(proc: subprocess.Popen, run_dir, step: int, timeout: float = 600) -> None:
-    metrics = os.path.join(run_dir, "metrics.jsonl")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.isfile(metrics) and len(read_jsonl(metrics)) >= step:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (exit {proc.returncode}) before step {step}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} within {timeout}s")
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher and every rank at once, as a node failure would (ranks run in their own sessions)."""
-    import psutil
-
-    everyone = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in everyone:
-        p.kill()
-    proc.wait()
-    psutil.wait_procs(everyone, timeout=30)
 
 
 def training_record(run_dir):

@@ -74,3 +74,14 @@ def test_gpt3_alternating_layers_band_the_odd_ones(world_of_one):
     assert not torch.allclose(dense(x)[0, -1], dense(far)[0, -1])
     torch.testing.assert_close(banded(x)[0, -1], banded(far)[0, -1])
     assert not torch.allclose(banded(x)[0, 2], banded(far)[0, 2])
+
+
+def test_token_logprobs_equal_log_softmax_without_the_vocab_padding():
+    from megagpt.model.vocab_parallel import token_logprobs
+
+    logits = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (2, 5), generator=torch.Generator().manual_seed(1))
+    logp, entropy = token_logprobs(logits, labels, None, vocab_size=10, with_entropy=True)
+    real = torch.log_softmax(logits[..., :10], dim=-1)  # ids 10, 11 are padding: no probability
+    torch.testing.assert_close(logp, real.gather(-1, labels[..., None]).squeeze(-1))
+    torch.testing.assert_close(entropy, -(real.exp() * real).sum(-1))

@@ -27,20 +27,21 @@ def in_repo(path):
 sys.addaudithook(lambda event, args: event == "open" and isinstance(args[0], str) and in_repo(args[0])
                  and opened.append(args[0]))
 import launchers.cli as cli
+from launchers.demo import DEMO_CONFIG
 from launchers.submit import PretrainJob, render_pretrain
 from megagpt.config import load_config
 from megagpt.slurm import template_path
-cfg = load_config(cli.DEMO_CONFIG)
+cfg = load_config(DEMO_CONFIG)
 for ext in (".bin", ".idx"):
     open("shard" + ext, "w").close()
-script, _ = render_pretrain(PretrainJob(config=cli.DEMO_CONFIG, overrides=["data.prefixes=[shard]"], nodes=1,
+script, _ = render_pretrain(PretrainJob(config=DEMO_CONFIG, overrides=["data.prefixes=[shard]"], nodes=1,
                                         gpus_per_node=8))
 help_text = io.StringIO()
 with contextlib.redirect_stdout(help_text), contextlib.suppress(SystemExit):
     cli.main(["demo", "--help"])
 modules = [m.__file__ for name, m in list(sys.modules.items())
            if name.split(".")[0] in ("megagpt", "launchers", "data_pipeline") and getattr(m, "__file__", None)]
-print(json.dumps({"demo_config": cli.DEMO_CONFIG, "template": template_path("pretrain.sbatch"),
+print(json.dumps({"demo_config": DEMO_CONFIG, "template": template_path("pretrain.sbatch"),
                   "layers": cfg.model.num_layers, "script": script, "help": help_text.getvalue(),
                   "modules": modules, "opened": opened}))
 """

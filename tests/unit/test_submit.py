@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from megagpt.errors import ConfigError
 from tests.conftest import TINY, megagpt
 
 
@@ -110,3 +111,19 @@ def test_corpus_stage_jobs_start_where_the_run_was_submitted(tmp_path, monkeypat
     script = stage_script(cfg, "process", 1, save_config(cfg), None)
     assert f"\ncd {tmp_path}\n" in script and "#SBATCH --array=0-0" in script
     assert f"--config {tmp_path}/out/work/corpus-config.yaml --stage process" in script
+
+
+def test_submit_ppo_runs_the_ppo_command_on_a_world_its_roles_fill(no_cluster, tmp_path):
+    from launchers.submit import PretrainJob, render_pretrain
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Q: a?\\nA:"}\n')
+    config = os.path.join(os.path.dirname(TINY), "..", "rlhf", "tiny.yaml")
+    overrides = [f"rlhf.prompts={prompts}", "rlhf.actor_init=runs/sft", "rlhf.reward_init=runs/rm", "rlhf.ptx_coef=0",
+                 f"run.dir={tmp_path}/ppo"]
+    script, _ = render_pretrain(PretrainJob(config=config, overrides=overrides, nodes=2, gpus_per_node=4,
+                                            command="ppo", job_name="megagpt-ppo"))
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert " -m launchers.cli ppo --config " in srun and "#SBATCH --job-name=megagpt-ppo" in script
+    with pytest.raises(ConfigError, match="gives 2 \\+ 2 \\+ 2 \\+ 2 = 8 ranks to the roles, but the world has 4"):
+        render_pretrain(PretrainJob(config=config, overrides=overrides, nodes=1, gpus_per_node=4, command="ppo"))
