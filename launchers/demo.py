@@ -80,7 +80,9 @@ def run_demo(nproc: int, run_dir: str, overrides: list[str], pretrain_only: bool
     from launchers.cli import run_pretrain
     from launchers.local import existing_world_size
 
-    overrides = [f"run.dir={run_dir}", *overrides]
+    steps = load_config(DEMO_CONFIG, overrides).train.steps
+    # the last step is saved: SFT starts from it (an explicit train.save_interval still wins)
+    overrides = [f"run.dir={run_dir}", f"train.save_interval={steps}", *overrides]
     cfg = load_config(DEMO_CONFIG, overrides)
     validate(cfg, existing_world_size() or nproc, check_data=False)
     mixture = build_corpus(run_dir, cfg.model.vocab_size)

@@ -147,7 +147,7 @@ def finish(held_out: list[Comparison], demos: list[list[int]], eod: int):
     """The last step of `megagpt rm`: centre the reward on the demonstrations, then measure and report."""
     from megagpt.train.checkpoint import assign
 
-    def run(engine, pc, cfg: Config) -> None:
+    def run(engine, pc, cfg: Config) -> str:
         from deepspeed.utils import safe_get_full_fp32_param
 
         model = engine.module
@@ -163,9 +163,8 @@ def finish(held_out: list[Comparison], demos: list[list[int]], eod: int):
         if dist.get_rank() == 0:
             with open(os.path.join(cfg.run.dir, REPORT), "w") as f:
                 json.dump(report, f, indent=1)
-            print(f"megagpt rm: pairwise accuracy {accuracy:.3f} on {pairs} held-out pairs; reward shifted by "
-                  f"{-shift:+.4f} so the {len(demos)} demonstrations average "
-                  f"{report['demonstration_mean_reward']:+.2e}", flush=True)
+        return (f"megagpt rm: pairwise accuracy {accuracy:.3f} on {pairs} held-out pairs; reward shifted by "
+                f"{-shift:+.4f} so the {len(demos)} demonstrations average {report['demonstration_mean_reward']:+.2e}")
 
     return run
 
@@ -192,7 +191,7 @@ def rm(cfg: Config) -> None:
         return (ComparisonDataset(train, seq, eod, k_max, train_samples, seed),
                 ComparisonDataset(valid, seq, eod, k_max, valid_samples, seed + 1))
 
-    task = Task(model=ScalarGPT, loss=rm_loss, new_parameters=("value_head.",),
+    task = Task(name="rm", model=ScalarGPT, loss=rm_loss, new_parameters=("value_head.",),
                 finish=finish(valid, demos, tokenizer.eod))
     pretrain(cfg, datasets=datasets, init_from=cfg.rm.init, task=task)
 

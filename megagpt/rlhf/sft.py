@@ -64,7 +64,7 @@ def tokenize_demonstrations(cfg: Config, tokenizer) -> tuple[list[Demonstration]
 def sft(cfg: Config) -> None:
     """One rank of `megagpt sft`."""
     from megagpt.data.tokenizer import Tokenizer
-    from megagpt.train.pretrain import pretrain
+    from megagpt.train.pretrain import Task, pretrain
 
     tokenizer = Tokenizer.load(checkpoint_tokenizer(cfg.sft.init, cfg.sft.tokenizer))
     demos, too_long = tokenize_demonstrations(cfg, tokenizer)
@@ -81,7 +81,7 @@ def sft(cfg: Config) -> None:
         held_out = DemonstrationDataset(valid or train, seq, eod, valid_samples, seed + 1)  # unused without eval
         return DemonstrationDataset(train, seq, eod, train_samples, seed), held_out
 
-    pretrain(cfg, datasets=datasets, init_from=cfg.sft.init)
+    pretrain(cfg, datasets=datasets, init_from=cfg.sft.init, task=Task(name="sft"))
 
 
 def preflight_sft(cfg: Config) -> None:

@@ -40,10 +40,11 @@ class Task:
     """What a run optimises. Pretraining and SFT: the GPT and its LM loss; the reward model
     (megagpt.rlhf.reward) brings a scalar head, its ranking loss and a last step of its own."""
 
+    name: str = "pretrain"
     model: type = GPT
     loss: Callable = lm_loss  # (model output, labels) -> scalar
     new_parameters: tuple = ()  # name prefixes an init checkpoint lacks (a new head), initialised fresh
-    # (engine, pc, cfg) after the last step, before the last checkpoint
+    # (engine, pc, cfg) -> a line for rank 0 to print: after the last step, before the last checkpoint
     finish: Optional[Callable] = None
 
 
@@ -148,7 +149,8 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)
-    log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress, first_step=state.step)
+    log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress, first_step=state.step,
+                 desc=task.name)
 
     evals = []
 
@@ -159,7 +161,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
         log.evaluation(evals[-1])
 
     consumed_samples, consumed_tokens = state.consumed_samples, state.consumed_tokens
-    loss = float("nan")
+    loss, finished = float("nan"), None
     if eval_samples and state.step == 0:
         held_out(0)
     for step, gbs in enumerate(sizes[state.step:], start=state.step + 1):
@@ -182,7 +184,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
         if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
             held_out(step)
         if step == t.steps and task.finish is not None:
-            task.finish(engine, pc, cfg)
+            finished = task.finish(engine, pc, cfg)
         if preemption.agreed():
             checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
             log.close()
@@ -199,4 +201,6 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
         held = f"; held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""
         print(f"megagpt: trained {t.steps} steps at (tp,pp,dp)=({pc.tp},{pc.pp},{pc.dp}), {consumed_tokens} tokens; "
               f"last loss {loss:.3f}{held}; metrics in {cfg.run.dir}/metrics.jsonl")
+        if finished:
+            print(finished, flush=True)
     dist.barrier()
