@@ -14,7 +14,6 @@ step time is the median of metrics.jsonl's step_time_s. Overhead = save seconds 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics

@@ -6,18 +6,21 @@ Runs in the venv of benchmarks/requirements-trl.txt, never megagpt's. Policy and
 are the exported GPT-2; reward and value models are GPT2ForSequenceClassification on the same
 weights (a fresh scalar head: throughput does not depend on what the reward says). One
 iteration is one TRL batch of ROLLOUTS prompts; the first is left out of the rate, as in
-megagpt's rows. Prints one JSON line of the figures ppo_throughput.py tabulates.
+megagpt's rows. Prints one JSON line of the figures ppo_throughput.py tabulates (NaN for the
+per-phase times, which TRL does not report).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast,
+                          TrainerCallback)
 
 
 class Clock(TrainerCallback):
@@ -36,8 +39,9 @@ def main() -> None:
     hf_dir, prompts_path, work, iterations, rollouts, new_tokens, epochs = sys.argv[1:8]
     iterations, rollouts, new_tokens, epochs = int(iterations), int(rollouts), int(new_tokens), int(epochs)
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    tokenizer.pad_token = tokenizer.eos_token
+    # the tokenizer file itself: export-hf's tokenizer_config names a class older transformers lack
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(hf_dir, "tokenizer.json"),
+                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="left")
     with open(prompts_path) as f:
         prompts = [json.loads(line)["prompt"] for line in f if line.strip()]
     ids = [tokenizer(p)["input_ids"] for p in prompts]

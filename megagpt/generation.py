@@ -80,9 +80,10 @@ def full_vocab_logits(local: torch.Tensor, vocab_size: int, tp_group) -> torch.T
 
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] = None,
-             row_seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+             row_seeds: Optional[Sequence[int]] = None, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, T0) prompt ids -> (B, T0 + n) with n <= s.max_new_tokens new ones (stops once every row hit eod).
-    Row i samples from its own generator seeded row_seeds[i] (default s.seed + i)."""
+    Row i samples from its own generator seeded row_seeds[i] (default s.seed + i). Prompts of different
+    lengths go in one batch left-padded: pad (B,) counts each row's padding columns (see KVCache)."""
     m = model.embedding.ctx.model
     ctx = model.embedding.ctx
     total = prompt.shape[1] + s.max_new_tokens
@@ -91,7 +92,7 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
                           f"model's context model.seq_length={m.seq_length}")
     weight = model.embedding.word_embeddings.weight
     cache = KVCache.empty(m.num_layers, prompt.shape[0], m.num_heads // ctx.tp_size, total, m.head_dim,
-                          weight.dtype, weight.device)
+                          weight.dtype, weight.device, pad=pad)
     seeds = row_seeds if row_seeds is not None else [s.seed + i for i in range(prompt.shape[0])]
     generators = [torch.Generator(device=weight.device).manual_seed(int(seed)) for seed in seeds]
     model.eval()

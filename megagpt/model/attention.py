@@ -51,7 +51,8 @@ class Attention(nn.Module):
     def _decode(self, q, k, v, cache: KVCache) -> torch.Tensor:
         """The new tokens' queries against every cached key they may see (inference: no dropout)."""
         k, v = cache.update(self.layer_index, k, v)  # (B, nh, T_cached + T, hs)
-        q_positions = torch.arange(cache.length, cache.length + q.shape[2], device=q.device)
-        mask = attention_mask(q_positions, torch.arange(k.shape[2], device=q.device),
-                              self.pattern if self.window else None, self.window)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        q_columns = torch.arange(cache.length, cache.length + q.shape[2], device=q.device)
+        k_columns = torch.arange(k.shape[2], device=q.device)
+        # distances between columns are distances between positions: padding shifts a whole row alike
+        allowed = attention_mask(q_columns, k_columns, self.pattern if self.window else None, self.window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=cache.visible(q_columns, k_columns, allowed))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megagpt.model.kv_cache import KVCache
 from megagpt.model.layers import LayerContext
 
 POSITION_STD = 0.01  # GPT-2's position-embedding init
@@ -21,9 +24,10 @@ class Embedding(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.seq_length, cfg.hidden_size)
         ctx.init_layer(self, "embedding", cfg.init_std, {"position_embeddings.weight": POSITION_STD})
 
-    def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """offset: the first token's position (the tokens already in a KV cache)."""
-        positions = torch.arange(offset, offset + tokens.shape[1], device=tokens.device)
+    def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """With a KV cache, `tokens` continue the cached columns (and their positions skip its left padding)."""
+        columns = torch.arange(tokens.shape[1], device=tokens.device)
+        positions = columns if cache is None else cache.positions(columns + cache.length)  # (T,) or (B, T)
         x = self.word_embeddings(tokens) + self.position_embeddings(positions)
         return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
 

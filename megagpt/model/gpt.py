@@ -43,7 +43,7 @@ class GPT(nn.Module):
     def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Logits of this rank's vocabulary slice, (B, T, padded_vocab / tp). With a cache, `tokens`
         continue the cached ones (generation), and the cache then holds them too."""
-        x = self.embedding(tokens, cache.length if cache is not None else 0)
+        x = self.embedding(tokens, cache)
         for block in self.blocks:
             x = block(x, cache)
         if cache is not None:

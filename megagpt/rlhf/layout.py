@@ -17,6 +17,7 @@ shards over the role's DP group and clips over its TP group, never the world's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -76,8 +77,21 @@ def parse_layout(cfg: Config, world: int) -> dict[str, RoleSpec]:
     return specs
 
 
+def init_checkpoint(cfg: Config, role: str) -> Optional[str]:
+    """Where a role starts: the SFT model for actor and reference, the reward model for critic and reward."""
+    return cfg.rlhf.actor_init if role in ("actor", "reference") else cfg.rlhf.reward_init
+
+
+def role_model(cfg: Config, role: str):
+    """The model a role runs: its init checkpoint's (a reward model may differ from the policy), else cfg.model."""
+    from megagpt.generation import checkpoint_config
+
+    init = init_checkpoint(cfg, role)
+    return checkpoint_config(init)[1].model if init is not None and os.path.isdir(init) else cfg.model
+
+
 def check_role(cfg: Config, role: str, spec: RoleSpec) -> None:
-    m, r = cfg.model, cfg.rlhf
+    m, r = role_model(cfg, role), cfg.rlhf
     where = f"rlhf.layout.{role}" if cfg.rlhf.layout is not None else "parallel.tp"
     if len(spec.ranks) % spec.tp:
         raise ConfigError(f"{where}: tp={spec.tp} must divide the role's {len(spec.ranks)} ranks")

@@ -22,9 +22,10 @@ from megagpt.config import Config
 from megagpt.model.gpt import GPT, ScalarGPT, at_positions
 from megagpt.model.vocab_parallel import token_logprobs
 from megagpt.parallel.topology import ParallelContext
-from megagpt.rlhf.layout import TRAINED, RoleGrid
+from megagpt.rlhf.layout import TRAINED, RoleGrid, init_checkpoint, role_model
 
 MODEL = {"actor": GPT, "reference": GPT, "critic": ScalarGPT, "reward": ScalarGPT}
+PRECISION_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -44,22 +45,15 @@ class Role:
         return (self.engine or self.module)(tokens)
 
 
-def init_checkpoint(cfg: Config, role: str) -> str:
-    return cfg.rlhf.actor_init if role in ("actor", "reference") else cfg.rlhf.reward_init
-
-
 def role_config(cfg: Config, role: str, pc: ParallelContext) -> Config:
     """The run's config as this role sees it: the model of its init checkpoint (a reward model may be
     another size than the policy, as InstructGPT's 6B RM for its 175B policy), its TP size, PPO's
     micro-batch, and for the critic rlhf.critic_lr."""
-    from megagpt.generation import checkpoint_config
-
     r = cfg.rlhf
     optim = cfg.optim
     if role == "critic" and r.critic_lr is not None:
         optim = dataclasses.replace(optim, lr=r.critic_lr)
-    model = checkpoint_config(init_checkpoint(cfg, role))[1].model
-    return dataclasses.replace(cfg, model=model, parallel=dataclasses.replace(cfg.parallel, tp=pc.tp, pp=1),
+    return dataclasses.replace(cfg, model=role_model(cfg, role), parallel=dataclasses.replace(cfg.parallel, tp=pc.tp, pp=1),
                                optim=optim, train=dataclasses.replace(cfg.train, micro_batch_size=r.micro_batch_size))
 
 
@@ -80,7 +74,8 @@ def build_role(cfg: Config, role: str, pc: ParallelContext) -> Role:
     module = MODEL[role](ctx)
     copy_weights(module, path, pc)
     module.requires_grad_(False)
-    return Role(role, pc, module.to(pc.device).eval(), rcfg, rng=rng)
+    dtype = PRECISION_DTYPE[cfg.train.precision]  # as the trained roles' engines hold their weights
+    return Role(role, pc, module.to(device=pc.device, dtype=dtype).eval(), rcfg, rng=rng)
 
 
 def policy_logprobs(role: Role, tokens: torch.Tensor, with_entropy: bool = False):

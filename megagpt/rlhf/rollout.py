@@ -4,8 +4,8 @@ An iteration's prompts are rlhf.rollout_batch_size consecutive samples of a seed
 per-epoch shuffled stream over the prompt file, so iteration i always gets the same
 prompts. Each actor DP rank samples a contiguous share; row j of the batch draws from
 its own generator seeded by (train.seed, iteration, j), so the rollout is the same at
-every layout. Prompts of one length are sampled together with the KV cache (no padding
-inside a prompt, so no attention mask). A rollout is packed as one (N, L + 2) long
+every layout. A rank's prompts are sampled as one batch with the KV cache, left-padded
+to the longest (the cache hides each row's padding). A rollout is packed as one (N, L + 2) long
 tensor: the tokens, right-padded with eod to L = longest prompt + max_new_tokens, then
 each row's prompt and response lengths.
 
@@ -16,7 +16,6 @@ every rank already holds everything and nothing moves.
 
 from __future__ import annotations
 
-from itertools import groupby
 from typing import Optional
 
 import torch
@@ -49,24 +48,28 @@ def share(n: int, pc) -> slice:
 
 def sample_rows(actor, prompts: list[list[int]], rows: range, length: int, s: Sampling, eod: int, seed: int,
                 iteration: int) -> torch.Tensor:
-    """Packed rollouts (len(rows), length + 2) of the given rows of this iteration's prompts."""
+    """Packed rollouts (len(rows), length + 2) of the given rows of this iteration's prompts, sampled as
+    one left-padded batch (KVCache.pad), then laid out prompt first, response after, eod padding last."""
     device = actor.pc.device
-    packed = torch.full((len(rows), length + 2), eod, dtype=torch.int64, device=device)
-    by_length = sorted(range(len(rows)), key=lambda i: len(prompts[rows[i]]))
+    mine = [prompts[r] for r in rows]
+    width = max(map(len, mine))
+    pad = torch.tensor([width - len(p) for p in mine], dtype=torch.int64, device=device)
+    batch = torch.full((len(mine), width), eod, dtype=torch.int64, device=device)
+    for i, p in enumerate(mine):
+        batch[i, width - len(p):] = torch.tensor(p, dtype=torch.int64, device=device)
     actor.module.eval()
-    for plen, members in groupby(by_length, key=lambda i: len(prompts[rows[i]])):
-        members = list(members)
-        batch = torch.tensor([prompts[rows[i]] for i in members], dtype=torch.int64, device=device)
-        out = generate(actor.module, batch, s, eod=eod, row_seeds=[row_seed(seed, iteration, rows[i]) for i in members])
-        new = out[:, plen:]
-        ended = new == eod
-        # a response runs through its first eod (included), or fills max_new_tokens
-        response_len = torch.where(ended.any(dim=1), ended.int().argmax(dim=1) + 1, torch.full_like(ended[:, 0], new.shape[1], dtype=torch.int64))
-        index = torch.tensor(members, device=device)
-        packed[index, :out.shape[1]] = out
-        packed[index, length] = plen
-        packed[index, length + 1] = response_len
+    out = generate(actor.module, batch, s, eod=eod, row_seeds=[row_seed(seed, iteration, r) for r in rows], pad=pad)
     actor.module.train()
+    new = out[:, width:]
+    ended = new == eod
+    # a response runs through its first eod (included), or fills max_new_tokens
+    response_len = torch.where(ended.any(dim=1), ended.int().argmax(dim=1) + 1,
+                               torch.full_like(pad, new.shape[1]))
+    packed = torch.full((len(mine), length + 2), eod, dtype=torch.int64, device=device)
+    for i, p in enumerate(mine):
+        packed[i, :len(p) + new.shape[1]] = out[i, width - len(p):]
+    packed[:, length] = torch.tensor([len(p) for p in mine], dtype=torch.int64, device=device)
+    packed[:, length + 1] = response_len
     return packed
 
 

@@ -81,9 +81,14 @@ def test_reward_model_losses_match_across_layouts(stage, tmp_path):
 
 
 def test_ppo_split_layout_equals_colocated(stage, tmp_path):
-    """Actor TP=2, critic DP=2, reward TP=2, reference DP=2 on 8 ranks against one process with all four."""
+    """Actor TP=2, critic DP=2, reward TP=2, reference DP=2 on 8 ranks against one process with all four;
+    the split run under the collective audit (every tensor a collective gets is made on the rank's device)."""
     megagpt(*ppo_args(stage, tmp_path / "colocated", 1, "train.steps=2"))
-    megagpt(*ppo_args(stage, tmp_path / "split", 8, "train.steps=2", SPLIT_8))
+    audit = tmp_path / "audit"
+    megagpt(*ppo_args(stage, tmp_path / "split", 8, "train.steps=2", SPLIT_8),
+            env={"MEGAGPT_AUDIT_COLLECTIVES": str(audit)})
+    reports = [json.loads(f.read_text()) for f in sorted(audit.glob("rank_*.json"))]
+    assert len(reports) == 8 and all(r["calls"].get("broadcast") for r in reports)  # every role got a rollout
     colocated, split = ppo_record(tmp_path / "colocated"), ppo_record(tmp_path / "split")
     assert colocated[0]["kl"] == 0.0  # actor = reference at the first rollout, computed alike
     assert colocated[0]["ptx_loss"] > 0

@@ -107,3 +107,31 @@ def test_demo_on_cuda(tmp_path):
                    "run.device=cuda", "train.steps=20", "train.eval_interval=10", "train.progress=false",
                    env=gpu_env(tmp_path / "demo-audit"))
     assert "megagpt: trained 20 steps" in proc.stdout
+
+
+def test_instruct_stage_on_cuda(demo_prefix, tmp_path):
+    """SFT, reward model and PPO-ptx (all four roles on the one GPU) under NCCL and the collective audit."""
+    from megagpt.rlhf.demo_data import write_instruct_data
+
+    rlhf = os.path.join(os.path.dirname(TINY), "..", "rlhf")
+    files = write_instruct_data(str(tmp_path / "data"), comparisons=40)
+    pretrain(demo_prefix, tmp_path / "pre", "train.save_interval=6")
+    common = ["--nproc", "1", "parallel.tp=1", "parallel.pp=1", "run.device=cuda", "run.tensorboard=false",
+              "train.progress=false"]
+    megagpt("sft", "--config", os.path.join(rlhf, "sft-tiny.yaml"), *common, f"sft.data={files['demonstrations']}",
+            f"sft.init={tmp_path / 'pre'}", f"run.dir={tmp_path / 'sft'}", "train.steps=4", "train.save_interval=4",
+            env=gpu_env(tmp_path / "sft-audit"))
+    megagpt("rm", "--config", os.path.join(rlhf, "rm-tiny.yaml"), *common, f"rm.data={files['comparisons']}",
+            f"rm.demonstrations={files['demonstrations']}", f"rm.init={tmp_path / 'sft'}", f"run.dir={tmp_path / 'rm'}",
+            "train.steps=4", "train.save_interval=4", "train.eval_interval=2", env=gpu_env(tmp_path / "rm-audit"))
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / f"ppo-{precision}"
+        megagpt("ppo", "--config", os.path.join(rlhf, "tiny.yaml"), *common, "rlhf.layout=null",
+                f"rlhf.prompts={files['prompts']}", f"rlhf.actor_init={tmp_path / 'sft'}",
+                f"rlhf.reward_init={tmp_path / 'rm'}", f"data.prefixes=[{demo_prefix}]", f"run.dir={run}",
+                f"train.precision={precision}", "train.steps=3", "train.save_interval=2",
+                env=gpu_env(tmp_path / f"ppo-{precision}-audit"))
+        records = read_jsonl(str(run / "metrics.jsonl"))
+        assert [r["step"] for r in records] == [1, 2, 3]
+        assert records[0]["kl"] == 0.0 or precision != "fp32"  # actor = reference at the first rollout
+        assert all(r["ptx_loss"] > 0 for r in records)

@@ -4,8 +4,6 @@ import glob
 import json
 import os
 
-import pytest
-
 from data_pipeline.dedup import jaccard
 from data_pipeline.io import read_jsonl_gz
 

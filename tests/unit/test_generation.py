@@ -63,3 +63,18 @@ def test_generate_stops_at_eod_and_checks_the_context(world_of_one):
     assert generate(gpt, prompt, Sampling(max_new_tokens=10, temperature=0), eod=eod).shape == (1, 4)
     with pytest.raises(ConfigError, match="exceeds the model's context model.seq_length=32"):
         generate(gpt, prompt, Sampling(max_new_tokens=30))
+
+
+@pytest.mark.parametrize("attention", [[], ["model.attention=alternating", "model.local_window=4"]],
+                         ids=["dense", "local"])
+def test_a_left_padded_batch_generates_what_each_prompt_does_alone(world_of_one, attention):
+    gpt = model(world_of_one, *attention)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    width = max(map(len, prompts))
+    batch = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    pad = torch.tensor([width - len(p) for p in prompts])
+    for sampling in (Sampling(max_new_tokens=8, temperature=0), Sampling(max_new_tokens=8, top_k=20)):
+        together = generate(gpt, batch, sampling, row_seeds=[3, 4, 5], pad=pad)
+        for i, p in enumerate(prompts):
+            alone = generate(gpt, torch.tensor([p]), sampling, row_seeds=[3 + i])
+            assert together[i, width:].tolist() == alone[0, len(p):].tolist()
