@@ -48,7 +48,8 @@ class RunLog:
         self._eval.flush()
         self._scalars("eval", record)
         if self._bar is not None:
-            self._bar.write(f"step {record['step']}: held-out loss {record['loss']:.4f}, perplexity {record['ppl']:.2f}")
+            ppl = f", perplexity {record['ppl']:.2f}" if "ppl" in record else ""
+            self._bar.write(f"step {record['step']}: held-out loss {record['loss']:.4f}{ppl}")
 
     def _scalars(self, prefix: str, record: dict) -> None:
         if self._tb is None:

@@ -157,7 +157,9 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     def held_out(step: int) -> None:
         batches = list(micro_batches(valid_ds, 0, eval_samples, t.micro_batch_size, pc.dp_rank, pc.dp))
         loss = trainer.evaluate(batches)
-        evals.append({"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0))})
+        evals.append({"step": step, "loss": loss})
+        if task.loss is lm_loss:  # a perplexity only where the loss is a language model's
+            evals[-1]["ppl"] = math.exp(min(loss, 50.0))
         log.evaluation(evals[-1])
 
     consumed_samples, consumed_tokens = state.consumed_samples, state.consumed_tokens
