@@ -65,6 +65,8 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     zero_stage: int = 1
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer states and step in CPU memory (ZeRO 1-3)
+    offload_params: bool = False  # ZeRO-Infinity's parameter offload to CPU memory (ZeRO 3)
 
 
 @dataclass
@@ -113,9 +115,13 @@ class TrainConfig:
     universal_checkpoint: bool = True
     # torch.compile each transformer block on its own (as torchtitan does): same losses, fused kernels.
     compile: bool = False
+    # Recompute activations in the backward pass to save memory: none | selective (the attention core,
+    # as Megatron does) | full (each transformer block keeps only its input). Losses are unchanged.
+    activation_checkpointing: str = "none"
 
 
 DEVICES = ("auto", "cpu", "cuda")
+ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
 
 
 @dataclass
@@ -357,6 +363,9 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(p.zero_stage in (1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 1, 2 or 3")
     _require(p.pp == 1 or p.zero_stage == 1,
              f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 (DeepSpeed's pipeline takes ZeRO 1 only), got pp={p.pp}")
+    _require(not p.offload_params or p.zero_stage == 3,
+             f"parallel.offload_params=true needs parallel.zero_stage=3 (DeepSpeed offloads only partitioned "
+             f"parameters), got {p.zero_stage}")
     _require(world_size % (p.tp * p.pp) == 0,
              f"world size {world_size} must be a multiple of parallel.tp*parallel.pp={p.tp}*{p.pp}")
     if cfg.rlhf.prompts is not None:
@@ -366,6 +375,8 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(t.save_interval >= 0, f"train.save_interval={t.save_interval} must be >= 0 (0: no checkpoints)")
     _require(t.keep_last >= 0, f"train.keep_last={t.keep_last} must be >= 0 (0: keep all)")
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
+    _require(t.activation_checkpointing in ACTIVATION_CHECKPOINTING,
+             f"train.activation_checkpointing={t.activation_checkpointing!r} must be none, selective or full")
     _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive")

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megagpt.model.kv_cache import KVCache
 from megagpt.model.layers import LayerContext
@@ -25,6 +26,7 @@ class Attention(nn.Module):
         self.window = cfg.local_window if cfg.is_local_layer(layer_index) else None
         self.pattern = cfg.sparse_pattern
         self.dropout_p = cfg.attention_dropout
+        self.recompute_core = False  # train.activation_checkpointing=selective (megagpt.parallel.parallelize)
         # qkv output features are laid out (head, q|k|v, head_dim) so a contiguous TP split keeps whole heads.
         self.qkv = ctx.column_linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.proj = ctx.row_linear(cfg.hidden_size, cfg.hidden_size)
@@ -40,13 +42,21 @@ class Attention(nn.Module):
         # This rank's heads are its own: their dropout must differ from the other TP ranks'.
         fork = self.ctx.rng.fork() if dropout_p > 0 and self.ctx.rng else contextlib.nullcontext()
         with fork:
-            # A sparse layer whose window covers the sequence sees every earlier token: it is dense.
-            if self.window is not None and self.window < t:
-                out = sparse_attention(q, k, v, self.pattern, self.window, dropout_p)  # (B, nh, T, hs)
+            if self.recompute_core and self.training and torch.is_grad_enabled():
+                # Megatron's selective recompute: the core's (B, nh, T, T) intermediates are the largest
+                # activations and the cheapest to redo; the checkpoint replays the forked generator itself.
+                out = checkpoint(self._core, q, k, v, dropout_p, use_reentrant=False)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
+                out = self._core(q, k, v, dropout_p)  # (B, nh, T, hs)
         out, _ = self.proj(out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim))
         return out
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs)) v over the causal pattern, with attention dropout: (B, nh, T, hs)."""
+        # A sparse layer whose window covers the sequence sees every earlier token: it is dense.
+        if self.window is not None and self.window < q.shape[2]:
+            return sparse_attention(q, k, v, self.pattern, self.window, dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
 
     def _decode(self, q, k, v, cache: KVCache) -> torch.Tensor:
         """The new tokens' queries against every cached key they may see (inference: no dropout)."""

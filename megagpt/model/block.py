@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint, noop_context_fn as noop_context
 
 from megagpt.model.attention import Attention
 from megagpt.model.init import residual_std
@@ -21,6 +22,8 @@ class TransformerBlock(nn.Module):
         cfg = ctx.model
         self.pre_norm = cfg.norm_position == "pre"
         self.dropout_p = cfg.hidden_dropout
+        self.rng = ctx.rng
+        self.recompute = False  # train.activation_checkpointing=full (megagpt.parallel.parallelize)
         self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
         self.attn = Attention(ctx, layer_index)
         self.ln2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
@@ -33,6 +36,13 @@ class TransformerBlock(nn.Module):
         return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        if self.recompute and cache is None and self.training and torch.is_grad_enabled():
+            # keep only the block's input; rebuild its activations in the backward pass
+            return checkpoint(self._forward, x, use_reentrant=False,
+                              context_fn=self.rng.recompute_context if self.rng else noop_context)
+        return self._forward(x, cache)
+
+    def _forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         if self.pre_norm:
             x = x + self._drop(self.attn(self.ln1(x), cache))
             return x + self._drop(self.mlp(self.ln2(x)))

@@ -2,6 +2,7 @@
 
     build_model      the math (megagpt.model), initialised the same at every layout
     apply_pipeline   pp > 1: cut the layer list into stages (DeepSpeed PipelineModule)
+    apply_activation_checkpointing   train.activation_checkpointing: recompute in the backward pass
     apply_compile    train.compile: torch.compile each transformer block on its own
     apply_deepspeed  the engine: ZeRO data parallelism, precision, clipping, the optimizer
 
@@ -42,6 +43,7 @@ def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int, model_
     ScalarGPT (reward model, critic; pp = 1 only); mpu: the groups of an RLHF role (default: pc's grid)."""
     ctx, rng = layer_context(cfg, pc)
     model = apply_pipeline(ctx, pc) if pc.pp > 1 else model_cls(ctx)
+    apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     if cfg.train.compile:
         apply_compile(model)
     return apply_deepspeed(model, cfg, pc, global_batch_size, mpu), rng
@@ -67,6 +69,19 @@ def apply_pipeline(ctx: LayerContext, pc: ParallelContext) -> nn.Module:
     # The embedding and head ride on the end stages.
     return PipelineModule(layers=layers, topology=pc.topology, loss_fn=lm_loss,
                           partition_method="type:TransformerBlock", activation_checkpoint_interval=0)
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
+    """none | selective (the attention core of every block, as Megatron's selective recompute) | full (every
+    transformer block keeps only its input). On the blocks themselves, so pipeline stages get it too; the
+    recomputation replays the dropout generators, so losses do not change."""
+    from megagpt.model.attention import Attention
+
+    for module in model.modules():
+        if isinstance(module, TransformerBlock):
+            module.recompute = mode == "full"
+        elif isinstance(module, Attention):
+            module.recompute_core = mode == "selective"
 
 
 def apply_compile(model: nn.Module) -> None:

@@ -53,6 +53,27 @@ class RNGStreams:
             self.states[name] = self._get()
             self._set(saved)
 
+    def recompute_context(self):
+        """A `context_fn` for torch.utils.checkpoint over code that forks these streams.
+
+        The checkpoint replays the default generator by itself, but a forked stream has moved
+        on by the time the recomputation runs: this puts the forked streams back as they were
+        at the forward pass while it recomputes (same dropout masks), then returns them to
+        where training had taken them.
+        """
+        at_forward = {k: v.clone() for k, v in self.states.items() if k != DEFAULT}
+
+        @contextlib.contextmanager
+        def replay():
+            now = {k: self.states[k] for k in at_forward}
+            self.states.update({k: v.clone() for k, v in at_forward.items()})
+            try:
+                yield
+            finally:
+                self.states.update(now)
+
+        return contextlib.nullcontext(), replay()
+
     def state_dict(self) -> dict:
         return {"streams": {k: v.clone() for k, v in self.states.items()}, "current": self._get()}
 

@@ -200,8 +200,8 @@ def check_compatible(meta: dict, cfg: Config, path: str) -> None:
 # What a resumed run may change: its length, logging and saving, and how it is laid out and run.
 RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval", "train.eval_samples",
                      "train.progress", "train.save_interval", "train.keep_last", "train.resume",
-                     "train.universal_checkpoint", "train.compile", "data.cache_dir", "run.", "parallel.",
-                     "rlhf.layout")
+                     "train.universal_checkpoint", "train.compile", "train.activation_checkpointing", "data.cache_dir",
+                     "run.", "parallel.", "rlhf.layout")
 
 
 def check_same_run(saved: dict, cfg: Config, path: str) -> None:

@@ -20,6 +20,16 @@ def adamw(model: nn.Module, o: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
 
 
+def zero_config(cfg: Config) -> dict:
+    p = cfg.parallel
+    zero = {"stage": p.zero_stage}
+    if p.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if p.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return zero
+
+
 def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
     t = cfg.train
     ds = {
@@ -27,8 +37,10 @@ def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": global_batch_size // (t.micro_batch_size * dp),
         "gradient_clipping": cfg.optim.clip_grad,
-        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "zero_optimization": zero_config(cfg),
         "zero_allow_untested_optimizer": True,
+        # our AdamW (fused, decay groups) also steps offloaded states: DeepSpeed would insist on its CPUAdam
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }

@@ -15,6 +15,9 @@ CASES = [
     (["--nproc", "8", "model.hidden_sise=64"], "unknown config key model.hidden_sise=64"),
     (["--nproc", "8", "model.num_layers=four"], "model.num_layers='four' is not a valid int"),
     (["--nproc", "8", "model.num_layers"], "malformed override 'model.num_layers'"),
+    (["--nproc", "8", "parallel.offload_params=true"], "parallel.offload_params=true needs parallel.zero_stage=3"),
+    (["--nproc", "8", "train.activation_checkpointing=some"],
+     "train.activation_checkpointing='some' must be none, selective or full"),
 ]
 
 
