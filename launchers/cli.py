@@ -35,29 +35,27 @@ from megagpt.errors import ConfigError, MegagptError
 
 
 
+# (command, help, --config help) of the commands that train through one config
+TRAINING_COMMANDS = (
+    ("pretrain", "pretrain a GPT (3D parallel)", "a training config (see configs/)"),
+    ("sft", "supervised fine-tuning on demonstrations (InstructGPT step 1)",
+     "a training config with an sft section (see configs/rlhf/)"),
+    ("rm", "train a reward model on ranked comparisons (InstructGPT step 2)",
+     "a training config with an rm section (see configs/rlhf/)"),
+    ("ppo", "PPO-ptx against a reward model, roles on their own ranks (InstructGPT step 3)",
+     "a config with an rlhf section (see configs/rlhf/)"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megagpt", description="CommonCrawl to a pretrained, aligned GPT.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a GPT (3D parallel)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-
-    f = sub.add_parser("sft", help="supervised fine-tuning on demonstrations (InstructGPT step 1)")
-    f.add_argument("--config", required=True, help="a training config with an sft section (see configs/rlhf/)")
-    f.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
-    f.add_argument("overrides", nargs="*", metavar="key=value")
-
-    r = sub.add_parser("rm", help="train a reward model on ranked comparisons (InstructGPT step 2)")
-    r.add_argument("--config", required=True, help="a training config with an rm section (see configs/rlhf/)")
-    r.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
-    r.add_argument("overrides", nargs="*", metavar="key=value")
-
-    o = sub.add_parser("ppo", help="PPO-ptx against a reward model, roles on their own ranks (InstructGPT step 3)")
-    o.add_argument("--config", required=True, help="a config with an rlhf section (see configs/rlhf/)")
-    o.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
-    o.add_argument("overrides", nargs="*", metavar="key=value")
+    for command, text, config_help in TRAINING_COMMANDS:
+        p = sub.add_parser(command, help=text)
+        p.add_argument("--config", required=True, help=config_help)
+        p.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
+        p.add_argument("overrides", nargs="*", metavar="key=value")
 
     d = sub.add_parser("demo", help="crawl -> corpus -> pretrain the tiny GPT -> SFT -> reward model -> PPO-ptx")
     d.add_argument("--nproc", type=int, default=8)

@@ -29,9 +29,9 @@ import torch.distributed as dist
 from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
-from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, files_under, atomic_write_text, candidates,
-                                      check_same_run, checkpoint_root, complete_tags, load_universal, model_shape, read_meta,
-                                      sha256_file, tag_for, universal_shard, verify)
+from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
+                                      checkpoint_root, checksums, complete_tags, load_universal, model_shape, read_meta,
+                                      tag_for, universal_shard, verify_everywhere)
 
 
 @dataclass
@@ -66,12 +66,8 @@ class PPOCheckpointer:
                 torch.save(shard, os.path.join(path, name, "universal", f"pp0_tp{role.pc.tp_rank}.pt"))
         torch.save(rng_state(self.roles), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
         dist.barrier()
-        files = files_under(path)
-        mine = {f: sha256_file(os.path.join(path, f)) for f in files[self.rank::self.world]}
-        gathered = [None] * self.world
-        dist.all_gather_object(gathered, mine)
+        sums = checksums(path)
         if self.rank == 0:
-            sums = {k: v for part in gathered for k, v in part.items()}
             for name in TRAINED:  # each role's directory is a checkpoint of its own
                 own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
                 atomic_write_text(os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1))
@@ -95,9 +91,7 @@ class PPOCheckpointer:
         if not self.cfg.train.resume:
             return fresh
         for path in candidates(self.root):
-            problems = [None] * self.world
-            dist.all_gather_object(problems, verify(path, self.rank, self.world))
-            problem = next((p for p in problems if p), None)
+            problem = verify_everywhere(path)
             if problem is None:
                 return self.load(path)
             if self.rank == 0:

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections import defaultdict
 
 import torch
 import torch.distributed as dist
-import yaml
 
 from megagpt.config import Config
 from megagpt.errors import DataError
@@ -212,7 +210,7 @@ def ppo(cfg: Config) -> None:
     from megagpt.parallel.distributed import init_distributed
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.metrics import RunLog
-    from megagpt.train.pretrain import PREEMPTED, Preemption, keep_records_through
+    from megagpt.train.pretrain import Preemption, open_run_dir
 
     device = init_distributed(cfg.run.device)
     rank, t, r = dist.get_rank(), cfg.train, cfg.rlhf
@@ -229,12 +227,7 @@ def ppo(cfg: Config) -> None:
     state = checkpointer.resume()
     kl = math.KLController(state.kl_coef, r.kl_target, r.kl_horizon)
     if rank == 0:
-        os.makedirs(cfg.run.dir, exist_ok=True)
-        with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-        keep_records_through(cfg.run.dir, state.iteration)
-        if os.path.exists(os.path.join(cfg.run.dir, PREEMPTED)):
-            os.remove(os.path.join(cfg.run.dir, PREEMPTED))
+        open_run_dir(cfg, state.iteration)
         layout = ", ".join(f"{n} {len(s.ranks)}x(tp={s.tp}, dp={s.dp})" for n, s in specs.items())
         print(f"megagpt ppo: {'colocated' if r.layout is None else 'split'}: {layout}; {len(prompts)} prompts"
               + (f" ({left_out} left out: too long)" if left_out else "")
@@ -281,12 +274,7 @@ def ppo(cfg: Config) -> None:
                          kl.value)
         if preemption.agreed():
             checkpointer.save(state)
-            log.close()
-            if rank == 0:
-                open(os.path.join(cfg.run.dir, PREEMPTED), "w").close()
-                print(f"megagpt ppo: signal {signal.Signals(preemption.received or signal.SIGTERM).name} received; "
-                      f"saved iteration {iteration} and stopped", flush=True)
-            dist.barrier()
+            preemption.stop(log, cfg.run.dir, rank == 0, f"iteration {iteration} to {checkpointer.root}")
             return
         if t.save_interval and (iteration % t.save_interval == 0 or iteration == t.steps):
             checkpointer.save(state)

@@ -108,6 +108,16 @@ def files_under(path: str) -> list[str]:
     return sorted(found)
 
 
+def checksums(path: str) -> dict[str, str]:
+    """sha256 of every file under a checkpoint dir, each rank hashing its share (collective over the world)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    files = files_under(path)
+    mine = {name: sha256_file(os.path.join(path, name)) for name in files[rank::world]}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return {k: v for part in gathered for k, v in part.items()}
+
+
 def read_meta(path: str) -> dict:
     meta_path = os.path.join(path, META)
     try:
@@ -137,6 +147,13 @@ def verify(path: str, rank: int = 0, world: int = 1) -> Optional[str]:
         if sha256_file(full) != meta["files"][name]:
             return f"{full} fails its sha256 checksum"
     return None
+
+
+def verify_everywhere(path: str) -> Optional[str]:
+    """verify() with the files shared among the ranks; every rank gets the first problem (collective)."""
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, verify(path, dist.get_rank(), dist.get_world_size()))
+    return next((p for p in problems if p), None)
 
 
 def read_latest(root: str) -> Optional[str]:
@@ -228,7 +245,7 @@ class Checkpointer:
     def __init__(self, cfg: Config, pc: ParallelContext, engine, rng):
         self.cfg, self.pc, self.engine, self.rng = cfg, pc, engine, rng
         self.root = checkpoint_root(cfg.run.dir)
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.rank = dist.get_rank()
 
     def layout(self) -> dict:
         p = self.cfg.parallel
@@ -252,16 +269,13 @@ class Checkpointer:
         if universal is not None:
             torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
         dist.barrier()
-        files = files_under(path)
-        mine = {name: sha256_file(os.path.join(path, name)) for name in files[self.rank::self.world]}
-        gathered = [None] * self.world
-        dist.all_gather_object(gathered, mine)
+        sums = checksums(path)
         if self.rank == 0:
             meta = {"format_version": FORMAT_VERSION, "step": state.step, "consumed_samples": state.consumed_samples,
                     "consumed_tokens": state.consumed_tokens, "layout": self.layout(), "model": model_shape(self.cfg),
                     "weights_only": False, "universal": self.cfg.train.universal_checkpoint,
                     "config": self.cfg.to_dict(),
-                    "files": {k: v for part in gathered for k, v in part.items()}}
+                    "files": sums}
             atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
             atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete
         dist.barrier()
@@ -320,7 +334,7 @@ class Checkpointer:
             print(f"megagpt: warning: {self.root}/latest names {latest}, which is missing or incomplete",
                   file=sys.stderr, flush=True)
         for path in found:
-            problem = self._verify_everywhere(path)
+            problem = verify_everywhere(path)
             if problem is None:
                 return self.load(path)
             if self.rank == 0:
@@ -330,10 +344,6 @@ class Checkpointer:
                                   f"train.resume=false starts afresh")
         return TrainState()
 
-    def _verify_everywhere(self, path: str) -> Optional[str]:
-        problems = [None] * self.world
-        dist.all_gather_object(problems, verify(path, self.rank, self.world))
-        return next((p for p in problems if p), None)
 
     def load(self, path: str) -> TrainState:
         start = time.perf_counter()
@@ -363,7 +373,7 @@ class Checkpointer:
         check_shape(meta, self.cfg, path)
         if not meta["universal"]:
             raise CheckpointError(f"checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
-        problem = self._verify_everywhere(path)
+        problem = verify_everywhere(path)
         if problem:
             raise CheckpointError(f"checkpoint {path}: {problem}")
         self.load_universal(path, with_optimizer=False, new_parameters=new_parameters)

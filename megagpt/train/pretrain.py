@@ -103,6 +103,15 @@ class Preemption:
         """True on every rank once any rank has a signal: all stop after the same step."""
         return any_rank(self.received is not None, self.device)
 
+    def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str) -> None:
+        """After the save: mark run_dir PREEMPTED (the requeued job continues it), say so, wait for every rank."""
+        log.close()
+        if is_logger:
+            open(os.path.join(run_dir, PREEMPTED), "w").close()
+            print(f"megagpt: signal {signal.Signals(self.received or signal.SIGTERM).name} received; saved {saved} "
+                  f"and stopped", flush=True)
+        dist.barrier()
+
 
 def keep_records_through(run_dir: str, step: int) -> None:
     """Drop metrics a killed run logged after its last checkpoint; the resumed run logs those steps again."""
@@ -114,6 +123,16 @@ def keep_records_through(run_dir: str, step: int) -> None:
             kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
         with open(path, "w") as f:
             f.writelines(kept)
+
+
+def open_run_dir(cfg: Config, step: int) -> None:
+    """On rank 0 as a run starts or resumes at `step`: its config, its records through `step`, no stale marker."""
+    os.makedirs(cfg.run.dir, exist_ok=True)
+    with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    keep_records_through(cfg.run.dir, step)
+    if os.path.exists(os.path.join(cfg.run.dir, PREEMPTED)):
+        os.remove(os.path.join(cfg.run.dir, PREEMPTED))
 
 
 def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None, task: Task = Task()) -> None:
@@ -140,12 +159,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
         checkpointer.load_weights(init_from, task.new_parameters)
     is_logger = dist.get_rank() == 0
     if is_logger:
-        os.makedirs(cfg.run.dir, exist_ok=True)
-        with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-        keep_records_through(cfg.run.dir, state.step)
-        if os.path.exists(os.path.join(cfg.run.dir, PREEMPTED)):
-            os.remove(os.path.join(cfg.run.dir, PREEMPTED))
+        open_run_dir(cfg, state.step)
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)
@@ -189,12 +203,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
             finished = task.finish(engine, pc, cfg)
         if preemption.agreed():
             checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
-            log.close()
-            if is_logger:
-                open(os.path.join(cfg.run.dir, PREEMPTED), "w").close()
-                print(f"megagpt: signal {signal.Signals(preemption.received or signal.SIGTERM).name} received; "
-                      f"saved step {step} to {checkpointer.root} and stopped", flush=True)
-            dist.barrier()
+            preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}")
             return
         if t.save_interval and (step % t.save_interval == 0 or step == t.steps):
             checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
