@@ -1,4 +1,5 @@
-"""Sizes and costs of a model config: parameter count and training FLOPs per token.
+"""Sizes and costs of a model config: parameter count, parameters per rank of a layout (checked
+against the model built on the meta device), and training FLOPs per token.
 
 FLOPs (the MFU numerator): each matmul weight costs 6 FLOPs per token (2 forward, 4
 backward), the output head included; attention scores and their weighted sum cost
@@ -35,3 +36,68 @@ def training_flops_per_token(m: ModelConfig) -> float:
     matmul_weights = m.num_layers * (4 * h * h + 2 * h * f) + m.padded_vocab_size * h
     attention = sum(12 * h * attention_span(m, i) for i in range(m.num_layers))
     return 6.0 * matmul_weights + attention
+
+
+# ---------------------------------------------------------------- parameters per rank
+
+
+def stage_blocks(num_layers: int, pp: int, stage: int) -> range:
+    """The transformer blocks of a pipeline stage: L / pp consecutive ones (megagpt.parallel.parallelize)."""
+    per = num_layers // pp
+    return range(stage * per, (stage + 1) * per)
+
+
+def rank_parameters(m: ModelConfig, tp: int, pp: int, stage: int) -> int:
+    """Parameters one rank of pipeline stage `stage` holds at tensor parallel size tp.
+
+    Column-parallel weights and biases (qkv, fc1) and the vocabulary rows are split over
+    tp; row-parallel weights (proj, fc2) too, their biases and the LayerNorms are
+    replicated. Stage 0 holds the embedding; the last stage the final norm (pre-LN) and,
+    when pp > 1, its own copy of the tied embedding (DeepSpeed's TiedLayerSpec), position
+    embeddings included.
+    """
+    h, f = m.hidden_size, m.ffn_size
+    attention = (3 * h * h + 3 * h) // tp + h * h // tp + h
+    mlp = (h * f + f) // tp + f * h // tp + h
+    block = attention + mlp + 4 * h
+    embedding = m.padded_vocab_size // tp * h + m.seq_length * h
+    total = len(stage_blocks(m.num_layers, pp, stage)) * block
+    if stage == 0:
+        total += embedding
+    if stage == pp - 1:
+        total += (2 * h if m.norm_position == "pre" else 0) + (embedding if pp > 1 else 0)
+    return total
+
+
+class _CountingGroup:
+    """What megatron-core's TP layers ask of their group while being built (its size and this rank's
+    place), so one rank of a large layout can be built alone on the meta device."""
+
+    def __init__(self, size: int, rank: int):
+        self._size, self._rank = size, rank
+
+    def size(self) -> int:
+        return self._size
+
+    def rank(self) -> int:
+        return self._rank
+
+
+def build_rank_on_meta(m: ModelConfig, tp: int, pp: int, stage: int, tp_rank: int = 0) -> list:
+    """The modules one rank of (tp, pp) holds, built on the meta device: shapes without memory.
+    Needs an initialised torch.distributed world (of any size) for megatron-core to read the group."""
+    import torch
+
+    from megagpt.model.block import FinalNorm, TransformerBlock
+    from megagpt.model.embedding import Embedding
+    from megagpt.model.layers import LayerContext
+
+    ctx = LayerContext(model=m, seed=0, tp_group=_CountingGroup(tp, tp_rank), tp_rank=tp_rank, tp_size=tp,
+                       initialize=False)
+    with torch.device("meta"):
+        modules = [Embedding(ctx)] if stage == 0 else []
+        modules += [TransformerBlock(ctx, i) for i in stage_blocks(m.num_layers, pp, stage)]
+        if stage == pp - 1:
+            modules += [FinalNorm(ctx)] if m.norm_position == "pre" else []
+            modules += [Embedding(ctx)] if pp > 1 else []
+    return modules

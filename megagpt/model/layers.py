@@ -27,6 +27,8 @@ class LayerContext:
     tp_size: int = 1
     rng: Optional[RNGStreams] = None
     params_dtype: torch.dtype = torch.float32
+    # False: leave weights unfilled (a model built on the meta device to be counted, never run)
+    initialize: bool = True
 
     def megatron_config(self):
         from megatron.core import ModelParallelConfig
@@ -59,6 +61,8 @@ class LayerContext:
 
     def init_layer(self, module: nn.Module, layer: str, weight_std: float, std_overrides: dict | None = None) -> None:
         """Weights ~ N(0, std) (per-name overrides), biases 0, LayerNorm gains 1."""
+        if not self.initialize:
+            return
         std_overrides = std_overrides or {}
         norms = {name for name, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
         for name, param in module.named_parameters():
