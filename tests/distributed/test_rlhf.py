@@ -188,3 +188,15 @@ def test_bad_ppo_input_is_one_line_before_any_process(stage, tmp_path):
     Tokenizer.train(["some other text entirely, to learn other merges"] * 20, 300).save(str(other / "tokenizer.json"))
     assert "rlhf.reward_init's tokenizer" in error(f"rlhf.reward_init={other}")
     assert "differs from the actor's" in error(f"rlhf.reward_init={other}")
+
+
+def test_ppo_resumes_at_another_role_layout(stage, tmp_path):
+    """Saved colocated in one process at iteration 2, continued split over 4 ranks: the same iterations 3-4."""
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    megagpt(*ppo_args(stage, reference, 1, "train.steps=4"))
+    megagpt(*ppo_args(stage, run, 1, "train.steps=2", "train.save_interval=2"))
+    out = megagpt(*ppo_args(stage, run, 4, "train.steps=4", SPLIT_4))
+    assert "resumed after iteration 2" in out.stdout
+    for a, b in zip(ppo_record(reference), ppo_record(run), strict=True):
+        for key in PPO_KEYS:
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
