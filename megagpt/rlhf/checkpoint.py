@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -31,7 +29,7 @@ from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
 from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
                                       checkpoint_root, checksums, complete_tags, load_universal, model_shape, read_meta,
-                                      tag_for, universal_shard, verify_everywhere)
+                                      restore_rng, rng_state, tag_for, universal_shard, verify_everywhere)
 
 
 @dataclass
@@ -64,7 +62,8 @@ class PPOCheckpointer:
             shard = universal_shard(role.engine, role.params(), role.pc)
             if shard is not None:
                 torch.save(shard, os.path.join(path, name, "universal", f"pp0_tp{role.pc.tp_rank}.pt"))
-        torch.save(rng_state(self.roles), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        streams = {name: role.rng.state_dict() for name, role in self.roles.items()}
+        torch.save(rng_state(streams), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
         dist.barrier()
         sums = checksums(path)
         if self.rank == 0:
@@ -111,25 +110,9 @@ class PPOCheckpointer:
                 load_universal(role.engine, role.params(), role.pc, os.path.join(path, name), with_optimizer=True)
         rng_file = os.path.join(path, "rng", f"rank_{self.rank:05d}.pt")
         if meta["world"] == self.world and os.path.isfile(rng_file):  # same world: same ranks, same roles
-            restore_rng(torch.load(rng_file, weights_only=False), self.roles)
+            streams = restore_rng(torch.load(rng_file, weights_only=False))
+            for name, role in self.roles.items():
+                if name in streams:
+                    role.rng.load_state_dict(streams[name])
         dist.barrier()
         return PPOState(**meta["ppo"])
-
-
-def rng_state(roles: dict) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch_cpu": torch.get_rng_state(),
-             "streams": {name: role.rng.state_dict() for name, role in roles.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict, roles: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch_cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    for name, role in roles.items():
-        if name in state["streams"]:
-            role.rng.load_state_dict(state["streams"][name])

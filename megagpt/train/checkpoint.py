@@ -264,7 +264,7 @@ class Checkpointer:
                 os.makedirs(os.path.join(path, "universal"))
         dist.barrier()
         self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
-        torch.save(self._rng_state(), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        torch.save(rng_state(self.rng.state_dict()), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
         universal = self._universal_shard() if self.cfg.train.universal_checkpoint else None
         if universal is not None:
             torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
@@ -300,21 +300,9 @@ class Checkpointer:
         for tag in complete_tags(self.root)[:-keep]:
             shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
 
-    def _rng_state(self) -> dict:
-        state = {"streams": self.rng.state_dict(), "python": random.getstate(), "numpy": np.random.get_state(),
-                 "torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state()
-        return state
-
     def _restore_rng(self, path: str) -> None:
         state = torch.load(os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"), weights_only=False)
-        torch.set_rng_state(state["torch_cpu"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"])
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        self.rng.load_state_dict(state["streams"])
+        self.rng.load_state_dict(restore_rng(state))
 
     def _local_params(self):
         layers = self.cfg.model.num_layers
@@ -463,6 +451,25 @@ def assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:
     with torch.no_grad():
         param.copy_(value.to(param.dtype))
     safe_set_full_fp32_param(param, value.float().to(param.device))
+
+
+def rng_state(streams) -> dict:
+    """This process's generators (Python, NumPy, torch CPU and CUDA) and `streams`, megagpt's own streams."""
+    state = {"streams": streams, "python": random.getstate(), "numpy": np.random.get_state(),
+             "torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict):
+    """Set this process's generators from rng_state(); returns the streams it held."""
+    torch.set_rng_state(state["torch_cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    return state["streams"]
 
 
 def link_adam_state(engine) -> None:
