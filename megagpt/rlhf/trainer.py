@@ -43,17 +43,20 @@ def sampling(cfg: Config) -> Sampling:
     return Sampling(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
 
 
-def tokenized_prompts(cfg: Config, tokenizer) -> tuple[list[list[int]], int]:
-    """The prompts as ids, and how many were left out (no room for max_new_tokens after them)."""
+def tokenized_prompts(cfg: Config, tokenizer) -> tuple[list[list[int]], str]:
+    """The prompts as ids, and what was left out and why ("" if nothing): an empty prompt gives the
+    policy nothing to answer, a long one leaves no room for rlhf.max_new_tokens."""
     from megagpt.rlhf.data import read_prompts
 
     room = cfg.model.seq_length - cfg.rlhf.max_new_tokens
     ids = [tokenizer.encode(p) for p in read_prompts(cfg.rlhf.prompts)]
     kept = [p for p in ids if 1 <= len(p) <= room]
+    empty, long = sum(not p for p in ids), sum(len(p) > room for p in ids)
     if not kept:
-        raise DataError(f"{cfg.rlhf.prompts}: no prompt fits model.seq_length={cfg.model.seq_length} minus "
-                        f"rlhf.max_new_tokens={cfg.rlhf.max_new_tokens}")
-    return kept, len(ids) - len(kept)
+        raise DataError(f"{cfg.rlhf.prompts}: no usable prompt ({empty} empty, {long} longer than "
+                        f"model.seq_length={cfg.model.seq_length} minus rlhf.max_new_tokens={cfg.rlhf.max_new_tokens})")
+    reasons = [f"{n} {why}" for n, why in ((empty, "empty"), (long, "too long")) if n]
+    return kept, ", ".join(reasons)
 
 
 def _chunks(role: Role, n: int):
@@ -230,7 +233,7 @@ def ppo(cfg: Config) -> None:
         open_run_dir(cfg, state.iteration)
         layout = ", ".join(f"{n} {len(s.ranks)}x(tp={s.tp}, dp={s.dp})" for n, s in specs.items())
         print(f"megagpt ppo: {'colocated' if r.layout is None else 'split'}: {layout}; {len(prompts)} prompts"
-              + (f" ({left_out} left out: too long)" if left_out else "")
+              + (f" (left out: {left_out})" if left_out else "")
               + (f"; resumed after iteration {state.iteration}" if state.iteration else ""), flush=True)
     log = RunLog(cfg.run.dir, rank == 0, t.steps, cfg.run.tensorboard, t.progress, first_step=state.iteration,
                  desc="ppo", postfix=PPO_POSTFIX)

@@ -147,3 +147,22 @@ def test_role_layout_must_add_up_to_the_world():
     with pytest.raises(ConfigError, match=r"rollout_batch_size=8 / rlhf.mini_batches=1 must be a multiple of "
                                           r"rlhf.micro_batch_size\*dp=2\*8 \(the critic's\)"):
         layout((1, 8, 1, 1), world=11)
+
+
+def test_prompts_left_out_are_counted_with_their_reason(tmp_path):
+    from megagpt.config import load_config
+    from megagpt.rlhf.trainer import tokenized_prompts
+
+    class Words:  # one id per word
+        def encode(self, text):
+            return [len(w) for w in text.split()]
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a b", "", "a b c d e f g", "a b", "  "]))
+    cfg = load_config(None, ["model.seq_length=8", "rlhf.max_new_tokens=4", f"rlhf.prompts={path}"])
+    kept, left_out = tokenized_prompts(cfg, Words())
+    assert kept == [[1, 1], [1, 1]]  # the same prompt twice is two rollouts, as the file says
+    assert left_out == "2 empty, 1 too long"
+    path.write_text(json.dumps({"prompt": ""}) + "\n")
+    with pytest.raises(DataError, match="no usable prompt \\(1 empty, 0 longer than model.seq_length=8"):
+        tokenized_prompts(cfg, Words())
