@@ -1,6 +1,10 @@
 """`megagpt`: one command for every stage.
 
     megagpt pretrain --config PATH [--nproc N] [key=value ...]
+    megagpt pretrain --config PATH --dry-run [--gpus N] [hardware flags] [key=value ...]
+    megagpt plan --config PATH --gpus N --gpu-memory-gb M [--json] [--top K | --all] [hardware flags] [key=value ...]
+                 hardware flags: --gpu-tflops --matmul-efficiency --intra-node-gbps --inter-node-gbps
+                                 --gpus-per-node --reserve-gb
     megagpt sft --config PATH [--nproc N] [key=value ...]
     megagpt rm --config PATH [--nproc N] [key=value ...]
     megagpt ppo --config PATH [--nproc N] [key=value ...]
@@ -56,6 +60,23 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help=config_help)
         p.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
         p.add_argument("overrides", nargs="*", metavar="key=value")
+        if command == "pretrain":
+            p.add_argument("--dry-run", action="store_true", help="build each pipeline stage on the meta device, "
+                           "print parameters and bytes per rank and whether it fits; train nothing")
+            p.add_argument("--gpus", type=int, help="with --dry-run: the world size to plan for (default --nproc)")
+            p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="with --dry-run: memory per GPU (GiB)")
+            _hardware_arguments(p)
+
+    pl = sub.add_parser("plan", help="memory and step time of every layout of a config on N GPUs, ranked")
+    pl.add_argument("--config", required=True, help="a model preset or training config (see configs/)")
+    pl.add_argument("--gpus", type=int, required=True)
+    pl.add_argument("--gpu-memory-gb", type=float, required=True, help="memory per GPU (GiB)")
+    pl.add_argument("--json", action="store_true", help="every candidate as JSON instead of the table")
+    shown = pl.add_mutually_exclusive_group()
+    shown.add_argument("--top", type=int, default=10, help="rows of each table (default 10)")
+    shown.add_argument("--all", action="store_true", help="every layout, fitting or not")
+    _hardware_arguments(pl)
+    pl.add_argument("overrides", nargs="*", metavar="key=value")
 
     d = sub.add_parser("demo", help="crawl -> corpus -> pretrain the tiny GPT -> SFT -> reward model -> PPO-ptx")
     d.add_argument("--nproc", type=int, default=8)
@@ -138,6 +159,71 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
         sp.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
+
+
+def _hardware_arguments(p: argparse.ArgumentParser) -> None:
+    from megagpt.planner.timing import Hardware
+
+    hw = Hardware()
+    p.add_argument("--gpu-tflops", type=float, default=hw.gpu_tflops,
+                   help=f"dense peak at the run's precision (default {hw.gpu_tflops:g}: H100 bf16)")
+    p.add_argument("--matmul-efficiency", type=float, default=hw.matmul_efficiency,
+                   help=f"fraction of peak large matmuls reach (default {hw.matmul_efficiency:g})")
+    p.add_argument("--intra-node-gbps", type=float, default=hw.intra_node_gbps,
+                   help=f"all-reduce bus bandwidth inside a node, Gbit/s (default {hw.intra_node_gbps:g})")
+    p.add_argument("--inter-node-gbps", type=float, default=hw.inter_node_gbps,
+                   help=f"bandwidth per GPU between nodes, Gbit/s (default {hw.inter_node_gbps:g})")
+    p.add_argument("--gpus-per-node", type=int, default=hw.gpus_per_node)
+    p.add_argument("--reserve-gb", type=float, default=4.0,
+                   help="memory per GPU held back for the CUDA context, NCCL and fragmentation (default 4 GiB)")
+
+
+def _hardware(args):
+    from megagpt.planner.timing import Hardware
+
+    return Hardware(gpu_tflops=args.gpu_tflops, matmul_efficiency=args.matmul_efficiency,
+                    gpus_per_node=args.gpus_per_node, intra_node_gbps=args.intra_node_gbps,
+                    inter_node_gbps=args.inter_node_gbps)
+
+
+def cmd_plan(args) -> int:
+    from megagpt.planner.search import check_request, plan, render
+
+    cfg = load_config(args.config, args.overrides)
+    hw = _hardware(args)
+    check_request(cfg, args.gpus, args.gpu_memory_gb, args.reserve_gb, hw)
+    # the model must make sense at its own tp and pp; the search then tries the others
+    validate(cfg, cfg.parallel.tp * cfg.parallel.pp, check_data=False)
+    plans = plan(cfg, args.gpus, args.gpu_memory_gb, hw, args.reserve_gb)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plans], indent=1))
+    else:
+        print(render(cfg, plans, args.gpus, hw, None if args.all else args.top))
+    return 0
+
+
+def cmd_dry_run(args, cfg: Config) -> int:
+    import torch.distributed as dist
+
+    from megagpt.parallel.distributed import free_port, quiet_library_warnings
+    from megagpt.planner.dry_run import dry_run
+    from megagpt.planner.search import check_request
+
+    gpus = args.gpus or args.nproc
+    hw = _hardware(args)
+    check_request(cfg, gpus, args.gpu_memory_gb, args.reserve_gb, hw)
+    validate(cfg, gpus, check_data=False)
+    quiet_library_warnings()
+    # megatron-core's layers read their group's size and rank while being built: a world of one suffices
+    own_world = not dist.is_initialized()
+    if own_world:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        print(dry_run(cfg, gpus, args.gpu_memory_gb, hw, args.reserve_gb))
+    finally:
+        if own_world:
+            dist.destroy_process_group()
+    return 0
 
 
 def cmd_submit(args) -> int:
@@ -256,6 +342,8 @@ def report_device(requested: str, local_ranks: int, quiet: bool) -> None:
 
 def cmd_pretrain(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        return cmd_dry_run(args, cfg)
     argv = [args.command, "--config", args.config, *args.overrides]
     return run_pretrain(cfg, args.nproc, argv, stage=args.command)
 
@@ -366,7 +454,7 @@ def cmd_train_quality(args) -> int:
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
             "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "sft": cmd_pretrain,
             "rm": cmd_pretrain, "ppo": cmd_pretrain,
-            "submit": cmd_submit}
+            "submit": cmd_submit, "plan": cmd_plan}
 
 
 def main(argv: list[str] | None = None) -> None:

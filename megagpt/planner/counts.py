@@ -1,5 +1,5 @@
-"""Sizes and costs of a model config: parameter count, parameters per rank of a layout (checked
-against the model built on the meta device), and training FLOPs per token.
+"""Sizes and costs of a model config: parameter count, the tensors one rank of a layout holds
+(checked against the model built on the meta device), and training FLOPs per token.
 
 FLOPs (the MFU numerator): each matmul weight costs 6 FLOPs per token (2 forward, 4
 backward), the output head included; attention scores and their weighted sum cost
@@ -47,26 +47,30 @@ def stage_blocks(num_layers: int, pp: int, stage: int) -> range:
     return range(stage * per, (stage + 1) * per)
 
 
-def rank_parameters(m: ModelConfig, tp: int, pp: int, stage: int) -> int:
-    """Parameters one rank of pipeline stage `stage` holds at tensor parallel size tp.
+def rank_tensors(m: ModelConfig, tp: int, pp: int, stage: int) -> list[tuple[int, int]]:
+    """(numel, ndim) of every parameter one rank of pipeline stage `stage` holds at tensor parallel size
+    tp, in the order the module registers them (ZeRO flattens and partitions them in that order).
 
-    Column-parallel weights and biases (qkv, fc1) and the vocabulary rows are split over
-    tp; row-parallel weights (proj, fc2) too, their biases and the LayerNorms are
-    replicated. Stage 0 holds the embedding; the last stage the final norm (pre-LN) and,
-    when pp > 1, its own copy of the tied embedding (DeepSpeed's TiedLayerSpec), position
-    embeddings included.
+    Column-parallel weights and biases (qkv, fc1) and the vocabulary rows are split over tp,
+    row-parallel weights (proj, fc2) too; their biases and the LayerNorms are replicated. Stage 0
+    holds the embedding; the last stage the final norm (pre-LN) and, when pp > 1, its own copy of
+    the tied embedding (DeepSpeed's TiedLayerSpec, registered first), position embeddings included.
     """
     h, f = m.hidden_size, m.ffn_size
-    attention = (3 * h * h + 3 * h) // tp + h * h // tp + h
-    mlp = (h * f + f) // tp + f * h // tp + h
-    block = attention + mlp + 4 * h
-    embedding = m.padded_vocab_size // tp * h + m.seq_length * h
-    total = len(stage_blocks(m.num_layers, pp, stage)) * block
-    if stage == 0:
-        total += embedding
-    if stage == pp - 1:
-        total += (2 * h if m.norm_position == "pre" else 0) + (embedding if pp > 1 else 0)
-    return total
+    norm = [(h, 1), (h, 1)]
+    block = (norm + [(3 * h * h // tp, 2), (3 * h // tp, 1), (h * h // tp, 2), (h, 1)] + norm
+             + [(f * h // tp, 2), (f // tp, 1), (h * f // tp, 2), (h, 1)])
+    embedding = [(m.padded_vocab_size // tp * h, 2), (m.seq_length * h, 2)]
+    tensors = embedding if stage == 0 or (stage == pp - 1 and pp > 1) else []
+    tensors = tensors + block * len(stage_blocks(m.num_layers, pp, stage))
+    if stage == pp - 1 and m.norm_position == "pre":
+        tensors = tensors + norm
+    return tensors
+
+
+def rank_parameters(m: ModelConfig, tp: int, pp: int, stage: int) -> int:
+    """Parameters one rank of pipeline stage `stage` holds at tensor parallel size tp (rank_tensors)."""
+    return sum(numel for numel, _ in rank_tensors(m, tp, pp, stage))
 
 
 class _CountingGroup:

@@ -1,0 +1,215 @@
+"""Bytes one rank holds while training: model states as DeepSpeed keeps them, and activations.
+
+Model states (DeepSpeed 0.19 with the defaults megagpt leaves in place; e = 4 bytes for fp32
+parameters, 2 for bf16/fp16; Φ = the rank's parameters, split into AdamW's two groups, matrices
+with weight decay and vectors without, in registration order; d = data parallel size):
+
+    ZeRO 1/2   weights    e·d·Σ_g P_g + 4·Σ_g P_g  the model, whose parameters are views of each group
+                                                   flattened and padded to a multiple of 2d, plus the
+                                                   fp32 master copy of this rank's partition
+                                                   P_g = ceil(N_g / 2d)·2 of each group
+               optimizer  8·Σ_g P_g                Adam's two moments, fp32
+               gradients  ZeRO 1: Φ·e              every parameter's gradient, accumulated between
+                                                   micro-batches
+                          ZeRO 2: e·Σ whole tensors that overlap this rank's partition
+    ZeRO 3     weights    e·Σ_p ceil(n_p/d) + e·Σ_{n_p ≤ 1e5} ceil(n_p/d)·d + 4·Σ_p ceil(n_p/d)
+                                                   the partitions, the small tensors every rank keeps
+                                                   whole (stage3_param_persistence_threshold, padded
+                                                   to a multiple of d), the fp32 master partition
+               optimizer  8·Σ_p ceil(n_p/d)
+               gradients  e·Σ_p ceil(n_p/d)
+
+Scalars (step counters, norms) are left out. These are checked to the byte against the tensors a DeepSpeed engine holds on CPU
+(tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments (and
+at ZeRO 1/2 the fp32 gradient partition) to CPU memory; `offload_params` moves ZeRO 3's
+partitions. Transient buffers are reported apart: ZeRO 2's gradient bucket while the
+backward reduces (min(Φ, 5e8 elements)·e) and ZeRO 3's gathered parameters (the two
+largest blocks whole, the one computing and the one prefetched).
+
+Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing
+activation recomputation in large transformer models", adapted to this block: s sequence,
+b micro-batch, h hidden, f MLP width, a heads, t tp, e activation bytes; attention runs as a
+fused kernel (flash on GPU), which keeps its output and a 4-byte log-sum-exp per query and
+head instead of the a·s² scores of the paper's 5as/h term):
+
+    kept, none       e·sb·(4h·r + (4h + 2f)/t) + 4·asb/t + 2·sbh·r·[hidden dropout > 0]
+                     r = 1/t with sequence parallelism, else 1: LayerNorm inputs and the inputs of
+                     qkv and fc1 are replicated over TP unless SP splits them along the sequence;
+                     q, k, v, the attention output, fc1's output and GELU's output are split.
+                     (The paper's sbh(10 + 24/t + 5as/(ht)) at e = 2, with dropout masks.)
+    kept, selective  the same less the attention core's 4·asb/t (with a fused kernel the core
+                     keeps little: Megatron's selective recompute saves most for unfused attention)
+    kept, full       e·sbh·r: the block's input; one layer's full set is rebuilt during its backward
+
+Dropout masks cost a byte per element (CUDA keeps bool masks), the embedding's included.
+A stage holds min(pp − stage, m) micro-batches in flight under 1F1B (m micro-batches per step;
+DeepSpeed's TrainSchedule), one with pp = 1. The last stage adds the head: the final norm's input,
+the head's input and the cross entropy's fp32 softmax, 2e·sbh + 4·sb·V/t kept, and the logits and
+their fp32 copy, (e + 4)·sb·V/t, for the moment the loss is computed. A stage that sends on keeps
+its output (e·sbh) per micro-batch in flight, one that receives a buffer of the same size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from megagpt.config import ModelConfig
+from megagpt.planner.counts import rank_tensors, stage_blocks
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# DeepSpeed's defaults, which megagpt.train.optimizer.zero_config does not change
+ZERO_ALIGNMENT = 2  # ZeRO 1/2 pad each flat group to a multiple of this times dp (nccl_start_alignment_factor)
+PERSISTENCE_THRESHOLD = 100_000  # ZeRO 3 keeps whole every tensor of at most this many elements
+REDUCE_BUCKET = 500_000_000  # elements of gradient reduced at once (ZeRO 2's bucket)
+MASK_BYTES = 1  # a dropout mask element on CUDA (torch keeps a bool mask; on CPU it keeps e bytes)
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    micro_batch: int = 1
+    recompute: str = "none"  # train.activation_checkpointing
+    sequence_parallel: bool = False
+    zero_stage: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def label(self) -> str:
+        flags = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}", f"mb{self.micro_batch}", f"zero{self.zero_stage}",
+                 f"recompute={self.recompute}"]
+        flags += ["sp"] if self.sequence_parallel else []
+        flags += ["offload-optimizer"] if self.offload_optimizer else []
+        flags += ["offload-params"] if self.offload_params else []
+        return " ".join(flags)
+
+
+@dataclass
+class ModelStates:
+    weights: int
+    gradients: int
+    optimizer: int
+    offloaded: int = 0  # bytes kept in CPU memory instead
+    buffers: int = 0  # transient, during the backward
+
+
+@dataclass
+class Activations:
+    kept: int  # held from a micro-batch's forward to its backward, all micro-batches in flight
+    transient: int  # the largest extra at one moment: a layer rebuilt by full recompute, the logits
+
+
+def adam_groups(tensors: list[tuple[int, int]]) -> list[list[int]]:
+    """AdamW's parameter groups (megagpt.train.optimizer.adamw): matrices, then vectors, in order."""
+    return [[n for n, ndim in tensors if ndim >= 2], [n for n, ndim in tensors if ndim < 2]]
+
+
+def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str, dp_rank: int | None = None
+                 ) -> ModelStates:
+    """What DeepSpeed holds on dp rank `dp_rank` for these parameters (module docstring); None: the
+    rank holding the most (they differ only in ZeRO 2's gradients)."""
+    e, d = BYTES[precision], layout.dp
+    groups = [g for g in adam_groups(tensors) if g]
+    phi = sum(n for n, _ in tensors)
+    cpu = 0
+    if layout.zero_stage == 3:
+        parts = sum(math.ceil(n / d) for n, _ in tensors)
+        persistent = sum(math.ceil(n / d) * d for n, _ in tensors if n <= PERSISTENCE_THRESHOLD)
+        master = 4 * parts
+        model = e * persistent + (0 if layout.offload_params else e * parts)
+        cpu += e * parts if layout.offload_params else 0
+        grads = e * parts
+        buffers = 2 * max((sum(n for n, _ in block) for block in _blocks(tensors)), default=0) * e
+    else:
+        partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
+        master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
+        if layout.zero_stage == 1:
+            grads = phi * e
+        else:
+            per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
+            grads = e * (max(per_rank) if dp_rank is None else per_rank[dp_rank])
+        buffers = min(phi, REDUCE_BUCKET) * e if layout.zero_stage == 2 else 0
+    moments = 2 * master
+    if layout.offload_optimizer:  # master, moments and an fp32 gradient partition live in CPU memory
+        return ModelStates(model, grads, 0, cpu + master + moments + master, buffers)
+    return ModelStates(model + master, grads, moments, cpu, buffers)
+
+
+def _overlaps(sizes: list[int], partition: int, d: int) -> list[int]:
+    """Per dp rank, the elements of the whole tensors that overlap its slice [r·partition, (r+1)·partition)
+    of the flat group: what ZeRO 2 accumulates gradients into."""
+    per_rank, start = [0] * d, 0
+    for n in sizes:
+        for r in range(start // partition, min(d - 1, (start + n - 1) // partition) + 1):
+            per_rank[r] += n
+        start += n
+    return per_rank
+
+
+def _blocks(tensors: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The rank's tensors cut into transformer blocks (12 tensors each), for ZeRO 3's gather size."""
+    per_block = 12
+    return [tensors[i:i + per_block] for i in range(0, len(tensors), per_block)]
+
+
+def layer_activations(m: ModelConfig, layout: Layout, precision: str, recompute: str | None = None) -> int:
+    """Bytes one transformer layer keeps for its backward, per micro-batch (module docstring)."""
+    e, t = BYTES[precision], layout.tp
+    s, b, h, f, a = m.seq_length, layout.micro_batch, m.hidden_size, m.ffn_size, m.num_heads
+    r = 1 / t if layout.sequence_parallel else 1
+    recompute = recompute or layout.recompute
+    if recompute == "full":
+        return int(e * s * b * h * r)
+    core = 0 if recompute == "selective" else 4 * a * s * b / t
+    masks = 2 * MASK_BYTES * s * b * h * r if m.hidden_dropout > 0 else 0
+    return int(e * s * b * (4 * h * r + (4 * h + 2 * f) / t) + core + masks)
+
+
+def activations(m: ModelConfig, layout: Layout, precision: str, stage: int, micro_batches: int) -> Activations:
+    """Activation bytes of pipeline stage `stage` over one step of `micro_batches` micro-batches."""
+    e, t, pp = BYTES[precision], layout.tp, layout.pp
+    s, b, h, v = m.seq_length, layout.micro_batch, m.hidden_size, m.padded_vocab_size
+    in_flight = min(pp - stage, micro_batches) if pp > 1 else 1
+    per_micro = len(stage_blocks(m.num_layers, pp, stage)) * layer_activations(m, layout, precision)
+    transient = layer_activations(m, layout, precision, "none") if layout.recompute == "full" else 0
+    if stage == pp - 1:
+        per_micro += 2 * e * s * b * h + 4 * s * b * v // t
+        transient = max(transient, (e + 4) * s * b * v // t)
+    per_micro += e * s * b * h * ((stage < pp - 1) + (stage > 0))
+    if stage == 0 and m.hidden_dropout > 0:
+        per_micro += MASK_BYTES * s * b * h  # the embedding's dropout
+    return Activations(in_flight * per_micro, transient)
+
+
+@dataclass
+class RankMemory:
+    """One rank's bytes: the stage and dp rank that hold the most."""
+
+    stage: int
+    parameters: int
+    states: ModelStates
+    activations: Activations
+
+    @property
+    def total(self) -> int:
+        s, a = self.states, self.activations
+        return s.weights + s.gradients + s.optimizer + a.kept + max(a.transient, s.buffers)
+
+
+def rank_memory(m: ModelConfig, layout: Layout, precision: str, micro_batches: int) -> RankMemory:
+    """The fullest rank of the layout, over its pipeline stages and dp ranks."""
+    best = None
+    for stage in range(layout.pp):
+        tensors = rank_tensors(m, layout.tp, layout.pp, stage)
+        states = model_states(tensors, layout, precision)
+        memory = RankMemory(stage, sum(n for n, _ in tensors), states,
+                            activations(m, layout, precision, stage, micro_batches))
+        if best is None or memory.total > best.total:
+            best = memory
+    return best

@@ -1,0 +1,172 @@
+"""Layouts of a config on N GPUs: each one's memory and step time, ranked, the misfits explained.
+
+A candidate is (tp, pp, dp, micro-batch, activation recompute, ZeRO stage) with tp dividing the
+heads, the MLP width and the padded vocabulary and at most a node wide, pp dividing the layers,
+tp·pp·dp = N, the global batch a whole number of micro-batches per replica, and ZeRO 2/3 only at
+pp = 1 (DeepSpeed's pipeline takes ZeRO 1), as megagpt.config.validate allows. A layout fits when
+its fullest rank (megagpt.planner.memory) stays within the GPU's memory less a reserve for the
+CUDA context, NCCL's buffers and allocator fragmentation. Offloading is not searched (it trades
+step time for memory that the layouts above usually find elsewhere); a config's own offload
+settings are honoured where it is planned as given (`megagpt pretrain --dry-run`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from megagpt.config import Config, ModelConfig
+from megagpt.errors import ConfigError
+from megagpt.planner.counts import parameter_count
+from megagpt.planner.memory import Layout, RankMemory, rank_memory
+from megagpt.planner.timing import Hardware, StepTime, mfu, step_time
+
+GiB = 2**30
+MICRO_BATCHES = (1, 2, 4, 8, 16)
+RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass
+class Plan:
+    layout: Layout
+    memory: RankMemory
+    time: StepTime
+    mfu: float
+    usable: int  # bytes a rank may fill
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.usable
+
+    def why_not(self) -> str:
+        """Which part exceeds memory and by how much ('' when it fits)."""
+        if self.fits:
+            return ""
+        parts = self.parts()
+        largest = max(parts, key=parts.get)
+        return (f"needs {gib(self.memory.total)} of {gib(self.usable)} GiB on pipeline stage {self.memory.stage}: "
+                f"over by {gib(self.memory.total - self.usable)} GiB; {largest} take {gib(parts[largest])} GiB")
+
+    def parts(self) -> dict[str, int]:
+        s, a = self.memory.states, self.memory.activations
+        return {"weights": s.weights, "gradients": s.gradients, "optimizer states": s.optimizer,
+                "activations": a.kept + max(a.transient, s.buffers)}
+
+    def to_dict(self) -> dict:
+        return {"layout": asdict(self.layout), "fits": self.fits, "why_not": self.why_not(),
+                "parameters_per_rank": self.memory.parameters, "stage": self.memory.stage,
+                "bytes": {**{k.split()[0]: v for k, v in self.parts().items()}, "total": self.memory.total,
+                          "offloaded_to_cpu": self.memory.states.offloaded, "usable": self.usable},
+                "bubble": self.time.bubble, "step_seconds": self.time.total, "mfu": self.mfu,
+                "seconds": {"compute": self.time.compute, "tensor_parallel": self.time.tensor_parallel,
+                            "pipeline": self.time.pipeline, "data_parallel": self.time.data_parallel}}
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def check_request(cfg: Config, gpus: int, gpu_memory_gb: float, reserve_gb: float, hw: Hardware) -> None:
+    """One-line errors for a request that makes no sense, before any planning."""
+    if gpus < 1:
+        raise ConfigError(f"--gpus {gpus}: plan for at least one GPU")
+    if gpu_memory_gb < 1:
+        raise ConfigError(f"--gpu-memory-gb {gpu_memory_gb}: a GPU with less than 1 GB cannot hold a training rank")
+    if not 0 <= reserve_gb < gpu_memory_gb:
+        raise ConfigError(f"--reserve-gb {reserve_gb} must lie in [0, --gpu-memory-gb {gpu_memory_gb})")
+    for flag, value in [("--gpu-tflops", hw.gpu_tflops), ("--intra-node-gbps", hw.intra_node_gbps),
+                        ("--inter-node-gbps", hw.inter_node_gbps), ("--gpus-per-node", hw.gpus_per_node)]:
+        if value <= 0:
+            raise ConfigError(f"{flag} {value} must be positive")
+    if not 0 < hw.matmul_efficiency <= 1:
+        raise ConfigError(f"--matmul-efficiency {hw.matmul_efficiency} must lie in (0, 1]")
+
+
+def evaluate(cfg: Config, layout: Layout, hw: Hardware, usable: int) -> Plan:
+    m, t = cfg.model, cfg.train
+    micro_batches = t.global_batch_size // (layout.dp * layout.micro_batch)
+    memory = rank_memory(m, layout, t.precision, micro_batches)
+    time = step_time(m, layout, t.precision, t.global_batch_size, hw)
+    return Plan(layout, memory, time, mfu(m, layout, t.global_batch_size, time.total, hw), usable)
+
+
+def tensor_parallel_sizes(m: ModelConfig, limit: int) -> list[int]:
+    return [t for t in range(1, limit + 1)
+            if m.num_heads % t == 0 and m.ffn_size % t == 0 and m.padded_vocab_size % t == 0]
+
+
+def candidates(cfg: Config, gpus: int, hw: Hardware) -> list[Layout]:
+    m, batch = cfg.model, cfg.train.global_batch_size
+    found = []
+    for tp in tensor_parallel_sizes(m, min(gpus, hw.gpus_per_node)):
+        for pp in (p for p in range(1, m.num_layers + 1) if m.num_layers % p == 0 and gpus % (tp * p) == 0):
+            dp = gpus // (tp * pp)
+            for mb in (b for b in MICRO_BATCHES if batch % (b * dp) == 0):
+                for zero in ((1, 2, 3) if pp == 1 else (1,)):
+                    found += [Layout(tp, pp, dp, mb, recompute, zero_stage=zero) for recompute in RECOMPUTE]
+    return found
+
+
+def plan(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_gb: float = 4.0) -> list[Plan]:
+    """Every candidate, those that fit first (fastest first), then the rest (closest to fitting first)."""
+    check_request(cfg, gpus, gpu_memory_gb, reserve_gb, hw)
+    usable = int((gpu_memory_gb - reserve_gb) * GiB)
+    plans = [evaluate(cfg, layout, hw, usable) for layout in candidates(cfg, gpus, hw)]
+    if not plans:
+        raise ConfigError(f"no layout of {gpus} GPUs suits this config: the global batch "
+                          f"{cfg.train.global_batch_size} must split into micro-batches over the data parallel "
+                          f"replicas, and tp must divide model.num_heads={cfg.model.num_heads}")
+    return sorted(plans, key=lambda p: (not p.fits, p.time.total if p.fits else p.memory.total - p.usable,
+                                        p.memory.total))
+
+
+def config_layout(cfg: Config, gpus: int) -> Layout:
+    """The layout a config asks for on `gpus` GPUs."""
+    p, t = cfg.parallel, cfg.train
+    return Layout(p.tp, p.pp, gpus // (p.tp * p.pp), t.micro_batch_size, t.activation_checkpointing,
+                  zero_stage=p.zero_stage, offload_optimizer=p.offload_optimizer, offload_params=p.offload_params)
+
+
+HEADER = (f"{'layout':<46} {'params/rank':>12} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"
+          f" {'bubble':>7} {'step s':>8} {'MFU':>6}")
+
+
+def row(p: Plan) -> str:
+    parts = p.parts()
+    return (f"{p.layout.label():<46} {p.memory.parameters / 1e9:>11.3f}B {gib(parts['weights']):>8} "
+            f"{gib(parts['gradients']):>7} {gib(parts['optimizer states']):>7} {gib(parts['activations']):>7} "
+            f"{gib(p.memory.total):>7} {p.time.bubble:>7.1%} {p.time.total:>8.2f} {p.mfu:>6.1%}")
+
+
+def render(cfg: Config, plans: list[Plan], gpus: int, hw: Hardware, top: int | None) -> str:
+    """The table `megagpt plan` prints: the fitting layouts ranked, then the misfits and why."""
+    fit = [p for p in plans if p.fits]
+    misfit = [p for p in plans if not p.fits]
+    shown_fit = fit if top is None else fit[:top]
+    shown_misfit = misfit if top is None else misfit[:top]
+    m = cfg.model
+    lines = [f"{parameter_count(m) / 1e9:.2f}B parameters, {m.num_layers} layers, hidden {m.hidden_size}, "
+             f"seq {m.seq_length}, global batch {cfg.train.global_batch_size}, {cfg.train.precision}, on {gpus} GPUs "
+             f"({hw.gpus_per_node} per node, {hw.gpu_tflops:g} TFLOP/s peak at {hw.matmul_efficiency:.0%} for matmuls, "
+             f"{hw.intra_node_gbps:g}/{hw.inter_node_gbps:g} Gbit/s within/between nodes). Bytes in GiB per rank "
+             f"(the fullest pipeline stage); {gib(plans[0].usable)} GiB usable.", ""]
+    lines += [f"{len(fit)} layouts fit" + (f" (the fastest {len(shown_fit)} shown)" if len(shown_fit) < len(fit) else "")
+              + ":", HEADER]
+    lines += [f"{i + 1:>3}. " + row(p) for i, p in enumerate(shown_fit)] or ["     none"]
+    lines += ["", f"{len(misfit)} do not fit" + (f" (the closest {len(shown_misfit)} shown; --all lists every one)"
+                                                 if len(shown_misfit) < len(misfit) else "") + ":"]
+    lines += [f"     {p.layout.label():<46} {p.why_not()}" for p in shown_misfit] or ["     none"]
+    return "\n".join(lines)
+
+
+def verdict(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_gb: float = 4.0) -> tuple[Plan, str]:
+    """The config's own layout planned, and a line saying whether it fits (and, if not, the best one that does)."""
+    plans = plan(cfg, gpus, gpu_memory_gb, hw, reserve_gb)
+    own = evaluate(cfg, config_layout(cfg, gpus), hw, plans[0].usable)
+    if own.fits:
+        return own, (f"fits: {gib(own.memory.total)} of {gib(own.usable)} GiB usable per rank; estimated "
+                     f"{own.time.total:.2f} s per step, MFU {own.mfu:.1%}")
+    best = next((p for p in plans if p.fits), None)
+    alternative = (f"the best layout that fits is {best.layout.label()} ({gib(best.memory.total)} GiB, "
+                   f"{best.time.total:.2f} s per step, MFU {best.mfu:.1%})" if best else
+                   f"no layout of {gpus} GPUs fits: more GPUs, or offloading (parallel.offload_optimizer)")
+    return own, f"does not fit: {own.why_not()}; {alternative}"

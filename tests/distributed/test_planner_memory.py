@@ -1,0 +1,41 @@
+"""The planner's bytes against what training really holds: DeepSpeed's model states to the byte
+(weights, gradients, optimizer states at ZeRO 1/2/3, fp32 and bf16, with padding), and the
+activations a forward pass keeps for its backward."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from megagpt.config import load_config
+from megagpt.parallel.distributed import free_port
+from megagpt.planner.counts import rank_tensors
+from megagpt.planner.memory import Layout, model_states
+from tests.conftest import CPU_ENV, REPO
+
+pytestmark = pytest.mark.slow
+
+# Sizes chosen so that ZeRO pads (dp = 3 divides neither group) and ZeRO 3 both partitions and keeps
+# tensors whole (the embedding and fc1/fc2 have more than 1e5 elements, the rest fewer).
+MODEL = ["model.num_layers=2", "model.hidden_size=160", "model.num_heads=4", "model.seq_length=24",
+         "model.vocab_size=1000", "model.make_vocab_size_divisible_by=64", "train.micro_batch_size=2"]
+CASES = [(3, 1, 1, "fp32"), (3, 1, 2, "bf16"), (3, 1, 3, "fp32"), (4, 2, 3, "bf16")]
+
+
+@pytest.mark.parametrize("world,tp,zero,precision", CASES, ids=[f"world{w}-tp{t}-zero{z}-{p}" for w, t, z, p in CASES])
+def test_model_states_equal_what_deepspeed_holds(tmp_path, world, tp, zero, precision):
+    import subprocess
+
+    overrides = [*MODEL, f"parallel.tp={tp}", f"parallel.zero_stage={zero}", f"train.precision={precision}"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
+                    str(free_port()), "-m", "tests.distributed.deepspeed_holdings", str(tmp_path), *overrides],
+                   cwd=REPO, env={**os.environ, **CPU_ENV}, check=True, capture_output=True, timeout=300)
+    cfg = load_config(None, overrides)
+    layout = Layout(tp=tp, dp=world // tp, micro_batch=2, zero_stage=zero)
+    tensors = rank_tensors(cfg.model, tp, 1, 0)
+    for rank in range(world):
+        held = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        planned = model_states(tensors, layout, precision, held["dp_rank"])
+        assert (held["weights"], held["gradients"], held["optimizer"]) == \
+            (planned.weights, planned.gradients, planned.optimizer), f"rank {rank}"

@@ -1,0 +1,88 @@
+"""`megagpt plan` and `megagpt pretrain --dry-run` as a user runs them: the ranked table, JSON, the
+verdict on a config's own layout, and one-line errors for requests that make no sense."""
+
+import json
+import os
+
+import pytest
+
+from launchers.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GPT3_175B = os.path.join(REPO, "configs", "model", "gpt3-175b.yaml")
+LAYOUT_175B = os.path.join(REPO, "configs", "parallel", "gpt3-175b.yaml")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def test_plan_ranks_the_layouts_that_fit_and_explains_the_rest(capsys):
+    code, out, _ = run(capsys, "plan", "--config", GPT3_175B, "--gpus", "1024", "--gpu-memory-gb", "80",
+                       "train.precision=bf16", "--top", "3")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("174.60B parameters, 96 layers") and "on 1024 GPUs" in lines[0]
+    first = lines[lines.index(next(x for x in lines if x.startswith("layout"))) + 1]
+    assert first.split()[1:7] == ["tp4", "pp8", "dp32", "mb1", "zero1", "recompute=none"]  # configs/parallel/gpt3-175b
+    misfits = lines[lines.index(next(x for x in lines if "do not fit" in x)) + 1:]
+    assert len(misfits) == 3 and all("over by" in x and "GiB" in x for x in misfits)
+
+
+def test_plan_json_lists_every_candidate_with_its_bytes_and_time(capsys):
+    code, out, _ = run(capsys, "plan", "--config", GPT3_175B, "--gpus", "64", "--gpu-memory-gb", "80", "--json",
+                       "train.precision=bf16")
+    plans = json.loads(out)
+    assert code == 0 and len(plans) > 10
+    fits = [p["fits"] for p in plans]
+    assert fits == sorted(fits, reverse=True)  # those that fit first
+    fitting = [p for p in plans if p["fits"]]
+    assert [p["step_seconds"] for p in fitting] == sorted(p["step_seconds"] for p in fitting)
+    for p in plans:
+        b = p["bytes"]
+        assert b["total"] == b["weights"] + b["gradients"] + b["optimizer"] + b["activations"]
+        assert (b["total"] <= b["usable"]) == p["fits"] and (p["why_not"] == "") == p["fits"]
+
+
+def test_a_cluster_too_small_for_the_model_fits_nothing_and_says_why(capsys):
+    code, out, _ = run(capsys, "plan", "--config", GPT3_175B, "--gpus", "8", "--gpu-memory-gb", "80", "--all")
+    assert code == 0
+    assert "0 layouts fit" in out and "     none" in out
+    assert out.count("over by") == len(out.split("do not fit:")[1].strip().splitlines())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--gpus", "0", "--gpu-memory-gb", "80"], "--gpus 0: plan for at least one GPU"),
+    (["--gpus", "8", "--gpu-memory-gb", "0.5"], "--gpu-memory-gb 0.5: a GPU with less than 1 GB cannot hold"),
+    (["--gpus", "8", "--gpu-memory-gb", "80", "parallel.tp=5"], "parallel.tp=5 must divide model.num_heads=96"),
+    (["--gpus", "8", "--gpu-memory-gb", "80", "--gpu-tflops", "0"], "--gpu-tflops 0.0 must be positive"),
+    (["--gpus", "8", "--gpu-memory-gb", "80", "--matmul-efficiency", "1.5"], "--matmul-efficiency 1.5 must lie in"),
+])
+def test_nonsense_is_a_one_line_error(capsys, argv, message):
+    code, out, err = run(capsys, "plan", "--config", GPT3_175B, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith(f"megagpt: error: {message}") and err.count("\n") == 1
+
+
+def test_dry_run_builds_gpt3_175b_stage_by_stage_without_weights(capsys):
+    code, out, _ = run(capsys, "pretrain", "--config", LAYOUT_175B, "--dry-run", "--gpus", "1024")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("megagpt pretrain --dry-run: tp4 pp8 dp32 mb1 zero1 recompute=none on 1024 GPUs, bf16")
+    stages = [x.split() for x in lines[2:-1]]
+    assert [int(s[0]) for s in stages] == list(range(8)) and stages[0][1] == "0-11" and stages[-1][1] == "84-95"
+    built = sum(float(s[2].rstrip("B")) for s in stages) * 4  # tp4: a rank holds a quarter of each matrix
+    assert 174 < built < 180  # the tied embedding counted on both end stages
+    assert lines[-1].startswith("verdict: fits: ")
+
+
+def test_dry_run_of_a_layout_that_does_not_fit_names_the_excess_and_a_better_one(capsys):
+    code, out, _ = run(capsys, "pretrain", "--config", LAYOUT_175B, "--dry-run", "--gpus", "128", "parallel.tp=8",
+                       "parallel.pp=16", "train.batch_ramp_start=null", "train.micro_batch_size=12")
+    assert code == 0
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith("verdict: does not fit: needs ") and "over by" in verdict
+    assert "activations take" in verdict and "the best layout that fits is" in verdict
