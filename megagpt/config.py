@@ -67,6 +67,8 @@ class ParallelConfig:
     zero_stage: int = 1
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer states and step in CPU memory (ZeRO 1-3)
     offload_params: bool = False  # ZeRO-Infinity's parameter offload to CPU memory (ZeRO 3)
+    # tp > 1: LayerNorm, dropout and the residual stream hold 1/tp of the sequence per rank (Korthikanti et al.)
+    sequence_parallel: bool = False
 
 
 @dataclass
@@ -366,6 +368,12 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(not p.offload_params or p.zero_stage == 3,
              f"parallel.offload_params=true needs parallel.zero_stage=3 (DeepSpeed offloads only partitioned "
              f"parameters), got {p.zero_stage}")
+    if p.sequence_parallel:
+        _require(p.tp > 1, "parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over TP ranks)")
+        _require(m.seq_length % p.tp == 0,
+                 f"parallel.sequence_parallel=true needs parallel.tp={p.tp} to divide model.seq_length={m.seq_length}")
+        _require(cfg.rm.data is None and cfg.rlhf.prompts is None, "parallel.sequence_parallel=true applies to "
+                 "pretraining and SFT; the reward model and PPO run without it")
     _require(world_size % (p.tp * p.pp) == 0,
              f"world size {world_size} must be a multiple of parallel.tp*parallel.pp={p.tp}*{p.pp}")
     if cfg.rlhf.prompts is not None:

@@ -32,8 +32,10 @@ class Attention(nn.Module):
         self.proj = ctx.row_linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        b, t, _ = x.shape
-        qkv, _ = self.qkv(x)
+        """x: (b, t, h); in training with sequence parallelism this rank's (b, t/tp, h), and so the result."""
+        sliced = self.ctx.sequence_parallel and cache is None
+        qkv = self.ctx.column(self.qkv, x, sliced)
+        b, t, _ = qkv.shape
         q, k, v = qkv.view(b, t, self.local_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4).unbind(0)  # (B, nh, T, hs)
         if cache is not None:
             out = self._decode(q, k, v, cache)  # (B, nh, T, hs)
@@ -48,8 +50,7 @@ class Attention(nn.Module):
                 out = checkpoint(self._core, q, k, v, dropout_p, use_reentrant=False)
             else:
                 out = self._core(q, k, v, dropout_p)  # (B, nh, T, hs)
-        out, _ = self.proj(out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim))
-        return out
+        return self.ctx.row(self.proj, out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim), sliced)
 
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs)) v over the causal pattern, with attention dropout: (B, nh, T, hs)."""

@@ -23,6 +23,7 @@ class TransformerBlock(nn.Module):
         self.pre_norm = cfg.norm_position == "pre"
         self.dropout_p = cfg.hidden_dropout
         self.rng = ctx.rng
+        self.sequence_parallel = ctx.sequence_parallel
         self.recompute = False  # train.activation_checkpointing=full (megagpt.parallel.parallelize)
         self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
         self.attn = Attention(ctx, layer_index)
@@ -32,8 +33,13 @@ class TransformerBlock(nn.Module):
         ctx.init_layer(self, f"layer{layer_index}", cfg.init_std,
                        {"attn.proj.weight": out_std, "mlp.fc2.weight": out_std})
 
-    def _drop(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
+    def _drop(self, x: torch.Tensor, sliced: bool) -> torch.Tensor:
+        if not self.dropout_p:
+            return x
+        if sliced and self.rng:  # each TP rank holds other tokens: their masks must differ
+            with self.rng.fork():
+                return F.dropout(x, self.dropout_p, self.training)
+        return F.dropout(x, self.dropout_p, self.training)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         if self.recompute and cache is None and self.training and torch.is_grad_enabled():
@@ -43,11 +49,12 @@ class TransformerBlock(nn.Module):
         return self._forward(x, cache)
 
     def _forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        sliced = self.sequence_parallel and cache is None  # x is this rank's slice of the sequence
         if self.pre_norm:
-            x = x + self._drop(self.attn(self.ln1(x), cache))
-            return x + self._drop(self.mlp(self.ln2(x)))
-        x = self.ln1(x + self._drop(self.attn(x, cache)))
-        return self.ln2(x + self._drop(self.mlp(x)))
+            x = x + self._drop(self.attn(self.ln1(x), cache), sliced)
+            return x + self._drop(self.mlp(self.ln2(x), sliced), sliced)
+        x = self.ln1(x + self._drop(self.attn(x, cache), sliced))
+        return self.ln2(x + self._drop(self.mlp(x, sliced), sliced))
 
 
 class FinalNorm(nn.Module):

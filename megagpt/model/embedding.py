@@ -29,13 +29,24 @@ class Embedding(nn.Module):
         columns = torch.arange(tokens.shape[1], device=tokens.device)
         positions = columns if cache is None else cache.positions(columns + cache.length)  # (T,) or (B, T)
         x = self.word_embeddings(tokens) + self.position_embeddings(positions)
-        return F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
+        x = F.dropout(x, self.dropout_p, self.training) if self.dropout_p else x
+        if self.ctx.sequence_parallel and cache is None:
+            from megagpt.parallel.sequence_parallel import scatter
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Tied output head: this rank's slice of the vocabulary, [b, t, padded_vocab / tp]."""
+            x = scatter(x, self.ctx.tp_group)  # the blocks hold this rank's slice of the sequence
+        return x
+
+    def logits(self, x: torch.Tensor, sliced: Optional[bool] = None) -> torch.Tensor:
+        """Tied output head: this rank's slice of the vocabulary, [b, t, padded_vocab / tp]. `sliced`: x is
+        this rank's slice of the sequence (default: under sequence parallelism)."""
         from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 
-        x = copy_to_tensor_model_parallel_region(x, group=self.ctx.tp_group)
+        if self.ctx.sequence_parallel if sliced is None else sliced:
+            from megagpt.parallel.sequence_parallel import gather
+
+            x = gather(x, self.ctx.tp_group)
+        else:
+            x = copy_to_tensor_model_parallel_region(x, group=self.ctx.tp_group)
         return F.linear(x, self.word_embeddings.weight)
 
 

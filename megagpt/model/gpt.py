@@ -48,7 +48,7 @@ class GPT(nn.Module):
             x = block(x, cache)
         if cache is not None:
             cache.length += tokens.shape[1]
-        return self.embedding.logits(self.final_norm(x))
+        return self.embedding.logits(self.final_norm(x), sliced=self.embedding.ctx.sequence_parallel and cache is None)
 
 
 class ScalarGPT(GPT):

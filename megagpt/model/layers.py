@@ -29,6 +29,24 @@ class LayerContext:
     params_dtype: torch.dtype = torch.float32
     # False: leave weights unfilled (a model built on the meta device to be counted, never run)
     initialize: bool = True
+    # parallel.sequence_parallel: between the TP matmuls each rank holds a slice of the sequence
+    sequence_parallel: bool = False
+
+    def column(self, layer, x: torch.Tensor, sliced: bool) -> torch.Tensor:
+        """A column-parallel layer on x, which is a sequence slice when `sliced` (megagpt.parallel.sequence_parallel)."""
+        if sliced:
+            from megagpt.parallel.sequence_parallel import column_linear
+
+            return column_linear(layer, x, self.tp_group)
+        return layer(x)[0]
+
+    def row(self, layer, x: torch.Tensor, sliced: bool) -> torch.Tensor:
+        """A row-parallel layer on x; its output is a sequence slice when `sliced`."""
+        if sliced:
+            from megagpt.parallel.sequence_parallel import row_linear
+
+            return row_linear(layer, x, self.tp_group)
+        return layer(x)[0]
 
     def megatron_config(self):
         from megatron.core import ModelParallelConfig

@@ -2,6 +2,7 @@
 
     build_model      the math (megagpt.model), initialised the same at every layout
     apply_pipeline   pp > 1: cut the layer list into stages (DeepSpeed PipelineModule)
+    apply_sequence_parallel   parallel.sequence_parallel: sum over TP the gradients of sliced-applied parameters
     apply_activation_checkpointing   train.activation_checkpointing: recompute in the backward pass
     apply_compile    train.compile: torch.compile each transformer block on its own
     apply_deepspeed  the engine: ZeRO data parallelism, precision, clipping, the optimizer
@@ -43,6 +44,8 @@ def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int, model_
     ScalarGPT (reward model, critic; pp = 1 only); mpu: the groups of an RLHF role (default: pc's grid)."""
     ctx, rng = layer_context(cfg, pc)
     model = apply_pipeline(ctx, pc) if pc.pp > 1 else model_cls(ctx)
+    if ctx.sequence_parallel:
+        apply_sequence_parallel(model, ctx)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     if cfg.train.compile:
         apply_compile(model)
@@ -52,7 +55,7 @@ def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int, model_
 def layer_context(cfg: Config, pc: ParallelContext) -> tuple[LayerContext, RNGStreams]:
     rng = RNGStreams(cfg.train.seed, pc.tp_rank, pc.pp_rank, pc.device)
     ctx = LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
-                       tp_size=pc.tp, rng=rng)
+                       tp_size=pc.tp, rng=rng, sequence_parallel=cfg.parallel.sequence_parallel)
     return ctx, rng
 
 
@@ -69,6 +72,26 @@ def apply_pipeline(ctx: LayerContext, pc: ParallelContext) -> nn.Module:
     # The embedding and head ride on the end stages.
     return PipelineModule(layers=layers, topology=pc.topology, loss_fn=lm_loss,
                           partition_method="type:TransformerBlock", activation_checkpoint_interval=0)
+
+
+def apply_sequence_parallel(model: nn.Module, ctx: LayerContext) -> None:
+    """The layers themselves split the sequence (megagpt.parallel.sequence_parallel); what is left is the
+    parameters applied to a slice, the LayerNorms and the row-parallel biases, whose gradients cover
+    only this rank's tokens: a hook sums them over TP before DeepSpeed takes them."""
+    from megagpt.model.attention import Attention
+    from megagpt.model.mlp import MLP
+    from megagpt.parallel.sequence_parallel import sum_gradient_over
+
+    sliced = []
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            sliced += list(module.parameters())
+        elif isinstance(module, Attention):
+            sliced.append(module.proj.bias)
+        elif isinstance(module, MLP):
+            sliced.append(module.fc2.bias)
+    for param in sliced:
+        param.register_hook(sum_gradient_over(ctx.tp_group))
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:

@@ -44,9 +44,10 @@ head instead of the a·s² scores of the paper's 5as/h term):
 Dropout masks cost a byte per element (CUDA keeps bool masks), the embedding's included.
 A stage holds min(pp − stage, m) micro-batches in flight under 1F1B (m micro-batches per step;
 DeepSpeed's TrainSchedule), one with pp = 1. The last stage adds the head: the final norm's input,
-the head's input and the cross entropy's fp32 softmax, 2e·sbh + 4·sb·V/t kept, and the logits and
-their fp32 copy, (e + 4)·sb·V/t, for the moment the loss is computed. A stage that sends on keeps
-its output (e·sbh) per micro-batch in flight, one that receives a buffer of the same size.
+the head's input and the cross entropy's fp32 softmax, e·sbh·(1 + r) + 4·sb·V/t kept (the head's input is gathered
+whole), and the logits and their fp32 copy, (e + 4)·sb·V/t, for the moment the loss is computed.
+A stage that sends on keeps its output (e·sbh·r) per micro-batch in flight, one that receives a
+buffer of the same size.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Layout:
     dp: int = 1
     micro_batch: int = 1
     recompute: str = "none"  # train.activation_checkpointing
-    sequence_parallel: bool = False
+    sequence_parallel: bool = False  # parallel.sequence_parallel
     zero_stage: int = 1
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -178,10 +179,11 @@ def activations(m: ModelConfig, layout: Layout, precision: str, stage: int, micr
     in_flight = min(pp - stage, micro_batches) if pp > 1 else 1
     per_micro = len(stage_blocks(m.num_layers, pp, stage)) * layer_activations(m, layout, precision)
     transient = layer_activations(m, layout, precision, "none") if layout.recompute == "full" else 0
+    r = 1 / t if layout.sequence_parallel else 1
     if stage == pp - 1:
-        per_micro += 2 * e * s * b * h + 4 * s * b * v // t
+        per_micro += int(e * s * b * h * (1 + r)) + 4 * s * b * v // t
         transient = max(transient, (e + 4) * s * b * v // t)
-    per_micro += e * s * b * h * ((stage < pp - 1) + (stage > 0))
+    per_micro += int(e * s * b * h * r) * ((stage < pp - 1) + (stage > 0))
     if stage == 0 and m.hidden_dropout > 0:
         per_micro += MASK_BYTES * s * b * h  # the embedding's dropout
     return Activations(in_flight * per_micro, transient)

@@ -1,9 +1,10 @@
 """Layouts of a config on N GPUs: each one's memory and step time, ranked, the misfits explained.
 
-A candidate is (tp, pp, dp, micro-batch, activation recompute, ZeRO stage) with tp dividing the
-heads, the MLP width and the padded vocabulary and at most a node wide, pp dividing the layers,
-tp·pp·dp = N, the global batch a whole number of micro-batches per replica, and ZeRO 2/3 only at
-pp = 1 (DeepSpeed's pipeline takes ZeRO 1), as megagpt.config.validate allows. A layout fits when
+A candidate is (tp, pp, dp, micro-batch, activation recompute, sequence parallelism, ZeRO stage)
+with tp dividing the heads, the MLP width and the padded vocabulary and at most a node wide (and
+the sequence, with sequence parallelism), pp dividing the layers, tp·pp·dp = N, the global batch a
+whole number of micro-batches per replica, and ZeRO 2/3 only at pp = 1 (DeepSpeed's pipeline takes
+ZeRO 1), as megagpt.config.validate allows. A layout fits when
 its fullest rank (megagpt.planner.memory) stays within the GPU's memory less a reserve for the
 CUDA context, NCCL's buffers and allocator fragmentation. Offloading is not searched (it trades
 step time for memory that the layouts above usually find elsewhere); a config's own offload
@@ -102,7 +103,8 @@ def candidates(cfg: Config, gpus: int, hw: Hardware) -> list[Layout]:
             dp = gpus // (tp * pp)
             for mb in (b for b in MICRO_BATCHES if batch % (b * dp) == 0):
                 for zero in ((1, 2, 3) if pp == 1 else (1,)):
-                    found += [Layout(tp, pp, dp, mb, recompute, zero_stage=zero) for recompute in RECOMPUTE]
+                    for sp in ((False, True) if tp > 1 and m.seq_length % tp == 0 else (False,)):
+                        found += [Layout(tp, pp, dp, mb, recompute, sp, zero) for recompute in RECOMPUTE]
     return found
 
 
@@ -123,7 +125,7 @@ def config_layout(cfg: Config, gpus: int) -> Layout:
     """The layout a config asks for on `gpus` GPUs."""
     p, t = cfg.parallel, cfg.train
     return Layout(p.tp, p.pp, gpus // (p.tp * p.pp), t.micro_batch_size, t.activation_checkpointing,
-                  zero_stage=p.zero_stage, offload_optimizer=p.offload_optimizer, offload_params=p.offload_params)
+                  p.sequence_parallel, p.zero_stage, offload_optimizer=p.offload_optimizer, offload_params=p.offload_params)
 
 
 HEADER = (f"{'layout':<46} {'params/rank':>12} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"

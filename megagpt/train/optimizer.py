@@ -44,6 +44,10 @@ def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }
+    if cfg.parallel.sequence_parallel:
+        # DeepSpeed sends 1/tp of a stage's output from each TP rank and all-gathers it on arrival, which
+        # assumes the TP ranks hold the same tensor; under sequence parallelism each holds its own slice.
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     if t.precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif t.precision == "fp16":

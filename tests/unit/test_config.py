@@ -86,6 +86,9 @@ RULES = [
     (["run.device=tpu"], 8, "run.device='tpu' must be auto, cpu or cuda"),
     (["train.steps=0"], 8, "train.steps=0 must be at least 1"),
     (["data.split=90,10"], 8, "data.split='90,10' must be three comma-separated numbers"),
+    (["parallel.tp=1", "parallel.sequence_parallel=true"], 4, "parallel.sequence_parallel=true needs parallel.tp > 1"),
+    (["parallel.sequence_parallel=true", "model.seq_length=63"], 8,
+     "parallel.sequence_parallel=true needs parallel.tp=2 to divide model.seq_length=63"),
 ]
 
 

@@ -71,7 +71,7 @@ def test_dry_run_builds_gpt3_175b_stage_by_stage_without_weights(capsys):
     code, out, _ = run(capsys, "pretrain", "--config", LAYOUT_175B, "--dry-run", "--gpus", "1024")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("megagpt pretrain --dry-run: tp4 pp8 dp32 mb1 zero1 recompute=none on 1024 GPUs, bf16")
+    assert lines[0].startswith("megagpt pretrain --dry-run: tp4 pp8 dp32 mb1 zero1 recompute=none sp on 1024 GPUs, bf16")
     stages = [x.split() for x in lines[2:-1]]
     assert [int(s[0]) for s in stages] == list(range(8)) and stages[0][1] == "0-11" and stages[-1][1] == "84-95"
     built = sum(float(s[2].rstrip("B")) for s in stages) * 4  # tp4: a rank holds a quarter of each matrix
