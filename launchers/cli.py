@@ -18,6 +18,8 @@
     megagpt generate --checkpoint DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P
                      --seed S] [--nproc TP]
     megagpt import-hf DIR --out RUN_DIR
+    megagpt eval perplexity --checkpoint DIR --data PATH... [--stride S] [--nproc TP] [--output JSON]
+    megagpt eval icl --checkpoint DIR --task FILE [--shots K] [--seed S] [--limit N] [--nproc TP] [--output JSON]
     megagpt submit {pretrain,sft,rm,ppo} --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
                             [--partition P] [--time T] [--dry-run] [key=value ...]
 
@@ -142,6 +144,24 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("model_dir")
     i.add_argument("--out", required=True, help="new run dir; train from it with run.dir=OUT")
     i.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint: perplexity, or zero/few-shot tasks (local files)")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    ep = esub.add_parser("perplexity", help="sliding-window perplexity and bits per byte over shards or text")
+    ep.add_argument("--data", nargs="+", required=True, help=".bin/.idx prefixes, .txt or .jsonl[.gz] files")
+    ep.add_argument("--stride", type=int, help="tokens a window advances (default: half the context)")
+    ei = esub.add_parser("icl", help="zero/one/few-shot in-context evaluation of a task file (configs/eval/)")
+    ei.add_argument("--task", required=True, help="a task YAML (see configs/eval/)")
+    ei.add_argument("--shots", type=int, default=0)
+    ei.add_argument("--seed", type=int, default=1234, help="draws each record's shots")
+    ei.add_argument("--limit", type=int, help="score only the first N test records")
+    for e in (ep, ei):
+        e.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
+        e.add_argument("--tokenizer", help="tokenizer.json (default: the training data's, or the run dir's)")
+        e.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks the model is split over")
+        e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        e.add_argument("--batch-size", type=int, default=8, help="sequences scored at once")
+        e.add_argument("--output", help="also write the result (with per-record rows) as JSON here")
 
     s = sub.add_parser("submit", help="render a Slurm batch script from slurm/ and sbatch it")
     ssub = s.add_subparsers(dest="submit_command", required=True)
@@ -270,6 +290,27 @@ def cmd_generate(args) -> int:
     completion = run_generation(args.checkpoint, args.prompt, sampling, args.tokenizer, args.device)
     if completion is not None:
         print(args.prompt + completion)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from launchers.local import existing_world_size, join_existing_world, launch_local
+    from megagpt.eval.run import check_eval_args, eval_argv, run_eval
+    from megagpt.generation import check_layout, checkpoint_config
+    from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
+
+    quiet_library_warnings()
+    check_eval_args(args)  # bad task files and flags fail here, before any process starts
+    world = existing_world_size()
+    _, cfg = checkpoint_config(args.checkpoint)
+    check_layout(cfg, world or args.nproc)
+    resolve_device(args.device, args.nproc if world is None else local_world_size())
+    if world is None and args.nproc > 1:
+        return launch_local(args.nproc, eval_argv(args))
+    join_existing_world()
+    result = run_eval(args)
+    if result is not None:
+        print(result)
     return 0
 
 
@@ -453,7 +494,7 @@ def cmd_train_quality(args) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
             "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "sft": cmd_pretrain,
-            "rm": cmd_pretrain, "ppo": cmd_pretrain,
+            "rm": cmd_pretrain, "ppo": cmd_pretrain, "eval": cmd_eval,
             "submit": cmd_submit, "plan": cmd_plan}
 
 

@@ -79,8 +79,8 @@ def test_wheel_ships_every_package_config_and_template(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [d for d in package_dirs() if f"{d}/__init__.py" not in names]
     assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"
-    for folder, package, suffix in (("configs", "megagpt/configs", ".yaml"), ("slurm", "megagpt/slurm_templates",
-                                                                              ".sbatch")):
+    for folder, package, suffix in (("configs", "megagpt/configs", ".yaml"), ("configs", "megagpt/configs", ".jsonl"),
+                                    ("slurm", "megagpt/slurm_templates", ".sbatch")):
         shipped = [f"{package}/{os.path.relpath(os.path.join(d, f), os.path.join(REPO, folder))}"
                    for d, _, files in os.walk(os.path.join(REPO, folder)) for f in files if f.endswith(suffix)]
         assert shipped and set(shipped) <= names, sorted(set(shipped) - names)

@@ -1,0 +1,72 @@
+"""One rank of `megagpt eval`: the checkpoint opened on this TP rank, the evaluation run, rank 0's report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from megagpt.errors import ConfigError
+
+
+def check_eval_args(args) -> None:
+    """Everything that can be checked before processes start: flags, and the task file with its records."""
+    for flag in ("nproc", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
+    if args.tokenizer and not os.path.isfile(args.tokenizer):
+        raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
+    if args.eval_command == "icl":
+        from megagpt.eval.tasks import load_task
+
+        if args.shots < 0:
+            raise ConfigError(f"--shots {args.shots} must be >= 0")
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit {args.limit} must be at least 1")
+        task = load_task(args.task)
+        if args.shots > len(task.train):
+            raise ConfigError(f"--shots {args.shots}: {args.task} has {len(task.train)} train records to draw from")
+    elif args.stride is not None and args.stride < 1:
+        raise ConfigError(f"--stride {args.stride} must be at least 1")
+
+
+def eval_argv(args) -> list[str]:
+    """The command line each local rank runs (launchers.local)."""
+    argv = ["eval", args.eval_command, "--checkpoint", args.checkpoint, "--device", args.device,
+            "--batch-size", str(args.batch_size)]
+    argv += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+    argv += ["--output", args.output] if args.output else []
+    if args.eval_command == "icl":
+        argv += ["--task", args.task, "--shots", str(args.shots), "--seed", str(args.seed)]
+        argv += ["--limit", str(args.limit)] if args.limit else []
+    else:
+        argv += ["--data", *args.data] + (["--stride", str(args.stride)] if args.stride else [])
+    return argv
+
+
+def run_eval(args) -> str | None:
+    from megagpt.eval.scorer import open_checkpoint
+    from megagpt.parallel.distributed import shutdown_distributed
+
+    scorer, tok, pc = open_checkpoint(args.checkpoint, args.tokenizer, args.device, args.batch_size)
+    if args.eval_command == "perplexity":
+        from megagpt.eval.perplexity import perplexity, read_stream
+
+        result = perplexity(scorer, tok, read_stream(args.data, tok), args.stride or max(1, scorer.context // 2))
+        line = (f"perplexity {result['perplexity']:.4f} over {result['tokens']:,} tokens ({result['bytes']:,} bytes, "
+                f"{result['windows']} windows, stride {result['stride']}): {result['bits_per_token']:.4f} bits per "
+                f"token, {result['bits_per_byte']:.4f} bits per byte")
+    else:
+        from megagpt.eval.icl import evaluate
+        from megagpt.eval.tasks import load_task
+
+        result = evaluate(scorer, tok, load_task(args.task), args.shots, args.seed, args.limit)
+        scores = {k: v for k, v in result.items() if k not in ("rows", "task", "type", "records", "shots")}
+        line = (f"{result['task']} ({result['type']}, {result['records']} records, {args.shots}-shot): "
+                + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    shutdown_distributed()
+    if pc.rank != 0:
+        return None
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+    return line

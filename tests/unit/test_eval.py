@@ -1,0 +1,195 @@
+"""Evaluation scores against direct computations on a tiny random model: token log-likelihoods,
+sliding-window perplexity, zero/few-shot prompts and their scores, and task files that fail with
+their file and line."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from megagpt.errors import ConfigError, DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TASKS = os.path.join(REPO, "configs", "eval")
+
+
+@pytest.fixture(scope="module")
+def tok(demo_prefix):
+    from megagpt.data.tokenizer import Tokenizer
+
+    return Tokenizer.load(demo_prefix + ".tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def scorer(world_of_one, tok):
+    from megagpt.config import ModelConfig
+    from megagpt.eval.scorer import Scorer
+    from megagpt.model.gpt import GPT
+    from megagpt.model.layers import LayerContext
+
+    m = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, seq_length=64, vocab_size=tok.vocab_size,
+                    init_std=0.2)  # a wide init: the random model prefers some tokens clearly
+    model = GPT(LayerContext(model=m, seed=7, tp_group=world_of_one))
+    return Scorer(model, bos=tok.eod, batch_size=3)
+
+
+def direct_logprobs(scorer, ids: list[int]) -> torch.Tensor:
+    """log p(ids[t] | ids[:t]) for t >= 1 by a plain forward and log_softmax over the real vocabulary."""
+    with torch.no_grad():
+        logits = scorer.model(torch.tensor([ids]))[0, :-1, :scorer.ctx.model.vocab_size].float()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def test_scores_equal_a_plain_forward_whatever_the_batch(scorer):
+    seqs = [[5, 9, 200, 31], [7, 7], list(range(100, 164)), [3, 1000, 2000, 17, 5]]
+    for ids, got in zip(seqs, scorer.score(seqs)):
+        want = direct_logprobs(scorer, ids)
+        assert got.logprobs == pytest.approx(want.tolist(), abs=1e-5)
+        with torch.no_grad():
+            argmax = scorer.model(torch.tensor([ids]))[0, :-1, :scorer.ctx.model.vocab_size].argmax(-1)
+        assert got.greedy == (argmax == torch.tensor(ids[1:])).tolist()
+
+
+def test_windows_score_every_token_once_with_at_least_context_minus_stride_before_it():
+    from megagpt.eval.perplexity import windows
+
+    for n, context, stride in [(10, 4, 4), (10, 4, 1), (200, 64, 32), (65, 64, 64), (2, 64, 32)]:
+        seen = []
+        for begin, end, new in windows(n, context, stride):
+            assert end - begin <= context and new <= end - begin - 1
+            scored = list(range(end - new, end))
+            assert all(t - begin >= min(context - stride, t) for t in scored)
+            seen += scored
+        assert seen == list(range(1, n))
+    with pytest.raises(ConfigError, match="--stride 65 must lie in"):
+        windows(10, 64, 65)
+
+
+@pytest.mark.parametrize("stride", [64, 16])
+def test_perplexity_equals_the_mean_nll_of_its_windows(scorer, tok, stride):
+    from megagpt.eval.perplexity import perplexity, windows
+
+    stream = [tok.eod] + tok.encode("def f(x):\n    return x + 1\n" * 12) + [tok.eod]
+    result = perplexity(scorer, tok, stream, stride)
+    nll = -sum(direct_logprobs(scorer, stream[b:e])[-new:].sum().item() for b, e, new in windows(len(stream), 64, stride))
+    assert result["tokens"] == len(stream) - 1
+    assert result["nll"] == pytest.approx(nll / result["tokens"], rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(nll / result["tokens"]), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(tok.decode(stream[1:]).encode()), rel=1e-5)
+
+
+def test_multiple_choice_scores_equal_direct_log_likelihoods(scorer, tok):
+    from megagpt.eval.icl import build_prompt, evaluate, shots_for
+    from megagpt.eval.tasks import load_task
+
+    task = load_task(os.path.join(TASKS, "capitals.yaml"))
+    task.description = ""  # short prompts: every shot fits the 64-token context
+    result = evaluate(scorer, tok, task, shots=1, seed=3)
+    assert result["mean_shots_used"] == 1.0
+    right = right_per_token = 0
+    for index, (record, row) in enumerate(zip(task.test, result["rows"])):
+        prompt = tok.encode(build_prompt(task, shots_for(task, index, record, 1, 3), record))
+        totals, per_token = [], []
+        for choice in record["choices"]:
+            answer = tok.encode(" " + choice)
+            totals.append(direct_logprobs(scorer, prompt + answer)[-len(answer):].sum().item())
+            per_token.append(totals[-1] / len(answer))
+        assert row["logprobs"] == pytest.approx(totals, abs=1e-4)
+        right += max(range(3), key=totals.__getitem__) == record["label"]
+        right_per_token += max(range(3), key=per_token.__getitem__) == record["label"]
+    assert result["accuracy"] == right / 8 and result["accuracy_per_token"] == right_per_token / 8
+
+
+def test_per_token_normalisation_prefers_the_likelier_tokens_not_the_shorter_answer(scorer, tok, tmp_path):
+    """Two choices: one token of log-probability a, or that token then more (each below 0): the total always
+    favours the short one, the per-token mean the long one once its extra tokens are likelier than a."""
+    from megagpt.eval.icl import evaluate
+    from megagpt.eval.tasks import load_task
+
+    prompt = tok.encode("x")
+    scored = scorer.score([prompt + list(range(40, 60))])[0].logprobs  # a random model's preferences
+    likely = max(range(40, 60), key=lambda t: scored[t - 40])
+    short, long_ = tok.decode([likely]), tok.decode([likely]) * 6
+    (tmp_path / "t.jsonl").write_text(json.dumps({"q": "x", "choices": [short, long_], "label": 1}) + "\n")
+    (tmp_path / "t.yaml").write_text("type: multiple_choice\ntest: t.jsonl\nprompt: '{q}'\nanswer_prefix: ''\n")
+    row = evaluate(scorer, tok, load_task(str(tmp_path / "t.yaml")))["rows"][0]
+    n_short, n_long = len(tok.encode(short)), len(tok.encode(long_))
+    assert row["correct"] == (row["logprobs"][1] > row["logprobs"][0])
+    assert row["correct_per_token"] == (row["logprobs"][1] / n_long > row["logprobs"][0] / n_short)
+
+
+def test_completion_is_right_when_every_target_token_is_greedy(scorer, tok):
+    from megagpt.eval.icl import build_prompt, evaluate
+    from megagpt.eval.tasks import load_task
+
+    task = load_task(os.path.join(TASKS, "last-word.yaml"))
+    result = evaluate(scorer, tok, task, shots=0)
+    for record, row in zip(task.test, result["rows"]):
+        prompt, target = tok.encode(build_prompt(task, [], record)), tok.encode(" " + record["target"])
+        ids = prompt + target
+        with torch.no_grad():
+            argmax = scorer.model(torch.tensor([ids]))[0, :-1, :tok.vocab_size].argmax(-1)[-len(target):]
+        assert row["correct"] == (argmax.tolist() == target)
+        assert row["logprob_per_token"] == pytest.approx(
+            direct_logprobs(scorer, ids)[-len(target):].mean().item(), abs=1e-5)
+
+
+def test_generation_scores_the_greedy_answer_to_the_stop_string(scorer, tok):
+    from megagpt.eval.icl import evaluate, exact_match, f1
+    from megagpt.eval.tasks import load_task
+
+    result = evaluate(scorer, tok, load_task(os.path.join(TASKS, "arithmetic.yaml")), shots=2, limit=3)
+    assert result["records"] == 3 and all("\n" not in r["prediction"] for r in result["rows"])
+    assert exact_match("The  Seven.", "seven") == 1.0 and exact_match("7 apples", "7") == 0.0
+    assert f1("seven apples", "seven") == pytest.approx(2 / 3) and f1("", "seven") == 0.0
+
+
+def test_shots_are_seeded_per_record_exclude_it_and_drop_to_fit(tok):
+    from megagpt.eval.icl import fitted_prompt, shots_for
+    from megagpt.eval.tasks import load_task
+
+    task = load_task(os.path.join(TASKS, "capitals.yaml"))
+    a = shots_for(task, 0, task.test[0], 3, seed=1)
+    assert a == shots_for(task, 0, task.test[0], 3, seed=1) and a != shots_for(task, 1, task.test[0], 3, seed=1)
+    task.test.append(task.train[0])
+    assert task.train[0] not in shots_for(task, 8, task.train[0], 7, seed=1)
+    ids, used = fitted_prompt(task, tok, task.train[1:6], task.test[0], context=64, room=4)
+    assert len(ids) + 4 <= 64 and used < 5
+    with pytest.raises(ConfigError, match="--shots 9: the task's train split has 8"):
+        shots_for(task, 0, task.test[0], 9, seed=1)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"country": "X", "choices": ["a", "b"], "label": 2}', "t.jsonl:2: 'label' must be the index of the right choice"),
+    ('{"choices": ["a", "b"], "label": 0}', "t.jsonl:2: the prompt's field(s) country are missing"),
+    ('{"country": "X", "choices": ["a"], "label": 0}', "t.jsonl:2: a multiple_choice record needs 'choices'"),
+    ('not json', "t.jsonl:2: not JSON"),
+    ('["country"]', "t.jsonl:2: a record must be a JSON object"),
+])
+def test_bad_records_fail_with_their_file_and_line(tmp_path, line, message):
+    from megagpt.eval.tasks import load_task
+
+    good = json.dumps({"country": "Y", "choices": ["a", "b"], "label": 1})
+    (tmp_path / "t.jsonl").write_text(good + "\n" + line + "\n")
+    (tmp_path / "t.yaml").write_text("type: multiple_choice\ntest: t.jsonl\nprompt: 'Capital of {country}?'\n")
+    with pytest.raises(DataError) as err:
+        load_task(str(tmp_path / "t.yaml"))
+    assert str(err.value).startswith(str(tmp_path / message.split(":")[0])) and message.split(":", 1)[1] in str(err.value)
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("type: essay\ntest: t.jsonl\nprompt: x\n", "type 'essay' must be one of"),
+    ("type: completion\nprompt: x\n", "'test' is missing"),
+    ("type: completion\ntest: t.jsonl\nprompt: x\nshots: 3\n", "unknown setting(s) shots"),
+    ("type: completion\ntest: nope.jsonl\nprompt: x\n", "data file"),
+    ("type: completion\ntest: t.jsonl\nprompt: '{}'\n", "prompt fields must be named"),
+])
+def test_bad_task_settings_are_one_line_errors(tmp_path, yaml_text, message):
+    from megagpt.eval.tasks import load_task
+
+    (tmp_path / "t.jsonl").write_text('{"target": "a"}\n')
+    (tmp_path / "t.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_task(str(tmp_path / "t.yaml"))
