@@ -20,6 +20,7 @@
     megagpt import-hf DIR --out RUN_DIR
     megagpt eval perplexity --checkpoint DIR --data PATH... [--stride S] [--nproc TP] [--output JSON]
     megagpt eval icl --checkpoint DIR --task FILE [--shots K] [--seed S] [--limit N] [--nproc TP] [--output JSON]
+    megagpt eval harness --model megagpt --model_args checkpoint=DIR --tasks T [lm_eval arguments ...]
     megagpt submit {pretrain,sft,rm,ppo} --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
                             [--partition P] [--time T] [--dry-run] [key=value ...]
 
@@ -150,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     ep = esub.add_parser("perplexity", help="sliding-window perplexity and bits per byte over shards or text")
     ep.add_argument("--data", nargs="+", required=True, help=".bin/.idx prefixes, .txt or .jsonl[.gz] files")
     ep.add_argument("--stride", type=int, help="tokens a window advances (default: half the context)")
+    eh = esub.add_parser("harness", help="lm-evaluation-harness with megagpt checkpoints (--model megagpt "
+                         "--model_args checkpoint=DIR; every lm_eval argument)", add_help=False)
+    eh.add_argument("harness_args", nargs=argparse.REMAINDER)
     ei = esub.add_parser("icl", help="zero/one/few-shot in-context evaluation of a task file (configs/eval/)")
     ei.add_argument("--task", required=True, help="a task YAML (see configs/eval/)")
     ei.add_argument("--shots", type=int, default=0)
@@ -499,6 +503,12 @@ COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["eval", "harness"]:  # lm_eval's own arguments, which argparse here would not pass through
+        from megagpt.eval.harness import main as harness
+
+        harness(argv[2:])
+        sys.exit(0)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may sit between options
     if extra and (not hasattr(args, "overrides") or any(x.startswith("-") for x in extra)):

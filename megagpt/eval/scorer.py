@@ -102,7 +102,12 @@ def open_checkpoint(checkpoint: str, tokenizer: str | None, device: str = "auto"
     from megagpt.parallel.distributed import init_distributed
     from megagpt.parallel.topology import build_parallel_context
 
-    rank_device = init_distributed(device, deepspeed_comm=False)
+    if dist.is_initialized():  # a host that made the world already (lm-evaluation-harness in a test, say)
+        from megagpt.parallel.distributed import device_for_local_rank, local_world_size, resolve_device
+
+        rank_device = device_for_local_rank(resolve_device(device, local_world_size()))
+    else:
+        rank_device = init_distributed(device, deepspeed_comm=False)
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
     model, cfg, path = load_model(checkpoint, pc)
     found = tokenizer or find_generation_tokenizer(path, cfg)

@@ -64,3 +64,29 @@ def test_a_bad_task_file_stops_before_any_process_with_its_file_and_line(run_dir
     assert done.returncode == 2
     assert done.stderr.strip() == (f"megagpt: error: {tmp_path / 't.jsonl'}:2: a completion record needs a "
                                    f"non-empty string 'target'")
+
+
+def test_lm_eval_harness_log_likelihoods_equal_megagpts_own(run_dir, tmp_path):
+    """`megagpt eval harness` (lm-eval's CLI with the "megagpt" model) on a local task YAML over the same JSONL
+    as a megagpt task: each choice's log-likelihood as lm-eval logs it equals `megagpt eval icl`'s."""
+    test_file = os.path.abspath(os.path.join(TASKS, "capitals.test.jsonl"))
+    prompt = "Q: What is the capital of {country}?\\nA:"
+    jinja = prompt.replace("{country}", "{{country}}")
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "caps.yaml").write_text(
+        "task: megagpt_capitals\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {test_file}\ntest_split: test\noutput_type: multiple_choice\n"
+        f'doc_to_text: "{jinja}"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n')
+    (tmp_path / "caps.yaml").write_text(f'type: multiple_choice\ntest: {test_file}\nprompt: "{prompt}"\n')
+    ours = evaluate("icl", "--checkpoint", str(run_dir), "--task", str(tmp_path / "caps.yaml"), nproc=1,
+                    out=tmp_path / "ours.json")
+    megagpt("eval", "harness", "--model", "megagpt", "--model_args", f"checkpoint={run_dir}", "--device", "cpu",
+            "--tasks", "megagpt_capitals", "--include_path", str(tmp_path / "harness"), "--output_path",
+            str(tmp_path / "lm"), "--log_samples", env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    samples = [json.loads(line) for path in (tmp_path / "lm").rglob("samples_megagpt_capitals_*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(samples) == 8
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        theirs = [float(logp) for logp, _ in sample["filtered_resps"]]
+        assert theirs == pytest.approx(ours["rows"][sample["doc_id"]]["logprobs"], abs=1e-4)

@@ -193,3 +193,29 @@ def test_bad_task_settings_are_one_line_errors(tmp_path, yaml_text, message):
     (tmp_path / "t.yaml").write_text(yaml_text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_task(str(tmp_path / "t.yaml"))
+
+
+def test_lm_eval_adapter_requests_equal_megagpts_own_scores(scorer, tok):
+    """The adapter's three request kinds, on the module's random model: loglikelihood as the scorer's
+    continuation, loglikelihood_rolling as the perplexity windows' total, generate_until as greedy decoding."""
+    from types import SimpleNamespace
+
+    from megagpt.eval.harness import MegagptLM
+    from megagpt.eval.perplexity import perplexity
+    from megagpt.generation import Sampling, generate
+
+    lm = MegagptLM.__new__(MegagptLM)
+    lm.scorer, lm.tok, lm.rolling_stride = scorer, tok, 16
+    ask = lambda *args: SimpleNamespace(args=args)  # noqa: E731 (lm-eval's Instance carries .args)
+    (logp, greedy), = lm.loglikelihood([ask("def add(a, b):", " return")])
+    assert (logp, greedy) == scorer.continuation(tok.encode("def add(a, b):"), tok.encode(" return"))[:2]
+    text = "class A:\n    pass\n" * 10
+    rolled, = lm.loglikelihood_rolling([ask(text)])
+    stream = [tok.eod] + tok.encode(text)
+    ours = perplexity(scorer, tok, stream, 16)
+    assert rolled == pytest.approx(-ours["nll"] * ours["tokens"], rel=1e-6)
+    out, = lm.generate_until([ask("import os\n", {"until": ["\n\n"], "max_gen_toks": 6})])
+    new = generate(scorer.model, torch.tensor([tok.encode("import os\n")]), Sampling(6, temperature=0.0),
+                   eod=tok.eod)[0, len(tok.encode("import os\n")):].tolist()
+    full = tok.decode(new[: new.index(tok.eod)] if tok.eod in new else new)
+    assert out == full.split("\n\n")[0]
