@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from typing import Iterable, Iterator, Optional
 
+from megagpt.data.ngrams import WORD as _WORD, ngram_hashes  # noqa: F401 (ngram_hashes: data_pipeline.config)
 from megagpt.errors import DataError
 
-_WORD = re.compile(r"\w+")
 # Where common benchmark formats keep their text, tried when a line lacks decontam.text_field:
 # LAMBADA/plain (text), SQuAD (context, question), TriviaQA/NQ (question, answer), HellaSwag (ctx, endings),
 # PIQA (goal, sol1, sol2), WinoGrande (sentence), ANLI/RTE (premise, hypothesis), prompt/completion pairs.
@@ -55,11 +54,6 @@ def _strings(value) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
-
-
-def ngram_hashes(text: str, n: int) -> set[int]:
-    words = [m.group().lower() for m in _WORD.finditer(text)]
-    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
 
 
 class Decontaminator:

@@ -19,7 +19,8 @@
                      --seed S] [--nproc TP]
     megagpt import-hf DIR --out RUN_DIR
     megagpt eval perplexity --checkpoint DIR --data PATH... [--stride S] [--nproc TP] [--output JSON]
-    megagpt eval icl --checkpoint DIR --task FILE [--shots K] [--seed S] [--limit N] [--nproc TP] [--output JSON]
+    megagpt eval icl --checkpoint DIR --task FILE [--shots K] [--seed S] [--limit N] [--corpus PATH...] [--nproc TP]
+                     [--output JSON]
     megagpt eval harness --model megagpt --model_args checkpoint=DIR --tasks T [lm_eval arguments ...]
     megagpt submit {pretrain,sft,rm,ppo} --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
                             [--partition P] [--time T] [--dry-run] [key=value ...]
@@ -159,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     ei.add_argument("--shots", type=int, default=0)
     ei.add_argument("--seed", type=int, default=1234, help="draws each record's shots")
     ei.add_argument("--limit", type=int, help="score only the first N test records")
+    ei.add_argument("--corpus", nargs="+", help="training data (.bin/.idx prefixes, .txt, .jsonl): report the share "
+                    "of the task's n-grams found there and the scores of its clean and dirty records (GPT-3)")
     for e in (ep, ei):
         e.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
         e.add_argument("--tokenizer", help="tokenizer.json (default: the training data's, or the run dir's)")

@@ -68,7 +68,9 @@ def fitted_prompt(task: Task, tok, shots: list[dict], record: dict, context: int
     return ids, 0  # even zero-shot is too long: the scorer keeps the prompt's last tokens
 
 
-def evaluate(scorer: Scorer, tok, task: Task, shots: int = 0, seed: int = 1234, limit: int | None = None) -> dict:
+def evaluate(scorer: Scorer, tok, task: Task, shots: int = 0, seed: int = 1234, limit: int | None = None,
+             contamination: dict | None = None) -> dict:
+    """The task's scores; with `contamination` (megagpt.eval.contamination) also on its clean and dirty records."""
     records = task.test[:limit] if limit else task.test
     rows, used = [], []
     for index, record in enumerate(records):
@@ -89,8 +91,15 @@ def evaluate(scorer: Scorer, tok, task: Task, shots: int = 0, seed: int = 1234, 
             rows.append({"correct": _argmax(total) == record["label"],
                          "correct_per_token": _argmax(per_token) == record["label"],
                          "logprobs": total})
-    return {"task": task.name, "type": task.type, "records": len(rows), "shots": shots,
-            "mean_shots_used": sum(used) / len(used), **summarise(task.type, rows), "rows": rows}
+    result = {"task": task.name, "type": task.type, "records": len(rows), "shots": shots,
+              "mean_shots_used": sum(used) / len(used), **summarise(task.type, rows), "rows": rows}
+    if contamination is not None:
+        split = {"clean": [r for r, d in zip(rows, contamination["dirty"]) if not d],
+                 "dirty": [r for r, d in zip(rows, contamination["dirty"]) if d]}
+        result["contamination"] = {**{k: v for k, v in contamination.items() if k != "dirty"},
+                                   **{name: {"records": len(part), **(summarise(task.type, part) if part else {})}
+                                      for name, part in split.items()}}
+    return result
 
 
 def summarise(kind: str, rows: list[dict]) -> dict:

@@ -23,6 +23,10 @@ def check_eval_args(args) -> None:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit {args.limit} must be at least 1")
         task = load_task(args.task)
+        for path in args.corpus or []:
+            prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
+            if not (os.path.isfile(path) or os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
+                raise ConfigError(f"--corpus {path}: no such file, and no {prefix}.bin/.idx shard")
         if args.shots > len(task.train):
             raise ConfigError(f"--shots {args.shots}: {args.task} has {len(task.train)} train records to draw from")
     elif args.stride is not None and args.stride < 1:
@@ -38,6 +42,7 @@ def eval_argv(args) -> list[str]:
     if args.eval_command == "icl":
         argv += ["--task", args.task, "--shots", str(args.shots), "--seed", str(args.seed)]
         argv += ["--limit", str(args.limit)] if args.limit else []
+        argv += ["--corpus", *args.corpus] if args.corpus else []
     else:
         argv += ["--data", *args.data] + (["--stride", str(args.stride)] if args.stride else [])
     return argv
@@ -59,10 +64,25 @@ def run_eval(args) -> str | None:
         from megagpt.eval.icl import evaluate
         from megagpt.eval.tasks import load_task
 
-        result = evaluate(scorer, tok, load_task(args.task), args.shots, args.seed, args.limit)
-        scores = {k: v for k, v in result.items() if k not in ("rows", "task", "type", "records", "shots")}
+        task = load_task(args.task)
+        found = None
+        if args.corpus and pc.rank == 0:  # text work: one rank reads the corpus
+            from megagpt.eval.contamination import contamination, corpus_documents
+
+            found = contamination(task, corpus_documents(args.corpus, tok))
+            if args.limit:
+                found["dirty"] = found["dirty"][:args.limit]
+        result = evaluate(scorer, tok, task, args.shots, args.seed, args.limit, found)
+        scores = {k: v for k, v in result.items()
+                  if k not in ("rows", "task", "type", "records", "shots", "contamination")}
         line = (f"{result['task']} ({result['type']}, {result['records']} records, {args.shots}-shot): "
                 + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if found is not None:
+            c = result["contamination"]
+            line += (f"\ncontamination: {c['share']:.1%} of the task's {c['ngrams']} {c['n']}-grams are in the corpus; "
+                     + "; ".join(f"{name} {c[name]['records']} records"
+                                 + "".join(f", {k} {v:.4f}" for k, v in c[name].items() if k != "records")
+                                 for name in ("clean", "dirty")))
     shutdown_distributed()
     if pc.rank != 0:
         return None

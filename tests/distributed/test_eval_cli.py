@@ -48,7 +48,11 @@ def test_perplexity_is_the_same_at_tp1_and_tp2(run_dir, demo_prefix, tmp_path):
 
 def test_few_shot_multiple_choice_is_the_same_at_tp1_and_tp2(run_dir, tmp_path):
     task = os.path.join(TASKS, "capitals.yaml")
-    one = evaluate("icl", "--checkpoint", str(run_dir), "--task", task, "--shots", "2", nproc=1, out=tmp_path / "1.json")
+    corpus = tmp_path / "corpus.txt"  # a crawl page quoting the first test record
+    corpus.write_text("Quiz night! Q: What is the capital of Peru? A: Cusco Lima Arequipa. Answers next week.")
+    one = evaluate("icl", "--checkpoint", str(run_dir), "--task", task, "--shots", "2", "--corpus", str(corpus),
+                   nproc=1, out=tmp_path / "1.json")
+    assert (one["contamination"]["dirty"]["records"], one["contamination"]["clean"]["records"]) == (1, 7)
     two = evaluate("icl", "--checkpoint", str(run_dir), "--task", task, "--shots", "2", nproc=2, out=tmp_path / "2.json")
     assert one["records"] == two["records"] == 8
     for a, b in zip(one["rows"], two["rows"]):

@@ -219,3 +219,31 @@ def test_lm_eval_adapter_requests_equal_megagpts_own_scores(scorer, tok):
                    eod=tok.eod)[0, len(tok.encode("import os\n")):].tolist()
     full = tok.decode(new[: new.index(tok.eod)] if tok.eod in new else new)
     assert out == full.split("\n\n")[0]
+
+
+def test_contamination_finds_the_planted_records_and_splits_the_scores(scorer, tok, tmp_path):
+    """A corpus holding two test records' text (one inside a longer document, one whole and short) marks
+    exactly those dirty; the share counts their n-grams; scores are given for both subsets."""
+    from megagpt.data.ngrams import words
+    from megagpt.eval.contamination import contamination, corpus_documents, gram_size, record_text
+    from megagpt.eval.icl import evaluate
+    from megagpt.eval.tasks import load_task
+
+    task = load_task(os.path.join(TASKS, "capitals.yaml"))
+    texts = [record_text(task, r) for r in task.test]
+    lengths = [len(words(t)) for t in texts]
+    n = gram_size(lengths)
+    assert n == min(lengths) == 11  # 8 records: the 5th percentile is the shortest, within GPT-3's [8, 13]
+    assert gram_size([3] * 20) == 8 and gram_size([40] * 20) == 13
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "Some crawl text. " + texts[2] + " More text after it."}) + "\n"
+                      + json.dumps({"text": "Unrelated words about rivers and mountains, nothing else."}) + "\n")
+    found = contamination(task, corpus_documents([str(corpus)], tok))
+    assert found["dirty"] == [i == 2 for i in range(8)]
+    planted = len(words(texts[2])) - n + 1
+    assert found["found"] == planted and found["share"] == pytest.approx(planted / found["ngrams"])
+    result = evaluate(scorer, tok, task, contamination=found)
+    c = result["contamination"]
+    assert (c["clean"]["records"], c["dirty"]["records"]) == (7, 1)
+    assert c["dirty"]["accuracy"] == float(result["rows"][2]["correct"])
+    assert c["clean"]["accuracy"] == pytest.approx(sum(r["correct"] for i, r in enumerate(result["rows"]) if i != 2) / 7)
