@@ -8,6 +8,7 @@
     megagpt sft --config PATH [--nproc N] [key=value ...]
     megagpt rm --config PATH [--nproc N] [key=value ...]
     megagpt ppo --config PATH [--nproc N] [key=value ...]
+    megagpt finetune --config PATH [--nproc N] [key=value ...]
     megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
@@ -22,7 +23,7 @@
     megagpt eval icl --checkpoint DIR --task FILE [--shots K] [--seed S] [--limit N] [--corpus PATH...] [--nproc TP]
                      [--output JSON]
     megagpt eval harness --model megagpt --model_args checkpoint=DIR --tasks T [lm_eval arguments ...]
-    megagpt submit {pretrain,sft,rm,ppo} --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
+    megagpt submit {pretrain,sft,rm,ppo,finetune} --config PATH --nodes N (--gpus-per-node G | --cpu-tasks-per-node T)
                             [--partition P] [--time T] [--dry-run] [key=value ...]
 
 A bad config, a bad override or an impossible layout ends the command with one line
@@ -52,6 +53,8 @@ TRAINING_COMMANDS = (
      "a training config with an rm section (see configs/rlhf/)"),
     ("ppo", "PPO-ptx against a reward model, roles on their own ranks (InstructGPT step 3)",
      "a config with an rlhf section (see configs/rlhf/)"),
+    ("finetune", "GPT-1 fine-tuning on a labelled task (classification, entailment, similarity, multiple choice)",
+     "a training config with a finetune section (see configs/eval/)"),
 )
 
 
@@ -173,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="render a Slurm batch script from slurm/ and sbatch it")
     ssub = s.add_subparsers(dest="submit_command", required=True)
     for command, text in (("pretrain", "multi-node pretraining"), ("sft", "supervised fine-tuning"),
-                          ("rm", "reward model training"), ("ppo", "PPO-ptx, its roles on their rank groups")):
+                          ("rm", "reward model training"), ("ppo", "PPO-ptx, its roles on their rank groups"),
+                          ("finetune", "GPT-1 fine-tuning on a labelled task")):
         sp = ssub.add_parser(command, help=f"{text}: one task per GPU, requeued on preemption")
         sp.add_argument("--config", required=True)
         sp.add_argument("--nodes", type=int, required=True)
@@ -344,6 +348,10 @@ def _stage(stage: str):
         from megagpt.rlhf.trainer import ppo, preflight_ppo
 
         return preflight_ppo, ppo
+    if stage == "finetune":
+        from megagpt.eval.finetune import finetune, preflight_finetune
+
+        return lambda cfg, world: preflight_finetune(cfg), finetune
     from megagpt.data.checks import check_training_data
     from megagpt.train.pretrain import pretrain
 
@@ -501,7 +509,7 @@ def cmd_train_quality(args) -> int:
 
 COMMANDS = {"pretrain": cmd_pretrain, "demo": cmd_demo, "tokenize": cmd_tokenize, "corpus": cmd_corpus,
             "export-hf": cmd_export_hf, "import-hf": cmd_import_hf, "generate": cmd_generate, "sft": cmd_pretrain,
-            "rm": cmd_pretrain, "ppo": cmd_pretrain, "eval": cmd_eval,
+            "rm": cmd_pretrain, "ppo": cmd_pretrain, "finetune": cmd_pretrain, "eval": cmd_eval,
             "submit": cmd_submit, "plan": cmd_plan}
 
 

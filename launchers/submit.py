@@ -26,7 +26,7 @@ class PretrainJob:
     partition: Optional[str] = None
     time: Optional[str] = None
     job_name: str = "megagpt-pretrain"
-    command: str = "pretrain"  # pretrain | sft | rm | ppo
+    command: str = "pretrain"  # pretrain | sft | rm | ppo | finetune
 
     @property
     def tasks_per_node(self) -> int:

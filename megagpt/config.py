@@ -123,6 +123,7 @@ class TrainConfig:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+FINETUNE_TASKS = ("classification", "entailment", "similarity", "multiple_choice")
 ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
 
 
@@ -154,6 +155,19 @@ class RMConfig:
     demonstrations: Optional[str] = None
     tokenizer: Optional[str] = None  # default: the init checkpoint's
     valid_fraction: float = 0.1  # comparisons held out for the loss and the pairwise accuracy
+
+
+@dataclass
+class FinetuneConfig:
+    """GPT-1's supervised fine-tuning on a labelled task (Radford et al. 2018, §3.2-3.3), read by `megagpt finetune`."""
+
+    task: Optional[str] = None  # classification | entailment | similarity | multiple_choice
+    train: Optional[str] = None  # JSONL (megagpt.eval.finetune lists each task's fields)
+    test: Optional[str] = None  # JSONL: the accuracy reported after the last step
+    init: Optional[str] = None  # the pretrained checkpoint (or run dir)
+    tokenizer: Optional[str] = None  # default: the init checkpoint's
+    num_labels: int = 2  # classes (not multiple_choice: one score per choice)
+    lm_coef: float = 0.5  # lambda of L3 = L2 + lambda * L1, the auxiliary language-modelling loss
 
 
 @dataclass
@@ -200,6 +214,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     rlhf: RLHFConfig = field(default_factory=RLHFConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -372,8 +387,9 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(p.tp > 1, "parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over TP ranks)")
         _require(m.seq_length % p.tp == 0,
                  f"parallel.sequence_parallel=true needs parallel.tp={p.tp} to divide model.seq_length={m.seq_length}")
-        _require(cfg.rm.data is None and cfg.rlhf.prompts is None, "parallel.sequence_parallel=true applies to "
-                 "pretraining and SFT; the reward model and PPO run without it")
+        _require(cfg.rm.data is None and cfg.rlhf.prompts is None and cfg.finetune.task is None,
+                 "parallel.sequence_parallel=true applies to pretraining and SFT; the reward model, PPO and GPT-1 "
+                 "fine-tuning run without it")
     _require(world_size % (p.tp * p.pp) == 0,
              f"world size {world_size} must be a multiple of parallel.tp*parallel.pp={p.tp}*{p.pp}")
     if cfg.rlhf.prompts is not None:
@@ -402,6 +418,13 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(0 <= cfg.sft.valid_fraction < 1, f"sft.valid_fraction={cfg.sft.valid_fraction} must lie in [0, 1)")
     _require(0 < cfg.rm.valid_fraction < 1, f"rm.valid_fraction={cfg.rm.valid_fraction} must lie in (0, 1): "
              f"the pairwise accuracy is measured on held-out comparisons")
+    if cfg.finetune.task is not None:
+        f = cfg.finetune
+        _require(f.task in FINETUNE_TASKS, f"finetune.task={f.task!r} must be one of {', '.join(FINETUNE_TASKS)}")
+        _require(p.pp == 1 and p.zero_stage in (1, 2), f"parallel.pp={p.pp}, parallel.zero_stage={p.zero_stage}: "
+                 f"fine-tuning runs at pp=1 and ZeRO 1 or 2 (tensor and data parallel)")
+        _require(f.num_labels >= 2, f"finetune.num_labels={f.num_labels} must be at least 2")
+        _require(f.lm_coef >= 0, f"finetune.lm_coef={f.lm_coef} must be >= 0")
     if cfg.rm.data is not None:
         _require(p.pp == 1, f"parallel.pp={p.pp}: the reward model trains at pp=1 (tensor and data parallel)")
         _require(p.zero_stage in (1, 2), f"parallel.zero_stage={p.zero_stage}: the reward model trains at ZeRO 1 "
@@ -463,6 +486,12 @@ def validate_data_paths(cfg: Config) -> None:
                      f"(actor_init) and reward model (reward_init) checkpoints")
         if not cfg.rlhf.ptx_coef:
             return
+    elif cfg.finetune.task is not None:  # GPT-1 fine-tuning reads labelled JSONL
+        for key in ("train", "test"):
+            value = getattr(cfg.finetune, key)
+            _require(value is not None and os.path.isfile(value), f"finetune.{key}={value!r}: file not found")
+        _require(cfg.finetune.init is not None, "finetune.init is not set: fine-tuning starts from a pretrained checkpoint")
+        return
     elif cfg.sft.data is not None:  # fine-tuning reads demonstrations, not shards
         _require(os.path.isfile(cfg.sft.data), f"sft.data={cfg.sft.data!r}: file not found")
         _require(cfg.sft.init is not None, "sft.init is not set: SFT starts from a pretrained checkpoint")

@@ -201,9 +201,12 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
-def check_shape(meta: dict, cfg: Config, path: str) -> None:
+def check_shape(meta: dict, cfg: Config, path: str, grown_vocab: bool = False) -> None:
+    """The checkpoint's model has the config's shape; grown_vocab: but for a larger vocabulary (tokens added)."""
     theirs, ours = meta["model"], model_shape(cfg)
-    diff = [f"model.{k}={ours[k]} (checkpoint has {theirs.get(k)})" for k in SHAPE_KEYS if theirs.get(k) != ours[k]]
+    grows = lambda k: grown_vocab and k == "padded_vocab_size" and (theirs.get(k) or 0) <= ours[k]  # noqa: E731
+    diff = [f"model.{k}={ours[k]} (checkpoint has {theirs.get(k)})" for k in SHAPE_KEYS
+            if theirs.get(k) != ours[k] and not grows(k)]
     if diff:
         raise CheckpointError(f"checkpoint {path} is for another model shape: config has {', '.join(diff)}")
 
@@ -353,26 +356,30 @@ class Checkpointer:
                      time.perf_counter() - start)
         return TrainState(meta["step"], meta["consumed_samples"], meta["consumed_tokens"])
 
-    def load_weights(self, checkpoint: str, new_parameters: tuple = ()) -> None:
+    def load_weights(self, checkpoint: str, new_parameters: tuple = (), grown_vocab: bool = False) -> None:
         """Start this fresh run from another run's weights; its optimizer state and position are not taken.
-        Parameters named with a `new_parameters` prefix (a head the checkpoint's model lacks) keep their init."""
+        Parameters named with a `new_parameters` prefix (a head the checkpoint's model lacks) keep their init;
+        grown_vocab: the vocabulary has rows the checkpoint lacks (tokens added), which keep theirs."""
         path = resolve_checkpoint(checkpoint)
         meta = read_meta(path)
-        check_shape(meta, self.cfg, path)
+        check_shape(meta, self.cfg, path, grown_vocab)
         if not meta["universal"]:
             raise CheckpointError(f"checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
         problem = verify_everywhere(path)
         if problem:
             raise CheckpointError(f"checkpoint {path}: {problem}")
-        self.load_universal(path, with_optimizer=False, new_parameters=new_parameters)
+        grow = {VOCAB_WEIGHT: (self.cfg.model.padded_vocab_size, self.cfg.model.init_std, self.cfg.train.seed)} \
+            if grown_vocab else {}
+        self.load_universal(path, with_optimizer=False, new_parameters=new_parameters, grow=grow)
         dist.barrier()
 
-    def load_universal(self, path: str, with_optimizer: bool, new_parameters: tuple = ()) -> None:
+    def load_universal(self, path: str, with_optimizer: bool, new_parameters: tuple = (), grow: dict | None = None
+                       ) -> None:
         """Set every local parameter (and its Adam moments) from the layout-free shards."""
         if self.cfg.parallel.zero_stage == 3:
             raise CheckpointError(f"checkpoint {path} was written at another layout; loading it into "
                                   f"parallel.zero_stage=3 is not supported (use ZeRO 1 or 2 to reshape)")
-        load_universal(self.engine, self._local_params(), self.pc, path, with_optimizer, new_parameters)
+        load_universal(self.engine, self._local_params(), self.pc, path, with_optimizer, new_parameters, grow)
 
 
 def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]:
@@ -407,9 +414,14 @@ def optimizer_step(engine) -> int:
     return 0
 
 
+VOCAB_WEIGHT = "embedding.word_embeddings.weight"
+
+
 def load_universal(engine, params: list, pc: ParallelContext, path: str, with_optimizer: bool,
-                   new_parameters: tuple = ()) -> None:
-    """Set the engine's (canonical name, parameter) pairs, and their Adam moments, from universal/ shards."""
+                   new_parameters: tuple = (), grow: dict | None = None) -> None:
+    """Set the engine's (canonical name, parameter) pairs, and their Adam moments, from universal/ shards.
+    grow: {name: (rows, std, seed)}: a weight the checkpoint holds fewer rows of, the rest drawn N(0, std)
+    from `seed` (the same at every layout) before this rank takes its TP shard."""
     from deepspeed.utils import safe_set_full_optimizer_state
 
     shards = UniversalShards(path)
@@ -420,6 +432,12 @@ def load_universal(engine, params: list, pc: ParallelContext, path: str, with_op
             if name.startswith(new_parameters) and name not in shards.where:
                 continue
             full = shards.full(name)
+            if grow and name in grow and full["fp32"].shape[0] < grow[name][0]:
+                rows, std, seed = grow[name]
+                old = full["fp32"]
+                extra = torch.empty(rows - old.shape[0], *old.shape[1:]).normal_(
+                    0.0, std, generator=torch.Generator().manual_seed(seed))
+                full = {"fp32": torch.cat([old, extra.to(old.dtype)])}
             mine = {k: tp_shard(v, partition_dim(param), pc.tp, pc.tp_rank) for k, v in full.items()}
             if mine["fp32"].shape != param.shape:
                 raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "

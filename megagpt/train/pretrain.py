@@ -44,6 +44,7 @@ class Task:
     model: type = GPT
     loss: Callable = lm_loss  # (model output, labels) -> scalar
     new_parameters: tuple = ()  # name prefixes an init checkpoint lacks (a new head), initialised fresh
+    grown_vocab: bool = False  # the vocabulary has tokens the init checkpoint lacks (GPT-1's added tokens)
     # (engine, pc, cfg) -> a line for rank 0 to print: after the last step, before the last checkpoint
     finish: Optional[Callable] = None
 
@@ -156,7 +157,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     checkpointer = Checkpointer(cfg, pc, engine, rng)
     state = checkpointer.resume()
     if state.step == 0 and init_from is not None:
-        checkpointer.load_weights(init_from, task.new_parameters)
+        checkpointer.load_weights(init_from, task.new_parameters, task.grown_vocab)
     is_logger = dist.get_rank() == 0
     if is_logger:
         open_run_dir(cfg, state.step)
