@@ -151,6 +151,9 @@ def render(cfg: Config, plans: list[Plan], gpus: int, hw: Hardware, top: int | N
              f"({hw.gpus_per_node} per node, {hw.gpu_tflops:g} TFLOP/s peak at {hw.matmul_efficiency:.0%} for matmuls, "
              f"{hw.intra_node_gbps:g}/{hw.inter_node_gbps:g} Gbit/s within/between nodes). Bytes in GiB per rank "
              f"(the fullest pipeline stage); {gib(plans[0].usable)} GiB usable.", ""]
+    if cfg.train.precision == "fp32":
+        lines.insert(1, "Note: train.precision=fp32, but --gpu-tflops is a bf16 peak unless given (H100: 67 TFLOP/s "
+                        "fp32, 495 tf32); plan with train.precision=bf16 or pass the fp32 figure.")
     lines += [f"{len(fit)} layouts fit" + (f" (the fastest {len(shown_fit)} shown)" if len(shown_fit) < len(fit) else "")
               + ":", HEADER]
     lines += [f"{i + 1:>3}. " + row(p) for i, p in enumerate(shown_fit)] or ["     none"]
