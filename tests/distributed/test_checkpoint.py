@@ -37,9 +37,11 @@ def test_sigkill_then_resume_is_bitwise_identical(demo_prefix, tmp_path, layout)
     proc = start(args)
     wait_for_step(proc, killed, 5)  # the newest checkpoint is step 3; steps 4-5 are lost
     kill_tree(proc)
-    assert open(killed / "checkpoints" / "latest").read().strip() == "step_00000003"
+    # A loaded machine may let the run reach step 6's save before the kill lands: any mid-run checkpoint will do.
+    latest = open(killed / "checkpoints" / "latest").read().strip()
+    assert latest in ("step_00000003", "step_00000006"), latest
     out = megagpt(*args)
-    assert "resumed from step 3" in out.stdout
+    assert f"resumed from step {int(latest[5:])}" in out.stdout
     assert training_record(killed) == training_record(reference)  # exact floats: bitwise
     assert sorted(os.listdir(killed / "checkpoints"))[:2] == ["latest", "step_00000009"]  # keep_last=2
     assert os.path.isdir(killed / "checkpoints" / "step_00000010")
