@@ -41,28 +41,31 @@ def _reduce_scatter(x: torch.Tensor, group) -> torch.Tensor:
     return out
 
 
-def _mapping(forward, backward):
-    """An autograd function over a TP group: forward(x, group) forward, backward(grad, group) backward."""
+class _Scatter(torch.autograd.Function):
+    """Forward: this rank's slice of a replicated tensor. Backward: the slices' gradients gathered."""
 
-    class Mapping(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, group):
-            ctx.group = group
-            return forward(x, group)
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _slice(x, group)
 
-        @staticmethod
-        def backward(ctx, grad):
-            return backward(grad, ctx.group), None
-
-    return Mapping.apply
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.group), None
 
 
-# this rank's slice of a replicated tensor; backward: the slices' gradients gathered
-scatter = _mapping(_slice, _all_gather)
-# the whole sequence from the slices; backward: each rank's gradient (its vocabulary's part) summed and sliced
-gather = _mapping(_all_gather, _reduce_scatter)
-# the TP ranks' partial sums added, each rank keeping its slice; backward: gathered
-_reduce_scatter_mapping = _mapping(_reduce_scatter, _all_gather)
+class _Gather(torch.autograd.Function):
+    """Forward: the whole sequence from the slices. Backward: the gradient, which each rank holds for its
+    own part of the vocabulary (a partial sum), summed and sliced."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter(grad, ctx.group), None
 
 
 class _GatherLinear(torch.autograd.Function):
@@ -84,6 +87,14 @@ class _GatherLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
+def scatter(x: torch.Tensor, group) -> torch.Tensor:
+    return _Scatter.apply(x, group)
+
+
+def gather(x: torch.Tensor, group) -> torch.Tensor:
+    return _Gather.apply(x, group)
+
+
 def column_linear(layer, x: torch.Tensor, group) -> torch.Tensor:
     """A megatron-core ColumnParallelLinear applied to a sequence slice: (b, s/tp, h) -> (b, s, out/tp)."""
     return _GatherLinear.apply(x, layer.weight, layer.bias, group)
@@ -91,7 +102,20 @@ def column_linear(layer, x: torch.Tensor, group) -> torch.Tensor:
 
 def row_linear(layer, x: torch.Tensor, group) -> torch.Tensor:
     """A megatron-core RowParallelLinear whose sum over TP lands sliced: (b, s, in/tp) -> (b, s/tp, out)."""
-    return _reduce_scatter_mapping(F.linear(x, layer.weight), group) + layer.bias
+    return _ReduceScatter.apply(F.linear(x, layer.weight), group) + layer.bias
+
+
+class _ReduceScatter(torch.autograd.Function):
+    """Forward: the TP ranks' partial sums added, each rank keeping its slice. Backward: gathered."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.group), None
 
 
 def sum_gradient_over(group):
