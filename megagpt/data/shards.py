@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from megagpt.data.tokenizer import Tokenizer, batched
-from megagpt.errors import DataError
+from megagpt.errors import ConfigError, DataError
 
 
 def token_dtype(vocab_size: int):
@@ -39,6 +39,18 @@ def write_shard(prefix: str, documents: Iterable[str], tokenizer: Tokenizer, bat
     os.replace(tmp + ".bin", prefix + ".bin")
     os.replace(tmp + ".idx", prefix + ".idx")
     return {"documents": docs, "tokens": tokens}
+
+
+def shard_prefix(path: str) -> str | None:
+    """The Megatron prefix `path` names (PREFIX, PREFIX.bin or PREFIX.idx) when both files exist, else None."""
+    prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
+    return prefix if os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx") else None
+
+
+def check_source(path: str, flag: str) -> None:
+    """A data argument must be a shard or a text file."""
+    if shard_prefix(path) is None and not os.path.isfile(path):
+        raise ConfigError(f"{flag} {path}: no such file, and no .bin/.idx shard of that prefix")
 
 
 def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str]:

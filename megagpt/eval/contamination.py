@@ -14,7 +14,6 @@ the tokenizer) or .txt / .jsonl[.gz] files.
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator
 
 from megagpt.data.ngrams import words
@@ -34,22 +33,20 @@ def gram_size(lengths: list[int]) -> int:
 
 
 def corpus_documents(paths: list[str], tok) -> Iterator[str]:
-    from megagpt.data.shards import read_documents
-    from megagpt.errors import ConfigError
+    from megagpt.data.shards import check_source, read_documents, shard_prefix
 
     for path in paths:
-        prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
-        if os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx"):
+        check_source(path, "--corpus")
+        prefix = shard_prefix(path)
+        if prefix is not None:
             import numpy as np
             from megatron.core.datasets.indexed_dataset import IndexedDataset
 
             data = IndexedDataset(prefix, mmap=True)
             for i in range(len(data)):
                 yield tok.decode(np.asarray(data[i]).tolist())
-        elif os.path.isfile(path):
-            yield from read_documents([path])
         else:
-            raise ConfigError(f"--corpus {path}: no such file, and no {prefix}.bin/.idx shard")
+            yield from read_documents([path])
 
 
 def contamination(task: Task, corpus: Iterable[str]) -> dict:

@@ -16,7 +16,6 @@ token and bits per UTF-8 byte of the decoded text (comparable across tokenizers)
 from __future__ import annotations
 
 import math
-import os
 
 from megagpt.errors import ConfigError
 from megagpt.eval.scorer import Scorer
@@ -26,20 +25,19 @@ def read_stream(paths: list[str], tok) -> list[int]:
     """Every document's tokens, each followed by the end-of-document token, after a leading one."""
     import numpy as np
 
-    from megagpt.data.shards import read_documents
+    from megagpt.data.shards import check_source, read_documents, shard_prefix
 
     stream = [tok.eod]
     for path in paths:
-        prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
-        if os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx"):
+        check_source(path, "--data")
+        prefix = shard_prefix(path)
+        if prefix is not None:
             from megatron.core.datasets.indexed_dataset import IndexedDataset
 
             data = IndexedDataset(prefix, mmap=True)
             for i in range(len(data)):
                 stream += np.asarray(data[i]).tolist()
             continue
-        if not os.path.isfile(path):
-            raise ConfigError(f"--data {path}: no such file, and no {prefix}.bin/.idx shard")
         for text in read_documents([path]):
             stream += tok.encode(text) + [tok.eod]
     if len(stream) < 2:

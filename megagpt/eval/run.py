@@ -23,10 +23,10 @@ def check_eval_args(args) -> None:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit {args.limit} must be at least 1")
         task = load_task(args.task)
+        from megagpt.data.shards import check_source
+
         for path in args.corpus or []:
-            prefix = path[:-4] if path.endswith((".bin", ".idx")) else path
-            if not (os.path.isfile(path) or os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
-                raise ConfigError(f"--corpus {path}: no such file, and no {prefix}.bin/.idx shard")
+            check_source(path, "--corpus")
         if args.shots > len(task.train):
             raise ConfigError(f"--shots {args.shots}: {args.task} has {len(task.train)} train records to draw from")
     elif args.stride is not None and args.stride < 1:
