@@ -208,14 +208,26 @@ def main() -> None:
     rows = systems(args.device, args.compile)
     times = {name: [] for name, _, _ in rows}
     first_loss, peak = {}, {}
+    failed = {}
     for _ in range(args.repeats):
         for name, kind, extra in rows:
-            if kind == "megagpt":
-                run = megagpt_run(args.config, overrides + extra, os.path.join(work, "run"), args.threads)
-            else:
-                run = plain_run(cfg, dataset, device, compiled=name.endswith("compiled"))
+            if name in failed:
+                continue
+            begin = time.perf_counter()
+            try:
+                if kind == "megagpt":
+                    run = megagpt_run(args.config, overrides + extra, os.path.join(work, "run"), args.threads)
+                else:
+                    run = plain_run(cfg, dataset, device, compiled=name.endswith("compiled"))
+            except (subprocess.CalledProcessError, RuntimeError) as exc:  # one system failing leaves the others' rows
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                print(f"{name}: FAILED {failed[name]}", file=sys.stderr, flush=True)
+                continue
             times[name] += run[0][args.skip_steps:]
             first_loss[name], peak[name] = run[1], max(peak.get(name, 0.0), run[2])
+            print(f"{name}: step times {' '.join(f'{t:.3f}' for t in run[0])} s, peak {run[2]:.1f} GiB "
+                  f"({time.perf_counter() - begin:.0f} s with start-up)", file=sys.stderr, flush=True)
+    rows = [row for row in rows if row[0] not in failed]
 
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
     flops = training_flops_per_token(cfg.model)
@@ -238,7 +250,9 @@ def main() -> None:
         mfu = tps * flops / peak_flops  # dense FLOPs: the alternating row's MFU is on the same count
         baseline = "plain compiled" if "compiled" in name and "plain compiled" in results else "plain eager"
         print(f"{name:<32}{tokens_per_step / tps:>17.4f}{tps:>12.0f}{mfu:>8.1%}{peak[name]:>10.1f}"
-              f"{tps / results[baseline]:>10.3f}")
+              f"{tps / results.get(baseline, float('nan')):>10.3f}")
+    for name, reason in failed.items():
+        print(f"{name:<32}FAILED {reason}")
     print("targets: megagpt / plain eager >= 0.98 (CPU: >= 0.95); megagpt compiled / plain compiled >= 1.0; "
           "alternating >= dense (GPU)")
 
