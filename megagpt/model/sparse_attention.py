@@ -12,7 +12,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
 def sparse_attention(q, k, v, pattern: str, window: int, dropout_p: float = 0.0) -> torch.Tensor:
@@ -28,25 +28,46 @@ def sparse_attention(q, k, v, pattern: str, window: int, dropout_p: float = 0.0)
 
 @functools.cache
 def _compiled(fn):
-    # Compiled on first CUDA use, once per process: eager flex_attention computes all T x T scores and
-    # eager create_block_mask a T x T mask; importing the compiler (~1.5 s) is not paid by CPU runs.
+    # Compiled on first CUDA use, once per process: eager flex_attention computes all T x T scores;
+    # importing the compiler (~1.5 s) is not paid by CPU runs.
     return torch.compile(fn, dynamic=False)
 
 
 @torch.compiler.disable  # under train.compile too, built once per shape rather than traced into every block
 @functools.lru_cache(maxsize=32)
-def _sliding_window_block_mask(t: int, window: int, device: torch.device):
+def band_block_mask(t: int, window: int, device: torch.device, block: int = 128) -> BlockMask:
+    """FlexAttention's BlockMask for the local band, from block arithmetic.
+
+    Written by hand because create_block_mask evaluates mask_mod at all T x T positions: dense work,
+    and a compile per T to make it fast. Here each (query block, key block) tile is classed from its
+    index ranges alone, O((T/block)^2) integers; the result equals create_block_mask's
+    (tests/unit/test_attention.py). Default 128-wide blocks: with a window
+    that is a multiple of 128 the band's inner tiles are full and skip mask_mod.
+    """
+    n = -(-t // block)
+    lo = torch.arange(n, device=device) * block
+    hi = torch.clamp(lo + block, max=t) - 1  # the last block may be short
+    q_lo, q_hi, k_lo, k_hi = lo.view(n, 1), hi.view(n, 1), lo.view(1, n), hi.view(1, n)
+    # The tile's distances q - k fill the integer range [q_lo - k_hi, q_hi - k_lo].
+    touched = (q_hi >= k_lo) & (q_lo - k_hi < window)
+    whole = lo + block <= t  # a short block is never full: the kernel applies mask_mod to bound it
+    full = (q_lo >= k_lo + block - 1) & (q_lo + block - 1 - k_lo < window) & whole.view(n, 1) & whole.view(1, n)
+
+    def rows(tiles):  # (count, indices) per query block, the listed key blocks first and ascending
+        order = torch.argsort((~tiles).to(torch.int8), dim=-1, stable=True)
+        return tiles.sum(-1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
+
     def in_band(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
 
-    # Default 128x128 blocks: with window a multiple of 128 the band's inner blocks are full and skip
-    # mask_mod. No kernel_options: ROWS_GUARANTEED_SAFE and BLOCKS_ARE_CONTIGUOUS do not hold blockwise
-    # for a band (a row's far-edge block can be all masked; its partial blocks are not adjacent).
-    return _compiled(create_block_mask)(in_band, None, None, t, t, device=device)
+    # No kernel_options: ROWS_GUARANTEED_SAFE and BLOCKS_ARE_CONTIGUOUS do not hold blockwise for a
+    # band (a row's far-edge tile can be all masked; its partial tiles are not adjacent).
+    return BlockMask.from_kv_blocks(*rows(touched & ~full), *rows(full), BLOCK_SIZE=block, mask_mod=in_band,
+                                    seq_lengths=(t, t))
 
 
 def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
-    block_mask = _sliding_window_block_mask(q.shape[2], window, q.device)
+    block_mask = band_block_mask(q.shape[2], window, q.device)
     # Inside a compiled block (train.compile) dynamo compiles flex_attention with the block itself.
     attend = flex_attention if torch.compiler.is_compiling() else _compiled(flex_attention)
     return attend(q, k, v, block_mask=block_mask)

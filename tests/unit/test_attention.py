@@ -6,7 +6,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from megagpt.config import load_config
 from megagpt.model.gpt import GPT
 from megagpt.model.layers import LayerContext
-from megagpt.model.sparse_attention import local_causal_attention, sparse_attention, strided_causal_attention
+from megagpt.model.sparse_attention import (band_block_mask, local_causal_attention, sparse_attention,
+                                            strided_causal_attention)
 from megagpt.planner import attention_span
 
 SHAPES = [(64, 16), (50, 16), (16, 16), (7, 4), (33, 1), (5, 8), (100, 7)]  # T multiple of k or not, T <= k, k = 1
@@ -91,6 +92,25 @@ def test_sparse_kernels_never_build_t_by_t(kernel):
         banded_reference(q, k, v, window, "strided").sum().backward()
     assert dense.numel >= t * t  # the recorder sees the dense score matrix
     assert ours.numel < t * t and ours.numel <= 2 * t * (window + t // window)
+
+
+@pytest.mark.parametrize("t,window", [(1024, 128), (1000, 256), (300, 100), (64, 1), (129, 128), (4096, 200)])
+def test_band_block_mask_equals_create_block_mask(t, window):
+    """The GPU `local` kernel's BlockMask, made from block arithmetic, is create_block_mask's tile for tile."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def in_band(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    ref, ours = create_block_mask(in_band, None, None, t, t, device="cpu"), band_block_mask(t, window, "cpu")
+    assert ours.seq_lengths == ref.seq_lengths and ours.BLOCK_SIZE == ref.BLOCK_SIZE
+    for kind in ("kv", "full_kv", "q", "full_q"):
+        count, ref_count = getattr(ours, f"{kind}_num_blocks"), getattr(ref, f"{kind}_num_blocks")
+        assert torch.equal(count, ref_count), kind
+        listed, ref_listed = getattr(ours, f"{kind}_indices"), getattr(ref, f"{kind}_indices")
+        for row, n in enumerate(ref_count[0, 0].tolist()):
+            assert torch.equal(listed[0, 0, row, :n], ref_listed[0, 0, row, :n]), (kind, row)
+    assert torch.equal(ours.to_dense(), ref.to_dense())
 
 
 def test_strided_dropout_is_unbiased_on_the_joint_probabilities():
