@@ -74,7 +74,7 @@ RULES = [
     (["parallel.tp=4", "model.num_heads=8", "model.vocab_size=102", "model.make_vocab_size_divisible_by=2"], 8,
      "parallel.tp=4 must divide the padded vocab 102"),
     (["parallel.zero_stage=2"], 8, "parallel.zero_stage=2 needs parallel.pp=1"),
-    (["parallel.zero_stage=0"], 8, "parallel.zero_stage=0 must be 1, 2 or 3"),
+    (["parallel.zero_stage=0"], 8, "parallel.zero_stage=0 must be 1, 2 or 3 (ZeRO 0"),
     (["train.batch_ramp_start=6", "train.batch_ramp_increment=4"], 8, "train.batch_ramp_start=6 must be a positive multiple"),
     (["train.batch_ramp_start=8", "train.batch_ramp_increment=12"], 8,
      "train.global_batch_size=16 must be train.batch_ramp_start=8 plus a whole number"),
