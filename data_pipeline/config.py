@@ -80,8 +80,14 @@ class DecontamConfig:
 
 @dataclass
 class TokenizeConfig:
-    tokenizer: Optional[str] = None  # tokenizer.json; absent: train a byte-level BPE on the kept text
+    # a tokenizer.json, or a directory with GPT-2's vocab.json + merges.txt; absent: train a
+    # byte-level BPE on a sample of the kept text
+    tokenizer: Optional[str] = None
     vocab_size: int = 32000
+    # BPE trains on the kept documents whose seeded hash of their id is smallest, up to this many
+    # UTF-8 bytes, so training costs the same however large the corpus grows
+    train_sample_bytes: int = 300_000_000
+    train_sample_seed: int = 0
 
 
 @dataclass
@@ -139,6 +145,17 @@ def _in_range(key: str, value, low, high=None) -> None:
                           f"{key}={value} must lie in [{low}, {high}]")
 
 
+def _check_tokenizer(path: str) -> None:
+    """Read the given tokenizer now, so a bad file fails the run before any stage, not hours in."""
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.errors import DataError
+
+    try:
+        Tokenizer.load(path)
+    except DataError as exc:
+        raise ConfigError(f"tokenize.tokenizer={path!r}: {exc}") from None
+
+
 def validate_corpus(cfg: CorpusConfig) -> None:
     if not cfg.input.paths:
         raise ConfigError("input.paths=[] is empty")
@@ -188,6 +205,7 @@ def validate_corpus(cfg: CorpusConfig) -> None:
         raise ConfigError(f"quality.model={q.model!r}: file not found")
     if q.alpha <= 0:
         raise ConfigError(f"quality.alpha={q.alpha} must be positive")
-    if cfg.tokenize.tokenizer is not None and not os.path.isfile(cfg.tokenize.tokenizer):
-        raise ConfigError(f"tokenize.tokenizer={cfg.tokenize.tokenizer!r}: file not found")
+    _in_range("tokenize.train_sample_bytes", cfg.tokenize.train_sample_bytes, 1)
+    if cfg.tokenize.tokenizer is not None:
+        _check_tokenizer(cfg.tokenize.tokenizer)
     input_files(cfg)

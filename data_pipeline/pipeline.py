@@ -3,7 +3,7 @@
     process   (per input file)  read, extract, langid, filters, hash + MinHash
     dedup     (reduce)          exact and fuzzy duplicates across all shards
     finalize  (per shard)       documents/<source>/*.jsonl.gz, dedup drops
-    tokenizer (reduce)          train a byte-level BPE on the kept text (or use the given one)
+    tokenizer (reduce)          train a byte-level BPE on a seeded sample of the kept text (or use the given one)
     tokenize  (per shard)       Megatron .bin/.idx parts, merged into tokens/<source>
     then stats.json and mixture.json
 """
@@ -18,10 +18,11 @@ import numpy as np
 from data_pipeline.config import CorpusConfig
 from data_pipeline.dedup import find_duplicates
 from data_pipeline.executors import LocalExecutor, is_done, mark_done
-from data_pipeline.io import atomic_path, read_jsonl_gz, write_json
+from data_pipeline.io import read_jsonl_gz, write_json
 from data_pipeline.runs import Run, recorded_inputs
 from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
 from data_pipeline.stats import merge_stats
+from data_pipeline.tokens import write_tokenizer
 
 
 # (stage, kind): "shard" stages run once per input file, "reduce" stages once over all of them.
@@ -52,7 +53,9 @@ def shard_names(cfg: CorpusConfig) -> list[str]:
 
 
 def tokenizer_path(cfg: CorpusConfig) -> str:
-    return cfg.tokenize.tokenizer or os.path.join(cfg.output.dir, "tokenizer.json")
+    """The tokenizer.json the run tokenizes with: the given file, else the one the tokenizer stage writes."""
+    given = cfg.tokenize.tokenizer
+    return given if given and os.path.isfile(given) else os.path.join(cfg.output.dir, "tokenizer.json")
 
 
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
@@ -73,8 +76,9 @@ def run_reduce(cfg: CorpusConfig, stage: str) -> None:
     if stage == "dedup":
         write_json(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json"), _duplicates(cfg, names))
     elif stage == "tokenizer":
-        if not cfg.tokenize.tokenizer:
-            _train_tokenizer(cfg, names, tokenizer_path(cfg))
+        t = cfg.tokenize
+        write_tokenizer(t.tokenizer, tokenizer_path(cfg), _documents(cfg, names), t.vocab_size,
+                        t.train_sample_bytes, t.train_sample_seed)
     elif stage == "summary":
         _write_summary(cfg, names, _merge_tokens(cfg, names), tokenizer_path(cfg))
     else:
@@ -96,17 +100,10 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:
 
 
 def _documents(cfg: CorpusConfig, names: list[str]):
+    """(id, text) of every kept document, in shard order."""
     for n in names:
-        yield from (d["text"] for d in read_jsonl_gz(os.path.join(cfg.output.dir, "documents", cfg.input.source,
-                                                                      f"{n}.jsonl.gz")))
-
-
-def _train_tokenizer(cfg: CorpusConfig, names: list[str], path: str) -> None:
-    from megagpt.data.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.train(_documents(cfg, names), cfg.tokenize.vocab_size)
-    with atomic_path(path) as tmp:
-        tokenizer.save(tmp)
+        yield from ((d["id"], d["text"]) for d in read_jsonl_gz(os.path.join(cfg.output.dir, "documents",
+                                                                             cfg.input.source, f"{n}.jsonl.gz")))
 
 
 def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:

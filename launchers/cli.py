@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenize", help="text/JSONL files -> Megatron .bin/.idx with a byte-level BPE")
     t.add_argument("--input", nargs="+", required=True)
     t.add_argument("--output-prefix", required=True)
-    t.add_argument("--tokenizer", help="tokenizer.json to use")
+    t.add_argument("--tokenizer", help="tokenizer.json, or a directory with GPT-2 vocab.json + merges.txt")
     t.add_argument("--vocab", help="GPT-2 vocab.json (with --merges)")
     t.add_argument("--merges", help="GPT-2 merges.txt (with --vocab)")
     t.add_argument("--vocab-size", type=int, help="train a new BPE of this size on the input")

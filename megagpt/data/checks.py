@@ -61,15 +61,12 @@ def find_tokenizer(cfg: Config) -> str | None:
 
 
 def check_vocabulary(cfg: Config) -> None:
-    from tokenizers import Tokenizer as HFTokenizer
+    from megagpt.data.tokenizer import Tokenizer
 
     path = find_tokenizer(cfg)
     if path is None:
         return  # no tokenizer beside the shards (made elsewhere): nothing to compare against
-    try:
-        size = HFTokenizer.from_file(path).get_vocab_size()
-    except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
-        raise DataError(f"{path} is not a tokenizer.json ({exc})") from None
+    size = Tokenizer.load(path).vocab_size
     if size > cfg.model.vocab_size:
         raise ConfigError(f"the training data's tokenizer {path} has {size} tokens, more than "
                           f"model.vocab_size={cfg.model.vocab_size}: set model.vocab_size >= {size}")

@@ -1,14 +1,19 @@
-"""Byte-level BPE (GPT-2's scheme) on Hugging Face `tokenizers`: trained, or loaded from GPT-2 files."""
+"""Byte-level BPE (GPT-2's scheme) on Hugging Face `tokenizers`: trained, or loaded from a path.
+
+`Tokenizer.load` is the one place a tokenizer is read from a path, for the corpus pipeline
+and the trainer alike: a tokenizer.json, or a directory holding GPT-2's vocab.json + merges.txt.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from megagpt.errors import DataError
 
 EOD = "<|endoftext|>"
+GPT2_FILES = ("vocab.json", "merges.txt")
 
 
 class Tokenizer:
@@ -36,23 +41,47 @@ class Tokenizer:
 
     @classmethod
     def from_gpt2_files(cls, vocab_json: str, merges_txt: str) -> "Tokenizer":
+        """GPT-2's byte-level BPE from its two files, as `tokenizers` reads them (no prefix space)."""
         from tokenizers import ByteLevelBPETokenizer
 
         for path in (vocab_json, merges_txt):
             if not os.path.isfile(path):
                 raise DataError(f"tokenizer file {path} not found")
-        tok = ByteLevelBPETokenizer(vocab_json, merges_txt, add_prefix_space=False)
+        # tokenizers' own errors name neither file; read the vocabulary first, so what it
+        # still refuses afterwards is the merges file's fault
+        try:
+            with open(vocab_json, encoding="utf-8") as f:
+                vocab = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{vocab_json} is not a GPT-2 vocab.json ({exc})") from None
+        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+            raise DataError(f"{vocab_json} is not a GPT-2 vocab.json (want a JSON object of token -> id)")
+        try:
+            tok = ByteLevelBPETokenizer(vocab_json, merges_txt, add_prefix_space=False)
+        except Exception as exc:  # tokenizers raises a bare Exception
+            raise DataError(f"{merges_txt} does not fit {vocab_json} as GPT-2 merges ({exc})") from None
         if tok.token_to_id(EOD) is None:
             tok.add_special_tokens([EOD])
         return cls(tok._tokenizer)
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
+        """A tokenizer.json, or a directory holding GPT-2's vocab.json + merges.txt."""
         from tokenizers import Tokenizer as HFTokenizer
 
+        if os.path.isdir(path):
+            missing = [name for name in GPT2_FILES if not os.path.isfile(os.path.join(path, name))]
+            if missing:
+                raise DataError(f"tokenizer directory {path} has no {missing[0]} "
+                                f"(a GPT-2 tokenizer is vocab.json + merges.txt)")
+            return cls.from_gpt2_files(*(os.path.join(path, name) for name in GPT2_FILES))
         if not os.path.isfile(path):
             raise DataError(f"tokenizer file {path} not found")
-        return cls(HFTokenizer.from_file(path), source=f"tokenizer file {path}")
+        try:
+            tok = HFTokenizer.from_file(path)
+        except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"{path} is not a tokenizer.json ({exc})") from None
+        return cls(tok, source=f"tokenizer file {path}")
 
     def save(self, path: str) -> None:
         self._tok.save(path)
@@ -72,18 +101,8 @@ class Tokenizer:
         return self._tok.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts)]
+        # the ids of encode_batch without its character offsets, which nothing here reads
+        return [e.ids for e in self._tok.encode_batch_fast(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids))
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -58,3 +58,78 @@ def test_read_documents_formats_and_errors(tmp_path):
 def test_missing_tokenizer_files_are_named(tmp_path):
     with pytest.raises(DataError, match="vocab.json not found"):
         Tokenizer.from_gpt2_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+
+
+def megatron_builder_shard(prefix, texts, tok):
+    """What write_shard wrote before it wrote the files itself: megatron-core's builder, a document at a time."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megagpt.data.shards import token_dtype
+
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=token_dtype(tok.vocab_size))
+    for text in (t for t in texts if t):
+        ids = tok.encode(text) + [tok.eod]
+        builder.add_document(torch.tensor(ids, dtype=torch.int64), [len(ids)])
+    builder.finalize(prefix + ".idx")
+
+
+class WideTokenizer(Tokenizer):
+    """The same ids, reported as a vocabulary too large for uint16, so shards take int32."""
+
+    vocab_size = 70_000
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("texts", [TEXTS[:7] + ["", "last"], []], ids=["documents", "none"])
+def test_shard_bytes_equal_megatron_builders(tok, tmp_path, texts, wide):
+    tok = WideTokenizer(tok._tok) if wide else tok
+    write_shard(str(tmp_path / "ours"), iter(texts), tok, batch_size=3)  # batches end mid-list and on an empty text
+    megatron_builder_shard(str(tmp_path / "theirs"), texts, tok)
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"ours{ext}").read_bytes() == (tmp_path / f"theirs{ext}").read_bytes()
+
+
+def gpt2_directory(path):
+    """GPT-2-format vocab.json + merges.txt, as `tokenizers` writes them (save_model)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(TEXTS, vocab_size=350, special_tokens=[EOD], show_progress=False)
+    path.mkdir()
+    bpe.save_model(str(path))
+    return path
+
+
+def test_gpt2_directory_loads_with_the_ids_tokenizers_gives(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    d = gpt2_directory(tmp_path / "gpt2")
+    tok = Tokenizer.load(str(d))
+    reference = ByteLevelBPETokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    texts = TEXTS[:3] + ["never seen: ZQX 12345 \t\n"]
+    assert tok.encode_batch(texts) == [e.ids for e in reference.encode_batch(texts)]
+    assert tok.eod == reference.token_to_id(EOD)
+
+
+def test_bad_tokenizer_paths_are_one_line_errors(tmp_path):
+    d = gpt2_directory(tmp_path / "gpt2")
+    with pytest.raises(DataError, match="tokenizer file .*nowhere.json not found"):
+        Tokenizer.load(str(tmp_path / "nowhere.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"bad.json is not a tokenizer.json \("):
+        Tokenizer.load(str(tmp_path / "bad.json"))
+    merges = (d / "merges.txt").read_text()
+    (d / "merges.txt").unlink()
+    with pytest.raises(DataError, match=r"tokenizer directory .*gpt2 has no merges.txt \(a GPT-2 tokenizer is"):
+        Tokenizer.load(str(d))
+    (d / "merges.txt").write_text(merges + "zz qq\n")  # a merge of tokens the vocabulary lacks
+    with pytest.raises(DataError, match=r"merges.txt does not fit .*vocab.json as GPT-2 merges"):
+        Tokenizer.load(str(d))
+    (d / "merges.txt").write_text(merges)
+    (d / "vocab.json").write_text('["a", "b"]')
+    with pytest.raises(DataError, match=r"vocab.json is not a GPT-2 vocab.json \(want a JSON object"):
+        Tokenizer.load(str(d))
+    (d / "vocab.json").write_text("{truncated")
+    with pytest.raises(DataError, match=r"vocab.json is not a GPT-2 vocab.json \("):
+        Tokenizer.load(str(d))
