@@ -5,9 +5,12 @@
 Both run on one core over the same generated crawl (no truncated file: a truncated .warc.gz
 aborts datatrove's run): megagpt's stages in this process, datatrove's (WarcReader,
 Trafilatura, fastText LanguageFilter on the same offline lid.176 file, the four MinHash
-stages with 14 x 8 buckets on 5-grams) in its own venv via benchmarks/datatrove_fineweb.py.
-Prints documents/s and MB/s (of compressed WARC input) per stage and end to end, and each
-system's recall on the planted near-duplicate pairs with 5-gram Jaccard >= 0.8.
+stages with 14 x 8 buckets on 5-grams, then DocumentTokenizer with the tokenizer megagpt's run
+trained) in its own venv via benchmarks/datatrove_fineweb.py. `tokenizers` gets one thread
+(RAYON_NUM_THREADS=1) in both. Prints documents/s and MB/s (of compressed WARC input) per stage
+and end to end, the tokenize stage's tokens/s beside `tokenizers`' bare encode_batch over the
+same documents in memory (its ceiling), and each system's recall on the planted
+near-duplicate pairs with 5-gram Jaccard >= 0.8.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # before tokenizers starts its pool; datatrove's run inherits it
 
 from data_pipeline.config import load_corpus_config  # noqa: E402
 from data_pipeline.executors import LocalExecutor, mark_done  # noqa: E402
@@ -48,10 +52,23 @@ def run_megagpt(crawl: str, out: str) -> dict:
             mark_done(out, stage, "all")
         seconds[stage] = time.perf_counter() - start
     with open(os.path.join(out, "stats.json")) as f:
-        stats = json.load(f)["stages"]
+        summary = json.load(f)
+    stats = summary["stages"]
     reached = {d["record_id"] for p in glob.glob(f"{out}/work/process/*.jsonl.gz") for d in read_jsonl_gz(p)}
     removed = {d["record_id"] for p in glob.glob(f"{out}/dropped/dedup/*.jsonl.gz") for d in read_jsonl_gz(p)}  # truth: WARC ids
-    return {"seconds": seconds, "stats": stats, "reached": reached, "removed": removed}
+    return {"seconds": seconds, "stats": stats, "reached": reached, "removed": removed,
+            "tokens": summary["tokens"] - summary["documents"]}  # without the EODs, as encode_batch counts
+
+
+def bare_encode_batch(out: str) -> tuple[int, float]:
+    """(tokens, seconds) of tokenizers' encode_batch alone over the run's kept documents, already in memory."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    texts = [d["text"] for p in sorted(glob.glob(f"{out}/documents/*/*.jsonl.gz")) for d in read_jsonl_gz(p)]
+    start = time.perf_counter()
+    tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
+    return tokens, time.perf_counter() - start
 
 
 def recall(pairs, reached, removed) -> tuple[float, int]:
@@ -81,12 +98,15 @@ def main() -> None:
                   ("MinHash (signatures, buckets+clusters, filter)",
                    s["signatures"]["seconds"] + ours["seconds"]["dedup"] + ours["seconds"]["finalize"])]
     ours_e2e = ours["seconds"]["process"] + ours["seconds"]["dedup"] + ours["seconds"]["finalize"]
+    ours_tokenize = ours["seconds"]["tokenize"]  # datatrove's tokenizer step leaves its parts unmerged too
+    bare_tokens, bare_seconds = bare_encode_batch(os.path.join(work, "megagpt"))
     ours_recall, ours_pairs = recall(truth.near_pairs, ours["reached"], ours["removed"])
 
     peer = None
     if os.path.exists(args.peer_python):
         proc = subprocess.run([args.peer_python, os.path.join(REPO, "benchmarks", "datatrove_fineweb.py"), crawl,
-                               os.path.join(work, "datatrove"), lid176_path()], capture_output=True, text=True)
+                               os.path.join(work, "datatrove"), lid176_path(),
+                               os.path.join(work, "megagpt", "tokenizer.json")], capture_output=True, text=True)
         if proc.returncode == 0:
             peer = json.loads(proc.stdout.strip().splitlines()[-1])
         else:
@@ -96,7 +116,7 @@ def main() -> None:
     if peer:
         p = peer["seconds"]
         peer_minhash = sum(v for k, v in p.items() if k.startswith("minhash"))
-        peer_e2e = sum(p.values())
+        peer_e2e = sum(v for k, v in p.items() if k != "tokenize")
         base_ids = set()
         for path in glob.glob(os.path.join(work, "datatrove", "base", "*.jsonl.gz")):
             base_ids |= {d["id"] for d in read_jsonl_gz(path)}
@@ -113,12 +133,22 @@ def main() -> None:
         print(f"{'end to end (read .. dedup filter)':<48}{records / ours_e2e:>16.0f}{records / peer_e2e:>18.0f}"
               f"{peer_e2e / ours_e2e:>8.1f}")
         print(f"{'end to end MB/s':<48}{mb / ours_e2e:>16.2f}{mb / peer_e2e:>18.2f}")
+        print(f"{'end to end (read .. tokenize; tokenizer given)':<48}{records / (ours_e2e + ours_tokenize):>16.0f}"
+              f"{records / (peer_e2e + p['tokenize']):>18.0f}{(peer_e2e + p['tokenize']) / (ours_e2e + ours_tokenize):>8.1f}")
         print(f"near-duplicate recall (J >= 0.8): megagpt {ours_recall:.3f} over {ours_pairs} pairs, "
               f"datatrove {peer_recall:.3f} over {peer_pairs} pairs")
     else:
         print(f"{'end to end (read .. dedup filter)':<48}{records / ours_e2e:>16.0f}")
+        print(f"{'end to end (read .. tokenize; tokenizer given)':<48}{records / (ours_e2e + ours_tokenize):>16.0f}")
         print(f"near-duplicate recall (J >= 0.8): megagpt {ours_recall:.3f} over {ours_pairs} pairs; "
               f"datatrove not run (install benchmarks/requirements-peers.txt into {args.peer_python})")
+    stage_rate, bare_rate = ours["tokens"] / ours["seconds"]["tokenize"], bare_tokens / bare_seconds
+    print(f"tokenize stage (read documents, encode, write .bin/.idx): {stage_rate:,.0f} tokens/s; tokenizers' "
+          f"encode_batch alone on the same {bare_tokens:,} tokens: {bare_rate:,.0f} tokens/s; "
+          f"ratio {stage_rate / bare_rate:.2f}")
+    if peer:
+        print(f"datatrove DocumentTokenizer (read, encode, write): {peer['tokens'] / peer['seconds']['tokenize']:,.0f} "
+              f"tokens/s ({peer['tokens']:,} tokens with EOS)")
     print(f"megagpt also: train tokenizer {ours['seconds']['tokenizer']:.1f} s, tokenize "
           f"{ours['seconds']['tokenize']:.1f} s, merge + stats {ours['seconds']['summary']:.1f} s")
 

@@ -1,8 +1,9 @@
 """The peer side of benchmarks/corpus_throughput.py: datatrove configured as FineWeb uses it.
 
 Runs in its own environment (see benchmarks/requirements-peers.txt):
-    python benchmarks/datatrove_fineweb.py CRAWL_DIR WORK_DIR LID176_PATH
-and prints one JSON object: seconds per stage, documents in/out, and the ids MinHash removed.
+    python benchmarks/datatrove_fineweb.py CRAWL_DIR WORK_DIR LID176_PATH [TOKENIZER_JSON]
+and prints one JSON object: seconds per stage, documents in/out, the ids MinHash removed, and
+with TOKENIZER_JSON the tokens its DocumentTokenizer wrote from the deduplicated documents.
 """
 
 import glob
@@ -14,12 +15,14 @@ import time
 
 def main() -> None:
     crawl_dir, work, lid_path = sys.argv[1:4]
+    tokenizer = sys.argv[4] if len(sys.argv) > 4 else None
     from datatrove.executor.local import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import LanguageFilter
     from datatrove.pipeline.readers import JsonlReader, WarcReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.pipeline.writers.jsonl import JsonlWriter
     from datatrove.utils import lid
 
@@ -42,6 +45,10 @@ def main() -> None:
     timed("minhash-filter", [JsonlReader(f"{work}/base"),
                              MinhashDedupFilter(f"{work}/remove_ids", exclusion_writer=JsonlWriter(f"{work}/removed")),
                              JsonlWriter(f"{work}/deduped")], files)
+    if tokenizer:  # FineWeb's tokenizer step, unshuffled as ours, with the tokenizer megagpt's run trained
+        timed("tokenize", [JsonlReader(f"{work}/deduped"),
+                           DocumentTokenizer(f"{work}/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>",
+                                             shuffle_documents=False)], files)
 
     def ids(folder):
         import gzip
@@ -52,8 +59,9 @@ def main() -> None:
                 out += [json.loads(line)["id"] for line in f]
         return out
 
+    tokens = sum(os.path.getsize(p) for p in glob.glob(f"{work}/tokens/*.ds")) // 2  # uint16 tokens, EOS included
     print(json.dumps({"seconds": timings, "extracted_kept": len(ids(f"{work}/base")),
-                      "final": len(ids(f"{work}/deduped")), "removed_ids": ids(f"{work}/removed")}))
+                      "final": len(ids(f"{work}/deduped")), "removed_ids": ids(f"{work}/removed"), "tokens": tokens}))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Weighted mixtures of finished corpus runs, written as the mixture.json training reads.
 
 Each source is a `megagpt corpus run` output; all must share one tokenizer (set
-tokenize.tokenizer to the same file in each run). For a token budget, the file also
-records how many epochs of each source the weights imply (GPT-3 Table 2.2 reports
+tokenize.tokenizer to the same file or GPT-2 directory in each run). For a token budget,
+the file also records how many epochs of each source the weights imply (GPT-3 Table 2.2 reports
 these: 0.44 epochs of Common Crawl, 3.4 of Wikipedia).
 """
 
