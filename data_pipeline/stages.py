@@ -170,11 +170,21 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
     write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops, level)
 
 
+@lru_cache(maxsize=2)
+def _tokenizer(path: str, stamp: tuple):
+    """A worker tokenizes shard after shard with one tokenizer: read it once. stamp (mtime, size)
+    makes a tokenizer retrained at the same path (a restarted run in this process) read anew."""
+    from megagpt.data.tokenizer import Tokenizer
+
+    return Tokenizer.load(path)
+
+
 def tokenize_shard(cfg: CorpusConfig, index: int, tokenizer_path: str) -> None:
     from megagpt.data.shards import write_shard
-    from megagpt.data.tokenizer import Tokenizer
 
     out, name = cfg.output.dir, shard_name(index)
     docs = (d["text"] for d in read_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz")))
-    counts = write_shard(os.path.join(out, "work", "tokens", name), docs, Tokenizer.load(tokenizer_path))
+    stat = os.stat(tokenizer_path)
+    counts = write_shard(os.path.join(out, "work", "tokens", name), docs,
+                         _tokenizer(tokenizer_path, (stat.st_mtime_ns, stat.st_size)))
     write_json(os.path.join(out, "work", "tokens", f"{name}.counts.json"), counts)

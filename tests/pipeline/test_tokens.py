@@ -67,10 +67,10 @@ def kept_texts(out):
     return [d["text"] for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))]
 
 
-def shard_ids(out):
+def shard_ids(prefix):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    ds = IndexedDataset(str(out / "tokens" / "commoncrawl"))
+    ds = IndexedDataset(str(prefix))
     return [ds[i].tolist() for i in range(len(ds))]
 
 
@@ -83,7 +83,7 @@ def test_gpt2_files_skip_training_and_give_tokenizers_ids(tmp_path, monkeypatch)
     eod = reference.token_to_id(EOD)
     texts = kept_texts(out)
     assert len(texts) >= 8
-    assert shard_ids(out) == [e.ids + [eod] for e in reference.encode_batch(texts)]
+    assert shard_ids(out / "tokens" / "commoncrawl") == [e.ids + [eod] for e in reference.encode_batch(texts)]
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["tokenizer"] == "tokenizer.json"  # the directory, written once as the file training reads
     assert Tokenizer.load(str(out / "tokenizer.json")).encode(texts[0]) == reference.encode(texts[0]).ids
@@ -96,7 +96,7 @@ def test_given_tokenizer_json_is_used_where_it_is(tmp_path, monkeypatch):
     mixture = json.loads((out / "mixture.json").read_text())
     assert os.path.normpath(out / mixture["tokenizer"]) == str(tmp_path / "tok.json")
     tok = Tokenizer.load(str(tmp_path / "tok.json"))
-    assert shard_ids(out) == [ids + [tok.eod] for ids in tok.encode_batch(kept_texts(out))]
+    assert shard_ids(out / "tokens" / "commoncrawl") == [ids + [tok.eod] for ids in tok.encode_batch(kept_texts(out))]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -112,3 +112,21 @@ def test_tokenize_settings_are_checked_before_the_run(tmp_path, override, messag
     with pytest.raises(ConfigError) as err:
         load_corpus_config(None, [f"input.paths=[{tmp_path}/a.jsonl]", override.format(d=tmp_path)])
     assert str(err.value) == message.format(d=tmp_path)
+
+
+def test_tokenize_shard_rereads_a_tokenizer_retrained_at_the_same_path(tmp_path):
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.io import write_jsonl_gz
+    from data_pipeline.stages import tokenize_shard
+
+    (tmp_path / "a.jsonl").write_text("")
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/a.jsonl]", f"output.dir={tmp_path}/out"])
+    write_jsonl_gz(str(tmp_path / "out" / "documents" / "commoncrawl" / "00000.jsonl.gz"),
+                   [{"text": t} for t in PAGES])
+    path = str(tmp_path / "out" / "tokenizer.json")
+    for vocab_size in (300, 500):  # a restarted run in the same process retrains in place
+        Tokenizer.train(PAGES, vocab_size).save(path)
+        tokenize_shard(cfg, 0, path)
+        tok = Tokenizer.load(path)
+        assert shard_ids(tmp_path / "out" / "work" / "tokens" / "00000") == \
+            [ids + [tok.eod] for ids in tok.encode_batch(PAGES)]
