@@ -9,7 +9,7 @@
     megagpt rm --config PATH [--nproc N] [key=value ...]
     megagpt ppo --config PATH [--nproc N] [key=value ...]
     megagpt finetune --config PATH [--nproc N] [key=value ...]
-    megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON | --vocab V --merges M | --vocab-size N)
+    megagpt tokenize --input FILE... --output-prefix PREFIX (--tokenizer JSON|DIR | --vocab V --merges M | --vocab-size N)
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
     megagpt corpus report RUN_DIR
