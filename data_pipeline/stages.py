@@ -12,7 +12,7 @@ from data_pipeline.config import CorpusConfig
 from data_pipeline.decontam import Decontaminator, benchmark_texts
 from data_pipeline.dedup import content_hash, signature
 from data_pipeline.extract import extract_text
-from data_pipeline.filters import heuristic_reason
+from data_pipeline.filters import apply_filters
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import NO_LABEL, identify
 from data_pipeline.quality import pareto_keep, quality_score
@@ -106,7 +106,7 @@ def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: 
         stats.kept("langid", len(text))
         stage = "filters"
         stats.saw("filters", len(text))
-        reason = clock.run("filters", heuristic_reason, text, cfg.filters)
+        text, reason = clock.run("filters", apply_filters, text, cfg.filters)
         if reason:
             drop("filters", reason)
             return None

@@ -47,7 +47,7 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     out = tmp_path / "out"
     cfg = corpus_config(crawl_dir, out, f"input.paths=[{jsonl}]", f"decontam.paths=[{bench}]", "langid.threshold=0",
                         "langid.languages=[en, la, eo, it, fr, de, es, nl, pt, sv, da, fi, pl, cs, ru, tr]",
-                        "filters.min_alpha_word_fraction=0", "dedup.enabled=false", "tokenize.vocab_size=300")
+                        "filters.enabled=false", "dedup.enabled=false", "tokenize.vocab_size=300")
     summary = run(cfg, progress=False)
     docs = {d["id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
     # run ids (file:line), pieces numbered; the records' own ids stay as a field

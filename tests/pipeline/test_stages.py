@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from data_pipeline.config import DedupConfig, FiltersConfig
+from data_pipeline.config import DedupConfig
 from data_pipeline.dedup import find_duplicates, jaccard, signature
 from data_pipeline.extract import extract_text
-from data_pipeline.filters import heuristic_reason
 from data_pipeline.langid import identify
 from data_pipeline.readers import ReadError, Record, read_file
 from data_pipeline.synthetic import _record, foreign_page, mutate
@@ -78,18 +77,6 @@ def test_language_id_offline():
     rng = random.Random(0)
     for lang in ("fr", "de", "es"):
         assert identify(foreign_page(lang, rng))[0] == lang
-
-
-@pytest.mark.parametrize("text,reason", [
-    ("short text only", "too few words"),
-    ("### " * 10 + PROSE, "symbol to word ratio"),
-    ("12345 67890 " * 40, "few alphabetic words"),
-    ("\n".join(["Buy now and save big on everything today"] * 30), "repeated lines"),
-    ("a b c d e f g h " * 20, "mean word length"),
-    (PROSE, None),
-])
-def test_heuristic_rules(text, reason):
-    assert heuristic_reason(text, FiltersConfig()) == reason
 
 
 def test_minhash_estimates_jaccard_and_clusters_keep_the_first():
