@@ -101,9 +101,9 @@ def test_repeated_ngrams(n):
 
 def test_duplicated_ngrams_count_each_repeat_once():
     tokens = "a b c d e a b c d e a b c d e".split()
-    assert filters._duplicated_ngram_chars(tokens, 5) == 2 * len("abcde")
+    assert filters._duplicated_ngram_chars(filters._NGrams(tokens), 5) == 2 * len("abcde")
     # 2-grams: ab bc cd de ea are new; then ab, cd, ea, bc, de repeat, each match skipping two tokens
-    assert filters._duplicated_ngram_chars(tokens, 2) == 5 * 2
+    assert filters._duplicated_ngram_chars(filters._NGrams(tokens), 2) == 5 * 2
 
 
 @pytest.mark.parametrize("rule,value,text", [
