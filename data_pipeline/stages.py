@@ -83,7 +83,10 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
     write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept, level=0)  # intermediate, read once: stored
     with atomic_path(os.path.join(work, f"{name}.sig.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, sigs)
-    write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes})
+    # record_id and url ride along so that dedup's drops can name the kept document without reading text
+    write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes,
+                                                           "record_ids": [d["record_id"] for d in kept],
+                                                           "urls": [d["url"] for d in kept]})
     write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped, cfg.output.gzip_level)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
 

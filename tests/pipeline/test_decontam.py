@@ -56,3 +56,9 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     assert all(QUESTION.split()[5] not in docs[k]["text"] for k in ("docs.jsonl:1#0", "docs.jsonl:1#1"))
     assert docs["docs.jsonl:1#0"]["benchmark_ngrams"] == 4 and "benchmark_ngrams" not in docs["docs.jsonl:2"]
     assert summary["stages"]["decontam"]["in"] == 2 and summary["documents"] == 3
+    from data_pipeline.explain import explain
+
+    lines = explain(str(out), "docs.jsonl:1#1")
+    assert "  decontam  split into 2 pieces around 4 benchmark n-gram(s)" in lines
+    assert lines[-1] == "  tokenize  kept: docs.jsonl:1#1 is line 2 of documents/commoncrawl/00000.jsonl.gz, " \
+                        "in tokens/commoncrawl.bin/.idx"
