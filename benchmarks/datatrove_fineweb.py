@@ -2,8 +2,9 @@
 (extraction, language, the Gopher/C4/FineWeb filters, MinHash).
 
 Runs in its own environment (see benchmarks/requirements-peers.txt):
-    python benchmarks/datatrove_fineweb.py CRAWL_DIR WORK_DIR LID176_PATH
+    python benchmarks/datatrove_fineweb.py CRAWL_DIR WORK_DIR LID176_PATH [TOKENIZER_JSON]
 and prints one JSON object: seconds per stage, documents in/out, and the ids MinHash removed.
+With TOKENIZER_JSON it also tokenizes the kept documents (DocumentTokenizer, no shuffling).
 """
 
 import glob
@@ -49,6 +50,14 @@ def main() -> None:
     timed("minhash-filter", [JsonlReader(f"{work}/base"),
                              MinhashDedupFilter(f"{work}/remove_ids", exclusion_writer=JsonlWriter(f"{work}/removed")),
                              JsonlWriter(f"{work}/deduped")], files)
+
+    if len(sys.argv) > 4:
+        from datatrove.pipeline.tokens import DocumentTokenizer
+
+        timed("tokenize", [JsonlReader(f"{work}/deduped"),
+                           DocumentTokenizer(f"{work}/tokens", tokenizer_name_or_path=sys.argv[4],
+                                             local_working_dir=f"{work}/tokens-tmp", eos_token="<|endoftext|>",
+                                             shuffle_documents=False)], files)
 
     def ids(folder):
         import gzip

@@ -37,6 +37,10 @@ def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
     with Run(cfg, mode):
         ex = LocalExecutor(cfg.executor.workers, progress)
         for stage, kind in STAGES:
+            if stage == "tokenize":
+                # megatron-core's shard writer takes seconds to import: once here, before the workers
+                # fork, rather than once in every worker
+                import megatron.core.datasets.indexed_dataset  # noqa: F401
             if kind == "shard":
                 ex.run(cfg.output.dir, stage, run_shard,
                        [(n, (cfg, stage, i)) for i, n in enumerate(shard_names(cfg))])

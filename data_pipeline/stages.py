@@ -173,11 +173,19 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
     write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops, level)
 
 
+@lru_cache(maxsize=2)
+def _tokenizer(path: str, mtime_ns: int):
+    """Loaded once per worker process, not once per shard (the file's mtime keys a changed tokenizer)."""
+    from megagpt.data.tokenizer import Tokenizer
+
+    return Tokenizer.load(path)
+
+
 def tokenize_shard(cfg: CorpusConfig, index: int, tokenizer_path: str) -> None:
     from megagpt.data.shards import write_shard
-    from megagpt.data.tokenizer import Tokenizer
 
     out, name = cfg.output.dir, shard_name(index)
     docs = (d["text"] for d in read_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz")))
-    counts = write_shard(os.path.join(out, "work", "tokens", name), docs, Tokenizer.load(tokenizer_path))
+    tokenizer = _tokenizer(tokenizer_path, os.stat(tokenizer_path).st_mtime_ns)
+    counts = write_shard(os.path.join(out, "work", "tokens", name), docs, tokenizer)
     write_json(os.path.join(out, "work", "tokens", f"{name}.counts.json"), counts)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from itertools import chain
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from megagpt.data.tokenizer import Tokenizer, batched
 from megagpt.errors import ConfigError, DataError
@@ -30,15 +30,28 @@ def write_shard(prefix: str, documents: Iterable[str], tokenizer: Tokenizer, bat
     builder = IndexedDatasetBuilder(tmp + ".bin", dtype=token_dtype(tokenizer.vocab_size))
     docs = tokens = 0
     for batch in batched((d for d in documents if d), batch_size):
-        for ids in tokenizer.encode_batch(batch):
+        encoded = tokenizer.encode_batch(batch)
+        for ids in encoded:
             ids.append(tokenizer.eod)
-            builder.add_document(torch.tensor(ids, dtype=torch.int64), [len(ids)])
-            docs += 1
-            tokens += len(ids)
+        lengths = [len(ids) for ids in encoded]
+        _add_documents(builder, np.fromiter(chain.from_iterable(encoded), builder.dtype, sum(lengths)), lengths)
+        docs, tokens = docs + len(lengths), tokens + sum(lengths)
     builder.finalize(tmp + ".idx")
     os.replace(tmp + ".bin", prefix + ".bin")
     os.replace(tmp + ".idx", prefix + ".idx")
     return {"documents": docs, "tokens": tokens}
+
+
+def _add_documents(builder, flat: np.ndarray, lengths: list[int]) -> None:
+    """What builder.add_document does for each of these one-sequence documents, for a batch at once.
+
+    By hand because add_document converts and writes per document: that made the tokenize stage run
+    at under half of `tokenizers`' encode_batch speed. Same bytes (tests/unit/test_corpus_tokenize.py).
+    """
+    builder.data_file.write(flat.tobytes(order="C"))
+    start = len(builder.sequence_lengths)
+    builder.sequence_lengths.extend(lengths)
+    builder.document_indices.extend(range(start + 1, start + len(lengths) + 1))
 
 
 def shard_prefix(path: str) -> str | None:
