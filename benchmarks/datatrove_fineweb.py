@@ -1,4 +1,5 @@
-"""The peer side of benchmarks/corpus_throughput.py: datatrove configured as FineWeb uses it.
+"""The peer side of benchmarks/corpus_throughput.py: datatrove configured as FineWeb uses it
+(extraction, language, the Gopher/C4/FineWeb filters, MinHash).
 
 Runs in its own environment (see benchmarks/requirements-peers.txt):
     python benchmarks/datatrove_fineweb.py CRAWL_DIR WORK_DIR LID176_PATH [TOKENIZER_JSON]
@@ -20,7 +21,8 @@ def main() -> None:
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.extractors import Trafilatura
-    from datatrove.pipeline.filters import LanguageFilter
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter, LanguageFilter)
     from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.pipeline.writers.jsonl import JsonlWriter
@@ -36,9 +38,14 @@ def main() -> None:
         LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=f"{work}/logs/{name}").run()
         timings[name] = time.perf_counter() - start
 
-    timed("extract+langid", [WarcReader(crawl_dir, glob_pattern="*.warc.gz"), Trafilatura(favour_precision=True),
-                             LanguageFilter(languages=["en"], language_threshold=0.65),
-                             JsonlWriter(f"{work}/base")], files)
+    # FineWeb's first pipeline: extraction, language, then its heuristic filters (C4's without the
+    # terminal-punctuation rule), as megagpt's process stage does them
+    timed("extract+langid+filters", [WarcReader(crawl_dir, glob_pattern="*.warc.gz"),
+                                     Trafilatura(favour_precision=True),
+                                     LanguageFilter(languages=["en"], language_threshold=0.65),
+                                     GopherRepetitionFilter(), GopherQualityFilter(),
+                                     C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(),
+                                     JsonlWriter(f"{work}/base")], files)
     timed("minhash-signatures", [JsonlReader(f"{work}/base"), MinhashDedupSignature(f"{work}/sigs", config=config)], files)
     timed("minhash-buckets", [MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)], config.num_buckets)
     timed("minhash-cluster", [MinhashDedupCluster(f"{work}/buckets", f"{work}/remove_ids", config=config)], 1)
@@ -49,6 +56,7 @@ def main() -> None:
         timed("tokenize", [JsonlReader(f"{work}/deduped"),
                            DocumentTokenizer(f"{work}/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>",
                                              shuffle_documents=False)], files)
+
 
     def ids(folder):
         import gzip

@@ -35,15 +35,47 @@ class LangidConfig:
 
 @dataclass
 class FiltersConfig:
-    """Heuristic quality rules (in the spirit of Gopher/C4); each drop names its rule."""
+    """FineWeb's heuristic rules with FineWeb's thresholds (data_pipeline/filters.py names the
+    sources); each drop names the key it broke, and null turns a rule off."""
 
-    min_words: int = 50
-    max_words: int = 100_000
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1  # '#' and '...' per word
-    max_duplicate_line_fraction: float = 0.3
-    min_alpha_word_fraction: float = 0.8
+    enabled: bool = True  # false: no heuristic rule at all (sources filtered before, e.g. books)
+    # Gopher repetition: shares of repeated paragraphs and lines (by count, by characters), the
+    # characters of the most frequent n-gram, and of all repeated n-grams
+    dup_para_frac: Optional[float] = 0.3
+    dup_para_char_frac: Optional[float] = 0.2
+    dup_line_frac: Optional[float] = 0.3
+    dup_line_char_frac: Optional[float] = 0.2
+    top_ngram_char_frac: dict = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+    dup_ngram_char_frac: dict = field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11,
+                                                               10: 0.10})
+    # Gopher quality (words are spaCy-like tokens, data_pipeline/text.py; punctuation-only ones are
+    # left out of the word count and mean length)
+    min_words: Optional[int] = 50
+    max_words: Optional[int] = 100_000
+    min_mean_word_length: Optional[float] = 3.0
+    max_mean_word_length: Optional[float] = 10.0
+    max_symbol_word_ratio: Optional[float] = 0.1  # '#', and '...' with '…', per word
+    max_bullet_lines_ratio: Optional[float] = 0.9
+    max_ellipsis_lines_ratio: Optional[float] = 0.3
+    min_alpha_word_fraction: Optional[float] = 0.8
+    min_stop_words: Optional[int] = 2
+    stop_words: list = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    # C4: line rules remove the line, document rules (lorem ipsum, curly bracket, sentences) the page
+    c4_terminal_punct: bool = False  # off in FineWeb: it removed too much
+    c4_min_words_per_line: Optional[int] = 3
+    c4_max_word_length: Optional[int] = 1000
+    c4_remove_citations: bool = True
+    c4_lorem_ipsum: bool = True
+    c4_javascript: bool = True
+    c4_curly_bracket: bool = True
+    c4_policy: bool = True
+    c4_min_sentences: Optional[int] = 5
+    # FineWeb's own, on what the C4 rules left
+    min_line_punct_ratio: Optional[float] = 0.12  # lines ending in a sentence terminal
+    max_short_line_ratio: Optional[float] = 0.67
+    short_line_length: int = 30
+    max_dup_line_char_ratio: Optional[float] = 0.01
+    max_newline_word_ratio: Optional[float] = 0.3
 
 
 @dataclass
@@ -156,19 +188,35 @@ def _check_tokenizer(path: str) -> None:
         raise ConfigError(f"tokenize.tokenizer={path!r}: {exc}") from None
 
 
+def _validate_filters(f: FiltersConfig) -> None:
+    fractions = ("dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac", "max_symbol_word_ratio",
+                 "max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "min_alpha_word_fraction",
+                 "min_line_punct_ratio", "max_short_line_ratio", "max_dup_line_char_ratio")
+    for key in fractions:
+        if getattr(f, key) is not None:
+            _in_range(f"filters.{key}", getattr(f, key), 0.0, 1.0)
+    for key in ("min_words", "max_words", "min_mean_word_length", "max_mean_word_length", "min_stop_words",
+                "c4_min_words_per_line", "c4_max_word_length", "c4_min_sentences", "max_newline_word_ratio",
+                "short_line_length"):
+        if getattr(f, key) is not None:
+            _in_range(f"filters.{key}", getattr(f, key), 0)
+    if f.min_words is not None and f.max_words is not None and f.min_words > f.max_words:
+        raise ConfigError(f"filters.min_words={f.min_words} exceeds filters.max_words={f.max_words}")
+    for key in ("top_ngram_char_frac", "dup_ngram_char_frac"):
+        for n, limit in getattr(f, key).items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1 or isinstance(limit, bool) or \
+                    not isinstance(limit, (int, float)) or not 0 <= limit <= 1:
+                raise ConfigError(f"filters.{key} maps n-gram sizes (integers >= 1) to character fractions in "
+                                  f"[0, 1]; got {n!r}: {limit!r}")
+    if not all(isinstance(w, str) and w for w in f.stop_words):
+        raise ConfigError(f"filters.stop_words={f.stop_words!r} must be a list of words")
+
+
 def validate_corpus(cfg: CorpusConfig) -> None:
     if not cfg.input.paths:
         raise ConfigError("input.paths=[] is empty")
     check_name("input.source", cfg.input.source)  # it names folders and files under output.dir
-    f = cfg.filters
-    for key in ("min_words", "max_words"):
-        _in_range(f"filters.{key}", getattr(f, key), 0)
-    for key in ("min_mean_word_length", "max_mean_word_length"):
-        _in_range(f"filters.{key}", getattr(f, key), 0.0)
-    for key in ("max_symbol_word_ratio", "max_duplicate_line_fraction", "min_alpha_word_fraction"):
-        _in_range(f"filters.{key}", getattr(f, key), 0.0, 1.0)
-    if f.min_words > f.max_words:
-        raise ConfigError(f"filters.min_words={f.min_words} exceeds filters.max_words={f.max_words}")
+    _validate_filters(cfg.filters)
     for key in ("ngram", "num_perm", "bands", "rows"):
         _in_range(f"dedup.{key}", getattr(cfg.dedup, key), 1)
     _in_range("dedup.verify_threshold", cfg.dedup.verify_threshold, 0.0, 1.0)

@@ -124,12 +124,18 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, cfg: DedupConfig
-                    ) -> dict[str, dict]:
-    """{dropped id: {"stage", "reason", "duplicate_of"}} over documents in corpus order.
+def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, cfg: DedupConfig,
+                    record_ids: Optional[list] = None, urls: Optional[list] = None) -> dict[str, dict]:
+    """{dropped id: drop record} over documents in corpus order; each drop names its cluster's kept document.
 
-    `duplicate_of` is always a kept document: an exact copy of a page that is itself a near
-    duplicate points at the page its cluster keeps.
+    A drop record: stage, reason, `duplicate_of` (the kept document's id, and its record_id and
+    url when given), `similarity` (the share of agreeing MinHash values between the two
+    signatures, an estimate of their 5-gram Jaccard similarity; 1.0 for an exact copy of the
+    kept page). `duplicate_of` is always a kept document: an exact copy of a page that is itself
+    a near duplicate points at the page its cluster keeps, and names that page in `copy_of`.
+    Clusters chain, so a near duplicate can be less similar to the kept document than
+    verify_threshold: then `matched` names the member it was verified against (its closest)
+    and their similarity, the pair that put it in the cluster.
     """
     first_by_hash: dict[str, int] = {}
     unique = []
@@ -137,18 +143,34 @@ def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, c
         if first_by_hash.setdefault(h, i) == i:
             unique.append(i)
     uf = UnionFind(len(ids))
+    best: dict[int, tuple[float, int]] = {}  # document -> (similarity, member) of its closest verified pair
     for a, b in _candidate_pairs(signatures, unique, cfg):
-        if _estimated_jaccard(signatures[a], signatures[b]) >= cfg.verify_threshold:
+        similarity = _estimated_jaccard(signatures[a], signatures[b])
+        if similarity >= cfg.verify_threshold:
             uf.union(a, b)
+            for x, y in ((a, b), (b, a)):
+                if similarity > best.get(x, (-1.0, 0))[0]:
+                    best[x] = (similarity, y)
     dropped: dict[str, dict] = {}
     for i, h in enumerate(hashes):
         first = first_by_hash[h]
         kept = uf.find(first)
-        if first != i:
-            dropped[ids[i]] = {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": ids[kept]}
-        elif kept != i:
-            dropped[ids[i]] = {"stage": "fuzzy-dedup", "reason": "near duplicate", "duplicate_of": ids[kept],
-                               "similarity": round(_estimated_jaccard(signatures[i], signatures[kept]), 4)}
+        if first == i == kept:
+            continue
+        record = {"stage": "exact-dedup", "reason": "exact duplicate"} if first != i else \
+            {"stage": "fuzzy-dedup", "reason": "near duplicate"}
+        record["duplicate_of"] = ids[kept]
+        if record_ids is not None:
+            record["duplicate_of_record_id"] = record_ids[kept]
+        if urls is not None:
+            record["duplicate_of_url"] = urls[kept]
+        similarity = _estimated_jaccard(signatures[i], signatures[kept])
+        record["similarity"] = round(similarity, 4)
+        if first != i and first != kept:
+            record["copy_of"] = ids[first]
+        elif first == i and similarity < cfg.verify_threshold:
+            record["matched"] = {"id": ids[best[i][1]], "similarity": round(best[i][0], 4)}
+        dropped[ids[i]] = record
     return dropped
 
 

@@ -87,16 +87,19 @@ def run_reduce(cfg: CorpusConfig, stage: str) -> None:
 
 def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:
     work = os.path.join(cfg.output.dir, "work", "process")
-    ids, hashes, sigs = [], [], []
+    ids, hashes, record_ids, urls, sigs = [], [], [], [], []
     for n in names:
         with open(os.path.join(work, f"{n}.hashes.json")) as f:
             shard = json.load(f)
         ids += shard["ids"]
         hashes += shard["hashes"]
+        missing = [None] * len(shard["ids"])  # a shard processed before these fields were recorded
+        record_ids += shard.get("record_ids", missing)
+        urls += shard.get("urls", missing)
         sigs.append(np.load(os.path.join(work, f"{n}.sig.npy")))
     if not cfg.dedup.enabled or not ids:
         return {}
-    return find_duplicates(ids, hashes, np.concatenate(sigs), cfg.dedup)
+    return find_duplicates(ids, hashes, np.concatenate(sigs), cfg.dedup, record_ids, urls)
 
 
 def _documents(cfg: CorpusConfig, names: list[str]):

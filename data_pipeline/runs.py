@@ -53,7 +53,8 @@ def result_config(cfg: CorpusConfig) -> dict:
     raw.pop("executor")  # local or Slurm, how many workers: the same bytes either way
     raw["input"].pop("paths")  # compared as the files they match
     raw["output"].pop("dir")
-    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+    flat = {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+    return json.loads(json.dumps(flat))  # as run.json holds it: mappings keyed by n-gram size have string keys
 
 
 class Run:

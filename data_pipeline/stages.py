@@ -12,7 +12,7 @@ from data_pipeline.config import CorpusConfig
 from data_pipeline.decontam import Decontaminator, benchmark_texts
 from data_pipeline.dedup import content_hash, signature
 from data_pipeline.extract import extract_text
-from data_pipeline.filters import heuristic_reason
+from data_pipeline.filters import apply_filters
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import NO_LABEL, identify
 from data_pipeline.quality import pareto_keep, quality_score
@@ -83,7 +83,10 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
     write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept, level=0)  # intermediate, read once: stored
     with atomic_path(os.path.join(work, f"{name}.sig.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, sigs)
-    write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes})
+    # record_id and url ride along so that dedup's drops can name the kept document without reading text
+    write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes,
+                                                           "record_ids": [d["record_id"] for d in kept],
+                                                           "urls": [d["url"] for d in kept]})
     write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped, cfg.output.gzip_level)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
 
@@ -106,7 +109,7 @@ def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: 
         stats.kept("langid", len(text))
         stage = "filters"
         stats.saw("filters", len(text))
-        reason = clock.run("filters", heuristic_reason, text, cfg.filters)
+        text, reason = clock.run("filters", apply_filters, text, cfg.filters)
         if reason:
             drop("filters", reason)
             return None

@@ -8,14 +8,18 @@ other languages (sentences drawn from common-word lists), keyword spam, broken r
 
 from __future__ import annotations
 
+import functools
 import gzip
 import html
 import os
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 
+from data_pipeline.config import FiltersConfig
 from data_pipeline.dedup import jaccard
+from data_pipeline.filters import apply_filters
 
 FOREIGN_WORDS = {
     "fr": "le la les un une des et est dans pour que qui sur avec pas plus nous vous ils elle être avoir faire "
@@ -43,20 +47,30 @@ class Truth:
     truncated_files: list = field(default_factory=list)
 
 
-def english_pages(min_words: int = 80) -> list[str]:
+def english_pages(count: int = 500) -> list[str]:
+    """At least `count` English pages that the default filters keep: the standard library's docstrings
+    that pass them, then pages chained from those docstrings' words to make up the number."""
+    return list(_english_pages(count))
+
+
+@functools.lru_cache(maxsize=4)
+def _english_pages(count: int) -> tuple[str, ...]:
     from megagpt.data.demo_corpus import stdlib_docstrings
 
-    pages = []
-    for doc in stdlib_docstrings():
-        words = doc.split()
-        alpha = sum(any(c.isalpha() for c in w) for w in words) / max(len(words), 1)
-        if len(words) >= min_words and alpha > 0.9 and "..." not in doc and "#" not in doc:
-            pages.append(doc)
-    return pages
+    def clean(text: str) -> bool:
+        return apply_filters(text, FiltersConfig())[1] is None
+
+    pages = [doc for doc in stdlib_docstrings() if len(doc.split()) >= 80 and "..." not in doc and "#" not in doc
+             and clean(doc)]
+    rng = random.Random(0)
+    while len(pages) < count:
+        pages += [p for p in markov_pages(pages, count - len(pages), rng) if clean(p)]
+    return tuple(pages)
 
 
 def markov_pages(seed_pages: list[str], count: int, rng: random.Random, words: int = 250) -> list[str]:
-    """More English-looking pages than the stdlib holds: a word-bigram chain over its docstrings."""
+    """More English-looking pages than the stdlib holds: a word-bigram chain over its docstrings, cut
+    into sentences at the words that end one, a few sentences to a paragraph."""
     successors: dict[str, list[str]] = {}
     for page in seed_pages:
         tokens = page.split()
@@ -65,20 +79,28 @@ def markov_pages(seed_pages: list[str], count: int, rng: random.Random, words: i
     starts = [p.split()[0] for p in seed_pages]
     pages = []
     for _ in range(count):
-        word, out = rng.choice(starts), []
-        for _ in range(words):
-            out.append(word)
-            word = rng.choice(successors.get(word) or starts)
-        pages.append(" ".join(out))
+        paragraphs, total = [], 0
+        while total < words:
+            sentences = []
+            for _ in range(rng.randint(2, 5)):
+                sentence = [rng.choice(starts)]
+                while not (sentence[-1].endswith(".") and len(sentence) >= 6) and len(sentence) < 40:
+                    sentence.append(rng.choice(successors.get(sentence[-1]) or starts))
+                sentences.append(" ".join(sentence).rstrip(".") + ".")
+                total += len(sentence)
+            paragraphs.append(" ".join(sentences))
+        pages.append("\n\n".join(paragraphs))
     return pages
 
 
 def mutate(text: str, fraction: float, rng: random.Random) -> str:
     """Replace `fraction` of the words with fresh ones: fewer shared 5-grams."""
-    words = text.split()
-    for i in rng.sample(range(len(words)), max(1, int(len(words) * fraction))):
-        words[i] = f"w{rng.randrange(10**6)}"
-    return " ".join(words)
+    parts = re.split(r"(\s+)", text)  # words at even places; the whitespace (line breaks) stays as it was
+    words = [i for i in range(0, len(parts), 2) if parts[i]]
+    for i in rng.sample(words, max(1, int(len(words) * fraction))):
+        # the word's trailing punctuation stays too: sentences keep their ends (the filters count them)
+        parts[i] = f"w{rng.randrange(10**6)}" + parts[i][len(parts[i].rstrip(".,;:!?")):]
+    return "".join(parts)
 
 
 def fraction_for_jaccard(target: float, n: int = 5) -> float:
@@ -118,10 +140,8 @@ def write_crawl(out_dir: str, files: int = 4, pages: int = 200, seed: int = 0, t
                 near_levels=(0.97, 0.93, 0.88, 0.84, 0.6, 0.4, 0.2)) -> Truth:
     """Write `files` .warc.gz files with about `pages` English originals in all, plus the plant."""
     rng = random.Random(seed)
-    english = english_pages()
+    english = english_pages(pages)
     rng.shuffle(english)
-    if pages > len(english):
-        english += markov_pages(english, pages - len(english), rng)
     truth = Truth()
     records: list[tuple[str, bytes]] = []
 

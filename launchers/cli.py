@@ -13,6 +13,7 @@
     megagpt demo [--nproc N] [--run-dir DIR] [key=value ...]
     megagpt corpus run --config PATH [--restart | --extend] [key=value ...]
     megagpt corpus report RUN_DIR
+    megagpt corpus explain --run RUN_DIR --id DOCUMENT_ID
     megagpt corpus mix --config PATH [key=value ...]
     megagpt corpus train-quality --positive FILE... --negative FILE... --out MODEL
     megagpt export-hf --checkpoint DIR --out DIR [--tokenizer JSON]
@@ -108,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = csub.add_parser("report", help="plots (funnel, lengths, scores) and a summary table of a finished run")
     rp.add_argument("run_dir")
+
+    cx = csub.add_parser("explain", help="one document's path through a corpus run: where it was dropped and why, "
+                                         "or where it was kept; a duplicate's cluster")
+    cx.add_argument("--run", required=True, help="the run's output.dir")
+    cx.add_argument("--id", required=True, help="document id: <input path relative to the run's inputs>:<record index>")
 
     cm = csub.add_parser("mix", help="weight finished corpus runs into one mixture.json for training")
     cm.add_argument("--config", required=True, help="see configs/data/gpt3-mixture.yaml")
@@ -455,6 +461,11 @@ def cmd_corpus(args) -> int:
             print(f"wrote {path}")
         with open(os.path.join(args.run_dir, "stats.json")) as f:
             print(summary_table(json.load(f)))
+        return 0
+    if args.corpus_command == "explain":
+        from data_pipeline.explain import explain
+
+        print("\n".join(explain(args.run, args.id)))
         return 0
     if args.corpus_command == "mix":
         from data_pipeline.mixture import load_mix_config, mix

@@ -377,8 +377,10 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"{m.make_vocab_size_divisible_by})")
     _require(m.num_layers % p.pp == 0, f"parallel.pp={p.pp} must divide model.num_layers={m.num_layers}")
     # ZeRO 0 is left out. DeepSpeed without ZeRO: in fp32 it clips with a norm that counts a pipeline's tied
-    # embedding twice and reports none; in bf16 at pp=1 (its FP16_Optimizer path, bf16 gradient accumulation)
-    # the tiny model's loss after one step differed from ZeRO 1's by 9e-3 (ZeRO 1 at dp 1 and 2 agree to 1e-4).
+    # embedding twice and reports none; in bf16/fp16 at pp=1 its FP16_Optimizer takes a zero-gradient Adam
+    # step at construction (weight decay at the initial lr, and Adam's step count one ahead: the first
+    # update is 0.74x ZeRO 1's), so the tiny model's loss after one step differs by 9e-3; and our
+    # checkpoints read optimizer state through the ZeRO/BF16 optimizers' parameter mappings.
     _require(p.zero_stage in (1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 1, 2 or 3 (ZeRO 0 "
              f"trains differently in DeepSpeed; ZeRO 1 costs the same compute and less memory)")
     _require(p.pp == 1 or p.zero_stage == 1,

@@ -62,6 +62,34 @@ def test_dedup_finds_planted_pairs_and_merges_nothing_dissimilar(corpus_run):
         assert jaccard(texts[d["id"]], texts[d["duplicate_of"]]) >= 0.5
 
 
+def test_every_dedup_drop_names_its_kept_document_and_their_estimated_similarity(corpus_run):
+    """Against the planted groups (an original and its exact or near copy): each fuzzy drop names a kept
+    document of its own group, and `similarity` is the MinHash estimate of the pair's true 5-gram Jaccard."""
+    from data_pipeline.config import DedupConfig
+
+    out, truth, _ = corpus_run
+    processed = {d["id"]: d for d in rows(out, "work/process/*.jsonl.gz")}
+    kept = {d["id"]: d for d in rows(out, "documents/*/*.jsonl.gz")}
+    group = {rid: n for n, pair in enumerate(truth.exact_pairs + truth.near_pairs) for rid in pair[:2]}
+    # the stdlib repeats a few docstrings, so a group's page may be kept as an identical unplanted twin
+    group_by_text = {processed[i]["text"]: group[d["record_id"]] for i, d in processed.items() if d["record_id"] in group}
+    num_perm = DedupConfig().num_perm
+    planted = 0
+    for d in rows(out, "dropped/dedup/*.jsonl.gz"):
+        survivor = kept[d["duplicate_of"]]
+        assert (d["duplicate_of_record_id"], d["duplicate_of_url"]) == (survivor["record_id"], survivor["url"])
+        true = jaccard(processed[d["id"]]["text"], survivor["text"])
+        # each of the num_perm hash values agrees with probability J, independently: the share that agrees
+        # has standard deviation sqrt(J(1 - J) / num_perm) (<= 0.047 at 112); 4 of them, plus rounding
+        assert abs(d["similarity"] - true) <= 4 * (true * (1 - true) / num_perm) ** 0.5 + 1e-3, (d, true)
+        if d["stage"] == "exact-dedup" and "copy_of" not in d:
+            assert d["similarity"] == 1.0
+        if d["stage"] == "fuzzy-dedup" and d["record_id"] in group:
+            planted += 1
+            assert group_by_text.get(survivor["text"]) == group[d["record_id"]], d
+    assert planted >= 15
+
+
 def test_outputs_tokens_and_mixture(corpus_run):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

@@ -47,7 +47,7 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     out = tmp_path / "out"
     cfg = corpus_config(crawl_dir, out, f"input.paths=[{jsonl}]", f"decontam.paths=[{bench}]", "langid.threshold=0",
                         "langid.languages=[en, la, eo, it, fr, de, es, nl, pt, sv, da, fi, pl, cs, ru, tr]",
-                        "filters.min_alpha_word_fraction=0", "dedup.enabled=false", "tokenize.vocab_size=300")
+                        "filters.enabled=false", "dedup.enabled=false", "tokenize.vocab_size=300")
     summary = run(cfg, progress=False)
     docs = {d["id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
     # run ids (file:line), pieces numbered; the records' own ids stay as a field
@@ -56,3 +56,9 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     assert all(QUESTION.split()[5] not in docs[k]["text"] for k in ("docs.jsonl:1#0", "docs.jsonl:1#1"))
     assert docs["docs.jsonl:1#0"]["benchmark_ngrams"] == 4 and "benchmark_ngrams" not in docs["docs.jsonl:2"]
     assert summary["stages"]["decontam"]["in"] == 2 and summary["documents"] == 3
+    from data_pipeline.explain import explain
+
+    lines = explain(str(out), "docs.jsonl:1#1")
+    assert "  decontam  split into 2 pieces around 4 benchmark n-gram(s)" in lines
+    assert lines[-1] == "  tokenize  kept: docs.jsonl:1#1 is line 2 of documents/commoncrawl/00000.jsonl.gz, " \
+                        "in tokens/commoncrawl.bin/.idx"

@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from data_pipeline.config import DedupConfig, FiltersConfig
+from data_pipeline.config import DedupConfig
 from data_pipeline.dedup import find_duplicates, jaccard, signature
 from data_pipeline.extract import extract_text
-from data_pipeline.filters import heuristic_reason
 from data_pipeline.langid import identify
 from data_pipeline.readers import ReadError, Record, read_file
 from data_pipeline.synthetic import _record, foreign_page, mutate
@@ -80,18 +79,6 @@ def test_language_id_offline():
         assert identify(foreign_page(lang, rng))[0] == lang
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("short text only", "too few words"),
-    ("### " * 10 + PROSE, "symbol to word ratio"),
-    ("12345 67890 " * 40, "few alphabetic words"),
-    ("\n".join(["Buy now and save big on everything today"] * 30), "repeated lines"),
-    ("a b c d e f g h " * 20, "mean word length"),
-    (PROSE, None),
-])
-def test_heuristic_rules(text, reason):
-    assert heuristic_reason(text, FiltersConfig()) == reason
-
-
 def test_minhash_estimates_jaccard_and_clusters_keep_the_first():
     import random
 
@@ -103,6 +90,29 @@ def test_minhash_estimates_jaccard_and_clusters_keep_the_first():
     sigs = np.stack([signature(t, cfg) for t in (base, near, far, base)])
     assert abs(float(np.mean(sigs[0] == sigs[1])) - jaccard(base, near)) < 0.1
     dropped = find_duplicates(["a", "b", "c", "d"], ["h1", "h2", "h3", "h1"], sigs, cfg)
-    assert dropped["d"] == {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": "a"}
+    assert dropped["d"] == {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": "a", "similarity": 1.0}
     assert dropped["b"]["stage"] == "fuzzy-dedup" and dropped["b"]["duplicate_of"] == "a"
+    assert dropped["b"]["similarity"] == round(float(np.mean(sigs[0] == sigs[1])), 4)
     assert "c" not in dropped and "a" not in dropped
+
+
+def test_drops_name_the_kept_document_through_chains_and_copies():
+    """b ~ a and c ~ b but c is not verified against a: c still names a, and the pair that put it there."""
+    cfg = DedupConfig()
+    a = np.arange(cfg.num_perm, dtype=np.uint64)
+    b, c = a.copy(), a.copy()
+    b[:20] += 1000  # a-b agree on 92/112, b-c on 92/112, a-c on 72/112 (< verify_threshold 0.7 * 112 = 78.4)
+    c[:40] += 1000
+    c[:20] = b[:20]
+    sigs = np.stack([a, b, c, c])
+    dropped = find_duplicates(["a", "b", "c", "c2"], ["ha", "hb", "hc", "hc"], sigs, cfg,
+                              record_ids=["ra", "rb", "rc", "rc2"], urls=["ua", "ub", "uc", "uc2"])
+    assert dropped["c"]["duplicate_of"] == "a" and dropped["c"]["similarity"] == round(72 / 112, 4)
+    assert dropped["c"]["matched"] == {"id": "b", "similarity": round(92 / 112, 4)}
+    assert (dropped["c"]["duplicate_of_record_id"], dropped["c"]["duplicate_of_url"]) == ("ra", "ua")
+    assert "matched" not in dropped["b"]
+    # an exact copy of a near duplicate names the kept page, and the page it copies
+    assert dropped["c2"] == {"stage": "exact-dedup", "reason": "exact duplicate", "duplicate_of": "a",
+                             "duplicate_of_record_id": "ra", "duplicate_of_url": "ua",
+                             "similarity": round(72 / 112, 4), "copy_of": "c"}
+

@@ -1,0 +1,93 @@
+"""The heuristic filters against datatrove's, as FineWeb chains them, on the same generated pages.
+
+    python benchmarks/filters_vs_datatrove.py [--pages 3000] [--peer-python .venv-peers/bin/python]
+                                              [--record tests/data/datatrove_filter_decisions.json]
+
+Pages: data_pipeline.page_kinds (prose, lists, code, keyword spam, boilerplate, and pages mixing
+them). datatrove runs in its own venv (benchmarks/datatrove_filters.py). Prints, per kind, how
+often the two agree on keep/drop and what each keeps, then each filter's time per page on one
+core. --record writes datatrove's decisions for tests/unit/test_filters.py, which checks the
+agreement without datatrove installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from data_pipeline import filters  # noqa: E402
+from data_pipeline.config import FiltersConfig  # noqa: E402
+from data_pipeline.page_kinds import KINDS, labelled_pages  # noqa: E402
+from data_pipeline.text import words  # noqa: E402
+
+
+def ours(texts: list[str], cfg: FiltersConfig) -> tuple[list, dict]:
+    """Each page's rule (or None) and seconds per filter, run one filter at a time as apply_filters chains them."""
+    seconds, verdicts = Counter(), []
+    for text in texts:
+        start = time.perf_counter()
+        tokens = words(text)
+        reason = filters.gopher_repetition(text, tokens, cfg)
+        seconds["gopher_repetition"] += time.perf_counter() - start
+        if not reason:
+            start = time.perf_counter()
+            reason = filters.gopher_quality(text, tokens, cfg)
+            seconds["gopher_quality"] += time.perf_counter() - start
+        if not reason:
+            start = time.perf_counter()
+            text, reason = filters.c4(text, cfg)
+            seconds["c4"] += time.perf_counter() - start
+        if not reason:
+            start = time.perf_counter()
+            reason = filters.fineweb(text, cfg)
+            seconds["fineweb"] += time.perf_counter() - start
+        verdicts.append(reason)
+    return verdicts, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peers", "bin", "python"))
+    parser.add_argument("--record", help="write datatrove's decisions here (JSON)")
+    args = parser.parse_args()
+    pages = labelled_pages(args.pages, args.seed)
+    texts = [text for _, text in pages]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(texts, f)
+    peer = json.loads(subprocess.run([args.peer_python, os.path.join(REPO, "benchmarks", "datatrove_filters.py"),
+                                      f.name], check=True, capture_output=True, text=True).stdout)
+    os.remove(f.name)
+    mine, seconds = ours(texts, FiltersConfig())
+
+    print(f"{args.pages} pages (seed {args.seed}); keep/drop agreement and share kept")
+    print(f"{'kind':<13}{'pages':>7}{'agree':>9}{'kept (ours)':>13}{'kept (datatrove)':>18}")
+    for kind in KINDS + ("all",):
+        rows = [(m, d) for (k, _), m, d in zip(pages, mine, peer["decisions"]) if kind in (k, "all")]
+        agree = sum((m is None) == (d is None) for m, d in rows) / len(rows)
+        kept_ours, kept_dt = (sum(x is None for x in column) / len(rows) for column in zip(*rows))
+        print(f"{kind:<13}{len(rows):>7}{agree:>9.2%}{kept_ours:>13.1%}{kept_dt:>18.1%}")
+    print(f"\n{'filter':<20}{'ours ms/page':>14}{'datatrove ms/page':>19}")
+    for name in ("gopher_repetition", "gopher_quality", "c4", "fineweb"):
+        print(f"{name:<20}{1000 * seconds[name] / len(texts):>14.3f}{1000 * peer['seconds'][name] / len(texts):>19.3f}")
+    total_ours, total_dt = sum(seconds.values()), sum(peer["seconds"].values())
+    print(f"{'all four':<20}{1000 * total_ours / len(texts):>14.3f}{1000 * total_dt / len(texts):>19.3f}"
+          f"   ({total_dt / total_ours:.1f}x)")
+    if args.record:
+        with open(args.record, "w") as out:
+            json.dump({"pages": args.pages, "seed": args.seed, "decisions": peer["decisions"]}, out)
+            out.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`megagpt corpus explain`: one document's path through the planted crawl's run, as a user sees it."""
+
+import glob
+import os
+
+from data_pipeline.io import read_jsonl_gz
+from tests.conftest import megagpt
+
+
+def rows(out, pattern):
+    return [r for f in sorted(glob.glob(os.path.join(str(out), pattern))) for r in read_jsonl_gz(f)]
+
+
+def explain(out, doc_id):
+    return megagpt("corpus", "explain", "--run", str(out), "--id", doc_id, timeout=60).stdout.splitlines()
+
+
+def stage_line(lines, stage):
+    return next(" ".join(line.split()) for line in lines if line.split()[:1] == [stage])
+
+
+def a_planted_near_duplicate(corpus_run):
+    out, truth, _ = corpus_run
+    copies = {copy for _, copy, _ in truth.near_pairs}
+    return next(d for d in rows(out, "dropped/dedup/*.jsonl.gz") if d["stage"] == "fuzzy-dedup" and d["record_id"] in copies)
+
+
+def test_a_near_duplicate_names_its_cluster_the_kept_member_and_the_similarity(corpus_run):
+    out, _, _ = corpus_run
+    dup = a_planted_near_duplicate(corpus_run)
+    lines = explain(out, dup["id"])
+    assert lines[0].startswith(dup["id"]) and dup["record_id"] in lines[1]
+    assert [stage_line(lines, s) for s in ("read", "extract", "filters", "quality")] == \
+        ["read passed", "extract passed", "filters passed", "quality off"]
+    assert stage_line(lines, "langid").startswith("langid passed (en, score ")
+    assert stage_line(lines, "dedup") == (f"dedup dropped: near duplicate (fuzzy-dedup) of {dup['duplicate_of']}, "
+                                          f"estimated Jaccard similarity {dup['similarity']}")
+    assert f"kept document: record_id {dup['duplicate_of_record_id']}, url {dup['duplicate_of_url']}" in "\n".join(lines)
+    cluster = [d for d in rows(out, "dropped/dedup/*.jsonl.gz") if d["duplicate_of"] == dup["duplicate_of"]]
+    assert f"cluster of {len(cluster) + 1}: {dup['duplicate_of']} kept" in "\n".join(lines)
+    assert any(line.strip().startswith(f"{dup['id']} dropped (this document): near duplicate") for line in lines)
+    assert stage_line(lines, "decontam") == "decontam not reached" and stage_line(lines, "tokenize") == "tokenize not reached"
+
+
+def test_a_kept_document_names_its_output_shard_line_and_the_duplicates_it_outlived(corpus_run):
+    out, _, _ = corpus_run
+    dup = a_planted_near_duplicate(corpus_run)
+    kept_id = dup["duplicate_of"]
+    lines = explain(out, kept_id)
+    assert stage_line(lines, "dedup") == "dedup kept"
+    assert any(line.strip().startswith(f"{dup['id']} dropped: near duplicate, estimated Jaccard similarity "
+                                       f"{dup['similarity']} to {kept_id}") for line in lines)
+    assert stage_line(lines, "decontam") == "decontam off"
+    shard, line_no = next((os.path.basename(f), n) for f in sorted(glob.glob(f"{out}/documents/commoncrawl/*.jsonl.gz"))
+                          for n, d in enumerate(read_jsonl_gz(f), 1) if d["id"] == kept_id)
+    assert stage_line(lines, "tokenize") == (f"tokenize kept: {kept_id} is line {line_no} of documents/commoncrawl/{shard}, "
+                                             f"in tokens/commoncrawl.bin/.idx")
+
+
+def test_a_filtered_document_says_which_stage_and_rule_dropped_it(corpus_run):
+    out, _, _ = corpus_run
+    filtered = next(d for d in rows(out, "dropped/process/*.jsonl.gz") if d["stage"] == "filters")
+    lines = explain(out, filtered["id"])
+    assert stage_line(lines, "langid") == "langid passed"
+    assert stage_line(lines, "filters") == f"filters dropped: {filtered['reason']}"
+    assert all(stage_line(lines, s) == f"{s} not reached" for s in ("quality", "dedup", "decontam", "tokenize"))
+    foreign = next(d for d in rows(out, "dropped/process/*.jsonl.gz") if d["stage"] == "langid")
+    assert stage_line(explain(out, foreign["id"]), "langid") == \
+        f"langid dropped: {foreign['reason']} (lang={foreign['lang']}, lang_score={foreign['lang_score']})"
+
+
+def test_an_unknown_id_or_a_directory_that_is_no_run_is_one_line(corpus_run, tmp_path):
+    out, _, _ = corpus_run
+    prefix = rows(out, "documents/*/*.jsonl.gz")[0]["id"].rpartition(":")[0]
+    dup = a_planted_near_duplicate(corpus_run)["id"]
+    for run_dir, doc_id, message in [
+            (out, f"{prefix}:99999", f"'{prefix}:99999': no such document in the run at {out}"),
+            (out, "elsewhere/crawl.warc.gz:3", f"'elsewhere/crawl.warc.gz:3': no input 'elsewhere/crawl.warc.gz'"),
+            (out, "17", "'17' is not a document id"),
+            (out, f"{dup}#1", f"'{dup}#1': {dup} was dropped whole at fuzzy-dedup (near duplicate), so it has no piece #1"),
+            (tmp_path, f"{prefix}:0", f"{tmp_path} is not a corpus run: no run.json there")]:
+        proc = megagpt("corpus", "explain", "--run", str(run_dir), "--id", doc_id, check=False, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
