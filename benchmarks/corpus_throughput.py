@@ -5,12 +5,15 @@
 Both run on one core over the same generated crawl (no truncated file: a truncated .warc.gz
 aborts datatrove's run): megagpt's stages in this process, datatrove's (WarcReader,
 Trafilatura, fastText LanguageFilter on the same offline lid.176 file, FineWeb's Gopher, C4
-and FineWeb filters, the four MinHash stages with 14 x 8 buckets on 5-grams, then DocumentTokenizer with the tokenizer megagpt's run
-trained) in its own venv via benchmarks/datatrove_fineweb.py. `tokenizers` gets one thread
-(RAYON_NUM_THREADS=1) in both. Prints documents/s and MB/s (of compressed WARC input) per stage
-and end to end, the tokenize stage's tokens/s beside `tokenizers`' bare encode_batch over the
-same documents in memory (its ceiling; the two timed in turns, best of 3), and each system's
-recall on the planted near-duplicate pairs with 5-gram Jaccard >= 0.8.
+and FineWeb filters, the four MinHash stages with 14 x 8 buckets on 5-grams, then
+DocumentTokenizer with the tokenizer megagpt's run trained) in its own venv via
+benchmarks/datatrove_fineweb.py. `tokenizers` gets one thread (RAYON_NUM_THREADS=1) in both.
+Prints documents/s and MB/s (of compressed WARC input) per stage and end to end, each heuristic
+filter's time (datatrove's from its own per-step timing, in which each filter splits the page
+into words itself; megagpt splits once, a row of its own), the tokenize stage's tokens/s beside
+`tokenizers`' bare encode_batch over the same documents in memory (its ceiling; the two timed in
+turns, best of 3), and each system's recall on the planted near-duplicate pairs with 5-gram
+Jaccard >= 0.8.
 """
 
 from __future__ import annotations
@@ -163,6 +166,13 @@ def main() -> None:
     if peer:
         print(f"datatrove DocumentTokenizer (read, encode, write): {peer['tokens'] / peer['seconds']['tokenize']:,.0f} "
               f"tokens/s ({peer['tokens']:,} tokens with EOS)")
+    steps = s["filters"].get("step_seconds", {})
+    print(f"\n{'heuristic filter (time over the run)':<40}{'megagpt s':>11}{'datatrove s':>13}{'ratio':>8}")
+    for step in ("words", "gopher_repetition", "gopher_quality", "c4", "fineweb"):
+        theirs = peer["filter_seconds"].get(step) if peer else None
+        label = "words (megagpt: once per page, shared)" if step == "words" else step
+        print(f"{label:<40}{steps.get(step, 0.0):>11.2f}" + (f"{theirs:>13.2f}{theirs / max(steps.get(step, 0.0), 1e-9):>8.1f}"
+                                                          if theirs is not None else ""))
     print(f"megagpt also: train tokenizer {ours['seconds']['tokenizer']:.1f} s, tokenize "
           f"{ours['seconds']['tokenize']:.1f} s, merge + stats {ours['seconds']['summary']:.1f} s")
 

@@ -14,6 +14,21 @@ import sys
 import time
 
 
+def filter_seconds(logging_dir: str) -> dict:
+    """Each heuristic filter's own time (datatrove times every filter call), by megagpt's names."""
+    with open(os.path.join(logging_dir, "stats.json")) as f:
+        steps = json.load(f)
+    names = {"Gopher Repetition": "gopher_repetition", "Gopher Quality": "gopher_quality", "C4 Quality": "c4",
+             "FineWeb Quality": "fineweb"}
+    seconds = {}
+    for step in steps:
+        for shown, ours in names.items():
+            if step["name"].endswith(shown):
+                t = step["time_stats"]
+                seconds[ours] = t if isinstance(t, (int, float)) else t["total"]
+    return seconds
+
+
 def main() -> None:
     crawl_dir, work, lid_path = sys.argv[1:4]
     tokenizer = sys.argv[4] if len(sys.argv) > 4 else None
@@ -68,7 +83,7 @@ def main() -> None:
         return out
 
     tokens = sum(os.path.getsize(p) for p in glob.glob(f"{work}/tokens/*.ds")) // 2  # uint16 tokens, EOS included
-    print(json.dumps({"seconds": timings, "extracted_kept": len(ids(f"{work}/base")),
+    print(json.dumps({"seconds": timings, "filter_seconds": filter_seconds(f"{work}/logs/extract+langid+filters"), "extracted_kept": len(ids(f"{work}/base")),
                       "final": len(ids(f"{work}/deduped")), "removed_ids": ids(f"{work}/removed"), "tokens": tokens}))
 
 

@@ -13,13 +13,16 @@ two on the same pages.
 from __future__ import annotations
 
 import re
-import unicodedata
+import time
+from collections import Counter
+from itertools import chain
 from typing import Optional
 
 import numpy as np
+import regex
 
 from data_pipeline.config import FiltersConfig
-from data_pipeline.text import ends_sentence, sentence_count, words
+from data_pipeline.text import ends_sentence, sentences_in, words
 
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 _LINE_BREAKS = re.compile(r"\n+")
@@ -28,16 +31,45 @@ _C4_END = (".", "?", "!", '"', "'")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
 
-def apply_filters(text: str, cfg: FiltersConfig) -> tuple[str, Optional[str]]:
-    """(the text the later stages see, the rule it broke or None)."""
+def apply_filters(text: str, cfg: FiltersConfig, seconds: Optional[Counter] = None) -> tuple[str, Optional[str]]:
+    """(the text the later stages see, the rule it broke or None). With `seconds`, adds each
+    filter's time to it under its name ("words": splitting the page into tokens, done once)."""
     if not cfg.enabled:
         return text, None
-    tokens = words(text)
-    reason = gopher_repetition(text, tokens, cfg) or gopher_quality(text, tokens, cfg)
+    clock = _Stopwatch(seconds)
+    lines = text.splitlines()
+    line_tokens = [words(line) for line in lines]  # a page's tokens are its lines' tokens (text.words)
+    tokens = list(chain.from_iterable(line_tokens))
+    clock.lap("words")
+    reason = gopher_repetition(text, tokens, cfg)
+    clock.lap("gopher_repetition")
     if reason:
         return text, reason
-    text, reason = c4(text, cfg)
-    return text, reason or fineweb(text, cfg)
+    reason = gopher_quality(text, tokens, cfg, lines)
+    clock.lap("gopher_quality")
+    if reason:
+        return text, reason
+    kept, kept_tokens, reason = _c4_lines(lines, line_tokens, cfg)
+    clock.lap("c4")
+    if reason:
+        return text, reason
+    text = "\n".join(kept).strip()
+    reason = _fineweb(text, [line for line in kept if line], sum(map(len, kept_tokens)), cfg)
+    clock.lap("fineweb")
+    return text, reason
+
+
+class _Stopwatch:
+    """Adds the time since the last lap to `seconds[name]`; does nothing without `seconds`."""
+
+    def __init__(self, seconds: Optional[Counter]):
+        self.seconds, self.last = seconds, time.perf_counter() if seconds is not None else 0.0
+
+    def lap(self, name: str) -> None:
+        if self.seconds is not None:
+            now = time.perf_counter()
+            self.seconds[name] += now - self.last
+            self.last = now
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
@@ -59,18 +91,24 @@ class _NGrams:
     """
 
     def __init__(self, tokens: list[str]):
-        ids: dict[str, int] = {}
-        self.ids = np.array([ids.setdefault(t, len(ids) + 1) for t in tokens], dtype=np.uint64)
-        self.ends = np.concatenate([[0], np.cumsum([len(t) for t in tokens])])
+        ids = {t: i + 1 for i, t in enumerate(dict.fromkeys(tokens))}
+        self.ids = np.fromiter(map(ids.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+        self.ends = np.concatenate([[0], np.cumsum(np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)))])
+        self._hashes = {1: self.ids}
 
     def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(hash, characters without spaces) of the n-gram at each position."""
         m = max(len(self.ids) - n + 1, 0)
-        h = np.zeros(m, dtype=np.uint64)
-        with np.errstate(over="ignore"):  # the polynomial hash wraps modulo 2^64 on purpose
-            for k in range(n):
-                h = h * np.uint64(1_000_003) + self.ids[k:k + m]
-        return h, self.ends[n:n + m] - self.ends[:m]
+        return self._hash(n)[:m], self.ends[n:n + m] - self.ends[:m]
+
+    def _hash(self, n: int) -> np.ndarray:
+        """The n-gram hashes, each n extending the (n-1)-gram's by one token."""
+        if n not in self._hashes:
+            shorter = self._hash(n - 1)
+            m = max(len(self.ids) - n + 1, 0)
+            with np.errstate(over="ignore"):  # the polynomial hash wraps modulo 2^64 on purpose
+                self._hashes[n] = shorter[:m] * np.uint64(1_000_003) + self.ids[n - 1:n - 1 + m]
+        return self._hashes[n]
 
 
 def _top_ngram_chars(grams: _NGrams, n: int) -> int:
@@ -85,19 +123,30 @@ def _top_ngram_chars(grams: _NGrams, n: int) -> int:
 
 
 def _duplicated_ngram_chars(grams: _NGrams, n: int) -> int:
-    """Characters of the n-grams that repeat an earlier one, each repeated span counted once
-    (a match skips its n tokens), without the spaces between words, as Gopher counts them."""
+    """Characters of the n-grams that repeat an earlier one, each repeated span counted once, without
+    the spaces between words, as Gopher counts them: walking the page, an n-gram seen before at a
+    position the walk visited is a match, adds its characters and skips its n tokens.
+
+    The walk steps only through repeats: a first occurrence is never a match, and it was visited
+    unless an earlier match skipped over it."""
     hashes, chars = grams(n)
-    if len(np.unique(hashes)) == len(hashes):  # most pages: nothing repeats, no walk needed
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    first_at = first[inverse]  # where each position's n-gram first occurs
+    repeats = np.flatnonzero(first_at != np.arange(len(hashes)))
+    if not len(repeats):  # most pages: nothing repeats, no walk needed
         return 0
-    hashes, chars = hashes.tolist(), chars.tolist()
-    seen, total, i = set(), 0, 0
-    while i < len(hashes):
-        if hashes[i] in seen:
-            total, i = total + chars[i], i + n
+    skipped = np.zeros(len(hashes), dtype=bool)
+    visited_repeats, total, resume = set(), 0, 0
+    for i, gram, earliest, size in zip(repeats.tolist(), inverse[repeats].tolist(), first_at[repeats].tolist(),
+                                       chars[repeats].tolist()):
+        if i < resume:  # inside the last match's span
+            continue
+        if gram in visited_repeats or not skipped[earliest]:
+            total += size
+            skipped[i + 1:i + n] = True
+            resume = i + n
         else:
-            seen.add(hashes[i])
-            i += 1
+            visited_repeats.add(gram)
     return total
 
 
@@ -121,26 +170,30 @@ def gopher_repetition(text: str, tokens: list[str], cfg: FiltersConfig) -> Optio
         if _top_ngram_chars(grams, n) / len(text) > limit:
             return f"top_{n}gram_char_frac"
     for n, limit in sorted(cfg.dup_ngram_char_frac.items()):
-        if _duplicated_ngram_chars(grams, n) / len(text) > limit:
+        chars = _duplicated_ngram_chars(grams, n)
+        if chars / len(text) > limit:
             return f"dup_{n}gram_char_frac"
+        if not chars:
+            break  # no n-gram repeats, so no longer one does either
     return None
 
 
-def _is_symbol(token: str) -> bool:
-    """Only punctuation, symbols or control characters: no word for Gopher's counts."""
-    return all(unicodedata.category(c)[0] in "PSC" for c in token)
+_SYMBOL = regex.compile(r"[\p{P}\p{S}\p{C}]+")  # only punctuation, symbols or control characters: no word
+_LETTER = regex.compile(r"\p{L}")  # what str.isalpha accepts
 
 
-def gopher_quality(text: str, tokens: list[str], cfg: FiltersConfig) -> Optional[str]:
+def gopher_quality(text: str, tokens: list[str], cfg: FiltersConfig, lines: Optional[list[str]] = None) -> Optional[str]:
     if not tokens:
         return "min_words"
-    real = [t for t in tokens if not _is_symbol(t)]
-    if cfg.min_words is not None and len(real) < cfg.min_words:
+    counts = Counter(tokens)  # each distinct token judged once: pages repeat most of theirs
+    real = [(t, c) for t, c in counts.items() if not _SYMBOL.fullmatch(t)]
+    real_count = sum(c for _, c in real)
+    if cfg.min_words is not None and real_count < cfg.min_words:
         return "min_words"
-    if cfg.max_words is not None and len(real) > cfg.max_words:
+    if cfg.max_words is not None and real_count > cfg.max_words:
         return "max_words"
     if real:
-        mean = sum(map(len, real)) / len(real)
+        mean = sum(len(t) * c for t, c in real) / real_count
         if cfg.min_mean_word_length is not None and mean < cfg.min_mean_word_length:
             return "min_mean_word_length"
         if cfg.max_mean_word_length is not None and mean > cfg.max_mean_word_length:
@@ -151,7 +204,7 @@ def gopher_quality(text: str, tokens: list[str], cfg: FiltersConfig) -> Optional
             return "max_symbol_word_ratio (#)"
         if (text.count("...") + text.count("\u2026")) / n > cfg.max_symbol_word_ratio:
             return "max_symbol_word_ratio (...)"
-    lines = text.splitlines() or [""]
+    lines = (text.splitlines() if lines is None else lines) or [""]
     if cfg.max_bullet_lines_ratio is not None and \
             sum(line.lstrip().startswith(("\u2022", "-")) for line in lines) / len(lines) > cfg.max_bullet_lines_ratio:
         return "max_bullet_lines_ratio"
@@ -159,46 +212,62 @@ def gopher_quality(text: str, tokens: list[str], cfg: FiltersConfig) -> Optional
             sum(line.rstrip().endswith(("...", "\u2026")) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "max_ellipsis_lines_ratio"
     if cfg.min_alpha_word_fraction is not None and \
-            sum(any(c.isalpha() for c in t) for t in tokens) / n < cfg.min_alpha_word_fraction:
+            sum(c for t, c in counts.items() if _LETTER.search(t)) / n < cfg.min_alpha_word_fraction:
         return "min_alpha_word_fraction"
-    if cfg.min_stop_words is not None and len(set(cfg.stop_words).intersection(tokens)) < cfg.min_stop_words:
+    if cfg.min_stop_words is not None and len(set(cfg.stop_words).intersection(counts)) < cfg.min_stop_words:
         return "min_stop_words"
     return None
 
 
 def c4(text: str, cfg: FiltersConfig) -> tuple[str, Optional[str]]:
     """C4's line rules (a breaking line leaves the text) and document rules (the text is dropped)."""
-    kept, sentences = [], 0
-    for line in text.splitlines():
+    lines = text.splitlines()
+    kept, _, reason = _c4_lines(lines, [words(line) for line in lines], cfg)
+    return (text, reason) if reason else ("\n".join(kept).strip(), None)
+
+
+def _c4_lines(lines: list[str], line_tokens: list[list[str]], cfg: FiltersConfig
+              ) -> tuple[list[str], list[list[str]], Optional[str]]:
+    """(the lines C4's line rules keep, stripped, and their tokens; the document rule broken or None)."""
+    kept, kept_tokens, sentences = [], [], 0
+    for line, tokens in zip(lines, line_tokens):
         line = line.strip()
         line_words = line.split()
-        if cfg.c4_max_word_length is not None and any(len(w) > cfg.c4_max_word_length for w in line_words):
+        if cfg.c4_max_word_length is not None and len(line) > cfg.c4_max_word_length and \
+                any(len(w) > cfg.c4_max_word_length for w in line_words):
             continue
-        if cfg.c4_remove_citations:
-            line = _CITATION.sub("", line)
+        if cfg.c4_remove_citations and "[" in line:
+            cited = _CITATION.sub("", line)
+            if cited != line:
+                line, tokens = cited, words(cited)
         if cfg.c4_terminal_punct and (not line.endswith(_C4_END) or line.endswith("...")):
             continue
         if cfg.c4_min_words_per_line is not None and len(line_words) < cfg.c4_min_words_per_line:
             continue
         lower = line.lower()
         if cfg.c4_lorem_ipsum and "lorem ipsum" in lower:
-            return text, "c4_lorem_ipsum"
+            return [], [], "c4_lorem_ipsum"
         if cfg.c4_javascript and "javascript" in lower:
             continue
         if cfg.c4_curly_bracket and "{" in line:
-            return text, "c4_curly_bracket"
+            return [], [], "c4_curly_bracket"
         if cfg.c4_policy and any(p in lower for p in _POLICY):
             continue
         if cfg.c4_min_sentences is not None:
-            sentences += sentence_count(line)
+            sentences += sentences_in(tokens)
         kept.append(line)
+        kept_tokens.append(tokens)
     if cfg.c4_min_sentences is not None and sentences < cfg.c4_min_sentences:
-        return text, "c4_min_sentences"
-    return "\n".join(kept).strip(), None
+        return [], [], "c4_min_sentences"
+    return kept, kept_tokens, None
 
 
 def fineweb(text: str, cfg: FiltersConfig) -> Optional[str]:
-    lines = [line for line in text.split("\n") if line.strip()]
+    return _fineweb(text, [line for line in text.split("\n") if line.strip()], len(words(text)), cfg)
+
+
+def _fineweb(text: str, lines: list[str], n_words: int, cfg: FiltersConfig) -> Optional[str]:
+    """FineWeb's rules on a text, given its non-blank lines and its token count."""
     if not lines:
         return "empty"
     if cfg.min_line_punct_ratio is not None and \
@@ -210,7 +279,6 @@ def fineweb(text: str, cfg: FiltersConfig) -> Optional[str]:
     if cfg.max_dup_line_char_ratio is not None and \
             _duplicates(lines)[1] / max(len(text.replace("\n", "")), 1) > cfg.max_dup_line_char_ratio:
         return "max_dup_line_char_ratio"
-    if cfg.max_newline_word_ratio is not None and \
-            text.count("\n") / max(len(words(text)), 1) > cfg.max_newline_word_ratio:
+    if cfg.max_newline_word_ratio is not None and text.count("\n") / max(n_words, 1) > cfg.max_newline_word_ratio:
         return "max_newline_word_ratio"
     return None

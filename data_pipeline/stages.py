@@ -109,7 +109,7 @@ def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: 
         stats.kept("langid", len(text))
         stage = "filters"
         stats.saw("filters", len(text))
-        text, reason = clock.run("filters", apply_filters, text, cfg.filters)
+        text, reason = clock.run("filters", apply_filters, text, cfg.filters, stats.step_seconds("filters"))
         if reason:
             drop("filters", reason)
             return None

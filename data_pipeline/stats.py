@@ -1,4 +1,5 @@
-"""Per-stage counts: documents in, kept, dropped by reason, bytes, seconds."""
+"""Per-stage counts: documents in, kept, dropped by reason, bytes, seconds (and, for a stage made of
+steps such as the heuristic filters, seconds per step)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,14 @@ class StageStats:
     def timed(self, stage: str, seconds: float) -> None:
         self._stage(stage)["seconds"] += seconds
 
+    def step_seconds(self, stage: str) -> Counter:
+        """The stage's seconds per step, for its steps to add to."""
+        return self._stage(stage).setdefault("step_seconds", Counter())
+
     def to_dict(self) -> dict:
-        return {k: {**v, "dropped": dict(sorted(v["dropped"].items()))} for k, v in self.stages.items()}
+        return {k: {**v, "dropped": dict(sorted(v["dropped"].items())),
+                    **({"step_seconds": dict(v["step_seconds"])} if "step_seconds" in v else {})}
+                for k, v in self.stages.items()}
 
 
 def merge_stats(parts: list[dict]) -> dict:
@@ -45,7 +52,11 @@ def merge_stats(parts: list[dict]) -> dict:
             for key in ("in", "kept", "bytes_in", "bytes_kept", "seconds"):
                 t[key] += s[key]
             t["dropped"].update(s["dropped"])
+            if "step_seconds" in s:
+                t.setdefault("step_seconds", Counter()).update(s["step_seconds"])
     for t in total.values():
         t["dropped"] = dict(sorted(t["dropped"].items()))
         t["seconds"] = round(t["seconds"], 3)
+        if "step_seconds" in t:
+            t["step_seconds"] = {k: round(v, 3) for k, v in t["step_seconds"].items()}
     return total

@@ -19,7 +19,7 @@ _TOKEN = regex.compile(
     r"""
       (?:https?://|www\.)\S+                      # a URL, whole
     | (?:\p{L}\.){2,}                             # U.S.  e.g.  i.e.
-    | (?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs)\.(?=\s)   # titles keep their period
+    | (?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs)\.(?=\s|$) # titles keep their period
     | \p{L}+(?=n't)                               # do|n't  ca|n't
     | n't | '(?:s|re|ll|ve|d|m)(?!\w)             # contraction suffixes
     | @\w+                                        # handles
@@ -33,7 +33,8 @@ _SENTENCE_END = regex.compile(r"\p{Sentence_Terminal}")
 
 
 def words(text: str) -> list[str]:
-    """spaCy-English-like tokens: words, numbers and punctuation marks, no whitespace."""
+    """spaCy-English-like tokens: words, numbers and punctuation marks. None spans whitespace, so a
+    text's tokens are its lines' tokens one after another (the filters tokenize each line once)."""
     return _TOKEN.findall(text)
 
 
@@ -44,8 +45,13 @@ def is_punctuation(token: str) -> bool:
 def sentence_count(text: str) -> int:
     """Sentences as spaCy's sentencizer cuts them: a new one starts at the first token that is not
     punctuation after a sentence-ending mark (so "Mr." and "e.g." end none, "?!" ends one)."""
+    return sentences_in(words(text))
+
+
+def sentences_in(tokens: list[str]) -> int:
+    """sentence_count over a text's tokens."""
     count, seen_end = 0, True
-    for token in words(text):
+    for token in tokens:
         ends = len(token) == 1 and bool(_SENTENCE_END.match(token))
         if ends:
             seen_end = True

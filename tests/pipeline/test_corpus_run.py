@@ -40,6 +40,14 @@ def test_broken_records_and_truncated_file_are_counted_with_reasons(corpus_run):
     assert stats["stages"]["extract"]["dropped"]["binary content"] == (1 if "binary" in seen else 0)
 
 
+def test_stats_give_each_heuristic_filter_its_seconds(corpus_run):
+    """Summed over shards, inside the filters stage's own time (the per-filter table of the corpus benchmark)."""
+    out, _, summary = corpus_run
+    filters = summary["stages"]["filters"]
+    assert set(filters["step_seconds"]) == {"words", "gopher_repetition", "gopher_quality", "c4", "fineweb"}
+    assert 0 < sum(filters["step_seconds"].values()) <= filters["seconds"] + 0.005  # each of both rounded to 1 ms
+
+
 def test_dedup_finds_planted_pairs_and_merges_nothing_dissimilar(corpus_run):
     out, truth, summary = corpus_run
     processed = rows(out, "work/process/*.jsonl.gz")

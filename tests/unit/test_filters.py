@@ -1,6 +1,7 @@
 """The heuristic filters: each rule on a page planted to break it alone, the C4 line cleaning, the
 spaCy-like tokens they count, and agreement with datatrove's decisions recorded on generated pages."""
 
+import collections
 import dataclasses
 import json
 import os
@@ -97,6 +98,42 @@ def test_repeated_ngrams(n):
     fired = next(k for k in range(1, 400) if reason(planted(n, k), cfg))
     assert fired > 1 and reason(planted(n, fired), cfg) == rule and reason(planted(n, fired - 1), cfg) is None
     assert reason(planted(n, next(k for k in range(1, 400) if reason(planted(n, k))))) == rule
+
+
+def _walk(tokens: list[str], n: int) -> int:
+    """Gopher's repeated n-gram characters as datatrove walks them, on joined strings."""
+    grams = [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    seen, total, i = set(), 0, 0
+    while i < len(grams):
+        if grams[i] in seen:
+            total, i = total + len(grams[i].replace(" ", "")), i + n
+        else:
+            seen.add(grams[i])
+            i += 1
+    return total
+
+
+def test_duplicated_ngrams_equal_the_plain_walk_on_random_pages():
+    rng = random.Random(0)
+    for _ in range(1500):
+        vocab = ["w" * rng.randint(1, 4) + str(k) for k in range(rng.randint(1, 6))]
+        tokens = [rng.choice(vocab) for _ in range(rng.randint(0, 60))]
+        for n in range(1, 8):
+            assert filters._duplicated_ngram_chars(filters._NGrams(tokens), n) == _walk(tokens, n), (tokens, n)
+
+
+def test_a_page_tokenizes_as_its_lines_do():
+    """apply_filters splits each line once; the page's tokens must be its lines' tokens in order."""
+    for _, text in labelled_pages(300, seed=3):
+        text += "\nSee Dr.\nand Mr.\r\nU.S.\u2028it's [1] done..."
+        assert words(text) == [t for line in text.splitlines() for t in words(line)]
+
+
+def test_each_filter_reports_its_time():
+    seconds = collections.Counter()
+    filters.apply_filters(page(1), FiltersConfig(), seconds)
+    assert set(seconds) == {"words", "gopher_repetition", "gopher_quality", "c4", "fineweb"}
+    assert all(v > 0 for v in seconds.values())
 
 
 def test_duplicated_ngrams_count_each_repeat_once():
