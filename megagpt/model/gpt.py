@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from megagpt.model.block import FinalNorm, TransformerBlock
@@ -22,12 +23,18 @@ from megagpt.model.layers import LayerContext
 
 
 def lm_loss(logits: torch.Tensor, labels) -> torch.Tensor:
+    from megatron.core import parallel_state
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     labels, loss_mask = labels
-    # megatron-core's vocab-parallel CE reduces over its global TP group, which
-    # build_parallel_context made identical to the one our layers were given.
-    losses = vocab_parallel_cross_entropy(logits.float(), labels)
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        # the whole vocabulary is here: torch's fused kernel makes one pass over the (B, T, V) logits
+        # each way, where megatron-core's makes several fp32 ones (shift, exp, sum, softmax, grad)
+        losses = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
+    else:
+        # megatron-core's vocab-parallel CE reduces over its global TP group, which
+        # build_parallel_context made identical to the one our layers were given.
+        losses = vocab_parallel_cross_entropy(logits.float(), labels)
     return (losses * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
 
 

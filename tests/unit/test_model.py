@@ -52,6 +52,24 @@ def test_model_shape_init_and_loss(world_of_one):
     assert lm_loss(logits, (labels, mask)).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tp1_loss_and_gradient_equal_megatron_vocab_parallel_cross_entropy(world_of_one, dtype):
+    """At tp = 1 lm_loss takes torch's fused cross entropy; it must be megatron-core's loss."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(2, 16, 128)).to(dtype)
+    labels, mask = torch.randint(0, 100, (2, 16)), (torch.rand(2, 16) > 0.3).float()
+    ours = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    loss = lm_loss(ours, (labels, mask))
+    reference = (vocab_parallel_cross_entropy(theirs.float(), labels) * mask).sum() / mask.sum()
+    loss.backward()
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_post_ln_has_no_final_norm_and_differs(world_of_one):
     pre = GPT(LayerContext(model=tiny(), seed=3, tp_group=world_of_one))
     post = GPT(LayerContext(model=tiny("model.norm_position=post"), seed=3, tp_group=world_of_one))
