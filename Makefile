@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/megagpt demo --nproc 8
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra --durations=30 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/pretrain_throughput.py

@@ -4,8 +4,8 @@
 
 With pp = 1 these layers form the `GPT` module (so ZeRO 2/3 stay available); with
 pp > 1 megagpt.parallel.parallelize cuts the same sequence into pipeline stages.
-Either way the loss is the vocab-parallel cross entropy, averaged over unmasked tokens
-of the micro-batch.
+Either way the loss is the cross entropy averaged over unmasked tokens of the micro-batch:
+megatron-core's vocab-parallel one when tp > 1, torch's fused one at tp = 1.
 """
 
 from __future__ import annotations
