@@ -22,7 +22,7 @@ import numpy as np
 import regex
 
 from data_pipeline.config import FiltersConfig
-from data_pipeline.text import ends_sentence, sentences_in, words
+from data_pipeline.text import TokenTable, ends_sentence, sentences_in, words
 
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 _LINE_BREAKS = re.compile(r"\n+")
@@ -180,20 +180,26 @@ def gopher_repetition(text: str, tokens: list[str], cfg: FiltersConfig) -> Optio
 
 _SYMBOL = regex.compile(r"[\p{P}\p{S}\p{C}]+")  # only punctuation, symbols or control characters: no word
 _LETTER = regex.compile(r"\p{L}")  # what str.isalpha accepts
+_WORD, _HAS_LETTER = 1, 2
+_KINDS = TokenTable(lambda t: (0 if _SYMBOL.fullmatch(t) else _WORD) | (_HAS_LETTER if _LETTER.search(t) else 0))
 
 
 def gopher_quality(text: str, tokens: list[str], cfg: FiltersConfig, lines: Optional[list[str]] = None) -> Optional[str]:
     if not tokens:
         return "min_words"
     counts = Counter(tokens)  # each distinct token judged once: pages repeat most of theirs
-    real = [(t, c) for t, c in counts.items() if not _SYMBOL.fullmatch(t)]
-    real_count = sum(c for _, c in real)
+    distinct = len(counts)
+    times = np.fromiter(counts.values(), dtype=np.int64, count=distinct)
+    kinds = np.array(_KINDS(counts), dtype=np.int64)
+    lengths = np.fromiter(map(len, counts), dtype=np.int64, count=distinct)
+    word = (kinds & _WORD).astype(bool)
+    real_count = int(times[word].sum())
     if cfg.min_words is not None and real_count < cfg.min_words:
         return "min_words"
     if cfg.max_words is not None and real_count > cfg.max_words:
         return "max_words"
-    if real:
-        mean = sum(len(t) * c for t, c in real) / real_count
+    if real_count:
+        mean = float((lengths * times)[word].sum()) / real_count
         if cfg.min_mean_word_length is not None and mean < cfg.min_mean_word_length:
             return "min_mean_word_length"
         if cfg.max_mean_word_length is not None and mean > cfg.max_mean_word_length:
@@ -212,7 +218,7 @@ def gopher_quality(text: str, tokens: list[str], cfg: FiltersConfig, lines: Opti
             sum(line.rstrip().endswith(("...", "\u2026")) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "max_ellipsis_lines_ratio"
     if cfg.min_alpha_word_fraction is not None and \
-            sum(c for t, c in counts.items() if _LETTER.search(t)) / n < cfg.min_alpha_word_fraction:
+            int(times[(kinds & _HAS_LETTER).astype(bool)].sum()) / n < cfg.min_alpha_word_fraction:
         return "min_alpha_word_fraction"
     if cfg.min_stop_words is not None and len(set(cfg.stop_words).intersection(counts)) < cfg.min_stop_words:
         return "min_stop_words"

@@ -12,6 +12,7 @@ datatrove decisions).
 from __future__ import annotations
 
 import unicodedata
+from typing import Callable
 
 import regex
 
@@ -32,6 +33,25 @@ _TOKEN = regex.compile(
 _SENTENCE_END = regex.compile(r"\p{Sentence_Terminal}")
 
 
+class TokenTable:
+    """A property of tokens, computed once per distinct token and kept across pages (a corpus keeps
+    repeating its vocabulary, and the filters look at every token); cleared past `limit` entries."""
+
+    def __init__(self, compute: Callable[[str], object], limit: int = 1 << 20):
+        self.compute, self.limit, self.table = compute, limit, {}
+
+    def __call__(self, tokens) -> list:
+        values = list(map(self.table.get, tokens))
+        if None in values:
+            if len(self.table) > self.limit:
+                self.table.clear()
+            for token in tokens:
+                if token not in self.table:
+                    self.table[token] = self.compute(token)
+            values = list(map(self.table.get, tokens))
+        return values
+
+
 def words(text: str) -> list[str]:
     """spaCy-English-like tokens: words, numbers and punctuation marks. None spans whitespace, so a
     text's tokens are its lines' tokens one after another (the filters tokenize each line once)."""
@@ -48,16 +68,20 @@ def sentence_count(text: str) -> int:
     return sentences_in(words(text))
 
 
+def _sentence_role(token: str) -> str:
+    """T: ends a sentence; P: other punctuation; W: anything else."""
+    if len(token) == 1 and _SENTENCE_END.match(token):
+        return "T"
+    return "P" if is_punctuation(token) else "W"
+
+
+_ROLES = TokenTable(_sentence_role)
+_SENTENCE_START = regex.compile(r"(?:^[TP]*|T[TP]*)W")  # the first W of the text, and the first W after a T
+
+
 def sentences_in(tokens: list[str]) -> int:
     """sentence_count over a text's tokens."""
-    count, seen_end = 0, True
-    for token in tokens:
-        ends = len(token) == 1 and bool(_SENTENCE_END.match(token))
-        if ends:
-            seen_end = True
-        elif seen_end and not is_punctuation(token):
-            count, seen_end = count + 1, False
-    return count
+    return len(_SENTENCE_START.findall("".join(_ROLES(tokens))))
 
 
 def ends_sentence(line: str) -> bool:
