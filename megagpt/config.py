@@ -381,6 +381,14 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
     _require(p.pp == 1 or p.zero_stage in (0, 1), f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 "
              f"(DeepSpeed's pipeline takes ZeRO 0 or 1 only), got pp={p.pp}")
+    _require(not (p.zero_stage == 0 and t.precision == "fp16"),
+             "parallel.zero_stage=0 with train.precision=fp16 is not supported: DeepSpeed steps it through "
+             "FP16_UnfusedOptimizer, whose loss scaling differs from ZeRO's (no hysteresis, and the step that raises "
+             "the scale divides the gradients by the raised one); use ZeRO 1, or bf16")
+    _require(not (p.zero_stage == 0 and p.pp > 1 and t.precision == "bf16") or t.universal_checkpoint,
+             "parallel.zero_stage=0 with parallel.pp > 1 and train.precision=bf16 needs train.universal_checkpoint="
+             "true (DeepSpeed's BF16_Optimizer partitions the optimizer over DP there, but its own checkpoint "
+             "keeps dp rank 0's partition alone: the run resumes from universal/)")
     _require(not p.offload_optimizer or p.zero_stage >= 1,
              f"parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3 (DeepSpeed offloads the "
              f"optimizer of its ZeRO optimizers only, and without ZeRO silently keeps it in place), got 0")

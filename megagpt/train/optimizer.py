@@ -28,10 +28,11 @@ def own_clipping(cfg: Config) -> bool:
     """Whether the optimizer itself (ClippingAdamW), not DeepSpeed, measures and clips the gradient norm.
 
     ZeRO 0, except bf16 at pp > 1: DeepSpeed without ZeRO steps the client optimizer itself (fp32) or through
-    FP16_UnfusedOptimizer (bf16/fp16: per-parameter fp32 master copies), and neither measures the norm as ZeRO
-    does (fp32 counts a pipeline's tied embedding twice and reports no norm; the unfused wrapper's norm loses
-    the tensor-parallel marks, so tp ranks > 0 count nothing). bf16 at pp > 1 takes BF16_Optimizer, which
-    measures and clips as ZeRO 1.
+    FP16_UnfusedOptimizer (bf16: per-parameter fp32 master copies; fp16 is refused at ZeRO 0), and neither
+    measures the norm as ZeRO does (fp32: deepspeed.runtime.utils.clip_grad_norm_ counts a pipeline's tied
+    embedding twice and the engine reports no norm; the unfused wrapper measures gradient tensors, which
+    lack the tensor-parallel marks, so tp ranks > 0 count nothing). bf16 at pp > 1 takes BF16_Optimizer,
+    which measures and clips as ZeRO 1.
     """
     p = cfg.parallel
     return p.zero_stage == 0 and not (cfg.train.precision == "bf16" and p.pp > 1)
