@@ -376,15 +376,22 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"(model.vocab_size={m.vocab_size} rounded up to model.make_vocab_size_divisible_by="
              f"{m.make_vocab_size_divisible_by})")
     _require(m.num_layers % p.pp == 0, f"parallel.pp={p.pp} must divide model.num_layers={m.num_layers}")
-    # ZeRO 0 is left out. DeepSpeed without ZeRO: in fp32 it clips with a norm that counts a pipeline's tied
-    # embedding twice and reports none; in bf16/fp16 at pp=1 its FP16_Optimizer takes a zero-gradient Adam
-    # step at construction (weight decay at the initial lr, and Adam's step count one ahead: the first
-    # update is 0.74x ZeRO 1's), so the tiny model's loss after one step differs by 9e-3; and our
-    # checkpoints read optimizer state through the ZeRO/BF16 optimizers' parameter mappings.
-    _require(p.zero_stage in (1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 1, 2 or 3 (ZeRO 0 "
-             f"trains differently in DeepSpeed; ZeRO 1 costs the same compute and less memory)")
-    _require(p.pp == 1 or p.zero_stage == 1,
-             f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 (DeepSpeed's pipeline takes ZeRO 1 only), got pp={p.pp}")
+    # ZeRO 0 is plain data parallelism: DeepSpeed all-reduces the gradients and steps the whole optimizer on
+    # every rank (megagpt.train.optimizer.own_clipping says how its norm and clip are made equal to ZeRO 1's).
+    _require(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
+    _require(p.pp == 1 or p.zero_stage in (0, 1), f"parallel.zero_stage={p.zero_stage} needs parallel.pp=1 "
+             f"(DeepSpeed's pipeline takes ZeRO 0 or 1 only), got pp={p.pp}")
+    _require(not (p.zero_stage == 0 and t.precision == "fp16"),
+             "parallel.zero_stage=0 with train.precision=fp16 is not supported: DeepSpeed steps it through "
+             "FP16_UnfusedOptimizer, whose loss scaling differs from ZeRO's (no hysteresis, and the step that raises "
+             "the scale divides the gradients by the raised one); use ZeRO 1, or bf16")
+    _require(not (p.zero_stage == 0 and p.pp > 1 and t.precision == "bf16") or t.universal_checkpoint,
+             "parallel.zero_stage=0 with parallel.pp > 1 and train.precision=bf16 needs train.universal_checkpoint="
+             "true (DeepSpeed's BF16_Optimizer partitions the optimizer over DP there, but its own checkpoint "
+             "keeps dp rank 0's partition alone: the run resumes from universal/)")
+    _require(not p.offload_optimizer or p.zero_stage >= 1,
+             f"parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3 (DeepSpeed offloads the "
+             f"optimizer of its ZeRO optimizers only, and without ZeRO silently keeps it in place), got 0")
     _require(not p.offload_params or p.zero_stage == 3,
              f"parallel.offload_params=true needs parallel.zero_stage=3 (DeepSpeed offloads only partitioned "
              f"parameters), got {p.zero_stage}")

@@ -34,7 +34,7 @@ from megagpt.model.gpt import GPT, lm_loss
 from megagpt.model.layers import LayerContext
 from megagpt.parallel.rng import RNGStreams
 from megagpt.parallel.topology import ParallelContext
-from megagpt.train.optimizer import adamw, deepspeed_config
+from megagpt.train.optimizer import adamw, deepspeed_config, own_clipping
 
 TIED_EMBEDDING = "tied_modules.embed."
 
@@ -125,15 +125,24 @@ def apply_compile(model: nn.Module) -> None:
 
 
 def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_batch_size: int, mpu=None):
-    """The DeepSpeed engine: the pipeline engine for a PipelineModule, else the plain one (ZeRO 1/2/3)."""
+    """The DeepSpeed engine: the pipeline engine for a PipelineModule, else the plain one (ZeRO 0/1/2/3).
+    ZeRO 0 (but bf16 at pp > 1) steps a ClippingAdamW, which measures and clips the norm as ZeRO does."""
     import deepspeed
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid
 
     # A PipelineModule brings its own grid; with pp = 1 DeepSpeed needs one as mpu.
     if mpu is None and pc.pp == 1:
         mpu = PipelineParallelGrid(topology=pc.topology)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=adamw(model, cfg.optim), mpu=mpu,
+    if own_clipping(cfg):
+        optimizer = adamw(model, cfg.optim, clip_grad=cfg.optim.clip_grad, mpu=mpu if mpu is not None else model._grid)
+    else:
+        optimizer = adamw(model, cfg.optim)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, mpu=mpu,
                                       config=deepspeed_config(cfg, pc.dp, global_batch_size))
+    if own_clipping(cfg):
+        optimizer.ready = True  # DeepSpeed's priming step (FP16_UnfusedOptimizer) is over
+        if engine.optimizer is not optimizer:
+            optimizer.report_to = engine.optimizer
     return engine
 
 

@@ -4,6 +4,16 @@ Model states (DeepSpeed 0.19 with the defaults megagpt leaves in place; e = 4 by
 parameters, 2 for bf16/fp16; Φ = the rank's parameters, split into AdamW's two groups, matrices
 with weight decay and vectors without, in registration order; d = data parallel size):
 
+    ZeRO 0     weights    Φ·e + 4·Φ·[e = 2]       plain data parallelism: the model, and in bf16 the fp32
+                                                   master copy of every parameter (FP16_UnfusedOptimizer)
+               optimizer  8·Φ                     Adam's two moments of every parameter, fp32
+               gradients  Φ·e                     every parameter's gradient, all-reduced at the step
+                                                   (bf16: cast to fp32 for the step, 4·Φ transient)
+               bf16 at pp > 1 (DeepSpeed's pipeline takes BF16_Optimizer there): ZeRO 1's weights and
+               optimizer (the master copy and moments are partitioned over DP), and gradients
+               Φ·e + e·d·Σ_g P_g (each parameter's gradient and the padded flat accumulation buffer);
+               (checked by hand at pp = 2, dp = 2: weights and optimizer to the byte, gradients but for the
+               last stage's copy of the position embeddings, unused there, which gets none: s·h·e less)
     ZeRO 1/2   weights    e·d·Σ_g P_g + 4·Σ_g P_g  the model, whose parameters are views of each group
                                                    flattened and padded to a multiple of 2d, plus the
                                                    fp32 master copy of this rank's partition
@@ -120,6 +130,10 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     groups = [g for g in adam_groups(tensors) if g]
     phi = sum(n for n, _ in tensors)
     cpu = 0
+    if layout.zero_stage == 0 and not bf16_optimizer(layout, precision):
+        master = 0 if precision == "fp32" else 4 * phi  # fp32: AdamW steps the parameters themselves
+        # FP16_UnfusedOptimizer casts every gradient to fp32 for the step: transient, counted with the buffers
+        return ModelStates(e * phi + master, e * phi, 8 * phi, buffers=master)
     if layout.zero_stage == 3:
         parts = sum(math.ceil(n / d) for n, _ in tensors)
         persistent = sum(math.ceil(n / d) * d for n, _ in tensors if n <= PERSISTENCE_THRESHOLD)
@@ -131,7 +145,9 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     else:
         partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
         master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
-        if layout.zero_stage == 1:
+        if layout.zero_stage == 0:  # BF16_Optimizer: the parameters' gradients and the flat buffer they go to
+            grads = phi * e + e * d * sum(partitions)
+        elif layout.zero_stage == 1:
             grads = phi * e
         else:
             per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
@@ -141,6 +157,12 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     if layout.offload_optimizer:  # master, moments and an fp32 gradient partition live in CPU memory
         return ModelStates(model, grads, 0, cpu + master + moments + master, buffers)
     return ModelStates(model + master, grads, moments, cpu, buffers)
+
+
+def bf16_optimizer(layout: Layout, precision: str) -> bool:
+    """ZeRO 0 in bf16 at pp > 1: DeepSpeed's pipeline steps BF16_Optimizer, which partitions the master
+    copy and moments over DP as ZeRO 1 does (megagpt.train.optimizer.own_clipping)."""
+    return layout.zero_stage == 0 and precision == "bf16" and layout.pp > 1
 
 
 def _overlaps(sizes: list[int], partition: int, d: int) -> list[int]:

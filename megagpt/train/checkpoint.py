@@ -340,7 +340,7 @@ class Checkpointer:
         start = time.perf_counter()
         meta = read_meta(path)
         check_compatible(meta, self.cfg, path)
-        if not meta["weights_only"] and meta["layout"] == self.layout():
+        if not meta["weights_only"] and meta["layout"] == self.layout() and not partitioned_without_zero(self.engine):
             loaded, _ = self.engine.load_checkpoint(os.path.dirname(path), tag=os.path.basename(path),
                                                     load_optimizer_states=True, load_lr_scheduler_states=False)
             if loaded is None:
@@ -351,6 +351,8 @@ class Checkpointer:
                                   f"(train.universal_checkpoint=false); it loads only at that layout, not {self.layout()}")
         else:
             self.load_universal(path, with_optimizer=not meta["weights_only"])
+            if meta["layout"] == self.layout():  # BF16_Optimizer without ZeRO: the same rank reads its own
+                self._restore_rng(path)
         dist.barrier()
         self._record("load" if meta["layout"] == self.layout() else "load-reshaped", path, meta["step"],
                      time.perf_counter() - start)
@@ -382,21 +384,70 @@ class Checkpointer:
         load_universal(self.engine, self._local_params(), self.pc, path, with_optimizer, new_parameters, grow)
 
 
+def partitioned_without_zero(engine) -> bool:
+    """BF16_Optimizer at ZeRO 0 (bf16 at pp > 1): it partitions the fp32 master copy and Adam's moments over
+    DP, but without ZeRO DeepSpeed saves dp rank 0's partition alone (and cannot load it back, KeyError in
+    BF16_Optimizer._load_legacy_checkpoint), so this layout resumes from universal/ (whole, gathered over DP)."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    return isinstance(engine.optimizer, BF16_Optimizer) and not engine.zero_optimization()
+
+
+def base_optimizer(engine) -> torch.optim.Optimizer:
+    """The torch optimizer under DeepSpeed's wrapper (ZeRO, BF16/FP16 optimizers); the engine's own at ZeRO 0 fp32."""
+    opt = engine.optimizer
+    return opt if isinstance(opt, torch.optim.Optimizer) else opt.optimizer
+
+
+def plain_masters(engine) -> Optional[dict]:
+    """Without ZeRO's or BF16_Optimizer's parameter mappings (ZeRO 0 but bf16 at pp > 1): {id(param): the
+    fp32 tensor AdamW steps}, the parameter itself (fp32) or FP16_UnfusedOptimizer's master copy; else None."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    opt = engine.optimizer
+    if isinstance(opt, torch.optim.Optimizer):
+        return {id(p): p for group in opt.param_groups for p in group["params"]}
+    if isinstance(opt, FP16_UnfusedOptimizer):
+        return {id(low): master for lows, masters in zip(opt.fp16_groups, opt.fp32_groups)
+                for low, master in zip(lows, masters)}
+    return None
+
+
+def adam_state(opt: torch.optim.Optimizer, master: torch.Tensor) -> dict:
+    """master's AdamW state, created as AdamW's first step makes it if it has none yet (fused: fp32 step)."""
+    state = opt.state[master]
+    if "exp_avg" not in state:
+        state["step"] = torch.zeros((), dtype=torch.float32, device=master.device)
+        state["exp_avg"] = torch.zeros_like(master, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(master, memory_format=torch.preserve_format)
+    return state
+
+
 def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]:
     """This TP shard's full-DP fp32 weights and Adam moments of the engine's (canonical name, parameter)
-    pairs, gathered over DP (a collective over the engine's DP group); dp rank 0 gets them, others None."""
+    pairs, gathered over DP (a collective over the engine's DP group); dp rank 0 gets them, others None.
+    At ZeRO 0 every dp rank holds them whole already."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    link_adam_state(engine)
+    masters = plain_masters(engine)
+    if masters is None:
+        link_adam_state(engine)
     tensors, dims = {}, {}
     for name, param in params:
         if pc.pp_rank > 0 and name.startswith("embedding."):
             # The last stage's copy of the tied embedding: its word embeddings equal stage 0's, its
             # position embeddings are unused there (never trained), so stage 0 alone is saved.
             continue
-        entry = {"fp32": safe_get_full_fp32_param(param)}
-        for key in ADAM_STATES:
-            entry[key] = safe_get_full_optimizer_state(param, key)
+        if masters is not None:
+            master = masters[id(param)]
+            state = base_optimizer(engine).state.get(master, {})
+            entry = {"fp32": master.detach().float()}
+            for key in ADAM_STATES:
+                entry[key] = state[key] if key in state else torch.zeros_like(entry["fp32"])
+        else:
+            entry = {"fp32": safe_get_full_fp32_param(param)}
+            for key in ADAM_STATES:
+                entry[key] = safe_get_full_optimizer_state(param, key)
         if entry["fp32"] is None:
             raise CheckpointError(f"parameter {name} has no DeepSpeed fp32 master copy; cannot save it layout-free")
         tensors[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
@@ -408,7 +459,7 @@ def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]
 
 
 def optimizer_step(engine) -> int:
-    for state in engine.optimizer.optimizer.state.values():
+    for state in base_optimizer(engine).state.values():
         if "step" in state:
             return int(state["step"])
     return 0
@@ -426,7 +477,9 @@ def load_universal(engine, params: list, pc: ParallelContext, path: str, with_op
 
     shards = UniversalShards(path)
     step = shards.optimizer_step
-    link_adam_state(engine)
+    masters = plain_masters(engine)
+    if masters is None:
+        link_adam_state(engine)
     with torch.no_grad():
         for name, param in params:
             if name.startswith(new_parameters) and name not in shards.where:
@@ -442,12 +495,21 @@ def load_universal(engine, params: list, pc: ParallelContext, path: str, with_op
             if mine["fp32"].shape != param.shape:
                 raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "
                                       f"the model expects {tuple(param.shape)}")
+            if masters is not None:
+                master = masters[id(param)]
+                param.copy_(mine["fp32"].to(param.dtype))
+                master.copy_(mine["fp32"].to(master.device, master.dtype))
+                if with_optimizer:
+                    state = adam_state(base_optimizer(engine), master)
+                    for key in ADAM_STATES:
+                        state[key].copy_(mine[key])
+                continue
             assign(param, mine["fp32"])
             if with_optimizer:
                 for key in ADAM_STATES:
                     safe_set_full_optimizer_state(param, mine[key].to(param.device), key)
     if with_optimizer:  # a weights-only checkpoint leaves the fresh optimizer as it is
-        for state in engine.optimizer.optimizer.state.values():
+        for state in base_optimizer(engine).state.values():
             if torch.is_tensor(state.get("step")):
                 state["step"].fill_(step)
             elif "step" in state:

@@ -34,7 +34,7 @@ def held(engine) -> dict:
             seen[storage.data_ptr()] = (kind, storage.nbytes())
 
     opt = engine.optimizer
-    inner = opt.optimizer
+    inner = opt if isinstance(opt, torch.optim.Optimizer) else opt.optimizer  # ZeRO 0 fp32: the AdamW itself
     for state in inner.state.values():  # first: Adam's tensors are the optimizer's, whatever else points at them
         for value in state.values():
             add(value, "optimizer")
@@ -54,7 +54,7 @@ def held(engine) -> dict:
                 walk(x, kind, depth + 1)
 
     for name, value in vars(opt).items():
-        if name != "optimizer":
+        if name != "optimizer" and opt is not inner:
             walk(value, "gradients" if "grad" in name else "weights")
     totals = {"weights": 0, "gradients": 0, "optimizer": 0}
     for kind, nbytes in seen.values():

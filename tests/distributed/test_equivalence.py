@@ -34,7 +34,7 @@ def test_layout_matches_single_process(reference, pretrain_tiny, tp, pp, dp):
     assert_same_run(base, pretrain_tiny(tp, pp, dp, *STEPS)[0])
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stages_match(reference, pretrain_tiny, stage):
     base = _baseline(reference, pretrain_tiny, "pre-ln")
     assert_same_run(base, pretrain_tiny(1, 1, 2, *STEPS, f"parallel.zero_stage={stage}", name=f"zero{stage}")[0])

@@ -74,7 +74,12 @@ RULES = [
     (["parallel.tp=4", "model.num_heads=8", "model.vocab_size=102", "model.make_vocab_size_divisible_by=2"], 8,
      "parallel.tp=4 must divide the padded vocab 102"),
     (["parallel.zero_stage=2"], 8, "parallel.zero_stage=2 needs parallel.pp=1"),
-    (["parallel.zero_stage=0"], 8, "parallel.zero_stage=0 must be 1, 2 or 3 (ZeRO 0"),
+    (["parallel.zero_stage=4"], 8, "parallel.zero_stage=4 must be 0, 1, 2 or 3"),
+    (["parallel.zero_stage=0", "parallel.offload_optimizer=true"], 8,
+     "parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3"),
+    (["parallel.zero_stage=0", "train.precision=fp16"], 8, "parallel.zero_stage=0 with train.precision=fp16 is not"),
+    (["parallel.zero_stage=0", "train.precision=bf16", "train.universal_checkpoint=false"], 8,
+     "parallel.zero_stage=0 with parallel.pp > 1 and train.precision=bf16 needs train.universal_checkpoint=true"),
     (["train.batch_ramp_start=6", "train.batch_ramp_increment=4"], 8, "train.batch_ramp_start=6 must be a positive multiple"),
     (["train.batch_ramp_start=8", "train.batch_ramp_increment=12"], 8,
      "train.global_batch_size=16 must be train.batch_ramp_start=8 plus a whole number"),
@@ -97,6 +102,11 @@ def test_validate_rejects_impossible_runs(overrides, world, message):
     with pytest.raises(ConfigError) as err:
         validate(tiny(*overrides), world, check_data=False)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [["parallel.pp=1"], ["parallel.pp=2"], ["parallel.pp=2", "train.precision=bf16"]])
+def test_zero_0_is_plain_data_parallelism(overrides):
+    validate(tiny("parallel.zero_stage=0", *overrides), 8, check_data=False)
 
 
 def test_validate_checks_data_paths(tmp_path):

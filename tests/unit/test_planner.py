@@ -6,7 +6,8 @@ import pytest
 
 from megagpt.config import load_config
 from megagpt.planner import build_rank_on_meta, parameter_count, rank_parameters, training_flops_per_token
-from megagpt.planner.memory import Layout, activations, layer_activations
+from megagpt.planner.counts import rank_tensors
+from megagpt.planner.memory import Layout, activations, layer_activations, model_states
 from megagpt.planner.timing import Hardware, mfu, step_time
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "model")
@@ -111,6 +112,29 @@ def test_bubble_and_mfu_follow_their_formulas():
     assert time.total > (time.compute + time.tensor_parallel + time.pipeline) + time.data_parallel
     flops = training_flops_per_token(cfg.model) * 1536 * 2048
     assert mfu(cfg.model, layout, 1536, time.total, Hardware()) == pytest.approx(flops / (time.total * 1024 * 989e12))
+
+
+def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
+    m = preset("gpt3-xl")
+    tensors = rank_tensors(m, 2, 1, 0)
+    phi = sum(n for n, _ in tensors)
+    plain = Layout(tp=2, dp=8, zero_stage=0)
+    states = model_states(tensors, plain, "fp32")
+    assert (states.weights, states.gradients, states.optimizer, states.buffers) == (4 * phi, 4 * phi, 8 * phi, 0)
+    states = model_states(tensors, plain, "bf16")
+    assert (states.weights, states.gradients, states.optimizer, states.buffers) == (6 * phi, 2 * phi, 8 * phi, 4 * phi)
+    zero1 = Layout(tp=2, dp=8, zero_stage=1)
+    assert model_states(tensors, zero1, "bf16").optimizer < states.optimizer / 7
+    assert step_time(m, plain, "bf16", 512, Hardware()).data_parallel == \
+        step_time(m, zero1, "bf16", 512, Hardware()).data_parallel
+    piped = Layout(tp=2, pp=2, dp=8, zero_stage=0)  # BF16_Optimizer: ZeRO 1's partitions, all-reduce + all-gather
+    tensors = rank_tensors(m, 2, 2, 0)
+    same = model_states(tensors, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16")
+    states = model_states(tensors, piped, "bf16")
+    assert (states.weights, states.optimizer) == (same.weights, same.optimizer)
+    assert states.gradients == same.gradients + same.weights - same.optimizer // 2
+    assert step_time(m, piped, "bf16", 512, Hardware()).data_parallel == pytest.approx(
+        1.5 * step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel)
 
 
 @pytest.mark.parametrize("row", ["175b", "1t"])
