@@ -133,13 +133,14 @@ def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_b
     # A PipelineModule brings its own grid; with pp = 1 DeepSpeed needs one as mpu.
     if mpu is None and pc.pp == 1:
         mpu = PipelineParallelGrid(topology=pc.topology)
-    if own_clipping(cfg):
+    clipping = own_clipping(cfg)
+    if clipping:
         optimizer = adamw(model, cfg.optim, clip_grad=cfg.optim.clip_grad, mpu=mpu if mpu is not None else model._grid)
     else:
         optimizer = adamw(model, cfg.optim)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, mpu=mpu,
                                       config=deepspeed_config(cfg, pc.dp, global_batch_size))
-    if own_clipping(cfg):
+    if clipping:
         optimizer.ready = True  # DeepSpeed's priming step (FP16_UnfusedOptimizer) is over
         if engine.optimizer is not optimizer:
             optimizer.report_to = engine.optimizer
