@@ -39,7 +39,7 @@ class Attention(nn.Module):
         q, k, v = qkv.view(b, t, self.local_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4).unbind(0)  # (B, nh, T, hs)
         if cache is not None:
             out = self._decode(q, k, v, cache)  # (B, nh, T, hs)
-            return self.proj(out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim))[0]
+            return self.ctx.row(self.proj, out.transpose(1, 2).reshape(b, t, self.local_heads * self.head_dim), False)
         dropout_p = self.dropout_p if self.training else 0.0
         # This rank's heads are its own: their dropout must differ from the other TP ranks'.
         fork = self.ctx.rng.fork() if dropout_p > 0 and self.ctx.rng else contextlib.nullcontext()

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from megagpt.config import ModelConfig
@@ -38,7 +39,7 @@ class LayerContext:
             from megagpt.parallel.sequence_parallel import column_linear
 
             return column_linear(layer, x, self.tp_group)
-        return layer(x)[0]
+        return linear(layer, x, self.tp_size)
 
     def row(self, layer, x: torch.Tensor, sliced: bool) -> torch.Tensor:
         """A row-parallel layer on x; its output is a sequence slice when `sliced`."""
@@ -46,7 +47,7 @@ class LayerContext:
             from megagpt.parallel.sequence_parallel import row_linear
 
             return row_linear(layer, x, self.tp_group)
-        return layer(x)[0]
+        return linear(layer, x, self.tp_size)
 
     def megatron_config(self):
         from megatron.core import ModelParallelConfig
@@ -92,6 +93,17 @@ class LayerContext:
             else:
                 init = normal(std_overrides.get(name, weight_std))
             fill_shard(param, init, seed=self.seed, layer=layer, name=name, tp_rank=self.tp_rank, tp_size=self.tp_size)
+
+
+def linear(layer, x: torch.Tensor, tp_size: int) -> torch.Tensor:
+    """A megatron-core Column/RowParallelLinear on x (not sequence-parallel).
+
+    At tp = 1 the layer is a plain linear map: F.linear adds the bias in the GEMM's epilogue, where
+    megatron-core's autograd function adds it in a pass of its own over the output.
+    """
+    if tp_size == 1:
+        return F.linear(x, layer.weight, layer.bias)
+    return layer(x)[0]
 
 
 def mark_sharded(layer: nn.Module, dim: int) -> nn.Module:
