@@ -127,3 +127,49 @@ def corpus_run(crawl, tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     summary = run(corpus_config(crawl_dir, out), progress=False)
     return out, truth, summary
+
+
+# The InstructGPT chain on the tiny GPT, each stage built once per session and only read by tests (a test that
+# would write into one copies it first): pretrain -> SFT on the planted demonstrations -> reward model.
+RLHF_CONFIGS = os.path.join(REPO, "configs", "rlhf")
+_ONE_PROCESS = ("--nproc", "1", "parallel.tp=1", "parallel.pp=1", "run.tensorboard=false", "train.progress=false")
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tmp_path_factory, demo_prefix):
+    """The tiny GPT pretrained 60 steps on the demo shard in one process: a run dir to start SFT from (its latest
+    checkpoint is step 60). It also keeps step 30 for tests that want a less trained start (test_sft.py); saving
+    changes no weights (step 60 is byte-identical to a run that saves only there)."""
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    megagpt("pretrain", "--config", TINY, *_ONE_PROCESS, f"data.prefixes=[{demo_prefix}]", f"run.dir={run}",
+            "train.steps=60", "train.eval_interval=0", "train.save_interval=30")
+    return run
+
+
+@pytest.fixture(scope="session")
+def instruct_data(tmp_path_factory) -> dict[str, str]:
+    """demonstrations, comparisons and prompts (megagpt.rlhf.demo_data): paths by name."""
+    from megagpt.rlhf.demo_data import write_instruct_data
+
+    return write_instruct_data(str(tmp_path_factory.mktemp("instruct-data")))
+
+
+@pytest.fixture(scope="session")
+def sft_tiny(tmp_path_factory, pretrained_tiny, instruct_data):
+    """pretrained_tiny fine-tuned 30 steps on instruct_data's demonstrations: the actor's (and RM's) init."""
+    run = tmp_path_factory.mktemp("sft") / "run"
+    megagpt("sft", "--config", os.path.join(RLHF_CONFIGS, "sft-tiny.yaml"), *_ONE_PROCESS,
+            f"sft.data={instruct_data['demonstrations']}", f"sft.init={pretrained_tiny}", f"run.dir={run}",
+            "train.steps=30", "train.save_interval=30")
+    return run
+
+
+@pytest.fixture(scope="session")
+def reward_tiny(tmp_path_factory, sft_tiny, instruct_data):
+    """The reward model from sft_tiny, 80 steps on instruct_data's comparisons over 2 processes (TP=2)."""
+    run = tmp_path_factory.mktemp("rm") / "run"
+    megagpt("rm", "--config", os.path.join(RLHF_CONFIGS, "rm-tiny.yaml"), "--nproc", "2", "run.tensorboard=false",
+            "train.progress=false", f"rm.data={instruct_data['comparisons']}",
+            f"rm.demonstrations={instruct_data['demonstrations']}", f"rm.init={sft_tiny}", f"run.dir={run}",
+            "train.steps=80", "train.eval_interval=20", "train.save_interval=80")
+    return run

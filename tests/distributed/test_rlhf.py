@@ -1,7 +1,8 @@
 """The InstructGPT stage end to end on the tiny GPT: reward model, PPO-ptx across role layouts, resume, bad input.
 
-One pipeline is built per module: pretrain -> SFT on demonstrations -> reward model on comparisons whose
-planted preference is "names the keyword more often" (megagpt.rlhf.demo_data).
+One pipeline is built per session (tests/conftest.py: pretrained_tiny -> sft_tiny -> reward_tiny): pretrain -> SFT
+on demonstrations -> reward model on comparisons whose planted preference is "names the keyword more often"
+(megagpt.rlhf.demo_data).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CPU_ENV, REPO, TINY, kill_tree, megagpt, read_jsonl, start, wait_for_step
+from tests.conftest import CPU_ENV, REPO, kill_tree, megagpt, read_jsonl, start, wait_for_step
 
 pytestmark = pytest.mark.slow
 RLHF = os.path.join(REPO, "configs", "rlhf")
@@ -28,27 +29,16 @@ PPO_KEYS = ("step", "reward", "kl", "kl_coef", "policy_loss", "value_loss", "ptx
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory, demo_prefix):
-    from megagpt.rlhf.demo_data import write_instruct_data
-
-    root = tmp_path_factory.mktemp("instruct")
-    files = write_instruct_data(str(root / "data"))
-    common = ["--nproc", "1", "parallel.tp=1", "parallel.pp=1", "run.tensorboard=false", "train.progress=false"]
-    megagpt("pretrain", "--config", TINY, *common, f"data.prefixes=[{demo_prefix}]", f"run.dir={root / 'pre'}",
-            "train.steps=60", "train.eval_interval=0", "train.save_interval=60")
-    megagpt("sft", "--config", os.path.join(RLHF, "sft-tiny.yaml"), *common, f"sft.data={files['demonstrations']}",
-            f"sft.init={root / 'pre'}", f"run.dir={root / 'sft'}", "train.steps=30", "train.save_interval=30")
-    megagpt("rm", "--config", os.path.join(RLHF, "rm-tiny.yaml"), "--nproc", "2", "run.tensorboard=false",
-            "train.progress=false", f"rm.data={files['comparisons']}", f"rm.demonstrations={files['demonstrations']}",
-            f"rm.init={root / 'sft'}", f"run.dir={root / 'rm'}", "train.steps=80", "train.eval_interval=20",
-            "train.save_interval=80")
-    return {"root": root, "prefix": demo_prefix, **files}
+def stage(instruct_data, sft_tiny, reward_tiny, demo_prefix):
+    """The session's pretrain -> SFT -> reward model chain (tests/conftest.py), read only: a test that writes
+    into one of its run dirs copies it first."""
+    return {"sft": sft_tiny, "rm": reward_tiny, "prefix": demo_prefix, **instruct_data}
 
 
 def ppo_args(stage, run_dir, nproc=1, *overrides):
     return ["ppo", "--config", os.path.join(RLHF, "tiny.yaml"), "--nproc", str(nproc), "rlhf.layout=null",
-            f"rlhf.prompts={stage['prompts']}", f"rlhf.actor_init={stage['root'] / 'sft'}",
-            f"rlhf.reward_init={stage['root'] / 'rm'}", f"data.prefixes=[{stage['prefix']}]", f"run.dir={run_dir}",
+            f"rlhf.prompts={stage['prompts']}", f"rlhf.actor_init={stage['sft']}",
+            f"rlhf.reward_init={stage['rm']}", f"data.prefixes=[{stage['prefix']}]", f"run.dir={run_dir}",
             "run.tensorboard=false", "train.progress=false", "train.save_interval=0", *overrides]
 
 
@@ -57,7 +47,7 @@ def ppo_record(run_dir) -> list[dict]:
 
 
 def test_reward_model_ranks_the_planted_preference(stage):
-    rm_dir = stage["root"] / "rm"
+    rm_dir = stage["rm"]
     report = json.loads((rm_dir / "reward_model.json").read_text())
     assert report["pairwise_accuracy"] > 0.9 and report["held_out_pairs"] == 20 * 6  # 10% of 200, K = 4
     assert abs(report["demonstration_mean_reward"]) < 1e-4  # the shift centres the demonstrations
@@ -73,7 +63,7 @@ def test_reward_model_losses_match_across_layouts(stage, tmp_path):
         run = tmp_path / f"tp{tp}-n{nproc}"
         megagpt("rm", "--config", os.path.join(RLHF, "rm-tiny.yaml"), "--nproc", str(nproc), f"parallel.tp={tp}",
                 "run.tensorboard=false", "train.progress=false", f"rm.data={stage['comparisons']}",
-                f"rm.demonstrations={stage['demonstrations']}", f"rm.init={stage['root'] / 'sft'}", f"run.dir={run}",
+                f"rm.demonstrations={stage['demonstrations']}", f"rm.init={stage['sft']}", f"run.dir={run}",
                 "train.steps=5", "train.eval_interval=0")
         losses.append([m["loss"] for m in read_jsonl(str(run / "metrics.jsonl"))])
     for other in losses[1:]:
@@ -129,7 +119,7 @@ def test_ppo_sigkill_then_resume_equals_an_uninterrupted_run(stage, tmp_path):
     assert ppo_record(killed) == ppo_record(tmp_path / "reference")  # exact floats
     actor = killed / "checkpoints" / "step_00000006" / "actor"
     completion = megagpt("generate", "--checkpoint", str(actor), "--prompt", "Q: What is a file?\nA:",
-                         "--max-new-tokens", "4", "--tokenizer", str(stage["root"] / "sft" / "tokenizer.json"))
+                         "--max-new-tokens", "4", "--tokenizer", str(stage["sft"] / "tokenizer.json"))
     assert completion.stdout.startswith("Q: What is a file?\nA:")  # the aligned actor is a checkpoint of its own
 
 
@@ -155,7 +145,7 @@ from megagpt.parallel.distributed import init_distributed
 from megagpt.rlhf.layout import RoleGroups, parse_layout
 from megagpt.rlhf.roles import build_role
 cfg = load_config({os.path.join(RLHF, 'tiny.yaml')!r}, ["rlhf.layout=null",
-      "rlhf.actor_init={stage['root'] / 'sft'}", "rlhf.reward_init={stage['root'] / 'rm'}"])
+      "rlhf.actor_init={stage['sft']}", "rlhf.reward_init={stage['rm']}"])
 device = init_distributed("cpu")
 groups = RoleGroups(parse_layout(cfg, 1))
 critic, reward = (build_role(cfg, r, groups.context(r, device)) for r in ("critic", "reward"))
@@ -182,7 +172,7 @@ def test_bad_ppo_input_is_one_line_before_any_process(stage, tmp_path):
     assert error(f"rlhf.prompts={bad}").endswith(
         f'{bad}: 2 malformed lines (line 2: needs a string field "prompt"; line 3: not JSON)')
     other = tmp_path / "rm-other-tokenizer"
-    shutil.copytree(stage["root"] / "rm", other)
+    shutil.copytree(stage["rm"], other)
     from megagpt.data.tokenizer import Tokenizer
 
     Tokenizer.train(["some other text entirely, to learn other merges"] * 20, 300).save(str(other / "tokenizer.json"))
