@@ -296,13 +296,13 @@ def cmd_generate(args) -> int:
     world = existing_world_size()
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc)
-    resolve_device(args.device, args.nproc if world is None else local_world_size())
+    device = resolve_device(args.device, args.nproc if world is None else local_world_size())
     if world is None and args.nproc > 1:
         argv = ["generate", "--checkpoint", args.checkpoint, "--prompt", args.prompt, "--max-new-tokens",
                 str(args.max_new_tokens), "--temperature", str(args.temperature), "--top-k", str(args.top_k),
                 "--top-p", str(args.top_p), "--seed", str(args.seed), "--device", args.device,
                 *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
-        return launch_local(args.nproc, argv)
+        return launch_local(args.nproc, argv, device)
     join_existing_world()
     completion = run_generation(args.checkpoint, args.prompt, sampling, args.tokenizer, args.device)
     if completion is not None:
@@ -321,9 +321,9 @@ def cmd_eval(args) -> int:
     world = existing_world_size()
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc)
-    resolve_device(args.device, args.nproc if world is None else local_world_size())
+    device = resolve_device(args.device, args.nproc if world is None else local_world_size())
     if world is None and args.nproc > 1:
-        return launch_local(args.nproc, eval_argv(args))
+        return launch_local(args.nproc, eval_argv(args), device)
     join_existing_world()
     result = run_eval(args)
     if result is not None:
@@ -366,22 +366,26 @@ def _stage(stage: str):
 
 def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:
     """Check, then launch or join the world and train: stage "pretrain", "sft", "rm" or "ppo" (megagpt.rlhf)."""
-    from launchers.local import existing_world_size, join_existing_world, launch_local
+    from launchers.local import existing_world_size, join_existing_world, launch_local, start_rank_server
 
-    from megagpt.parallel.distributed import local_world_size, quiet_library_warnings
+    from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
     from megagpt.train.checkpoint import preflight
 
     quiet_library_warnings()  # the data checks import megatron-core
     world = existing_world_size()
     validate(cfg, world or nproc)
+    launching = world is None and nproc > 1
+    device = resolve_device(cfg.run.device, nproc if world is None else local_world_size())
+    if launching and device == "cpu":
+        start_rank_server(nproc)  # its imports overlap the checks below
     check, train = _stage(stage)
     check(cfg, world or nproc)
     preflight(cfg)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
-    if world is None and nproc > 1:
+    if launching:
         from megagpt.train.pretrain import PREEMPTED
 
-        return launch_local(nproc, argv, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
+        return launch_local(nproc, argv, device, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
     join_existing_world()
     from megagpt.parallel.distributed import shutdown_distributed
 

@@ -1,4 +1,10 @@
-"""Starting or joining the world: N local processes (torch elastic), or the one torchrun/srun made."""
+"""Starting or joining the world: N local processes (torch elastic), or the one torchrun/srun made.
+
+CPU ranks are forked from a server that has imported torch, megatron-core and DeepSpeed once
+(multiprocessing's forkserver, preloading launchers.preload): a fresh interpreter per rank spends
+most of its start-up importing them. CUDA ranks each start a fresh interpreter: importing DeepSpeed
+asks CUDA for its devices (torch.cuda.is_available), and a process forked after that cannot use CUDA.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,15 @@ from typing import Mapping, Sequence
 from launchers.slurm_env import in_slurm_step, torch_env_from_slurm
 
 
-# Set for the ranks of a local launch: torch elastic starts each in its own session, so
-# without this a SIGKILLed launcher would leave them training, racing a restarted run.
+# Set for the ranks of a local launch: a SIGKILLed launcher would otherwise leave them training (torch
+# elastic starts fresh ones in sessions of their own; forked ones are the fork server's), racing a restarted run.
 DIE_WITH_LAUNCHER = "MEGAGPT_LAUNCHER_PID"
+PRELOAD = "launchers.preload"
 
 
 def die_with_launcher() -> None:
-    """In a rank of a local launch: ask Linux to SIGKILL this process when the launcher dies."""
+    """In a rank of a local launch: ask Linux to SIGKILL this process when its parent dies. The parent is the
+    launcher, or for CPU ranks the fork server, which exits when the launcher does."""
     launcher = os.environ.get(DIE_WITH_LAUNCHER)
     if not launcher or not sys.platform.startswith("linux"):
         return
@@ -24,8 +32,55 @@ def die_with_launcher() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(launcher):  # it died before the request was in place
+    try:
+        os.kill(int(launcher), 0)
+    except ProcessLookupError:  # it died before the request was in place
         os._exit(1)
+
+
+def start_rank_server(nproc: int) -> None:
+    """Start the server that forks CPU ranks now, so its imports overlap the launcher's own checks.
+    The ranks get the environment as it is here: set it first."""
+    from multiprocessing import forkserver
+
+    _rank_environment(nproc)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed picks its accelerator as the server imports it
+    forkserver.set_forkserver_preload([PRELOAD])
+    forkserver.ensure_running()
+
+
+def _rank_environment(nproc: int) -> None:
+    # 2 cores shared by 8 ranks: more threads per rank only thrash.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[DIE_WITH_LAUNCHER] = str(os.getpid())
+
+
+def rank_main(argv: list[str]) -> None:
+    """A CPU rank, forked from the server: it runs the command as a fresh `python -m launchers.cli *argv` would."""
+    from multiprocessing import forkserver
+
+    from launchers.cli import main
+    from megagpt.train.pretrain import Preemption
+
+    # The server lives while any process holds this pipe to it; the launcher's copy alone must, so that the
+    # server exits with the launcher and its death signal reaches this rank (die_with_launcher).
+    alive = forkserver._forkserver._forkserver_alive_fd
+    if alive is not None:
+        os.close(alive)
+        forkserver._forkserver._forkserver_alive_fd = None
+    for sig in (signal.SIGTERM, signal.SIGUSR1):  # the server ignores them
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code:  # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one)
+            raise
+    if Preemption.in_process == signal.SIGTERM:
+        # Stopped by SIGTERM: torch elastic is closing the ranks, and would wait 30 s for this one at its exit
+        # barrier for function entrypoints before killing it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
@@ -46,16 +101,21 @@ def join_existing_world() -> None:
 
 def _forward_to_ranks(signum, frame) -> None:
     import psutil
+    from multiprocessing import forkserver
 
-    for child in psutil.Process().children(recursive=True):
+    # Forked ranks are the fork server's children; the launcher's others (multiprocessing's resource
+    # tracker) would die of the signal.
+    server = forkserver._forkserver._forkserver_pid
+    for child in psutil.Process(server).children() if server else psutil.Process().children(recursive=True):
         try:
             child.send_signal(signum)
         except psutil.NoSuchProcess:
             pass
 
 
-def launch_local(nproc: int, argv: Sequence[str], preempted_marker: str | None = None) -> int:
-    """Run `python -m launchers.cli *argv` as nproc local processes; returns an exit code.
+def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker: str | None = None) -> int:
+    """Run `python -m launchers.cli *argv` as nproc local processes on `device` (cpu: forked from the rank
+    server, see the module docstring); returns an exit code.
 
     SIGUSR1 is passed on to every rank (the trainer saves and stops). SIGTERM torch elastic
     passes on itself, then raises; if the ranks left `preempted_marker`, that was a clean stop.
@@ -66,15 +126,20 @@ def launch_local(nproc: int, argv: Sequence[str], preempted_marker: str | None =
 
     from megagpt.parallel.distributed import free_port
 
-    # 2 cores shared by 8 ranks: more threads per rank only thrash.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    os.environ[DIE_WITH_LAUNCHER] = str(os.getpid())
+    forked = device == "cpu"
+    if forked:
+        start_rank_server(nproc)  # a no-op when the caller started it already
+    else:
+        _rank_environment(nproc)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"megagpt-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
-                          monitor_interval=0.1)
+                          monitor_interval=0.1, start_method="forkserver")
     signal.signal(signal.SIGUSR1, _forward_to_ranks)
     try:
-        elastic_launch(config, sys.executable)("-m", "launchers.cli", *argv)
+        if forked:
+            elastic_launch(config, rank_main)(list(argv))
+        else:
+            elastic_launch(config, sys.executable)("-m", "launchers.cli", *argv)
     except SignalException as exc:
         if preempted_marker and os.path.exists(preempted_marker):
             return 0

@@ -90,6 +90,7 @@ class Preemption:
     """SIGTERM / SIGUSR1 (Slurm's --signal) mark the run; ranks agree on it after each step."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    in_process: int | None = None  # the last signal any instance took: a forked rank reads it as it ends
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -98,7 +99,7 @@ class Preemption:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.received = signum
+        self.received = Preemption.in_process = signum
 
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal: all stop after the same step."""

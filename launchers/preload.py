@@ -1,0 +1,21 @@
+"""Imported once by the server that forks the ranks of a local CPU launch (launchers.local).
+
+The libraries every rank needs: imported here once, each forked rank starts with them
+(importing them is most of a rank's start-up, about 6 s each, 8 ranks on 2 cores). The
+server is deaf to the signals meant for the ranks (the launcher forwards SIGUSR1 to every
+process under it); each rank takes them back as it starts (launchers.local.rank_main).
+"""
+
+import signal
+
+from megagpt.parallel.distributed import quiet_library_warnings
+
+quiet_library_warnings()  # before the imports that print them
+
+import deepspeed  # noqa: E402,F401  (DS_ACCELERATOR=cpu is set: DeepSpeed picks its accelerator on import)
+import megatron.core.parallel_state  # noqa: E402,F401
+import megatron.core.tensor_parallel  # noqa: E402,F401
+import torch  # noqa: E402,F401
+
+for _sig in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(_sig, signal.SIG_IGN)
