@@ -8,6 +8,7 @@ asks CUDA for its devices (torch.cuda.is_available), and a process forked after 
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -75,6 +76,8 @@ def rank_main(argv: list[str]) -> None:
     except SystemExit as exc:
         if exc.code:  # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one)
             raise
+    finally:
+        atexit._run_exitfuncs()  # a forked process skips them at exit; a fresh interpreter would run them here
     if Preemption.in_process == signal.SIGTERM:
         # Stopped by SIGTERM: torch elastic is closing the ranks, and would wait 30 s for this one at its exit
         # barrier for function entrypoints before killing it.
