@@ -366,18 +366,22 @@ def _stage(stage: str):
 
 def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:
     """Check, then launch or join the world and train: stage "pretrain", "sft", "rm" or "ppo" (megagpt.rlhf)."""
-    from launchers.local import existing_world_size, join_existing_world, launch_local, start_rank_server
+    from launchers.local import (existing_world_size, join_existing_world, known_cpu_ranks, launch_local,
+                                 start_rank_server)
+
+    world = existing_world_size()
+    validate(cfg, world or nproc)
+    launching = world is None and nproc > 1
+    if launching and known_cpu_ranks(cfg.run.device):
+        start_rank_server(nproc)  # before this process imports torch: the server's imports overlap all of the below
 
     from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
     from megagpt.train.checkpoint import preflight
 
     quiet_library_warnings()  # the data checks import megatron-core
-    world = existing_world_size()
-    validate(cfg, world or nproc)
-    launching = world is None and nproc > 1
     device = resolve_device(cfg.run.device, nproc if world is None else local_world_size())
     if launching and device == "cpu":
-        start_rank_server(nproc)  # its imports overlap the checks below
+        start_rank_server(nproc)  # now that torch has counted the GPUs (a no-op if started above)
     check, train = _stage(stage)
     check(cfg, world or nproc)
     preflight(cfg)
@@ -546,6 +550,9 @@ def main(argv: list[str] | None = None) -> None:
     except MegagptError as exc:
         print(f"megagpt: error: {exc}", file=sys.stderr)
         code = 2
+    from launchers.local import exit_launcher
+
+    exit_launcher(code)
     sys.exit(code)
 
 

@@ -39,6 +39,11 @@ def die_with_launcher() -> None:
         os._exit(1)
 
 
+def known_cpu_ranks(requested_device: str) -> bool:
+    """Whether run.device puts local ranks on CPU, known without importing torch (which counts GPUs)."""
+    return requested_device == "cpu" or (requested_device == "auto" and os.environ.get("CUDA_VISIBLE_DEVICES") == "")
+
+
 def start_rank_server(nproc: int) -> None:
     """Start the server that forks CPU ranks now, so its imports overlap the launcher's own checks.
     The ranks get the environment as it is here: set it first."""
@@ -116,6 +121,20 @@ def _forward_to_ranks(signum, frame) -> None:
             pass
 
 
+_launched = False  # this process started local ranks (launch_local)
+
+
+def exit_launcher(code: int) -> None:
+    """End a process that started local ranks, once they are gone. Its own work is done and flushed by its exit
+    handlers; what is skipped is torch's C++ teardown at exit, which deregisters every operator (1-3 s)."""
+    if not _launched:
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker: str | None = None) -> int:
     """Run `python -m launchers.cli *argv` as nproc local processes on `device` (cpu: forked from the rank
     server, see the module docstring); returns an exit code.
@@ -129,6 +148,8 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
 
     from megagpt.parallel.distributed import free_port
 
+    global _launched
+    _launched = True
     forked = device == "cpu"
     if forked:
         start_rank_server(nproc)  # a no-op when the caller started it already

@@ -2,10 +2,11 @@
 
 The libraries every rank needs: imported here once, each forked rank starts with them
 (importing them is most of a rank's start-up, about 6 s each, 8 ranks on 2 cores). The
-server is deaf to the signals meant for the ranks (the launcher forwards SIGUSR1 to every
-process under it); each rank takes them back as it starts (launchers.local.rank_main).
-"""
+server is deaf to the signals meant for the ranks (Slurm signals a job's whole process
+group); each rank takes them back as it starts (launchers.local.rank_main)."""
 
+import atexit
+import os
 import signal
 
 from megagpt.parallel.distributed import quiet_library_warnings
@@ -19,3 +20,13 @@ import torch  # noqa: E402,F401
 
 for _sig in (signal.SIGTERM, signal.SIGUSR1):
     signal.signal(_sig, signal.SIG_IGN)
+
+_SERVER = os.getpid()
+
+
+@atexit.register
+def _exit_now() -> None:
+    """The server holds the launcher's stdout and stderr until it is gone: skip torch's C++ teardown at exit,
+    which deregisters every operator (1-3 s). Forked ranks inherit this handler; it leaves them alone."""
+    if os.getpid() == _SERVER:
+        os._exit(0)
