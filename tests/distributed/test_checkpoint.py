@@ -178,6 +178,9 @@ def test_ranks_die_with_a_killed_launcher(demo_prefix, tmp_path):
     wait_for_step(proc, run, 1)
     ranks = psutil.Process(proc.pid).children(recursive=True)
     assert len(ranks) >= 2
+    # CPU ranks are forked from the server that imported the libraries once (launchers/local.py)
+    server = [p for p in psutil.Process(proc.pid).children() if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    assert len(server) == 1 and len(server[0].children()) == 2
     proc.kill()
     proc.wait()
     gone, alive = psutil.wait_procs(ranks, timeout=30)
