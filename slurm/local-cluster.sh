@@ -41,6 +41,8 @@ SlurmUser=root
 MpiDefault=none
 KillWait=10
 MinJobAge=60
+# A requeued job waits the step credential's lifetime before it may start again (default 120 s)
+AuthInfo=cred_expire=20
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
