@@ -5,7 +5,8 @@
 Runs, each under its own time limit: pytest -m gpu tests/gpu (every trainer path on CUDA + NCCL
 under the collective audit, FlexAttention and the strided kernel against dense attention), then
 benchmarks/pretrain_throughput.py on the gpt3-xl preset (megagpt eager and compiled, GPT-3's
-alternating attention, the plain loop eager and compiled) and benchmarks/attention.py at
+alternating attention, the plain loop eager and compiled; with --profile, the GPU kernels whose time
+differs most between megagpt and the plain loop) and benchmarks/attention.py at
 T = 2k, 8k, 16k. The tests run in parallel on the one GPU when pytest-xdist is installed (they are
 tiny single-rank runs); the benchmarks run alone. Without a CUDA device it says so and exits 0.
 """
@@ -32,7 +33,7 @@ def checks(py: str) -> list[tuple[str, list[str], float]]:
                        *workers, "tests/gpu"], 0.45),
         ("pretrain throughput, gpt3-xl bf16 (1,1,1)",
          [py, "benchmarks/pretrain_throughput.py", "--device", "cuda", "--config", "configs/model/gpt3-xl.yaml",
-          "--repeats", "1", "--steps", "6"], 0.43),
+          "--repeats", "1", "--steps", "6", "--profile"], 0.43),
         ("attention fwd+bwd, bf16", [py, "benchmarks/attention.py", "--device", "cuda", "--dtype", "bf16",
                                      "--head-dim", "128", "--seq", "2048", "8192", "16384"], 0.12),
     ]

@@ -10,7 +10,9 @@ loop (nanoGPT style: fused AdamW, SDPA, tied head, bf16 autocast when the config
 bf16) eager and under torch.compile; on GPU also megagpt with GPT-3's alternating sparse
 attention. On CPU compiling is off unless --compile (inductor's C++ build takes minutes
 on 2 cores). Runs alternate per repeat and the median step time after the first steps is
-compared. MFU uses megagpt.planner.training_flops_per_token (6 FLOPs per matmul weight per
+compared. --profile adds one step at the end, profiled (torch.profiler, left out of the
+timings), and lists the ops and kernels whose time per step differs most between megagpt and the
+plain loop (eager against eager, compiled against compiled). MFU uses megagpt.planner.training_flops_per_token (6 FLOPs per matmul weight per
 token, output head included, plus 12*h*span per layer for attention) over the peak: on GPU
 the card's dense bf16 figure, on CPU the best fp32 matmul rate measured here.
 """
@@ -18,6 +20,7 @@ the card's dense bf16 figure, on CPU the best fp32 matmul rate measured here.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -81,8 +84,9 @@ class PlainGPT(nn.Module):
         return F.linear(self.final_norm.norm(x), wte)
 
 
-def megagpt_run(config: str, overrides: list[str], run_dir: str, threads: int) -> tuple[list[float], float, float]:
-    """(step times, first loss, peak GPU GiB) of `megagpt pretrain` in its own process."""
+def megagpt_run(config: str, overrides: list[str], run_dir: str, threads: int):
+    """(step times, first loss, peak GPU GiB, profiled ops by name or None) of `megagpt pretrain` in its own
+    process; the steps under train.profile_steps are left out of the times."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run([sys.executable, "-m", "launchers.cli", "pretrain", "--config", config, *overrides,
                     f"run.dir={run_dir}", "train.progress=false", "train.resume=false"], cwd=REPO, env=env,
@@ -90,11 +94,18 @@ def megagpt_run(config: str, overrides: list[str], run_dir: str, threads: int) -
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     os.remove(os.path.join(run_dir, "metrics.jsonl"))
-    return [r["step_time_s"] for r in records], records[0]["loss"], records[-1].get("peak_gpu_memory_gb", 0.0)
+    ops = None
+    for path in glob.glob(os.path.join(run_dir, "profile", "rank0-*.ops.json")):
+        with open(path) as f:
+            ops = {o["name"]: o for o in json.load(f)["per_step"]}
+        os.remove(path)
+    timed = [r for r in records if not r.get("profiled")]
+    return [r["step_time_s"] for r in timed], records[0]["loss"], records[-1].get("peak_gpu_memory_gb", 0.0), ops
 
 
-def plain_run(cfg, dataset, device: torch.device, compiled: bool) -> tuple[list[float], float, float]:
-    """The plain loop: same weights, data, optimizer, clipping; bf16 autocast when train.precision is bf16."""
+def plain_run(cfg, dataset, device: torch.device, compiled: bool, profile: bool = False):
+    """The plain loop: same weights, data, optimizer, clipping; bf16 autocast when train.precision is bf16.
+    Returns what megagpt_run does; with `profile` its last step runs under torch.profiler, untimed."""
     from megagpt.model.gpt import GPT
     from megagpt.model.layers import LayerContext
     from megagpt.train.optimizer import adamw
@@ -112,8 +123,11 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool) -> tuple[list[
     lr_at = lr_schedule(cfg, sum(sizes) * m.seq_length)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, first_loss, consumed = [], None, 0
-    for gbs in sizes:
+    times, first_loss, consumed, ops = [], None, 0, None
+    for i, gbs in enumerate(sizes):
+        profiler = profiled_step(device) if profile and i == len(sizes) - 1 else None
+        if profiler:
+            profiler.__enter__()
         for g in opt.param_groups:
             g["lr"] = lr_at((consumed + gbs) * m.seq_length)
         start = time.perf_counter()
@@ -131,14 +145,55 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool) -> tuple[list[
         opt.step()
         opt.zero_grad(set_to_none=True)
         step_loss = torch.stack(losses).mean().item()  # also waits for the GPU
-        times.append(time.perf_counter() - start)
+        if profiler:
+            profiler.__exit__(None, None, None)
+            ops = per_name(profiler, device)
+        else:
+            times.append(time.perf_counter() - start)
         first_loss = first_loss if first_loss is not None else step_loss
         consumed += gbs
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     del model, opt, forward
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return times, first_loss, peak
+    return times, first_loss, peak, ops
+
+
+def profiled_step(device: torch.device):
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
+
+
+def per_name(prof, device: torch.device) -> dict:
+    """The profiled step's ops as megagpt.train.profiling writes them (one step, so totals are per step)."""
+    from torch.autograd import DeviceType
+
+    on_device = device.type == "cuda"
+    return {e.key: {"name": e.key, "calls": e.count, "kernel": e.device_type != DeviceType.CPU,
+                    "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                    "self_device_ms": e.self_device_time_total / 1e3 if on_device else 0.0}
+            for e in prof.key_averages()}
+
+
+def print_profile_differences(ops: dict, device: str, top: int) -> None:
+    """megagpt against the plain loop, eager with eager and compiled with compiled: the ops and kernels
+    whose self time per step differs most: GPU kernels on a GPU (the ops that launch them would count
+    their time twice), ops on the CPU."""
+    key = "self_device_ms" if device == "cuda" else "self_cpu_ms"
+    for ours, theirs in (("megagpt", "plain eager"), ("megagpt compiled", "plain compiled")):
+        if ours not in ops or theirs not in ops:
+            continue
+        a, b = ({n: o for n, o in ops[s].items() if o["kernel"] == (device == "cuda")} for s in (ours, theirs))
+        total_a, total_b = (sum(o[key] for o in x.values()) for x in (a, b))
+        print(f"\nprofiled step, {ours} against {theirs}: self {'GPU' if device == 'cuda' else 'CPU'} time "
+              f"{total_a:.1f} ms against {total_b:.1f} ms; the {top} largest differences")
+        print(f"{'op or kernel':<72}{'calls':>7}{'ms':>9}{'calls':>7}{'ms':>9}{'diff ms':>9}")
+        names = sorted(set(a) | set(b), key=lambda n: -abs(a.get(n, {}).get(key, 0) - b.get(n, {}).get(key, 0)))
+        for name in names[:top]:
+            x, y = a.get(name, {key: 0.0, "calls": 0}), b.get(name, {key: 0.0, "calls": 0})
+            short = name if len(name) <= 70 else name[:67] + "..."
+            print(f"{short:<72}{x['calls']:>7.0f}{x[key]:>9.2f}{y['calls']:>7.0f}{y[key]:>9.2f}{x[key] - y[key]:>9.2f}")
 
 
 def cpu_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -185,6 +240,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="train.steps (default: the config's; gpt3 presets: 10)")
     parser.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the median")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--profile", action="store_true", help="profile one more step and list where megagpt's "
+                        "time differs from the plain loop's")
+    parser.add_argument("--profile-top", type=int, default=20, help="differences listed per pair of systems")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,6 +254,10 @@ def main() -> None:
     overrides = [*bench_shape(cfg0, args.device, args.steps), *args.overrides, f"data.prefixes=[{prefix}]",
                  f"data.cache_dir={work}/cache", f"run.device={args.device}", "run.tensorboard=false"]
     cfg = load_config(args.config, overrides)
+    if args.profile:  # one step more, profiled: the runs time the same steps as without --profile
+        last = cfg.train.steps + 1
+        overrides += [f"train.steps={last}", f"train.profile_steps=[{last},{last}]"]
+        cfg = load_config(args.config, overrides)
 
     import torch.distributed as dist
 
@@ -207,7 +269,7 @@ def main() -> None:
 
     rows = systems(args.device, args.compile)
     times = {name: [] for name, _, _ in rows}
-    first_loss, peak = {}, {}
+    first_loss, peak, ops = {}, {}, {}
     failed = {}
     for _ in range(args.repeats):
         for name, kind, extra in rows:
@@ -218,13 +280,15 @@ def main() -> None:
                 if kind == "megagpt":
                     run = megagpt_run(args.config, overrides + extra, os.path.join(work, "run"), args.threads)
                 else:
-                    run = plain_run(cfg, dataset, device, compiled=name.endswith("compiled"))
+                    run = plain_run(cfg, dataset, device, compiled=name.endswith("compiled"), profile=args.profile)
             except (subprocess.CalledProcessError, RuntimeError) as exc:  # one system failing leaves the others' rows
                 failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 print(f"{name}: FAILED {failed[name]}", file=sys.stderr, flush=True)
                 continue
             times[name] += run[0][args.skip_steps:]
             first_loss[name], peak[name] = run[1], max(peak.get(name, 0.0), run[2])
+            if run[3]:
+                ops[name] = run[3]
             print(f"{name}: step times {' '.join(f'{t:.3f}' for t in run[0])} s, peak {run[2]:.1f} GiB "
                   f"({time.perf_counter() - begin:.0f} s with start-up)", file=sys.stderr, flush=True)
     rows = [row for row in rows if row[0] not in failed]
@@ -255,6 +319,8 @@ def main() -> None:
         print(f"{name:<32}FAILED {reason}")
     print("targets: megagpt / plain eager >= 0.98 (CPU: >= 0.95); megagpt compiled / plain compiled >= 1.0; "
           "alternating >= dense (GPU)")
+    if args.profile:
+        print_profile_differences(ops, args.device, args.profile_top)
 
 
 def bench_shape(cfg, device: str, steps: int | None) -> list[str]:

@@ -120,6 +120,9 @@ class TrainConfig:
     # Recompute activations in the backward pass to save memory: none | selective (the attention core,
     # as Megatron does) | full (each transformer block keeps only its input). Losses are unchanged.
     activation_checkpointing: str = "none"
+    # torch.profiler over steps [first, last] on these ranks: a trace and a kernel table in <run.dir>/profile
+    profile_steps: Optional[list] = None
+    profile_ranks: list = field(default_factory=lambda: [0])
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -413,6 +416,13 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
     _require(t.activation_checkpointing in ACTIVATION_CHECKPOINTING,
              f"train.activation_checkpointing={t.activation_checkpointing!r} must be none, selective or full")
+    if t.profile_steps is not None:
+        _require(len(t.profile_steps) == 2 and all(type(s) is int for s in t.profile_steps)
+                 and 1 <= t.profile_steps[0] <= t.profile_steps[1] <= t.steps,
+                 f"train.profile_steps={t.profile_steps} must be [first, last] with 1 <= first <= last <= "
+                 f"train.steps={t.steps}")
+        _require(all(type(r) is int and 0 <= r < world_size for r in t.profile_ranks),
+                 f"train.profile_ranks={t.profile_ranks} must name ranks of this world (0..{world_size - 1})")
     _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0, f"optim.lr={o.lr} must be positive")

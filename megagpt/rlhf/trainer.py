@@ -214,6 +214,7 @@ def ppo(cfg: Config) -> None:
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.metrics import RunLog
     from megagpt.train.pretrain import Preemption, open_run_dir
+    from megagpt.train.profiling import StepProfiler
 
     device = init_distributed(cfg.run.device)
     rank, t, r = dist.get_rank(), cfg.train, cfg.rlhf
@@ -239,8 +240,10 @@ def ppo(cfg: Config) -> None:
                  desc="ppo", postfix=PPO_POSTFIX)
     preemption = Preemption(device)
     it = Iteration(cfg, roles, exchange, device)
+    profiler = StepProfiler(t.profile_steps, t.profile_ranks, rank, device, cfg.run.dir)
     record = {}
     for iteration in range(state.iteration + 1, t.steps + 1):
+        profiler.before(iteration)
         start = time.perf_counter()
         packed = it.rollout(prompts, iteration, tokenizer.eod)
         generated = scored = time.perf_counter()
@@ -269,8 +272,11 @@ def ppo(cfg: Config) -> None:
                          time_train_s=trained - scored)
         merged = gather_metrics(local if rank in (s.leader for s in specs.values()) else {})
         elapsed = time.perf_counter() - start
+        profiler.after(iteration)
         record = {"step": iteration, **merged, "kl_coef": kl.value,
                   "samples_per_s": r.rollout_batch_size / elapsed, "step_time_s": elapsed}
+        if profiler.marks(iteration):
+            record["profiled"] = True
         log.step(record)
         kl.update(merged["kl"], r.rollout_batch_size)
         state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),

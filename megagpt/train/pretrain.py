@@ -23,6 +23,7 @@ from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.metrics import RunLog
+from megagpt.train.profiling import StepProfiler
 from megagpt.train.schedules import batch_sizes, lr_schedule
 
 
@@ -168,6 +169,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress, first_step=state.step,
                  desc=task.name)
 
+    profiler = StepProfiler(t.profile_steps, t.profile_ranks, dist.get_rank(), device, cfg.run.dir)
     evals = []
 
     def held_out(step: int) -> None:
@@ -187,15 +189,19 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
             engine.set_train_batch_size(gbs)
         lr = lr_at(consumed_tokens + gbs * seq)  # the schedule's value once this batch is consumed
         trainer.set_lr(lr)
+        profiler.before(step)
         start = time.perf_counter()
         loss = trainer.train_step(micro_batches(train_ds, consumed_samples, gbs, t.micro_batch_size, pc.dp_rank, pc.dp))
         elapsed = time.perf_counter() - start
+        profiler.after(step)
         consumed_samples += gbs
         consumed_tokens += gbs * seq
         grad_norm = engine.get_global_grad_norm()
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                   "global_batch_size": gbs, "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
                   "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
+        if profiler.marks(step):
+            record["profiled"] = True
         if device.type == "cuda":
             record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         log.step(record)

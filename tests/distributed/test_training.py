@@ -79,3 +79,24 @@ def test_bf16_agrees_across_layouts_and_differs_from_fp32(pretrain_tiny):
         assert b["loss"] == pytest.approx(a["loss"], abs=2e-3)
         assert a["loss"] == pytest.approx(ref["loss"], abs=0.05)
     assert any(a["loss"] != ref["loss"] for a, ref in zip(single, fp32))  # bf16 really ran
+
+
+def test_profiled_steps_leave_a_trace_and_the_same_losses(pretrain_tiny, tmp_path):
+    import gzip
+    import json
+
+    base, _ = pretrain_tiny(1, 1, 2, "train.steps=4", "train.eval_interval=0", name="plain")
+    got, _ = pretrain_tiny(1, 1, 2, "train.steps=4", "train.eval_interval=0", "train.profile_steps=[2,3]",
+                           "train.profile_ranks=[1]", name="profiled")
+    assert [m["loss"] for m in got] == [m["loss"] for m in base]
+    assert [m.get("profiled", False) for m in got] == [False, True, True, False]
+    profile = tmp_path / "profiled" / "profile"
+    assert sorted(p.name for p in profile.iterdir()) == [
+        "rank1-steps2-3.json.gz", "rank1-steps2-3.ops.json", "rank1-steps2-3.txt"]
+    ops = json.loads((profile / "rank1-steps2-3.ops.json").read_text())
+    assert ops["steps"] == [2, 3] and ops["device"] == "cpu"
+    per_step = {o["name"]: o for o in ops["per_step"]}
+    # the tiny model at tp=1 runs each of its 4 blocks' 4 linear layers as one addmm a micro-batch (2 per step here)
+    assert per_step["aten::addmm"]["calls"] >= 4 * 4 * 2
+    assert json.loads(gzip.decompress((profile / "rank1-steps2-3.json.gz").read_bytes()))["traceEvents"]
+    assert "Self CPU" in (profile / "rank1-steps2-3.txt").read_text()

@@ -84,6 +84,13 @@ def test_compile_matches_eager_on_cuda(demo_prefix, tmp_path):
     assert_close_runs(eager, compiled, 2e-2)
 
 
+def test_profiled_steps_time_the_gpu_kernels(demo_prefix, tmp_path):
+    pretrain(demo_prefix, tmp_path / "run", "train.precision=bf16", "train.profile_steps=[4,5]")
+    ops = json.loads(open(tmp_path / "run" / "profile" / "rank0-steps4-5.ops.json").read())
+    kernels = [o for o in ops["per_step"] if o["kernel"]]
+    assert ops["device"] == "cuda" and kernels and sum(o["self_device_ms"] for o in kernels) > 0
+
+
 @pytest.mark.parametrize("pattern", ["local", "strided"])
 def test_sparse_attention_trains_on_cuda(demo_prefix, tmp_path, pattern):
     sparse = ["model.attention=alternating", f"model.sparse_pattern={pattern}", "model.local_window=16"]

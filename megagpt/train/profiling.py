@@ -1,0 +1,63 @@
+"""torch.profiler over chosen training steps (train.profile_steps, train.profile_ranks), as Megatron-LM's --profile.
+
+Each profiled rank writes to <run.dir>/profile/:
+  rank{R}-steps{A}-{B}.json.gz   a Chrome / Perfetto trace of steps A..B
+  rank{R}-steps{A}-{B}.txt       torch's table of ops and kernels, by self time on the device
+  rank{R}-steps{A}-{B}.ops.json  the same per name as data: calls, self device ms and self CPU ms per step, and
+                                 whether it is a device kernel (on a GPU the op that launched a kernel shows the
+                                 kernel's time too: sum the kernels alone for the step's GPU time)
+Those steps' records in metrics.jsonl carry "profiled": true (the profiler slows them down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+
+class StepProfiler:
+    def __init__(self, steps, ranks, rank: int, device: torch.device, run_dir: str):
+        self.first, self.last = steps if steps else (0, -1)
+        self.enabled = bool(steps) and rank in ranks
+        self.rank, self.device, self.dir = rank, device, os.path.join(run_dir, "profile")
+        self._prof, self._start = None, 0
+
+    def marks(self, step: int) -> bool:
+        """Whether `step` is in train.profile_steps: every rank's record says so, since the profiled ranks slow
+        the whole step down."""
+        return self.first <= step <= self.last
+
+    def before(self, step: int) -> None:
+        """Start at the first step, or at the first one a resumed run reaches inside the range."""
+        if self.enabled and self.marks(step) and self._prof is None:
+            self._start = step
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self._prof = profile(activities=activities)
+            self._prof.__enter__()
+
+    def after(self, step: int) -> None:
+        if step != self.last or self._prof is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._prof.__exit__(None, None, None)
+        prof, self._prof = self._prof, None
+        os.makedirs(self.dir, exist_ok=True)
+        stem = os.path.join(self.dir, f"rank{self.rank}-steps{self._start}-{self.last}")
+        prof.export_chrome_trace(stem + ".json.gz")
+        averages = prof.key_averages()
+        on_device = self.device.type == "cuda"
+        with open(stem + ".txt", "w") as f:
+            f.write(averages.table(sort_by="self_device_time_total" if on_device else "self_cpu_time_total",
+                                   row_limit=60, max_name_column_width=90))
+        steps = self.last - self._start + 1
+        ops = [{"name": e.key, "calls": e.count / steps, "kernel": e.device_type != DeviceType.CPU,
+                "self_device_ms": e.self_device_time_total / 1e3 / steps if on_device else 0.0,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps} for e in averages]
+        ops.sort(key=lambda o: -(o["self_device_ms"] if on_device else o["self_cpu_ms"]))
+        with open(stem + ".ops.json", "w") as f:
+            json.dump({"steps": [self._start, self.last], "device": self.device.type, "per_step": ops}, f, indent=0)
