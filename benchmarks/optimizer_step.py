@@ -5,8 +5,10 @@
 
 Each system trains the same model at (1,1,1) on one micro-batch of 8-token sequences, so the forward and
 backward are small and a step's time is its work per parameter: gradient copies and reduction, the norm,
-clipping, AdamW, the bf16 copy back. Two numbers per row:
+clipping, AdamW, the bf16 copy back. Three numbers per row:
   - ms per step, the median after warm-up (on the device given);
+  - ops per step that do work (views left out): on a GPU each launches at least one kernel, a few
+    microseconds of CPU time apiece, which a step made of many small ops cannot hide;
   - bytes per parameter that the step's element-wise ops read and write (matmuls and views left out),
     counted over one step by a TorchDispatchMode. They do not depend on the device, and on a GPU these
     ops are memory-bound, so the bytes predict the time there from a CPU run.
@@ -44,11 +46,13 @@ class ByteCount(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.bytes = collections.Counter()
+        self.calls = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func.is_view or func.overloadpacket.__name__ in ("empty", "empty_strided", "empty_like", "detach"):
             return out
+        self.calls += 1
         tensors = {id(t): t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)}
         self.bytes[func.overloadpacket.__name__] += sum(t.numel() * t.element_size() for t in tensors.values())
         return out
@@ -107,8 +111,8 @@ def batch(cfg):
     return tokens, (labels, torch.ones(shape, device=cfg.run.device))
 
 
-def measure(step, device: str, steps: int) -> tuple[float, collections.Counter]:
-    """(median ms per step after two warm-up steps, bytes by op of one more step)."""
+def measure(step, device: str, steps: int) -> tuple[float, ByteCount]:
+    """(median ms per step after two warm-up steps, the ops and bytes of one more step)."""
     times = []
     for i in range(steps + 2):
         start = time.perf_counter()
@@ -119,7 +123,7 @@ def measure(step, device: str, steps: int) -> tuple[float, collections.Counter]:
     counter = ByteCount()
     with counter:
         step()
-    return statistics.median(times[2:]) * 1e3, counter.bytes
+    return statistics.median(times[2:]) * 1e3, counter
 
 
 def main() -> None:
@@ -150,11 +154,11 @@ def main() -> None:
 
     print(f"\nconfig {os.path.relpath(args.config, REPO)}, precision {cfg.train.precision}, device {args.device}, "
           f"{params / 1e6:.1f}M parameters, one micro-batch of {SEQ} tokens")
-    print(f"{'system':<28}{'ms/step':>10}{'bytes/param':>13}   largest ops (bytes/param)")
+    print(f"{'system':<28}{'ms/step':>10}{'ops/step':>10}{'bytes/param':>13}   largest ops (bytes/param)")
     for name, n, ms, counts in rows:
-        traffic = {op: b for op, b in counts.items() if op not in MATMULS}
+        traffic = {op: b for op, b in counts.bytes.items() if op not in MATMULS}
         top = ", ".join(f"{op} {b / n:.1f}" for op, b in collections.Counter(traffic).most_common(args.top))
-        print(f"{name:<28}{ms:>10.1f}{sum(traffic.values()) / n:>13.1f}   {top}")
+        print(f"{name:<28}{ms:>10.1f}{counts.calls:>10}{sum(traffic.values()) / n:>13.1f}   {top}")
 
 
 if __name__ == "__main__":

@@ -23,3 +23,7 @@ class DataError(MegagptError):
 
 class SlurmError(MegagptError):
     """Slurm lacks or refused something (sbatch, job, a stage, srun's variables); names the script, job or variable."""
+
+
+class TrainingError(MegagptError):
+    """The run itself went wrong: a non-finite loss or gradient norm; names the step and the last checkpoint."""

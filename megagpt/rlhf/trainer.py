@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from math import isfinite
 
 import torch
 import torch.distributed as dist
@@ -164,14 +165,18 @@ class Iteration:
                 actor.engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
                 actor.engine.backward(loss)
                 actor.engine.step()
+                if i == len(micro) - 1:
+                    sums["actor_grad_norm"].append(grad_norm(actor.engine))
                 for key, value in (("policy_loss", pl.loss), ("ptx_loss", ptx_loss), ("clip_fraction", pl.clip_fraction),
                                    ("approx_kl", pl.approx_kl)):
                     sums[key].append(value.detach())
-        return {k: mean_over(torch.stack(v).mean(), actor.pc.dp_group, actor.pc.dp) for k, v in sums.items()}
+        norms = sums.pop("actor_grad_norm")
+        return {**{k: mean_over(torch.stack(v).mean(), actor.pc.dp_group, actor.pc.dp) for k, v in sums.items()},
+                "actor_grad_norm": worst(norms)}
 
     def train_critic(self, exp: dict, iteration: int) -> dict:
         critic, r = self.roles["critic"], self.r
-        losses = []
+        losses, norms = [], []
         for _, _, micro in self._minibatches(critic, iteration):
             for i, rows in enumerate(micro):
                 values = state_values(critic, exp["tokens"][rows])
@@ -181,7 +186,22 @@ class Iteration:
                 critic.engine.backward(loss)
                 critic.engine.step()
                 losses.append(loss.detach())
-        return {"value_loss": mean_over(torch.stack(losses).mean(), critic.pc.dp_group, critic.pc.dp)}
+            norms.append(grad_norm(critic.engine))
+        return {"value_loss": mean_over(torch.stack(losses).mean(), critic.pc.dp_group, critic.pc.dp),
+                "critic_grad_norm": worst(norms)}
+
+
+def grad_norm(engine) -> float | None:
+    """The global gradient norm of the engine's last optimizer step (the same on every rank of its role)."""
+    norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
+
+
+def worst(norms: list) -> float | None:
+    """The largest norm, or a non-finite one if any (max() passes over NaN)."""
+    measured = [n for n in norms if n is not None]
+    bad = [n for n in measured if not isfinite(n)]
+    return bad[0] if bad else max(measured, default=None)
 
 
 def sample_records(exp: dict, iteration: int, tokenizer, count: int) -> list[dict]:
@@ -212,6 +232,7 @@ def ppo(cfg: Config) -> None:
     from megagpt.data.tokenizer import Tokenizer
     from megagpt.parallel.distributed import init_distributed
     from megagpt.rlhf.data import checkpoint_tokenizer
+    from megagpt.train.guard import check_finite
     from megagpt.train.metrics import RunLog
     from megagpt.train.pretrain import Preemption, open_run_dir
     from megagpt.train.profiling import StepProfiler
@@ -278,6 +299,10 @@ def ppo(cfg: Config) -> None:
         if profiler.marks(iteration):
             record["profiled"] = True
         log.step(record)
+        # fp16 reports an infinite norm for the steps it skips to lower the loss scale
+        watched = ("policy_loss", "ptx_loss", "value_loss") + (() if t.precision == "fp16" else
+                                                               ("actor_grad_norm", "critic_grad_norm"))
+        check_finite(f"PPO iteration {iteration}", {k: merged.get(k) for k in watched}, checkpointer.root)
         kl.update(merged["kl"], r.rollout_batch_size)
         state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),
                          kl.value)

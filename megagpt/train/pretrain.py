@@ -22,6 +22,7 @@ from megagpt.parallel.distributed import init_distributed
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.train.checkpoint import Checkpointer, TrainState
+from megagpt.train.guard import check_finite
 from megagpt.train.metrics import RunLog
 from megagpt.train.profiling import StepProfiler
 from megagpt.train.schedules import batch_sizes, lr_schedule
@@ -205,6 +206,9 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
         if device.type == "cuda":
             record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         log.step(record)
+        # fp16 reports an infinite norm for the steps it skips to lower the loss scale
+        check_finite(f"step {step}", {"loss": loss, "gradient norm": None if t.precision == "fp16" else
+                                      record["grad_norm"]}, checkpointer.root)
         if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
             held_out(step)
         if step == t.steps and task.finish is not None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from math import isfinite
 
 import pytest
 
@@ -194,3 +195,13 @@ def test_ppo_resumes_at_another_role_layout(stage, tmp_path):
     for a, b in zip(ppo_record(reference), ppo_record(run), strict=True):
         for key in PPO_KEYS:
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+
+
+def test_a_diverged_ppo_run_stops_at_the_iteration(stage, tmp_path):
+    run = tmp_path / "diverged"
+    proc = megagpt(*ppo_args(stage, run, 1, "train.steps=3", "optim.lr=1e30", "optim.warmup_tokens=0"), check=False)
+    assert proc.returncode == 2  # one process: the command ran in the launcher's own
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("megagpt: error: PPO iteration"))
+    assert "the run diverged" in line and line.endswith("the last checkpoint is none: nothing was saved")
+    records = read_jsonl(str(run / "metrics.jsonl"))
+    assert all(isfinite(r["actor_grad_norm"]) and isfinite(r["critic_grad_norm"]) for r in records[:-1])

@@ -100,3 +100,20 @@ def test_profiled_steps_leave_a_trace_and_the_same_losses(pretrain_tiny, tmp_pat
     assert per_step["aten::addmm"]["calls"] >= 4 * 4 * 2
     assert json.loads(gzip.decompress((profile / "rank1-steps2-3.json.gz").read_bytes()))["traceEvents"]
     assert "Self CPU" in (profile / "rank1-steps2-3.txt").read_text()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_diverged_run_stops_at_the_step_and_names_the_last_checkpoint(demo_prefix, tmp_path, precision):
+    """The first step's update (lr 1e30) overflows the weights: step 2's loss is NaN. bf16 runs without
+    DeepSpeed's overflow scan (which would skip the step), fp32 never had one: either way the run stops."""
+    run_dir = tmp_path / "run"
+    proc = megagpt("pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1",
+                   f"train.precision={precision}", "optim.lr=1e30", "optim.warmup_tokens=0", "train.steps=4",
+                   "train.save_interval=1", "train.keep_last=0", f"data.prefixes=[{demo_prefix}]",
+                   f"run.dir={run_dir}", "run.tensorboard=false", "train.progress=false", check=False)
+    assert proc.returncode == 1
+    assert (f"megagpt: error: step 2: loss nan, gradient norm inf: the run diverged (try a lower optim.lr or a "
+            f"longer warm-up, and check that step's data); the last checkpoint is {run_dir}/checkpoints/step_00000001"
+            in proc.stderr)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000001"]
+    assert [m["step"] for m in read_jsonl(str(run_dir / "metrics.jsonl"))] == [1, 2]
