@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import launchers.cli as cli
-from megagpt.errors import CheckpointError, ConfigError, DataError, MegagptError, SlurmError
+from megagpt.errors import CheckpointError, ConfigError, DataError, MegagptError, SlurmError, TrainingError
 
-SUBCLASSES = [ConfigError, CheckpointError, DataError, SlurmError]
+SUBCLASSES = [ConfigError, CheckpointError, DataError, SlurmError, TrainingError]
 
 
 @pytest.mark.parametrize("cls", SUBCLASSES)
