@@ -11,10 +11,11 @@ bf16) eager and under torch.compile; on GPU also megagpt with GPT-3's alternatin
 attention. On CPU compiling is off unless --compile (inductor's C++ build takes minutes
 on 2 cores). Runs alternate per repeat and the median step time after the first steps is
 compared. --profile adds one step at the end, profiled (torch.profiler, left out of the
-timings), and lists the ops and kernels whose time per step differs most between megagpt and the
-plain loop (eager against eager, compiled against compiled). MFU uses megagpt.planner.training_flops_per_token (6 FLOPs per matmul weight per
-token, output head included, plus 12*h*span per layer for attention) over the peak: on GPU
-the card's dense bf16 figure, on CPU the best fp32 matmul rate measured here.
+timings), and lists the ops and kernels whose time per step differs most between megagpt and
+the plain loop (eager against eager, compiled against compiled). MFU uses
+megagpt.planner.training_flops_per_token (6 FLOPs per matmul weight per token, output head
+included, plus 12*h*span per layer for attention) over the peak: on GPU the card's dense
+bf16 figure, on CPU the best fp32 matmul rate measured here.
 """
 
 from __future__ import annotations

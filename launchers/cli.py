@@ -550,11 +550,19 @@ def main(argv: list[str] | None = None) -> None:
     except MegagptError as exc:
         print(f"megagpt: error: {exc}", file=sys.stderr)
         code = 2
-    from launchers.local import exit_launcher
-
-    exit_launcher(code)
     sys.exit(code)
 
 
+def console() -> None:
+    """The `megagpt` command and `python -m launchers.cli`: main(), then an exit that skips torch's teardown
+    (launchers.local.exit_now). A bug's traceback ends the process as usual."""
+    try:
+        main()
+    except SystemExit as exc:
+        from launchers.local import exit_now
+
+        exit_now(exc.code)
+
+
 if __name__ == "__main__":
-    main()
+    console()

@@ -12,7 +12,7 @@ import atexit
 import os
 import signal
 import sys
-from typing import Mapping, Sequence
+from typing import Mapping, NoReturn, Sequence
 
 from launchers.slurm_env import in_slurm_step, torch_env_from_slurm
 
@@ -121,14 +121,15 @@ def _forward_to_ranks(signum, frame) -> None:
             pass
 
 
-_launched = False  # this process started local ranks (launch_local)
-
-
-def exit_launcher(code: int) -> None:
-    """End a process that started local ranks, once they are gone. Its own work is done and flushed by its exit
-    handlers; what is skipped is torch's C++ teardown at exit, which deregisters every operator (1-3 s)."""
-    if not _launched:
-        return
+def exit_now(code) -> NoReturn:
+    """End the `megagpt` command with `code` (a SystemExit code) once its work is done: its exit handlers run and
+    its output is flushed, and torch's C++ teardown at interpreter exit, which deregisters every operator
+    (1-3 s), is skipped."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"), as the interpreter would print it
+        print(code, file=sys.stderr)
+        code = 1
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -148,8 +149,6 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
 
     from megagpt.parallel.distributed import free_port
 
-    global _launched
-    _launched = True
     forked = device == "cpu"
     if forked:
         start_rank_server(nproc)  # a no-op when the caller started it already

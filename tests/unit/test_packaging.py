@@ -103,3 +103,19 @@ def test_install_finds_its_resources_inside_itself(installed, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "launchers.cli", "demo", "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and cli.stdout.startswith("usage: megagpt demo"), cli.stderr
+
+
+def test_the_installed_command_exits_with_the_commands_code(installed, tmp_path):
+    """bin/megagpt ends through exit_now (no torch teardown): its output and exit codes are the command's."""
+    _, site = installed
+    env = {**os.environ, "PYTHONPATH": site}
+    command = os.path.join(site, "bin", "megagpt")
+    ok = subprocess.run([command, "demo", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("usage: megagpt demo"), ok.stderr
+    bad = subprocess.run([command, "pretrain", "--config", "no.yaml"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    last = bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 2 and last.startswith("megagpt: error: ") and "no.yaml" in last
+    usage = subprocess.run([command, "pretrain", "--nproc"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
