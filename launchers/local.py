@@ -9,6 +9,7 @@ asks CUDA for its devices (torch.cuda.is_available), and a process forked after 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -149,6 +150,9 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
 
     from megagpt.parallel.distributed import free_port
 
+    # A failed rank has printed its own error (or traceback), and the launcher names it below: torch elastic's
+    # report of the same failure adds only a traceback of its own process watcher.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     forked = device == "cpu"
     if forked:
         start_rank_server(nproc)  # a no-op when the caller started it already
