@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = COMMANDS[args.command](args)
     except MegagptError as exc:
-        print(f"megagpt: error: {exc}", file=sys.stderr)
+        if not exc.same_on_every_rank or os.environ.get("RANK", "0") == "0":
+            print(f"megagpt: error: {exc}", file=sys.stderr)
         code = 2
     sys.exit(code)
 

@@ -8,6 +8,9 @@ anything else is a bug and keeps its traceback.
 class MegagptError(Exception):
     """Base of the errors below; the message is one line naming the file, key or value at fault."""
 
+    # Raised by every rank at the same point with the same message: `megagpt` prints it on rank 0 alone.
+    same_on_every_rank = False
+
 
 class ConfigError(MegagptError):
     """A value the user gave (config key, override, option) is invalid or names nothing; names key and value."""
@@ -27,3 +30,5 @@ class SlurmError(MegagptError):
 
 class TrainingError(MegagptError):
     """The run itself went wrong: a non-finite loss or gradient norm; names the step and the last checkpoint."""
+
+    same_on_every_rank = True  # the loss and the norm it judges are reduced over the world (megagpt.train.guard)
