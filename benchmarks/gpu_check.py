@@ -30,10 +30,10 @@ def checks(py: str) -> list[tuple[str, list[str], float]]:
     workers = ["-n", str(min(8, os.cpu_count() or 1))] if importlib.util.find_spec("xdist") else []
     return [
         ("tests/gpu", [py, "-m", "pytest", "-q", "-rfE", "-m", "gpu", "-p", "no:cacheprovider", "--durations=15",
-                       *workers, "tests/gpu"], 0.45),
+                       *workers, "tests/gpu"], 0.42),
         ("pretrain throughput, gpt3-xl bf16 (1,1,1)",
          [py, "benchmarks/pretrain_throughput.py", "--device", "cuda", "--config", "configs/model/gpt3-xl.yaml",
-          "--repeats", "1", "--steps", "6", "--profile"], 0.43),
+          "--repeats", "1", "--steps", "6", "--profile"], 0.46),
         ("attention fwd+bwd, bf16", [py, "benchmarks/attention.py", "--device", "cuda", "--dtype", "bf16",
                                      "--head-dim", "128", "--seq", "2048", "8192", "16384"], 0.12),
     ]
