@@ -61,3 +61,5 @@ class StepProfiler:
         ops.sort(key=lambda o: -(o["self_device_ms"] if on_device else o["self_cpu_ms"]))
         with open(stem + ".ops.json", "w") as f:
             json.dump({"steps": [self._start, self.last], "device": self.device.type, "per_step": ops}, f, indent=0)
+        print(f"megagpt: rank {self.rank} profiled steps {self._start}-{self.last}: {stem}.txt (ops and kernels by "
+              f"time), .json.gz (trace for Perfetto or chrome://tracing)", flush=True)
