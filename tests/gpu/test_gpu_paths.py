@@ -91,6 +91,15 @@ def test_profiled_steps_time_the_gpu_kernels(demo_prefix, tmp_path):
     assert ops["device"] == "cuda" and kernels and sum(o["self_device_ms"] for o in kernels) > 0
 
 
+def test_a_diverged_cuda_run_stops_at_the_step(demo_prefix, tmp_path):
+    """bf16 ZeRO 1 without DeepSpeed's overflow scan: the NaN that lr 1e30 makes stops the run, not a skipped step."""
+    proc = megagpt("pretrain", "--config", TINY, "--nproc", "1", "parallel.tp=1", "parallel.pp=1",
+                   f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path / 'run'}", "run.device=cuda",
+                   "run.tensorboard=false", "train.progress=false", "train.steps=4", "train.precision=bf16",
+                   "optim.lr=1e30", "optim.warmup_tokens=0", check=False, env=gpu_env(tmp_path / "audit"))
+    assert proc.returncode == 2 and "megagpt: error: step 2: loss nan" in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("pattern", ["local", "strided"])
 def test_sparse_attention_trains_on_cuda(demo_prefix, tmp_path, pattern):
     sparse = ["model.attention=alternating", f"model.sparse_pattern={pattern}", "model.local_window=16"]
