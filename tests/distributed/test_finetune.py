@@ -1,4 +1,4 @@
-"""`megagpt finetune` (GPT-1) from a pretrained tiny model: a planted task learned with the auxiliary LM
+"""`megagpt finetune` (GPT-1) from the session's pretrained tiny model (tests/conftest.py, read only): a planted task learned with the auxiliary LM
 loss and without it, GPT-1's other three task forms at tensor parallel 2, and bad records stopped before any
 process starts."""
 
@@ -7,21 +7,12 @@ import os
 
 import pytest
 
-from tests.conftest import REPO, TINY, megagpt
+from tests.conftest import REPO, megagpt
 
 pytestmark = pytest.mark.slow
 
 EVAL = os.path.join(REPO, "configs", "eval")
 CONFIG = os.path.join(EVAL, "finetune-keyword.yaml")
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, demo_prefix):
-    run = tmp_path_factory.mktemp("finetune") / "pretrained"
-    megagpt("pretrain", "--config", TINY, "parallel.tp=1", "parallel.pp=1", f"data.prefixes=[{demo_prefix}]",
-            f"run.dir={run}", "run.tensorboard=false", "train.progress=false", "train.steps=60",
-            "train.eval_interval=0", "train.save_interval=60")
-    return run
 
 
 def finetune(pretrained, run_dir, *overrides, nproc: int = 1) -> dict:
@@ -37,11 +28,11 @@ def read_losses(run_dir) -> list[float]:
         return [json.loads(line)["loss"] for line in f]
 
 
-def test_a_planted_task_is_learned_and_the_auxiliary_lm_loss_adds_to_it(pretrained, tmp_path):
+def test_a_planted_task_is_learned_and_the_auxiliary_lm_loss_adds_to_it(pretrained_tiny, tmp_path):
     """Measured: accuracy 1.000 after 60 steps at lm_coef 0 (configs/eval/finetune-keyword.yaml)."""
-    learned = finetune(pretrained, tmp_path / "lm0")
+    learned = finetune(pretrained_tiny, tmp_path / "lm0")
     assert learned["accuracy"] >= 0.9 and learned["test_examples"] == 48 and learned["lm_coef"] == 0.0
-    with_lm = finetune(pretrained, tmp_path / "lm0.5", "finetune.lm_coef=0.5", "train.steps=3",
+    with_lm = finetune(pretrained_tiny, tmp_path / "lm0.5", "finetune.lm_coef=0.5", "train.steps=3",
                        "train.save_interval=3")
     assert with_lm["lm_coef"] == 0.5 and 0.0 <= with_lm["accuracy"] <= 1.0
     # the same first batch and weights: L3 - L2 is half the language-model loss on the task's text, which lies
@@ -49,7 +40,7 @@ def test_a_planted_task_is_learned_and_the_auxiliary_lm_loss_adds_to_it(pretrain
     assert 2.5 < read_losses(tmp_path / "lm0.5")[0] - read_losses(tmp_path / "lm0")[0] < 0.5 * 8.32
 
 
-def test_similarity_and_multiple_choice_run_at_tp2(pretrained, tmp_path):
+def test_similarity_and_multiple_choice_run_at_tp2(pretrained_tiny, tmp_path):
     """GPT-1's two forms of several sequences per example (entailment is classification's one sequence)."""
     records = {
         "similarity": [{"text_a": "open the file", "text_b": "read the path", "label": i % 2} for i in range(8)],
@@ -59,15 +50,15 @@ def test_similarity_and_multiple_choice_run_at_tp2(pretrained, tmp_path):
     for task, rows in records.items():
         data = tmp_path / f"{task}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        report = finetune(pretrained, tmp_path / task, f"finetune.task={task}", f"finetune.train={data}",
+        report = finetune(pretrained_tiny, tmp_path / task, f"finetune.task={task}", f"finetune.train={data}",
                           f"finetune.test={data}", "parallel.tp=2", "train.steps=2", nproc=2)
         assert report["task"] == task and report["test_examples"] == 8
 
 
-def test_a_bad_record_stops_before_any_process(pretrained, tmp_path):
+def test_a_bad_record_stops_before_any_process(pretrained_tiny, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a file", "label": 1}\n{"text": "no label"}\n')
-    done = megagpt("finetune", "--config", CONFIG, "--nproc", "2", f"finetune.init={pretrained}",
+    done = megagpt("finetune", "--config", CONFIG, "--nproc", "2", f"finetune.init={pretrained_tiny}",
                    f"finetune.train={bad}", f"finetune.test={bad}", f"run.dir={tmp_path / 'run'}", check=False)
     assert done.returncode == 2
     assert done.stderr.strip() == (f'megagpt: error: {bad}: 1 malformed line (line 2: needs an integer "label", '

@@ -2,17 +2,13 @@
 
 import pytest
 
-from tests.conftest import TINY, megagpt
+from tests.conftest import megagpt
 
 pytestmark = pytest.mark.slow
 
 
-def test_greedy_text_is_the_same_at_every_tp_size(demo_prefix, tmp_path):
-    run = tmp_path / "run"
-    megagpt("pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1",
-            f"data.prefixes=[{demo_prefix}]", f"run.dir={run}", "run.tensorboard=false", "train.progress=false",
-            "train.steps=60", "train.eval_interval=0", "train.save_interval=60")
-    prompt = ["--checkpoint", str(run), "--prompt", "Return the", "--max-new-tokens", "24"]
+def test_greedy_text_is_the_same_at_every_tp_size(pretrained_tiny):
+    prompt = ["--checkpoint", str(pretrained_tiny), "--prompt", "Return the", "--max-new-tokens", "24"]
     greedy = [megagpt("generate", *prompt, "--temperature", "0", *tp).stdout for tp in ([], ["--nproc", "2"])]
     assert greedy[0].startswith("Return the") and len(greedy[0]) > len("Return the ") + 10
     assert greedy[1] == greedy[0]  # the whole output: nothing but the text is printed
