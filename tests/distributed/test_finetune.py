@@ -1,6 +1,6 @@
-"""`megagpt finetune` (GPT-1) from the session's pretrained tiny model (tests/conftest.py, read only): a planted task learned with the auxiliary LM
-loss and without it, GPT-1's other three task forms at tensor parallel 2, and bad records stopped before any
-process starts."""
+"""`megagpt finetune` (GPT-1) from the session's pretrained tiny model (tests/conftest.py, read only): a
+planted task learned with the auxiliary LM loss and without it, GPT-1's other three task forms at tensor
+parallel 2, and bad records stopped before any process starts."""
 
 import json
 import os
