@@ -47,10 +47,16 @@ def test_sigkill_then_resume_is_bitwise_identical(demo_prefix, tmp_path, layout)
     assert os.path.isdir(killed / "checkpoints" / "step_00000010")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig):
-    reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def uninterrupted_112(demo_prefix, tmp_path_factory):
+    """The run at (1,1,2) that no signal stops: what a preempted and continued run must equal."""
+    reference = tmp_path_factory.mktemp("uninterrupted") / "run"
     megagpt(*pretrain_args(demo_prefix, reference, 1, 1, 2))
+    return training_record(reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, uninterrupted_112):
     run = tmp_path / "preempted"
     args = pretrain_args(demo_prefix, run, 1, 1, 2)  # no periodic saves: only the signal saves
     proc = start(args)
@@ -65,7 +71,7 @@ def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig):
     assert open(run / "checkpoints" / "latest").read().strip() == f"step_{stopped_at:08d}"
     megagpt(*args)
     assert not (run / "PREEMPTED").exists()
-    assert training_record(run) == training_record(reference)
+    assert training_record(run) == uninterrupted_112
 
 
 def first_loss_after(run_dir) -> float:
@@ -76,8 +82,8 @@ def first_loss_after(run_dir) -> float:
                                                 ((1, 1, 1), (2, 1, 2), 1), ((1, 1, 2), (1, 1, 1), 3)],
                          ids=["222-to-111", "112-to-221", "111-to-212", "112-zero3-to-111"])
 def test_reshape_continues_the_same_run(demo_prefix, tmp_path, source, target, zero):
-    reference = tmp_path / "reference"
-    megagpt(*pretrain_args(demo_prefix, reference, *source, f"parallel.zero_stage={zero}"))
+    """The resumed run's steps 6-10 against the saving run's own: saving changes nothing (test_sigkill_... shows
+    a saving run bitwise equal to one that never saves)."""
     saved = tmp_path / "saved"
     megagpt(*pretrain_args(demo_prefix, saved, *source, f"parallel.zero_stage={zero}", "train.save_interval=5",
                            "train.keep_last=0"))
@@ -86,7 +92,7 @@ def test_reshape_continues_the_same_run(demo_prefix, tmp_path, source, target, z
     os.symlink(saved / "checkpoints" / "step_00000005", resumed / "checkpoints" / "step_00000005")
     (resumed / "checkpoints" / "latest").write_text("step_00000005\n")
     megagpt(*pretrain_args(demo_prefix, resumed, *target))
-    ref, _ = training_record(reference)
+    ref, _ = training_record(saved)
     got, _ = training_record(resumed)
     assert [m["step"] for m in got] == list(range(6, STEPS + 1))
     for r, g in zip(ref[5:], got):
