@@ -87,6 +87,24 @@ def demo_prefix(tmp_path_factory) -> str:
     return build_demo_shard(str(tmp_path_factory.mktemp("demo-data")), vocab_size=4096)
 
 
+@pytest.fixture(scope="session")
+def single_process(demo_prefix, tmp_path_factory):
+    """The tiny model's single-process run with the given overrides, trained once per session and shared
+    (the run every layout, compile and launch mode is compared with); returns its metrics."""
+    runs = {}
+
+    def run(*overrides: str) -> list[dict]:
+        if overrides not in runs:
+            run_dir = tmp_path_factory.mktemp("single-process") / "run"
+            megagpt("pretrain", "--config", TINY, "--nproc", "1", "parallel.tp=1", "parallel.pp=1",
+                    f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false",
+                    "train.progress=false", *overrides)
+            runs[overrides] = read_jsonl(str(run_dir / "metrics.jsonl"))
+        return runs[overrides]
+
+    return run
+
+
 @pytest.fixture
 def pretrain_tiny(demo_prefix, tmp_path):
     """Run the tiny model at a layout; returns (metrics, eval records) read from run.dir."""

@@ -9,8 +9,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(1, 1, 1), (2, 2, 2)], ids=["tp1-pp1-dp1", "tp2-pp2-dp2"])
-def test_compiled_blocks_match_eager(pretrain_tiny, tp, pp, dp):
-    eager = pretrain_tiny(1, 1, 1, *STEPS, name="eager")[0]
+def test_compiled_blocks_match_eager(single_process, pretrain_tiny, tp, pp, dp):
+    eager = single_process(*STEPS)
     compiled = pretrain_tiny(tp, pp, dp, *STEPS, "train.compile=true", name=f"compiled-{tp}{pp}{dp}")[0]
     # fp32 on CPU: inductor's fused kernels may reorder sums, so not bitwise (measured: equal to the last bit).
     assert_same_run(eager, compiled, atol=1e-4)

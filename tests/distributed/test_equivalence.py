@@ -16,34 +16,22 @@ def assert_same_run(reference, other, atol=1e-5):
         assert got["lr"] == ref["lr"] and got["consumed_tokens"] == ref["consumed_tokens"]
 
 
-@pytest.fixture(scope="module")
-def reference():
-    return {}
-
-
-def _baseline(cache, pretrain_tiny, name, *overrides):
-    if name not in cache:
-        cache[name] = pretrain_tiny(1, 1, 1, *STEPS, *overrides, name=f"ref-{name}")[0]
-    return cache[name]
-
-
 @pytest.mark.parametrize("tp,pp,dp", LAYOUTS, ids=[f"tp{t}-pp{p}-dp{d}" for t, p, d in LAYOUTS])
-def test_layout_matches_single_process(reference, pretrain_tiny, tp, pp, dp):
-    base = _baseline(reference, pretrain_tiny, "pre-ln")
+def test_layout_matches_single_process(single_process, pretrain_tiny, tp, pp, dp):
+    base = single_process(*STEPS)
     assert base[-1]["loss"] < base[0]["loss"] - 0.5  # the comparison is over a run that learns
     assert_same_run(base, pretrain_tiny(tp, pp, dp, *STEPS)[0])
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_zero_stages_match(reference, pretrain_tiny, stage):
-    base = _baseline(reference, pretrain_tiny, "pre-ln")
-    assert_same_run(base, pretrain_tiny(1, 1, 2, *STEPS, f"parallel.zero_stage={stage}", name=f"zero{stage}")[0])
+def test_zero_stages_match(single_process, pretrain_tiny, stage):
+    assert_same_run(single_process(*STEPS),
+                    pretrain_tiny(1, 1, 2, *STEPS, f"parallel.zero_stage={stage}", name=f"zero{stage}")[0])
 
 
-def test_post_ln_gpt1_style_matches(reference, pretrain_tiny):
+def test_post_ln_gpt1_style_matches(single_process, pretrain_tiny):
     post = ["model.norm_position=post"]
-    base = _baseline(reference, pretrain_tiny, "post-ln", *post)
+    base = single_process(*STEPS, *post)
     assert base[-1]["loss"] < base[0]["loss"] - 0.5
     assert_same_run(base, pretrain_tiny(2, 2, 1, *STEPS, *post, name="post-tp2-pp2")[0])
-    pre = _baseline(reference, pretrain_tiny, "pre-ln")
-    assert base[0]["loss"] != pre[0]["loss"]  # the override really changed the model
+    assert base[0]["loss"] != single_process(*STEPS)[0]["loss"]  # the override really changed the model

@@ -39,8 +39,8 @@ def test_batch_ramp_matches_across_layouts(pretrain_tiny):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
 
 
-def test_torchrun_world_is_joined(pretrain_tiny, demo_prefix, tmp_path):
-    base, _ = pretrain_tiny(1, 1, 1, "train.steps=5", "train.eval_interval=0", name="base")
+def test_torchrun_world_is_joined(single_process, demo_prefix, tmp_path):
+    base = single_process("train.steps=5", "train.eval_interval=0")
     run_dir = tmp_path / "torchrun"
     megagpt("pretrain", "--config", TINY, "parallel.tp=2", "parallel.pp=1", "train.steps=5", "train.eval_interval=0",
             f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false",
@@ -50,9 +50,9 @@ def test_torchrun_world_is_joined(pretrain_tiny, demo_prefix, tmp_path):
     assert [round(m["loss"], 5) for m in got] == [round(m["loss"], 5) for m in base]
 
 
-def test_srun_tasks_form_the_world_from_slurm_variables(pretrain_tiny, demo_prefix, tmp_path):
+def test_srun_tasks_form_the_world_from_slurm_variables(single_process, demo_prefix, tmp_path):
     """Two processes carrying only the variables srun sets (no RANK/WORLD_SIZE) train together."""
-    base, _ = pretrain_tiny(1, 1, 1, "train.steps=5", "train.eval_interval=0", name="base")
+    base = single_process("train.steps=5", "train.eval_interval=0")
     run_dir = tmp_path / "srun"
     slurm = {"SLURM_JOB_ID": "777", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
              "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost", "SLURM_NODEID": "0",
@@ -70,9 +70,9 @@ def test_srun_tasks_form_the_world_from_slurm_variables(pretrain_tiny, demo_pref
     assert [round(m["loss"], 5) for m in got] == [round(m["loss"], 5) for m in base]
 
 
-def test_bf16_agrees_across_layouts_and_differs_from_fp32(pretrain_tiny):
+def test_bf16_agrees_across_layouts_and_differs_from_fp32(single_process, pretrain_tiny):
     steps = ["train.steps=6", "train.eval_interval=0"]
-    fp32, _ = pretrain_tiny(1, 1, 1, *steps, name="fp32")
+    fp32 = single_process(*steps)
     single, _ = pretrain_tiny(1, 1, 1, *steps, "train.precision=bf16", name="bf16-1")
     piped, _ = pretrain_tiny(1, 2, 2, *steps, "train.precision=bf16", name="bf16-4")
     for a, b, ref in zip(single, piped, fp32):
