@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import warnings
@@ -88,7 +90,9 @@ def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True
         return device
     import deepspeed  # slow import: only once we know we train
 
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    # On CPU it print()s "DeepSpeed ... shm_comm_op built successfully" on every rank (verbose=False aside)
+    with contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return device
 
 
