@@ -129,7 +129,7 @@ def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
         ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     if t.precision == "bf16":
         # bf16 has no loss scale to lower, so DeepSpeed's per-tensor inf/NaN scan before each ZeRO step only
-        # skips the step, at about a dozen small kernels per parameter tensor (3,500 a step for gpt3-xl).
+        # skips the step, at about a dozen small ops per parameter tensor (3,800 a step at gpt3-xl's depth).
         # The trainer stops on a non-finite loss or gradient norm instead (megagpt.train.guard), as Megatron-LM does.
         ds["bf16"] = {"enabled": True, "check_grad_overflow": False}
     elif t.precision == "fp16":
