@@ -41,6 +41,7 @@ from megagpt.config import load_config  # noqa: E402
 from megagpt.data.datasets import build_datasets, micro_batches  # noqa: E402
 from megagpt.data.demo_corpus import build_demo_shard  # noqa: E402
 from megagpt.planner import parameter_count, training_flops_per_token  # noqa: E402
+from megagpt.train.profiling import op_times, step_profile  # noqa: E402
 from megagpt.train.schedules import batch_sizes, lr_schedule  # noqa: E402
 
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
@@ -126,7 +127,7 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool, profile: bool 
         torch.cuda.reset_peak_memory_stats(device)
     times, first_loss, consumed, ops = [], None, 0, None
     for i, gbs in enumerate(sizes):
-        profiler = profiled_step(device) if profile and i == len(sizes) - 1 else None
+        profiler = step_profile(device) if profile and i == len(sizes) - 1 else None
         if profiler:
             profiler.__enter__()
         for g in opt.param_groups:
@@ -148,7 +149,7 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool, profile: bool 
         step_loss = torch.stack(losses).mean().item()  # also waits for the GPU
         if profiler:
             profiler.__exit__(None, None, None)
-            ops = per_name(profiler, device)
+            ops = {o["name"]: o for o in op_times(profiler, device, 1)}
         else:
             times.append(time.perf_counter() - start)
         first_loss = first_loss if first_loss is not None else step_loss
@@ -158,23 +159,6 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool, profile: bool 
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return times, first_loss, peak, ops
-
-
-def profiled_step(device: torch.device):
-    from torch.profiler import ProfilerActivity, profile
-
-    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
-
-
-def per_name(prof, device: torch.device) -> dict:
-    """The profiled step's ops as megagpt.train.profiling writes them (one step, so totals are per step)."""
-    from torch.autograd import DeviceType
-
-    on_device = device.type == "cuda"
-    return {e.key: {"name": e.key, "calls": e.count, "kernel": e.device_type != DeviceType.CPU,
-                    "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                    "self_device_ms": e.self_device_time_total / 1e3 if on_device else 0.0}
-            for e in prof.key_averages()}
 
 
 def print_profile_differences(ops: dict, device: str, top: int) -> None:

@@ -19,6 +19,21 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 
+def step_profile(device: torch.device) -> profile:
+    """A torch.profiler for training steps on `device`: CPU ops, and CUDA kernels on a GPU."""
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
+
+
+def op_times(prof: profile, device: torch.device, steps: int) -> list[dict]:
+    """Per op or kernel name, per step: calls, self device ms, self CPU ms, and whether it is a device kernel;
+    slowest first (by device time on a GPU)."""
+    on_device = device.type == "cuda"
+    ops = [{"name": e.key, "calls": e.count / steps, "kernel": e.device_type != DeviceType.CPU,
+            "self_device_ms": e.self_device_time_total / 1e3 / steps if on_device else 0.0,
+            "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps} for e in prof.key_averages()]
+    return sorted(ops, key=lambda o: -(o["self_device_ms"] if on_device else o["self_cpu_ms"]))
+
+
 class StepProfiler:
     def __init__(self, steps, ranks, rank: int, device: torch.device, run_dir: str):
         self.first, self.last = steps if steps else (0, -1)
@@ -35,8 +50,7 @@ class StepProfiler:
         """Start at the first step, or at the first one a resumed run reaches inside the range."""
         if self.enabled and self.marks(step) and self._prof is None:
             self._start = step
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-            self._prof = profile(activities=activities)
+            self._prof = step_profile(self.device)
             self._prof.__enter__()
 
     def after(self, step: int) -> None:
@@ -49,16 +63,11 @@ class StepProfiler:
         os.makedirs(self.dir, exist_ok=True)
         stem = os.path.join(self.dir, f"rank{self.rank}-steps{self._start}-{self.last}")
         prof.export_chrome_trace(stem + ".json.gz")
-        averages = prof.key_averages()
-        on_device = self.device.type == "cuda"
         with open(stem + ".txt", "w") as f:
-            f.write(averages.table(sort_by="self_device_time_total" if on_device else "self_cpu_time_total",
-                                   row_limit=60, max_name_column_width=90))
-        steps = self.last - self._start + 1
-        ops = [{"name": e.key, "calls": e.count / steps, "kernel": e.device_type != DeviceType.CPU,
-                "self_device_ms": e.self_device_time_total / 1e3 / steps if on_device else 0.0,
-                "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps} for e in averages]
-        ops.sort(key=lambda o: -(o["self_device_ms"] if on_device else o["self_cpu_ms"]))
+            f.write(prof.key_averages().table(
+                sort_by="self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total",
+                row_limit=60, max_name_column_width=90))
+        ops = op_times(prof, self.device, self.last - self._start + 1)
         with open(stem + ".ops.json", "w") as f:
             json.dump({"steps": [self._start, self.last], "device": self.device.type, "per_step": ops}, f, indent=0)
         print(f"megagpt: rank {self.rank} profiled steps {self._start}-{self.last}: {stem}.txt (ops and kernels by "
