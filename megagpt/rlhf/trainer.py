@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from contextlib import closing
 from math import isfinite
 
 import torch
@@ -263,55 +264,56 @@ def ppo(cfg: Config) -> None:
     it = Iteration(cfg, roles, exchange, device)
     profiler = StepProfiler(t.profile_steps, t.profile_ranks, rank, device, cfg.run.dir)
     record = {}
-    for iteration in range(state.iteration + 1, t.steps + 1):
-        profiler.before(iteration)
-        start = time.perf_counter()
-        packed = it.rollout(prompts, iteration, tokenizer.eod)
-        generated = scored = time.perf_counter()
-        local = {}
-        if packed is not None:
-            exp = it.score(packed)
-            scored = time.perf_counter()
-            if "actor" in roles or "critic" in roles:
-                it.advantages(exp, kl.value)
-                if "actor" in roles:
-                    local.update(it.train_actor(exp, iteration, ptx_data, state.ptx_samples))
-                if "critic" in roles:
-                    local.update(it.train_critic(exp, iteration))
-                mask = exp["mask"]
-                local.update(reward=exp["score"].mean().item(), kl=exp["kl"].sum(dim=1).mean().item(),
-                             response_length=exp["response_len"].float().mean().item())
-                if "entropy" in exp:
-                    local["entropy"] = math.masked_mean(exp["entropy"], mask).item()
-                if rank == 0 and r.log_samples:
-                    with open(os.path.join(cfg.run.dir, "samples.jsonl"), "a") as f:
-                        f.writelines(json.dumps(s) + "\n" for s in sample_records(exp, iteration, tokenizer,
-                                                                                  r.log_samples))
-        trained = time.perf_counter()
-        if rank == 0:
-            local.update(time_generate_s=generated - start, time_score_s=scored - generated,
-                         time_train_s=trained - scored)
-        merged = gather_metrics(local if rank in (s.leader for s in specs.values()) else {})
-        elapsed = time.perf_counter() - start
-        profiler.after(iteration)
-        record = {"step": iteration, **merged, "kl_coef": kl.value,
-                  "samples_per_s": r.rollout_batch_size / elapsed, "step_time_s": elapsed}
-        if profiler.marks(iteration):
-            record["profiled"] = True
-        log.step(record)
-        # fp16 reports an infinite norm for the steps it skips to lower the loss scale
-        watched = ("policy_loss", "ptx_loss", "value_loss") + (() if t.precision == "fp16" else
-                                                               ("actor_grad_norm", "critic_grad_norm"))
-        check_finite(f"PPO iteration {iteration}", {k: merged.get(k) for k in watched}, checkpointer.root)
-        kl.update(merged["kl"], r.rollout_batch_size)
-        state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),
-                         kl.value)
-        if preemption.agreed():
-            checkpointer.save(state)
-            preemption.stop(log, cfg.run.dir, rank == 0, f"iteration {iteration} to {checkpointer.root}")
-            return
-        if t.save_interval and (iteration % t.save_interval == 0 or iteration == t.steps):
-            checkpointer.save(state)
+    with closing(profiler):  # a loop that stops inside train.profile_steps still writes what it profiled
+        for iteration in range(state.iteration + 1, t.steps + 1):
+            profiler.before(iteration)
+            start = time.perf_counter()
+            packed = it.rollout(prompts, iteration, tokenizer.eod)
+            generated = scored = time.perf_counter()
+            local = {}
+            if packed is not None:
+                exp = it.score(packed)
+                scored = time.perf_counter()
+                if "actor" in roles or "critic" in roles:
+                    it.advantages(exp, kl.value)
+                    if "actor" in roles:
+                        local.update(it.train_actor(exp, iteration, ptx_data, state.ptx_samples))
+                    if "critic" in roles:
+                        local.update(it.train_critic(exp, iteration))
+                    mask = exp["mask"]
+                    local.update(reward=exp["score"].mean().item(), kl=exp["kl"].sum(dim=1).mean().item(),
+                                 response_length=exp["response_len"].float().mean().item())
+                    if "entropy" in exp:
+                        local["entropy"] = math.masked_mean(exp["entropy"], mask).item()
+                    if rank == 0 and r.log_samples:
+                        with open(os.path.join(cfg.run.dir, "samples.jsonl"), "a") as f:
+                            f.writelines(json.dumps(s) + "\n" for s in sample_records(exp, iteration, tokenizer,
+                                                                                      r.log_samples))
+            trained = time.perf_counter()
+            if rank == 0:
+                local.update(time_generate_s=generated - start, time_score_s=scored - generated,
+                             time_train_s=trained - scored)
+            merged = gather_metrics(local if rank in (s.leader for s in specs.values()) else {})
+            elapsed = time.perf_counter() - start
+            profiler.after(iteration)
+            record = {"step": iteration, **merged, "kl_coef": kl.value,
+                      "samples_per_s": r.rollout_batch_size / elapsed, "step_time_s": elapsed}
+            if profiler.marks(iteration):
+                record["profiled"] = True
+            log.step(record)
+            # fp16 reports an infinite norm for the steps it skips to lower the loss scale
+            watched = ("policy_loss", "ptx_loss", "value_loss") + (() if t.precision == "fp16" else
+                                                                   ("actor_grad_norm", "critic_grad_norm"))
+            check_finite(f"PPO iteration {iteration}", {k: merged.get(k) for k in watched}, checkpointer.root)
+            kl.update(merged["kl"], r.rollout_batch_size)
+            state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),
+                             kl.value)
+            if preemption.agreed():
+                checkpointer.save(state)
+                preemption.stop(log, cfg.run.dir, rank == 0, f"iteration {iteration} to {checkpointer.root}")
+                return
+            if t.save_interval and (iteration % t.save_interval == 0 or iteration == t.steps):
+                checkpointer.save(state)
     log.close()
     if rank == 0 and record:
         print(f"megagpt ppo: {t.steps} iterations; last reward {record['reward']:.3f}, KL {record['kl']:.3f}, "

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -185,40 +186,43 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     loss, finished = float("nan"), None
     if eval_samples and state.step == 0:
         held_out(0)
-    for step, gbs in enumerate(sizes[state.step:], start=state.step + 1):
-        if gbs != engine.train_batch_size():
-            engine.set_train_batch_size(gbs)
-        lr = lr_at(consumed_tokens + gbs * seq)  # the schedule's value once this batch is consumed
-        trainer.set_lr(lr)
-        profiler.before(step)
-        start = time.perf_counter()
-        loss = trainer.train_step(micro_batches(train_ds, consumed_samples, gbs, t.micro_batch_size, pc.dp_rank, pc.dp))
-        elapsed = time.perf_counter() - start
-        profiler.after(step)
-        consumed_samples += gbs
-        consumed_tokens += gbs * seq
-        grad_norm = engine.get_global_grad_norm()
-        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
-                  "global_batch_size": gbs, "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
-                  "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
-        if profiler.marks(step):
-            record["profiled"] = True
-        if device.type == "cuda":
-            record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        log.step(record)
-        # fp16 reports an infinite norm for the steps it skips to lower the loss scale
-        check_finite(f"step {step}", {"loss": loss, "gradient norm": None if t.precision == "fp16" else
-                                      record["grad_norm"]}, checkpointer.root)
-        if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
-            held_out(step)
-        if step == t.steps and task.finish is not None:
-            finished = task.finish(engine, pc, cfg)
-        if preemption.agreed():
-            checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
-            preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}")
-            return
-        if t.save_interval and (step % t.save_interval == 0 or step == t.steps):
-            checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
+    with closing(profiler):  # a loop that stops inside train.profile_steps still writes what it profiled
+        for step, gbs in enumerate(sizes[state.step:], start=state.step + 1):
+            if gbs != engine.train_batch_size():
+                engine.set_train_batch_size(gbs)
+            lr = lr_at(consumed_tokens + gbs * seq)  # the schedule's value once this batch is consumed
+            trainer.set_lr(lr)
+            profiler.before(step)
+            start = time.perf_counter()
+            loss = trainer.train_step(micro_batches(train_ds, consumed_samples, gbs, t.micro_batch_size,
+                                                    pc.dp_rank, pc.dp))
+            elapsed = time.perf_counter() - start
+            profiler.after(step)
+            consumed_samples += gbs
+            consumed_tokens += gbs * seq
+            grad_norm = engine.get_global_grad_norm()
+            record = {"step": step, "loss": loss, "lr": lr,
+                      "grad_norm": None if grad_norm is None else float(grad_norm), "global_batch_size": gbs,
+                      "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
+                      "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
+            if profiler.marks(step):
+                record["profiled"] = True
+            if device.type == "cuda":
+                record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            log.step(record)
+            # fp16 reports an infinite norm for the steps it skips to lower the loss scale
+            check_finite(f"step {step}", {"loss": loss, "gradient norm": None if t.precision == "fp16" else
+                                          record["grad_norm"]}, checkpointer.root)
+            if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
+                held_out(step)
+            if step == t.steps and task.finish is not None:
+                finished = task.finish(engine, pc, cfg)
+            if preemption.agreed():
+                checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
+                preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}")
+                return
+            if t.save_interval and (step % t.save_interval == 0 or step == t.steps):
+                checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
     log.close()
     if is_logger:
         held = f"; held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""
