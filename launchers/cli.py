@@ -284,7 +284,7 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from launchers.local import existing_world_size, join_existing_world, launch_local
+    from launchers.local import join_existing_world, launch_local
     from megagpt.generation import Sampling, check_layout, checkpoint_config, run_generation
     from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
 
@@ -293,7 +293,7 @@ def cmd_generate(args) -> int:
     sampling.check()
     if args.tokenizer and not os.path.isfile(args.tokenizer):
         raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
-    world = existing_world_size()
+    world = join_existing_world()
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc)
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
@@ -303,7 +303,6 @@ def cmd_generate(args) -> int:
                 "--top-p", str(args.top_p), "--seed", str(args.seed), "--device", args.device,
                 *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
         return launch_local(args.nproc, argv, device)
-    join_existing_world()
     completion = run_generation(args.checkpoint, args.prompt, sampling, args.tokenizer, args.device)
     if completion is not None:
         print(args.prompt + completion)
@@ -311,20 +310,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from launchers.local import existing_world_size, join_existing_world, launch_local
+    from launchers.local import join_existing_world, launch_local
     from megagpt.eval.run import check_eval_args, eval_argv, run_eval
     from megagpt.generation import check_layout, checkpoint_config
     from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
 
     quiet_library_warnings()
     check_eval_args(args)  # bad task files and flags fail here, before any process starts
-    world = existing_world_size()
+    world = join_existing_world()
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc)
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
     if world is None and args.nproc > 1:
         return launch_local(args.nproc, eval_argv(args), device)
-    join_existing_world()
     result = run_eval(args)
     if result is not None:
         print(result)
@@ -366,10 +364,10 @@ def _stage(stage: str):
 
 def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:
     """Check, then launch or join the world and train: stage "pretrain", "sft", "rm" or "ppo" (megagpt.rlhf)."""
-    from launchers.local import (existing_world_size, join_existing_world, known_cpu_ranks, launch_local,
+    from launchers.local import (join_existing_world, known_cpu_ranks, launch_local,
                                  start_rank_server)
 
-    world = existing_world_size()
+    world = join_existing_world()
     validate(cfg, world or nproc)
     launching = world is None and nproc > 1
     if launching and known_cpu_ranks(cfg.run.device):
@@ -385,12 +383,11 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     check, train = _stage(stage)
     check(cfg, world or nproc)
     preflight(cfg)
-    report_device(cfg.run.device, nproc if world is None else local_world_size(), quiet=world is not None)
+    report_device(cfg.run.device, nproc if world is None else local_world_size(), world)
     if launching:
         from megagpt.train.pretrain import PREEMPTED
 
         return launch_local(nproc, argv, device, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
-    join_existing_world()
     from megagpt.parallel.distributed import shutdown_distributed
 
     train(cfg)
@@ -398,16 +395,18 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     return 0
 
 
-def report_device(requested: str, local_ranks: int, quiet: bool) -> None:
-    """Check run.device against the GPUs here before any process starts; say when auto leaves GPUs unused."""
+def report_device(requested: str, local_ranks: int, world: int | None) -> None:
+    """Say when run.device=auto leaves this node's GPUs unused (fewer than its ranks): once, from the local
+    launcher, or else from rank 0 of the world srun or torchrun started."""
     import torch
 
+    from launchers.local import DIE_WITH_LAUNCHER
     from megagpt.parallel.distributed import resolve_device
 
-    if resolve_device(requested, local_ranks) == "cpu" and requested == "auto" and torch.cuda.is_available() \
-            and not quiet:
-        print(f"megagpt: {local_ranks} ranks but {torch.cuda.device_count()} GPUs here: running on CPU with gloo "
-              f"(run.device=cuda requires a GPU per rank)", file=sys.stderr)
+    says = world is None or (os.environ.get("RANK") == "0" and DIE_WITH_LAUNCHER not in os.environ)
+    if says and requested == "auto" and torch.cuda.is_available() and resolve_device(requested, local_ranks) == "cpu":
+        print(f"megagpt: {local_ranks} ranks on this node but {torch.cuda.device_count()} GPUs visible to each: "
+              f"running on CPU with gloo (run.device=cuda requires a GPU per rank)", file=sys.stderr)
 
 
 def cmd_pretrain(args) -> int:

@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import Mapping, NoReturn, Sequence
 
-from launchers.slurm_env import in_slurm_step, torch_env_from_slurm
+from launchers.slurm_env import torch_env_from_slurm
+from megagpt.slurm import in_slurm_step
 
 
 # Set for the ranks of a local launch: a SIGKILLed launcher would otherwise leave them training (torch
@@ -101,11 +102,16 @@ def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
     return None
 
 
-def join_existing_world() -> None:
-    """Under srun, translate Slurm's variables once, before torch.distributed reads them."""
-    die_with_launcher()
-    if "RANK" not in os.environ and in_slurm_step(os.environ):
-        os.environ.update(torch_env_from_slurm(os.environ))
+def join_existing_world() -> int | None:
+    """The size of the world torchrun, srun or our launcher started this process into (None: it is alone),
+    joined: under srun, Slurm's variables become torch's, once, before the device checks or
+    torch.distributed read them."""
+    world = existing_world_size()
+    if world is not None:
+        die_with_launcher()
+        if "RANK" not in os.environ and in_slurm_step(os.environ):
+            os.environ.update(torch_env_from_slurm(os.environ))
+    return world
 
 
 def _forward_to_ranks(signum, frame) -> None:

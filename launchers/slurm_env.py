@@ -44,12 +44,6 @@ def _expand_entry(entry: str) -> list[str]:
     return out
 
 
-def in_slurm_step(env: Mapping[str, str]) -> bool:
-    """True inside an `srun` task (not in the batch script itself, whose step id is 'batch')."""
-    step = env.get("SLURM_STEP_ID")
-    return "SLURM_PROCID" in env and step is not None and step not in ("batch", "extern", "4294967294", "4294967291")
-
-
 def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
     """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT for this srun task.
 

@@ -1,4 +1,4 @@
-"""Rendering the Slurm batch templates and handing them to sbatch.
+"""Rendering the Slurm batch templates and handing them to sbatch; telling an srun task apart.
 
 The templates are the repository's slurm/*.sbatch, shipped inside the package as
 `megagpt.slurm_templates` (see pyproject.toml), so an installed megagpt renders them
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from importlib import resources
+from typing import Mapping
 
 from megagpt.errors import ConfigError, SlurmError
 
@@ -28,6 +29,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
 _PATH = re.compile(r"[A-Za-z0-9_./@+,:=~%-]+")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def in_slurm_step(env: Mapping[str, str]) -> bool:
+    """True inside an `srun` task (not in the batch script itself, whose step id is 'batch' or unset)."""
+    step = env.get("SLURM_STEP_ID")
+    return "SLURM_PROCID" in env and step is not None and step not in ("batch", "extern", "4294967294", "4294967291")
 
 
 def template_path(template: str) -> str:

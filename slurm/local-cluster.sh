@@ -21,8 +21,19 @@ write_conf() {
   cpus=$(nproc)
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
   mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" "$LOGS"
+  # Two stand-in GPUs (tty devices nothing here uses), so that tests see how Slurm hands GPUs to the tasks
+  # of a step (CUDA_VISIBLE_DEVICES, SLURM_GPUS_ON_NODE); there is no CUDA behind them.
+  local gres_types="" node_gres=""
+  if [ -c /dev/tty10 ] && [ -c /dev/tty11 ]; then
+    gres_types="GresTypes=gpu"
+    node_gres=" Gres=gpu:2"
+    echo "Name=gpu File=/dev/tty[10-11]" > "$CONF_DIR/gres.conf"
+  else
+    rm -f "$CONF_DIR/gres.conf"
+  fi
   cat > "$CONF_DIR/slurm.conf" <<CONF
 ClusterName=megagpt-local
+$gres_types
 SlurmctldHost=$host
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
@@ -43,7 +54,7 @@ KillWait=10
 MinJobAge=60
 # A requeued job waits the step credential's lifetime before it may start again (default 120 s)
 AuthInfo=cred_expire=20
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host CPUs=$cpus RealMemory=$mem$node_gres State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 }
@@ -82,6 +93,10 @@ case "${1:-}" in
     scancel --user=root >/dev/null 2>&1 || true
     pkill -x slurmd || true
     pkill -x slurmctld || true
+    for _ in $(seq 1 30); do  # a start right after must not find them still exiting
+      pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break
+      sleep 0.5
+    done
     echo "slurm: stopped"
     ;;
   status)

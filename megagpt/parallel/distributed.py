@@ -7,11 +7,13 @@ import io
 import os
 import socket
 import warnings
+from typing import Mapping, Optional
 
 import torch
 
 from megagpt.config import DEVICES, ConfigError
 from megagpt.parallel.collectives import audit_from_env
+from megagpt.slurm import in_slurm_step
 
 
 def free_port() -> int:
@@ -25,29 +27,48 @@ def local_world_size(default: int = 1) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", default))
 
 
+def own_gpu(local_rank: int, local_ranks: int, gpus: int, env: Mapping[str, str]) -> Optional[int]:
+    """Which of the `gpus` this process sees is its own, or None where its node has fewer GPUs than ranks.
+
+    Where every rank sees all of its node's GPUs (--nproc, torchrun, srun --gpus-per-node) rank r takes
+    GPU r. Slurm's per-task binding (srun --gpus-per-task=1, --gpu-bind=single:1) shows each task only its
+    own, fewer than the step holds on the node (measured on slurm 22.05: tasks 0 and 1 see
+    CUDA_VISIBLE_DEVICES=0 and =1, both SLURM_GPUS_ON_NODE=2): such a task takes the first it sees.
+    """
+    on_node = int(env.get("SLURM_GPUS_ON_NODE") or 0) if in_slurm_step(env) else 0
+    if 0 < gpus < on_node and on_node >= local_ranks:
+        return 0
+    return local_rank if gpus >= local_ranks else None
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_device(requested: str, local_ranks: int) -> str:
     """'cuda' or 'cpu' for every rank of a node running `local_ranks` ranks (run.device).
 
     Each CUDA rank needs a GPU of its own: NCCL cannot put two ranks on one device. So
-    `auto` takes the GPUs only when there is one per local rank, and CPU with gloo
+    `auto` takes the GPUs only when there is one per local rank (own_gpu), and CPU with gloo
     otherwise (a test with more ranks than GPUs); `cuda` insists on them.
     """
     if requested not in DEVICES:
         raise ConfigError(f"run.device={requested!r} must be one of {', '.join(DEVICES)}")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if requested == "cuda" and gpus < local_ranks:
+    gpus = visible_gpus()
+    has_own = own_gpu(0, local_ranks, gpus, os.environ) is not None
+    if requested == "cuda" and not has_own:
         raise ConfigError(f"run.device=cuda needs a GPU per rank: {local_ranks} ranks on this node, {gpus} GPUs "
                           f"visible (run.device=cpu runs them on CPU)")
-    if requested == "cpu" or gpus < local_ranks:
-        return "cpu"
-    return "cuda"
+    return "cuda" if requested != "cpu" and has_own else "cpu"
 
 
 def device_for_local_rank(kind: str) -> torch.device:
     if kind == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        index = own_gpu(int(os.environ.get("LOCAL_RANK", 0)), local_world_size(), visible_gpus(), os.environ)
+        # DeepSpeed takes LOCAL_RANK for the device index (its engine, pipeline module and ZeRO-3 all do)
+        os.environ["LOCAL_RANK"] = str(index)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from megagpt.config import ConfigError
 from megagpt.parallel.collectives import CollectiveAudit, any_rank, mean_over
-from megagpt.parallel.distributed import resolve_device
+from megagpt.parallel.distributed import own_gpu, resolve_device
 
 
 @pytest.fixture
@@ -64,3 +64,35 @@ def test_cuda_without_a_gpu_per_rank_is_one_line(monkeypatch, gpus):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     with pytest.raises(ConfigError, match=f"run.device=cuda needs a GPU per rank: 2 ranks on this node, {gpus} GPUs"):
         resolve_device("cuda", 2)
+
+
+# An srun task's view on a node whose step holds two GPUs (slurm 22.05, measured on the local cluster)
+STEP = {"SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_GPUS_ON_NODE": "2"}
+
+
+@pytest.mark.parametrize("gpus_seen,on_node,expected", [
+    (2, "2", [0, 1]),  # srun --gpus-per-node=2: both tasks see both GPUs
+    (1, "2", [0, 0]),  # srun --gpus-per-task=1 (or --gpu-bind=single:1): each sees only its own
+    (1, "1", [None, None]),  # one GPU for two tasks: CPU, never two NCCL ranks on one device
+])
+def test_each_srun_task_takes_its_own_gpu(gpus_seen, on_node, expected):
+    env = {**STEP, "SLURM_GPUS_ON_NODE": on_node}
+    assert [own_gpu(rank, 2, gpus_seen, env) for rank in range(2)] == expected
+
+
+def test_outside_an_srun_step_a_rank_takes_the_gpu_of_its_index():
+    assert [own_gpu(rank, 2, 2, {}) for rank in range(2)] == [0, 1]
+    assert [own_gpu(rank, 2, 1, {}) for rank in range(2)] == [None, None]
+    # the batch script of a job with 4 GPUs, CUDA_VISIBLE_DEVICES narrowed to one by hand, `--nproc 2`
+    batch = {"SLURM_PROCID": "0", "SLURM_GPUS_ON_NODE": "4"}
+    assert [own_gpu(rank, 2, 1, batch) for rank in range(2)] == [None, None]
+
+
+def test_gpus_bound_per_task_are_used_not_left_for_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in STEP.items():
+        monkeypatch.setenv(key, value)
+    assert resolve_device("auto", 2) == "cuda" and resolve_device("cuda", 2) == "cuda"
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "1")
+    assert resolve_device("auto", 2) == "cpu"

@@ -1,7 +1,8 @@
 import pytest
 
 from launchers.local import existing_world_size
-from launchers.slurm_env import expand_nodelist, expand_tasks_per_node, in_slurm_step, torch_env_from_slurm
+from launchers.slurm_env import expand_nodelist, expand_tasks_per_node, torch_env_from_slurm
+from megagpt.slurm import in_slurm_step
 from megagpt.errors import SlurmError
 
 
