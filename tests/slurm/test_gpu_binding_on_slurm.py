@@ -4,12 +4,13 @@ and the count of entries there stands in for torch.cuda.device_count()."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import CPU_ENV, REPO
 
 PROBE = """
 import os
@@ -38,7 +39,8 @@ def two_gpus(slurm_cluster):
     ([], {"0 - None", "1 - None"}),
 ], ids=["per-node", "per-task", "gpu-bind", "shared", "none"])
 def test_each_task_takes_its_own_gpu(two_gpus, flags, expected):
+    env = {**os.environ, **CPU_ENV}  # CUDA_VISIBLE_DEVICES="": what a task sees is what Slurm set
     proc = subprocess.run(["srun", "--nodes=1", "--ntasks=2", *flags, sys.executable, "-c", PROBE], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert set(proc.stdout.strip().splitlines()) == expected
