@@ -75,6 +75,21 @@ def check_source(path: str, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: no such file, and no .bin/.idx shard of that prefix")
 
 
+def source_documents(paths: Iterable[str], flag: str) -> Iterator[str | list[int]]:
+    """The documents of each source `flag` names, in order: a shard's as token ids, a text file's as text."""
+    for path in paths:
+        check_source(path, flag)
+        prefix = shard_prefix(path)
+        if prefix is None:
+            yield from read_documents([path])
+            continue
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        data = IndexedDataset(prefix, mmap=True)
+        for i in range(len(data)):
+            yield np.asarray(data[i]).tolist()
+
+
 def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str]:
     """Documents from .txt (one per file), .jsonl or .jsonl.gz (one per line, field text_key)."""
     for path in paths:

@@ -33,20 +33,10 @@ def gram_size(lengths: list[int]) -> int:
 
 
 def corpus_documents(paths: list[str], tok) -> Iterator[str]:
-    from megagpt.data.shards import check_source, read_documents, shard_prefix
+    from megagpt.data.shards import source_documents
 
-    for path in paths:
-        check_source(path, "--corpus")
-        prefix = shard_prefix(path)
-        if prefix is not None:
-            import numpy as np
-            from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-            data = IndexedDataset(prefix, mmap=True)
-            for i in range(len(data)):
-                yield tok.decode(np.asarray(data[i]).tolist())
-        else:
-            yield from read_documents([path])
+    for doc in source_documents(paths, "--corpus"):
+        yield doc if isinstance(doc, str) else tok.decode(doc)
 
 
 def contamination(task: Task, corpus: Iterable[str]) -> dict:

@@ -23,23 +23,11 @@ from megagpt.eval.scorer import Scorer
 
 def read_stream(paths: list[str], tok) -> list[int]:
     """Every document's tokens, each followed by the end-of-document token, after a leading one."""
-    import numpy as np
-
-    from megagpt.data.shards import check_source, read_documents, shard_prefix
+    from megagpt.data.shards import source_documents
 
     stream = [tok.eod]
-    for path in paths:
-        check_source(path, "--data")
-        prefix = shard_prefix(path)
-        if prefix is not None:
-            from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-            data = IndexedDataset(prefix, mmap=True)
-            for i in range(len(data)):
-                stream += np.asarray(data[i]).tolist()
-            continue
-        for text in read_documents([path]):
-            stream += tok.encode(text) + [tok.eod]
+    for doc in source_documents(paths, "--data"):  # a shard's documents end in the end-of-document token already
+        stream += tok.encode(doc) + [tok.eod] if isinstance(doc, str) else doc
     if len(stream) < 2:
         raise ConfigError(f"--data {' '.join(paths)}: no tokens to score")
     if max(stream) >= tok.vocab_size:
