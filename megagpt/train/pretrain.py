@@ -22,6 +22,7 @@ from megagpt.parallel.collectives import any_rank, mean_over
 from megagpt.parallel.distributed import init_distributed
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
+from megagpt.planner import training_flops_per_token
 from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.guard import check_finite
 from megagpt.train.metrics import RunLog
@@ -172,6 +173,9 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
                  desc=task.name)
 
     profiler = StepProfiler(t.profile_steps, t.profile_ranks, dist.get_rank(), device, cfg.run.dir)
+    # the model's FLOPs per trained token (MFU's numerator, as Megatron-LM's TFLOP/s per GPU), where the model is
+    # a language model (a reward model's head is not the vocabulary's)
+    flops_per_token = training_flops_per_token(cfg.model) if task.loss is lm_loss else None
     evals = []
 
     def held_out(step: int) -> None:
@@ -205,6 +209,8 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
                       "grad_norm": None if grad_norm is None else float(grad_norm), "global_batch_size": gbs,
                       "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
                       "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
+            if flops_per_token:
+                record["model_tflops_per_gpu"] = flops_per_token * record["tokens_per_s"] / world / 1e12
             if profiler.marks(step):
                 record["profiled"] = True
             if device.type == "cuda":

@@ -25,6 +25,12 @@ def test_demo_corpus_is_learned(pretrain_tiny, tmp_path):
     assert len(metrics) == 200 and metrics[-1]["consumed_tokens"] == 200 * 16 * 64
     for key in ("step", "loss", "lr", "grad_norm", "global_batch_size", "consumed_tokens", "tokens_per_s"):
         assert key in metrics[-1]
+    # Megatron-LM's TFLOP/s per GPU: the model's FLOPs per token (the planner's count) at this step's speed, over 2 ranks
+    from megagpt.config import load_config
+    from megagpt.planner import training_flops_per_token
+
+    flops = training_flops_per_token(load_config(TINY).model)
+    assert all(m["model_tflops_per_gpu"] == flops * m["tokens_per_s"] / 2 / 1e12 for m in metrics)
 
 
 def test_batch_ramp_matches_across_layouts(pretrain_tiny):
