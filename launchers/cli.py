@@ -405,7 +405,8 @@ def report_device(requested: str, local_ranks: int, world: int | None) -> None:
 
     says = world is None or (os.environ.get("RANK") == "0" and DIE_WITH_LAUNCHER not in os.environ)
     if says and requested == "auto" and torch.cuda.is_available() and resolve_device(requested, local_ranks) == "cpu":
-        print(f"megagpt: {local_ranks} ranks on this node but {torch.cuda.device_count()} GPUs visible to each: "
+        gpus = torch.cuda.device_count()
+        print(f"megagpt: {local_ranks} ranks on this node but {gpus} GPU{'s' * (gpus != 1)} visible to each: "
               f"running on CPU with gloo (run.device=cuda requires a GPU per rank)", file=sys.stderr)
 
 

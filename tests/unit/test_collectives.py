@@ -96,3 +96,24 @@ def test_gpus_bound_per_task_are_used_not_left_for_cpu(monkeypatch):
     assert resolve_device("auto", 2) == "cuda" and resolve_device("cuda", 2) == "cuda"
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "1")
     assert resolve_device("auto", 2) == "cpu"
+
+
+@pytest.mark.parametrize("world,env,says", [
+    (None, {}, True),  # the local launcher, before it starts the ranks
+    (2, {"RANK": "0"}, True),  # rank 0 of srun's or torchrun's world: no launcher of ours said it
+    (2, {"RANK": "1"}, False),
+    (2, {"RANK": "0", "MEGAGPT_LAUNCHER_PID": "1"}, False),  # a rank of our launcher, which said it already
+])
+def test_gpus_left_unused_are_reported_once(monkeypatch, capsys, world, env, says):
+    from launchers.cli import report_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key in ("RANK", "MEGAGPT_LAUNCHER_PID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    report_device("auto", 2, world)
+    report_device("cpu", 2, world)  # asked for: nothing to say
+    assert capsys.readouterr().err == ("megagpt: 2 ranks on this node but 1 GPU visible to each: running on CPU "
+                                       "with gloo (run.device=cuda requires a GPU per rank)\n" if says else "")
