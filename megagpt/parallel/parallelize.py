@@ -23,8 +23,11 @@ checkpoints (megagpt.train.checkpoint) and the HF conversion (megagpt.hf) name w
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
+import torch.distributed as dist
 from torch import nn
 
 from megagpt.config import Config
@@ -69,9 +72,32 @@ def apply_pipeline(ctx: LayerContext, pc: ParallelContext) -> nn.Module:
     if ctx.model.norm_position == "pre":
         layers.append(LayerSpec(FinalNorm, ctx))
     layers.append(TiedLayerSpec("embed", Embedding, ctx, forward_fn=head_forward, **tied))
-    # The embedding and head ride on the end stages.
-    return PipelineModule(layers=layers, topology=pc.topology, loss_fn=lm_loss,
-                          partition_method="type:TransformerBlock", activation_checkpoint_interval=0)
+    # The embedding and head ride on the end stages. DeepSpeed prints its seeds, topology and a line per
+    # layer; one line of ours says the same.
+    with contextlib.redirect_stdout(io.StringIO()):
+        module = PipelineModule(layers=layers, topology=pc.topology, loss_fn=lm_loss,
+                                partition_method="type:TransformerBlock", activation_checkpoint_interval=0)
+    if dist.get_rank() == 0:
+        print(f"megagpt: pipeline stages: {stage_contents(module.parts, ctx.model.num_layers)}", flush=True)
+    return module
+
+
+def stage_contents(parts: list[int], num_layers: int) -> str:
+    """What each stage holds, from PipelineModule's boundaries into the layer list above:
+    '0: embedding, blocks 0-1 | 1: blocks 2-3, final norm, head'."""
+    def name(index: int) -> str:
+        return "embedding" if index == 0 else f"block {index - 1}" if index <= num_layers else \
+            "head" if index == parts[-1] - 1 else "final norm"
+
+    stages = []
+    for stage, (start, stop) in enumerate(zip(parts, parts[1:])):
+        names = [name(i) for i in range(start, stop)]
+        blocks = [n for n in names if n.startswith("block ")]
+        if len(blocks) > 1:  # a run of blocks, as one range
+            first = names.index(blocks[0])
+            names[first:first + len(blocks)] = [f"blocks {blocks[0][6:]}-{blocks[-1][6:]}"]
+        stages.append(f"{stage}: {', '.join(names)}")
+    return " | ".join(stages)
 
 
 def apply_sequence_parallel(model: nn.Module, ctx: LayerContext) -> None:
@@ -132,7 +158,8 @@ def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_b
 
     # A PipelineModule brings its own grid; with pp = 1 DeepSpeed needs one as mpu.
     if mpu is None and pc.pp == 1:
-        mpu = PipelineParallelGrid(topology=pc.topology)
+        with contextlib.redirect_stdout(io.StringIO()):  # "Using topology: ..."
+            mpu = PipelineParallelGrid(topology=pc.topology)
     clipping = own_clipping(cfg)
     if clipping:
         optimizer = adamw(model, cfg.optim, clip_grad=cfg.optim.clip_grad, mpu=mpu if mpu is not None else model._grid)

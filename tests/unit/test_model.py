@@ -128,3 +128,12 @@ def test_token_logprobs_equal_log_softmax_without_the_vocab_padding():
     real = torch.log_softmax(logits[..., :10], dim=-1)  # ids 10, 11 are padding: no probability
     torch.testing.assert_close(logp, real.gather(-1, labels[..., None]).squeeze(-1))
     torch.testing.assert_close(entropy, -(real.exp() * real).sum(-1))
+
+
+def test_pipeline_stages_are_named_in_one_line():
+    from megagpt.parallel.parallelize import stage_contents
+
+    # 4 blocks over 2 stages, pre-LN (a final norm at index 5, the head at 6)
+    assert stage_contents([0, 3, 7], 4) == "0: embedding, blocks 0-1 | 1: blocks 2-3, final norm, head"
+    # post-LN (no final norm), 3 stages, one block on the middle one
+    assert stage_contents([0, 2, 3, 5], 3) == "0: embedding, block 0 | 1: block 1 | 2: block 2, head"
