@@ -31,8 +31,16 @@ from megagpt.train.schedules import batch_sizes, lr_schedule
 
 
 def _to(device, batch):
+    if device.type == "cuda":
+        # A copy from pageable memory blocks the host until the GPU has drained its queue, once per micro-batch
+        # (the GPU then idles while the next forward is launched); from pinned memory it queues like a kernel.
+        def move(x):
+            return x.pin_memory().to(device, non_blocking=True)
+    else:
+        def move(x):
+            return x.to(device)
     tokens, (labels, mask) = batch
-    return tokens.to(device), (labels.to(device), mask.to(device))
+    return move(tokens), (move(labels), move(mask))
 
 
 def _dp_mean(value: torch.Tensor, pc: ParallelContext) -> float:
