@@ -398,14 +398,12 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
 def report_device(requested: str, local_ranks: int, world: int | None) -> None:
     """Say when run.device=auto leaves this node's GPUs unused (fewer than its ranks): once, from the local
     launcher, or else from rank 0 of the world srun or torchrun started."""
-    import torch
-
     from launchers.local import DIE_WITH_LAUNCHER
-    from megagpt.parallel.distributed import resolve_device
+    from megagpt.parallel.distributed import resolve_device, visible_gpus
 
     says = world is None or (os.environ.get("RANK") == "0" and DIE_WITH_LAUNCHER not in os.environ)
-    if says and requested == "auto" and torch.cuda.is_available() and resolve_device(requested, local_ranks) == "cpu":
-        gpus = torch.cuda.device_count()
+    gpus = visible_gpus()
+    if says and requested == "auto" and gpus and resolve_device(requested, local_ranks) == "cpu":
         print(f"megagpt: {local_ranks} ranks on this node but {gpus} GPU{'s' * (gpus != 1)} visible to each: "
               f"running on CPU with gloo (run.device=cuda requires a GPU per rank)", file=sys.stderr)
 

@@ -94,7 +94,7 @@ def rank_main(argv: list[str]) -> None:
 
 
 def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
-    """The world this process was started into by torchrun or srun, if any."""
+    """The world this process was started into by torchrun, srun or our launcher, if any."""
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["WORLD_SIZE"])
     if in_slurm_step(env):

@@ -30,15 +30,17 @@ def local_world_size(default: int = 1) -> int:
 def own_gpu(local_rank: int, local_ranks: int, gpus: int, env: Mapping[str, str]) -> Optional[int]:
     """Which of the `gpus` this process sees is its own, or None where its node has fewer GPUs than ranks.
 
-    Where every rank sees all of its node's GPUs (--nproc, torchrun, srun --gpus-per-node) rank r takes
-    GPU r. Slurm's per-task binding (srun --gpus-per-task=1, --gpu-bind=single:1) shows each task only its
-    own, fewer than the step holds on the node (measured on slurm 22.05: tasks 0 and 1 see
-    CUDA_VISIBLE_DEVICES=0 and =1, both SLURM_GPUS_ON_NODE=2): such a task takes the first it sees.
+    Where a rank sees a GPU per local rank (--nproc, torchrun, srun --gpus-per-node) rank r takes GPU r.
+    Slurm's per-task binding (srun --gpus-per-task=1, --gpu-bind=single:1) shows each task only its own:
+    an srun task that sees too few for that, while its node's ranks times what each sees fit in the step's
+    GPUs there (SLURM_GPUS_ON_NODE), takes the first it sees. Measured on slurm 22.05: tasks 0 and 1 of
+    such a step see CUDA_VISIBLE_DEVICES=0 and =1, both with SLURM_GPUS_ON_NODE=2. Counts cannot tell
+    a binding that puts two tasks on one GPU (--gpu-bind=closest on a crowded socket); NCCL then refuses.
     """
+    if gpus >= local_ranks:
+        return local_rank
     on_node = int(env.get("SLURM_GPUS_ON_NODE") or 0) if in_slurm_step(env) else 0
-    if 0 < gpus < on_node and on_node >= local_ranks:
-        return 0
-    return local_rank if gpus >= local_ranks else None
+    return 0 if 0 < gpus and gpus * local_ranks <= on_node else None
 
 
 def visible_gpus() -> int:
@@ -65,7 +67,9 @@ def resolve_device(requested: str, local_ranks: int) -> str:
 def device_for_local_rank(kind: str) -> torch.device:
     if kind == "cuda":
         index = own_gpu(int(os.environ.get("LOCAL_RANK", 0)), local_world_size(), visible_gpus(), os.environ)
-        # DeepSpeed takes LOCAL_RANK for the device index (its engine, pipeline module and ZeRO-3 all do)
+        assert index is not None, "resolve_device chose cuda without a GPU for this rank"
+        # DeepSpeed takes LOCAL_RANK for the device index (its engine, pipeline module and ZeRO-3 all do), so
+        # under Slurm's per-task binding it becomes 0 on every rank; nothing of ours reads it as the node's rank.
         os.environ["LOCAL_RANK"] = str(index)
         torch.cuda.set_device(index)
         return torch.device("cuda", index)

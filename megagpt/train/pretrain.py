@@ -232,6 +232,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
             if step == t.steps and task.finish is not None:
                 finished = task.finish(engine, pc, cfg)
             if preemption.agreed():
+                profiler.close()  # the steps it profiled, not the save
                 checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
                 preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}")
                 return

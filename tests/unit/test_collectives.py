@@ -53,6 +53,7 @@ def test_audit_uninstalls_cleanly(world_of_one):
     ("cpu", 8, 8, "cpu"), ("cuda", 2, 2, "cuda"),
 ])
 def test_device_follows_the_gpus_per_node(monkeypatch, requested, gpus, ranks, expected):
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)  # not a task of whatever Slurm step runs pytest
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert resolve_device(requested, ranks) == expected
@@ -60,6 +61,7 @@ def test_device_follows_the_gpus_per_node(monkeypatch, requested, gpus, ranks, e
 
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_cuda_without_a_gpu_per_rank_is_one_line(monkeypatch, gpus):
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     with pytest.raises(ConfigError, match=f"run.device=cuda needs a GPU per rank: 2 ranks on this node, {gpus} GPUs"):
@@ -78,6 +80,13 @@ STEP = {"SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_GPUS_ON_NODE": "2"}
 def test_each_srun_task_takes_its_own_gpu(gpus_seen, on_node, expected):
     env = {**STEP, "SLURM_GPUS_ON_NODE": on_node}
     assert [own_gpu(rank, 2, gpus_seen, env) for rank in range(2)] == expected
+
+
+def test_a_rank_that_sees_a_gpu_per_local_rank_takes_its_own_in_a_step_too():
+    # torchrun inside srun: 2 tasks of a node, --gpus-per-task=4, 4 local ranks each
+    assert [own_gpu(rank, 4, 4, {**STEP, "SLURM_GPUS_ON_NODE": "8"}) for rank in range(4)] == [0, 1, 2, 3]
+    # 7 of the step's 8 GPUs visible to each of 8 tasks: not a binding, and not a GPU each
+    assert {own_gpu(rank, 8, 7, {**STEP, "SLURM_GPUS_ON_NODE": "8"}) for rank in range(8)} == {None}
 
 
 def test_outside_an_srun_step_a_rank_takes_the_gpu_of_its_index():
