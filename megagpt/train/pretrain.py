@@ -205,6 +205,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
             lr = lr_at(consumed_tokens + gbs * seq)  # the schedule's value once this batch is consumed
             trainer.set_lr(lr)
             profiler.before(step)
+            skipped_before = engine.skipped_steps
             start = time.perf_counter()
             loss = trainer.train_step(micro_batches(train_ds, consumed_samples, gbs, t.micro_batch_size,
                                                     pc.dp_rank, pc.dp))
@@ -219,6 +220,9 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
                       "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
             if flops_per_token:
                 record["model_tflops_per_gpu"] = flops_per_token * record["tokens_per_s"] / world / 1e12
+            if t.precision == "fp16":  # as Megatron-LM logs them: the dynamic loss scale, and overflow-skipped steps
+                record["loss_scale"] = float(engine.optimizer.loss_scale)
+                record["skipped"] = engine.skipped_steps > skipped_before
             if profiler.marks(step):
                 record["profiled"] = True
             if device.type == "cuda":

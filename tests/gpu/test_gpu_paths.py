@@ -61,6 +61,10 @@ def test_train_eval_save_resume_and_reshape_on_cuda(demo_prefix, tmp_path, preci
     assert len(saved) == STEPS and all(m["loss"] == m["loss"] for m in saved)
     assert saved[-1]["loss"] < saved[0]["loss"]
     assert saved[-1]["peak_gpu_memory_gb"] > 0
+    if precision == "fp16":  # DeepSpeed's dynamic scale starts at 2^16 and halves on overflows
+        assert all(m["loss_scale"] in [2.0**e for e in range(17)] and isinstance(m["skipped"], bool) for m in saved)
+    else:
+        assert not any("loss_scale" in m for m in saved)
     assert [e["step"] for e in read_jsonl(str(tmp_path / "saved" / "eval.jsonl"))] == [0, 3, 6]
     continue_from(tmp_path / "saved", tmp_path / "resumed", 3)
     resumed = pretrain(demo_prefix, tmp_path / "resumed", p)
