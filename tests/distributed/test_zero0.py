@@ -81,8 +81,8 @@ def test_zero_0_resumes_exactly(demo_prefix, tmp_path, runs, precision, layout):
     """Same layout: DeepSpeed's own checkpoint (fp32, bf16 at pp 1), universal/ for BF16_Optimizer (bf16, pp 2)."""
     whole, saved = runs(precision, layout, 0)
     resumed = resume(demo_prefix, tmp_path, saved, precision, layout, 0, "resumed")
-    assert resumed == [{**m, "tokens_per_s": r["tokens_per_s"], "step_time_s": r["step_time_s"]}
-                       for m, r in zip(whole[3:], resumed)]  # bitwise, but for the timings
+    timings = ("tokens_per_s", "step_time_s", "model_tflops_per_gpu")
+    assert resumed == [{**m, **{k: r[k] for k in timings}} for m, r in zip(whole[3:], resumed)]  # bitwise but these
 
 
 # (precision, source layout and stage, target layout and stage)
