@@ -70,8 +70,12 @@ def check_job(job: PretrainJob) -> Config:
 def render_pretrain(job: PretrainJob) -> tuple[str, Config]:
     cfg = check_job(job)
     run_dir = os.path.abspath(cfg.run.dir)
-    # The tasks must train the run we checked: pin run.dir to the absolute path.
+    # The tasks must train the run we checked: pin run.dir to the absolute path. And the device the job asked for:
+    # a GPU job's ranks take their GPUs or stop with the reason, never fall back to CPU on a node where run.device=auto
+    # would (a task that sees too few GPUs); a CPU job's stay on CPU on GPU nodes too.
     overrides = [o for o in job.overrides if not o.startswith("run.dir=")] + [f"run.dir={run_dir}", "train.progress=false"]
+    if cfg.run.device == "auto":
+        overrides.append("run.device=" + ("cuda" if job.gpus_per_node else "cpu"))
     script = render("pretrain.sbatch", {
         "job_name": job.job_name, "nodes": str(job.nodes), "tasks_per_node": str(job.tasks_per_node),
         "cpus_per_task": str(job.cpus_per_task),

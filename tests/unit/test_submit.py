@@ -48,6 +48,7 @@ def test_dry_run_renders_a_multi_node_script(no_cluster, demo_prefix, tmp_path):
     srun = next(line for line in lines if line.startswith("srun "))
     assert f"--config {TINY}" in srun and f"'data.prefixes=[{demo_prefix}]'" in srun
     assert srun.count("run.dir=") == 1 and f"run.dir={tmp_path}/run" in srun
+    assert srun.endswith(" run.device=cuda")  # a GPU job never falls back to CPU on a node short of GPUs
     assert "{{" not in script and "" not in lines[:20]  # every placeholder filled, no blank #SBATCH gaps
 
 
@@ -57,6 +58,16 @@ def test_cpu_cluster_asks_for_no_gpus(no_cluster, demo_prefix, tmp_path):
     script, _ = render_pretrain(job(demo_prefix, tmp_path, gpus_per_node=None, cpu_tasks_per_node=2, nodes=2,
                                     overrides=[f"data.prefixes=[{demo_prefix}]", "parallel.pp=1"]))
     assert "--gpus-per-node" not in script and "#SBATCH --ntasks-per-node=2" in script
+    assert next(line for line in script.splitlines() if line.startswith("srun ")).endswith(" run.device=cpu")
+
+
+def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
+    from launchers.submit import render_pretrain
+
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, overrides=[f"data.prefixes=[{demo_prefix}]",
+                                                                       "run.device=cpu"]))
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert srun.count("run.device=") == 1 and "run.device=cpu" in srun
 
 
 @pytest.mark.parametrize("change,message", [
