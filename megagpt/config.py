@@ -112,6 +112,9 @@ class TrainConfig:
     save_interval: int = 0  # save a checkpoint every this many steps (and at the end); 0: never
     keep_last: int = 2  # complete checkpoints kept in <run.dir>/checkpoints; 0: all
     resume: bool = True  # continue from <run.dir>/checkpoints/latest when there is one
+    # Stop after this many minutes of training, saved, as on a signal (Megatron-LM's --exit-duration-in-mins):
+    # below a job's time limit, a Slurm job requeues and continues. None: no limit.
+    exit_duration_minutes: Optional[float] = None
     # Also save layout-free shards (full-DP fp32 weights + Adam moments per TP shard): what loading at
     # another (tp, pp, dp) and export-hf read. About doubles a checkpoint's size; off: same-layout resume only.
     universal_checkpoint: bool = True
@@ -416,6 +419,8 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
     _require(t.activation_checkpointing in ACTIVATION_CHECKPOINTING,
              f"train.activation_checkpointing={t.activation_checkpointing!r} must be none, selective or full")
+    _require(t.exit_duration_minutes is None or t.exit_duration_minutes > 0,
+             f"train.exit_duration_minutes={t.exit_duration_minutes} must be a positive number of minutes (or null)")
     if t.profile_steps is not None:
         _require(len(t.profile_steps) == 2 and all(type(s) is int for s in t.profile_steps)
                  and 1 <= t.profile_steps[0] <= t.profile_steps[1] <= t.steps,

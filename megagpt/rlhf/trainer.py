@@ -260,7 +260,7 @@ def ppo(cfg: Config) -> None:
               + (f"; resumed after iteration {state.iteration}" if state.iteration else ""), flush=True)
     log = RunLog(cfg.run.dir, rank == 0, t.steps, cfg.run.tensorboard, t.progress, first_step=state.iteration,
                  desc="ppo", postfix=PPO_POSTFIX)
-    preemption = Preemption(device)
+    preemption = Preemption(device, t.exit_duration_minutes)
     it = Iteration(cfg, roles, exchange, device)
     profiler = StepProfiler(t.profile_steps, t.profile_ranks, rank, device, cfg.run.dir)
     record = {}

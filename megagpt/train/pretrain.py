@@ -99,14 +99,17 @@ PREEMPTED = "PREEMPTED"  # in run.dir: the last run stopped on a signal after sa
 
 
 class Preemption:
-    """SIGTERM / SIGUSR1 (Slurm's --signal) mark the run; ranks agree on it after each step."""
+    """SIGTERM / SIGUSR1 (Slurm's --signal), or train.exit_duration_minutes of training, mark the run; ranks
+    agree on it after each step."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
     in_process: int | None = None  # the last signal any instance took: a forked rank reads it as it ends
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, exit_duration_minutes: float | None = None):
         self.device = device
         self.received: int | None = None
+        self.minutes = exit_duration_minutes
+        self.deadline = None if exit_duration_minutes is None else time.monotonic() + 60 * exit_duration_minutes
         for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
 
@@ -114,16 +117,20 @@ class Preemption:
         self.received = Preemption.in_process = signum
 
     def agreed(self) -> bool:
-        """True on every rank once any rank has a signal: all stop after the same step."""
-        return any_rank(self.received is not None, self.device)
+        """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""
+        due = self.deadline is not None and time.monotonic() >= self.deadline
+        return any_rank(self.received is not None or due, self.device)
 
     def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str) -> None:
         """After the save: mark run_dir PREEMPTED (the requeued job continues it), say so, wait for every rank."""
         log.close()
         if is_logger:
             open(os.path.join(run_dir, PREEMPTED), "w").close()
-            print(f"megagpt: signal {signal.Signals(self.received or signal.SIGTERM).name} received; saved {saved} "
-                  f"and stopped", flush=True)
+            # rank 0 names its own reason; where another rank's signal stopped the run, a deadline or SIGTERM
+            why = (f"signal {signal.Signals(self.received).name} received" if self.received is not None else
+                   f"train.exit_duration_minutes={self.minutes} reached" if self.deadline is not None else
+                   "signal SIGTERM received")
+            print(f"megagpt: {why}; saved {saved} and stopped", flush=True)
         dist.barrier()
 
 
@@ -166,7 +173,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     train_ds, valid_ds = datasets(cfg, sum(sizes), max(eval_samples, 1))
     engine, rng = parallelize(cfg, pc, sizes[0], task.model)
     trainer = Trainer(cfg, pc, engine, task.loss)
-    preemption = Preemption(device)
+    preemption = Preemption(device, t.exit_duration_minutes)
     checkpointer = Checkpointer(cfg, pc, engine, rng)
     state = checkpointer.resume()
     if state.step == 0 and init_from is not None:

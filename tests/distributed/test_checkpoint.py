@@ -74,6 +74,19 @@ def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, 
     assert training_record(run) == uninterrupted_112
 
 
+def test_exit_duration_saves_and_the_rerun_continues(demo_prefix, tmp_path, uninterrupted_112):
+    """train.exit_duration_minutes: stop as on a signal once the time is up (here after the first step)."""
+    run = tmp_path / "timed"
+    args = pretrain_args(demo_prefix, run, 1, 1, 2)
+    out = megagpt(*args, "train.exit_duration_minutes=1e-4")
+    assert f"train.exit_duration_minutes=0.0001 reached; saved step 1 to {run}/checkpoints and stopped" in out.stdout
+    assert (run / "PREEMPTED").exists() and len(read_jsonl(str(run / "metrics.jsonl"))) == 1
+    # the rerun drops the limit and profiles steps 1-2: from step 2, where it resumes (neither changes the run)
+    megagpt(*args, "train.profile_steps=[1,2]")
+    assert training_record(run) == uninterrupted_112
+    assert sorted(p.name for p in (run / "profile").iterdir())[0] == "rank0-steps2-2.json.gz"
+
+
 def first_loss_after(run_dir) -> float:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
 

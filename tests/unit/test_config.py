@@ -88,6 +88,8 @@ RULES = [
     (["model.norm_position=middle"], 8, "model.norm_position='middle' must be 'pre' or 'post'"),
     (["model.attention=sparse"], 8, "model.attention='sparse' must be 'dense' or 'alternating'"),
     (["model.sparse_pattern=dense"], 8, "model.sparse_pattern='dense' must be 'local' or 'strided'"),
+    (["train.exit_duration_minutes=0"], 8, "train.exit_duration_minutes=0.0 must be a positive number of minutes"),
+    (["train.exit_duration_minutes=soon"], 8, "train.exit_duration_minutes='soon' is not a valid float"),
     (["train.profile_steps=[3,2]"], 8, "train.profile_steps=[3, 2] must be [first, last] with 1 <= first <= last"),
     (["train.profile_steps=[1,2,3]"], 8, "train.profile_steps=[1, 2, 3] must be [first, last]"),
     (["train.profile_steps=[1,x]"], 8, "train.profile_steps=[1, 'x'] must be [first, last]"),
