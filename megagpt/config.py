@@ -112,8 +112,8 @@ class TrainConfig:
     save_interval: int = 0  # save a checkpoint every this many steps (and at the end); 0: never
     keep_last: int = 2  # complete checkpoints kept in <run.dir>/checkpoints; 0: all
     resume: bool = True  # continue from <run.dir>/checkpoints/latest when there is one
-    # Stop after this many minutes of training, saved, as on a signal (Megatron-LM's --exit-duration-in-mins):
-    # below a job's time limit, a Slurm job requeues and continues. None: no limit.
+    # Stop after the step that ends this many minutes after the rank started, saved, as on a signal (Megatron-LM's
+    # --exit-duration-in-mins): below a job's time limit, a Slurm job requeues and continues. None: no limit.
     exit_duration_minutes: Optional[float] = None
     # Also save layout-free shards (full-DP fp32 weights + Adam moments per TP shard): what loading at
     # another (tp, pp, dp) and export-hf read. About doubles a checkpoint's size; off: same-layout resume only.

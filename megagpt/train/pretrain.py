@@ -109,7 +109,11 @@ class Preemption:
         self.device = device
         self.received: int | None = None
         self.minutes = exit_duration_minutes
-        self.deadline = None if exit_duration_minutes is None else time.monotonic() + 60 * exit_duration_minutes
+        self.deadline = None  # as time.time(): counted from this process's start, as a job's time limit is
+        if exit_duration_minutes is not None:
+            import psutil
+
+            self.deadline = psutil.Process().create_time() + 60 * exit_duration_minutes
         for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
 
@@ -118,7 +122,7 @@ class Preemption:
 
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""
-        due = self.deadline is not None and time.monotonic() >= self.deadline
+        due = self.deadline is not None and time.time() >= self.deadline
         return any_rank(self.received is not None or due, self.device)
 
     def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str) -> None:
