@@ -60,6 +60,9 @@ def check_job(job: PretrainJob) -> Config:
         raise ConfigError(f"{job.nodes} nodes x {job.tasks_per_node} tasks = {world} ranks, not a multiple of "
                           f"parallel.tp*parallel.pp={p.tp}*{p.pp}: the layout cannot use them all")
     validate(cfg, world)
+    if job.cpu_tasks_per_node is not None and cfg.train.precision == "fp16":
+        raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU), and "
+                          "--cpu-tasks-per-node asks for none; use fp32 or bf16, or --gpus-per-node")
     if job.command == "ppo":
         from megagpt.rlhf.layout import parse_layout
 

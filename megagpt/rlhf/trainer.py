@@ -308,7 +308,7 @@ def ppo(cfg: Config) -> None:
             kl.update(merged["kl"], r.rollout_batch_size)
             state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),
                              kl.value)
-            if preemption.agreed():
+            if iteration < t.steps and preemption.agreed():
                 profiler.close()  # the steps it profiled, not the save
                 checkpointer.save(state)
                 preemption.stop(log, cfg.run.dir, rank == 0, f"iteration {iteration} to {checkpointer.root}")

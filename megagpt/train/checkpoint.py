@@ -232,8 +232,9 @@ def check_same_run(saved: dict, cfg: Config, path: str) -> None:
                if theirs.get(k) != ours.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
         raise CheckpointError(f"run.dir={cfg.run.dir!r} was trained with another config ({'; '.join(changed[:4])}"
-                              f"{'; ...' if len(changed) > 4 else ''}); resuming may change only steps, logging, "
-                              f"saving and the parallel layout: use a new run.dir, or train.resume=false")
+                              f"{'; ...' if len(changed) > 4 else ''}); resuming may change only its length, "
+                              f"logging, profiling and saving, and how it is laid out and run: use a new run.dir, or "
+                              f"train.resume=false")
 
 
 def _flat(raw: dict) -> dict:

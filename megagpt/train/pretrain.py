@@ -95,12 +95,12 @@ class Trainer:
             group["lr"] = lr
 
 
-PREEMPTED = "PREEMPTED"  # in run.dir: the last run stopped on a signal after saving; a requeue continues it
+PREEMPTED = "PREEMPTED"  # in run.dir: the last run stopped early (signal, exit duration), saved; a requeue continues it
 
 
 class Preemption:
-    """SIGTERM / SIGUSR1 (Slurm's --signal), or train.exit_duration_minutes of training, mark the run; ranks
-    agree on it after each step."""
+    """SIGTERM / SIGUSR1 (Slurm's --signal), or train.exit_duration_minutes since the rank started, mark the run;
+    ranks agree on it after each step but the last (a run that is done has nothing to continue)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
     in_process: int | None = None  # the last signal any instance took: a forked rank reads it as it ends
@@ -130,10 +130,9 @@ class Preemption:
         log.close()
         if is_logger:
             open(os.path.join(run_dir, PREEMPTED), "w").close()
-            # rank 0 names its own reason; where another rank's signal stopped the run, a deadline or SIGTERM
             why = (f"signal {signal.Signals(self.received).name} received" if self.received is not None else
-                   f"train.exit_duration_minutes={self.minutes} reached" if self.deadline is not None else
-                   "signal SIGTERM received")
+                   f"train.exit_duration_minutes={self.minutes} reached"
+                   if self.deadline is not None and time.time() >= self.deadline else "another rank was signalled")
             print(f"megagpt: {why}; saved {saved} and stopped", flush=True)
         dist.barrier()
 
@@ -246,7 +245,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
                 held_out(step)
             if step == t.steps and task.finish is not None:
                 finished = task.finish(engine, pc, cfg)
-            if preemption.agreed():
+            if step < t.steps and preemption.agreed():
                 profiler.close()  # the steps it profiled, not the save
                 checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
                 preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}")

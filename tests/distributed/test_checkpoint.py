@@ -87,6 +87,13 @@ def test_exit_duration_saves_and_the_rerun_continues(demo_prefix, tmp_path, unin
     assert sorted(p.name for p in (run / "profile").iterdir())[0] == "rank0-steps2-2.json.gz"
 
 
+def test_a_deadline_at_the_last_step_just_ends_the_run(demo_prefix, tmp_path):
+    run = tmp_path / "done"
+    out = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 1, "train.steps=1", "train.exit_duration_minutes=1e-4"))
+    assert "reached" not in out.stdout and "megagpt: trained 1 steps" in out.stdout
+    assert not (run / "PREEMPTED").exists() and len(read_jsonl(str(run / "metrics.jsonl"))) == 1
+
+
 def first_loss_after(run_dir) -> float:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
 

@@ -61,8 +61,9 @@ def test_train_eval_save_resume_and_reshape_on_cuda(demo_prefix, tmp_path, preci
     assert len(saved) == STEPS and all(m["loss"] == m["loss"] for m in saved)
     assert saved[-1]["loss"] < saved[0]["loss"]
     assert saved[-1]["peak_gpu_memory_gb"] > 0
-    if precision == "fp16":  # DeepSpeed's dynamic scale starts at 2^16 and halves on overflows
+    if precision == "fp16":  # DeepSpeed's dynamic scale starts at 2^16; an overflow skips the step, and lowers it
         assert all(m["loss_scale"] in [2.0**e for e in range(17)] and isinstance(m["skipped"], bool) for m in saved)
+        assert all(b["skipped"] for a, b in zip(saved, saved[1:]) if b["loss_scale"] < a["loss_scale"])
     else:
         assert not any("loss_scale" in m for m in saved)
     assert [e["step"] for e in read_jsonl(str(tmp_path / "saved" / "eval.jsonl"))] == [0, 3, 6]
@@ -73,6 +74,7 @@ def test_train_eval_save_resume_and_reshape_on_cuda(demo_prefix, tmp_path, preci
     continue_from(tmp_path / "saved", tmp_path / "reshaped", 3)
     reshaped = pretrain(demo_prefix, tmp_path / "reshaped", p, "parallel.zero_stage=2")
     assert_close_runs(saved[3:], reshaped, TOLERANCE[precision])
+    assert all(("loss_scale" in m) == (precision == "fp16") for m in reshaped)
 
 
 @pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")

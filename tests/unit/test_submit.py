@@ -61,6 +61,15 @@ def test_cpu_cluster_asks_for_no_gpus(no_cluster, demo_prefix, tmp_path):
     assert next(line for line in script.splitlines() if line.startswith("srun ")).endswith(" run.device=cpu")
 
 
+def test_fp16_on_cpu_tasks_is_refused_before_the_job_queues(no_cluster, demo_prefix, tmp_path):
+    from launchers.submit import render_pretrain
+
+    with pytest.raises(ConfigError, match="train.precision=fp16 needs a GPU .DeepSpeed has no fp16 on CPU., and "
+                                          "--cpu-tasks-per-node asks for none"):
+        render_pretrain(job(demo_prefix, tmp_path, gpus_per_node=None, cpu_tasks_per_node=2,
+                            overrides=[f"data.prefixes=[{demo_prefix}]", "train.precision=fp16"]))
+
+
 def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     from launchers.submit import render_pretrain
 
@@ -68,6 +77,9 @@ def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
                                                                        "run.device=cpu"]))
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert srun.count("run.device=") == 1 and "run.device=cpu" in srun
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, overrides=[f"data.prefixes=[{demo_prefix}]",
+                                                                       "run.device=auto"]))
+    assert next(line for line in script.splitlines() if line.startswith("srun ")).endswith(" run.device=cuda")
 
 
 @pytest.mark.parametrize("change,message", [
