@@ -89,9 +89,12 @@ def test_exit_duration_saves_and_the_rerun_continues(demo_prefix, tmp_path, unin
 
 def test_a_deadline_at_the_last_step_just_ends_the_run(demo_prefix, tmp_path):
     run = tmp_path / "done"
-    out = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 1, "train.steps=1", "train.exit_duration_minutes=1e-4"))
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.steps=1", "train.save_interval=1")
+    out = megagpt(*args, "train.exit_duration_minutes=1e-4")
     assert "reached" not in out.stdout and "megagpt: trained 1 steps" in out.stdout
     assert not (run / "PREEMPTED").exists() and len(read_jsonl(str(run / "metrics.jsonl"))) == 1
+    again = megagpt(*args)  # a rerun of the finished run says so
+    assert f"megagpt: {run} has trained its 1 steps already (raise train.steps to continue it)" in again.stdout
 
 
 def first_loss_after(run_dir) -> float:
