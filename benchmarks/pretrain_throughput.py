@@ -149,7 +149,7 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool, profile: bool 
         step_loss = torch.stack(losses).mean().item()  # also waits for the GPU
         if profiler:
             profiler.__exit__(None, None, None)
-            ops = {o["name"]: o for o in op_times(profiler, device, 1)}
+            ops = {o["name"]: o for o in op_times(profiler.key_averages(), device, 1)}
         else:
             times.append(time.perf_counter() - start)
         first_loss = first_loss if first_loss is not None else step_loss

@@ -85,17 +85,15 @@ def apply_pipeline(ctx: LayerContext, pc: ParallelContext) -> nn.Module:
 def stage_contents(parts: list[int], num_layers: int) -> str:
     """What each stage holds, from PipelineModule's boundaries into the layer list above:
     '0: embedding, blocks 0-1 | 1: blocks 2-3, final norm, head'."""
-    def name(index: int) -> str:
-        return "embedding" if index == 0 else f"block {index - 1}" if index <= num_layers else \
-            "head" if index == parts[-1] - 1 else "final norm"
-
+    head = parts[-1] - 1
     stages = []
     for stage, (start, stop) in enumerate(zip(parts, parts[1:])):
-        names = [name(i) for i in range(start, stop)]
-        blocks = [n for n in names if n.startswith("block ")]
-        if len(blocks) > 1:  # a run of blocks, as one range
-            first = names.index(blocks[0])
-            names[first:first + len(blocks)] = [f"blocks {blocks[0][6:]}-{blocks[-1][6:]}"]
+        blocks = [i - 1 for i in range(start, stop) if 1 <= i <= num_layers]
+        names = ["embedding"] * (start == 0)
+        if blocks:
+            names.append(f"block {blocks[0]}" if len(blocks) == 1 else f"blocks {blocks[0]}-{blocks[-1]}")
+        names += ["final norm"] * (start <= num_layers + 1 < min(stop, head))
+        names += ["head"] * (stop == head + 1)
         stages.append(f"{stage}: {', '.join(names)}")
     return " | ".join(stages)
 

@@ -31,14 +31,11 @@ from megagpt.train.schedules import batch_sizes, lr_schedule
 
 
 def _to(device, batch):
-    if device.type == "cuda":
-        # A copy from pageable memory blocks the host until the GPU has drained its queue, once per micro-batch
-        # (the GPU then idles while the next forward is launched); from pinned memory it queues like a kernel.
-        def move(x):
-            return x.pin_memory().to(device, non_blocking=True)
-    else:
-        def move(x):
-            return x.to(device)
+    # On a GPU, a copy from pageable memory blocks the host until the GPU has drained its queue, once per
+    # micro-batch (the GPU then idles while the next forward is launched); from pinned memory it queues like a kernel.
+    def move(x):
+        return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
+
     tokens, (labels, mask) = batch
     return move(tokens), (move(labels), move(mask))
 
@@ -120,10 +117,12 @@ class Preemption:
     def _handle(self, signum, frame) -> None:
         self.received = Preemption.in_process = signum
 
+    def due(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""
-        due = self.deadline is not None and time.time() >= self.deadline
-        return any_rank(self.received is not None or due, self.device)
+        return any_rank(self.received is not None or self.due(), self.device)
 
     def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str) -> None:
         """After the save: mark run_dir PREEMPTED (the requeued job continues it), say so, wait for every rank."""
@@ -131,8 +130,7 @@ class Preemption:
         if is_logger:
             open(os.path.join(run_dir, PREEMPTED), "w").close()
             why = (f"signal {signal.Signals(self.received).name} received" if self.received is not None else
-                   f"train.exit_duration_minutes={self.minutes} reached"
-                   if self.deadline is not None and time.time() >= self.deadline else "another rank was signalled")
+                   f"train.exit_duration_minutes={self.minutes} reached" if self.due() else "another rank was signalled")
             print(f"megagpt: {why}; saved {saved} and stopped", flush=True)
         dist.barrier()
 

@@ -25,13 +25,13 @@ def step_profile(device: torch.device) -> profile:
     return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
 
 
-def op_times(prof: profile, device: torch.device, steps: int) -> list[dict]:
-    """Per op or kernel name, per step: calls, self device ms, self CPU ms, and whether it is a device kernel;
-    slowest first (by device time on a GPU)."""
+def op_times(averages, device: torch.device, steps: int) -> list[dict]:
+    """Per op or kernel name in a profile's key_averages(), per step: calls, self device ms, self CPU ms, and
+    whether it is a device kernel; slowest first (by device time on a GPU)."""
     on_device = device.type == "cuda"
     ops = [{"name": e.key, "calls": e.count / steps, "kernel": e.device_type != DeviceType.CPU,
             "self_device_ms": e.self_device_time_total / 1e3 / steps if on_device else 0.0,
-            "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps} for e in prof.key_averages()]
+            "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps} for e in averages]
     return sorted(ops, key=lambda o: -(o["self_device_ms"] if on_device else o["self_cpu_ms"]))
 
 
@@ -85,11 +85,11 @@ class StepProfiler:
         os.makedirs(self.dir, exist_ok=True)
         stem = os.path.join(self.dir, f"rank{self.rank}-steps{self._start}-{self._done}")
         prof.export_chrome_trace(stem + ".json.gz")
+        averages = prof.key_averages()  # one pass over the trace's events serves the table and the data
         with open(stem + ".txt", "w") as f:
-            f.write(prof.key_averages().table(
-                sort_by="self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total",
-                row_limit=60, max_name_column_width=90))
-        ops = op_times(prof, self.device, self._done - self._start + 1)
+            f.write(averages.table(sort_by="self_device_time_total" if self.device.type == "cuda" else
+                                   "self_cpu_time_total", row_limit=60, max_name_column_width=90))
+        ops = op_times(averages, self.device, self._done - self._start + 1)
         with open(stem + ".ops.json", "w") as f:
             json.dump({"steps": [self._start, self._done], "device": self.device.type, "per_step": ops}, f,
                       indent=0)
