@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from typing import Mapping, NoReturn, Sequence
 
 from launchers.slurm_env import torch_env_from_slurm
@@ -83,6 +84,12 @@ def rank_main(argv: list[str]) -> None:
     except SystemExit as exc:
         if exc.code:  # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one)
             raise
+    except BaseException:
+        # A bug's traceback, printed as a fresh interpreter prints it: torch elastic's copy goes to a log the
+        # launcher silences (launch_local), and the launcher's own line names only the rank.
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
     finally:
         atexit._run_exitfuncs()  # a forked process skips them at exit; a fresh interpreter would run them here
     if Preemption.in_process == signal.SIGTERM:

@@ -85,6 +85,7 @@ def apply_pipeline(ctx: LayerContext, pc: ParallelContext) -> nn.Module:
 def stage_contents(parts: list[int], num_layers: int) -> str:
     """What each stage holds, from PipelineModule's boundaries into the layer list above:
     '0: embedding, blocks 0-1 | 1: blocks 2-3, final norm, head'."""
+    parts = [int(p) for p in parts]  # DeepSpeed's partitioner returns numpy integers
     head = parts[-1] - 1
     stages = []
     for stage, (start, stop) in enumerate(zip(parts, parts[1:])):

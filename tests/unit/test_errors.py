@@ -57,3 +57,45 @@ def test_a_real_command_names_the_missing_file(tmp_path, capsys):
         cli.main(["tokenize", "--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
                   "--tokenizer", str(tmp_path / "tokenizer.json")])
     assert capsys.readouterr().err == f"megagpt: error: tokenizer file {tmp_path / 'tokenizer.json'} not found\n"
+
+
+@pytest.fixture
+def in_a_forked_rank(monkeypatch):
+    """launchers.local.rank_main, run here: the exit handlers and signal dispositions it sets are pytest's."""
+    import atexit
+    import signal
+
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_forked_rank_prints_a_bugs_traceback(monkeypatch, capsys, in_a_forked_rank):
+    """A CPU rank prints a bug's traceback as `python -m launchers.cli` would: torch elastic's copy of it goes to a
+    log the launcher silences, and CI once saw only 'rank 0 of 2 failed'."""
+    from launchers.local import rank_main
+
+    def failing(argv):
+        raise TypeError("can't multiply sequence by non-int of type 'numpy.bool'")
+
+    monkeypatch.setattr(cli, "main", failing)
+    with pytest.raises(TypeError):
+        rank_main(["pretrain"])
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.endswith("TypeError: can't multiply sequence by non-int of type 'numpy.bool'\n")
+
+
+def test_a_forked_rank_leaves_our_errors_one_line(monkeypatch, capsys, in_a_forked_rank):
+    from launchers.local import rank_main
+
+    def load_config(*args, **kwargs):
+        raise ConfigError("train.steps: must be > 0")
+
+    monkeypatch.setattr(cli, "load_config", load_config)
+    with pytest.raises(SystemExit) as stop:
+        rank_main(["pretrain", "--config", "run.yaml"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "megagpt: error: train.steps: must be > 0\n"

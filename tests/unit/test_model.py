@@ -137,3 +137,14 @@ def test_pipeline_stages_are_named_in_one_line():
     assert stage_contents([0, 3, 7], 4) == "0: embedding, blocks 0-1 | 1: blocks 2-3, final norm, head"
     # post-LN (no final norm), 3 stages, one block on the middle one
     assert stage_contents([0, 2, 3, 5], 3) == "0: embedding, block 0 | 1: block 1 | 2: block 2, head"
+
+
+def test_pipeline_stages_are_named_from_deepspeeds_own_partition():
+    """PipelineModule's boundaries as its partitioner makes them (numpy integers), for apply_pipeline's layers."""
+    from deepspeed.runtime.utils import partition_balanced
+
+    from megagpt.parallel.parallelize import stage_contents
+
+    blocks = [0] + [1] * 4 + [0, 0]  # embedding, 4 blocks, final norm, head: partition_method="type:TransformerBlock"
+    parts = partition_balanced(weights=blocks, num_parts=2)
+    assert stage_contents(parts, 4) == "0: embedding, blocks 0-1 | 1: blocks 2-3, final norm, head"
