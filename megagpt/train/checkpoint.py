@@ -457,7 +457,30 @@ def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]
     if pc.dp_rank != 0:
         return None
     return {"params": tensors, "partition_dims": dims, "tp": pc.tp, "tp_rank": pc.tp_rank,
-            "optimizer_step": optimizer_step(engine)}
+            "optimizer_step": optimizer_step(engine), "loss_scaler": loss_scaler_state(engine)}
+
+
+# fp16's dynamic loss scale (DeepSpeed's DynamicLossScaler, which ZeRO 1/2/3 step fp16 with): its scale, the
+# steps it has counted, its last overflow and the overflows it still tolerates before lowering the scale.
+LOSS_SCALER_FIELDS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
+
+
+def loss_scaler_state(engine) -> Optional[dict]:
+    """The engine's dynamic loss scale as it stands (the same on every rank: overflows are agreed); None
+    without one (fp32, bf16)."""
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if not getattr(scaler, "dynamic", False):
+        return None
+    return {field: getattr(scaler, field) for field in LOSS_SCALER_FIELDS}
+
+
+def restore_loss_scaler(engine, state: Optional[dict]) -> None:
+    """Continue the saved dynamic loss scale; a run without one (saved in fp32 or bf16) keeps the fresh scale."""
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if state is None or not getattr(scaler, "dynamic", False):
+        return
+    for field in LOSS_SCALER_FIELDS:
+        setattr(scaler, field, state[field])
 
 
 def optimizer_step(engine) -> int:
@@ -511,6 +534,7 @@ def load_universal(engine, params: list, pc: ParallelContext, path: str, with_op
                 for key in ADAM_STATES:
                     safe_set_full_optimizer_state(param, mine[key].to(param.device), key)
     if with_optimizer:  # a weights-only checkpoint leaves the fresh optimizer as it is
+        restore_loss_scaler(engine, shards.loss_scaler)
         for state in base_optimizer(engine).state.values():
             if torch.is_tensor(state.get("step")):
                 state["step"].fill_(step)
@@ -595,6 +619,7 @@ class UniversalShards:
             for name in shard["params"]:
                 self.where.setdefault(name, {})[shard["tp_rank"]] = shard
         self.optimizer_step = max(s.get("optimizer_step", 0) for s in self.files.values())
+        self.loss_scaler = next((s["loss_scaler"] for s in self.files.values() if s.get("loss_scaler")), None)
         self.path = path
 
     def names(self) -> list[str]:
