@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench gpu-check
+.PHONY: install demo test bench gpu-check gpu-wheels
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/pretrain_throughput.py
 
 # On a GPU machine: every GPU path (tests/gpu) and the GPU benchmarks, one table (skipped without CUDA).
-# Uses .venv when there is one, else python3 as it is (GPU images without a package index).
+# Uses .venv when there is one, else the image's python3 with the wheels in .whl/ (make gpu-wheels),
+# else python3 as it is.
 gpu-check:
-	$(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py
+	$(if $(wildcard $(PY)),$(PY) benchmarks/gpu_check.py,$(if $(wildcard .whl/*.whl),bash benchmarks/gpu_offline.sh check,python3 benchmarks/gpu_check.py))
+
+# Where a package index is reachable: wheels of what a CUDA PyTorch image lacks, for GPU_PYTHON (default 3.12).
+GPU_PYTHON ?= 3.12
+gpu-wheels:
+	bash benchmarks/gpu_offline.sh wheels $(GPU_PYTHON)

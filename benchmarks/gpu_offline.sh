@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make gpu-check` on a GPU image that has CUDA PyTorch but no package index (air-gapped clusters,
+# prepared images): carry wheels of what the image lacks.
+#
+#   bash benchmarks/gpu_offline.sh wheels [PYTHON_VERSION]   # where an index is reachable: fills .whl/
+#   bash benchmarks/gpu_offline.sh check [gpu_check.py args] # on the GPU machine, with .whl/ beside the checkout
+#
+# `check` installs .whl/ into a private directory (never the image's site-packages) and runs
+# benchmarks/gpu_check.py with the image's python3 and that directory on PYTHONPATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=.whl
+# What a CUDA PyTorch image (torch, numpy, tokenizers, transformers, safetensors, PyYAML, psutil, tqdm,
+# pytest) lacks to run the trainer; the corpus packages are left out: the demo's GPU check skips without them.
+PACKAGES=(megatron-core==0.16.1 hjson pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection)
+
+case "${1:-}" in
+  wheels)
+    version="${2:-3.12}"
+    mkdir -p "$WHEELS"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$WHEELS" "${PACKAGES[@]}"
+    python3 -m pip wheel --quiet --no-deps deepspeed==0.19.8 -w "$WHEELS"  # an sdist; its wheel is pure Python
+    ls "$WHEELS"
+    ;;
+  check)
+    shift
+    site="${MEGAGPT_OFFLINE_SITE:-/tmp/megagpt-site}"
+    if ! compgen -G "$WHEELS/*.whl" > /dev/null; then
+      echo "gpu_offline: no wheels in $WHEELS/ (make them with: bash benchmarks/gpu_offline.sh wheels)" >&2
+      exit 2
+    fi
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+      "$WHEELS"/*.whl
+    # configs/ and slurm/ are the packages megagpt.configs and megagpt.slurm_templates (pyproject.toml's
+    # package-dir); a checkout that is not installed finds them through these links (git-ignored).
+    [ -e megagpt/configs ] || ln -s ../configs megagpt/configs
+    [ -e megagpt/slurm_templates ] || ln -s ../slurm megagpt/slurm_templates
+    PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 exec python3 benchmarks/gpu_check.py "$@"
+    ;;
+  *)
+    sed -n '2,8p' "$0" >&2
+    exit 2
+    ;;
+esac
