@@ -29,7 +29,8 @@ def read_losses(run_dir) -> list[float]:
 
 
 def test_a_planted_task_is_learned_and_the_auxiliary_lm_loss_adds_to_it(pretrained_tiny, tmp_path):
-    """Measured: accuracy 1.000 after 60 steps at lm_coef 0 (configs/eval/finetune-keyword.yaml)."""
+    """Measured: accuracy 1.000 after 120 steps at lm_coef 0 (configs/eval/finetune-keyword.yaml; 0.958 and
+    1.000 at seeds 7 and 11)."""
     learned = finetune(pretrained_tiny, tmp_path / "lm0")
     assert learned["accuracy"] >= 0.9 and learned["test_examples"] == 48 and learned["lm_coef"] == 0.0
     with_lm = finetune(pretrained_tiny, tmp_path / "lm0.5", "finetune.lm_coef=0.5", "train.steps=3",
