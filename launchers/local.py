@@ -84,10 +84,12 @@ def rank_main(argv: list[str]) -> None:
     except SystemExit as exc:
         if exc.code:  # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one)
             raise
-    except BaseException:
-        # A bug's traceback, printed as a fresh interpreter prints it: torch elastic's copy goes to a log the
-        # launcher silences (launch_local), and the launcher's own line names only the rank.
-        traceback.print_exc()
+    except Exception:
+        # A bug's traceback, which a fresh interpreter would print: torch elastic's copy goes to a log the
+        # launcher silences (launch_local), and its own line names only the rank. One write, each line marked
+        # with the rank as torchrun marks them, so the other ranks' errors (a peer gone) do not interleave.
+        rank = os.environ.get("RANK", "?")
+        sys.stderr.write("".join(f"[rank{rank}]: {line}\n" for line in traceback.format_exc().splitlines()))
         sys.stderr.flush()
         raise
     finally:

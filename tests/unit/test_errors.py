@@ -81,11 +81,26 @@ def test_a_forked_rank_prints_a_bugs_traceback(monkeypatch, capsys, in_a_forked_
         raise TypeError("can't multiply sequence by non-int of type 'numpy.bool'")
 
     monkeypatch.setattr(cli, "main", failing)
+    monkeypatch.setenv("RANK", "1")
     with pytest.raises(TypeError):
         rank_main(["pretrain"])
-    err = capsys.readouterr().err
-    assert err.startswith("Traceback (most recent call last):")
-    assert err.endswith("TypeError: can't multiply sequence by non-int of type 'numpy.bool'\n")
+    lines = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("[rank1]: ") for line in lines)
+    assert lines[0] == "[rank1]: Traceback (most recent call last):"
+    assert lines[-1] == "[rank1]: TypeError: can't multiply sequence by non-int of type 'numpy.bool'"
+
+
+def test_a_forked_rank_interrupted_prints_no_traceback(monkeypatch, capsys, in_a_forked_rank):
+    """Ctrl-C reaches every rank of the terminal's process group: the launcher reports it, once."""
+    from launchers.local import rank_main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rank_main(["pretrain"])
+    assert capsys.readouterr().err == ""
 
 
 def test_a_forked_rank_leaves_our_errors_one_line(monkeypatch, capsys, in_a_forked_rank):
