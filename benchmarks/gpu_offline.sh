@@ -17,7 +17,7 @@ PACKAGES=(megatron-core==0.16.1 hjson pydantic==2.14.4 pydantic-core==2.50.5 ann
 case "${1:-}" in
   wheels)
     version="${2:-3.12}"
-    mkdir -p "$WHEELS"
+    rm -rf "$WHEELS" && mkdir "$WHEELS"  # one Python's wheels, one version each: check installs them all at once
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       -d "$WHEELS" "${PACKAGES[@]}"
@@ -40,7 +40,7 @@ case "${1:-}" in
     PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 exec python3 benchmarks/gpu_check.py "$@"
     ;;
   *)
-    sed -n '2,8p' "$0" >&2
+    sed -n '2,8p' benchmarks/gpu_offline.sh >&2
     exit 2
     ;;
 esac
