@@ -105,6 +105,7 @@ class Preemption:
     def __init__(self, device: torch.device, exit_duration_minutes: float | None = None):
         self.device = device
         self.received: int | None = None
+        self.why: str | None = None  # this rank's reason to stop, as agreed() found it
         self.minutes = exit_duration_minutes
         self.deadline = None  # as time.time(): counted from this process's start, as a job's time limit is
         if exit_duration_minutes is not None:
@@ -117,21 +118,20 @@ class Preemption:
     def _handle(self, signum, frame) -> None:
         self.received = Preemption.in_process = signum
 
-    def due(self) -> bool:
-        return self.deadline is not None and time.time() >= self.deadline
-
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""
-        return any_rank(self.received is not None or self.due(), self.device)
+        self.why = (f"signal {signal.Signals(self.received).name} received" if self.received is not None else
+                    f"train.exit_duration_minutes={self.minutes} reached"
+                    if self.deadline is not None and time.time() >= self.deadline else None)
+        return any_rank(self.why is not None, self.device)
 
     def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str) -> None:
         """After the save: mark run_dir PREEMPTED (the requeued job continues it), say so, wait for every rank."""
         log.close()
         if is_logger:
             open(os.path.join(run_dir, PREEMPTED), "w").close()
-            why = (f"signal {signal.Signals(self.received).name} received" if self.received is not None else
-                   f"train.exit_duration_minutes={self.minutes} reached" if self.due() else "another rank was signalled")
-            print(f"megagpt: {why}; saved {saved} and stopped", flush=True)
+            # the reason found when the ranks agreed: a signal or deadline that comes during the save is not it
+            print(f"megagpt: {self.why or 'another rank was signalled'}; saved {saved} and stopped", flush=True)
         dist.barrier()
 
 
