@@ -59,8 +59,10 @@ def start_rank_server(nproc: int) -> None:
 
 
 def _rank_environment(nproc: int) -> None:
-    # 2 cores shared by 8 ranks: more threads per rank only thrash.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # 2 cores shared by 8 ranks: more threads per rank only thrash. Set but empty counts as unset (libgomp
+    # rejects it and takes every core).
+    if not os.environ.get("OMP_NUM_THREADS", "").strip():
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     os.environ[DIE_WITH_LAUNCHER] = str(os.getpid())
 
 
