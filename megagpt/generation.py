@@ -114,7 +114,8 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
 def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
     from megagpt.model.layers import LayerContext
-    from megagpt.train.checkpoint import copy_weights, read_meta, resolve_checkpoint
+    from megagpt.train.checkpoint import read_meta, resolve_checkpoint
+    from megagpt.train.universal import copy_weights
 
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)

@@ -19,8 +19,9 @@ import torch
 
 from megagpt.config import Config, ConfigError, ModelConfig, from_dict
 from megagpt.errors import DataError
-from megagpt.train.checkpoint import (LATEST, CheckpointError, UniversalShards, atomic_write_text, checkpoint_root,
-                                      read_meta, resolve_checkpoint, tag_for, verify, write_universal)
+from megagpt.train.checkpoint import (LATEST, CheckpointError, atomic_write_text, checkpoint_root, read_meta,
+                                      resolve_checkpoint, tag_for, verify, write_universal)
+from megagpt.train.universal import UniversalShards
 
 # Our canonical (pp = 1) parameter names -> GPT-2's; "{}" is the block index. One map drives both directions.
 HF_NAMES = {

@@ -28,8 +28,9 @@ from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
 from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
-                                      checkpoint_root, checksums, complete_tags, load_universal, model_shape, read_meta,
-                                      restore_rng, rng_state, tag_for, universal_shard, verify_everywhere)
+                                      checkpoint_root, checksums, complete_tags, model_shape, read_meta, restore_rng,
+                                      rng_state, tag_for, verify_everywhere)
+from megagpt.train.universal import load_universal, universal_shard
 
 
 @dataclass

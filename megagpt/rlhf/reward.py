@@ -145,7 +145,7 @@ def demonstration_sequences(path: str, tokenizer, seq_length: int) -> list[list[
 
 def finish(held_out: list[Comparison], demos: list[list[int]], eod: int):
     """The last step of `megagpt rm`: centre the reward on the demonstrations, then measure and report."""
-    from megagpt.train.checkpoint import assign
+    from megagpt.train.universal import assign
 
     def run(engine, pc, cfg: Config) -> str:
         from deepspeed.utils import safe_get_full_fp32_param

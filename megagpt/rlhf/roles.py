@@ -60,7 +60,8 @@ def role_config(cfg: Config, role: str, pc: ParallelContext) -> Config:
 def build_role(cfg: Config, role: str, pc: ParallelContext) -> Role:
     """The role's model on this rank, with its init checkpoint's weights."""
     from megagpt.parallel.parallelize import layer_context, parallelize
-    from megagpt.train.checkpoint import copy_weights, load_universal, resolve_checkpoint
+    from megagpt.train.checkpoint import resolve_checkpoint
+    from megagpt.train.universal import copy_weights, load_universal
 
     rcfg = role_config(cfg, role, pc)
     path = resolve_checkpoint(init_checkpoint(cfg, role))

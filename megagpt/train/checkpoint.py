@@ -9,9 +9,9 @@
             universal/pp0_tp1.pt    layout-free form: full-DP fp32 weights and Adam moments of one TP shard
 
 Resuming at the layout that saved goes through DeepSpeed's own `load_checkpoint` and
-is bitwise exact. Loading at another (tp, pp, dp) reads `universal/`: each parameter is
-keyed by its canonical name (the pp = 1 module's), and its TP shards are concatenated
-along their partition dim and re-cut for the new layout. We keep this form ourselves
+is bitwise exact. Loading at another (tp, pp, dp) reads `universal/` (megagpt.train.universal):
+each parameter is keyed by its canonical name (the pp = 1 module's), and its TP shards are
+concatenated along their partition dim and re-cut for the new layout. We keep this form ourselves
 rather than DeepSpeed's universal checkpoint because that one needs an offline
 conversion step and Megatron-specific name patterns for TP merging; ours is written in
 the same save, and the Hugging Face export reads it too.
@@ -19,7 +19,6 @@ the same save, and the Hugging Face export reads it too.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -39,11 +38,11 @@ from megagpt.config import Config, from_dict
 from megagpt.errors import CheckpointError
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
+from megagpt.train.universal import VOCAB_WEIGHT, load_universal, universal_shard, whole_shard
 
 FORMAT_VERSION = 1
 META = "megagpt.json"
 LATEST = "latest"
-ADAM_STATES = ("exp_avg", "exp_avg_sq")
 TAG_RE = re.compile(r"^step_(\d{8})$")
 # Model fields a checkpoint's weights depend on; any difference makes it unloadable.
 SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_size", "padded_vocab_size", "seq_length",
@@ -67,13 +66,6 @@ def tag_for(step: int) -> str:
 
 def model_shape(cfg: Config) -> dict:
     return {k: getattr(cfg.model, k) for k in SHAPE_KEYS}
-
-
-# ---------------------------------------------------------------- names
-
-
-def partition_dim(param: torch.Tensor) -> int:
-    return param.partition_dim if getattr(param, "tensor_model_parallel", False) else -1
 
 
 # ---------------------------------------------------------------- files
@@ -395,170 +387,6 @@ def partitioned_without_zero(engine) -> bool:
     return isinstance(engine.optimizer, BF16_Optimizer) and not engine.zero_optimization()
 
 
-def base_optimizer(engine) -> torch.optim.Optimizer:
-    """The torch optimizer under DeepSpeed's wrapper (ZeRO, BF16/FP16 optimizers); the engine's own at ZeRO 0 fp32."""
-    opt = engine.optimizer
-    return opt if isinstance(opt, torch.optim.Optimizer) else opt.optimizer
-
-
-def plain_masters(engine) -> Optional[dict]:
-    """Without ZeRO's or BF16_Optimizer's parameter mappings (ZeRO 0 but bf16 at pp > 1): {id(param): the
-    fp32 tensor AdamW steps}, the parameter itself (fp32) or FP16_UnfusedOptimizer's master copy; else None."""
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-
-    opt = engine.optimizer
-    if isinstance(opt, torch.optim.Optimizer):
-        return {id(p): p for group in opt.param_groups for p in group["params"]}
-    if isinstance(opt, FP16_UnfusedOptimizer):
-        return {id(low): master for lows, masters in zip(opt.fp16_groups, opt.fp32_groups)
-                for low, master in zip(lows, masters)}
-    return None
-
-
-def adam_state(opt: torch.optim.Optimizer, master: torch.Tensor) -> dict:
-    """master's AdamW state, created as AdamW's first step makes it if it has none yet (fused: fp32 step)."""
-    state = opt.state[master]
-    if "exp_avg" not in state:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=master.device)
-        state["exp_avg"] = torch.zeros_like(master, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(master, memory_format=torch.preserve_format)
-    return state
-
-
-def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]:
-    """This TP shard's full-DP fp32 weights and Adam moments of the engine's (canonical name, parameter)
-    pairs, gathered over DP (a collective over the engine's DP group); dp rank 0 gets them, others None.
-    At ZeRO 0 every dp rank holds them whole already."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-
-    masters = plain_masters(engine)
-    if masters is None:
-        link_adam_state(engine)
-    tensors, dims = {}, {}
-    for name, param in params:
-        if pc.pp_rank > 0 and name.startswith("embedding."):
-            # The last stage's copy of the tied embedding: its word embeddings equal stage 0's, its
-            # position embeddings are unused there (never trained), so stage 0 alone is saved.
-            continue
-        if masters is not None:
-            master = masters[id(param)]
-            state = base_optimizer(engine).state.get(master, {})
-            entry = {"fp32": master.detach().float()}
-            for key in ADAM_STATES:
-                entry[key] = state[key] if key in state else torch.zeros_like(entry["fp32"])
-        else:
-            entry = {"fp32": safe_get_full_fp32_param(param)}
-            for key in ADAM_STATES:
-                entry[key] = safe_get_full_optimizer_state(param, key)
-        if entry["fp32"] is None:
-            raise CheckpointError(f"parameter {name} has no DeepSpeed fp32 master copy; cannot save it layout-free")
-        tensors[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
-        dims[name] = partition_dim(param)
-    if pc.dp_rank != 0:
-        return None
-    return {"params": tensors, "partition_dims": dims, "tp": pc.tp, "tp_rank": pc.tp_rank,
-            "optimizer_step": optimizer_step(engine), "loss_scaler": loss_scaler_state(engine)}
-
-
-# fp16's dynamic loss scale (DeepSpeed's DynamicLossScaler, which ZeRO 1/2/3 step fp16 with): its scale, the
-# steps it has counted, its last overflow and the overflows it still tolerates before lowering the scale.
-LOSS_SCALER_FIELDS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
-
-
-def loss_scaler_state(engine) -> Optional[dict]:
-    """The engine's dynamic loss scale as it stands (the same on every rank: overflows are agreed); None
-    without one (fp32, bf16)."""
-    scaler = getattr(engine.optimizer, "loss_scaler", None)
-    if not getattr(scaler, "dynamic", False):
-        return None
-    return {field: getattr(scaler, field) for field in LOSS_SCALER_FIELDS}
-
-
-def restore_loss_scaler(engine, state: Optional[dict]) -> None:
-    """Continue the saved dynamic loss scale; a run without one (saved in fp32 or bf16) keeps the fresh scale."""
-    scaler = getattr(engine.optimizer, "loss_scaler", None)
-    if state is None or not getattr(scaler, "dynamic", False):
-        return
-    for field in LOSS_SCALER_FIELDS:
-        setattr(scaler, field, state[field])
-
-
-def optimizer_step(engine) -> int:
-    for state in base_optimizer(engine).state.values():
-        if "step" in state:
-            return int(state["step"])
-    return 0
-
-
-VOCAB_WEIGHT = "embedding.word_embeddings.weight"
-
-
-def load_universal(engine, params: list, pc: ParallelContext, path: str, with_optimizer: bool,
-                   new_parameters: tuple = (), grow: dict | None = None) -> None:
-    """Set the engine's (canonical name, parameter) pairs, and their Adam moments, from universal/ shards.
-    grow: {name: (rows, std, seed)}: a weight the checkpoint holds fewer rows of, the rest drawn N(0, std)
-    from `seed` (the same at every layout) before this rank takes its TP shard."""
-    from deepspeed.utils import safe_set_full_optimizer_state
-
-    shards = UniversalShards(path)
-    step = shards.optimizer_step
-    masters = plain_masters(engine)
-    if masters is None:
-        link_adam_state(engine)
-    with torch.no_grad():
-        for name, param in params:
-            if name.startswith(new_parameters) and name not in shards.where:
-                continue
-            full = shards.full(name)
-            if grow and name in grow and full["fp32"].shape[0] < grow[name][0]:
-                rows, std, seed = grow[name]
-                old = full["fp32"]
-                extra = torch.empty(rows - old.shape[0], *old.shape[1:]).normal_(
-                    0.0, std, generator=torch.Generator().manual_seed(seed))
-                full = {"fp32": torch.cat([old, extra.to(old.dtype)])}
-            mine = {k: tp_shard(v, partition_dim(param), pc.tp, pc.tp_rank) for k, v in full.items()}
-            if mine["fp32"].shape != param.shape:
-                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(mine['fp32'].shape)} here, "
-                                      f"the model expects {tuple(param.shape)}")
-            if masters is not None:
-                master = masters[id(param)]
-                param.copy_(mine["fp32"].to(param.dtype))
-                master.copy_(mine["fp32"].to(master.device, master.dtype))
-                if with_optimizer:
-                    state = adam_state(base_optimizer(engine), master)
-                    for key in ADAM_STATES:
-                        state[key].copy_(mine[key])
-                continue
-            assign(param, mine["fp32"])
-            if with_optimizer:
-                for key in ADAM_STATES:
-                    safe_set_full_optimizer_state(param, mine[key].to(param.device), key)
-    if with_optimizer:  # a weights-only checkpoint leaves the fresh optimizer as it is
-        restore_loss_scaler(engine, shards.loss_scaler)
-        for state in base_optimizer(engine).state.values():
-            if torch.is_tensor(state.get("step")):
-                state["step"].fill_(step)
-            elif "step" in state:
-                state["step"] = step
-
-
-def copy_weights(model: torch.nn.Module, path: str, pc: ParallelContext) -> None:
-    """Fill a pp = 1 model outside any engine (inference, PPO's frozen roles) with this rank's TP shards."""
-    shards = UniversalShards(path)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(tp_shard(shards.full(name)["fp32"], partition_dim(param), pc.tp, pc.tp_rank))
-
-
-def assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:
-    """Set a trained parameter: the model's copy and the ZeRO optimizer's fp32 master copy."""
-    from deepspeed.utils import safe_set_full_fp32_param
-
-    with torch.no_grad():
-        param.copy_(value.to(param.dtype))
-    safe_set_full_fp32_param(param, value.float().to(param.device))
-
-
 def rng_state(streams) -> dict:
     """This process's generators (Python, NumPy, torch CPU and CUDA) and `streams`, megagpt's own streams."""
     state = {"streams": streams, "python": random.getstate(), "numpy": np.random.get_state(),
@@ -578,78 +406,13 @@ def restore_rng(state: dict):
     return state["streams"]
 
 
-def link_adam_state(engine) -> None:
-    """Give every ZeRO partition its Adam state and link it to the parameters' fragments.
-
-    DeepSpeed 0.19.8 links fragments after stepping the first param group only, so the
-    second group (biases, norms: no weight decay) never gets its moments linked; a fresh
-    engine has no state at all. The state created here is what AdamW's first step makes.
-    """
-    zero = engine.optimizer
-    if not hasattr(zero, "_lazy_init_hp_params_optimizer_state"):
-        return
-    base = zero.optimizer
-    for group in base.param_groups:
-        for flat in group["params"]:
-            state = base.state[flat]
-            if "exp_avg" not in state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=flat.device)
-                state["exp_avg"] = torch.zeros_like(flat)
-                state["exp_avg_sq"] = torch.zeros_like(flat)
-    zero._hp_optimizer_states_linked = False
-    zero._lazy_init_hp_params_optimizer_state()
-
-
-def tp_shard(full: torch.Tensor, dim: int, tp: int, tp_rank: int) -> torch.Tensor:
-    """This TP rank's slice of a full tensor along its partition dim (-1: replicated, the whole tensor)."""
-    return full if dim < 0 else full.chunk(tp, dim=dim)[tp_rank].contiguous()
-
-
-class UniversalShards:
-    """Reads `universal/` lazily: full tensors assembled from the TP shards that hold them."""
-
-    def __init__(self, path: str):
-        self.files = {}
-        for file in sorted(glob.glob(os.path.join(path, "universal", "pp*_tp*.pt"))):
-            self.files[file] = torch.load(file, mmap=True, weights_only=True)
-        if not self.files:
-            raise CheckpointError(f"checkpoint {path}: universal/ holds no shards")
-        self.where: dict[str, list] = {}
-        for shard in self.files.values():
-            for name in shard["params"]:
-                self.where.setdefault(name, {})[shard["tp_rank"]] = shard
-        self.optimizer_step = max(s.get("optimizer_step", 0) for s in self.files.values())
-        self.loss_scaler = next((s["loss_scaler"] for s in self.files.values() if s.get("loss_scaler")), None)
-        self.path = path
-
-    def names(self) -> list[str]:
-        return list(self.where)
-
-    def full(self, name: str) -> dict:
-        if name not in self.where:
-            raise CheckpointError(f"checkpoint {self.path}: parameter {name} is not in universal/")
-        by_rank = self.where[name]
-        ranks = sorted(by_rank)
-        first = by_rank[ranks[0]]
-        dim = first["partition_dims"][name]
-        if dim < 0:
-            return dict(first["params"][name])
-        if ranks != list(range(first["tp"])):
-            raise CheckpointError(f"checkpoint {self.path}: {name} is missing TP shards (have {ranks} of {first['tp']})")
-        keys = first["params"][name].keys()
-        return {k: torch.cat([by_rank[r]["params"][name][k] for r in ranks], dim=dim) for k in keys}
-
-
 def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config) -> None:
     """A weights-only checkpoint (no optimizer state, step 0) from full tensors: what import-hf writes.
 
     One shard holding whole tensors, so no partition dims: loading cuts them for its own layout.
     """
     os.makedirs(os.path.join(path, "universal"), exist_ok=True)
-    params = {name: {"fp32": t.float().contiguous()} for name, t in tensors.items()}
-    torch.save({"params": params, "partition_dims": {name: -1 for name in params}, "tp": 1, "tp_rank": 0,
-                "optimizer_step": 0},
-               os.path.join(path, "universal", "pp0_tp0.pt"))
+    torch.save(whole_shard(tensors), os.path.join(path, "universal", "pp0_tp0.pt"))
     files = files_under(path)
     meta = {"format_version": FORMAT_VERSION, "step": 0, "consumed_samples": 0, "consumed_tokens": 0,
             "layout": None, "model": model_shape(cfg), "weights_only": True, "universal": True, "config": cfg.to_dict(),

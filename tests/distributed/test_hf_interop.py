@@ -17,7 +17,8 @@ def megagpt_logits(checkpoint: str, tokens: torch.Tensor, tp_group) -> torch.Ten
     from megagpt.config import from_dict
     from megagpt.model.gpt import GPT
     from megagpt.model.layers import LayerContext
-    from megagpt.train.checkpoint import UniversalShards, read_meta
+    from megagpt.train.checkpoint import read_meta
+    from megagpt.train.universal import UniversalShards
 
     cfg = from_dict(read_meta(checkpoint)["config"])
     model = GPT(LayerContext(model=cfg.model, seed=0, tp_group=tp_group))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megagpt.train.checkpoint import UniversalShards, loss_scaler_state, restore_loss_scaler
+from megagpt.train.universal import UniversalShards, loss_scaler_state, restore_loss_scaler
 
 
 def fp16_engine():
