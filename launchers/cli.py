@@ -402,8 +402,10 @@ def report_device(requested: str, local_ranks: int, world: int | None) -> None:
     from megagpt.parallel.distributed import resolve_device, visible_gpus
 
     says = world is None or (os.environ.get("RANK") == "0" and DIE_WITH_LAUNCHER not in os.environ)
+    if not (says and requested == "auto"):
+        return
     gpus = visible_gpus()
-    if says and requested == "auto" and gpus and resolve_device(requested, local_ranks) == "cpu":
+    if gpus and resolve_device(requested, local_ranks) == "cpu":
         print(f"megagpt: {local_ranks} ranks on this node but {gpus} GPU{'s' * (gpus != 1)} visible to each: "
               f"running on CPU with gloo (run.device=cuda requires a GPU per rank)", file=sys.stderr)
 

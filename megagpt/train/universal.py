@@ -98,19 +98,23 @@ def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]
 LOSS_SCALER_FIELDS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
 
 
+def dynamic_loss_scaler(engine):
+    """The engine's dynamic loss scaler; None without one (fp32 and bf16 have a static one, or none)."""
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    return scaler if getattr(scaler, "dynamic", False) else None
+
+
 def loss_scaler_state(engine) -> Optional[dict]:
     """The engine's dynamic loss scale as it stands (the same on every rank: overflows are agreed); None
-    without one (fp32, bf16)."""
-    scaler = getattr(engine.optimizer, "loss_scaler", None)
-    if not getattr(scaler, "dynamic", False):
-        return None
-    return {field: getattr(scaler, field) for field in LOSS_SCALER_FIELDS}
+    without one."""
+    scaler = dynamic_loss_scaler(engine)
+    return None if scaler is None else {field: getattr(scaler, field) for field in LOSS_SCALER_FIELDS}
 
 
 def restore_loss_scaler(engine, state: Optional[dict]) -> None:
     """Continue the saved dynamic loss scale; a run without one (saved in fp32 or bf16) keeps the fresh scale."""
-    scaler = getattr(engine.optimizer, "loss_scaler", None)
-    if state is None or not getattr(scaler, "dynamic", False):
+    scaler = dynamic_loss_scaler(engine)
+    if state is None or scaler is None:
         return
     for field in LOSS_SCALER_FIELDS:
         setattr(scaler, field, state[field])
