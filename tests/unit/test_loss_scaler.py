@@ -58,3 +58,11 @@ def test_runs_without_a_dynamic_scale_save_none_and_keep_a_fresh_one():
     fresh = fp16_engine()
     restore_loss_scaler(fresh, None)  # an fp32 or bf16 checkpoint loaded into an fp16 run
     assert fresh.optimizer.loss_scaler.cur_scale == 2.0**16
+
+
+def test_a_shard_written_before_the_scale_was_kept_loads_without_one(tmp_path):
+    """Checkpoints saved by earlier versions have no "loss_scaler" entry: an fp16 run loading them starts afresh."""
+    (tmp_path / "universal").mkdir()
+    torch.save({"params": {}, "partition_dims": {}, "tp": 1, "tp_rank": 0, "optimizer_step": 5},
+               tmp_path / "universal" / "pp0_tp0.pt")
+    assert UniversalShards(str(tmp_path)).loss_scaler is None
