@@ -9,6 +9,7 @@ from typing import Optional
 
 from data_pipeline.decontam import benchmark_texts, ngram_hashes
 from megagpt.config import load_config
+from megagpt.data.tokenizer import SMALLEST_VOCAB
 from megagpt.errors import ConfigError
 from megagpt.slurm import check_name, check_time
 
@@ -220,8 +221,7 @@ def validate_corpus(cfg: CorpusConfig) -> None:
     for key in ("ngram", "num_perm", "bands", "rows"):
         _in_range(f"dedup.{key}", getattr(cfg.dedup, key), 1)
     _in_range("dedup.verify_threshold", cfg.dedup.verify_threshold, 0.0, 1.0)
-    # 256 byte tokens plus <|endoftext|>: a byte-level BPE cannot be smaller
-    _in_range("tokenize.vocab_size", cfg.tokenize.vocab_size, 257)
+    _in_range("tokenize.vocab_size", cfg.tokenize.vocab_size, SMALLEST_VOCAB)
     if not 1 <= cfg.output.gzip_level <= 9:
         raise ConfigError(f"output.gzip_level={cfg.output.gzip_level} must be between 1 and 9")
     e = cfg.executor
@@ -240,6 +240,13 @@ def validate_corpus(cfg: CorpusConfig) -> None:
         raise ConfigError(f"dedup.bands*dedup.rows={d.bands}*{d.rows} exceeds dedup.num_perm={d.num_perm}")
     if not 0.0 <= cfg.langid.threshold <= 1.0:
         raise ConfigError(f"langid.threshold={cfg.langid.threshold} must lie in [0, 1]")
+    if cfg.langid.languages:
+        from data_pipeline.langid import known_languages
+
+        unknown = [code for code in cfg.langid.languages if code not in known_languages()]
+        if unknown:  # a code the model never gives would drop every document
+            raise ConfigError(f"langid.languages: {unknown[0]!r} is not a code lid.176 labels texts with "
+                              f"(ISO 639 codes such as en, de, zh)")
     for i, path in enumerate(cfg.decontam.paths):
         if not os.path.isfile(path):
             raise ConfigError(f"decontam.paths[{i}]={path!r}: file not found")

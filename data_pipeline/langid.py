@@ -24,6 +24,11 @@ def _model():
     return fasttext.load_model(lid176_path())
 
 
+def known_languages() -> set[str]:
+    """The 176 language codes lid.176 labels texts with (ISO 639: en, de, zh, ...)."""
+    return {label.removeprefix("__label__") for label in _model().get_labels()}
+
+
 NO_LABEL = "none"  # what identify() calls a text fastText gives no label ("Page 1 of 3", digits only)
 
 

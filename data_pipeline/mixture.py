@@ -8,7 +8,6 @@ these: 0.44 epochs of Common Crawl, 3.4 of Wikipedia).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ from typing import Optional
 
 from data_pipeline.io import write_json
 from megagpt.config import load_config
+from megagpt.data.tokenizer import Tokenizer
 from megagpt.errors import ConfigError, DataError
 
 
@@ -30,11 +30,6 @@ class MixtureSection:
 @dataclass
 class MixConfig:
     mixture: MixtureSection = field(default_factory=MixtureSection)
-
-
-def _digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _run_source(entry: dict, i: int) -> dict:
@@ -64,7 +59,13 @@ def mix(cfg: MixConfig) -> dict:
     if not m.sources:
         raise ConfigError("mixture.sources=[] is empty")
     sources = [_run_source(entry, i) for i, entry in enumerate(m.sources)]
-    tokenizers = {s["tokenizer"]: _digest(s["tokenizer"]) for s in sources}
+    shards = [os.path.realpath(s["prefix"]) for s in sources]
+    again = next((i for i, shard in enumerate(shards) if shard in shards[:i]), None)
+    if again is not None:  # listed twice, its weight would count twice
+        raise ConfigError(f"mixture.sources[{again}] names {sources[again]['source']!r} of {m.sources[again]['run']!r}, "
+                          f"which mixture.sources[{shards.index(shards[again])}] names already: give it once, "
+                          f"with the weight you mean")
+    tokenizers = {s["tokenizer"]: Tokenizer.load(s["tokenizer"]).fingerprint for s in sources}
     if len(set(tokenizers.values())) > 1:
         raise ConfigError(f"mixture sources use different tokenizers ({', '.join(sorted(tokenizers))}); "
                           "tokenize every run with the same tokenize.tokenizer")

@@ -28,6 +28,10 @@ class Record:
     kind: str  # "html" (WARC response) or "text" (WET conversion, JSONL)
     payload: object  # bytes (WARC), str (JSONL text), or whatever a JSONL "text" held (judged by extract)
     content_type: str = ""
+    # A record that is there but cannot be read (a malformed JSONL line): why, as a reason to count by, and
+    # where exactly. The read stage drops it, so it is counted and listed in dropped/ like any other drop.
+    unreadable: Optional[str] = None
+    detail: str = ""
 
 
 @dataclass
@@ -39,7 +43,9 @@ class ReadError:
 def read_file(path: str) -> Iterator[Union[Record, ReadError]]:
     name = os.path.basename(path)
     try:
-        if name.endswith((".jsonl", ".jsonl.gz")):
+        if os.path.getsize(path) == 0:  # said alike for every format (a failed download leaves one)
+            yield ReadError(path, "empty file: no records")
+        elif name.endswith((".jsonl", ".jsonl.gz")):
             yield from _read_jsonl(path)
         elif name.endswith(".txt"):
             with open(path, "rb") as f:
@@ -104,15 +110,22 @@ def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                why, detail, obj = None, "", {}
                 try:
                     obj = json.loads(line)
-                    text = obj["text"]
-                except (ValueError, KeyError, TypeError):
-                    yield ReadError(path, f"line {lineno}: not a JSON object with a 'text' field")
-                    continue
+                except UnicodeDecodeError as exc:  # JSON text is UTF-8 (RFC 8259)
+                    why, detail = "invalid utf-8", f"line {lineno}, byte {exc.start}: {exc.reason}"
+                except json.JSONDecodeError as exc:
+                    why, detail = "not JSON", f"line {lineno}, column {exc.colno}: {exc.msg}"
+                else:
+                    if not isinstance(obj, dict):
+                        why, detail, obj = "not a JSON object", f"line {lineno}: a JSON {type(obj).__name__}", {}
+                    elif "text" not in obj:
+                        fields = ", ".join(sorted(obj)[:8]) or "none"
+                        why, detail = "no 'text' field", f"line {lineno}: fields {fields}"
                 rid, url = obj.get("id"), obj.get("url")
                 yield Record(lineno, None if rid is None else str(rid), url if isinstance(url, str) else None, "text",
-                             text)
+                             obj.get("text"), unreadable=why, detail=detail)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         yield ReadError(path, f"truncated gzip ({exc})")
 

@@ -14,7 +14,6 @@ dedup, finalize, tokenizer, tokenize and summary are redone over all shards.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -24,11 +23,13 @@ from typing import Optional
 
 from data_pipeline.config import CorpusConfig, input_files
 from data_pipeline.io import write_json
+from megagpt.dir_lock import hold
 from megagpt.errors import ConfigError
 
 RECORD = "run.json"
-LOCK = ".lock"
 MODES = ("resume", "restart", "extend")
+# Every name a run writes in output.dir (the lock aside): all that --restart removes.
+OUTPUTS = (RECORD, "stats.json", "tokenizer.json", "mixture.json", "work", "documents", "dropped", "tokens", "report")
 EDGE_BYTES = 1 << 20
 _TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's names
 # Stages whose output depends on every shard: redone when --extend adds shards.
@@ -64,7 +65,7 @@ class Run:
         if mode not in MODES:
             raise ConfigError(f"corpus run mode {mode!r} must be one of {', '.join(MODES)}")
         self.out = cfg.output.dir
-        self._lock = _acquire_lock(self.out)
+        self._lock = hold(self.out, "output.dir", "corpus run")
         try:
             self.inputs = self._open(cfg, mode)
         except BaseException:
@@ -160,12 +161,16 @@ def _holds_a_run(out_dir: str) -> bool:
 
 
 def _clear(out_dir: str) -> None:
-    """Everything a run wrote under out_dir, leaving the lock (held by us) in place."""
+    """What a run writes under out_dir (OUTPUTS), leaving the lock (held by us) and anything else there, such as
+    input files kept beside the run, in place."""
     for name in os.listdir(out_dir):
-        if name == LOCK:
+        if name not in OUTPUTS and _TEMPORARY.sub("", name) not in OUTPUTS:  # half-written ones go too
             continue
         path = os.path.join(out_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def _remove_stale_temporaries(out_dir: str) -> None:
@@ -185,26 +190,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _acquire_lock(out_dir: str):
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"output.dir={out_dir!r} is a file, not a directory")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        handle = open(os.path.join(out_dir, LOCK), "a+")
-    except OSError as exc:
-        raise ConfigError(f"output.dir={out_dir!r} cannot be written ({exc.strerror})") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(f"output.dir={out_dir!r} is in use by another corpus run ({holder}); "
-                          f"wait for it or use another output.dir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    return handle

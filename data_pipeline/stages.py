@@ -62,6 +62,9 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
         ids = {"id": f"{id_prefix}:{item.index}", "record_id": item.record_id, "url": item.url}
         size = len(item.payload) if isinstance(item.payload, (str, bytes)) else 0
         stats.saw("read", size)
+        if item.unreadable:
+            drop(ids, "read", item.unreadable, detail=item.detail)
+            continue
         stats.kept("read", size)
         stats.saw("extract", size)
         text, reason = clock.run("extract", extract_text, item)

@@ -6,6 +6,8 @@ and the trainer alike: a tokenizer.json, or a directory holding GPT-2's vocab.js
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from typing import Iterable
@@ -13,6 +15,7 @@ from typing import Iterable
 from megagpt.errors import DataError
 
 EOD = "<|endoftext|>"
+SMALLEST_VOCAB = 257  # 256 byte tokens plus EOD: a byte-level BPE cannot be smaller
 GPT2_FILES = ("vocab.json", "merges.txt")
 
 
@@ -82,6 +85,19 @@ class Tokenizer:
         except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
             raise DataError(f"{path} is not a tokenizer.json ({exc})") from None
         return cls(tok, source=f"tokenizer file {path}")
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of what decides the ids (normalizer, pre-tokenizer, post-processor, the model with its
+        vocabulary and merges), not of a file's formatting or of decoding, truncation and padding: two
+        tokenizers with one fingerprint give a text the same ids, whichever files they were read from.
+        A tokenizer.json and the GPT-2 files written from it (save_gpt2_files) agree: added tokens count as
+        the vocabulary entries they are, and an unset affix option as an empty one."""
+        raw = json.loads(self._tok.to_str())
+        model = {k: "" if v is None else v for k, v in raw["model"].items()}
+        model["vocab"] = {**raw["model"].get("vocab", {}), **{t["content"]: t["id"] for t in raw.get("added_tokens") or []}}
+        key = {"model": model, **{k: raw.get(k) for k in ("normalizer", "pre_tokenizer", "post_processor")}}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def save(self, path: str) -> None:
         self._tok.save(path)

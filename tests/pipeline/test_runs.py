@@ -51,6 +51,26 @@ def test_changed_config_refuses_until_restart(inputs):
     assert len(tokenizer["model"]["vocab"]) > 400  # the new size, not the old run's tokenizer
 
 
+def test_restart_removes_the_runs_outputs_and_nothing_else(tmp_path):
+    from data_pipeline.runs import OUTPUTS
+    from megagpt.dir_lock import LOCK
+
+    out = tmp_path / "out"
+    (out / "crawl").mkdir(parents=True)  # the inputs kept inside output.dir, as users do
+    write(out / "crawl" / "a.jsonl", PAGES[:4])
+    (out / "notes.txt").write_text("mine")
+    run = ["corpus", "run", f"input.paths=[{out}/crawl/*.jsonl]", f"output.dir={out}", "tokenize.vocab_size=400",
+           "executor.workers=1", "filters.min_words=10"]
+    megagpt(*run)
+    megagpt("corpus", "report", str(out))
+    written = set(os.listdir(out)) - {"crawl", "notes.txt"}
+    assert written <= set(OUTPUTS) | {LOCK}, written - set(OUTPUTS)  # --restart knows every name a run writes
+    megagpt(*run, "tokenize.vocab_size=500", "--restart")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "crawl" / "a.jsonl").exists()
+    assert not (out / "report").exists()  # the old run's report went with it
+    assert json.loads((out / "stats.json").read_text())["documents"] == 4
+
+
 def test_added_input_refuses_until_extend_which_redoes_dedup_and_tokens(inputs):
     corpus(inputs)
     before = stats(inputs)
@@ -108,3 +128,13 @@ def test_resume_removes_what_a_killed_run_half_wrote(inputs):
     live.write_text("busy")
     Run(cfg).close()
     assert not stale.exists() and live.exists()
+
+
+def test_a_malformed_jsonl_line_is_a_counted_drop_that_explain_finds(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(json.dumps({"text": PAGES[0]}).encode() + b'\n{"text": "caf\xe9"}\n')
+    corpus(tmp_path, paths="a.jsonl")
+    summary = stats(tmp_path)
+    assert summary["errors"] == [] and summary["stages"]["read"]["dropped"] == {"invalid utf-8": 1}
+    prefix = json.loads((tmp_path / "out" / "run.json").read_text())["inputs"][0]["id_prefix"]
+    lines = megagpt("corpus", "explain", "--run", str(tmp_path / "out"), "--id", f"{prefix}:2").stdout.splitlines()
+    assert any(line.split()[:3] == ["read", "dropped:", "invalid"] and "line 2, byte 13" in line for line in lines), lines

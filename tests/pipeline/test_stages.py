@@ -47,10 +47,21 @@ def test_truncated_file_keeps_its_whole_records_and_says_so(tmp_path, compressed
 def test_unreadable_and_jsonl_inputs(tmp_path):
     missing = list(read_file(str(tmp_path / "nope.warc.gz")))
     assert len(missing) == 1 and missing[0].reason.startswith("unreadable")
+    for name in ("e.warc", "e.warc.gz", "e.wet.gz", "e.jsonl", "e.txt"):
+        (tmp_path / name).write_bytes(b"")
+        assert [(e.file, e.reason) for e in read_file(str(tmp_path / name))] == [(str(tmp_path / name), "empty file: no records")]
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n{oops\n")
+    path.write_bytes(b"\n".join([json.dumps({"id": "a", "text": "hello"}).encode(), b"{oops", b'{"text": "caf\xe9"}',
+                                  b"[1, 2]", b'{"id": 7, "body": "x"}', b"{}", b""]))
     recs, errors = records_and_errors(path)
-    assert [(r.index, r.record_id, r.payload) for r in recs] == [(1, "a", "hello")] and errors[0].reason == "line 2: not a JSON object with a 'text' field"
+    assert errors == []  # malformed lines are records the read stage drops, not damage to the file
+    assert [(r.index, r.record_id, r.payload) for r in recs if not r.unreadable] == [(1, "a", "hello")]
+    assert [(r.index, r.unreadable, r.detail) for r in recs if r.unreadable] == [
+        (2, "not JSON", "line 2, column 2: Expecting property name enclosed in double quotes"),
+        (3, "invalid utf-8", "line 3, byte 13: invalid continuation byte"),
+        (4, "not a JSON object", "line 4: a JSON list"),
+        (5, "no 'text' field", "line 5: fields body, id"), (6, "no 'text' field", "line 6: fields none")]
+    assert [r.record_id for r in recs] == ["a", None, None, None, "7", None]  # an id is kept where the line has one
 
 
 @pytest.mark.parametrize("payload,kind,ctype,reason", [

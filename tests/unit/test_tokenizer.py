@@ -23,6 +23,19 @@ def test_trained_bpe_round_trips_bytes(tok):
         assert tok.decode(tok.encode(text)) == text
 
 
+def test_the_fingerprint_tells_tokenizers_by_their_ids_not_their_files(tok, tmp_path):
+    tok.save_gpt2_files(str(tmp_path / "gpt2"))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert Tokenizer.load(str(tmp_path / "gpt2")).fingerprint == tok.fingerprint
+    assert Tokenizer.load(str(tmp_path / "tokenizer.json")).fingerprint == tok.fingerprint
+    assert Tokenizer.train(TEXTS, vocab_size=300).fingerprint != tok.fingerprint  # other merges
+    raw = json.loads(tok._tok.to_str())
+    raw["pre_tokenizer"]["add_prefix_space"] = True  # same vocabulary, other ids for "hello world"
+    (tmp_path / "spaced.json").write_text(json.dumps(raw))
+    spaced = Tokenizer.load(str(tmp_path / "spaced.json"))
+    assert spaced.encode("hello world") != tok.encode("hello world") and spaced.fingerprint != tok.fingerprint
+
+
 def test_gpt2_files_give_the_same_ids(tok, tmp_path):
     tok.save_gpt2_files(str(tmp_path))
     again = Tokenizer.from_gpt2_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
