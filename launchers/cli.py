@@ -41,7 +41,7 @@ import os
 import sys
 
 from megagpt.config import Config, load_config, validate
-from megagpt.errors import ConfigError, MegagptError
+from megagpt.errors import ConfigError, DataError, MegagptError
 
 
 
@@ -57,6 +57,10 @@ TRAINING_COMMANDS = (
     ("finetune", "GPT-1 fine-tuning on a labelled task (classification, entailment, similarity, multiple choice)",
      "a training config with a finetune section (see configs/eval/)"),
 )
+
+
+# Options that count something (processes, rows, epochs, tokens): each must be at least 1.
+COUNTS = ("nproc", "top", "epochs", "max_new_tokens", "make_vocab_size_divisible_by", "limit", "batch_size")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="sample a completion from a checkpoint (KV cache, any TP size)")
     g.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, help="the text to continue (empty: an unconditional sample)")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
@@ -186,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
                           ("finetune", "GPT-1 fine-tuning on a labelled task")):
         sp = ssub.add_parser(command, help=f"{text}: one task per GPU, requeued on preemption")
         sp.add_argument("--config", required=True)
-        sp.add_argument("--nodes", type=int, required=True)
+        sp.add_argument("--nodes", type=int, required=True)  # launchers/submit.py checks these counts
         sp.add_argument("--gpus-per-node", type=int, help="GPUs (= tasks) per node")
         sp.add_argument("--cpu-tasks-per-node", type=int, help="tasks per node on a CPU-only cluster (gloo)")
         sp.add_argument("--cpus-per-task", type=int, default=8)
@@ -246,7 +250,7 @@ def cmd_dry_run(args, cfg: Config) -> int:
     from megagpt.planner.dry_run import dry_run
     from megagpt.planner.search import check_request
 
-    gpus = args.gpus or args.nproc
+    gpus = args.gpus if args.gpus is not None else args.nproc
     hw = _hardware(args)
     check_request(cfg, gpus, args.gpu_memory_gb, args.reserve_gb, hw)
     validate(cfg, gpus, check_data=False)
@@ -381,6 +385,12 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     if launching and device == "cpu":
         start_rank_server(nproc)  # now that torch has counted the GPUs (a no-op if started above)
     check, train = _stage(stage)
+    if os.path.isdir(cfg.run.dir) and (world is None or os.environ.get("RANK") == "0"):
+        from megagpt.dir_lock import hold
+
+        # a busy run.dir says so now, before the checks write there (a stage's tokenizer.json); rank 0 of the
+        # run takes the lock itself once the world is up
+        hold(cfg.run.dir, "run.dir", "training run").close()
     check(cfg, world or nproc)
     preflight(cfg)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), world)
@@ -428,25 +438,36 @@ def cmd_demo(args) -> int:
 
 def cmd_tokenize(args) -> int:
     from megagpt.data.shards import read_documents, write_shard
-    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.data.tokenizer import SMALLEST_VOCAB, Tokenizer
 
     for path in args.input:
         if not os.path.isfile(path):
             raise ConfigError(f"--input {path}: file not found")
+    inputs = list({os.path.realpath(p): p for p in args.input}.values())  # a file given twice is read once
+    if len(inputs) < len(args.input):
+        print(f"megagpt tokenize: {len(args.input) - len(inputs)} --input path(s) name a file given already; "
+              f"each file is read once", file=sys.stderr)
     chosen = [bool(args.tokenizer), bool(args.vocab or args.merges), args.vocab_size is not None]
     if sum(chosen) != 1:
         raise ConfigError("give exactly one of --tokenizer, --vocab/--merges, --vocab-size")
+    if args.vocab_size is not None and args.vocab_size < SMALLEST_VOCAB:
+        raise ConfigError(f"--vocab-size {args.vocab_size} must be at least {SMALLEST_VOCAB} "
+                          f"(256 byte tokens and the end-of-document token)")
     if args.tokenizer:
         tok = Tokenizer.load(args.tokenizer)
     elif args.vocab or args.merges:
         if not (args.vocab and args.merges):
             raise ConfigError("--vocab and --merges go together")
         tok = Tokenizer.from_gpt2_files(args.vocab, args.merges)
-    else:
-        tok = Tokenizer.train(read_documents(args.input, args.text_key), args.vocab_size)
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
-        tok.save(args.output_prefix + ".tokenizer.json")
-    counts = write_shard(args.output_prefix, read_documents(args.input, args.text_key), tok)
+    # a shard of nothing would stop training and evaluation later, far from here (and replace a good one now)
+    if not any(read_documents(inputs, args.text_key)):
+        raise DataError(f"--input {' '.join(inputs)}: no text to tokenize (every document is empty)")
+    if args.vocab_size is not None:
+        tok = Tokenizer.train(read_documents(inputs, args.text_key), args.vocab_size)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
+    # beside the shard, whichever way it was chosen: training and evaluation compare it with the model's
+    tok.save(args.output_prefix + ".tokenizer.json")
+    counts = write_shard(args.output_prefix, read_documents(inputs, args.text_key), tok)
     print(f"wrote {args.output_prefix}.bin/.idx: {counts['documents']} documents, {counts['tokens']} tokens, "
           f"vocab {tok.vocab_size}, eod id {tok.eod}")
     return 0
@@ -546,6 +567,10 @@ def main(argv: list[str] | None = None) -> None:
     if extra:
         args.overrides += extra
     try:
+        for name in COUNTS:  # (plan's --gpus and submit's counts say more where they are checked)
+            value = getattr(args, name, None)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} must be at least 1")
         code = COMMANDS[args.command](args)
     except MegagptError as exc:
         if not exc.same_on_every_rank or os.environ.get("RANK", "0") == "0":

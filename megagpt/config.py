@@ -396,7 +396,7 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              "true (DeepSpeed's BF16_Optimizer partitions the optimizer over DP there, but its own checkpoint "
              "keeps dp rank 0's partition alone: the run resumes from universal/)")
     _require(not p.offload_optimizer or p.zero_stage >= 1,
-             f"parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3 (DeepSpeed offloads the "
+             "parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3 (DeepSpeed offloads the "
              f"optimizer of its ZeRO optimizers only, and without ZeRO silently keeps it in place), got 0")
     _require(not p.offload_params or p.zero_stage == 3,
              f"parallel.offload_params=true needs parallel.zero_stage=3 (DeepSpeed offloads only partitioned "
@@ -533,6 +533,8 @@ def validate_data_paths(cfg: Config) -> None:
     d = cfg.data
     _require(bool(d.prefixes) or d.mixture is not None, "data.prefixes=[] is empty and no data.mixture is given")
     if d.mixture is not None:
+        _require(not d.prefixes and not d.weights, f"data.mixture={d.mixture!r} names its own shards and weights: "
+                 f"give it or data.prefixes/data.weights, not both")
         _require(os.path.isfile(d.mixture), f"data.mixture={d.mixture!r}: file not found")
     for i, prefix in enumerate(d.prefixes):
         for ext in (".bin", ".idx"):

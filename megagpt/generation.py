@@ -114,7 +114,7 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
 def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
     from megagpt.model.layers import LayerContext
-    from megagpt.train.checkpoint import read_meta, resolve_checkpoint
+    from megagpt.train.checkpoint import read_meta, require_verified, resolve_checkpoint
     from megagpt.train.universal import copy_weights
 
     path = resolve_checkpoint(checkpoint)
@@ -122,6 +122,7 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     cfg = from_dict(meta["config"])
     if not meta["universal"]:
         raise ConfigError(f"generate: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
+    require_verified(path)
     model = GPT(LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
                              tp_size=pc.tp))
     copy_weights(model, path, pc)
@@ -166,7 +167,7 @@ def run_generation(checkpoint: str, prompt: str, s: Sampling, tokenizer: Optiona
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
     model, cfg, path = load_model(checkpoint, pc)  # path: the checkpoint dir a run dir resolved to
     tok = Tokenizer.load(tokenizer or find_generation_tokenizer(path, cfg))
-    ids = tok.encode(prompt)
+    ids = tok.encode(prompt) or [tok.eod]  # no prompt: an unconditional sample, begun as a new document (GPT-2's)
     out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod)[0, len(ids):].tolist()
     shutdown_distributed()
     completion = tok.decode(out[: out.index(tok.eod)] if tok.eod in out else out)

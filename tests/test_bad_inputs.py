@@ -81,6 +81,13 @@ def nan_mixture(tmp, prefix):
     return ["corpus", "mix", "--config", str(tmp / "mix.yaml")]
 
 
+def twice_mixture(tmp, prefix):
+    megagpt(*corpus(tmp))
+    (tmp / "mix.yaml").write_text(f"mixture:\n  sources: [{{source: commoncrawl, run: {tmp}/out, weight: 1}}, "
+                                  f"{{source: commoncrawl, run: {tmp}/out/, weight: 2}}]\n  out: {tmp}/mix\n")
+    return ["corpus", "mix", "--config", str(tmp / "mix.yaml")]
+
+
 def changed_resume(tmp, prefix, trained):
     shutil.copytree(trained / "run", tmp / "run", symlinks=True)
     return pretrain(tmp, prefix, "optim.lr=0.01", "train.steps=3")
@@ -91,6 +98,45 @@ def truncated_universal(tmp, prefix, trained):
     shard = next((tmp / "run" / "checkpoints").glob("step_*/universal/pp0_tp0.pt"))
     shard.write_bytes(shard.read_bytes()[:-500])
     return ["export-hf", "--checkpoint", str(tmp / "run"), "--out", str(tmp / "hf")]
+
+
+def malformed_jsonl(tmp, prefix):
+    path = tmp / "in" / "j.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\n".join([json.dumps({"text": pages()[0]}).encode(), b"{oops", b'{"text": "caf\xe9"}', b"[1]",
+                                  b'{"body": "x"}']) + b"\n")
+    return corpus(tmp, inputs=[path])
+
+
+def other_tokenizer_shard(tmp):
+    """A shard with its own 300-token BPE beside it (megagpt tokenize's <prefix>.tokenizer.json)."""
+    (tmp / "t.txt").write_text(" ".join(pages()))
+    megagpt("tokenize", "--input", str(tmp / "t.txt"), "--output-prefix", str(tmp / "other"), "--vocab-size", "300")
+    return tmp / "other"
+
+
+def empty_shard(tmp, prefix):
+    from megagpt.data.shards import write_shard
+    from megagpt.data.tokenizer import Tokenizer
+
+    write_shard(f"{tmp}/empty", [], Tokenizer.load(prefix + ".tokenizer.json"))
+    return pretrain(tmp, f"{tmp}/empty")
+
+
+def tokenize_nothing(tmp, prefix):
+    (tmp / "e.txt").write_text("")
+    return ["tokenize", "--input", str(tmp / "e.txt"), "--output-prefix", str(tmp / "e"), "--vocab-size", "300"]
+
+
+def corrupt_checkpoint(command):
+    def build(tmp, prefix, trained):
+        shutil.copytree(trained / "run", tmp / "run", symlinks=True)
+        shard = next((tmp / "run" / "checkpoints").glob("step_*/universal/pp0_tp0.pt"))
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        return [*command, "--checkpoint", str(tmp / "run")]
+    return build
 
 
 def export_onto_file(tmp, prefix, trained):
@@ -124,6 +170,8 @@ CASES = {
         {"text": pages()[0]}, {"text": 12345}, {"text": {"a": 1}}, {"text": None}, {"text": "Page 1 of 3"}])]),
         ("drops", {"extract": {"text is a number, not a string": 1, "text is an object, not a string": 1,
                                "text is null, not a string": 1}, "langid": {"no language label": 1}})),
+    "malformed JSONL lines": (malformed_jsonl, ("drops", {"read": {"not JSON": 1, "invalid utf-8": 1,
+                                                                   "not a JSON object": 1, "no 'text' field": 1}})),
     "rerun with another vocab": (lambda tmp, p: megagpt(*corpus(tmp)) and corpus(tmp, "tokenize.vocab_size=500"),
                                  ("error", "(tokenize.vocab_size: 400 -> 500): --restart to redo it")),
     "tiny tokenize.vocab_size": (lambda tmp, p: corpus(tmp, "tokenize.vocab_size=100"),
@@ -136,9 +184,20 @@ CASES = {
                                ("error", "b.jsonl:1 has no 'text' field (decontam.text_field)")),
     "benchmark without n-grams": (lambda tmp, p: corpus(tmp, f"decontam.paths=[{jsonl(tmp / 'b.jsonl', [{'text': 'a b'}])}]"),
                                   ("error", "yields no 13-grams")),
+    "mixture lists a source twice": (twice_mixture, ("error", "which mixture.sources[0] names already")),
+    "langid language name": (lambda tmp, p: corpus(tmp, "langid.languages=[english]"),
+                             ("error", "langid.languages: 'english' is not a code lid.176 labels")),
     "mixture weight NaN": (nan_mixture, ("error", "mixture.sources[0].weight=nan must be finite and positive")),
     "tokenizer larger than the model": (big_tokenizer_data, ("error", "tokens, more than model.vocab_size=4096")),
     "truncated .bin": (truncated_bin, ("error", "cut.bin has")),
+    "shards of two tokenizers": (lambda tmp, p: pretrain(tmp, f"{p}, {other_tokenizer_shard(tmp)}"),
+                                 ("error", "the training data were made with different tokenizers")),
+    "an empty shard": (empty_shard, ("error", "empty.idx lists no documents")),
+    "mixture and prefixes": (lambda tmp, p: pretrain(tmp, p, f"data.mixture={tmp}/mixture.json"),
+                             ("error", "names its own shards and weights: give it or data.prefixes")),
+    "tokenize no text": (tokenize_nothing, ("error", "no text to tokenize (every document is empty)")),
+    "tokenize --vocab-size 100": (lambda tmp, p: ["tokenize", "--input", TINY, "--output-prefix", str(tmp / "t"),
+                                                  "--vocab-size", "100"], ("error", "--vocab-size 100 must be at least 257")),
     "split with no training share": (lambda tmp, p: pretrain(tmp, p, "data.split=0,1,0"),
                                      ("error", "data.split='0,1,0' gives training no share")),
     "split with a blank share": (lambda tmp, p: pretrain(tmp, p, "data.split='98,2,'"),
@@ -146,6 +205,13 @@ CASES = {
     "resume with another lr": (changed_resume, ("error", "optim.lr=0.01 (checkpoint has 0.003)")),
     "truncated universal shard": (truncated_universal, ("error", "pp0_tp0.pt fails its sha256 checksum")),
     "export onto a file": (export_onto_file, ("error", "taken is a file, not a directory")),
+    "generate from a corrupt checkpoint": (corrupt_checkpoint(["generate", "--prompt", "x"]),
+                                           ("error", "pp0_tp0.pt fails its sha256 checksum")),
+    "perplexity from a corrupt checkpoint": (corrupt_checkpoint(["eval", "perplexity", "--data", TINY]),
+                                             ("error", "pp0_tp0.pt fails its sha256 checksum")),
+    "perplexity of another tokenizer's shard": (lambda tmp, p, t: [
+        "eval", "perplexity", "--checkpoint", str(t / "run"), "--data", str(other_tokenizer_shard(tmp))],
+        ("error", "other was tokenized with")),
     "import-hf missing layers": (lambda tmp, p, t: hf_dir_with(tmp, t, missing_layer),
                                  ("error", "lacks weights the config implies: missing transformer.h.3.")),
     "import-hf bad config.json": (lambda tmp, p, t: hf_dir_with(tmp, t, lambda hf: (hf / "config.json").write_text("{oops")),

@@ -1,8 +1,9 @@
 """Training data checked before any process starts, each problem one line naming the file or key.
 
 What would otherwise surface mid-run, or not at all: a shard whose .bin is shorter than its
-.idx says (a truncated copy), a tokenizer with more ids than the model's embedding (at tp = 1
-an IndexError after minutes of start-up, at tp > 1 silently masked tokens), and a
+.idx says (a truncated copy), shards made with different tokenizers (a blend that trains on
+nonsense), a tokenizer with more ids than the model's embedding (at tp = 1 an IndexError after
+minutes of start-up, at tp > 1 silently masked tokens), and a
 data.split share that leaves a split of some source empty (megatron-core loops forever).
 """
 
@@ -32,7 +33,13 @@ def check_training_data(cfg: Config) -> None:
 
 
 def check_shard(prefix: str) -> None:
-    """The .idx must read, and the .bin must hold exactly the tokens it lists."""
+    """A shard to train on: whole (shard_documents), and not empty."""
+    if not shard_documents(prefix):
+        raise DataError(f"{prefix}.idx lists no documents: an empty shard has nothing to train on (leave it out)")
+
+
+def shard_documents(prefix: str) -> int:
+    """How many documents a shard holds, once its .idx reads and its .bin holds exactly the tokens it lists."""
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
     try:
@@ -45,28 +52,50 @@ def check_shard(prefix: str) -> None:
     if actual != expected:
         raise DataError(f"{prefix}.bin has {actual} bytes but {prefix}.idx describes {expected} "
                         f"({len(lengths)} sequences): truncated or from another shard")
+    return len(lengths)
+
+
+def data_tokenizers(cfg: Config) -> dict[str, list[str]]:
+    """The tokenizers the training data record they were made with -> what was made with each: mixture.json's for
+    a mixture, else each prefix's own (megagpt.data.shards.shard_tokenizer); shards that record none are left out."""
+    from megagpt.data.shards import shard_tokenizer
+
+    d = cfg.data
+    if d.mixture:  # `corpus mix` made sure its sources share one tokenizer, and named it
+        try:
+            with open(d.mixture) as f:
+                rel = json.load(f).get("tokenizer")
+        except (OSError, ValueError):
+            return {}
+        path = os.path.join(os.path.dirname(d.mixture), rel) if rel else None
+        return {path: [d.mixture]} if path and os.path.isfile(path) else {}
+    found: dict[str, list[str]] = {}
+    for prefix in d.prefixes:
+        path = shard_tokenizer(prefix)
+        if path is not None:
+            found.setdefault(path, []).append(prefix)
+    return found
 
 
 def find_tokenizer(cfg: Config) -> str | None:
-    """The tokenizer.json the data was made with: mixture.json's, else one beside a prefix."""
-    d = cfg.data
-    found = [p + ".tokenizer.json" for p in d.prefixes] + [os.path.join(os.path.dirname(p), "tokenizer.json")
-                                                            for p in d.prefixes]
-    if d.mixture and os.path.isfile(d.mixture):
-        with open(d.mixture) as f:
-            rel = json.load(f).get("tokenizer")
-        if rel:
-            found.insert(0, os.path.join(os.path.dirname(d.mixture), rel))
-    return next((p for p in found if os.path.isfile(p)), None)
+    """The tokenizer.json the training data were made with (the first, where several record one)."""
+    return next(iter(data_tokenizers(cfg)), None)
 
 
 def check_vocabulary(cfg: Config) -> None:
+    """The data's tokenizers are one (by their ids, not their files) and fit model.vocab_size."""
     from megagpt.data.tokenizer import Tokenizer
 
-    path = find_tokenizer(cfg)
-    if path is None:
+    found = data_tokenizers(cfg)
+    if not found:
         return  # no tokenizer beside the shards (made elsewhere): nothing to compare against
-    size = Tokenizer.load(path).vocab_size
+    loaded = {path: Tokenizer.load(path) for path in found}
+    kinds = {tok.fingerprint: path for path, tok in loaded.items()}
+    if len(kinds) > 1:
+        a, b = list(kinds.values())[:2]
+        raise DataError(f"the training data were made with different tokenizers: {found[a][0]} with {a}, "
+                        f"{found[b][0]} with {b}; the same id stands for other text in each (tokenize all with one)")
+    path, size = next(iter(found)), next(iter(loaded.values())).vocab_size
     if size > cfg.model.vocab_size:
         raise ConfigError(f"the training data's tokenizer {path} has {size} tokens, more than "
                           f"model.vocab_size={cfg.model.vocab_size}: set model.vocab_size >= {size}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -75,13 +76,37 @@ def check_source(path: str, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: no such file, and no .bin/.idx shard of that prefix")
 
 
-def source_documents(paths: Iterable[str], flag: str) -> Iterator[str | list[int]]:
-    """The documents of each source `flag` names, in order: a shard's as token ids, a text file's as text."""
+def shard_tokenizer(prefix: str) -> str | None:
+    """The tokenizer a shard records it was made with: <prefix>.tokenizer.json (megagpt tokenize), else
+    tokenizer.json in its folder, or in the corpus run above it (a run's tokens/<source>); None if none is."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    found = [prefix + ".tokenizer.json", os.path.join(folder, "tokenizer.json")]
+    if os.path.basename(folder) == "tokens":
+        found.append(os.path.join(os.path.dirname(folder), "tokenizer.json"))
+    return next((p for p in found if os.path.isfile(p)), None)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(path: str) -> str:  # the shards of a corpus run share one tokenizer.json
+    return Tokenizer.load(path).fingerprint
+
+
+def source_documents(paths: Iterable[str], flag: str, tokenizer: Tokenizer | None = None) -> Iterator[str | list[int]]:
+    """The documents of each source `flag` names, in order: a shard's as token ids, a text file's as text.
+    With `tokenizer`, a shard that records another tokenizer (shard_tokenizer) is refused: its ids mean other tokens."""
     for path in paths:
         check_source(path, flag)
         prefix = shard_prefix(path)
         if prefix is None:
             yield from read_documents([path])
+            continue
+        made_with = shard_tokenizer(prefix) if tokenizer is not None else None
+        if made_with is not None and _fingerprint(made_with) != tokenizer.fingerprint:
+            raise DataError(f"{flag} {path} was tokenized with {made_with}, not the model's tokenizer: its token ids "
+                            f"stand for other text (tokenize the text with the model's tokenizer)")
+        from megagpt.data.checks import shard_documents
+
+        if not shard_documents(prefix):  # whole, and not empty (megatron-core cannot map an empty .bin)
             continue
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 

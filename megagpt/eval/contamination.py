@@ -35,7 +35,7 @@ def gram_size(lengths: list[int]) -> int:
 def corpus_documents(paths: list[str], tok) -> Iterator[str]:
     from megagpt.data.shards import source_documents
 
-    for doc in source_documents(paths, "--corpus"):
+    for doc in source_documents(paths, "--corpus", tok):
         yield doc if isinstance(doc, str) else tok.decode(doc)
 
 

@@ -26,8 +26,11 @@ def read_stream(paths: list[str], tok) -> list[int]:
     from megagpt.data.shards import source_documents
 
     stream = [tok.eod]
-    for doc in source_documents(paths, "--data"):  # a shard's documents end in the end-of-document token already
-        stream += tok.encode(doc) + [tok.eod] if isinstance(doc, str) else doc
+    for doc in source_documents(paths, "--data", tok):  # a shard's documents end in the end-of-document token already
+        if isinstance(doc, str) and doc:  # an empty text is no document, as in a shard (write_shard)
+            stream += tok.encode(doc) + [tok.eod]
+        elif not isinstance(doc, str):
+            stream += doc
     if len(stream) < 2:
         raise ConfigError(f"--data {' '.join(paths)}: no tokens to score")
     if max(stream) >= tok.vocab_size:

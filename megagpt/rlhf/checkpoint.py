@@ -29,7 +29,8 @@ from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
 from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
                                       checkpoint_root, checksums, complete_tags, model_shape, read_meta, restore_rng,
-                                      rng_state, tag_for, verify_everywhere)
+                                      rng_state, set_aside_earlier_run, starts_afresh, tag_for,
+                                      verify_everywhere)
 from megagpt.train.universal import load_universal, universal_shard
 
 
@@ -43,8 +44,8 @@ class PPOState:
 class PPOCheckpointer:
     """Every method is collective over the world."""
 
-    def __init__(self, cfg: Config, roles: dict):
-        self.cfg, self.roles = cfg, roles  # this rank's roles
+    def __init__(self, cfg: Config, roles: dict, device: torch.device):
+        self.cfg, self.roles, self.device = cfg, roles, device  # roles: this rank's
         self.root = checkpoint_root(cfg.run.dir)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
 
@@ -88,7 +89,8 @@ class PPOCheckpointer:
     def resume(self) -> PPOState:
         """The newest verified checkpoint's state, with the trained roles loaded; a fresh state without one."""
         fresh = PPOState(kl_coef=self.cfg.rlhf.kl_coef)
-        if not self.cfg.train.resume:
+        if starts_afresh(self.cfg):
+            set_aside_earlier_run(self.cfg.run.dir, self.device, "megagpt ppo")
             return fresh
         for path in candidates(self.root):
             problem = verify_everywhere(path)

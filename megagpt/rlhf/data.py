@@ -137,13 +137,3 @@ def keep_tokenizer(path: str, run_dir: str) -> None:
         tmp = f"{target}.tmp.{os.getpid()}"
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)
-
-
-def same_vocabulary(a: str, b: str) -> bool:
-    """Whether two tokenizer.json files map text to the same ids (vocabulary, merges, special tokens)."""
-    def essence(path: str) -> tuple:
-        with open(path) as f:
-            raw = json.load(f)
-        return raw.get("model"), [(t.get("id"), t.get("content")) for t in raw.get("added_tokens") or []]
-
-    return essence(a) == essence(b)

@@ -229,18 +229,32 @@ def gather_metrics(local: dict) -> dict:
 
 def ppo(cfg: Config) -> None:
     """One rank of `megagpt ppo`."""
+    from megagpt.dir_lock import hold_on_rank_zero
+    from megagpt.parallel.distributed import init_distributed
+
+    device = init_distributed(cfg.run.device)
+    lock = hold_on_rank_zero(cfg.run.dir, "run.dir", "training run", device)
+    try:
+        _ppo(cfg, device)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _ppo(cfg: Config, device: torch.device) -> None:
     from megagpt.data.datasets import build_datasets
     from megagpt.data.tokenizer import Tokenizer
-    from megagpt.parallel.distributed import init_distributed
     from megagpt.rlhf.data import checkpoint_tokenizer
+    from megagpt.train.checkpoint import require_verified, resolve_checkpoint
     from megagpt.train.guard import check_finite
     from megagpt.train.metrics import RunLog
     from megagpt.train.pretrain import Preemption, open_run_dir
     from megagpt.train.profiling import StepProfiler
 
-    device = init_distributed(cfg.run.device)
     rank, t, r = dist.get_rank(), cfg.train, cfg.rlhf
     specs = parse_layout(cfg, dist.get_world_size())
+    for key in ("actor_init", "reward_init"):  # every rank at once, before each role group loads what it needs
+        require_verified(resolve_checkpoint(getattr(r, key)), what=f"rlhf.{key}: checkpoint")
     groups = RoleGroups(specs)
     exchange = Exchange(groups)
     roles = {name: build_role(cfg, name, pc) for name in ROLES if (pc := groups.context(name, device)) is not None}
@@ -249,7 +263,7 @@ def ppo(cfg: Config) -> None:
     ptx_data = None
     if r.ptx_coef:
         ptx_data, _ = build_datasets(cfg, t.steps * r.ppo_epochs * r.rollout_batch_size, 1)
-    checkpointer = PPOCheckpointer(cfg, roles)
+    checkpointer = PPOCheckpointer(cfg, roles, device)
     state = checkpointer.resume()
     kl = math.KLController(state.kl_coef, r.kl_target, r.kl_horizon)
     if rank == 0:
@@ -324,8 +338,9 @@ def ppo(cfg: Config) -> None:
 
 def preflight_ppo(cfg: Config, world: int) -> None:
     """Before any process starts: the layout fits the world, the files read, the models agree on tokens."""
-    from megagpt.data.checks import check_training_data
-    from megagpt.rlhf.data import checkpoint_tokenizer, keep_tokenizer, read_prompts, same_vocabulary
+    from megagpt.data.checks import check_training_data, find_tokenizer
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.rlhf.data import checkpoint_tokenizer, keep_tokenizer, read_prompts
     from megagpt.train.checkpoint import read_meta, resolve_checkpoint
 
     parse_layout(cfg, world)
@@ -336,9 +351,13 @@ def preflight_ppo(cfg: Config, world: int) -> None:
             raise DataError(f"rlhf.{key}: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
     actor = checkpoint_tokenizer(cfg.rlhf.actor_init, cfg.rlhf.tokenizer)
     reward = checkpoint_tokenizer(cfg.rlhf.reward_init)
-    if not same_vocabulary(actor, reward):
+    if Tokenizer.load(actor).fingerprint != Tokenizer.load(reward).fingerprint:
         raise DataError(f"rlhf.reward_init's tokenizer ({reward}) differs from the actor's ({actor}): the reward "
                         f"model would read the actor's token ids as other words")
     if cfg.rlhf.ptx_coef:
         check_training_data(cfg)
+        data = find_tokenizer(cfg)
+        if data is not None and Tokenizer.load(data).fingerprint != Tokenizer.load(actor).fingerprint:
+            raise DataError(f"the pretraining data mixed in (rlhf.ptx_coef) were tokenized with {data}, not the actor's "
+                            f"tokenizer {actor}: their ids would be other words to the actor")
     keep_tokenizer(actor, cfg.run.dir)

@@ -125,13 +125,14 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def verify(path: str, rank: int = 0, world: int = 1) -> Optional[str]:
-    """None if this rank's share of the files match their checksums, else what is wrong."""
+def verify(path: str, rank: int = 0, world: int = 1, under: str = "") -> Optional[str]:
+    """None if this rank's share of the files (those under `under`, such as "universal/": what a reader of the
+    weights alone reads) match their checksums, else what is wrong."""
     try:
         meta = read_meta(path)
     except CheckpointError as exc:
         return str(exc)
-    names = sorted(meta["files"])
+    names = sorted(n for n in meta["files"] if n.startswith(under))
     for name in names[rank::world]:
         full = os.path.join(path, name)
         if not os.path.isfile(full):
@@ -141,11 +142,22 @@ def verify(path: str, rank: int = 0, world: int = 1) -> Optional[str]:
     return None
 
 
-def verify_everywhere(path: str) -> Optional[str]:
+def verify_everywhere(path: str, under: str = "") -> Optional[str]:
     """verify() with the files shared among the ranks; every rank gets the first problem (collective)."""
     problems = [None] * dist.get_world_size()
-    dist.all_gather_object(problems, verify(path, dist.get_rank(), dist.get_world_size()))
+    dist.all_gather_object(problems, verify(path, dist.get_rank(), dist.get_world_size(), under))
     return next((p for p in problems if p), None)
+
+
+def require_verified(path: str, under: str = "universal/", what: str = "checkpoint") -> None:
+    """Collective: a CheckpointError on every rank (printed once) unless the files of `path` under `under` (by
+    default the weights' universal/ shards, all a weights reader reads) match their checksums. Whatever reads
+    weights checks first: a truncated or altered shard must not become a silently wrong model."""
+    problem = verify_everywhere(path, under)
+    if problem:
+        error = CheckpointError(f"{what} {path}: {problem}")
+        error.same_on_every_rank = True
+        raise error
 
 
 def read_latest(root: str) -> Optional[str]:
@@ -172,9 +184,57 @@ def candidates(root: str) -> list[str]:
     return [os.path.join(root, t) for t in tags]
 
 
+RECORDS = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")  # what a run logs in run.dir, step by step
+
+
+def requeued() -> bool:
+    """Whether this is a Slurm job requeued after preemption: it continues its run, whatever train.resume says
+    (the first start honoured train.resume=false; every requeue must not start it over again)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def starts_afresh(cfg: Config) -> bool:
+    return not cfg.train.resume and not requeued()
+
+
+def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
+    """A fresh start where an earlier run saved: its checkpoints (and the records logged with them) move to
+    <run.dir>/checkpoints/earlier[-N]/, under the checkpoint root itself so a root on another file system
+    (a link to scratch) keeps them there. Left in place, keep_last would prune the new run's checkpoints for
+    the earlier run's higher steps and a later resume would continue the earlier run; deleting them would
+    lose what a user may still want. Collective."""
+    from megagpt.parallel.collectives import any_rank
+
+    root, failed = checkpoint_root(run_dir), None
+    if dist.get_rank() == 0 and os.path.isdir(root):
+        earlier = sorted(t for t in os.listdir(root) if TAG_RE.match(t) or t == LATEST)
+        aside, n = os.path.join(root, "earlier"), 1
+        while os.path.lexists(aside):
+            n += 1
+            aside = os.path.join(root, f"earlier-{n}")
+        try:
+            if earlier:
+                os.makedirs(aside)
+                for name in earlier:
+                    os.rename(os.path.join(root, name), os.path.join(aside, name))
+                for name in RECORDS:
+                    if os.path.isfile(os.path.join(run_dir, name)):
+                        shutil.move(os.path.join(run_dir, name), os.path.join(aside, name))
+                steps = [str(int(TAG_RE.match(t).group(1))) for t in earlier if TAG_RE.match(t)]
+                print(f"{who}: train.resume=false: the earlier run's checkpoints (steps {', '.join(steps) or 'none'}) "
+                      f"and records moved to {aside}", file=sys.stderr, flush=True)
+        except OSError as exc:
+            failed = f"{exc.filename}: {exc.strerror}"
+    if any_rank(failed is not None, device):
+        error = CheckpointError(f"train.resume=false: the earlier run's checkpoints in {root} could not be set aside "
+                                f"({failed or 'see rank 0'}); move them yourself or use another run.dir")
+        error.same_on_every_rank = failed is not None or dist.get_rank() != 0
+        raise error
+
+
 def preflight(cfg: Config) -> None:
     """Before any process starts: the checkpoint a resume would pick must fit this model."""
-    if not cfg.train.resume:
+    if starts_afresh(cfg):
         return
     found = candidates(checkpoint_root(cfg.run.dir))
     if found:
@@ -312,7 +372,8 @@ class Checkpointer:
 
     def resume(self) -> TrainState:
         """Load the newest usable checkpoint in run.dir (if train.resume); a fresh state otherwise."""
-        if not self.cfg.train.resume:
+        if starts_afresh(self.cfg):
+            set_aside_earlier_run(self.cfg.run.dir, self.pc.device)
             return TrainState()
         found, latest = candidates(self.root), read_latest(self.root)
         if latest is not None and latest not in map(os.path.basename, found) and self.rank == 0:
@@ -361,9 +422,7 @@ class Checkpointer:
         check_shape(meta, self.cfg, path, grown_vocab)
         if not meta["universal"]:
             raise CheckpointError(f"checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
-        problem = verify_everywhere(path)
-        if problem:
-            raise CheckpointError(f"checkpoint {path}: {problem}")
+        require_verified(path)
         grow = {VOCAB_WEIGHT: (self.cfg.model.padded_vocab_size, self.cfg.model.init_std, self.cfg.train.seed)} \
             if grown_vocab else {}
         self.load_universal(path, with_optimizer=False, new_parameters=new_parameters, grow=grow)

@@ -17,6 +17,7 @@ import yaml
 
 from megagpt.config import Config, ConfigError, validate
 from megagpt.data.datasets import build_datasets, micro_batches
+from megagpt.dir_lock import hold_on_rank_zero
 from megagpt.model.gpt import GPT, lm_loss
 from megagpt.parallel.collectives import any_rank, mean_over
 from megagpt.parallel.distributed import init_distributed
@@ -162,10 +163,19 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     indexable by sample into {"tokens", "labels", "loss_mask"}; init_from: a checkpoint whose weights
     a fresh run starts from (SFT starts from a pretrained model; a resumed run ignores it)."""
     device = init_distributed(cfg.run.device)
-    world = dist.get_world_size()
-    validate(cfg, world, check_data=False)  # the data were checked before the ranks started
+    validate(cfg, dist.get_world_size(), check_data=False)  # the data were checked before the ranks started
     if device.type != "cuda" and cfg.train.precision == "fp16":
         raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")
+    lock = hold_on_rank_zero(cfg.run.dir, "run.dir", "training run", device)
+    try:
+        _train(cfg, device, datasets, init_from, task)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, task: Task) -> None:
+    world = dist.get_world_size()
     pc = build_parallel_context(cfg.parallel.tp, cfg.parallel.pp, device)
     t, seq = cfg.train, cfg.model.seq_length
     sizes = batch_sizes(cfg)

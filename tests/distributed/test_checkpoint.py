@@ -137,13 +137,44 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(demo_prefix, tmp_path
     assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == list(range(1, STEPS + 1))
 
 
-def test_resume_false_and_a_new_run_dir_start_fresh(demo_prefix, tmp_path):
+def test_resume_false_starts_afresh_and_sets_the_earlier_checkpoints_aside(demo_prefix, tmp_path):
     run = tmp_path / "run"
-    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=5", "train.steps=5")
-    megagpt(*args)
-    out = megagpt(*args, "train.resume=false")
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=2")
+    megagpt(*args, "train.steps=6")  # keeps step 4 and 6
+    out = megagpt(*args, "train.steps=2", "train.resume=false")
     assert "resumed" not in out.stdout
-    assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4, 5]
+    aside = run / "checkpoints" / "earlier"
+    assert (f"megagpt: train.resume=false: the earlier run's checkpoints (steps 4, 6) and records moved to "
+            f"{aside}") in out.stderr
+    assert sorted(os.listdir(aside)) == ["eval.jsonl", "latest", "metrics.jsonl", "step_00000004", "step_00000006"]
+    assert [m["step"] for m in read_jsonl(str(aside / "metrics.jsonl"))] == [1, 2, 3, 4, 5, 6]
+    # the new run's checkpoint is kept (keep_last no longer prunes it for the earlier run's higher steps)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2]
+    out = megagpt(*args, "train.steps=3")  # continues the new run, not the earlier one
+    assert "resumed from step 2" in out.stdout
+    # a Slurm job requeued after preemption continues its run, though its command says train.resume=false
+    out = megagpt(*args, "train.steps=4", "train.resume=false", env={"SLURM_RESTART_COUNT": "1"})
+    assert "resumed from step 3" in out.stdout and not (run / "checkpoints" / "earlier-2").exists()
+    assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+def test_a_second_run_into_a_busy_run_dir_refuses_and_leaves_the_first_alone(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=400", "train.eval_interval=0")
+    proc = start(args)
+    try:
+        wait_for_step(proc, run, 1)
+        second = megagpt(*args, check=False)
+        assert second.returncode != 0
+        errors = [line for line in second.stderr.splitlines() if line.startswith("megagpt: error: ")]
+        assert errors[0].startswith(f"megagpt: error: run.dir={str(run)!r} is in use by another training run (pid ")
+        assert all("is in use" not in line for line in errors[1:]), errors  # said once, by rank 0
+        assert proc.poll() is None  # the first run trains on
+    finally:
+        kill_tree(proc)
+    steps = [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))]
+    assert steps == list(range(1, len(steps) + 1))  # one run's records, none interleaved
 
 
 def test_incompatible_checkpoint_is_one_line_error_and_nothing_is_overwritten(demo_prefix, tmp_path):

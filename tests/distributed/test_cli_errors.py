@@ -31,6 +31,16 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["pretrain", "--config", TINY, "--nproc", "0"], "--nproc 0 must be at least 1"),
+    (["pretrain", "--config", TINY, "--nproc", "-2"], "--nproc -2 must be at least 1"),
+    (["generate", "--checkpoint", "x", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+    (["pretrain", "--config", TINY, "--dry-run", "--gpus", "0"], "--gpus 0: plan for at least one GPU")])
+def test_a_count_below_one_is_a_one_line_error(args, message):
+    proc = megagpt(*args, check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stderr == f"megagpt: error: {message}\n"
+
+
 def test_missing_config_file(tmp_path):
     proc = megagpt("pretrain", "--config", str(tmp_path / "none.yaml"), check=False, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == f"megagpt: error: config file {tmp_path / 'none.yaml'} not found"
