@@ -360,10 +360,9 @@ def _stage(stage: str):
         from megagpt.eval.finetune import finetune, preflight_finetune
 
         return lambda cfg, world: preflight_finetune(cfg), finetune
-    from megagpt.data.checks import check_training_data
-    from megagpt.train.pretrain import pretrain
+    from megagpt.train.pretrain import preflight_pretrain, pretrain
 
-    return lambda cfg, world: check_training_data(cfg), pretrain
+    return lambda cfg, world: preflight_pretrain(cfg), pretrain
 
 
 def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrain") -> int:

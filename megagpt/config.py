@@ -397,7 +397,7 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              "keeps dp rank 0's partition alone: the run resumes from universal/)")
     _require(not p.offload_optimizer or p.zero_stage >= 1,
              "parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3 (DeepSpeed offloads the "
-             f"optimizer of its ZeRO optimizers only, and without ZeRO silently keeps it in place), got 0")
+             "optimizer of its ZeRO optimizers only, and without ZeRO silently keeps it in place), got 0")
     _require(not p.offload_params or p.zero_stage == 3,
              f"parallel.offload_params=true needs parallel.zero_stage=3 (DeepSpeed offloads only partitioned "
              f"parameters), got {p.zero_stage}")

@@ -130,13 +130,24 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
 
 
 def find_generation_tokenizer(checkpoint_path: str, cfg: Config) -> Optional[str]:
-    """The training data's tokenizer, else one in the run directory (where import-hf puts it)."""
+    """The run directory's tokenizer.json (every training stage keeps its tokenizer there, as import-hf
+    does), else the training data's."""
     from megagpt.data.checks import find_tokenizer
 
-    found = find_tokenizer(cfg)
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
     beside = os.path.join(run_dir, "tokenizer.json")
-    return found or (beside if os.path.isfile(beside) else None)
+    return beside if os.path.isfile(beside) else find_tokenizer(cfg)
+
+
+def generation_tokenizer(checkpoint_path: str, cfg: Config, given: Optional[str] = None):
+    """The Tokenizer a checkpoint's model reads: `given` (--tokenizer), else find_generation_tokenizer's."""
+    from megagpt.data.tokenizer import Tokenizer
+
+    found = given or find_generation_tokenizer(checkpoint_path, cfg)
+    if found is None:
+        raise ConfigError(f"no tokenizer found for checkpoint {checkpoint_path} (none in its run dir or beside its "
+                          f"training data): pass --tokenizer")
+    return Tokenizer.load(found)
 
 
 def check_layout(cfg: Config, tp: int) -> None:
@@ -159,14 +170,13 @@ def run_generation(checkpoint: str, prompt: str, s: Sampling, tokenizer: Optiona
     """One rank of a generation world (every rank one TP shard); rank 0 returns the completion."""
     import torch.distributed as dist
 
-    from megagpt.data.tokenizer import Tokenizer
     from megagpt.parallel.distributed import init_distributed, shutdown_distributed
     from megagpt.parallel.topology import build_parallel_context
 
     rank_device = init_distributed(device, deepspeed_comm=False)
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
     model, cfg, path = load_model(checkpoint, pc)  # path: the checkpoint dir a run dir resolved to
-    tok = Tokenizer.load(tokenizer or find_generation_tokenizer(path, cfg))
+    tok = generation_tokenizer(path, cfg, tokenizer)
     ids = tok.encode(prompt) or [tok.eod]  # no prompt: an unconditional sample, begun as a new document (GPT-2's)
     out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod)[0, len(ids):].tolist()
     shutdown_distributed()

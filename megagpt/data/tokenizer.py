@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 from typing import Iterable
 
 from megagpt.errors import DataError
@@ -122,3 +123,15 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids))
+
+
+def keep_tokenizer(path: str, run_dir: str) -> None:
+    """Copy a run's tokenizer into its run dir, where the next stage, generate and eval look for it first (the
+    training data may move, and a relative data path means another file from another directory).
+    Atomic: under srun every rank runs the preflight that calls this."""
+    os.makedirs(run_dir, exist_ok=True)
+    target = os.path.join(run_dir, "tokenizer.json")
+    if os.path.abspath(path) != os.path.abspath(target):
+        tmp = f"{target}.tmp.{os.getpid()}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)

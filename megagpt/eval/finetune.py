@@ -284,7 +284,8 @@ def finetune(cfg: Config) -> None:
 
 def preflight_finetune(cfg: Config) -> None:
     """Before any process starts: both files read and checked, the tokens fit, the checkpoint fits the model."""
-    from megagpt.rlhf.data import checkpoint_tokenizer, keep_tokenizer
+    from megagpt.data.tokenizer import keep_tokenizer
+    from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
 
     f = cfg.finetune

@@ -96,9 +96,8 @@ def _is_argmax(logits: torch.Tensor, labels: torch.Tensor, group, vocab_size: in
 def open_checkpoint(checkpoint: str, tokenizer: str | None, device: str = "auto", batch_size: int = 8):
     """(Scorer, Tokenizer, ParallelContext) for one rank of an evaluation world: every rank one TP shard of
     the checkpoint's weights (any saved layout), pp = 1, no data parallelism."""
-    from megagpt.data.tokenizer import Tokenizer
     from megagpt.errors import ConfigError
-    from megagpt.generation import find_generation_tokenizer, load_model
+    from megagpt.generation import generation_tokenizer, load_model
     from megagpt.parallel.distributed import init_distributed
     from megagpt.parallel.topology import build_parallel_context
 
@@ -110,11 +109,9 @@ def open_checkpoint(checkpoint: str, tokenizer: str | None, device: str = "auto"
         rank_device = init_distributed(device, deepspeed_comm=False)
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
     model, cfg, path = load_model(checkpoint, pc)
-    found = tokenizer or find_generation_tokenizer(path, cfg)
-    if found is None:
-        raise ConfigError(f"no tokenizer found for checkpoint {path}: pass --tokenizer")
-    tok = Tokenizer.load(found)
+    tok = generation_tokenizer(path, cfg, tokenizer)
     if tok.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"--tokenizer {found} has {tok.vocab_size} tokens but the checkpoint's model.vocab_size is "
+        which = f"--tokenizer {tokenizer}" if tokenizer else f"the tokenizer found for {path}"
+        raise ConfigError(f"{which} has {tok.vocab_size} tokens but the checkpoint's model.vocab_size is "
                           f"{cfg.model.vocab_size}: another tokenizer's ids would index the wrong embeddings")
     return Scorer(model, bos=tok.eod, batch_size=batch_size), tok, pc

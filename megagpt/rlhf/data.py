@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from typing import Callable, Optional
 
 from megagpt.errors import DataError
@@ -126,14 +125,3 @@ def checkpoint_tokenizer(checkpoint: str, override: Optional[str] = None) -> str
     if found is None:
         raise DataError(f"no tokenizer.json beside the training data or in the run dir of {path}; name one")
     return found
-
-
-def keep_tokenizer(path: str, run_dir: str) -> None:
-    """Copy the stage's tokenizer into its run dir, where the next stage (and generate) looks for it.
-    Atomic: under srun every rank runs the preflight that calls this."""
-    os.makedirs(run_dir, exist_ok=True)
-    target = os.path.join(run_dir, "tokenizer.json")
-    if os.path.abspath(path) != os.path.abspath(target):
-        tmp = f"{target}.tmp.{os.getpid()}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)

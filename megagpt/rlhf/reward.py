@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from megagpt.config import Config
 from megagpt.errors import DataError
+from megagpt.data.tokenizer import keep_tokenizer
 from megagpt.model.gpt import ScalarGPT, at_positions
-from megagpt.rlhf.data import (checkpoint_tokenizer, epoch_item, keep_tokenizer, read_comparisons,
-                               read_demonstrations, split)
+from megagpt.rlhf.data import checkpoint_tokenizer, epoch_item, read_comparisons, read_demonstrations, split
 
 REPORT = "reward_model.json"
 

@@ -18,7 +18,8 @@ import torch
 
 from megagpt.config import Config
 from megagpt.errors import DataError
-from megagpt.rlhf.data import checkpoint_tokenizer, epoch_item, keep_tokenizer, read_demonstrations, split
+from megagpt.data.tokenizer import keep_tokenizer
+from megagpt.rlhf.data import checkpoint_tokenizer, epoch_item, read_demonstrations, split
 
 
 @dataclass

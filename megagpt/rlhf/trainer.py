@@ -340,7 +340,8 @@ def preflight_ppo(cfg: Config, world: int) -> None:
     """Before any process starts: the layout fits the world, the files read, the models agree on tokens."""
     from megagpt.data.checks import check_training_data, find_tokenizer
     from megagpt.data.tokenizer import Tokenizer
-    from megagpt.rlhf.data import checkpoint_tokenizer, keep_tokenizer, read_prompts
+    from megagpt.data.tokenizer import keep_tokenizer
+    from megagpt.rlhf.data import checkpoint_tokenizer, read_prompts
     from megagpt.train.checkpoint import read_meta, resolve_checkpoint
 
     parse_layout(cfg, world)

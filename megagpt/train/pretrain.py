@@ -158,6 +158,18 @@ def open_run_dir(cfg: Config, step: int) -> None:
         os.remove(os.path.join(cfg.run.dir, PREEMPTED))
 
 
+def preflight_pretrain(cfg: Config) -> None:
+    """Before any process starts: the data (megagpt.data.checks); their tokenizer goes into run.dir, where
+    generate, eval and the next stage find it whatever becomes of the data."""
+    from megagpt.data.checks import check_training_data, find_tokenizer
+    from megagpt.data.tokenizer import keep_tokenizer
+
+    check_training_data(cfg)
+    found = find_tokenizer(cfg)
+    if found is not None:
+        keep_tokenizer(found, cfg.run.dir)
+
+
 def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None, task: Task = Task()) -> None:
     """Train one rank of the run. datasets(cfg, train_samples, valid_samples) -> (train, valid), each
     indexable by sample into {"tokens", "labels", "loss_mask"}; init_from: a checkpoint whose weights

@@ -17,6 +17,14 @@ def test_greedy_text_is_the_same_at_every_tp_size(pretrained_tiny):
     assert sampled[0] == sampled[1] == sampled[2] and sampled[0] != greedy[0]
 
 
+def test_an_empty_prompt_samples_a_new_document(pretrained_tiny, demo_prefix):
+    # pretraining keeps its data's tokenizer in run.dir, where generate looks first
+    assert (pretrained_tiny / "tokenizer.json").read_bytes() == open(demo_prefix + ".tokenizer.json", "rb").read()
+    out = megagpt("generate", "--checkpoint", str(pretrained_tiny), "--prompt", "", "--max-new-tokens", "16",
+                  "--temperature", "0").stdout
+    assert len(out.strip()) > 10  # an unconditional sample, begun as GPT-2's are: after <|endoftext|>
+
+
 def test_generation_errors_are_one_line(demo_prefix, tmp_path):
     proc = megagpt("generate", "--checkpoint", str(tmp_path / "none"), "--prompt", "x", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == f"megagpt: error: checkpoint {tmp_path / 'none'}: no such directory"
