@@ -62,7 +62,7 @@ def check_split_sizes(split: str, prefixes: list[str]) -> None:
         for name, begin, end, share in zip(("train", "valid", "test"), bounds, bounds[1:], shares):
             if share > 0 and round(end * documents) - round(begin * documents) == 0:
                 raise ConfigError(f"data.split={split!r} leaves the {name} split of {prefix} empty "
-                                  f"({documents} documents in all)")
+                                  f"({documents} documents in all): give it a larger share, or none")
 
 
 def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int = 0):
