@@ -40,7 +40,7 @@ import json
 import os
 import sys
 
-from megagpt.config import Config, load_config, validate
+from megagpt.config import Config, check_stage_inputs, load_config, validate
 from megagpt.errors import ConfigError, DataError, MegagptError
 
 
@@ -371,6 +371,7 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
                                  start_rank_server)
 
     world = join_existing_world()
+    check_stage_inputs(cfg, stage)
     validate(cfg, world or nproc)
     launching = world is None and nproc > 1
     if launching and known_cpu_ranks(cfg.run.device):

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from megagpt.config import Config, load_config, parse_override, validate
+from megagpt.config import Config, check_stage_inputs, load_config, parse_override, validate
 from megagpt.errors import ConfigError
 from megagpt.slurm import (check_name, check_partition, check_path, check_time, python, quote_all, render, sbatch_line,
                            submit_script, write_script)
@@ -59,6 +59,7 @@ def check_job(job: PretrainJob) -> Config:
     if world % (p.tp * p.pp):
         raise ConfigError(f"{job.nodes} nodes x {job.tasks_per_node} tasks = {world} ranks, not a multiple of "
                           f"parallel.tp*parallel.pp={p.tp}*{p.pp}: the layout cannot use them all")
+    check_stage_inputs(cfg, job.command)
     validate(cfg, world)
     if job.cpu_tasks_per_node is not None and cfg.train.precision == "fp16":
         raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU), and "

@@ -505,6 +505,19 @@ def validate_rlhf(cfg: Config) -> None:
              f"roles at ZeRO 1 or 2 (their checkpoints are layout-free, which ZeRO 3 does not load)")
 
 
+# What each training command reads besides the config: unset, the command has nothing to train on.
+STAGE_INPUTS = {"sft": ("sft.data", "demonstrations"), "rm": ("rm.data", "comparisons"),
+                "ppo": ("rlhf.prompts", "prompts"), "finetune": ("finetune.task", "a labelled task")}
+
+
+def check_stage_inputs(cfg: Config, stage: str) -> None:
+    """`megagpt <stage>` (or `submit <stage>`) names its input: the key validate() tells the stages apart by."""
+    if stage in STAGE_INPUTS:
+        key, what = STAGE_INPUTS[stage]
+        section, name = key.split(".")
+        _require(getattr(getattr(cfg, section), name) is not None, f"{key} is not set: megagpt {stage} trains on {what}")
+
+
 def validate_data_paths(cfg: Config) -> None:
     if cfg.rlhf.prompts is not None:  # PPO: prompts and two checkpoints, and shards for the ptx term
         _require(os.path.isfile(cfg.rlhf.prompts), f"rlhf.prompts={cfg.rlhf.prompts!r}: file not found")

@@ -115,7 +115,7 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
     from megagpt.model.layers import LayerContext
     from megagpt.train.checkpoint import read_meta, require_verified, resolve_checkpoint
-    from megagpt.train.universal import copy_weights
+    from megagpt.train.universal import copy_weights, require_language_model
 
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
@@ -123,6 +123,7 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     if not meta["universal"]:
         raise ConfigError(f"generate: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
     require_verified(path)
+    require_language_model(path, "generate and eval")
     model = GPT(LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
                              tp_size=pc.tp))
     copy_weights(model, path, pc)

@@ -21,7 +21,7 @@ from megagpt.config import Config, ConfigError, ModelConfig, from_dict
 from megagpt.errors import DataError
 from megagpt.train.checkpoint import (LATEST, CheckpointError, atomic_write_text, checkpoint_root, read_meta,
                                       resolve_checkpoint, tag_for, verify, write_universal)
-from megagpt.train.universal import UniversalShards
+from megagpt.train.universal import UniversalShards, require_language_model
 
 # Our canonical (pp = 1) parameter names -> GPT-2's; "{}" is the block index. One map drives both directions.
 HF_NAMES = {
@@ -124,8 +124,8 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
     from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast
 
-    from megagpt.data.checks import find_tokenizer
     from megagpt.data.tokenizer import EOD
+    from megagpt.generation import find_generation_tokenizer
 
     path = resolve_checkpoint(checkpoint)
     meta = read_meta(path)
@@ -136,13 +136,15 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
         raise ConfigError(f"export-hf: --out {out} is a file, not a directory")
     cfg = from_dict(meta["config"])
     check_exportable(cfg.model)
-    tokenizer = tokenizer or find_tokenizer(cfg)
+    tokenizer = tokenizer or find_generation_tokenizer(path, cfg)
     if tokenizer is None:
-        raise ConfigError(f"export-hf: no tokenizer.json found beside the training data of {path}; pass --tokenizer")
+        raise ConfigError(f"export-hf: no tokenizer.json found in the run dir or beside the training data of {path}; "
+                          f"pass --tokenizer")
     if not os.path.isfile(tokenizer):
         raise ConfigError(f"export-hf: --tokenizer {tokenizer}: file not found")
     if not meta["universal"]:
         raise CheckpointError(f"export-hf: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
+    require_language_model(path, "export-hf")
     shards = UniversalShards(path)
     full = {name: shards.full(name)["fp32"] for name in shards.names()}
     state = to_hf_state_dict(full, cfg.model)

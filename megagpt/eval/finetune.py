@@ -237,6 +237,7 @@ def accuracy(model: ClassifierGPT, dataset: FinetuneDataset, examples: list[Exam
 def finetune(cfg: Config) -> None:
     """One rank of `megagpt finetune`."""
     from megagpt.data.tokenizer import Tokenizer
+    from megagpt.parallel.distributed import launched_as_rank_zero
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.pretrain import Task, pretrain
 
@@ -244,7 +245,7 @@ def finetune(cfg: Config) -> None:
     tok = Tokenizer.load(checkpoint_tokenizer(f.init, f.tokenizer))
     train, dropped_train = prepare(cfg, f.train, tok)
     test, dropped_test = prepare(cfg, f.test, tok)
-    if (dropped_train or dropped_test) and dist.get_rank() == 0:
+    if (dropped_train or dropped_test) and launched_as_rank_zero():  # the process group comes with pretrain()
         print(f"megagpt finetune: left out {dropped_train} train and {dropped_test} test records longer than "
               f"model.seq_length={cfg.model.seq_length}", flush=True)
     first_special = cfg.model.vocab_size

@@ -35,7 +35,7 @@ from megagpt.eval.tasks import Task
 
 
 def shots_for(task: Task, index: int, record: dict, k: int, seed: int) -> list[dict]:
-    pool = [r for r in task.train if r is not record]
+    pool = [r for r in task.train if r != record]  # by content: train may be the test file, or repeat a record
     if k > len(pool):
         from megagpt.errors import ConfigError
 

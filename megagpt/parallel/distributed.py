@@ -22,6 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launched_as_rank_zero() -> bool:
+    """Rank 0 by what the launcher (torch elastic, srun via launchers.slurm_env) set, for a stage that speaks
+    before its process group exists; a process run by hand is rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def local_world_size(default: int = 1) -> int:
     """Ranks on this node: torchrun and our Slurm mapping set LOCAL_WORLD_SIZE."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", default))

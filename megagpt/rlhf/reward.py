@@ -172,16 +172,18 @@ def finish(held_out: list[Comparison], demos: list[list[int]], eod: int):
 def rm(cfg: Config) -> None:
     """One rank of `megagpt rm`."""
     from megagpt.data.tokenizer import Tokenizer
+    from megagpt.parallel.distributed import launched_as_rank_zero
     from megagpt.train.pretrain import Task, pretrain
 
     tokenizer = Tokenizer.load(checkpoint_tokenizer(cfg.rm.init, cfg.rm.tokenizer))
     comparisons, too_long = tokenize_comparisons(cfg.rm.data, tokenizer, cfg.model.seq_length)
-    if too_long and dist.get_rank() == 0:
+    long = f" ({too_long} left out: a response longer than model.seq_length={cfg.model.seq_length})" if too_long else ""
+    if too_long and launched_as_rank_zero():  # the process group comes with pretrain(), below
         print(f"megagpt rm: left out {too_long} comparisons with a response longer than model.seq_length="
               f"{cfg.model.seq_length}", flush=True)
     train, valid = split(comparisons, cfg.rm.valid_fraction, cfg.train.seed)
     if not valid or not train:
-        raise DataError(f"rm.valid_fraction={cfg.rm.valid_fraction} of {len(comparisons)} comparisons leaves "
+        raise DataError(f"rm.valid_fraction={cfg.rm.valid_fraction} of {len(comparisons)} comparisons{long} leaves "
                         f"{len(train)} to train on and {len(valid)} to measure pairwise accuracy on; both need some")
     demos = demonstration_sequences(cfg.rm.demonstrations, tokenizer, cfg.model.seq_length)
     k_max = max(len(c.responses) for c in comparisons)

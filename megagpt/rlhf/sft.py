@@ -65,17 +65,22 @@ def tokenize_demonstrations(cfg: Config, tokenizer) -> tuple[list[Demonstration]
 def sft(cfg: Config) -> None:
     """One rank of `megagpt sft`."""
     from megagpt.data.tokenizer import Tokenizer
+    from megagpt.parallel.distributed import launched_as_rank_zero
     from megagpt.train.pretrain import Task, pretrain
 
     tokenizer = Tokenizer.load(checkpoint_tokenizer(cfg.sft.init, cfg.sft.tokenizer))
     demos, too_long = tokenize_demonstrations(cfg, tokenizer)
-    train, valid = split(demos, cfg.sft.valid_fraction, cfg.train.seed)
-    if cfg.train.eval_interval and not valid:
-        raise DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} holds out none of {len(demos)} demonstrations, "
-                        f"but train.eval_interval={cfg.train.eval_interval} asks for a held-out loss")
-    if too_long:
+    long = f" ({too_long} left out: a prompt that fills model.seq_length={cfg.model.seq_length})" if too_long else ""
+    if too_long and launched_as_rank_zero():
         print(f"megagpt sft: left out {too_long} demonstrations whose prompt fills model.seq_length="
               f"{cfg.model.seq_length}", flush=True)
+    train, valid = split(demos, cfg.sft.valid_fraction, cfg.train.seed)
+    if not train:
+        raise DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} of {len(demos)} demonstrations{long} leaves "
+                        f"none to train on")
+    if cfg.train.eval_interval and not valid:
+        raise DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} holds out none of {len(demos)} demonstrations"
+                        f"{long}, but train.eval_interval={cfg.train.eval_interval} asks for a held-out loss")
 
     def datasets(cfg: Config, train_samples: int, valid_samples: int):
         seq, eod, seed = cfg.model.seq_length, tokenizer.eod, cfg.train.seed

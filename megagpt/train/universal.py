@@ -264,3 +264,15 @@ def whole_shard(tensors: dict[str, torch.Tensor]) -> dict:
     params = {name: {"fp32": t.float().contiguous()} for name, t in tensors.items()}
     return {"params": params, "partition_dims": {name: -1 for name in params}, "tp": 1, "tp_rank": 0,
             "optimizer_step": 0, "loss_scaler": None}
+
+
+GPT_PARTS = ("embedding.", "blocks.", "final_norm.")  # a GPT language model's parameter names (megagpt.model.gpt)
+
+
+def require_language_model(path: str, command: str) -> None:
+    """`command` reads language models: a checkpoint with a head besides the tied unembedding (a reward model's
+    value_head, a fine-tuned classifier's head) is refused, naming it, rather than read as one without it."""
+    extra = [n for n in UniversalShards(path).names() if not n.startswith(GPT_PARTS)]
+    if extra:
+        raise CheckpointError(f"{command}: checkpoint {path} holds {extra[0]}, a head a language model has no place "
+                              f"for (a reward model or fine-tuned classifier); {command} reads language models")

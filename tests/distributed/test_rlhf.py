@@ -205,3 +205,31 @@ def test_a_diverged_ppo_run_stops_at_the_iteration(stage, tmp_path):
     assert "the run diverged" in line and line.endswith("the last checkpoint is none: nothing was saved")
     records = read_jsonl(str(run / "metrics.jsonl"))
     assert all(isfinite(r["actor_grad_norm"]) and isfinite(r["critic_grad_norm"]) for r in records[:-1])
+
+
+def test_what_the_stages_read_is_checked(stage, tmp_path):
+    def error(*args):
+        proc = megagpt(*args, check=False, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        return proc.stderr.strip().splitlines()[-1]
+
+    # a stage's input left unset is named, not a traceback or another key's complaint
+    assert error(*ppo_args(stage, tmp_path / "p", 1, "rlhf.prompts=null")) == \
+        "megagpt: error: rlhf.prompts is not set: megagpt ppo trains on prompts"
+    assert error("sft", "--config", os.path.join(RLHF, "sft-tiny.yaml"), f"run.dir={tmp_path / 's'}") == \
+        "megagpt: error: sft.data is not set: megagpt sft trains on demonstrations"
+    # a reward model is not read as a language model without its head
+    assert "holds value_head.weight, a head a language model has no place for" in error(
+        "export-hf", "--checkpoint", str(stage["rm"]), "--out", str(tmp_path / "hf"))
+    assert "generate and eval: checkpoint" in error("generate", "--checkpoint", str(stage["rm"]), "--prompt", "Q:")
+    # an SFT run keeps its tokenizer in run.dir, where export-hf finds it
+    megagpt("export-hf", "--checkpoint", str(stage["sft"]), "--out", str(tmp_path / "hf-sft"))
+    # comparisons too long for the context are counted and left out, said once
+    rows = [json.loads(line) for line in open(stage["comparisons"])]
+    rows[0]["responses"][0] = " file" * 400
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = megagpt("rm", "--config", os.path.join(RLHF, "rm-tiny.yaml"), "--nproc", "2", "run.tensorboard=false",
+                  "train.progress=false", f"rm.data={tmp_path / 'long.jsonl'}",
+                  f"rm.demonstrations={stage['demonstrations']}", f"rm.init={stage['sft']}", f"run.dir={tmp_path / 'rm'}",
+                  "train.steps=2", "train.eval_interval=0").stdout
+    assert out.count("megagpt rm: left out 1 comparisons with a response longer than model.seq_length=64") == 1

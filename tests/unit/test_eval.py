@@ -155,6 +155,10 @@ def test_shots_are_seeded_per_record_exclude_it_and_drop_to_fit(tok):
     assert a == shots_for(task, 0, task.test[0], 3, seed=1) and a != shots_for(task, 1, task.test[0], 3, seed=1)
     task.test.append(task.train[0])
     assert task.train[0] not in shots_for(task, 8, task.train[0], 7, seed=1)
+    again = dict(task.train[0])  # the same record read again (train and test name one file): never its own shot
+    assert again not in shots_for(task, 8, again, 7, seed=1)
+    with pytest.raises(ConfigError, match="--shots 8: the task's train split has 7 records"):
+        shots_for(task, 8, again, 8, seed=1)
     ids, used = fitted_prompt(task, tok, task.train[1:6], task.test[0], context=64, room=4)
     assert len(ids) + 4 <= 64 and used < 5
     with pytest.raises(ConfigError, match="--shots 9: the task's train split has 8"):
