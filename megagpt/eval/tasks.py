@@ -78,6 +78,11 @@ def load_task(path: str) -> Task:
     for key in ("type", "test", "prompt"):
         if key not in spec:
             raise ConfigError(f"--task {path}: '{key}' is missing")
+    for key, value in spec.items():  # YAML reads `separator: 7` as a number, which would fail in a rank later
+        whole = key == "max_new_tokens"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int if whole else str)
+                                  or whole and value < 1):
+            raise ConfigError(f"--task {path}: {key}={value!r} must be {'a whole number >= 1' if whole else 'text'}")
     if spec["type"] not in TYPES:
         raise ConfigError(f"--task {path}: type {spec['type']!r} must be one of {', '.join(TYPES)}")
     base = os.path.dirname(os.path.abspath(path))

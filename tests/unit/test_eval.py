@@ -187,6 +187,10 @@ def test_bad_records_fail_with_their_file_and_line(tmp_path, line, message):
     ("type: essay\ntest: t.jsonl\nprompt: x\n", "type 'essay' must be one of"),
     ("type: completion\nprompt: x\n", "'test' is missing"),
     ("type: completion\ntest: t.jsonl\nprompt: x\nshots: 3\n", "unknown setting(s) shots"),
+    ("type: completion\ntest: t.jsonl\nprompt: 12\n", "prompt=12 must be text"),
+    ("type: completion\ntest: t.jsonl\nprompt: x\nseparator: 7\n", "separator=7 must be text"),
+    ("type: generation\ntest: t.jsonl\nprompt: x\nmax_new_tokens: ten\n", "max_new_tokens='ten' must be a whole"),
+    ("type: generation\ntest: t.jsonl\nprompt: x\nmax_new_tokens: -3\n", "max_new_tokens=-3 must be a whole number >= 1"),
     ("type: completion\ntest: nope.jsonl\nprompt: x\n", "data file"),
     ("type: completion\ntest: t.jsonl\nprompt: '{}'\n", "prompt fields must be named"),
 ])
