@@ -12,7 +12,9 @@ from typing import Optional
 from megagpt.config import Config, check_stage_inputs, load_config, parse_override, validate
 from megagpt.errors import ConfigError
 from megagpt.slurm import (check_name, check_partition, check_path, check_time, python, quote_all, render, sbatch_line,
-                           submit_script, write_script)
+                           submit_script, time_seconds, write_script)
+
+SIGNAL_LEAD_S = 120  # slurm/pretrain.sbatch: #SBATCH --signal=USR1@120
 
 
 @dataclass
@@ -49,6 +51,10 @@ def check_job(job: PretrainJob) -> Config:
         check_partition(job.partition)
     if job.time is not None:
         check_time("--time", job.time)
+        limit = time_seconds(job.time)
+        if limit is not None and limit <= SIGNAL_LEAD_S:  # the save-and-requeue signal would come before any step
+            raise ConfigError(f"--time {job.time}: the job is signalled {SIGNAL_LEAD_S} s before its time limit to "
+                              f"save and requeue (slurm/pretrain.sbatch's --signal=USR1@{SIGNAL_LEAD_S}); give it more")
     check_path("--config", job.config)
     for item in job.overrides:
         parse_override(item)

@@ -26,7 +26,7 @@ from typing import Mapping
 from megagpt.errors import ConfigError, SlurmError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
+_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
 _PATH = re.compile(r"[A-Za-z0-9_./@+,:=~%-]+")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
@@ -52,6 +52,21 @@ def check_time(key: str, value: str) -> str:
     if not _TIME.fullmatch(value):
         raise ConfigError(f"{key}={value!r} is not a Slurm time (MINUTES, HH:MM:SS or D-HH:MM:SS)")
     return value
+
+
+def time_seconds(value: str) -> int | None:
+    """A checked Slurm time in seconds (None: unlimited), read as sbatch reads it: MINUTES, MINUTES:SECONDS,
+    HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]]."""
+    if value.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = value.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + s
+    if len(parts) == 3:
+        return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
 
 
 def check_path(key: str, value: str) -> str:
