@@ -52,9 +52,12 @@ def check_job(job: PretrainJob) -> Config:
     if job.time is not None:
         check_time("--time", job.time)
         limit = time_seconds(job.time)
-        if limit is not None and limit <= SIGNAL_LEAD_S:  # the save-and-requeue signal would come before any step
-            raise ConfigError(f"--time {job.time}: the job is signalled {SIGNAL_LEAD_S} s before its time limit to "
-                              f"save and requeue (slurm/pretrain.sbatch's --signal=USR1@{SIGNAL_LEAD_S}); give it more")
+        # Slurm may signal up to 60 s before the lead it was given (sbatch(1)): the job would save and requeue
+        # before a step, or before the trainer could take the signal
+        if limit is not None and limit <= SIGNAL_LEAD_S + 60:
+            raise ConfigError(f"--time {job.time}: the job is signalled {SIGNAL_LEAD_S}-{SIGNAL_LEAD_S + 60} s before "
+                              f"its time limit to save and requeue (slurm/pretrain.sbatch's --signal=USR1@"
+                              f"{SIGNAL_LEAD_S}); give it more than {(SIGNAL_LEAD_S + 60) // 60} minutes")
     check_path("--config", job.config)
     for item in job.overrides:
         parse_override(item)

@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import IO, Optional
 
-from megagpt.errors import ConfigError, MegagptError
+from megagpt.errors import ConfigError, MegagptError, on_every_rank
 
 LOCK = ".lock"
 
@@ -71,11 +71,8 @@ def hold_on_rank_zero(directory: str, key: str, what: str, device) -> Optional[I
             failed = exc
     if any_rank(failed is not None, device):
         if isinstance(failed, MegagptError):
-            failed.same_on_every_rank = True  # rank 0's line, which names the holder, is the one printed
-            raise failed
+            raise on_every_rank(failed)  # rank 0's line, which names the holder, is the one printed
         if failed is not None:
             raise failed
-        error = ConfigError(f"{key}={directory!r} could not be locked by rank 0 (its error says why)")
-        error.same_on_every_rank = True
-        raise error
+        raise on_every_rank(ConfigError(f"{key}={directory!r} could not be locked by rank 0 (its error says why)"))
     return handle

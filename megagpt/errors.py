@@ -12,6 +12,12 @@ class MegagptError(Exception):
     same_on_every_rank = False
 
 
+def on_every_rank(error: MegagptError) -> MegagptError:
+    """`error`, raised alike by every rank (a collective found it, or each rank computes the same): printed once."""
+    error.same_on_every_rank = True
+    return error
+
+
 class ConfigError(MegagptError):
     """A value the user gave (config key, override, option) is invalid or names nothing; names key and value."""
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from megagpt.config import Config, from_dict
-from megagpt.errors import ConfigError
+from megagpt.errors import ConfigError, on_every_rank
 from megagpt.model.gpt import GPT
 from megagpt.model.kv_cache import KVCache
 
@@ -122,8 +122,8 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     cfg = from_dict(meta["config"])
     if not meta["universal"]:
         raise ConfigError(f"generate: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
-    require_verified(path)
     require_language_model(path, "generate and eval")
+    require_verified(path)
     model = GPT(LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
                              tp_size=pc.tp))
     copy_weights(model, path, pc)
@@ -134,10 +134,15 @@ def find_generation_tokenizer(checkpoint_path: str, cfg: Config) -> Optional[str
     """The run directory's tokenizer.json (every training stage keeps its tokenizer there, as import-hf
     does), else the training data's."""
     from megagpt.data.checks import find_tokenizer
+    from megagpt.train.checkpoint import META
 
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
-    beside = os.path.join(run_dir, "tokenizer.json")
-    return beside if os.path.isfile(beside) else find_tokenizer(cfg)
+    step = os.path.abspath(checkpoint_path)
+    if os.path.isfile(os.path.join(os.path.dirname(step), META)):  # a PPO role: <run>/checkpoints/step_N/actor
+        step = os.path.dirname(step)
+    root = os.path.dirname(step)
+    # only a checkpoint in its own run's checkpoints/ has a run dir (not one copied elsewhere, nor one set aside)
+    beside = os.path.join(os.path.dirname(root), "tokenizer.json") if os.path.basename(root) == "checkpoints" else None
+    return beside if beside and os.path.isfile(beside) else find_tokenizer(cfg)
 
 
 def generation_tokenizer(checkpoint_path: str, cfg: Config, given: Optional[str] = None):
@@ -146,8 +151,8 @@ def generation_tokenizer(checkpoint_path: str, cfg: Config, given: Optional[str]
 
     found = given or find_generation_tokenizer(checkpoint_path, cfg)
     if found is None:
-        raise ConfigError(f"no tokenizer found for checkpoint {checkpoint_path} (none in its run dir or beside its "
-                          f"training data): pass --tokenizer")
+        raise on_every_rank(ConfigError(f"no tokenizer found for checkpoint {checkpoint_path} (none in its run dir or "
+                                        f"beside its training data): pass --tokenizer"))
     return Tokenizer.load(found)
 
 

@@ -55,18 +55,20 @@ def check_time(key: str, value: str) -> str:
 
 
 def time_seconds(value: str) -> int | None:
-    """A checked Slurm time in seconds (None: unlimited), read as sbatch reads it: MINUTES, MINUTES:SECONDS,
-    HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]]."""
+    """A checked Slurm time in seconds (None: no limit, as sbatch reads UNLIMITED, INFINITE and 0), read as sbatch
+    reads it: MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]]."""
     if value.upper() in ("UNLIMITED", "INFINITE"):
         return None
     days, _, rest = value.rpartition("-")
     parts = [int(p) for p in rest.split(":")]
     if days:
         h, m, s = (parts + [0, 0])[:3]
-        return ((int(days) * 24 + h) * 60 + m) * 60 + s
-    if len(parts) == 3:
-        return (parts[0] * 60 + parts[1]) * 60 + parts[2]
-    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+        seconds = ((int(days) * 24 + h) * 60 + m) * 60 + s
+    elif len(parts) == 3:
+        seconds = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    else:
+        seconds = parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+    return seconds or None
 
 
 def check_path(key: str, value: str) -> str:

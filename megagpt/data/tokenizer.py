@@ -128,10 +128,13 @@ class Tokenizer:
 def keep_tokenizer(path: str, run_dir: str) -> None:
     """Copy a run's tokenizer into its run dir, where the next stage, generate and eval look for it first (the
     training data may move, and a relative data path means another file from another directory).
-    Atomic: under srun every rank runs the preflight that calls this."""
-    os.makedirs(run_dir, exist_ok=True)
+    Under srun every rank runs the preflight that calls this: rank 0 writes (atomically), the others leave it."""
+    from megagpt.parallel.distributed import launched_as_rank_zero
+
     target = os.path.join(run_dir, "tokenizer.json")
-    if os.path.abspath(path) != os.path.abspath(target):
-        tmp = f"{target}.tmp.{os.getpid()}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+    if not launched_as_rank_zero() or os.path.abspath(path) == os.path.abspath(target):
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = f"{target}.tmp.{os.getpid()}"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 
@@ -9,10 +10,8 @@ from megagpt.errors import ConfigError
 
 
 def check_eval_args(args) -> None:
-    """Everything that can be checked before processes start: flags, and the task file with its records."""
-    for flag in ("nproc", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
+    """Everything that can be checked before processes start: flags (counts: launchers.cli.COUNTS), and the task
+    file with its records."""
     if args.tokenizer and not os.path.isfile(args.tokenizer):
         raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
     if args.eval_command == "icl":
@@ -20,15 +19,19 @@ def check_eval_args(args) -> None:
 
         if args.shots < 0:
             raise ConfigError(f"--shots {args.shots} must be >= 0")
-        if args.limit is not None and args.limit < 1:
-            raise ConfigError(f"--limit {args.limit} must be at least 1")
         task = load_task(args.task)
         from megagpt.data.shards import check_source
 
         for path in args.corpus or []:
             check_source(path, "--corpus")
-        if args.shots > len(task.train):
-            raise ConfigError(f"--shots {args.shots}: {args.task} has {len(task.train)} train records to draw from")
+        # a record is never its own shot (icl.shots_for), so a test record that train holds too has fewer to draw from
+        key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+        in_train = collections.Counter(map(key, task.train))
+        available = len(task.train) - max((in_train[key(r)] for r in task.test[:args.limit]), default=0)
+        if args.shots > available:
+            raise ConfigError(f"--shots {args.shots}: {args.task} has {available} train records to draw from"
+                              + (f" (of {len(task.train)}, leaving out copies of the test record)"
+                                 if available < len(task.train) else ""))
     elif args.stride is not None and args.stride < 1:
         raise ConfigError(f"--stride {args.stride} must be at least 1")
 

@@ -76,12 +76,15 @@ def load_task(path: str) -> Task:
     if unknown:
         raise ConfigError(f"--task {path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     for key in ("type", "test", "prompt"):
-        if key not in spec:
+        if spec.get(key) is None:
             raise ConfigError(f"--task {path}: '{key}' is missing")
+    if "stop" in spec and spec["stop"] is None:
+        spec["stop"] = ""  # `stop:` left empty: generation stops at nothing but its length
     for key, value in spec.items():  # YAML reads `separator: 7` as a number, which would fail in a rank later
+        if value is None and key in ("name", "train", "description"):
+            continue  # optional, and None is their unset
         whole = key == "max_new_tokens"
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int if whole else str)
-                                  or whole and value < 1):
+        if isinstance(value, bool) or not isinstance(value, int if whole else str) or whole and value < 1:
             raise ConfigError(f"--task {path}: {key}={value!r} must be {'a whole number >= 1' if whole else 'text'}")
     if spec["type"] not in TYPES:
         raise ConfigError(f"--task {path}: type {spec['type']!r} must be one of {', '.join(TYPES)}")

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megagpt.config import Config
-from megagpt.errors import DataError
+from megagpt.errors import DataError, on_every_rank
 from megagpt.data.tokenizer import keep_tokenizer
 from megagpt.model.gpt import ScalarGPT, at_positions
 from megagpt.rlhf.data import checkpoint_tokenizer, epoch_item, read_comparisons, read_demonstrations, split
@@ -182,9 +182,10 @@ def rm(cfg: Config) -> None:
         print(f"megagpt rm: left out {too_long} comparisons with a response longer than model.seq_length="
               f"{cfg.model.seq_length}", flush=True)
     train, valid = split(comparisons, cfg.rm.valid_fraction, cfg.train.seed)
-    if not valid or not train:
-        raise DataError(f"rm.valid_fraction={cfg.rm.valid_fraction} of {len(comparisons)} comparisons{long} leaves "
-                        f"{len(train)} to train on and {len(valid)} to measure pairwise accuracy on; both need some")
+    if not valid or not train:  # (every rank reads and splits alike)
+        raise on_every_rank(DataError(
+            f"rm.valid_fraction={cfg.rm.valid_fraction} of {len(comparisons)} comparisons{long} leaves {len(train)} "
+            f"to train on and {len(valid)} to measure pairwise accuracy on; both need some"))
     demos = demonstration_sequences(cfg.rm.demonstrations, tokenizer, cfg.model.seq_length)
     k_max = max(len(c.responses) for c in comparisons)
 

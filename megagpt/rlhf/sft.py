@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from megagpt.config import Config
-from megagpt.errors import DataError
+from megagpt.errors import DataError, on_every_rank
 from megagpt.data.tokenizer import keep_tokenizer
 from megagpt.rlhf.data import checkpoint_tokenizer, epoch_item, read_demonstrations, split
 
@@ -75,12 +75,13 @@ def sft(cfg: Config) -> None:
         print(f"megagpt sft: left out {too_long} demonstrations whose prompt fills model.seq_length="
               f"{cfg.model.seq_length}", flush=True)
     train, valid = split(demos, cfg.sft.valid_fraction, cfg.train.seed)
-    if not train:
-        raise DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} of {len(demos)} demonstrations{long} leaves "
-                        f"none to train on")
+    if not train:  # (every rank reads and splits alike)
+        raise on_every_rank(DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} of {len(demos)} demonstrations"
+                                      f"{long} leaves none to train on"))
     if cfg.train.eval_interval and not valid:
-        raise DataError(f"sft.valid_fraction={cfg.sft.valid_fraction} holds out none of {len(demos)} demonstrations"
-                        f"{long}, but train.eval_interval={cfg.train.eval_interval} asks for a held-out loss")
+        raise on_every_rank(DataError(
+            f"sft.valid_fraction={cfg.sft.valid_fraction} holds out none of {len(demos)} demonstrations{long}, but "
+            f"train.eval_interval={cfg.train.eval_interval} asks for a held-out loss"))
 
     def datasets(cfg: Config, train_samples: int, valid_samples: int):
         seq, eod, seed = cfg.model.seq_length, tokenizer.eod, cfg.train.seed

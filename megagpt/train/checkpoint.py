@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import Config, from_dict
-from megagpt.errors import CheckpointError
+from megagpt.errors import CheckpointError, on_every_rank
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
 from megagpt.train.universal import VOCAB_WEIGHT, load_universal, universal_shard, whole_shard
@@ -155,9 +155,7 @@ def require_verified(path: str, under: str = "universal/", what: str = "checkpoi
     weights checks first: a truncated or altered shard must not become a silently wrong model."""
     problem = verify_everywhere(path, under)
     if problem:
-        error = CheckpointError(f"{what} {path}: {problem}")
-        error.same_on_every_rank = True
-        raise error
+        raise on_every_rank(CheckpointError(f"{what} {path}: {problem}"))
 
 
 def read_latest(root: str) -> Optional[str]:
@@ -226,10 +224,9 @@ def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
         except OSError as exc:
             failed = f"{exc.filename}: {exc.strerror}"
     if any_rank(failed is not None, device):
-        error = CheckpointError(f"train.resume=false: the earlier run's checkpoints in {root} could not be set aside "
-                                f"({failed or 'see rank 0'}); move them yourself or use another run.dir")
-        error.same_on_every_rank = failed is not None or dist.get_rank() != 0
-        raise error
+        raise on_every_rank(CheckpointError(  # rank 0's line, which says why, is the one printed
+            f"train.resume=false: the earlier run's checkpoints in {root} could not be set aside "
+            f"({failed or 'see rank 0'}); move them yourself or use another run.dir"))
 
 
 def preflight(cfg: Config) -> None:

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from megagpt.errors import CheckpointError
+from megagpt.errors import CheckpointError, on_every_rank
 from megagpt.parallel.topology import ParallelContext
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
@@ -272,7 +272,13 @@ GPT_PARTS = ("embedding.", "blocks.", "final_norm.")  # a GPT language model's p
 def require_language_model(path: str, command: str) -> None:
     """`command` reads language models: a checkpoint with a head besides the tied unembedding (a reward model's
     value_head, a fine-tuned classifier's head) is refused, naming it, rather than read as one without it."""
+    from megagpt.train.checkpoint import read_meta
+
+    if "ppo" in read_meta(path):  # the roles' weights are in folders of their own
+        raise on_every_rank(CheckpointError(f"{command}: checkpoint {path} is a PPO checkpoint; read its policy, "
+                                            f"{path}/actor"))
     extra = [n for n in UniversalShards(path).names() if not n.startswith(GPT_PARTS)]
     if extra:
-        raise CheckpointError(f"{command}: checkpoint {path} holds {extra[0]}, a head a language model has no place "
-                              f"for (a reward model or fine-tuned classifier); {command} reads language models")
+        raise on_every_rank(CheckpointError(
+            f"{command}: checkpoint {path} holds {extra[0]}, a head a language model has no place for (a reward "
+            f"model or fine-tuned classifier); {command} reads language models"))

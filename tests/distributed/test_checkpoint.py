@@ -181,12 +181,13 @@ def test_incompatible_checkpoint_is_one_line_error_and_nothing_is_overwritten(de
     run = tmp_path / "run"
     args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=5", "train.steps=5")
     megagpt(*args)
-    before = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*")}
+    kept = [*(run / "checkpoints").rglob("*"), run / "tokenizer.json"]  # the run's own, which a refusal must not touch
+    before = {p: p.stat().st_mtime_ns for p in kept}
     proc = megagpt(*args, "model.hidden_size=128", check=False)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("megagpt: error: checkpoint ") and "model.hidden_size=128 (checkpoint has 64)" in last
-    assert {p: p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in kept} == before
 
 
 def test_checkpoint_metadata_names_every_file_with_its_checksum(demo_prefix, tmp_path):

@@ -124,8 +124,10 @@ def test_ppo_sigkill_then_resume_equals_an_uninterrupted_run(stage, tmp_path):
     assert ppo_record(killed) == ppo_record(tmp_path / "reference")  # exact floats
     actor = killed / "checkpoints" / "step_00000006" / "actor"
     completion = megagpt("generate", "--checkpoint", str(actor), "--prompt", "Q: What is a file?\nA:",
-                         "--max-new-tokens", "4", "--tokenizer", str(stage["sft"] / "tokenizer.json"))
+                         "--max-new-tokens", "4")  # the PPO run dir's tokenizer, found from its actor
     assert completion.stdout.startswith("Q: What is a file?\nA:")  # the aligned actor is a checkpoint of its own
+    whole = megagpt("generate", "--checkpoint", str(actor.parent), "--prompt", "Q:", check=False)
+    assert whole.returncode == 2 and whole.stderr.strip().endswith(f"is a PPO checkpoint; read its policy, {actor}")
 
 
 def test_ppo_signal_saves_and_the_rerun_continues(stage, tmp_path):

@@ -191,6 +191,8 @@ def test_bad_records_fail_with_their_file_and_line(tmp_path, line, message):
     ("type: completion\ntest: t.jsonl\nprompt: x\nseparator: 7\n", "separator=7 must be text"),
     ("type: generation\ntest: t.jsonl\nprompt: x\nmax_new_tokens: ten\n", "max_new_tokens='ten' must be a whole"),
     ("type: generation\ntest: t.jsonl\nprompt: x\nmax_new_tokens: -3\n", "max_new_tokens=-3 must be a whole number >= 1"),
+    ("type: completion\ntest: t.jsonl\nprompt:\n", "'prompt' is missing"),
+    ("type: completion\ntest: t.jsonl\nprompt: x\nseparator:\n", "separator=None must be text"),
     ("type: completion\ntest: nope.jsonl\nprompt: x\n", "data file"),
     ("type: completion\ntest: t.jsonl\nprompt: '{}'\n", "prompt fields must be named"),
 ])

@@ -92,8 +92,8 @@ def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     (dict(partition="bigmem"), "--partition='bigmem': no such Slurm partition (known: debug, gpu)"),
     (dict(job_name="x$(reboot)"), "--job-name='x$(reboot)' may only hold"),
     (dict(time="2 hours"), "--time='2 hours' is not a Slurm time"),
-    (dict(time="2"), "--time 2: the job is signalled 120 s before its time limit"),
-    (dict(time="0:01:30"), "--time 0:01:30: the job is signalled 120 s before its time limit"),
+    (dict(time="3"), "--time 3: the job is signalled 120-180 s before its time limit"),
+    (dict(time="0:01:30"), "--time 0:01:30: the job is signalled 120-180 s before its time limit"),
     (dict(command="sft"), "sft.data is not set: megagpt sft trains on demonstrations"),
     (dict(config="/tmp/a;b.yaml"), "--config='/tmp/a;b.yaml': paths used in Slurm scripts"),
 ])
@@ -159,7 +159,7 @@ def test_slurm_times_read_as_sbatch_reads_them():
     from launchers.submit import SIGNAL_LEAD_S
     from megagpt.slurm import time_seconds
 
-    assert [time_seconds(t) for t in ("3", "3:30", "1:00:05", "2-1", "2-1:30", "2-1:30:10", "unlimited")] == \
-        [180, 210, 3605, 176400, 178200, 178210, None]
+    assert [time_seconds(t) for t in ("3", "3:30", "1:00:05", "2-1", "2-1:30", "2-1:30:10", "unlimited", "0")] == \
+        [180, 210, 3605, 176400, 178200, 178210, None, None]
     with open(os.path.join(REPO, "slurm", "pretrain.sbatch")) as f:
         assert f"#SBATCH --signal=USR1@{SIGNAL_LEAD_S}\n" in f.read()  # the lead the --time check assumes
