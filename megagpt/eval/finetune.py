@@ -288,10 +288,12 @@ def preflight_finetune(cfg: Config) -> None:
     from megagpt.data.tokenizer import keep_tokenizer
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
+    from megagpt.train.universal import require_language_model
 
     f = cfg.finetune
     for path in (f.train, f.test):
         read_examples(path, f.task, f.num_labels)
-    keep_tokenizer(checkpoint_tokenizer(f.init, f.tokenizer), cfg.run.dir)
     path = resolve_checkpoint(f.init)
+    require_language_model(path, "finetune.init")
+    keep_tokenizer(checkpoint_tokenizer(f.init, f.tokenizer), cfg.run.dir)
     check_shape(read_meta(path), with_added_tokens(cfg), path, grown_vocab=True)

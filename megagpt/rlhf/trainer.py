@@ -343,6 +343,7 @@ def preflight_ppo(cfg: Config, world: int) -> None:
     from megagpt.data.tokenizer import keep_tokenizer
     from megagpt.rlhf.data import checkpoint_tokenizer, read_prompts
     from megagpt.train.checkpoint import read_meta, resolve_checkpoint
+    from megagpt.train.universal import require_language_model
 
     parse_layout(cfg, world)
     read_prompts(cfg.rlhf.prompts)
@@ -350,6 +351,8 @@ def preflight_ppo(cfg: Config, world: int) -> None:
         path = resolve_checkpoint(getattr(cfg.rlhf, key))
         if not read_meta(path)["universal"]:
             raise DataError(f"rlhf.{key}: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
+        if key == "actor_init":  # the policy is a language model; the reward model is the one with a head
+            require_language_model(path, "rlhf.actor_init")
     actor = checkpoint_tokenizer(cfg.rlhf.actor_init, cfg.rlhf.tokenizer)
     reward = checkpoint_tokenizer(cfg.rlhf.reward_init)
     if Tokenizer.load(actor).fingerprint != Tokenizer.load(reward).fingerprint:

@@ -274,9 +274,12 @@ def require_language_model(path: str, command: str) -> None:
     value_head, a fine-tuned classifier's head) is refused, naming it, rather than read as one without it."""
     from megagpt.train.checkpoint import read_meta
 
-    if "ppo" in read_meta(path):  # the roles' weights are in folders of their own
+    meta = read_meta(path)
+    if "ppo" in meta:  # the roles' weights are in folders of their own
         raise on_every_rank(CheckpointError(f"{command}: checkpoint {path} is a PPO checkpoint; read its policy, "
                                             f"{path}/actor"))
+    if not meta["universal"]:
+        return  # its readers refuse it themselves, for that reason
     extra = [n for n in UniversalShards(path).names() if not n.startswith(GPT_PARTS)]
     if extra:
         raise on_every_rank(CheckpointError(

@@ -224,6 +224,12 @@ def test_what_the_stages_read_is_checked(stage, tmp_path):
     assert "holds value_head.weight, a head a language model has no place for" in error(
         "export-hf", "--checkpoint", str(stage["rm"]), "--out", str(tmp_path / "hf"))
     assert "generate and eval: checkpoint" in error("generate", "--checkpoint", str(stage["rm"]), "--prompt", "Q:")
+    assert "sft.init: checkpoint" in error("sft", "--config", os.path.join(RLHF, "sft-tiny.yaml"),
+                                           "parallel.tp=1", "parallel.pp=1", f"sft.data={stage['demonstrations']}",
+                                           f"sft.init={stage['rm']}",
+                                           f"run.dir={tmp_path / 's2'}")
+    assert "rlhf.actor_init: checkpoint" in error(*ppo_args(stage, tmp_path / "p2", 1, f"rlhf.actor_init={stage['rm']}"))
+    assert not (tmp_path / "s2").exists()  # refused before anything is written
     # an SFT run keeps its tokenizer in run.dir, where export-hf finds it
     megagpt("export-hf", "--checkpoint", str(stage["sft"]), "--out", str(tmp_path / "hf-sft"))
     # comparisons too long for the context are counted and left out, said once
