@@ -355,13 +355,14 @@ def preflight_ppo(cfg: Config, world: int) -> None:
             require_language_model(path, "rlhf.actor_init")
     actor = checkpoint_tokenizer(cfg.rlhf.actor_init, cfg.rlhf.tokenizer)
     reward = checkpoint_tokenizer(cfg.rlhf.reward_init)
-    if Tokenizer.load(actor).fingerprint != Tokenizer.load(reward).fingerprint:
+    actor_ids = Tokenizer.load(actor).fingerprint
+    if Tokenizer.load(reward).fingerprint != actor_ids:
         raise DataError(f"rlhf.reward_init's tokenizer ({reward}) differs from the actor's ({actor}): the reward "
                         f"model would read the actor's token ids as other words")
     if cfg.rlhf.ptx_coef:
         check_training_data(cfg)
         data = find_tokenizer(cfg)
-        if data is not None and Tokenizer.load(data).fingerprint != Tokenizer.load(actor).fingerprint:
+        if data is not None and Tokenizer.load(data).fingerprint != actor_ids:
             raise DataError(f"the pretraining data mixed in (rlhf.ptx_coef) were tokenized with {data}, not the actor's "
                             f"tokenizer {actor}: their ids would be other words to the actor")
     keep_tokenizer(actor, cfg.run.dir)
