@@ -153,7 +153,9 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
         for n in names:
             for d in read_jsonl_gz(os.path.join(out, "dropped", stage, f"{n}.jsonl.gz")):
                 dropped[d["reason"]] = dropped.get(d["reason"], 0) + 1
-        stats[stage] = {"in": entering, "kept": entering - sum(dropped.values()), "dropped": dict(sorted(dropped.items()))}
+        seconds = {"seconds": stats[stage]["seconds"]} if stage in stats else {}  # dedup's signatures, timed per shard
+        stats[stage] = {"in": entering, "kept": entering - sum(dropped.values()), "dropped": dict(sorted(dropped.items())),
+                        **seconds}
         entering = stats[stage]["kept"]
     summary = {"stages": stats, "errors": errors, "documents": counts["documents"], "tokens": counts["tokens"]}
     mixture = os.path.join(out, "mixture.json")

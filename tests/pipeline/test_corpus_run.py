@@ -120,6 +120,8 @@ def test_outputs_tokens_and_mixture(corpus_run):
     assert s["langid"]["kept"] == s["filters"]["in"] and s["filters"]["kept"] == s["dedup"]["in"]
     for stage in ("extract", "langid", "filters"):
         assert s[stage]["in"] == s[stage]["kept"] + sum(s[stage]["dropped"].values())
+    assert set(s) == {"read", "extract", "langid", "filters", "dedup", "decontam"}  # every entry a funnel stage
+    assert s["dedup"]["seconds"] > 0  # the MinHash signatures, computed per shard
 
 
 def test_report_writes_plots_and_a_table(corpus_run):
