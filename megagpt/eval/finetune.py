@@ -287,13 +287,13 @@ def preflight_finetune(cfg: Config) -> None:
     """Before any process starts: both files read and checked, the tokens fit, the checkpoint fits the model."""
     from megagpt.data.tokenizer import keep_tokenizer
     from megagpt.rlhf.data import checkpoint_tokenizer
-    from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
+    from megagpt.train.checkpoint import check_shape, read_meta, resolve_init
     from megagpt.train.universal import require_language_model
 
     f = cfg.finetune
     for path in (f.train, f.test):
         read_examples(path, f.task, f.num_labels)
-    path = resolve_checkpoint(f.init)
+    path = resolve_init("finetune.init", f.init, cfg.run.dir)
     require_language_model(path, "finetune.init")
     keep_tokenizer(checkpoint_tokenizer(f.init, f.tokenizer), cfg.run.dir)
     check_shape(read_meta(path), with_added_tokens(cfg), path, grown_vocab=True)

@@ -201,12 +201,12 @@ def rm(cfg: Config) -> None:
 
 def preflight_rm(cfg: Config) -> None:
     """Before any process starts: the files read, and the init checkpoint fits the model."""
-    from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
+    from megagpt.train.checkpoint import check_shape, read_meta, resolve_init
     from megagpt.train.universal import require_language_model
 
     read_comparisons(cfg.rm.data)
     read_demonstrations(cfg.rm.demonstrations)
-    path = resolve_checkpoint(cfg.rm.init)
+    path = resolve_init("rm.init", cfg.rm.init, cfg.run.dir)
     require_language_model(path, "rm.init")  # the reward model's head is new: it starts from the SFT model
     keep_tokenizer(checkpoint_tokenizer(cfg.rm.init, cfg.rm.tokenizer), cfg.run.dir)
     check_shape(read_meta(path), cfg, path)

@@ -93,11 +93,11 @@ def sft(cfg: Config) -> None:
 
 def preflight_sft(cfg: Config) -> None:
     """Before any process starts: the demonstrations read, and the init checkpoint fits the model."""
-    from megagpt.train.checkpoint import check_shape, read_meta, resolve_checkpoint
+    from megagpt.train.checkpoint import check_shape, read_meta, resolve_init
     from megagpt.train.universal import require_language_model
 
     read_demonstrations(cfg.sft.data)
-    path = resolve_checkpoint(cfg.sft.init)
+    path = resolve_init("sft.init", cfg.sft.init, cfg.run.dir)
     require_language_model(path, "sft.init")
     keep_tokenizer(checkpoint_tokenizer(cfg.sft.init, cfg.sft.tokenizer), cfg.run.dir)
     check_shape(read_meta(path), cfg, path)

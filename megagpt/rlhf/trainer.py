@@ -342,17 +342,19 @@ def preflight_ppo(cfg: Config, world: int) -> None:
     from megagpt.data.tokenizer import Tokenizer
     from megagpt.data.tokenizer import keep_tokenizer
     from megagpt.rlhf.data import checkpoint_tokenizer, read_prompts
-    from megagpt.train.checkpoint import read_meta, resolve_checkpoint
-    from megagpt.train.universal import require_language_model
+    from megagpt.train.checkpoint import read_meta, resolve_init
+    from megagpt.train.universal import require_language_model, require_reward_model
 
     parse_layout(cfg, world)
     read_prompts(cfg.rlhf.prompts)
     for key in ("actor_init", "reward_init"):
-        path = resolve_checkpoint(getattr(cfg.rlhf, key))
+        path = resolve_init(f"rlhf.{key}", getattr(cfg.rlhf, key), cfg.run.dir)
         if not read_meta(path)["universal"]:
             raise DataError(f"rlhf.{key}: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
         if key == "actor_init":  # the policy is a language model; the reward model is the one with a head
             require_language_model(path, "rlhf.actor_init")
+        else:
+            require_reward_model(path, "rlhf.reward_init")
     actor = checkpoint_tokenizer(cfg.rlhf.actor_init, cfg.rlhf.tokenizer)
     reward = checkpoint_tokenizer(cfg.rlhf.reward_init)
     actor_ids = Tokenizer.load(actor).fingerprint

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import Config, from_dict
-from megagpt.errors import CheckpointError, on_every_rank
+from megagpt.errors import CheckpointError, ConfigError, on_every_rank
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
 from megagpt.train.universal import VOCAB_WEIGHT, load_universal, universal_shard, whole_shard
@@ -248,6 +248,18 @@ def resolve_checkpoint(path: str) -> str:
             with open(latest) as f:
                 return os.path.join(root, f.read().strip())
     return path
+
+
+def resolve_init(key: str, path: str, run_dir: str) -> str:
+    """A stage's init checkpoint (sft.init, rm.init, ...), resolved; refused where it lies among the checkpoints of
+    the run.dir the stage writes to: a resume would take it for the stage's own, and train.resume=false would set
+    it aside before it is read."""
+    resolved = resolve_checkpoint(path)
+    root = os.path.realpath(checkpoint_root(run_dir))
+    if os.path.realpath(resolved) == root or os.path.realpath(resolved).startswith(root + os.sep):
+        raise ConfigError(f"{key}={path} is a checkpoint of run.dir={run_dir}, which this stage writes to; "
+                          f"give the stage a run.dir of its own")
+    return resolved
 
 
 def check_shape(meta: dict, cfg: Config, path: str, grown_vocab: bool = False) -> None:

@@ -269,6 +269,25 @@ def whole_shard(tensors: dict[str, torch.Tensor]) -> dict:
 GPT_PARTS = ("embedding.", "blocks.", "final_norm.")  # a GPT language model's parameter names (megagpt.model.gpt)
 
 
+def require_reward_model(path: str, key: str) -> None:
+    """`key` reads a reward model (ScalarGPT): a checkpoint without its value_head (a language model, a classifier)
+    is refused, naming what it is, rather than failing inside the ranks or starting from an untrained head."""
+    from megagpt.train.checkpoint import read_meta
+
+    meta = read_meta(path)
+    if "ppo" in meta:
+        raise CheckpointError(f"{key}: checkpoint {path} is a PPO checkpoint, not a reward model; give a reward "
+                              f"model's checkpoint (a `megagpt rm` run)")
+    if not meta["universal"]:
+        return  # its readers refuse it themselves, for that reason
+    names = UniversalShards(path).names()
+    if not any(n.startswith("value_head.") for n in names):
+        heads = [n for n in names if not n.startswith(GPT_PARTS)]
+        what = f"a model with {heads[0]} (a fine-tuned classifier)" if heads else "a language model"
+        raise CheckpointError(f"{key}: checkpoint {path} is {what}, not a reward model (no value_head); "
+                              f"train one with `megagpt rm`")
+
+
 def require_language_model(path: str, command: str) -> None:
     """`command` reads language models: a checkpoint with a head besides the tied unembedding (a reward model's
     value_head, a fine-tuned classifier's head) is refused, naming it, rather than read as one without it."""

@@ -230,6 +230,18 @@ def test_what_the_stages_read_is_checked(stage, tmp_path):
                                            f"run.dir={tmp_path / 's2'}")
     assert "rlhf.actor_init: checkpoint" in error(*ppo_args(stage, tmp_path / "p2", 1, f"rlhf.actor_init={stage['rm']}"))
     assert not (tmp_path / "s2").exists()  # refused before anything is written
+    # and the reward model is one: a language model there has no value head to start the critic from
+    assert error(*ppo_args(stage, tmp_path / "p3", 1, f"rlhf.reward_init={stage['sft']}")).endswith(
+        "is a language model, not a reward model (no value_head); train one with `megagpt rm`")
+    # a stage starting from its own run.dir would take the init for its own checkpoint, or set it aside
+    own = tmp_path / "own"
+    shutil.copytree(stage["sft"], own)
+    before = sorted(os.listdir(own / "checkpoints"))
+    assert error("sft", "--config", os.path.join(RLHF, "sft-tiny.yaml"), "parallel.tp=1", "parallel.pp=1",
+                 f"sft.data={stage['demonstrations']}", f"sft.init={own}", f"run.dir={own}", "train.resume=false") == \
+        f"megagpt: error: sft.init={own} is a checkpoint of run.dir={own}, which this stage writes to; " \
+        f"give the stage a run.dir of its own"
+    assert sorted(os.listdir(own / "checkpoints")) == before
     # an SFT run keeps its tokenizer in run.dir, where export-hf finds it
     megagpt("export-hf", "--checkpoint", str(stage["sft"]), "--out", str(tmp_path / "hf-sft"))
     # comparisons too long for the context are counted and left out, said once
