@@ -53,9 +53,9 @@ def shard_names(cfg: CorpusConfig) -> list[str]:
 
 
 def tokenizer_path(cfg: CorpusConfig) -> str:
-    """The tokenizer.json the run tokenizes with: the given file, else the one the tokenizer stage writes."""
-    given = cfg.tokenize.tokenizer
-    return given if given and os.path.isfile(given) else os.path.join(cfg.output.dir, "tokenizer.json")
+    """The tokenizer.json the run tokenizes with, in output.dir: the given one copied there (the shards and
+    mixture.json stay with the tokenizer they were made with, whatever becomes of the given file), else trained."""
+    return os.path.join(cfg.output.dir, "tokenizer.json")
 
 
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:

@@ -31,6 +31,7 @@ MODES = ("resume", "restart", "extend")
 # Every name a run writes in output.dir (the lock aside): all that --restart removes.
 OUTPUTS = (RECORD, "stats.json", "tokenizer.json", "mixture.json", "work", "documents", "dropped", "tokens", "report")
 EDGE_BYTES = 1 << 20
+CONTENTS = "contents"
 _TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's names
 # Stages whose output depends on every shard: redone when --extend adds shards.
 ACROSS_SHARDS = ("dedup", "finalize", "tokenizer", "tokenize", "summary")
@@ -49,13 +50,31 @@ def fingerprint(path: str) -> dict:
 
 
 def result_config(cfg: CorpusConfig) -> dict:
-    """The settings the results depend on, flattened: section.key -> value."""
+    """The settings the results depend on, flattened: section.key -> value; for a setting that names files (the
+    quality model, benchmarks, a tokenizer) also `section.key contents`, their sha256s: a file rewritten in
+    place changes the results as much as another path does."""
     raw = dataclasses.asdict(cfg)
     raw.pop("executor")  # local or Slurm, how many workers: the same bytes either way
     raw["input"].pop("paths")  # compared as the files they match
     raw["output"].pop("dir")
     flat = {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+    for key, paths in (("quality.model", [cfg.quality.model]), ("decontam.paths", cfg.decontam.paths),
+                       ("tokenize.tokenizer", [cfg.tokenize.tokenizer])):
+        if any(paths):
+            flat[f"{key} {CONTENTS}"] = [_contents(p) for p in paths]
     return json.loads(json.dumps(flat))  # as run.json holds it: mappings keyed by n-gram size have string keys
+
+
+def _contents(path: str):
+    """sha256 of a file, or {name: sha256} of a directory's files (GPT-2's vocab.json + merges.txt)."""
+    if os.path.isdir(path):
+        return {name: _contents(os.path.join(path, name)) for name in sorted(os.listdir(path))
+                if os.path.isfile(os.path.join(path, name))}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Run:
@@ -83,7 +102,9 @@ class Run:
             return self._write(cfg, _describe(input_files(cfg)))
         files = input_files(cfg)
         theirs, ours = record["config"], result_config(cfg)
-        changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+        if not any(k.endswith(CONTENTS) for k in theirs):  # recorded before file contents were: settings alone
+            ours = {k: v for k, v in ours.items() if not k.endswith(CONTENTS)}
+        changed = [_change(k, theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
                    if theirs.get(k) != ours.get(k)]
         recorded = {entry["path"]: entry for entry in record["inputs"]}
         current = {os.path.abspath(f) for f in files}
@@ -123,6 +144,12 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _change(key: str, theirs, ours) -> str:
+    if key.endswith(CONTENTS):
+        return f"{key[:-len(CONTENTS) - 1]}: a file's contents changed"
+    return f"{key}: {theirs!r} -> {ours!r}"
 
 
 def read_record(out_dir: str) -> Optional[dict]:

@@ -42,11 +42,10 @@ def training_sample(documents: Iterable[tuple[str, str]], budget: int, seed: int
 
 def write_tokenizer(given: str | None, path: str, documents: Iterable[tuple[str, str]], vocab_size: int,
                     budget: int, seed: int) -> None:
-    """The tokenizer the run tokenizes with, at `path` (nothing to write when it is the given tokenizer.json)."""
+    """The tokenizer the run tokenizes with, at `path`: the given one (a tokenizer.json or GPT-2's files) saved
+    there, else a BPE trained on the documents."""
     from megagpt.data.tokenizer import Tokenizer
 
-    if given and os.path.isfile(given):
-        return
     tokenizer = Tokenizer.load(given) if given else \
         Tokenizer.train(training_sample(documents, budget, seed), vocab_size)
     with atomic_path(path) as tmp:

@@ -51,6 +51,27 @@ def test_changed_config_refuses_until_restart(inputs):
     assert len(tokenizer["model"]["vocab"]) > 400  # the new size, not the old run's tokenizer
 
 
+def test_a_file_a_setting_names_rewritten_in_place_refuses_the_rerun(inputs):
+    """The path is unchanged, the results would not be: a new benchmark removes other n-grams, a new tokenizer
+    gives other ids (the old shards beside it would be read as its ids)."""
+    from megagpt.data.tokenizer import Tokenizer
+
+    Tokenizer.train(PAGES, 400).save(str(inputs / "tok.json"))
+    benchmark = inputs / "bench.txt"
+    benchmark.write_text("zebra quagga okapi " * 10)
+    settings = (f"tokenize.tokenizer={inputs}/tok.json", f"decontam.paths=[{benchmark}]")
+    corpus(inputs, *settings)
+    corpus(inputs, *settings)  # unchanged: resumes
+    benchmark.write_text(PAGES[0])
+    assert "(decontam.paths: a file's contents changed)" in error_line(corpus(inputs, *settings, check=False))
+    benchmark.write_text("zebra quagga okapi " * 10)
+    Tokenizer.train(PAGES, 300).save(str(inputs / "tok.json"))
+    assert "(tokenize.tokenizer: a file's contents changed)" in error_line(corpus(inputs, *settings, check=False))
+    corpus(inputs, *settings, "--restart")
+    tokenizer = Tokenizer.load(str(inputs / "out" / "tokenizer.json"))
+    assert tokenizer.fingerprint == Tokenizer.load(str(inputs / "tok.json")).fingerprint
+
+
 def test_restart_removes_the_runs_outputs_and_nothing_else(tmp_path):
     from data_pipeline.runs import OUTPUTS
     from megagpt.dir_lock import LOCK
