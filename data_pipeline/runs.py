@@ -14,7 +14,6 @@ dedup, finalize, tokenizer, tokenize and summary are redone over all shards.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -25,28 +24,16 @@ from data_pipeline.config import CorpusConfig, input_files
 from data_pipeline.io import write_json
 from megagpt.dir_lock import hold
 from megagpt.errors import ConfigError
+from megagpt.files import edges_fingerprint, sha256_file
 
 RECORD = "run.json"
 MODES = ("resume", "restart", "extend")
 # Every name a run writes in output.dir (the lock aside): all that --restart removes.
 OUTPUTS = (RECORD, "stats.json", "tokenizer.json", "mixture.json", "work", "documents", "dropped", "tokens", "report")
-EDGE_BYTES = 1 << 20
 CONTENTS = "contents"
 _TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's names
 # Stages whose output depends on every shard: redone when --extend adds shards.
 ACROSS_SHARDS = ("dedup", "finalize", "tokenizer", "tokenize", "summary")
-
-
-def fingerprint(path: str) -> dict:
-    """Size and a hash of the first and last MiB: catches a replaced or re-downloaded file cheaply."""
-    size = os.path.getsize(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(EDGE_BYTES))
-        if size > EDGE_BYTES:
-            f.seek(max(EDGE_BYTES, size - EDGE_BYTES))
-            digest.update(f.read())
-    return {"size": size, "edges_sha256": digest.hexdigest()}
 
 
 def result_config(cfg: CorpusConfig) -> dict:
@@ -70,11 +57,7 @@ def _contents(path: str):
     if os.path.isdir(path):
         return {name: _contents(os.path.join(path, name)) for name in sorted(os.listdir(path))
                 if os.path.isfile(os.path.join(path, name))}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 class Run:
@@ -109,7 +92,7 @@ class Run:
         recorded = {entry["path"]: entry for entry in record["inputs"]}
         current = {os.path.abspath(f) for f in files}
         removed = [p for p in recorded if p not in current]
-        altered = [p for p in recorded if p in current and fingerprint(p) != _fields(recorded[p])]
+        altered = [p for p in recorded if p in current and edges_fingerprint(p) != _fields(recorded[p])]
         added = [f for f in files if os.path.abspath(f) not in recorded]
         problems = changed + [f"input removed: {p}" for p in removed] + [f"input changed: {p}" for p in altered]
         if problems:
@@ -172,7 +155,7 @@ def recorded_inputs(out_dir: str) -> list[dict]:
 
 
 def _describe(files: list[str]) -> list[dict]:
-    return [{"path": os.path.abspath(f), **fingerprint(f)} for f in files]
+    return [{"path": os.path.abspath(f), **edges_fingerprint(f)} for f in files]
 
 
 def _fields(entry: dict) -> dict:

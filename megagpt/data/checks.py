@@ -17,6 +17,7 @@ import numpy as np
 
 from megagpt.config import Config
 from megagpt.errors import ConfigError, DataError
+from megagpt.files import edges_fingerprint
 
 
 def check_training_data(cfg: Config) -> None:
@@ -53,6 +54,17 @@ def shard_documents(prefix: str) -> int:
         raise DataError(f"{prefix}.bin has {actual} bytes but {prefix}.idx describes {expected} "
                         f"({len(lengths)} sequences): truncated or from another shard")
     return len(lengths)
+
+
+def shard_identity(prefix: str) -> dict:
+    """What a shard holds, cheaply: its documents and tokens, and a hash of its index's edges (which hold the first
+    and last documents' lengths) to tell a rewrite of the same size."""
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
+    documents = shard_documents(prefix)  # a damaged index says so here, naming the file
+    index = _IndexReader(prefix + ".idx", multimodal=False)  # held while its arrays are read: they are its mmap
+    tokens = int(index.sequence_lengths.sum(dtype=np.int64))
+    return {"documents": documents, "tokens": tokens, "index_sha256": edges_fingerprint(prefix + ".idx")["edges_sha256"]}
 
 
 def data_tokenizers(cfg: Config) -> dict[str, list[str]]:

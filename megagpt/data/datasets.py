@@ -7,6 +7,7 @@ with prefixes relative to that file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -74,13 +75,24 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
     check_split_sizes(cfg.data.split, prefixes)  # also before any process starts; here too, since a miss hangs
     ds_config = GPTDatasetConfig(
         random_seed=cfg.train.seed, sequence_length=cfg.model.seq_length, blend=(prefixes, weights),
-        split=cfg.data.split, path_to_cache=cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache"),
+        split=cfg.data.split, path_to_cache=index_cache(cfg, prefixes),
         tokenizer=_ShardTokenizer(eod=eod, vocab_size=cfg.model.vocab_size),
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False,
     )
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
     return train, valid
+
+
+def index_cache(cfg: Config, prefixes: list[str]) -> str:
+    """Where megatron-core keeps its sample indices for these shards: a folder per state of their contents, since
+    it names its files by the dataset's settings and paths alone (a shard rebuilt in place would be read through
+    the old run's indices: samples past its end, or across other documents' boundaries)."""
+    from megagpt.data.checks import shard_identity
+
+    state = json.dumps([shard_identity(p) for p in prefixes], sort_keys=True)
+    return os.path.join(cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache"),
+                        hashlib.sha256(state.encode()).hexdigest()[:16])
 
 
 def micro_batches(dataset, first_sample: int, samples: int, micro_batch_size: int, dp_rank: int, dp_size: int

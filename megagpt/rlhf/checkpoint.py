@@ -3,13 +3,14 @@
     <run.dir>/checkpoints/
         latest                        the tag of the newest complete checkpoint (written last)
         step_00000010/
-            megagpt.json              iteration, PPO state (ptx position, beta), config, sha256 of every file
+            megagpt.json              iteration, PPO state (ptx position, beta), config, inputs, sha256 of every file
             actor/megagpt.json        the actor alone as a megagpt checkpoint: generate/export-hf/sft read it
             actor/universal/pp0_tpN.pt    fp32 weights and Adam moments of each TP shard
             critic/...                the same for the critic
             rng/rank_00003.pt
 
-The frozen roles are not saved: they are their init checkpoints, reloaded on resume.
+The frozen roles are not saved: they are their init checkpoints, reloaded on resume, which refuses where
+rlhf.actor_init or rlhf.reward_init now names another checkpoint (megagpt.train.inputs).
 Each role's universal form is gathered over that role's DP group only; the files are
 written by the role's DP-rank-0 ranks, and the metadata by rank 0, last.
 """
@@ -31,6 +32,7 @@ from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write
                                       checkpoint_root, checksums, complete_tags, model_shape, read_meta, restore_rng,
                                       rng_state, set_aside_earlier_run, starts_afresh, tag_for,
                                       verify_everywhere)
+from megagpt.train.inputs import describe_inputs
 from megagpt.train.universal import load_universal, universal_shard
 
 
@@ -48,6 +50,7 @@ class PPOCheckpointer:
         self.cfg, self.roles, self.device = cfg, roles, device  # roles: this rank's
         self.root = checkpoint_root(cfg.run.dir)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.inputs = describe_inputs(cfg) if self.rank == 0 else None  # prompts, ptx shards, the frozen models
 
     def save(self, state: PPOState) -> str:
         path = os.path.join(self.root, tag_for(state.iteration))
@@ -72,7 +75,7 @@ class PPOCheckpointer:
             for name in TRAINED:  # each role's directory is a checkpoint of its own
                 own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
                 atomic_write_text(os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1))
-            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world}
+            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
             atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
             atomic_write_text(os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")
             keep = self.cfg.train.keep_last

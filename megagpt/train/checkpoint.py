@@ -3,7 +3,7 @@
     <run.dir>/checkpoints/
         latest                      the tag of the newest complete checkpoint (written last, atomically)
         step_00000040/
-            megagpt.json            step, consumed samples/tokens, layout, config, sha256 of every file
+            megagpt.json            step, consumed samples/tokens, layout, config, inputs read, sha256 of every file
             mp_rank_*, *optim_states.pt, layer_*   DeepSpeed's engine state of every rank
             rng/rank_00003.pt       this rank's RNG streams (ours, torch, Python, NumPy)
             universal/pp0_tp1.pt    layout-free form: full-DP fp32 weights and Adam moments of one TP shard
@@ -19,7 +19,6 @@ the same save, and the Hugging Face export reads it too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -36,8 +35,10 @@ import torch.distributed as dist
 
 from megagpt.config import Config, from_dict
 from megagpt.errors import CheckpointError, ConfigError, on_every_rank
+from megagpt.files import sha256_file
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
+from megagpt.train.inputs import check_same_inputs, describe_inputs
 from megagpt.train.universal import VOCAB_WEIGHT, load_universal, universal_shard, whole_shard
 
 FORMAT_VERSION = 1
@@ -83,14 +84,6 @@ def atomic_write_text(path: str, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def files_under(path: str) -> list[str]:
@@ -235,7 +228,10 @@ def preflight(cfg: Config) -> None:
         return
     found = candidates(checkpoint_root(cfg.run.dir))
     if found:
-        check_compatible(read_meta(found[0]), cfg, found[0])
+        meta = read_meta(found[0])
+        check_compatible(meta, cfg, found[0])
+        if not meta["weights_only"]:
+            check_same_inputs(meta.get("inputs"), cfg, found[0])
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -312,6 +308,7 @@ class Checkpointer:
         self.cfg, self.pc, self.engine, self.rng = cfg, pc, engine, rng
         self.root = checkpoint_root(cfg.run.dir)
         self.rank = dist.get_rank()
+        self.inputs = describe_inputs(cfg) if self.rank == 0 else None  # as this start reads them
 
     def layout(self) -> dict:
         p = self.cfg.parallel
@@ -340,7 +337,7 @@ class Checkpointer:
             meta = {"format_version": FORMAT_VERSION, "step": state.step, "consumed_samples": state.consumed_samples,
                     "consumed_tokens": state.consumed_tokens, "layout": self.layout(), "model": model_shape(self.cfg),
                     "weights_only": False, "universal": self.cfg.train.universal_checkpoint,
-                    "config": self.cfg.to_dict(),
+                    "config": self.cfg.to_dict(), "inputs": self.inputs,
                     "files": sums}
             atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
             atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete

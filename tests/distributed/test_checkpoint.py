@@ -159,6 +159,49 @@ def test_resume_false_starts_afresh_and_sets_the_earlier_checkpoints_aside(demo_
     assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
+def keep_documents(source: str, prefix: str, count: int) -> None:
+    """A shard at `prefix` of `source`'s first `count` documents, with its tokenizer: a corpus rebuilt smaller."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+    ds = IndexedDataset(source)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=ds.index.dtype)
+    for i in range(count):
+        builder.add_item(torch.from_numpy(ds[i].astype(np.int64)))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    shutil.copy(source + ".tokenizer.json", prefix + ".tokenizer.json")
+
+
+def test_a_shard_rebuilt_in_place_refuses_the_resume_and_a_fresh_start_indexes_it_anew(demo_prefix, tmp_path):
+    """The config names the same path; the run read other data (its sample indices were cached for those)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    documents = len(IndexedDataset(demo_prefix))
+    data, run = str(tmp_path / "data"), tmp_path / "run"
+    keep_documents(demo_prefix, data, documents)
+    args = pretrain_args(data, run, 1, 1, 1, "train.save_interval=2", "train.eval_interval=0")
+    megagpt(*args, "train.steps=2")
+    keep_documents(demo_prefix, data, documents // 2)
+    proc = megagpt(*args, "train.steps=4", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"megagpt: error: run.dir={str(run)!r}: {data} now holds {documents // 2} documents, ")
+    assert f"(the run read {documents}, " in line and "train.resume=false" in line
+    # afresh in the same run.dir: megatron-core's indices for the old shard are not reused for the new one
+    megagpt(*args, "train.steps=2", "train.resume=false")
+    assert len(os.listdir(run / "data_cache")) == 2
+    # the same data copied elsewhere is the same data: the copy's index cache is the first one's
+    copy = str(tmp_path / "copy")
+    keep_documents(demo_prefix, copy, documents // 2)
+    megagpt(*pretrain_args(copy, tmp_path / "run2", 1, 1, 1, "train.steps=1", "train.eval_interval=0",
+                           f"data.cache_dir={run / 'data_cache'}"))
+    assert len(os.listdir(run / "data_cache")) == 2
+
+
 def test_a_second_run_into_a_busy_run_dir_refuses_and_leaves_the_first_alone(demo_prefix, tmp_path):
     run = tmp_path / "run"
     args = pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=400", "train.eval_interval=0")

@@ -199,6 +199,35 @@ def test_ppo_resumes_at_another_role_layout(stage, tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
 
 
+def test_a_resumed_ppo_run_reads_the_reward_model_and_prompts_it_started_with(stage, tmp_path):
+    """The frozen models are read afresh at each start: a reward-model run trained further (its `latest` moved)
+    or prompts edited in place would continue the run against another reward, or other prompts."""
+    rm, prompts, run = tmp_path / "rm", tmp_path / "prompts.jsonl", tmp_path / "run"
+    shutil.copytree(stage["rm"], rm)
+    shutil.copy(stage["prompts"], prompts)
+    args = ppo_args(stage, run, 1, f"rlhf.reward_init={rm}", f"rlhf.prompts={prompts}", "train.save_interval=1")
+    megagpt(*args, "train.steps=1")
+
+    def refused():
+        proc = megagpt(*args, "train.steps=2", check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        return proc.stderr.strip().splitlines()[-1]
+
+    started = (rm / "checkpoints" / "latest").read_text().strip()
+    further = rm / "checkpoints" / "step_00000999"  # as if the RM run trained on
+    shutil.copytree(rm / "checkpoints" / started, further)
+    meta = json.loads((further / "megagpt.json").read_text())
+    (further / "megagpt.json").write_text(json.dumps({**meta, "step": 999}))
+    (rm / "checkpoints" / "latest").write_text("step_00000999\n")
+    assert f"rlhf.reward_init now names checkpoint {further}, not the one the run started from " \
+           f"({rm / 'checkpoints' / started}: give that one)" in refused()
+    (rm / "checkpoints" / "latest").write_text(started + "\n")
+    prompts.write_text(prompts.read_text() + '{"prompt": "one more"}\n')
+    assert "rlhf.prompts's contents changed since checkpoint" in refused()
+    shutil.copy(stage["prompts"], prompts)
+    assert "resumed after iteration 1" in megagpt(*args, "train.steps=2").stdout
+
+
 def test_a_diverged_ppo_run_stops_at_the_iteration(stage, tmp_path):
     run = tmp_path / "diverged"
     proc = megagpt(*ppo_args(stage, run, 1, "train.steps=3", "optim.lr=1e30", "optim.warmup_tokens=0"), check=False)

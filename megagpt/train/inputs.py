@@ -1,0 +1,84 @@
+"""What a training run reads, recorded in each checkpoint so that a resume reads the same.
+
+The config names its inputs by path; check_same_run compares those. A file rewritten in place at the
+same path (a corpus rebuilt with other filters, demonstrations edited, a reward-model run trained
+further so its `latest` moved) would continue the run on other data or against another reward
+model, with the data loader's position and megatron-core's sample index made for the old files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from megagpt.config import Config
+from megagpt.errors import CheckpointError
+from megagpt.files import sha256_file
+
+# The JSONL files each stage reads (the key validate() tells the stages apart by comes first).
+_FILES = {"ppo": ("rlhf.prompts",), "finetune": ("finetune.train", "finetune.test"), "sft": ("sft.data",),
+          "rm": ("rm.data", "rm.demonstrations")}
+
+
+def stage_of(cfg: Config) -> str:
+    """Which training stage a config is for, told apart as config.validate_data_paths does."""
+    keys = (("ppo", "rlhf.prompts"), ("finetune", "finetune.task"), ("sft", "sft.data"), ("rm", "rm.data"))
+    return next((stage for stage, key in keys if _value(cfg, key) is not None), "pretrain")
+
+
+def describe_inputs(cfg: Config) -> dict:
+    """key -> what it holds now: a JSONL file's sha256, a shard's documents and tokens (and a hash of its index's
+    edges), PPO's frozen models as the sha256 of their checkpoint's megagpt.json (which lists every file's)."""
+    stage = stage_of(cfg)
+    found = {key: sha256_file(_value(cfg, key)) for key in _FILES.get(stage, ())}
+    if stage == "ppo":
+        from megagpt.train.checkpoint import META, resolve_checkpoint
+
+        for key in ("rlhf.actor_init", "rlhf.reward_init"):  # the reference and reward models are read afresh
+            path = resolve_checkpoint(_value(cfg, key))
+            found[key] = {"checkpoint": os.path.abspath(path), "meta_sha256": sha256_file(os.path.join(path, META))}
+    if stage == "pretrain" or (stage == "ppo" and cfg.rlhf.ptx_coef):
+        from megagpt.data.checks import shard_identity
+        from megagpt.data.datasets import resolve_blend
+
+        if cfg.data.mixture is not None:
+            found["data.mixture"] = sha256_file(cfg.data.mixture)
+        for prefix in resolve_blend(cfg)[0]:
+            found[f"shard {prefix}"] = shard_identity(prefix)
+    return found
+
+
+def check_same_inputs(recorded: dict | None, cfg: Config, path: str) -> None:
+    """A resume reads what the checkpoint's run read (a checkpoint from before inputs were recorded: not checked)."""
+    if recorded is None:
+        return
+    now = describe_inputs(cfg)
+    changed = [_change(key, recorded[key], now.get(key)) for key in recorded if _identity(now.get(key)) !=
+               _identity(recorded[key])]
+    if changed:
+        raise CheckpointError(f"run.dir={cfg.run.dir!r}: {'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}"
+                              f" since checkpoint {path} was saved; a resume must read what the run read: restore "
+                              f"them, or start afresh (train.resume=false, or a new run.dir)")
+
+
+def _change(key: str, then, now) -> str:
+    if key.startswith("shard "):
+        if now is None:
+            return f"{key[6:]} is no longer in the data"
+        if (then["documents"], then["tokens"]) == (now["documents"], now["tokens"]):
+            return f"{key[6:]} was rewritten ({now['documents']} documents, {now['tokens']} tokens as before)"
+        return (f"{key[6:]} now holds {now['documents']} documents, {now['tokens']} tokens (the run read "
+                f"{then['documents']}, {then['tokens']})")
+    if key in ("rlhf.actor_init", "rlhf.reward_init"):
+        return (f"{key} now names checkpoint {now['checkpoint']}, not the one the run started from "
+                f"({then['checkpoint']}: give that one)")
+    return f"{key}'s contents changed"
+
+
+def _identity(described):
+    """What must match: a checkpoint's contents, wherever it now lies (a copied or moved run dir is the same)."""
+    return described["meta_sha256"] if isinstance(described, dict) and "meta_sha256" in described else described
+
+
+def _value(cfg: Config, key: str) -> str:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
