@@ -101,11 +101,12 @@ class TrainConfig:
     seed: int = 1234
     precision: str = "fp32"  # fp32 | bf16 | fp16 (loss-scaled; GPU only)
     # GPT-3 batch ramp: from batch_ramp_start sequences, add batch_ramp_increment at a time,
-    # linearly in consumed tokens, reaching global_batch_size after batch_ramp_tokens.
+    # linearly in consumed tokens, reaching global_batch_size after batch_ramp_tokens (start null: no ramp,
+    # the other two then unread, so a preset ramps off with one override).
     batch_ramp_start: Optional[int] = None
     batch_ramp_increment: Optional[int] = None
     batch_ramp_tokens: int = 0
-    log_interval: int = 1
+    log_interval: int = 10  # with train.progress=false (a batch job's log): a line every this many steps
     eval_interval: int = 0  # 0: no periodic held-out evaluation
     eval_samples: int = 64
     progress: bool = True
@@ -263,9 +264,15 @@ def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
     bases = raw.pop("base", None) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config file {path}: base={bases!r} must be a file or a list of files")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
-        _deep_merge(merged, _read_yaml_with_bases(os.path.join(os.path.dirname(path), base), seen + (path,)))
+    for base in bases:
+        full = os.path.join(os.path.dirname(path), base)
+        if os.path.isdir(full):
+            raise ConfigError(f"config file {path}: base {base!r} is a directory, not a config file")
+        _deep_merge(merged, _read_yaml_with_bases(full, seen + (path,)))
     _deep_merge(merged, raw)
     return merged
 
@@ -285,7 +292,10 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {part} is not a section")
-    node[leaf] = value
+    if not parents and isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        _deep_merge(node[leaf], value)  # `train={steps: 2}` sets those keys, as a base file would, not the section
+    else:
+        node[leaf] = value
 
 
 def from_dict(raw: dict, root: type = None):
@@ -430,8 +440,17 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
                  f"train.profile_ranks={t.profile_ranks} must name ranks of this world (0..{world_size - 1})")
     _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
-    _require(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be positive and finite")
     _require(o.warmup_tokens >= 0, f"optim.warmup_tokens={o.warmup_tokens} must be >= 0")
+    _require(o.decay_tokens is None or o.decay_tokens > o.warmup_tokens,
+             f"optim.decay_tokens={o.decay_tokens} must exceed optim.warmup_tokens={o.warmup_tokens} (the cosine "
+             f"decay follows the warm-up; null: decay over the whole run)")
+    for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
+        _require(0 <= value < 1, f"{key}={value} must lie in [0, 1)")
+    for key, value in (("optim.eps", o.eps), ("model.init_std", m.init_std), ("model.layernorm_epsilon",
+                                                                                 m.layernorm_epsilon)):
+        _require(0 < value < math.inf, f"{key}={value} must be positive and finite")
+    _require(0 <= o.weight_decay < math.inf, f"optim.weight_decay={o.weight_decay} must be >= 0 and finite")
     _require(0 <= m.hidden_dropout < 1 and 0 <= m.attention_dropout < 1, "model dropouts must lie in [0, 1)")
     parts = cfg.data.split.split(",")
     _require(len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts),

@@ -273,7 +273,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
               + (f" (left out: {left_out})" if left_out else "")
               + (f"; resumed after iteration {state.iteration}" if state.iteration else ""), flush=True)
     log = RunLog(cfg.run.dir, rank == 0, t.steps, cfg.run.tensorboard, t.progress, first_step=state.iteration,
-                 desc="ppo", postfix=PPO_POSTFIX)
+                 desc="ppo", postfix=PPO_POSTFIX, log_interval=t.log_interval)
     preemption = Preemption(device, t.exit_duration_minutes)
     it = Iteration(cfg, roles, exchange, device)
     profiler = StepProfiler(t.profile_steps, t.profile_ranks, rank, device, cfg.run.dir)

@@ -1,4 +1,5 @@
-"""Rank 0's record of a run: metrics.jsonl (one object per optimizer step), eval.jsonl, TensorBoard, a progress bar."""
+"""Rank 0's record of a run: metrics.jsonl (one object per optimizer step), eval.jsonl, TensorBoard, and on stdout a
+progress bar, or (train.progress=false: a batch job's log) a line every train.log_interval steps."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ PRETRAIN_POSTFIX = (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("tok_s", "tok
 
 class RunLog:
     def __init__(self, run_dir: str, enabled: bool, total_steps: int, tensorboard: bool, progress: bool,
-                 first_step: int = 0, desc: str = "pretrain", postfix: tuple = PRETRAIN_POSTFIX):
-        """postfix: (label, record key, format) of what the progress bar shows per step."""
+                 first_step: int = 0, desc: str = "pretrain", postfix: tuple = PRETRAIN_POSTFIX, log_interval: int = 1):
+        """postfix: (label, record key, format) of what the progress bar (or log line) shows per step."""
         self.enabled = enabled
         self.postfix = postfix
+        self.desc, self.total_steps, self.log_interval = desc, total_steps, log_interval
         self._tb = None
         self._bar = None
         if not enabled:
@@ -37,9 +39,13 @@ class RunLog:
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
         self._scalars("train", record)
+        shown = {label: format(record[key], fmt) for label, key, fmt in self.postfix}
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix({label: format(record[key], fmt) for label, key, fmt in self.postfix})
+            self._bar.set_postfix(shown)
+        elif record["step"] % self.log_interval == 0 or record["step"] == self.total_steps:
+            print(f"{self.desc} step {record['step']}/{self.total_steps}: "
+                  + ", ".join(f"{label} {value}" for label, value in shown.items()), flush=True)
 
     def evaluation(self, record: dict) -> None:
         if not self.enabled:
@@ -47,9 +53,9 @@ class RunLog:
         self._eval.write(json.dumps(record) + "\n")
         self._eval.flush()
         self._scalars("eval", record)
-        if self._bar is not None:
-            ppl = f", perplexity {record['ppl']:.2f}" if "ppl" in record else ""
-            self._bar.write(f"step {record['step']}: held-out loss {record['loss']:.4f}{ppl}")
+        ppl = f", perplexity {record['ppl']:.2f}" if "ppl" in record else ""
+        (self._bar.write if self._bar is not None else lambda line: print(line, flush=True))(
+            f"step {record['step']}: held-out loss {record['loss']:.4f}{ppl}")
 
     def _scalars(self, prefix: str, record: dict) -> None:
         if self._tb is None:

@@ -208,7 +208,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)
     log = RunLog(cfg.run.dir, is_logger, t.steps, cfg.run.tensorboard, t.progress, first_step=state.step,
-                 desc=task.name)
+                 desc=task.name, log_interval=t.log_interval)
 
     profiler = StepProfiler(t.profile_steps, t.profile_ranks, dist.get_rank(), device, cfg.run.dir)
     # the model's FLOPs per trained token (MFU's numerator, as Megatron-LM's TFLOP/s per GPU), where the model is

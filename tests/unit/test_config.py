@@ -63,6 +63,19 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+    bad.write_text("base: 5\n")
+    with pytest.raises(ConfigError, match="base=5 must be a file or a list of files"):
+        load_config(str(bad))
+    (tmp_path / "sub").mkdir()
+    bad.write_text("base: [sub]\n")
+    with pytest.raises(ConfigError, match="base 'sub' is a directory, not a config file"):
+        load_config(str(bad))
+
+
+def test_a_section_given_whole_on_the_command_line_sets_its_keys():
+    cfg = load_config(TINY, ["train={steps: 2}"])
+    base = load_config(TINY)
+    assert cfg.train.steps == 2 and cfg.train.global_batch_size == base.train.global_batch_size
 
 
 RULES = [
@@ -96,6 +109,15 @@ RULES = [
     (["train.profile_steps=[1,2]", "train.profile_ranks=[8]"], 8,
      "train.profile_ranks=[8] must name ranks of this world (0..7)"),
     (["run.device=tpu"], 8, "run.device='tpu' must be auto, cpu or cuda"),
+    (["optim.eps=-1"], 8, "optim.eps=-1.0 must be positive and finite"),
+    (["optim.beta1=1.5"], 8, "optim.beta1=1.5 must lie in [0, 1)"),
+    (["optim.beta2=1"], 8, "optim.beta2=1.0 must lie in [0, 1)"),
+    (["optim.weight_decay=-5"], 8, "optim.weight_decay=-5.0 must be >= 0 and finite"),
+    (["model.init_std=-1"], 8, "model.init_std=-1.0 must be positive and finite"),
+    (["model.layernorm_epsilon=0"], 8, "model.layernorm_epsilon=0.0 must be positive and finite"),
+    (["optim.lr=.inf"], 8, "optim.lr=inf must be positive and finite"),
+    (["optim.warmup_tokens=2000", "optim.decay_tokens=1000"], 8,
+     "optim.decay_tokens=1000 must exceed optim.warmup_tokens=2000"),
     (["train.steps=0"], 8, "train.steps=0 must be at least 1"),
     (["data.split=90,10"], 8, "data.split='90,10' must be three comma-separated numbers"),
     (["parallel.tp=1", "parallel.sequence_parallel=true"], 4, "parallel.sequence_parallel=true needs parallel.tp > 1"),
