@@ -114,6 +114,11 @@ def model_config_from_gpt2(hf) -> ModelConfig:
         raise ConfigError(f"import-hf: activation_function={act!r}; megagpt's MLP uses the tanh GELU (gelu_new)")
     if getattr(hf, "scale_attn_by_inverse_layer_idx", False) or getattr(hf, "reorder_and_upcast_attn", False):
         raise ConfigError("import-hf: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+    if not getattr(hf, "scale_attn_weights", True):
+        raise ConfigError("import-hf: scale_attn_weights=false (scores not divided by sqrt(head size)) is not supported")
+    if not getattr(hf, "tie_word_embeddings", True):
+        raise ConfigError("import-hf: tie_word_embeddings=false: megagpt's output layer is the token embedding (GPT-2's "
+                          "tied lm_head); the model's own lm_head.weight would be dropped")
     return ModelConfig(num_layers=hf.n_layer, hidden_size=hf.n_embd, num_heads=hf.n_head,
                        ffn_hidden_size=hf.n_inner or 4 * hf.n_embd, seq_length=hf.n_positions,
                        vocab_size=hf.vocab_size, layernorm_epsilon=hf.layer_norm_epsilon, norm_position="pre",

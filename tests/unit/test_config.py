@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 
@@ -148,3 +149,19 @@ def test_validate_checks_data_paths(tmp_path):
     validate(tiny(f"data.prefixes=[{tmp_path}/s]"), 8)
     with pytest.raises(ConfigError, match="data.weights has 2 entries but data.prefixes has 1"):
         validate(tiny(f"data.prefixes=[{tmp_path}/s]", "data.weights=[1, 2]"), 8)
+
+
+@pytest.mark.parametrize("setting,message", [
+    ({"tie_word_embeddings": False}, "tie_word_embeddings=false: megagpt's output layer is the token embedding"),
+    ({"scale_attn_weights": False}, "scale_attn_weights=false (scores not divided by sqrt(head size))"),
+    ({"reorder_and_upcast_attn": True}, "reorder_and_upcast_attn are not supported"),
+    ({"activation_function": "relu"}, "activation_function='relu'"),
+])
+def test_import_hf_refuses_a_gpt2_it_would_read_wrong(setting, message):
+    from transformers import GPT2Config
+
+    from megagpt.hf import model_config_from_gpt2
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        model_config_from_gpt2(GPT2Config(n_layer=2, n_embd=64, n_head=4, **setting))
+    model_config_from_gpt2(GPT2Config(n_layer=2, n_embd=64, n_head=4))  # the defaults: GPT-2 itself
