@@ -323,7 +323,7 @@ def cmd_eval(args) -> int:
     check_eval_args(args)  # bad task files and flags fail here, before any process starts
     world = join_existing_world()
     _, cfg = checkpoint_config(args.checkpoint)
-    check_layout(cfg, world or args.nproc)
+    check_layout(cfg, world or args.nproc, "eval")
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
     if world is None and args.nproc > 1:
         return launch_local(args.nproc, eval_argv(args), device)

@@ -111,8 +111,8 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
     return tokens
 
 
-def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
-    """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout)."""
+def load_model(checkpoint: str, pc, command: str = "generate") -> tuple[GPT, Config, str]:
+    """The pp = 1 GPT with this rank's TP shards of the checkpoint's weights (any saved layout), for `command`."""
     from megagpt.model.layers import LayerContext
     from megagpt.train.checkpoint import read_meta, require_verified, resolve_checkpoint
     from megagpt.train.universal import copy_weights, require_language_model
@@ -121,8 +121,8 @@ def load_model(checkpoint: str, pc) -> tuple[GPT, Config, str]:
     meta = read_meta(path)
     cfg = from_dict(meta["config"])
     if not meta["universal"]:
-        raise ConfigError(f"generate: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
-    require_language_model(path, "generate and eval")
+        raise ConfigError(f"{command}: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
+    require_language_model(path, command)
     require_verified(path)
     model = GPT(LayerContext(model=cfg.model, seed=cfg.train.seed, tp_group=pc.tp_group, tp_rank=pc.tp_rank,
                              tp_size=pc.tp))
@@ -156,12 +156,12 @@ def generation_tokenizer(checkpoint_path: str, cfg: Config, given: Optional[str]
     return Tokenizer.load(found)
 
 
-def check_layout(cfg: Config, tp: int) -> None:
+def check_layout(cfg: Config, tp: int, command: str = "generate") -> None:
     m = cfg.model
     for what, size in (("model.num_heads", m.num_heads), ("the MLP width", m.ffn_size),
                        ("the padded vocab", m.padded_vocab_size)):
         if size % tp:
-            raise ConfigError(f"generate: --nproc {tp} (tensor-parallel ranks) must divide {what} {size}")
+            raise ConfigError(f"{command}: --nproc {tp} (tensor-parallel ranks) must divide {what} {size}")
 
 
 def checkpoint_config(checkpoint: str) -> tuple[str, Config]:

@@ -108,7 +108,7 @@ def open_checkpoint(checkpoint: str, tokenizer: str | None, device: str = "auto"
     else:
         rank_device = init_distributed(device, deepspeed_comm=False)
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
-    model, cfg, path = load_model(checkpoint, pc)
+    model, cfg, path = load_model(checkpoint, pc, "eval")
     tok = generation_tokenizer(path, cfg, tokenizer)
     if tok.vocab_size > cfg.model.vocab_size:
         which = f"--tokenizer {tokenizer}" if tokenizer else f"the tokenizer found for {path}"

@@ -252,7 +252,10 @@ def test_what_the_stages_read_is_checked(stage, tmp_path):
     # a reward model is not read as a language model without its head
     assert "holds value_head.weight, a head a language model has no place for" in error(
         "export-hf", "--checkpoint", str(stage["rm"]), "--out", str(tmp_path / "hf"))
-    assert "generate and eval: checkpoint" in error("generate", "--checkpoint", str(stage["rm"]), "--prompt", "Q:")
+    assert "generate: checkpoint" in error("generate", "--checkpoint", str(stage["rm"]), "--prompt", "Q:")
+    (tmp_path / "held.txt").write_text("A file holds text. " * 40)
+    assert "eval: checkpoint" in error("eval", "perplexity", "--checkpoint", str(stage["rm"]), "--data",
+                                       str(tmp_path / "held.txt"))
     assert "sft.init: checkpoint" in error("sft", "--config", os.path.join(RLHF, "sft-tiny.yaml"),
                                            "parallel.tp=1", "parallel.pp=1", f"sft.data={stage['demonstrations']}",
                                            f"sft.init={stage['rm']}",
