@@ -391,7 +391,7 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
         # a busy run.dir says so now, before the checks write there (a stage's tokenizer.json); rank 0 of the
         # run takes the lock itself once the world is up
         hold(cfg.run.dir, "run.dir", "training run").close()
-    preflight(cfg)  # a resume it refuses must not have changed run.dir: before check() writes its tokenizer there
+    preflight(cfg, world or nproc)  # a resume it refuses must not have changed run.dir: before check() writes its tokenizer there
     check(cfg, world or nproc)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), world)
     if launching:

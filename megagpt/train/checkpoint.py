@@ -222,16 +222,30 @@ def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
             f"({failed or 'see rank 0'}); move them yourself or use another run.dir"))
 
 
-def preflight(cfg: Config) -> None:
-    """Before any process starts: the checkpoint a resume would pick must fit this model."""
+def preflight(cfg: Config, world: int) -> None:
+    """Before any process starts: the checkpoint a resume would pick must fit this model, this layout and inputs."""
     if starts_afresh(cfg):
         return
     found = candidates(checkpoint_root(cfg.run.dir))
-    if found:
-        meta = read_meta(found[0])
-        check_compatible(meta, cfg, found[0])
-        if not meta["weights_only"]:
-            check_same_inputs(meta.get("inputs"), cfg, found[0])
+    if not found:
+        return
+    path, meta = found[0], read_meta(found[0])
+    check_compatible(meta, cfg, path)
+    if not meta["weights_only"]:
+        check_same_inputs(meta.get("inputs"), cfg, path)
+    if "ppo" in meta:
+        return  # layout-free (universal/ only)
+    p = cfg.parallel
+    layout = {"tp": p.tp, "pp": p.pp, "dp": world // (p.tp * p.pp), "zero_stage": p.zero_stage,
+              "precision": cfg.train.precision}
+    if meta["layout"] != layout or meta["weights_only"]:  # Checkpointer.load reads universal/ then
+        if not meta["universal"]:
+            raise CheckpointError(f"checkpoint {path} was saved at layout {meta['layout']} without universal/ "
+                                  f"shards (train.universal_checkpoint=false); it loads only at that layout, not "
+                                  f"{layout}")
+        if p.zero_stage == 3:
+            raise CheckpointError(f"checkpoint {path} was written at another layout; loading it into "
+                                  f"parallel.zero_stage=3 is not supported (use ZeRO 1 or 2 to reshape)")
 
 
 def resolve_checkpoint(path: str) -> str:

@@ -274,8 +274,8 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
                 checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
     log.close()
     if is_logger and state.step >= t.steps:  # a rerun of a finished run: nothing trained, nothing to report
-        print(f"megagpt: {cfg.run.dir} has trained its {t.steps} steps already (raise train.steps to continue it)",
-              flush=True)
+        print(f"megagpt: {cfg.run.dir} has trained {state.step} steps already, train.steps={t.steps} (raise "
+              f"train.steps to continue it)", flush=True)
     elif is_logger:
         held = f"; held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""
         print(f"megagpt: trained {t.steps} steps at (tp,pp,dp)=({pc.tp},{pc.pp},{pc.dp}), {consumed_tokens} tokens; "

@@ -94,7 +94,8 @@ def test_a_deadline_at_the_last_step_just_ends_the_run(demo_prefix, tmp_path):
     assert "reached" not in out.stdout and "megagpt: trained 1 steps" in out.stdout
     assert not (run / "PREEMPTED").exists() and len(read_jsonl(str(run / "metrics.jsonl"))) == 1
     again = megagpt(*args)  # a rerun of the finished run says so
-    assert f"megagpt: {run} has trained its 1 steps already (raise train.steps to continue it)" in again.stdout
+    assert f"megagpt: {run} has trained 1 steps already, train.steps=1 (raise train.steps to continue it)" in \
+        again.stdout
 
 
 def first_loss_after(run_dir) -> float:
@@ -269,8 +270,19 @@ def test_without_universal_shards_only_the_saving_layout_loads(demo_prefix, tmp_
     megagpt(*args)
     assert not (run / "checkpoints" / "step_00000004" / "universal").exists()
     proc = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=4"), check=False)
-    assert proc.returncode != 0
-    assert "without universal/ shards (train.universal_checkpoint=false); it loads only at that layout" in proc.stderr
+    assert proc.returncode == 2  # refused before any process starts, in one line
+    assert "without universal/ shards (train.universal_checkpoint=false); it loads only at that layout" in \
+        proc.stderr.strip().splitlines()[-1]
+
+
+def test_loading_another_layouts_checkpoint_into_zero3_is_refused_before_any_process_starts(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    megagpt(*pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=1", "train.steps=1"))
+    proc = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=2", "parallel.zero_stage=3"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "was written at another layout; loading it into parallel.zero_stage=3 is not supported (use ZeRO 1 or 2 to "
+        "reshape)")
 
 
 def test_ranks_die_with_a_killed_launcher(demo_prefix, tmp_path):
