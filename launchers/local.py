@@ -96,9 +96,9 @@ def rank_main(argv: list[str]) -> None:
         raise
     finally:
         atexit._run_exitfuncs()  # a forked process skips them at exit; a fresh interpreter would run them here
-    if Preemption.in_process == signal.SIGTERM:
-        # Stopped by SIGTERM: torch elastic is closing the ranks, and would wait 30 s for this one at its exit
-        # barrier for function entrypoints before killing it.
+    if Preemption.in_process in (signal.SIGTERM, signal.SIGINT):
+        # Stopped by SIGTERM or Ctrl-C: torch elastic is closing the ranks (it passes either signal on), and would
+        # wait 30 s for this one at its exit barrier for function entrypoints before killing it.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -158,7 +158,7 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
     """Run `python -m launchers.cli *argv` as nproc local processes on `device` (cpu: forked from the rank
     server, see the module docstring); returns an exit code.
 
-    SIGUSR1 is passed on to every rank (the trainer saves and stops). SIGTERM torch elastic
+    SIGUSR1 is passed on to every rank (the trainer saves and stops). SIGTERM and SIGINT torch elastic
     passes on itself, then raises; if the ranks left `preempted_marker`, that was a clean stop.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -97,10 +97,10 @@ PREEMPTED = "PREEMPTED"  # in run.dir: the last run stopped early (signal, exit 
 
 
 class Preemption:
-    """SIGTERM / SIGUSR1 (Slurm's --signal), or train.exit_duration_minutes since the rank started, mark the run;
-    ranks agree on it after each step but the last (a run that is done has nothing to continue)."""
+    """SIGTERM / SIGUSR1 (Slurm's --signal), SIGINT (Ctrl-C), or train.exit_duration_minutes since the rank started,
+    mark the run; ranks agree on it after each step but the last (a run that is done has nothing to continue)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     in_process: int | None = None  # the last signal any instance took: a forked rank reads it as it ends
 
     def __init__(self, device: torch.device, exit_duration_minutes: float | None = None):

@@ -55,7 +55,7 @@ def uninterrupted_112(demo_prefix, tmp_path_factory):
     return training_record(reference)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=["SIGTERM", "SIGUSR1", "Ctrl-C"])
 def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, uninterrupted_112):
     run = tmp_path / "preempted"
     args = pretrain_args(demo_prefix, run, 1, 1, 2)  # no periodic saves: only the signal saves
