@@ -289,7 +289,7 @@ def check_compatible(meta: dict, cfg: Config, path: str) -> None:
 
 
 # What a resumed run may change: its length, logging, profiling and saving, and how it is laid out and run.
-RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval", "train.eval_samples",
+RESUMABLE_CHANGES = ("train.steps", "train.micro_batch_size", "train.log_interval", "train.eval_interval", "train.eval_samples",
                      "train.progress", "train.save_interval", "train.keep_last", "train.resume",
                      "train.universal_checkpoint", "train.compile", "train.activation_checkpointing",
                      "train.exit_duration_minutes", "train.profile_steps", "train.profile_ranks", "data.cache_dir",

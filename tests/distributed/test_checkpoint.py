@@ -74,6 +74,18 @@ def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, 
     assert training_record(run) == uninterrupted_112
 
 
+def test_a_resume_may_change_the_micro_batch(demo_prefix, tmp_path, uninterrupted_112):
+    """As memory allows at the new layout: the same samples make each step, in other slices."""
+    run = tmp_path / "run"
+    megagpt(*pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=4", "train.save_interval=4"))
+    out = megagpt(*pretrain_args(demo_prefix, run, 1, 1, 2, "train.micro_batch_size=8"))
+    assert "resumed from step 4" in out.stdout
+    for ours, theirs in zip(training_record(run)[0], uninterrupted_112[0], strict=True):
+        assert ours["step"] == theirs["step"] and ours["consumed_samples"] == theirs["consumed_samples"]
+        for key in ("loss", "grad_norm"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-5), (ours["step"], key)
+
+
 def test_exit_duration_saves_and_the_rerun_continues(demo_prefix, tmp_path, uninterrupted_112):
     """train.exit_duration_minutes: stop as on a signal once the time is up (here after the first step)."""
     run = tmp_path / "timed"
