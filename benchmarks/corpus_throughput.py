@@ -112,7 +112,7 @@ def main() -> None:
     stage_rows = [("read + extract", s["read"]["seconds"] + s["extract"]["seconds"]),
                   ("language id", s["langid"]["seconds"]), ("heuristic filters", s["filters"]["seconds"]),
                   ("MinHash (signatures, buckets+clusters, filter)",
-                   s["signatures"]["seconds"] + ours["seconds"]["dedup"] + ours["seconds"]["finalize"])]
+                   s["dedup"]["seconds"] + ours["seconds"]["dedup"] + ours["seconds"]["finalize"])]
     ours_e2e = ours["seconds"]["process"] + ours["seconds"]["dedup"] + ours["seconds"]["finalize"]
     ours_tokenize = ours["seconds"]["tokenize"]  # datatrove's tokenizer step leaves its parts unmerged too
     ours_recall, ours_pairs = recall(truth.near_pairs, ours["reached"], ours["removed"])

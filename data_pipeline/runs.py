@@ -53,10 +53,12 @@ def result_config(cfg: CorpusConfig) -> dict:
 
 
 def _contents(path: str):
-    """sha256 of a file, or {name: sha256} of a directory's files (GPT-2's vocab.json + merges.txt)."""
+    """sha256 of a file, or of the files a tokenizer directory is read from (GPT-2's vocab.json + merges.txt; a
+    model snapshot's weights beside them are not)."""
+    from megagpt.data.tokenizer import GPT2_FILES
+
     if os.path.isdir(path):
-        return {name: _contents(os.path.join(path, name)) for name in sorted(os.listdir(path))
-                if os.path.isfile(os.path.join(path, name))}
+        return {name: sha256_file(os.path.join(path, name)) for name in GPT2_FILES}
     return sha256_file(path)
 
 
@@ -103,6 +105,13 @@ class Run:
             raise ConfigError(f"output.dir={self.out!r}: {len(added)} input(s) not in its run (first: {added[0]}): "
                               f"--extend to add them (dedup, tokenizer and tokens are redone), --restart to redo all")
         _remove_stale_temporaries(self.out)
+        if not os.path.isfile(os.path.join(self.out, "tokenizer.json")):
+            from data_pipeline.executors import clear_done
+
+            # run by a megagpt that tokenized with a given tokenizer where it lay, or the file was removed: the stages
+            # from the tokenizer on are redone (the tokens must be the tokenizer's that sits beside them)
+            for stage in ("tokenizer", "tokenize", "summary"):
+                clear_done(self.out, stage)
         if added:
             from data_pipeline.executors import clear_done
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import os
 from typing import Iterable
 
 from data_pipeline.io import atomic_path

@@ -399,10 +399,11 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
 
         return launch_local(nproc, argv, device, preempted_marker=os.path.join(cfg.run.dir, PREEMPTED))
     from megagpt.parallel.distributed import shutdown_distributed
+    from megagpt.train.pretrain import Preemption
 
     train(cfg)
     shutdown_distributed()
-    return 0
+    return Preemption.release()
 
 
 def report_device(requested: str, local_ranks: int, world: int | None) -> None:

@@ -84,7 +84,9 @@ def rank_main(argv: list[str]) -> None:
     try:
         main(argv)
     except SystemExit as exc:
-        if exc.code:  # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one)
+        # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one), and so is a stop
+        # by Ctrl-C, which the launcher reports as one
+        if exc.code and not (Preemption.in_process == signal.SIGINT and exc.code == 128 + signal.SIGINT):
             raise
     except Exception:
         # A bug's traceback, which a fresh interpreter would print: torch elastic's copy goes to a log the
@@ -186,7 +188,7 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
             elastic_launch(config, sys.executable)("-m", "launchers.cli", *argv)
     except SignalException as exc:
         if preempted_marker and os.path.exists(preempted_marker):
-            return 0
+            return 128 + signal.SIGINT if exc.sigval == signal.SIGINT else 0  # Ctrl-C: saved, but interrupted
         print(f"megagpt: error: stopped by signal {exc.sigval.name} before the ranks saved", file=sys.stderr)
         return 1
     except ChildFailedError as exc:

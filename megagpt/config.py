@@ -442,9 +442,9 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be positive and finite")
     _require(o.warmup_tokens >= 0, f"optim.warmup_tokens={o.warmup_tokens} must be >= 0")
-    _require(o.decay_tokens is None or o.decay_tokens > o.warmup_tokens,
+    _require(not o.decay_tokens or o.decay_tokens > o.warmup_tokens,
              f"optim.decay_tokens={o.decay_tokens} must exceed optim.warmup_tokens={o.warmup_tokens} (the cosine "
-             f"decay follows the warm-up; null: decay over the whole run)")
+             f"decay follows the warm-up; null or 0: decay over the whole run)")
     for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         _require(0 <= value < 1, f"{key}={value} must lie in [0, 1)")
     for key, value in (("optim.eps", o.eps), ("model.init_std", m.init_std), ("model.layernorm_epsilon",

@@ -61,9 +61,8 @@ def shard_identity(prefix: str) -> dict:
     and last documents' lengths) to tell a rewrite of the same size."""
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
-    documents = shard_documents(prefix)  # a damaged index says so here, naming the file
-    index = _IndexReader(prefix + ".idx", multimodal=False)  # held while its arrays are read: they are its mmap
-    tokens = int(index.sequence_lengths.sum(dtype=np.int64))
+    documents = shard_documents(prefix)  # a damaged index says so here; past it, the .bin holds exactly the tokens
+    tokens = os.path.getsize(prefix + ".bin") // np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype).itemsize
     return {"documents": documents, "tokens": tokens, "index_sha256": edges_fingerprint(prefix + ".idx")["edges_sha256"]}
 
 

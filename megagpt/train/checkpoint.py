@@ -38,7 +38,7 @@ from megagpt.errors import CheckpointError, ConfigError, on_every_rank
 from megagpt.files import sha256_file
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
-from megagpt.train.inputs import check_same_inputs, describe_inputs
+from megagpt.train.inputs import check_same_inputs, describe_inputs, stage_of
 from megagpt.train.universal import VOCAB_WEIGHT, load_universal, universal_shard, whole_shard
 
 FORMAT_VERSION = 1
@@ -265,8 +265,9 @@ def resolve_init(key: str, path: str, run_dir: str) -> str:
     the run.dir the stage writes to: a resume would take it for the stage's own, and train.resume=false would set
     it aside before it is read."""
     resolved = resolve_checkpoint(path)
-    root = os.path.realpath(checkpoint_root(run_dir))
-    if os.path.realpath(resolved) == root or os.path.realpath(resolved).startswith(root + os.sep):
+    root, where = os.path.realpath(checkpoint_root(run_dir)), os.path.realpath(resolved)
+    inside = where == root or where.startswith(root + os.sep)
+    if inside and not os.path.relpath(where, root).startswith("earlier"):  # what was set aside stays put
         raise ConfigError(f"{key}={path} is a checkpoint of run.dir={run_dir}, which this stage writes to; "
                           f"give the stage a run.dir of its own")
     return resolved
@@ -289,7 +290,7 @@ def check_compatible(meta: dict, cfg: Config, path: str) -> None:
 
 
 # What a resumed run may change: its length, logging, profiling and saving, and how it is laid out and run.
-RESUMABLE_CHANGES = ("train.steps", "train.micro_batch_size", "train.log_interval", "train.eval_interval", "train.eval_samples",
+RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval", "train.eval_samples",
                      "train.progress", "train.save_interval", "train.keep_last", "train.resume",
                      "train.universal_checkpoint", "train.compile", "train.activation_checkpointing",
                      "train.exit_duration_minutes", "train.profile_steps", "train.profile_ranks", "data.cache_dir",
@@ -299,8 +300,11 @@ RESUMABLE_CHANGES = ("train.steps", "train.micro_batch_size", "train.log_interva
 def check_same_run(saved: dict, cfg: Config, path: str) -> None:
     """Resuming continues the saved run: any other change would silently train a different one."""
     theirs, ours = _flat(from_dict(saved).to_dict()), _flat(cfg.to_dict())
+    # a pretraining loss is the mean over every token, however the batch is sliced; the other stages' is a mean per
+    # micro-batch of their masked tokens, which another micro-batch size weighs differently
+    resumable = RESUMABLE_CHANGES + (("train.micro_batch_size",) if stage_of(cfg) == "pretrain" else ())
     changed = [f"{k}={ours.get(k)!r} (checkpoint has {theirs.get(k)!r})" for k in sorted(set(theirs) | set(ours))
-               if theirs.get(k) != ours.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+               if theirs.get(k) != ours.get(k) and not k.startswith(resumable)]
     if changed:
         raise CheckpointError(f"run.dir={cfg.run.dir!r} was trained with another config ({'; '.join(changed[:4])}"
                               f"{'; ...' if len(changed) > 4 else ''}); resuming may change only its length, "

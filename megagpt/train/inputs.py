@@ -27,24 +27,36 @@ def stage_of(cfg: Config) -> str:
 
 def describe_inputs(cfg: Config) -> dict:
     """key -> what it holds now: a JSONL file's sha256, a shard's documents and tokens (and a hash of its index's
-    edges), PPO's frozen models as the sha256 of their checkpoint's megagpt.json (which lists every file's)."""
+    edges), a mixture's weights, PPO's frozen models as the sha256 of their checkpoint's megagpt.json (which lists
+    every file's). The stages' tokenizers are checked against the data and checkpoints at each start instead."""
     stage = stage_of(cfg)
     found = {key: sha256_file(_value(cfg, key)) for key in _FILES.get(stage, ())}
     if stage == "ppo":
-        from megagpt.train.checkpoint import META, resolve_checkpoint
+        from megagpt.train.checkpoint import META, read_meta, resolve_checkpoint
 
         for key in ("rlhf.actor_init", "rlhf.reward_init"):  # the reference and reward models are read afresh
             path = resolve_checkpoint(_value(cfg, key))
+            read_meta(path)  # a directory that holds no checkpoint says so, in one line
             found[key] = {"checkpoint": os.path.abspath(path), "meta_sha256": sha256_file(os.path.join(path, META))}
     if stage == "pretrain" or (stage == "ppo" and cfg.rlhf.ptx_coef):
         from megagpt.data.checks import shard_identity
         from megagpt.data.datasets import resolve_blend
 
+        prefixes, weights = resolve_blend(cfg)
+        # named as the config or mixture.json names them: a moved project (a relative path) is the same data
+        names = [s["prefix"] for s in _mixture(cfg.data.mixture)] if cfg.data.mixture else list(prefixes)
         if cfg.data.mixture is not None:
-            found["data.mixture"] = sha256_file(cfg.data.mixture)
-        for prefix in resolve_blend(cfg)[0]:
-            found[f"shard {prefix}"] = shard_identity(prefix)
+            found["data.mixture"] = dict(zip(names, weights))  # its weights; its advisory fields may change
+        for name, prefix in zip(names, prefixes):
+            found[f"shard {name}"] = shard_identity(prefix)
     return found
+
+
+def _mixture(path: str) -> list[dict]:
+    import json
+
+    with open(path) as f:  # resolve_blend has read it already, and said what was wrong with it
+        return json.load(f)["sources"]
 
 
 def check_same_inputs(recorded: dict | None, cfg: Config, path: str) -> None:
@@ -69,8 +81,12 @@ def _change(key: str, then, now) -> str:
         return (f"{key[6:]} now holds {now['documents']} documents, {now['tokens']} tokens (the run read "
                 f"{then['documents']}, {then['tokens']})")
     if key in ("rlhf.actor_init", "rlhf.reward_init"):
+        if now["checkpoint"] == then["checkpoint"]:
+            return f"{key}'s checkpoint {now['checkpoint']} was rewritten"
         return (f"{key} now names checkpoint {now['checkpoint']}, not the one the run started from "
                 f"({then['checkpoint']}: give that one)")
+    if key == "data.mixture":
+        return f"data.mixture's weights changed ({then} -> {now})"
     return f"{key}'s contents changed"
 
 

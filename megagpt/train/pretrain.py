@@ -117,7 +117,17 @@ class Preemption:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT and "TORCHELASTIC_RUN_ID" not in os.environ:
+            raise KeyboardInterrupt  # Ctrl-C again in a lone process: stop now (torch elastic kills its ranks itself)
         self.received = Preemption.in_process = signum
+
+    @staticmethod
+    def release() -> int:
+        """After training in this process: the signals' usual handlers back (a later stage's Ctrl-C is not lost),
+        and the exit code for how the run ended (130 after a stop by Ctrl-C, as a shell reports it)."""
+        for sig in Preemption.SIGNALS:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        return 128 + signal.SIGINT if Preemption.in_process == signal.SIGINT else 0
 
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""

@@ -63,7 +63,7 @@ def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, 
     wait_for_step(proc, run, 2)
     os.kill(proc.pid, sig)  # the launcher passes it to every rank, as Slurm signals every task
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-3000:]
+    assert proc.returncode == (130 if sig == signal.SIGINT else 0), output[-3000:]  # Ctrl-C: saved, but interrupted
     assert f"signal {sig.name} received" in output
     assert (run / "PREEMPTED").exists()
     stopped_at = len(read_jsonl(str(run / "metrics.jsonl")))
@@ -72,6 +72,18 @@ def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, 
     megagpt(*args)
     assert not (run / "PREEMPTED").exists()
     assert training_record(run) == uninterrupted_112
+
+
+def test_ctrl_c_in_one_process_saves_and_exits_130(demo_prefix, tmp_path):
+    run = tmp_path / "run"
+    proc = start(pretrain_args(demo_prefix, run, 1, 1, 1, "train.steps=400", "train.eval_interval=0"))
+    wait_for_step(proc, run, 1)
+    os.kill(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]  # saved, but interrupted
+    stopped_at = len(read_jsonl(str(run / "metrics.jsonl")))
+    assert f"signal SIGINT received; saved step {stopped_at} to {run}/checkpoints and stopped" in output
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped_at:08d}"
 
 
 def test_a_resume_may_change_the_micro_batch(demo_prefix, tmp_path, uninterrupted_112):

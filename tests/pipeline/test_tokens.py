@@ -1,7 +1,6 @@
 """The tokenizer stage: a bounded, seeded training sample; a given tokenizer (file or GPT-2 directory) skips training."""
 
 import json
-import os
 
 import pytest
 
@@ -87,6 +86,8 @@ def test_gpt2_files_skip_training_and_give_tokenizers_ids(tmp_path, monkeypatch)
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["tokenizer"] == "tokenizer.json"  # the directory, written once as the file training reads
     assert Tokenizer.load(str(out / "tokenizer.json")).encode(texts[0]) == reference.encode(texts[0]).ids
+    (d / "model.safetensors").write_bytes(b"weights the tokenizer is not read from")
+    run_corpus(tmp_path, monkeypatch, f"tokenize.tokenizer={d}")  # a rerun: only vocab.json and merges.txt count
 
 
 def test_given_tokenizer_json_is_copied_beside_the_shards(tmp_path, monkeypatch):

@@ -1,0 +1,62 @@
+"""What a run records of its inputs, and when a resume refuses (megagpt.train.inputs)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from megagpt.config import load_config
+from megagpt.errors import CheckpointError
+from megagpt.train.inputs import check_same_inputs, describe_inputs, stage_of
+from tests.conftest import REPO, TINY
+
+
+def shard(prefix, documents):
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for i in range(documents):
+        builder.add_item(torch.arange(i + 3))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+
+
+def test_a_moved_project_with_a_relative_mixture_is_the_same_data(tmp_path, monkeypatch):
+    project = tmp_path / "a"
+    (project / "tokens").mkdir(parents=True)
+    shard(str(project / "tokens" / "web"), 5)
+    (project / "mixture.json").write_text(json.dumps({"sources": [{"source": "web", "prefix": "tokens/web",
+                                                                   "weight": 1.0}]}))
+    cfg = load_config(TINY, ["data.mixture=mixture.json", "run.dir=run"])
+    monkeypatch.chdir(project)
+    recorded = json.loads(json.dumps(describe_inputs(cfg)))  # as megagpt.json holds it
+    assert recorded["shard tokens/web"] == {"documents": 5, "tokens": sum(range(3, 8)),
+                                            "index_sha256": recorded["shard tokens/web"]["index_sha256"]}
+    shutil.move(project, tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    check_same_inputs(recorded, cfg, "ckpt")  # the same files, elsewhere
+    shard("tokens/web", 4)  # rebuilt smaller at the same path
+    with pytest.raises(CheckpointError, match="tokens/web now holds 4 documents, 18 tokens \\(the run read 5, 25\\)"):
+        check_same_inputs(recorded, cfg, "ckpt")
+    shard("tokens/web", 5)
+    (tmp_path / "b" / "mixture.json").write_text(json.dumps({"sources": [{"source": "web", "prefix": "tokens/web",
+                                                                          "weight": 2.0, "epochs": 3}]}))
+    with pytest.raises(CheckpointError, match="data.mixture's weights changed"):
+        check_same_inputs(recorded, cfg, "ckpt")
+    check_same_inputs(None, cfg, "ckpt")  # a checkpoint from before inputs were recorded resumes
+
+
+def test_each_stage_records_its_own_inputs(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Q:"}\n')
+    ppo = load_config(os.path.join(REPO, "configs", "rlhf", "tiny.yaml"),
+                      [f"rlhf.prompts={prompts}", f"rlhf.actor_init={tmp_path}", f"rlhf.reward_init={tmp_path}",
+                       "rlhf.ptx_coef=0"])
+    assert stage_of(ppo) == "ppo"
+    with pytest.raises(CheckpointError, match="megagpt.json not found"):  # an init dir with no checkpoint: one line
+        describe_inputs(ppo)
+    sft = load_config(TINY, [f"sft.data={prompts}", "data.prefixes=[/nowhere/shard]"])
+    assert stage_of(sft) == "sft" and list(describe_inputs(sft)) == ["sft.data"]  # not the shards it does not read
