@@ -71,7 +71,7 @@ def rank_main(argv: list[str]) -> None:
     from multiprocessing import forkserver
 
     from launchers.cli import main
-    from megagpt.train.pretrain import Preemption
+    from megagpt.train.pretrain import INTERRUPTED, Preemption
 
     # The server lives while any process holds this pipe to it; the launcher's copy alone must, so that the
     # server exits with the launcher and its death signal reaches this rank (die_with_launcher).
@@ -86,7 +86,7 @@ def rank_main(argv: list[str]) -> None:
     except SystemExit as exc:
         # a failure, which the launcher reports; 0 is a normal return (torch elastic expects one), and so is a stop
         # by Ctrl-C, which the launcher reports as one
-        if exc.code and not (Preemption.in_process == signal.SIGINT and exc.code == 128 + signal.SIGINT):
+        if exc.code and not (Preemption.in_process == signal.SIGINT and exc.code == INTERRUPTED):
             raise
     except Exception:
         # A bug's traceback, which a fresh interpreter would print: torch elastic's copy goes to a log the
@@ -188,7 +188,9 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
             elastic_launch(config, sys.executable)("-m", "launchers.cli", *argv)
     except SignalException as exc:
         if preempted_marker and os.path.exists(preempted_marker):
-            return 128 + signal.SIGINT if exc.sigval == signal.SIGINT else 0  # Ctrl-C: saved, but interrupted
+            from megagpt.train.pretrain import INTERRUPTED
+
+            return INTERRUPTED if exc.sigval == signal.SIGINT else 0  # Ctrl-C: saved, but interrupted
         print(f"megagpt: error: stopped by signal {exc.sigval.name} before the ranks saved", file=sys.stderr)
         return 1
     except ChildFailedError as exc:

@@ -524,17 +524,28 @@ def validate_rlhf(cfg: Config) -> None:
              f"roles at ZeRO 1 or 2 (their checkpoints are layout-free, which ZeRO 3 does not load)")
 
 
-# What each training command reads besides the config: unset, the command has nothing to train on.
-STAGE_INPUTS = {"sft": ("sft.data", "demonstrations"), "rm": ("rm.data", "comparisons"),
-                "ppo": ("rlhf.prompts", "prompts"), "finetune": ("finetune.task", "a labelled task")}
+# What each training command reads besides the config: unset, the command has nothing to train on. In the order
+# validate_data_paths tells the stages apart by them.
+STAGE_INPUTS = {"ppo": ("rlhf.prompts", "prompts"), "finetune": ("finetune.task", "a labelled task"),
+                "sft": ("sft.data", "demonstrations"), "rm": ("rm.data", "comparisons")}
+
+
+def setting(cfg: Config, key: str):
+    """The value of `section.key`."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def stage_of(cfg: Config) -> str:
+    """Which training stage a config is for: the first whose input is set, else pretraining."""
+    return next((stage for stage, (key, _) in STAGE_INPUTS.items() if setting(cfg, key) is not None), "pretrain")
 
 
 def check_stage_inputs(cfg: Config, stage: str) -> None:
     """`megagpt <stage>` (or `submit <stage>`) names its input: the key validate() tells the stages apart by."""
     if stage in STAGE_INPUTS:
         key, what = STAGE_INPUTS[stage]
-        section, name = key.split(".")
-        _require(getattr(getattr(cfg, section), name) is not None, f"{key} is not set: megagpt {stage} trains on {what}")
+        _require(setting(cfg, key) is not None, f"{key} is not set: megagpt {stage} trains on {what}")
 
 
 def validate_data_paths(cfg: Config) -> None:

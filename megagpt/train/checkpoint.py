@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import Config, from_dict
+from megagpt.config import Config, from_dict, stage_of
 from megagpt.errors import CheckpointError, ConfigError, on_every_rank
 from megagpt.files import sha256_file
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
-from megagpt.train.inputs import check_same_inputs, describe_inputs, stage_of
+from megagpt.train.inputs import check_same_inputs, describe_inputs
 from megagpt.train.universal import VOCAB_WEIGHT, load_universal, universal_shard, whole_shard
 
 FORMAT_VERSION = 1
@@ -222,6 +222,12 @@ def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
             f"({failed or 'see rank 0'}); move them yourself or use another run.dir"))
 
 
+def layout_of(cfg: Config, dp: int) -> dict:
+    """What a checkpoint must match to load through DeepSpeed's own engine state (else its universal/ shards)."""
+    p = cfg.parallel
+    return {"tp": p.tp, "pp": p.pp, "dp": dp, "zero_stage": p.zero_stage, "precision": cfg.train.precision}
+
+
 def preflight(cfg: Config, world: int) -> None:
     """Before any process starts: the checkpoint a resume would pick must fit this model, this layout and inputs."""
     if starts_afresh(cfg):
@@ -235,15 +241,13 @@ def preflight(cfg: Config, world: int) -> None:
         check_same_inputs(meta.get("inputs"), cfg, path)
     if "ppo" in meta:
         return  # layout-free (universal/ only)
-    p = cfg.parallel
-    layout = {"tp": p.tp, "pp": p.pp, "dp": world // (p.tp * p.pp), "zero_stage": p.zero_stage,
-              "precision": cfg.train.precision}
+    layout = layout_of(cfg, world // (cfg.parallel.tp * cfg.parallel.pp))
     if meta["layout"] != layout or meta["weights_only"]:  # Checkpointer.load reads universal/ then
         if not meta["universal"]:
             raise CheckpointError(f"checkpoint {path} was saved at layout {meta['layout']} without universal/ "
                                   f"shards (train.universal_checkpoint=false); it loads only at that layout, not "
                                   f"{layout}")
-        if p.zero_stage == 3:
+        if cfg.parallel.zero_stage == 3:
             raise CheckpointError(f"checkpoint {path} was written at another layout; loading it into "
                                   f"parallel.zero_stage=3 is not supported (use ZeRO 1 or 2 to reshape)")
 
@@ -329,9 +333,7 @@ class Checkpointer:
         self.inputs = describe_inputs(cfg) if self.rank == 0 else None  # as this start reads them
 
     def layout(self) -> dict:
-        p = self.cfg.parallel
-        return {"tp": p.tp, "pp": p.pp, "dp": self.pc.dp, "zero_stage": p.zero_stage,
-                "precision": self.cfg.train.precision}
+        return layout_of(self.cfg, self.pc.dp)
 
     def save(self, state: TrainState) -> str:
         tag = tag_for(state.step)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from megagpt.config import Config
+from megagpt.config import Config, setting, stage_of
 from megagpt.errors import CheckpointError
 from megagpt.files import sha256_file
 
@@ -19,23 +19,17 @@ _FILES = {"ppo": ("rlhf.prompts",), "finetune": ("finetune.train", "finetune.tes
           "rm": ("rm.data", "rm.demonstrations")}
 
 
-def stage_of(cfg: Config) -> str:
-    """Which training stage a config is for, told apart as config.validate_data_paths does."""
-    keys = (("ppo", "rlhf.prompts"), ("finetune", "finetune.task"), ("sft", "sft.data"), ("rm", "rm.data"))
-    return next((stage for stage, key in keys if _value(cfg, key) is not None), "pretrain")
-
-
 def describe_inputs(cfg: Config) -> dict:
     """key -> what it holds now: a JSONL file's sha256, a shard's documents and tokens (and a hash of its index's
     edges), a mixture's weights, PPO's frozen models as the sha256 of their checkpoint's megagpt.json (which lists
     every file's). The stages' tokenizers are checked against the data and checkpoints at each start instead."""
     stage = stage_of(cfg)
-    found = {key: sha256_file(_value(cfg, key)) for key in _FILES.get(stage, ())}
+    found = {key: sha256_file(setting(cfg, key)) for key in _FILES.get(stage, ())}
     if stage == "ppo":
         from megagpt.train.checkpoint import META, read_meta, resolve_checkpoint
 
         for key in ("rlhf.actor_init", "rlhf.reward_init"):  # the reference and reward models are read afresh
-            path = resolve_checkpoint(_value(cfg, key))
+            path = resolve_checkpoint(setting(cfg, key))
             read_meta(path)  # a directory that holds no checkpoint says so, in one line
             found[key] = {"checkpoint": os.path.abspath(path), "meta_sha256": sha256_file(os.path.join(path, META))}
     if stage == "pretrain" or (stage == "ppo" and cfg.rlhf.ptx_coef):
@@ -93,8 +87,3 @@ def _change(key: str, then, now) -> str:
 def _identity(described):
     """What must match: a checkpoint's contents, wherever it now lies (a copied or moved run dir is the same)."""
     return described["meta_sha256"] if isinstance(described, dict) and "meta_sha256" in described else described
-
-
-def _value(cfg: Config, key: str) -> str:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)

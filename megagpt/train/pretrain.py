@@ -96,6 +96,9 @@ class Trainer:
 PREEMPTED = "PREEMPTED"  # in run.dir: the last run stopped early (signal, exit duration), saved; a requeue continues it
 
 
+INTERRUPTED = 128 + signal.SIGINT  # the exit code of a run stopped by Ctrl-C (after its save), as a shell reports it
+
+
 class Preemption:
     """SIGTERM / SIGUSR1 (Slurm's --signal), SIGINT (Ctrl-C), or train.exit_duration_minutes since the rank started,
     mark the run; ranks agree on it after each step but the last (a run that is done has nothing to continue)."""
@@ -127,7 +130,7 @@ class Preemption:
         and the exit code for how the run ended (130 after a stop by Ctrl-C, as a shell reports it)."""
         for sig in Preemption.SIGNALS:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-        return 128 + signal.SIGINT if Preemption.in_process == signal.SIGINT else 0
+        return INTERRUPTED if Preemption.in_process == signal.SIGINT else 0
 
     def agreed(self) -> bool:
         """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""

@@ -269,20 +269,25 @@ def whole_shard(tensors: dict[str, torch.Tensor]) -> dict:
 GPT_PARTS = ("embedding.", "blocks.", "final_norm.")  # a GPT language model's parameter names (megagpt.model.gpt)
 
 
-def require_reward_model(path: str, key: str) -> None:
-    """`key` reads a reward model (ScalarGPT): a checkpoint without its value_head (a language model, a classifier)
-    is refused, naming what it is, rather than failing inside the ranks or starting from an untrained head."""
+def _heads(path: str) -> tuple[dict, Optional[list[str]]]:
+    """A checkpoint's megagpt.json and the parameters it holds besides a GPT's (None for a PPO checkpoint, whose
+    roles are in folders of their own, and one without universal/ shards, which its readers refuse themselves)."""
     from megagpt.train.checkpoint import read_meta
 
     meta = read_meta(path)
+    if "ppo" in meta or not meta["universal"]:
+        return meta, None
+    return meta, [n for n in UniversalShards(path).names() if not n.startswith(GPT_PARTS)]
+
+
+def require_reward_model(path: str, key: str) -> None:
+    """`key` reads a reward model (ScalarGPT): a checkpoint without its value_head (a language model, a classifier)
+    is refused, naming what it is, rather than failing inside the ranks or starting from an untrained head."""
+    meta, heads = _heads(path)
     if "ppo" in meta:
         raise CheckpointError(f"{key}: checkpoint {path} is a PPO checkpoint, not a reward model; give a reward "
                               f"model's checkpoint (a `megagpt rm` run)")
-    if not meta["universal"]:
-        return  # its readers refuse it themselves, for that reason
-    names = UniversalShards(path).names()
-    if not any(n.startswith("value_head.") for n in names):
-        heads = [n for n in names if not n.startswith(GPT_PARTS)]
+    if heads is not None and not any(n.startswith("value_head.") for n in heads):
         what = f"a model with {heads[0]} (a fine-tuned classifier)" if heads else "a language model"
         raise CheckpointError(f"{key}: checkpoint {path} is {what}, not a reward model (no value_head); "
                               f"train one with `megagpt rm`")
@@ -291,16 +296,11 @@ def require_reward_model(path: str, key: str) -> None:
 def require_language_model(path: str, command: str) -> None:
     """`command` reads language models: a checkpoint with a head besides the tied unembedding (a reward model's
     value_head, a fine-tuned classifier's head) is refused, naming it, rather than read as one without it."""
-    from megagpt.train.checkpoint import read_meta
-
-    meta = read_meta(path)
+    meta, heads = _heads(path)
     if "ppo" in meta:  # the roles' weights are in folders of their own
         raise on_every_rank(CheckpointError(f"{command}: checkpoint {path} is a PPO checkpoint; read its policy, "
                                             f"{path}/actor"))
-    if not meta["universal"]:
-        return  # its readers refuse it themselves, for that reason
-    extra = [n for n in UniversalShards(path).names() if not n.startswith(GPT_PARTS)]
-    if extra:
+    if heads:
         raise on_every_rank(CheckpointError(
-            f"{command}: checkpoint {path} holds {extra[0]}, a head a language model has no place for (a reward "
+            f"{command}: checkpoint {path} holds {heads[0]}, a head a language model has no place for (a reward "
             f"model or fine-tuned classifier); {command} reads language models"))
