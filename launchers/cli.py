@@ -41,7 +41,7 @@ import os
 import sys
 
 from megagpt.config import Config, check_stage_inputs, load_config, validate
-from megagpt.errors import ConfigError, DataError, MegagptError
+from megagpt.errors import ConfigError, DataError, MegagptError, alike_on_each_node, prints_here
 
 
 
@@ -371,8 +371,9 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
                                  start_rank_server)
 
     world = join_existing_world()
-    check_stage_inputs(cfg, stage)
-    validate(cfg, world or nproc)
+    with alike_on_each_node():
+        check_stage_inputs(cfg, stage)
+        validate(cfg, world or nproc)
     launching = world is None and nproc > 1
     if launching and known_cpu_ranks(cfg.run.device):
         start_rank_server(nproc)  # before this process imports torch: the server's imports overlap all of the below
@@ -391,8 +392,9 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
         # a busy run.dir says so now, before the checks write there (a stage's tokenizer.json); rank 0 of the
         # run takes the lock itself once the world is up
         hold(cfg.run.dir, "run.dir", "training run").close()
-    preflight(cfg, world or nproc)  # a resume it refuses must not have changed run.dir: before check() writes its tokenizer there
-    check(cfg, world or nproc)
+    with alike_on_each_node():
+        preflight(cfg, world or nproc)  # a resume it refuses must not change run.dir: before check() writes there
+        check(cfg, world or nproc)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), world)
     if launching:
         from megagpt.train.pretrain import PREEMPTED
@@ -422,7 +424,8 @@ def report_device(requested: str, local_ranks: int, world: int | None) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    cfg = load_config(args.config, args.overrides)
+    with alike_on_each_node():  # under srun or torchrun every rank reads the same config
+        cfg = load_config(args.config, args.overrides)
     if getattr(args, "dry_run", False):
         return cmd_dry_run(args, cfg)
     argv = [args.command, "--config", args.config, *args.overrides]
@@ -574,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"--{name.replace('_', '-')} {value} must be at least 1")
         code = COMMANDS[args.command](args)
     except MegagptError as exc:
-        if not exc.same_on_every_rank or os.environ.get("RANK", "0") == "0":
+        if prints_here(exc):
             print(f"megagpt: error: {exc}", file=sys.stderr)
         code = 2
     sys.exit(code)

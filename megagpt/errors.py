@@ -5,17 +5,43 @@ anything else is a bug and keeps its traceback.
 """
 
 
+import os
+from contextlib import contextmanager
+
+
 class MegagptError(Exception):
     """Base of the errors below; the message is one line naming the file, key or value at fault."""
 
     # Raised by every rank at the same point with the same message: `megagpt` prints it on rank 0 alone.
     same_on_every_rank = False
+    # Raised by every rank of a node alike (a check of the config and the files, before the world forms):
+    # printed by each node's local rank 0, so a file that one node sees differently is still reported.
+    same_on_every_node = False
 
 
 def on_every_rank(error: MegagptError) -> MegagptError:
     """`error`, raised alike by every rank (a collective found it, or each rank computes the same): printed once."""
     error.same_on_every_rank = True
     return error
+
+
+@contextmanager
+def alike_on_each_node():
+    """Checks every rank of a node makes alike from the config and the files it reads (not its device)."""
+    try:
+        yield
+    except MegagptError as exc:
+        exc.same_on_every_node = True
+        raise
+
+
+def prints_here(error: MegagptError) -> bool:
+    """Whether this process prints `error`: all do, but one per world or node for an error raised alike."""
+    if error.same_on_every_rank:
+        return os.environ.get("RANK", "0") == "0"
+    if error.same_on_every_node:  # srun's variable before launchers.slurm_env maps it
+        return os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) == "0"
+    return True
 
 
 class ConfigError(MegagptError):

@@ -232,10 +232,14 @@ def preflight(cfg: Config, world: int) -> None:
     """Before any process starts: the checkpoint a resume would pick must fit this model, this layout and inputs."""
     if starts_afresh(cfg):
         return
-    found = candidates(checkpoint_root(cfg.run.dir))
-    if not found:
-        return
-    path, meta = found[0], read_meta(found[0])
+    for path in candidates(checkpoint_root(cfg.run.dir)):
+        try:
+            meta = read_meta(path)
+            break
+        except CheckpointError:
+            continue  # resume() skips it too, and says why, for the next older one
+    else:
+        return  # none to resume (or none usable: resume() says so)
     check_compatible(meta, cfg, path)
     if not meta["weights_only"]:
         check_same_inputs(meta.get("inputs"), cfg, path)

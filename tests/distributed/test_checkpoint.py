@@ -148,16 +148,19 @@ def test_reshape_continues_the_same_run(demo_prefix, tmp_path, source, target, z
         assert g["consumed_samples"] == r["consumed_samples"] and g["lr"] == r["lr"]
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one(demo_prefix, tmp_path):
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "megagpt.json"])
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(demo_prefix, tmp_path, victim):
     run = tmp_path / "run"
     args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=4", "train.keep_last=0")
     megagpt(*args, "train.steps=8")
-    victim = run / "checkpoints" / "step_00000008" / "mp_rank_00_model_states.pt"
-    data = bytearray(victim.read_bytes())
+    newest = run / "checkpoints" / "step_00000008"
+    data = bytearray((newest / victim).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    victim.write_bytes(bytes(data))
+    (newest / victim).write_bytes(bytes(data))
     out = megagpt(*args)
-    assert f"skipping checkpoint {run}/checkpoints/step_00000008: {victim} fails its sha256 checksum" in out.stderr
+    problem = (f"{newest / victim} fails its sha256 checksum" if victim.endswith(".pt") else
+               f"checkpoint {newest}: megagpt.json is corrupt (")
+    assert f"skipping checkpoint {newest}: {problem}" in out.stderr
     assert "resumed from step 4" in out.stdout
     assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == list(range(1, STEPS + 1))
 

@@ -6,6 +6,7 @@ import pytest
 
 import launchers.cli as cli
 from megagpt.errors import CheckpointError, ConfigError, DataError, MegagptError, SlurmError, TrainingError
+from tests.conftest import TINY
 
 SUBCLASSES = [ConfigError, CheckpointError, DataError, SlurmError, TrainingError]
 
@@ -114,3 +115,28 @@ def test_a_forked_rank_leaves_our_errors_one_line(monkeypatch, capsys, in_a_fork
         rank_main(["pretrain", "--config", "run.yaml"])
     assert stop.value.code == 2
     assert capsys.readouterr().err == "megagpt: error: train.steps: must be > 0\n"
+
+
+@pytest.mark.parametrize("local_rank,printed", [("0", True), ("1", False)])
+@pytest.mark.parametrize("bad", ["parallel.tp=3", "data.prefixes=[nowhere/web]", "optim.beta2=1.5"])
+def test_a_check_every_rank_of_a_node_makes_alike_is_printed_once_per_node(monkeypatch, capsys, bad, local_rank,
+                                                                           printed):
+    """Under torchrun or srun every rank checks the same config and files before the world forms: one line per
+    node, from its local rank 0, not one per rank."""
+    monkeypatch.setenv("RANK", str(2 + int(local_rank)))  # node 1 of a 2 x 2 world
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["pretrain", "--config", TINY, bad])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("megagpt: error: ") if printed else err == ""
+
+
+def test_an_error_of_one_rank_alone_is_printed_by_that_rank(monkeypatch):
+    from megagpt.errors import on_every_rank, prints_here
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert prints_here(DataError("shards/web.bin: short read"))  # found by rank 3 in training
+    assert not prints_here(on_every_rank(DataError("shards/web.bin: short read")))
