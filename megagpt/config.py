@@ -546,6 +546,10 @@ def check_stage_inputs(cfg: Config, stage: str) -> None:
     if stage in STAGE_INPUTS:
         key, what = STAGE_INPUTS[stage]
         _require(setting(cfg, key) is not None, f"{key} is not set: megagpt {stage} trains on {what}")
+    for other, (key, _) in STAGE_INPUTS.items():  # validate() and the checkpoint checks tell stages apart by these
+        if other != stage and setting(cfg, key) is not None:
+            raise ConfigError(f"{key} is set, which makes this a config for megagpt {other}, not megagpt {stage} "
+                              f"(unset it: {key}=null)")
 
 
 def validate_data_paths(cfg: Config) -> None:

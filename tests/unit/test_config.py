@@ -165,3 +165,21 @@ def test_import_hf_refuses_a_gpt2_it_would_read_wrong(setting, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         model_config_from_gpt2(GPT2Config(n_layer=2, n_embd=64, n_head=4, **setting))
     model_config_from_gpt2(GPT2Config(n_layer=2, n_embd=64, n_head=4))  # the defaults: GPT-2 itself
+
+
+@pytest.mark.parametrize("stage,overrides,message", [
+    ("pretrain", ["sft.data=demos.jsonl"], "sft.data is set, which makes this a config for megagpt sft, not megagpt "
+                                           "pretrain (unset it: sft.data=null)"),
+    ("rm", ["rm.data=c.jsonl", "sft.data=demos.jsonl"], "sft.data is set, which makes this a config for megagpt sft"),
+    ("sft", ["sft.data=demos.jsonl", "rm.data=c.jsonl"], "rm.data is set, which makes this a config for megagpt rm"),
+    ("sft", ["sft.data=demos.jsonl", "rlhf.prompts=p.jsonl"], "rlhf.prompts is set"),
+    ("ppo", ["rlhf.prompts=p.jsonl", "finetune.task=classification"], "finetune.task is set"),
+])
+def test_a_config_for_another_stage_is_refused(stage, overrides, message):
+    """A stage's input set where another stage runs would be taken for that stage's by validate() and the
+    checkpoint checks (or ignored): one line saying which key makes it so."""
+    from megagpt.config import check_stage_inputs
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_stage_inputs(load_config(TINY, overrides), stage)
+    check_stage_inputs(load_config(TINY, overrides[:-1]), stage)  # without the other stage's input it passes
