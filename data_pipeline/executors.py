@@ -27,6 +27,11 @@ def mark_done(out_dir: str, stage: str, task_id: str) -> None:
         pass
 
 
+def unmark_done(out_dir: str, stage: str, task_id: str) -> None:
+    if os.path.exists(_marker(out_dir, stage, task_id)):
+        os.remove(_marker(out_dir, stage, task_id))
+
+
 def clear_done(out_dir: str, stage: str) -> None:
     """Forget every finished task of a stage, so the next run redoes it."""
     import shutil

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Optional
 
 from data_pipeline.readers import Record
@@ -9,6 +10,23 @@ from data_pipeline.readers import Record
 _HTML_TYPES = ("text/html", "application/xhtml")
 _JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
                list: "an array"}
+
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _encoding(payload: bytes, declared: Optional[str], detect) -> str:
+    """A byte-order mark, else UTF-8 where the bytes are valid UTF-8 (servers mislabel UTF-8 pages as latin-1;
+    other encodings' non-ASCII text is almost never valid UTF-8), else the HTTP charset, else the page's <meta>
+    charset, else uchardet's guess (resiliparse)."""
+    for bom, name in _BOMS:
+        if payload.startswith(bom):
+            return name
+    try:
+        payload.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        return declared or detect(payload, from_html_meta=True)
 
 
 def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
@@ -33,7 +51,7 @@ def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
     else:
         if record.content_type and not record.content_type.startswith(_HTML_TYPES):
             return None, f"not html ({record.content_type.split(';')[0].strip()})"
-        html = bytes_to_str(payload, detect_encoding(payload))
+        html = bytes_to_str(payload, _encoding(payload, record.charset, detect_encoding))
         # main_content drops navigation and boilerplate, as CCNet/FineWeb extraction does.
         try:
             text = extract_plain_text(html, main_content=True, alt_texts=False, links=False)

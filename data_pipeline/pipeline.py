@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
 from data_pipeline.config import CorpusConfig
 from data_pipeline.dedup import find_duplicates
-from data_pipeline.executors import LocalExecutor, is_done, mark_done
+from data_pipeline.executors import LocalExecutor, is_done, mark_done, unmark_done
 from data_pipeline.io import read_jsonl_gz, write_json
 from data_pipeline.runs import Run, recorded_inputs
 from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
@@ -36,6 +37,7 @@ def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
     mode: "resume" (the default: finish what the recorded run left), "restart" or "extend" (data_pipeline.runs).
     """
     with Run(cfg, mode):
+        forget_lost_outputs(cfg)
         ex = LocalExecutor(cfg.executor.workers, progress)
         for stage, kind in STAGES:
             if kind == "shard":
@@ -46,6 +48,48 @@ def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
                 mark_done(cfg.output.dir, stage, "all")
         with open(os.path.join(cfg.output.dir, "stats.json")) as f:
             return json.load(f)
+
+
+def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
+    """The files a finished task (shard `name`, or "all" for a reduce stage) left in output.dir."""
+    out, source = cfg.output.dir, cfg.input.source
+    if stage == "process":
+        return [os.path.join(out, "work", "process", f"{name}{ext}")
+                for ext in (".jsonl.gz", ".sig.npy", ".hashes.json", ".stats.json")] + \
+            [os.path.join(out, "dropped", "process", f"{name}.jsonl.gz")]
+    if stage == "dedup":
+        return [os.path.join(out, "work", "dedup", "duplicates.json")]
+    if stage == "finalize":
+        return [os.path.join(out, "documents", source, f"{name}.jsonl.gz")] + \
+            [os.path.join(out, "dropped", kind, f"{name}.jsonl.gz") for kind in ("dedup", "decontam")]
+    if stage == "tokenizer":
+        return [tokenizer_path(cfg)]
+    if stage == "tokenize":
+        return [os.path.join(out, "work", "tokens", f"{name}{ext}") for ext in (".bin", ".idx", ".counts.json")]
+    summary = os.path.join(out, "stats.json")
+    try:
+        with open(summary) as f:
+            kept = json.load(f)["documents"]
+    except (OSError, ValueError, KeyError):
+        return [summary]
+    prefix = os.path.join(out, "tokens", source)
+    return [summary] + ([os.path.join(out, "mixture.json"), prefix + ".bin", prefix + ".idx"] if kept else [])
+
+
+def forget_lost_outputs(cfg: CorpusConfig) -> None:
+    """A finished task whose outputs are gone (deleted, or lost with a disk) is done again, and says so: its
+    marker alone would let the run end with success and the files missing. Every task is deterministic, so
+    what is redone equals what the later stages read."""
+    for stage, kind in STAGES:
+        for name in shard_names(cfg) if kind == "shard" else ["all"]:
+            if not is_done(cfg.output.dir, stage, name):
+                continue
+            lost = [p for p in stage_outputs(cfg, stage, name) if not os.path.isfile(p)]
+            if lost:
+                unmark_done(cfg.output.dir, stage, name)
+                more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
+                print(f"megagpt corpus: {os.path.relpath(lost[0], cfg.output.dir)}{more} missing: "
+                      f"{stage}{'' if name == 'all' else ' of shard ' + name} is done again", file=sys.stderr)
 
 
 def shard_names(cfg: CorpusConfig) -> list[str]:

@@ -1,13 +1,15 @@
-"""Reading crawl files into records: WARC responses (HTML), WET conversions (text), JSONL, plain text.
+"""Reading crawl files into records: WARC responses and resources (HTML), WET conversions (text), JSONL, text.
 
-fastwarc stops silently at a truncated gzip member, so after each .gz file we check
-that the bytes after the last record it read form complete gzip members (only the tail
-is decompressed again). A truncated or unreadable file is reported, never fatal: the
-records before the damage are still processed.
+A .gz WARC is decompressed by Python's gzip, which raises at a truncated or corrupt member where
+fastwarc's own reader stops silently; each record's block is checked against its Content-Length
+and the file's last bytes against the last record, so a cut anywhere is reported (a file error)
+and a cut record is a counted drop, never a document. A damaged file is reported, never fatal:
+the records before the damage are still processed.
 """
 
 from __future__ import annotations
 
+import collections
 import gzip
 import json
 import os
@@ -18,20 +20,21 @@ from typing import Iterator, Optional, Union
 
 @dataclass
 class Record:
-    """One record of an input file. `index` (its place in the file: WARC record ordinal from 0,
-    JSONL line number) makes the document's run id; `record_id` (WARC-Record-ID, a JSONL "id")
+    """One record of an input file. `index` (its place in the file: WARC record ordinal from 0, counting
+    every record, JSONL line number) makes the document's run id; `record_id` (WARC-Record-ID, a JSONL "id")
     is only a field, since the same record can arrive twice (copies, overlapping globs)."""
 
     index: int
     record_id: Optional[str]
     url: Optional[str]
-    kind: str  # "html" (WARC response) or "text" (WET conversion, JSONL)
+    kind: str  # "html" (WARC response or resource: judged by content_type) or "text" (WET conversion, JSONL)
     payload: object  # bytes (WARC), str (JSONL text), or whatever a JSONL "text" held (judged by extract)
     content_type: str = ""
-    # A record that is there but cannot be read (a malformed JSONL line): why, as a reason to count by, and
-    # where exactly. The read stage drops it, so it is counted and listed in dropped/ like any other drop.
+    # A record that is there but cannot be read (a malformed JSONL line, a cut WARC record): why, as a reason
+    # to count by, and where exactly. The read stage drops it, so it is counted and listed in dropped/.
     unreadable: Optional[str] = None
     detail: str = ""
+    charset: Optional[str] = None  # what the HTTP Content-Type declares (a Python codec name)
 
 
 @dataclass
@@ -40,7 +43,14 @@ class ReadError:
     reason: str
 
 
-def read_file(path: str) -> Iterator[Union[Record, ReadError]]:
+@dataclass
+class Skipped:
+    """A WARC record that holds no document (request, metadata, warcinfo, revisit...): counted, not dropped."""
+
+    reason: str
+
+
+def read_file(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
     name = os.path.basename(path)
     try:
         if os.path.getsize(path) == 0:  # said alike for every format (a failed download leaves one)
@@ -56,50 +66,216 @@ def read_file(path: str) -> Iterator[Union[Record, ReadError]]:
         yield ReadError(path, f"unreadable: {exc}")
 
 
-def _read_warc(path: str) -> Iterator[Union[Record, ReadError]]:
-    from fastwarc.warc import ArchiveIterator, WarcRecordType
+class _Stream:
+    """The (decompressed) bytes handed to fastwarc, counted, with the last `window` bytes kept: the tail from the
+    last record on is checked without reading the file twice."""
 
-    wanted = WarcRecordType.response | WarcRecordType.conversion | WarcRecordType.resource
-    last_pos, count = 0, 0
+    def __init__(self, raw, window: int = 8 << 20):
+        self.raw, self.window, self.total, self.kept = raw, window, 0, collections.deque()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.total += len(data)
+        self.kept.append(data)
+        while len(self.kept) > 1 and sum(map(len, self.kept)) - len(self.kept[0]) >= self.window:
+            self.kept.popleft()
+        return data
+
+    def tell(self) -> int:
+        return self.total
+
+    def tail(self, offset: int) -> Optional[bytes]:
+        """The bytes from `offset` to the end (once read), or None where they were not all kept."""
+        joined = b"".join(self.kept)
+        start = offset - (self.total - len(joined))
+        return joined[start:] if start >= 0 else None
+
+
+class _GzipMembers:
+    """A gzip file's members decompressed one by one. A member's bytes are handed on once zlib has checked its
+    CRC (CommonCrawl writes one member per record), or as they come past `hold` bytes (a whole-file gzip);
+    a corrupt member is dropped and reading goes on at the next member header; a cut at the end hands on what
+    was there, for the record length check to catch.
+    Written out because gzip.GzipFile hands on a member's bytes before its CRC fails and stops at the damage."""
+
+    MAGIC = b"\x1f\x8b\x08"
+
+    def __init__(self, raw, hold: int = 64 << 20, chunk: int = 64 << 10):
+        self.raw, self.hold, self.chunk = raw, hold, chunk
+        self.problems: list[str] = []  # damage before the end
+        self.cut_at: Optional[int] = None  # where the member that the end of the file cuts short starts
+        self.ready, self.held, self.pending = bytearray(), [], b""
+        self.start = self.offset = 0  # compressed offsets: the current member's start, the end of what was read
+        self.d, self.done = zlib.decompressobj(wbits=31), False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.done and (n < 0 or len(self.ready) < n):
+            self._step()
+        n = len(self.ready) if n < 0 else n
+        out = bytes(self.ready[:n])
+        del self.ready[:n]
+        return out
+
+    def _release(self) -> None:
+        for part in self.held:
+            self.ready += part
+        self.held = []
+
+    def _step(self) -> None:
+        data = self.pending or self.raw.read(self.chunk)
+        consumed_from = self.offset - len(self.pending) if self.pending else self.offset
+        if not self.pending:
+            self.offset += len(data)
+        self.pending = b""
+        if not data:
+            if self.held or self.start < self.offset:
+                self.cut_at = self.start
+                self._release()
+            self.done = True
+            return
+        try:
+            self.held.append(self.d.decompress(data))
+        except zlib.error as exc:
+            self.problems.append(f"corrupt gzip member at byte {self.start} ({exc}): its records are lost")
+            self.held = []
+            self._resync(self.start + 1)
+            return
+        if self.d.eof:
+            self._release()
+            rest = self.d.unused_data
+            self.start = consumed_from + len(data) - len(rest)
+            self.d = zlib.decompressobj(wbits=31)
+            if rest and not rest.startswith(self.MAGIC[:len(rest)]):
+                self.problems.append(f"{os.fstat(self.raw.fileno()).st_size - self.start} bytes after the gzip "
+                                     f"member ending at byte {self.start} are not gzip")
+                self.done = True
+            self.pending = rest
+        elif sum(map(len, self.held)) > self.hold:
+            self._release()
+
+    def _resync(self, after: int) -> None:
+        """Go on at the next member header from compressed offset `after` (none: the end)."""
+        self.raw.seek(after)
+        carry, at = b"", after
+        while True:
+            block = self.raw.read(1 << 20)
+            if not block:
+                self.done = True
+                return
+            found = (carry + block).find(self.MAGIC)
+            if found >= 0:
+                self.start = self.offset = at - len(carry) + found
+                self.raw.seek(self.offset)
+                self.pending, self.d = b"", zlib.decompressobj(wbits=31)
+                return
+            carry, at = block[-2:], at + len(block)
+
+
+_CONTENT = ("response", "resource", "conversion")
+_HTML_TYPES = ("text/html", "application/xhtml")
+
+
+def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
+    from fastwarc.warc import ArchiveIterator
+
     with open(path, "rb") as f:
-        for rec in ArchiveIterator(f, record_types=wanted, parse_http=True):
-            index, last_pos, count = count, rec.stream_pos, count + 1
-            body = rec.reader.read()
-            rid = rec.record_id or None
-            url = rec.headers.get("WARC-Target-URI")
-            if rec.record_type == WarcRecordType.response:
-                ctype = (rec.http_headers.get("Content-Type", "") if rec.http_headers else "") or ""
-                yield Record(index, rid, url, "html", body, ctype.lower())
-            else:
-                yield Record(index, rid, url, "text", body, rec.headers.get("Content-Type", "text/plain"))
-    damage = _tail_damage(path, last_pos)
+        compressed = f.read(3) == _GzipMembers.MAGIC  # by content: a plain WARC named .gz happens
+        f.seek(0)
+        members = _GzipMembers(f) if compressed else None
+        stream = _Stream(members or f)
+        last_pos, count, damage = None, 0, None
+        try:
+            for rec in ArchiveIterator(stream, parse_http=False, stream_detect=False):
+                index, last_pos, count = count, rec.stream_pos, count + 1
+                yield _content(rec, index)
+        except OSError as exc:  # fastwarc's: the records after it are not read
+            damage = f"unreadable ({exc}) after {count} records"
+    for problem in members.problems if members else ():
+        yield ReadError(path, problem)
+    if members and members.cut_at is not None:
+        damage = f"truncated gzip after {count} records (the member from byte {members.cut_at} is cut short)"
+    elif damage is None and not (members and members.problems):
+        damage = _tail_damage(stream.tail(last_pos or 0), path, compressed, last_pos)
+        damage = damage and f"{damage} after {count} records"
     if damage:
-        yield ReadError(path, f"{damage} after {count} records")
+        yield ReadError(path, damage)
 
 
-def _tail_damage(path: str, offset: int) -> Optional[str]:
-    """None if the file is whole from `offset` (the last record read) to its end."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        tail = f.read()
-    if path.endswith(".gz"):
-        while tail:
-            d = zlib.decompressobj(wbits=31)
-            try:
-                d.decompress(tail)
-            except zlib.error as exc:
-                return f"corrupt gzip ({exc})"
-            if not d.eof:
-                return "truncated gzip"
-            tail = d.unused_data
-        return None
+def _content(rec, index: int) -> Union[Record, Skipped]:
+    """The record as a document to judge, a counted drop (cut short, undecodable), or a counted skip."""
+    kind = str(rec.record_type)
+    if kind not in _CONTENT:
+        return Skipped(f"{kind} record")
+    rid, url = rec.record_id or None, rec.headers.get("WARC-Target-URI")
+    block = rec.reader.read()
+
+    def unreadable(why: str, detail: str) -> Record:
+        return Record(index, rid, url, "html", block, unreadable=why, detail=detail)
+
+    if len(block) < rec.content_length:
+        return unreadable("truncated record", f"{len(block)} of its {rec.content_length} bytes")
+    cut = rec.headers.get("WARC-Truncated")
+    if cut:  # CommonCrawl stores at most 1 MiB of a page: what is there is not the whole page
+        return unreadable("truncated by the crawler", f"WARC-Truncated: {cut}")
+    if kind == "conversion":
+        return Record(index, rid, url, "text", block, rec.headers.get("Content-Type", "text/plain").lower())
+    if rec.is_http:
+        try:
+            body, http = _http_body(block)
+        except (OSError, zlib.error) as exc:
+            return unreadable("undecodable HTTP body", str(exc)[:200])
+        ctype, charset = (http.http_content_type or "").lower(), http.http_charset
+    else:
+        body, charset = block, None
+        ctype = rec.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind == "resource" and ctype.startswith("text/plain"):
+        return Record(index, rid, url, "text", body, ctype)
+    return Record(index, rid, url, "html", body, ctype, charset=charset)
+
+
+_HTTP_RECORD = b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/http; msgtype=response\r\n" \
+    b"Content-Length: %d\r\n\r\n"
+
+
+def _http_body(block: bytes):
+    """(payload, parsed record) of an HTTP response block: chunked transfer and gzip/deflate/br content encodings
+    undone (fastwarc), raw deflate too (sent as "deflate" by many servers; browsers read it). Parsed in a record of
+    its own: a decoding error in the iterator's record leaves the iterator unable to go on."""
+    from fastwarc.warc import WarcRecord
+
+    def parsed(decode: str):
+        http = WarcRecord.from_bytes(_HTTP_RECORD % len(block) + block + b"\r\n\r\n")
+        http.parse_http(auto_decode=decode)
+        return http.reader.read(), http
+
+    try:
+        return parsed("all")
+    except OSError:
+        body, http = parsed("transfer")
+        if http.http_headers.get("Content-Encoding", "").strip().lower() != "deflate":
+            raise
+        return zlib.decompress(body, wbits=-15), http
+
+
+def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: Optional[int]) -> Optional[str]:
+    """None if the (decompressed) bytes from the last record read to the end are that whole record, else what is
+    wrong. `tail` None: more than the window; then read again from the file."""
+    if tail is None:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            f.seek(last_pos or 0)
+            tail = f.read()
+    if last_pos is None:
+        return "no WARC record" if tail.strip() else None
     header_end = tail.find(b"\r\n\r\n")
     length = None
-    for line in tail[:header_end].split(b"\r\n"):
+    for line in tail[:max(header_end, 0)].split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
     if header_end < 0 or length is None or len(tail) < header_end + 4 + length:
         return "truncated WARC record"
+    rest = tail[header_end + 4 + length:].strip(b"\r\n")
+    if rest:
+        return f"{len(rest)} bytes after the last record are not a WARC record"
     return None
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from data_pipeline.config import CorpusConfig
 from data_pipeline.executors import is_done
-from data_pipeline.pipeline import STAGES, shard_names
+from data_pipeline.pipeline import STAGES, forget_lost_outputs, shard_names
 from data_pipeline.runs import Run
 from megagpt.errors import ConfigError, SlurmError
 from megagpt.slurm import check_path, python, render, sbatch_line, submit_script, write_script
@@ -58,6 +58,7 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
     """Submit every stage; with executor.wait, hold the run's lock until the queue drains and check each stage."""
     run = Run(cfg, mode)
     try:
+        forget_lost_outputs(cfg)
         config_path = save_config(cfg)
         slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
         shards = len(shard_names(cfg))

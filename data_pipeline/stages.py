@@ -16,7 +16,7 @@ from data_pipeline.filters import apply_filters
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import NO_LABEL, identify
 from data_pipeline.quality import pareto_keep, quality_score
-from data_pipeline.readers import ReadError, read_file
+from data_pipeline.readers import ReadError, Skipped, read_file
 from data_pipeline.stats import StageStats
 
 
@@ -58,6 +58,9 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
             break
         if isinstance(item, ReadError):
             errors.append({"file": item.file, "reason": item.reason})  # a file's damage, not a document
+            continue
+        if isinstance(item, Skipped):
+            stats.skipped("read", item.reason)
             continue
         ids = {"id": f"{id_prefix}:{item.index}", "record_id": item.record_id, "url": item.url}
         size = len(item.payload) if isinstance(item.payload, (str, bytes)) else 0

@@ -1,5 +1,6 @@
 """Per-stage counts: documents in, kept, dropped by reason, bytes, seconds (and, for a stage made of
-steps such as the heuristic filters, seconds per step)."""
+steps such as the heuristic filters, seconds per step; for the read stage, the records skipped as holding
+no document, by kind)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class StageStats:
     def dropped(self, stage: str, reason: str) -> None:
         self._stage(stage)["dropped"][reason] += 1
 
+    def skipped(self, stage: str, reason: str) -> None:
+        self._stage(stage).setdefault("skipped", Counter())[reason] += 1
+
     def timed(self, stage: str, seconds: float) -> None:
         self._stage(stage)["seconds"] += seconds
 
@@ -39,6 +43,7 @@ class StageStats:
 
     def to_dict(self) -> dict:
         return {k: {**v, "dropped": dict(sorted(v["dropped"].items())),
+                    **({"skipped": dict(sorted(v["skipped"].items()))} if "skipped" in v else {}),
                     **({"step_seconds": dict(v["step_seconds"])} if "step_seconds" in v else {})}
                 for k, v in self.stages.items()}
 
@@ -52,11 +57,14 @@ def merge_stats(parts: list[dict]) -> dict:
             for key in ("in", "kept", "bytes_in", "bytes_kept", "seconds"):
                 t[key] += s[key]
             t["dropped"].update(s["dropped"])
-            if "step_seconds" in s:
-                t.setdefault("step_seconds", Counter()).update(s["step_seconds"])
+            for extra in ("skipped", "step_seconds"):
+                if extra in s:
+                    t.setdefault(extra, Counter()).update(s[extra])
     for t in total.values():
         t["dropped"] = dict(sorted(t["dropped"].items()))
         t["seconds"] = round(t["seconds"], 3)
+        if "skipped" in t:
+            t["skipped"] = dict(sorted(t["skipped"].items()))
         if "step_seconds" in t:
             t["step_seconds"] = {k: round(v, 3) for k, v in t["step_seconds"].items()}
     return total

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import CPU_ENV, REPO
+from tests.conftest import CPU_ENV, REPO, corpus_config
 
 OUTPUTS = ("documents", "dropped", "tokens", "mixture.json", "tokenizer.json")
 
@@ -60,3 +60,28 @@ def test_finished_run_redoes_nothing(corpus_run):
     out, _, _ = corpus_run
     ran = LocalExecutor(1, progress=False).run(str(out), "process", lambda *a: None, [("00000", ()), ("00001", ())])
     assert ran == 0
+
+
+@pytest.mark.parametrize("lost", [
+    ["documents/commoncrawl/00001.jsonl.gz", "tokens/commoncrawl.bin"],
+    ["stats.json"],
+    ["work/dedup/duplicates.json", "work/manifest/finalize/00001.done", "documents/commoncrawl/00001.jsonl.gz"],
+    ["work/process/00002.sig.npy", "dropped/process/00002.jsonl.gz"],
+], ids=["documents-and-tokens", "stats", "dedup-and-finalize", "process"])
+def test_a_finished_run_missing_outputs_makes_them_again(crawl, corpus_run, tmp_path, capsys, lost):
+    """A marker says a task finished; its outputs must be there too, or the task is done again (it was trusted:
+    a rerun ended with rc 0 and the files missing, or in a FileNotFoundError)."""
+    import shutil
+
+    from data_pipeline.pipeline import run
+
+    reference, _, _ = corpus_run
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    for name in lost:
+        os.remove(out / name)
+    run(corpus_config(crawl[0], out), progress=False)
+    same_tree(str(reference), str(out))
+    assert (out / "stats.json").read_text() == (reference / "stats.json").read_text()
+    err = capsys.readouterr().err
+    assert f"megagpt corpus: {lost[0]}" in err and "is done again" in err

@@ -10,7 +10,7 @@ from data_pipeline.config import DedupConfig
 from data_pipeline.dedup import find_duplicates, jaccard, signature
 from data_pipeline.extract import extract_text
 from data_pipeline.langid import identify
-from data_pipeline.readers import ReadError, Record, read_file
+from data_pipeline.readers import ReadError, Record, Skipped, read_file
 from data_pipeline.synthetic import _record, foreign_page, mutate
 
 PROSE = ("The river runs through the old town, past the mill and the church, and on into the fields where "
@@ -31,17 +31,105 @@ def test_warc_records_keep_id_url_and_payload(tmp_path):
     assert recs[0].payload == b"<p>hi</p>" and recs[0].content_type.startswith("text/html") and not errors
 
 
-@pytest.mark.parametrize("compressed", [True, False])
-def test_truncated_file_keeps_its_whole_records_and_says_so(tmp_path, compressed):
-    blobs = [_record(f"<urn:uuid:{i}>", f"http://x.org/{i}", PROSE.encode()) for i in range(5)]
-    data = b"".join(blobs if compressed else [gzip.decompress(b) for b in blobs])
-    path = tmp_path / ("t.warc.gz" if compressed else "t.warc")
-    path.write_bytes(data[: len(data) - 40])
+def warc(kind: str, block: bytes, rid: str = "<urn:uuid:x>", **headers) -> bytes:
+    """One uncompressed WARC record."""
+    if kind == "response":
+        headers = {"Content_Type": "application/http; msgtype=response", **headers}
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    head = (f"WARC/1.0\r\nWARC-Type: {kind}\r\nWARC-Record-ID: {rid}\r\nWARC-Target-URI: http://x.org/\r\n"
+            f"{extra}Content-Length: {len(block)}\r\n\r\n")
+    return head.encode() + block + b"\r\n\r\n"
+
+
+def http(body: bytes, *headers: str) -> bytes:
+    return ("HTTP/1.1 200 OK\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode() + body
+
+
+PAGE = f"<html><body><article><p>{PROSE}</p></article></body></html>".encode()
+
+
+@pytest.mark.parametrize("form", ["member per record", "whole file", "plain"])
+def test_a_cut_file_keeps_its_whole_records_drops_the_cut_one_and_says_so(tmp_path, form):
+    """The cut record was kept as a document, ending mid-word (fastwarc hands on what there is), and a whole-file
+    gzip cut short was not reported at all."""
+    import random
+
+    rng = random.Random(0)  # pages that compress little: a cut of 100 bytes lands in the last one
+    pages = [" ".join("".join(rng.choices("abcdefghij", k=6)) for _ in range(200)).encode() for _ in range(5)]
+    blobs = [warc("response", http(page, "Content-Type: text/html"), f"<urn:uuid:{i}>") for i, page in enumerate(pages)]
+    data = {"member per record": b"".join(gzip.compress(b, mtime=0) for b in blobs),
+            "whole file": gzip.compress(b"".join(blobs), mtime=0), "plain": b"".join(blobs)}[form]
+    path = tmp_path / ("t.warc" if form == "plain" else "t.warc.gz")
+    path.write_bytes(data[: len(data) - 100])
     recs, errors = records_and_errors(path)
-    assert len(recs) in (4, 5) and [r.record_id for r in recs] == [f"<urn:uuid:{i}>" for i in range(len(recs))]
-    assert len(errors) == 1 and errors[0].reason.startswith("truncated")
+    assert [(r.record_id, r.unreadable) for r in recs] == [(f"<urn:uuid:{i}>", None) for i in range(4)] + [
+        ("<urn:uuid:4>", "truncated record")]
+    assert recs[4].detail.endswith(f"of its {len(http(pages[4], 'Content-Type: text/html'))} bytes")
+    assert len(errors) == 1 and errors[0].reason.startswith(("truncated gzip after 5 records (the member from byte",
+                                                             "truncated WARC record after 5 records"))
     path.write_bytes(data)
-    assert records_and_errors(path) == (records_and_errors(path)[0], [])
+    recs, errors = records_and_errors(path)
+    assert len(recs) == 5 and not any(r.unreadable for r in recs) and errors == []
+
+
+def test_a_corrupt_member_loses_its_record_alone(tmp_path):
+    """Reading went on after the damage no more: the records after a bad member were lost, uncounted."""
+    members = [gzip.compress(warc("response", http(PAGE), f"<urn:uuid:{i}>"), mtime=0) for i in range(4)]
+    damaged = bytearray(members[1])
+    damaged[len(damaged) // 2] ^= 0xFF
+    path = tmp_path / "flip.warc.gz"
+    path.write_bytes(members[0] + bytes(damaged) + members[2] + members[3])
+    recs, errors = records_and_errors(path)
+    assert [r.record_id for r in recs] == ["<urn:uuid:0>", "<urn:uuid:2>", "<urn:uuid:3>"]
+    assert [e.reason.split(" (")[0] for e in errors] == [f"corrupt gzip member at byte {len(members[0])}"]
+
+
+def test_what_follows_the_records_is_named_right(tmp_path):
+    record = warc("response", http(PAGE))
+    cases = {"garbage.warc.gz": gzip.compress(record) + b"this is not gzip",
+             "plain-named.warc.gz": record + record, "garbage.warc": record + b"junk"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    reasons = {name: [e.reason for e in records_and_errors(tmp_path / name)[1]] for name in cases}
+    assert reasons == {"garbage.warc.gz": [f"16 bytes after the gzip member ending at byte {len(gzip.compress(record))} "
+                                           f"are not gzip"],
+                       "plain-named.warc.gz": [],  # was "corrupt gzip", its records all read
+                       "garbage.warc": ["unreadable (Invalid WARC header) after 1 records"]}
+
+
+def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
+    import zlib
+
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (PAGE[:300], PAGE[300:])) + b"0\r\n\r\n"
+    deflate = zlib.compressobj(wbits=-15)
+    records = [
+        warc("warcinfo", b"software: x\r\n"),
+        warc("request", b"GET / HTTP/1.1\r\n\r\n"),
+        warc("response", http(chunked, "Content-Type: text/html", "Transfer-Encoding: chunked"), "<urn:uuid:chunked>"),
+        warc("metadata", b"fetchTimeMs: 1\r\n"),
+        warc("response", http(gzip.compress(PAGE), "Content-Type: text/html", "Content-Encoding: gzip"), "<urn:uuid:gz>"),
+        warc("response", http(deflate.compress(PAGE) + deflate.flush(), "Content-Type: text/html",
+                              "Content-Encoding: deflate"), "<urn:uuid:deflate>"),
+        warc("resource", PAGE, "<urn:uuid:resource>", Content_Type="text/html"),
+        warc("revisit", b"", WARC_Profile="http://netpreserve.org/warc/1.0/revisit/identical-payload-digest"),
+        warc("response", http(PAGE, "Content-Type: text/html"), "<urn:uuid:cut>", WARC_Truncated="length"),
+        warc("response", http(b"not gzip", "Content-Encoding: gzip"), "<urn:uuid:bad-gzip>"),
+        warc("response", http(PAGE, "Content-Type: text/html"), "<urn:uuid:last>"),
+    ]
+    path = tmp_path / "mixed.warc.gz"
+    path.write_bytes(b"".join(gzip.compress(r) for r in records))
+    items = list(read_file(str(path)))
+    skipped = [i.reason for i in items if isinstance(i, Skipped)]
+    assert skipped == ["warcinfo record", "request record", "metadata record", "revisit record"]
+    recs = [i for i in items if isinstance(i, Record)]
+    assert [(r.index, r.record_id, r.unreadable) for r in recs] == [
+        (2, "<urn:uuid:chunked>", None), (4, "<urn:uuid:gz>", None), (5, "<urn:uuid:deflate>", None),
+        (6, "<urn:uuid:resource>", None), (8, "<urn:uuid:cut>", "truncated by the crawler"),
+        (9, "<urn:uuid:bad-gzip>", "undecodable HTTP body"), (10, "<urn:uuid:last>", None)]
+    expected = extract_text(Record(0, None, None, "html", PAGE, "text/html"))
+    assert expected[0] and PROSE.strip()[:80] in expected[0]
+    for r in recs[:4] + recs[-1:]:
+        assert extract_text(r) == expected, r.record_id  # the chunk sizes were in the text; gzip was "binary"
 
 
 def test_unreadable_and_jsonl_inputs(tmp_path):
@@ -73,6 +161,24 @@ def test_unreadable_and_jsonl_inputs(tmp_path):
 ])
 def test_extraction_names_what_is_wrong(payload, kind, ctype, reason):
     assert extract_text(Record(0, None, None, kind, payload, ctype)) == (None, reason)
+
+
+@pytest.mark.parametrize("encoding,header,meta", [
+    ("euc-kr", "text/html; charset=euc-kr", ""), ("euc-kr", "text/html", '<meta charset="euc-kr">'),
+    ("utf-8", "text/html; charset=iso-8859-1", ""), ("shift_jis", "text/html; charset=Shift_JIS", ""),
+    ("cp1252", "text/html", '<meta charset="windows-1252">'),
+])
+def test_a_page_is_read_in_the_charset_it_declares(tmp_path, encoding, header, meta):
+    """uchardet alone read an EUC-KR page declared twice as mojibake (then dropped as Spanish); a UTF-8 page that
+    the server calls latin-1 is UTF-8."""
+    text = {"euc-kr": "이것은 서울 날씨에 관한 긴 문장입니다. 오늘은 맑고 따뜻합니다.",
+            "shift_jis": "これは東京の天気についての長い文章です。今日は晴れて暖かいです。"}.get(
+        encoding, "Café crème brûlée: a naïve façade, señor, jalapeño — “quoted” text.")
+    page = f"<html><head>{meta}<title>t</title></head><body><article><p>{text}</p></article></body></html>"
+    path = tmp_path / "p.warc.gz"
+    path.write_bytes(gzip.compress(warc("response", http(page.encode(encoding), f"Content-Type: {header}"))))
+    [record] = records_and_errors(path)[0]
+    assert extract_text(record) == (text, None)
 
 
 def test_extraction_keeps_main_text_and_decodes_other_charsets():
