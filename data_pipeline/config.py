@@ -16,7 +16,7 @@ from megagpt.slurm import check_name, check_time
 
 @dataclass
 class InputConfig:
-    paths: list = field(default_factory=list)  # files or globs: .warc[.gz], .wet[.gz], .jsonl[.gz]
+    paths: list[str] = field(default_factory=list)  # files or globs: .warc[.gz], .wet[.gz], .jsonl[.gz]
     source: str = "commoncrawl"
 
 
@@ -30,7 +30,7 @@ class OutputConfig:
 
 @dataclass
 class LangidConfig:
-    languages: list = field(default_factory=lambda: ["en"])
+    languages: list[str] = field(default_factory=lambda: ["en"])
     threshold: float = 0.65  # fastText lid.176 top-label probability needed to keep
 
 
@@ -60,7 +60,7 @@ class FiltersConfig:
     max_ellipsis_lines_ratio: Optional[float] = 0.3
     min_alpha_word_fraction: Optional[float] = 0.8
     min_stop_words: Optional[int] = 2
-    stop_words: list = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
     # C4: line rules remove the line, document rules (lorem ipsum, curly bracket, sentences) the page
     c4_terminal_punct: bool = False  # off in FineWeb: it removed too much
     c4_min_words_per_line: Optional[int] = 3
@@ -103,7 +103,7 @@ class DedupConfig:
 
 @dataclass
 class DecontamConfig:
-    paths: list = field(default_factory=list)  # benchmark files (.jsonl[.gz], .txt); empty: stage off
+    paths: list[str] = field(default_factory=list)  # benchmark files (.jsonl[.gz], .txt); empty: stage off
     text_field: str = "text"  # the JSONL field holding an example's text; known benchmark fields are tried next
     ngram: int = 13
     margin_chars: int = 200

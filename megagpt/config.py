@@ -86,8 +86,8 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    prefixes: list = field(default_factory=list)  # Megatron .bin/.idx path prefixes
-    weights: Optional[list] = None  # per prefix; default: proportional to size
+    prefixes: list[str] = field(default_factory=list)  # Megatron .bin/.idx path prefixes
+    weights: Optional[list[float]] = None  # per prefix; default: proportional to size
     mixture: Optional[str] = None  # mixture.json written by the corpus pipeline
     split: str = "98,2,0"  # train, validation (held-out loss), test
     cache_dir: Optional[str] = None  # default: <run.dir>/data_cache
@@ -125,8 +125,8 @@ class TrainConfig:
     # as Megatron does) | full (each transformer block keeps only its input). Losses are unchanged.
     activation_checkpointing: str = "none"
     # torch.profiler over steps [first, last] on these ranks: a trace and a kernel table in <run.dir>/profile
-    profile_steps: Optional[list] = None
-    profile_ranks: list = field(default_factory=lambda: [0])
+    profile_steps: Optional[list[int]] = None
+    profile_ranks: list[int] = field(default_factory=lambda: [0])
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -328,12 +328,18 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
     if hint is bool:
         if isinstance(value, bool):
             return value
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):  # YAML 1.1 reads "375e6" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif hint is float:
@@ -349,7 +355,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     elif hint is list or typing.get_origin(hint) is list:
         if isinstance(value, list):
-            return value
+            return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else value
     elif hint is dict:
         if isinstance(value, dict):
             return value
@@ -380,6 +386,11 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         ("train.micro_batch_size", t.micro_batch_size), ("train.log_interval", t.log_interval),
     ]:
         _require(value >= 1, f"{key}={value} must be at least 1")
+    _require(m.ffn_hidden_size is None or m.ffn_hidden_size >= 1,
+             f"model.ffn_hidden_size={m.ffn_hidden_size} must be at least 1 (null: 4 x model.hidden_size)")
+    for key, value in [("train.eval_interval", t.eval_interval), ("train.batch_ramp_tokens", t.batch_ramp_tokens)]:
+        _require(value >= 0, f"{key}={value} must be >= 0 (0: {'no held-out evaluation' if 'eval' in key else 'no ramp'})")
+    _require(0 <= t.seed < 2**32, f"train.seed={t.seed} must lie in [0, 2**32) (numpy's and torch's seeds)")
     _require(m.norm_position in ("pre", "post"), f"model.norm_position={m.norm_position!r} must be 'pre' or 'post'")
     _require(m.attention in ("dense", "alternating"), f"model.attention={m.attention!r} must be 'dense' or 'alternating'")
     _require(m.sparse_pattern in ("local", "strided"), f"model.sparse_pattern={m.sparse_pattern!r} must be 'local' or 'strided'")
@@ -510,6 +521,8 @@ def validate_rlhf(cfg: Config) -> None:
                        ("rlhf.max_new_tokens", r.max_new_tokens), ("rlhf.kl_horizon", r.kl_horizon)]:
         _require(value >= 1, f"{key}={value} must be at least 1")
     _require(r.log_samples >= 0, f"rlhf.log_samples={r.log_samples} must be >= 0")
+    _require(r.critic_lr is None or 0 < r.critic_lr < math.inf,
+             f"rlhf.critic_lr={r.critic_lr} must be positive and finite (null: optim.lr)")
     _require(r.max_new_tokens < cfg.model.seq_length,
              f"rlhf.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in model.seq_length={cfg.model.seq_length}")
     for key, value in [("rlhf.kl_coef", r.kl_coef), ("rlhf.ptx_coef", r.ptx_coef), ("rlhf.temperature", r.temperature),
@@ -583,7 +596,11 @@ def validate_data_paths(cfg: Config) -> None:
         _require(not d.prefixes and not d.weights, f"data.mixture={d.mixture!r} names its own shards and weights: "
                  f"give it or data.prefixes/data.weights, not both")
         _require(os.path.isfile(d.mixture), f"data.mixture={d.mixture!r}: file not found")
+    seen: dict = {}
     for i, prefix in enumerate(d.prefixes):
+        j = seen.setdefault(os.path.realpath(prefix), i)
+        _require(j == i, f"data.prefixes[{i}]={prefix!r} names the shard of data.prefixes[{j}] again: give each shard "
+                 f"once (data.weights sets its share)")
         for ext in (".bin", ".idx"):
             _require(os.path.isfile(prefix + ext), f"data.prefixes[{i}]={prefix!r}: {prefix + ext} not found")
     if d.weights is not None:

@@ -44,6 +44,9 @@ def test_presets_load_and_validate(preset):
     ("model.num_layers=[1", "malformed override 'model.num_layers=[1'"),
     ("optim.lr=fast", "optim.lr='fast' is not a valid float"),
     ("train.progress=3", "train.progress=3 is not a valid bool"),
+    ("data.prefixes=[1, 2]", "data.prefixes[0]=1 is not a valid str"),  # was a TypeError traceback at validate
+    ("data.weights=[true]", "data.weights[0]=True is not a valid float"),
+    ("train.profile_steps=[1, 2.5]", "train.profile_steps[1]=2.5 is not a valid int"),
 ])
 def test_bad_keys_and_values_are_named(item, message):
     with pytest.raises(ConfigError) as err:
@@ -106,7 +109,7 @@ RULES = [
     (["train.exit_duration_minutes=soon"], 8, "train.exit_duration_minutes='soon' is not a valid float"),
     (["train.profile_steps=[3,2]"], 8, "train.profile_steps=[3, 2] must be [first, last] with 1 <= first <= last"),
     (["train.profile_steps=[1,2,3]"], 8, "train.profile_steps=[1, 2, 3] must be [first, last]"),
-    (["train.profile_steps=[1,x]"], 8, "train.profile_steps=[1, 'x'] must be [first, last]"),
+    (["train.profile_steps=[1,x]"], 8, "train.profile_steps[1]='x' is not a valid int"),
     (["train.profile_steps=[1,2]", "train.profile_ranks=[8]"], 8,
      "train.profile_ranks=[8] must name ranks of this world (0..7)"),
     (["run.device=tpu"], 8, "run.device='tpu' must be auto, cpu or cuda"),
@@ -124,6 +127,14 @@ RULES = [
     (["parallel.tp=1", "parallel.sequence_parallel=true"], 4, "parallel.sequence_parallel=true needs parallel.tp > 1"),
     (["parallel.sequence_parallel=true", "model.seq_length=63"], 8,
      "parallel.sequence_parallel=true needs parallel.tp=2 to divide model.seq_length=63"),
+    # each of these crashed every rank with a traceback, or (0) was taken as the default
+    (["model.ffn_hidden_size=-4"], 8, "model.ffn_hidden_size=-4 must be at least 1 (null: 4 x model.hidden_size)"),
+    (["model.ffn_hidden_size=0"], 8, "model.ffn_hidden_size=0 must be at least 1"),
+    (["train.seed=-1"], 8, "train.seed=-1 must lie in [0, 2**32)"),
+    (["train.eval_interval=-5"], 8, "train.eval_interval=-5 must be >= 0 (0: no held-out evaluation)"),
+    (["train.batch_ramp_tokens=-1"], 8, "train.batch_ramp_tokens=-1 must be >= 0 (0: no ramp)"),
+    (["rlhf.prompts=p.jsonl", "parallel.pp=1", "rlhf.critic_lr=-1"], 8,
+     "rlhf.critic_lr=-1.0 must be positive and finite (null: optim.lr)"),
 ]
 
 
@@ -149,6 +160,10 @@ def test_validate_checks_data_paths(tmp_path):
     validate(tiny(f"data.prefixes=[{tmp_path}/s]"), 8)
     with pytest.raises(ConfigError, match="data.weights has 2 entries but data.prefixes has 1"):
         validate(tiny(f"data.prefixes=[{tmp_path}/s]", "data.weights=[1, 2]"), 8)
+    with pytest.raises(ConfigError, match=re.escape(f"data.prefixes[1]='{tmp_path}/./s' names the shard of "
+                                                    f"data.prefixes[0] again")):
+        validate(tiny(f"data.prefixes=[{tmp_path}/s, {tmp_path}/./s]"), 8)
+    assert tiny("optim.warmup_tokens=375e6").optim.warmup_tokens == 375_000_000  # YAML 1.1 reads 375e6 as a string
 
 
 @pytest.mark.parametrize("setting,message", [
