@@ -468,10 +468,9 @@ def cmd_tokenize(args) -> int:
         raise DataError(f"--input {' '.join(inputs)}: no text to tokenize (every document is empty)")
     if args.vocab_size is not None:
         tok = Tokenizer.train(read_documents(inputs, args.text_key), args.vocab_size)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
+    counts = write_shard(args.output_prefix, read_documents(inputs, args.text_key), tok)
     # beside the shard, whichever way it was chosen: training and evaluation compare it with the model's
     tok.save(args.output_prefix + ".tokenizer.json")
-    counts = write_shard(args.output_prefix, read_documents(inputs, args.text_key), tok)
     print(f"wrote {args.output_prefix}.bin/.idx: {counts['documents']} documents, {counts['tokens']} tokens, "
           f"vocab {tok.vocab_size}, eod id {tok.eod}")
     return 0

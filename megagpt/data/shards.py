@@ -37,16 +37,22 @@ def write_shard(prefix: str, documents: Iterable[str], tokenizer: Tokenizer, bat
     tmp, dtype = prefix + ".tmp", np.dtype(token_dtype(tokenizer.vocab_size))
     lengths = []
     texts = (d for d in documents if d)
-    with open(tmp + ".bin", "wb") as f:
-        while batch := list(islice(texts, batch_size)):
-            ids = tokenizer.encode_batch(batch)
-            for doc in ids:
-                doc.append(tokenizer.eod)
-            sizes = np.fromiter(map(len, ids), np.int64, len(ids))
-            f.write(np.fromiter(chain.from_iterable(ids), dtype, int(sizes.sum())).tobytes())
-            lengths.append(sizes)
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    _write_index(tmp + ".idx", lengths, dtype)
+    try:
+        with open(tmp + ".bin", "wb") as f:
+            while batch := list(islice(texts, batch_size)):
+                ids = tokenizer.encode_batch(batch)
+                for doc in ids:
+                    doc.append(tokenizer.eod)
+                sizes = np.fromiter(map(len, ids), np.int64, len(ids))
+                f.write(np.fromiter(chain.from_iterable(ids), dtype, int(sizes.sum())).tobytes())
+                lengths.append(sizes)
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        _write_index(tmp + ".idx", lengths, dtype)
+    except BaseException:  # a bad document met halfway (or Ctrl-C) leaves nothing behind
+        for path in (tmp + ".bin", tmp + ".idx"):
+            if os.path.exists(path):
+                os.remove(path)
+        raise
     os.replace(tmp + ".bin", prefix + ".bin")
     os.replace(tmp + ".idx", prefix + ".idx")
     return {"documents": len(lengths), "tokens": int(lengths.sum())}
@@ -135,6 +141,9 @@ def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)[text_key]
+                text = json.loads(line)[text_key]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DataError(f"{path}:{lineno}: not a JSON object with a {text_key!r} field ({exc})") from None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{lineno}: its {text_key!r} is {json.dumps(text)[:40]}, not a string")
+            yield text

@@ -1,5 +1,7 @@
 """Bad input ends `megagpt` with one line naming the key and value, before any process or file is made."""
 
+import os
+
 import pytest
 
 from tests.conftest import TINY, megagpt
@@ -52,6 +54,11 @@ def test_tokenize_bad_jsonl_names_the_line(tmp_path):
     proc = megagpt("tokenize", "--input", str(bad), "--output-prefix", str(tmp_path / "out"), "--vocab-size", "300",
                    check=False, timeout=60)
     assert proc.returncode == 2 and f"{bad}:2: not a JSON object" in proc.stderr
+    bad.write_text('{"text": "fine"}\n{"text": 5}\n')  # a TypeError traceback, with the shard's temporaries left
+    proc = megagpt("tokenize", "--input", str(bad), "--output-prefix", str(tmp_path / "out"), "--vocab-size", "300",
+                   check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"megagpt: error: {bad}:2: its 'text' is 5, not a string"
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
 
 def test_fp16_on_cpu_is_refused(tmp_path, demo_prefix):

@@ -63,6 +63,9 @@ def test_read_documents_formats_and_errors(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
     with pytest.raises(DataError, match=r"c.jsonl:2: not a JSON object with a 'text' field"):
         list(read_documents([str(tmp_path / "c.jsonl")]))
+    (tmp_path / "e.jsonl").write_text('{"text": "ok"}\n{"text": 5}\n{"text": null}\n')
+    with pytest.raises(DataError, match=r"e.jsonl:2: its 'text' is 5, not a string"):  # was a TypeError traceback
+        list(read_documents([str(tmp_path / "e.jsonl")]))
     (tmp_path / "d.txt").write_bytes(b"caf\xe9")
     with pytest.raises(DataError, match=r"d.txt: not UTF-8 text \(byte 3"):
         list(read_documents([str(tmp_path / "d.txt")]))
