@@ -53,12 +53,12 @@ def result_config(cfg: CorpusConfig) -> dict:
 
 
 def _contents(path: str):
-    """sha256 of a file, or of the files a tokenizer directory is read from (GPT-2's vocab.json + merges.txt; a
-    model snapshot's weights beside them are not)."""
-    from megagpt.data.tokenizer import GPT2_FILES
+    """sha256 of a file, or of the files a tokenizer directory is read from (GPT-2's vocab.json + merges.txt, or its
+    tokenizer.json; a model snapshot's weights beside them are not)."""
+    from megagpt.data.tokenizer import tokenizer_files
 
     if os.path.isdir(path):
-        return {name: sha256_file(os.path.join(path, name)) for name in GPT2_FILES}
+        return {os.path.basename(f): sha256_file(f) for f in tokenizer_files(path)}
     return sha256_file(path)
 
 

@@ -230,9 +230,21 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
+def shipped_config(path: str) -> str:
+    """`path`; or, where it names `configs/...` and the current directory has no such file, the copy an install
+    ships in the package (megagpt.configs), so the commands the docs give work from any directory."""
+    parts = os.path.normpath(path).split(os.sep)
+    if os.path.exists(path) or os.path.isabs(path) or parts[0] != "configs" or len(parts) < 2:
+        return path
+    from importlib import resources
+
+    shipped = resources.files("megagpt.configs").joinpath(*parts[1:])
+    return str(shipped) if shipped.is_file() else path
+
+
 def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = (), root: type = None):
     """Read `path` (with its bases), apply `section.key=value` overrides, build `root` (default Config)."""
-    raw = _read_yaml_with_bases(path, seen=()) if path else {}
+    raw = _read_yaml_with_bases(shipped_config(path), seen=()) if path else {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)

@@ -20,6 +20,21 @@ SMALLEST_VOCAB = 257  # 256 byte tokens plus EOD: a byte-level BPE cannot be sma
 GPT2_FILES = ("vocab.json", "merges.txt")
 
 
+def tokenizer_files(path: str) -> list[str]:
+    """The files a tokenizer path is read from: a tokenizer.json; or in a directory GPT-2's vocab.json + merges.txt
+    (an HF model snapshot), else its tokenizer.json (what export-hf writes)."""
+    if not os.path.isdir(path):
+        return [path]
+    gpt2 = [os.path.join(path, name) for name in GPT2_FILES]
+    if all(map(os.path.isfile, gpt2)):
+        return gpt2
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return [os.path.join(path, "tokenizer.json")]
+    missing = next(name for name in GPT2_FILES if not os.path.isfile(os.path.join(path, name)))
+    raise DataError(f"tokenizer directory {path} has no {missing} and no tokenizer.json "
+                    f"(a GPT-2 tokenizer is vocab.json + merges.txt)")
+
+
 class Tokenizer:
     """Text <-> ids, with the end-of-document id that separates documents in shards."""
 
@@ -73,12 +88,10 @@ class Tokenizer:
         """A tokenizer.json, or a directory holding GPT-2's vocab.json + merges.txt."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        if os.path.isdir(path):
-            missing = [name for name in GPT2_FILES if not os.path.isfile(os.path.join(path, name))]
-            if missing:
-                raise DataError(f"tokenizer directory {path} has no {missing[0]} "
-                                f"(a GPT-2 tokenizer is vocab.json + merges.txt)")
-            return cls.from_gpt2_files(*(os.path.join(path, name) for name in GPT2_FILES))
+        files = tokenizer_files(path)
+        if len(files) == 2:
+            return cls.from_gpt2_files(*files)
+        path = files[0]
         if not os.path.isfile(path):
             raise DataError(f"tokenizer file {path} not found")
         try:

@@ -28,6 +28,7 @@ from typing import Optional
 
 import yaml
 
+from megagpt.config import shipped_config
 from megagpt.errors import ConfigError, DataError
 
 TYPES = ("completion", "multiple_choice", "generation")
@@ -61,6 +62,7 @@ class Task:
 
 
 def load_task(path: str) -> Task:
+    path = shipped_config(path)
     try:
         with open(path, encoding="utf-8") as f:
             spec = yaml.safe_load(f)

@@ -103,8 +103,8 @@ def test_given_tokenizer_json_is_copied_beside_the_shards(tmp_path, monkeypatch)
 @pytest.mark.parametrize("override, message", [
     ("tokenize.train_sample_bytes=0", "tokenize.train_sample_bytes=0 must be at least 1"),
     ("tokenize.tokenizer={d}/missing", "tokenize.tokenizer='{d}/missing': tokenizer file {d}/missing not found"),
-    ("tokenize.tokenizer={d}", "tokenize.tokenizer='{d}': tokenizer directory {d} has no vocab.json "
-                                 "(a GPT-2 tokenizer is vocab.json + merges.txt)"),
+    ("tokenize.tokenizer={d}", "tokenize.tokenizer='{d}': tokenizer directory {d} has no vocab.json and no "
+                                 "tokenizer.json (a GPT-2 tokenizer is vocab.json + merges.txt)"),
 ])
 def test_tokenize_settings_are_checked_before_the_run(tmp_path, override, message):
     from data_pipeline.config import load_corpus_config

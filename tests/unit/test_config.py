@@ -198,3 +198,18 @@ def test_a_config_for_another_stage_is_refused(stage, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_stage_inputs(load_config(TINY, overrides), stage)
     check_stage_inputs(load_config(TINY, overrides[:-1]), stage)  # without the other stage's input it passes
+
+
+def test_configs_the_docs_name_are_found_from_any_directory(tmp_path, monkeypatch):
+    """An install has no configs/ beside the user: `--config configs/model/...` (every doc's example) reads the
+    copy shipped in the package, unless the current directory has its own."""
+    from megagpt.eval.tasks import load_task
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/model/gpt3-175b.yaml").model.num_layers == 96
+    assert load_task("configs/eval/capitals.yaml").test  # and the task's own files beside it
+    (tmp_path / "configs" / "model").mkdir(parents=True)
+    (tmp_path / "configs" / "model" / "gpt3-175b.yaml").write_text("model:\n  num_layers: 3\n")
+    assert load_config("configs/model/gpt3-175b.yaml").model.num_layers == 3
+    with pytest.raises(ConfigError, match="config file .*configs/model/gpt5.yaml not found"):
+        load_config("configs/model/gpt5.yaml")

@@ -137,7 +137,7 @@ def test_bad_tokenizer_paths_are_one_line_errors(tmp_path):
         Tokenizer.load(str(tmp_path / "bad.json"))
     merges = (d / "merges.txt").read_text()
     (d / "merges.txt").unlink()
-    with pytest.raises(DataError, match=r"tokenizer directory .*gpt2 has no merges.txt \(a GPT-2 tokenizer is"):
+    with pytest.raises(DataError, match=r"tokenizer directory .*gpt2 has no merges.txt and no tokenizer.json \(a GPT"):
         Tokenizer.load(str(d))
     (d / "merges.txt").write_text(merges + "zz qq\n")  # a merge of tokens the vocabulary lacks
     with pytest.raises(DataError, match=r"merges.txt does not fit .*vocab.json as GPT-2 merges"):
@@ -149,3 +149,12 @@ def test_bad_tokenizer_paths_are_one_line_errors(tmp_path):
     (d / "vocab.json").write_text("{truncated")
     with pytest.raises(DataError, match=r"vocab.json is not a GPT-2 vocab.json \("):
         Tokenizer.load(str(d))
+
+
+def test_a_directory_export_hf_wrote_is_a_tokenizer(tmp_path):
+    """export-hf writes tokenizer.json (no vocab.json/merges.txt): its directory names that tokenizer."""
+    tok = Tokenizer.load(str(gpt2_directory(tmp_path / "gpt2")))
+    (tmp_path / "hf").mkdir()
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    loaded = Tokenizer.load(str(tmp_path / "hf"))
+    assert loaded.encode("hello world") == tok.encode("hello world") and loaded.fingerprint == tok.fingerprint
