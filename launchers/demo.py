@@ -81,10 +81,13 @@ def run_demo(nproc: int, run_dir: str, overrides: list[str], pretrain_only: bool
     from launchers.local import existing_world_size
 
     steps = load_config(DEMO_CONFIG, overrides).train.steps
-    # the last step is saved: SFT starts from it (an explicit train.save_interval still wins)
-    overrides = [f"run.dir={run_dir}", f"train.save_interval={steps}", *overrides]
+    world = existing_world_size() or nproc
+    # tiny.yaml's tp x pp = 2 x 2 needs a multiple of 4 processes; other worlds pretrain data parallel
+    layout = [] if world % 4 == 0 else ["parallel.tp=1", "parallel.pp=1"]
+    # the last step is saved: SFT starts from it (an explicit train.save_interval, or layout, still wins)
+    overrides = [f"run.dir={run_dir}", f"train.save_interval={steps}", *layout, *overrides]
     cfg = load_config(DEMO_CONFIG, overrides)
-    validate(cfg, existing_world_size() or nproc, check_data=False)
+    validate(cfg, world, check_data=False)
     mixture = build_corpus(run_dir, cfg.model.vocab_size)
     overrides.append(f"data.mixture={mixture}")
     code = run_pretrain(load_config(DEMO_CONFIG, overrides), nproc, ["pretrain", "--config", DEMO_CONFIG, *overrides])
