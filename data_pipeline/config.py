@@ -163,6 +163,10 @@ def input_files(cfg: CorpusConfig) -> list[str]:
     files, seen = [], set()
     for i, pattern in enumerate(cfg.input.paths):
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        folders = [m for m in matches if os.path.isdir(m)]
+        if folders:
+            raise ConfigError(f"input.paths[{i}]={pattern!r} {'is' if folders == [pattern] else 'matches'} the "
+                              f"directory {folders[0]}: name files (e.g. {os.path.join(folders[0], '*.warc.gz')})")
         if not matches or not all(os.path.isfile(m) for m in matches):
             raise ConfigError(f"input.paths[{i}]={pattern!r} matches no file")
         for m in matches:

@@ -86,3 +86,22 @@ def test_a_partial_redownload_beside_the_full_file_loses_nothing(crawl, tmp_path
     assert both["documents"] == alone["documents"]  # every shared record kept once, from one of the two
     assert [e["file"] for e in both["errors"]] == [str(partial)]
     assert both["errors"][0]["reason"].startswith("truncated gzip after ")
+
+
+def test_input_paths_that_name_no_file_say_why(tmp_path):
+    import pytest
+
+    from data_pipeline.config import input_files, load_corpus_config
+    from megagpt.errors import ConfigError
+
+    (tmp_path / "crawl" / "sub").mkdir(parents=True)
+    (tmp_path / "crawl" / "a.warc.gz").write_bytes(b"x")
+    for paths, message in [
+        (f"[{tmp_path}/crawl]", f"input.paths[0]='{tmp_path}/crawl' is the directory {tmp_path}/crawl: name files "
+                                f"(e.g. {tmp_path}/crawl/*.warc.gz)"),
+        (f"[{tmp_path}/crawl/*]", f"matches the directory {tmp_path}/crawl/sub: name files"),
+        (f"[{tmp_path}/crawl/*.wet.gz]", f"input.paths[0]='{tmp_path}/crawl/*.wet.gz' matches no file"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            input_files(load_corpus_config(None, [f"input.paths={paths}", f"output.dir={tmp_path}/out"]))
+        assert message in str(err.value)
