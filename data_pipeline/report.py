@@ -21,6 +21,10 @@ def summary_table(stats: dict) -> str:
         reasons = sorted(s["dropped"].items(), key=lambda kv: -kv[1])[:3]
         rows.append(f"{stage:<10}{s['in']:>10}{s['kept']:>10}{sum(s['dropped'].values()):>10}  "
                     + ", ".join(f"{r} ({n})" for r, n in reasons))
+    skipped = stats["stages"].get("read", {}).get("skipped", {})
+    if skipped:
+        rows.append(f"records holding no page, skipped: {sum(skipped.values())} ("
+                    + ", ".join(f"{kind} {n}" for kind, n in sorted(skipped.items(), key=lambda kv: -kv[1])) + ")")
     rows.append(f"documents {stats['documents']}, tokens {stats['tokens']}, file errors {len(stats['errors'])}")
     return "\n".join(rows)
 

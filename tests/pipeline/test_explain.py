@@ -82,3 +82,12 @@ def test_an_unknown_id_or_a_directory_that_is_no_run_is_one_line(corpus_run, tmp
         proc = megagpt("corpus", "explain", "--run", str(run_dir), "--id", doc_id, check=False, timeout=60)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_the_summary_counts_the_records_skipped_as_holding_no_page():
+    from data_pipeline.report import summary_table
+
+    stats = {"stages": {"read": {"in": 3, "kept": 3, "dropped": {}, "skipped": {"request record": 3,
+                                                                             "warcinfo record": 1}}},
+             "documents": 3, "tokens": 30, "errors": []}
+    assert "records holding no page, skipped: 4 (request record 3, warcinfo record 1)" in summary_table(stats)
