@@ -525,7 +525,9 @@ def cmd_corpus(args) -> int:
     else:
         summary = run(cfg, mode=run_mode(args))
     stages = summary["stages"]
-    print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read, {summary['documents']} documents kept, "
+    skipped = sum(stages.get("read", {}).get("skipped", {}).values())
+    print(f"megagpt corpus: {stages.get('read', {}).get('in', 0)} records read"
+          f"{f' ({skipped} more holding no page skipped)' if skipped else ''}, {summary['documents']} documents kept, "
           f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")
     if "kept_nothing" in summary:
         worst = summary["kept_nothing"]
