@@ -146,8 +146,9 @@ class _GzipMembers:
             self.start = consumed_from + len(data) - len(rest)
             self.d = zlib.decompressobj(wbits=31)
             if rest and not rest.startswith(self.MAGIC[:len(rest)]):
-                self.problems.append(f"{os.fstat(self.raw.fileno()).st_size - self.start} bytes after the gzip "
-                                     f"member ending at byte {self.start} are not gzip")
+                size = self.raw.seek(0, os.SEEK_END)
+                self.problems.append(f"{size - self.start} bytes after the gzip member ending at byte {self.start} "
+                                     f"are not gzip")
                 self.done = True
             self.pending = rest
         elif sum(map(len, self.held)) > self.hold:

@@ -233,3 +233,23 @@ def test_drops_name_the_kept_document_through_chains_and_copies():
                              "duplicate_of_record_id": "ra", "duplicate_of_url": "ua",
                              "similarity": round(72 / 112, 4), "copy_of": "c"}
 
+
+
+@pytest.mark.parametrize("hold", [1 << 10, 64 << 20])
+def test_gzip_members_stream_what_zlib_gives(hold):
+    """A whole-file gzip larger than `hold` streams on (its CRC is checked at its end only); members are checked
+    one by one; a cut hands on what was there."""
+    import io
+    import random
+
+    from data_pipeline.readers import _GzipMembers
+
+    rng = random.Random(0)
+    parts = [bytes(rng.getrandbits(8) for _ in range(3000)) + b"x" * 5000 for _ in range(6)]
+    for data in (gzip.compress(b"".join(parts)), b"".join(gzip.compress(p) for p in parts)):
+        members = _GzipMembers(io.BytesIO(data), hold=hold, chunk=997)
+        out = b"".join(iter(lambda: members.read(4096), b""))
+        assert out == b"".join(parts) and members.cut_at is None and not members.problems
+        members = _GzipMembers(io.BytesIO(data[:-2000]), hold=hold, chunk=997)
+        out = b"".join(iter(lambda: members.read(4096), b""))
+        assert b"".join(parts).startswith(out) and len(out) > 30000 and members.cut_at is not None
