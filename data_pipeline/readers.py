@@ -173,7 +173,6 @@ class _GzipMembers:
 
 
 _CONTENT = ("response", "resource", "conversion")
-_HTML_TYPES = ("text/html", "application/xhtml")
 
 
 def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
