@@ -64,25 +64,26 @@ class Decontaminator:
         for text in benchmark_texts:
             self.grams |= ngram_hashes(text, n)
 
-    def clean(self, text: str) -> tuple[list[str], Optional[str], int]:
-        """(pieces to keep, drop reason or None, number of benchmark 13-grams found)."""
+    def clean(self, text: str) -> tuple[list[str], Optional[str], int, int]:
+        """(pieces to keep, drop reason or None, number of benchmark 13-grams found, pieces the cuts made: those
+        kept and those under min_piece characters; a cut at the very start or end makes no empty piece)."""
         words = list(_WORD.finditer(text))
         cuts = []
         for i in range(len(words) - self.n + 1):
             if hash(tuple(w.group().lower() for w in words[i:i + self.n])) in self.grams:
                 cuts.append((max(0, words[i].start() - self.margin), min(len(text), words[i + self.n - 1].end() + self.margin)))
         if not cuts:
-            return [text], None, 0
+            return [text], None, 0, 1
         pieces, pos = [], 0
         for start, end in _merge(cuts):
             pieces.append(text[pos:start])
             pos = end
         pieces.append(text[pos:])
-        pieces = [p.strip() for p in pieces]
+        pieces = [p for p in (p.strip() for p in pieces) if p]
         if len(pieces) > self.max_pieces:
-            return [], f"split into more than {self.max_pieces} pieces", len(cuts)
+            return [], f"split into more than {self.max_pieces} pieces", len(cuts), len(pieces)
         kept = [p for p in pieces if len(p) >= self.min_piece]
-        return kept, (None if kept else "nothing left after removing benchmark overlap"), len(cuts)
+        return kept, (None if kept else "nothing left after removing benchmark overlap"), len(cuts), len(pieces)
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -59,7 +59,10 @@ def explain(run_dir: str, doc_id: str) -> list[str]:
     if dup:
         _whole(doc_id, piece, dup)
         return lines + _duplicate(run_dir, dup) + _after("dedup")
-    lines += [_line("dedup", "kept")] + _cluster(run_dir, base, None)
+    if not record["config"].get("dedup.enabled", True):
+        lines.append(_line("dedup", "off"))
+    else:
+        lines += [_line("dedup", "kept")] + _cluster(run_dir, base, None)
     decon = _find(files["decontam"], base)
     if decon:
         _whole(doc_id, piece, decon)
@@ -69,7 +72,12 @@ def explain(run_dir: str, doc_id: str) -> list[str]:
         raise DataError(f"{doc_id!r}: {base} was not split into a piece #{piece} (it has {len(pieces)} piece(s))")
     if not record["config"]["decontam.paths"]:
         lines.append(_line("decontam", "off"))
-    elif len(pieces) > 1:
+    elif pieces and "pieces" in pieces[0][1]:
+        d = pieces[0][1]
+        short = f", {d['short_pieces_dropped']} under the minimum length dropped" if d["short_pieces_dropped"] else ""
+        lines.append(_line("decontam", f"cut around {d['benchmark_ngrams']} benchmark n-gram(s) into {d['pieces']} "
+                                       f"piece(s): {len(pieces)} kept{short}"))
+    elif len(pieces) > 1:  # a run finalized before the pieces were recorded
         hits = pieces[0][1].get("benchmark_ngrams", 0)
         lines.append(_line("decontam", f"split into {len(pieces)} pieces around {hits} benchmark n-gram(s)"))
     else:

@@ -60,7 +60,8 @@ def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
     if stage == "dedup":
         return [os.path.join(out, "work", "dedup", "duplicates.json")]
     if stage == "finalize":
-        return [os.path.join(out, "documents", source, f"{name}.jsonl.gz")] + \
+        return [os.path.join(out, "documents", source, f"{name}.jsonl.gz"),
+                os.path.join(out, "work", "finalize", f"{name}.json")] + \
             [os.path.join(out, "dropped", kind, f"{name}.jsonl.gz") for kind in ("dedup", "decontam")]
     if stage == "tokenizer":
         return [tokenizer_path(cfg)]
@@ -192,7 +193,10 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
         errors += shard["errors"]
     stats = merge_stats(parts)
     entering = stats.get("quality", stats.get("filters", {})).get("kept", 0)
-    for stage in ("dedup", "decontam"):
+    for stage, on in (("dedup", cfg.dedup.enabled), ("decontam", bool(cfg.decontam.paths))):
+        if not on:  # a stage turned off has no row (corpus explain says "off")
+            stats.pop(stage, None)
+            continue
         dropped: dict = {}
         for n in names:
             for d in read_jsonl_gz(os.path.join(out, "dropped", stage, f"{n}.jsonl.gz")):
@@ -201,6 +205,11 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
         stats[stage] = {"in": entering, "kept": entering - sum(dropped.values()), "dropped": dict(sorted(dropped.items())),
                         **seconds}
         entering = stats[stage]["kept"]
+    if "decontam" in stats:  # documents cut and kept: how many, the pieces they became, the pieces too short to keep
+        for n in names:
+            with open(os.path.join(out, "work", "finalize", f"{n}.json")) as f:
+                for key, value in json.load(f).items():
+                    stats["decontam"][key] = stats["decontam"].get(key, 0) + value
     summary = {"stages": stats, "errors": errors, "documents": counts["documents"], "tokens": counts["tokens"]}
     mixture = os.path.join(out, "mixture.json")
     if not counts["documents"]:  # nothing to train on: say where the documents went, and offer no mixture

@@ -164,16 +164,21 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
         if decon is None:
             kept.append(doc)
             continue
-        pieces, reason, hits = decon.clean(doc["text"])
+        pieces, reason, hits, made = decon.clean(doc["text"])
         if reason:
             decon_drops.append({"id": doc["id"], "record_id": doc["record_id"], "url": doc["url"],
                                 "stage": "decontam", "reason": reason,
-                                "benchmark_ngrams": hits})
+                                "benchmark_ngrams": hits, "pieces": made})
             continue
+        cut = {"benchmark_ngrams": hits, "pieces": made, "short_pieces_dropped": made - len(pieces)} if hits else {}
         for k, piece in enumerate(pieces):
             piece_id = doc["id"] if len(pieces) == 1 else f"{doc['id']}#{k}"
-            kept.append({**doc, "id": piece_id, "text": piece, **({"benchmark_ngrams": hits} if hits else {})})
+            kept.append({**doc, "id": piece_id, "text": piece, **cut})
     level = cfg.output.gzip_level
+    cut = {d["id"].partition("#")[0]: d for d in kept if "pieces" in d}  # documents decontamination cut, kept
+    write_json(os.path.join(out, "work", "finalize", f"{name}.json"), {
+        "cut": len(cut), "pieces": sum(1 for d in kept if "pieces" in d),
+        "short_pieces_dropped": sum(d["short_pieces_dropped"] for d in cut.values())})
     write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept, level)
     write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops, level)
     write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops, level)

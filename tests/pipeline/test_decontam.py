@@ -11,8 +11,8 @@ QUESTION = "What is the capital city of the small landlocked country that lies b
 def test_overlap_is_cut_with_200_characters_either_side():
     d = Decontaminator([QUESTION + "? Andorra la Vella."])
     text = f"{FILLER} {QUESTION.lower()} {FILLER}"
-    pieces, reason, hits = d.clean(text)
-    assert reason is None and hits == 4 and len(pieces) == 2  # 16 words hold four 13-grams
+    pieces, reason, hits, made = d.clean(text)
+    assert reason is None and hits == 4 and len(pieces) == made == 2  # 16 words hold four 13-grams
     start = text.index(QUESTION.lower())
     assert pieces[0] == text[: start - 200].strip()
     assert pieces[1] == text[start + len(QUESTION) + 200:].strip()
@@ -22,15 +22,31 @@ def test_twelve_shared_words_are_not_contamination():
     d = Decontaminator([QUESTION])
     twelve = " ".join(QUESTION.split()[:12])
     text = f"{FILLER} {twelve} {FILLER}"
-    assert d.clean(text) == ([text], None, 0)
+    assert d.clean(text) == ([text], None, 0, 1)
 
 
 def test_short_remainders_and_many_pieces_drop_the_document():
     d = Decontaminator([QUESTION])
-    assert d.clean(f"intro {QUESTION} outro") == ([], "nothing left after removing benchmark overlap", 4)
+    assert d.clean(f"intro {QUESTION} outro") == ([], "nothing left after removing benchmark overlap", 4, 0)
     many = f" {QUESTION} ".join([FILLER] * 12)
-    pieces, reason, _ = d.clean(many)
-    assert pieces == [] and reason == "split into more than 10 pieces"
+    pieces, reason, _, made = d.clean(many)
+    assert pieces == [] and reason == "split into more than 10 pieces" and made == 12
+
+
+def test_a_cut_at_either_end_makes_no_piece():
+    """Ten pieces and an overlap at the start or end are ten pieces (the empty edge counted as an eleventh and
+    dropped the document)."""
+    d = Decontaminator([QUESTION])
+    ten = f" {QUESTION} ".join([FILLER] * 10)
+    for text in (ten, f"{QUESTION} {ten}", f"{ten} {QUESTION}", f"{QUESTION} {ten} {QUESTION}"):
+        pieces, reason, _, made = d.clean(text)
+        assert reason is None and made == 10 and len(pieces) == 10
+
+
+def test_a_piece_too_short_to_keep_is_counted():
+    d = Decontaminator([QUESTION])
+    pieces, reason, hits, made = d.clean(f"{FILLER} {QUESTION} {FILLER[:400]} {QUESTION} {FILLER}")
+    assert reason is None and made == 3 and len(pieces) == 2  # the middle one is under 200 characters
 
 
 def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
@@ -59,6 +75,9 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     from data_pipeline.explain import explain
 
     lines = explain(str(out), "docs.jsonl:1#1")
-    assert "  decontam  split into 2 pieces around 4 benchmark n-gram(s)" in lines
+    assert "  decontam  cut around 4 benchmark n-gram(s) into 2 piece(s): 2 kept" in lines
+    assert {k: summary["stages"]["decontam"][k] for k in ("cut", "pieces", "short_pieces_dropped")} == {
+        "cut": 1, "pieces": 2, "short_pieces_dropped": 0}
+    assert "  dedup     off" in lines  # dedup.enabled=false: it was said to have kept the document
     assert lines[-1] == "  tokenize  kept: docs.jsonl:1#1 is line 2 of documents/commoncrawl/00000.jsonl.gz, " \
                         "in tokens/commoncrawl.bin/.idx"
