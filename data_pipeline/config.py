@@ -262,8 +262,13 @@ def validate_corpus(cfg: CorpusConfig) -> None:
         raise ConfigError(f"quality.mode={q.mode!r} must be 'pareto' or 'threshold'")
     if q.model is not None and not os.path.isfile(q.model):
         raise ConfigError(f"quality.model={q.model!r}: file not found")
+    if q.model is not None:
+        from data_pipeline.quality import check_model
+
+        check_model(q.model)  # a file that is no classifier of ours drops every document, hours in
     if q.alpha <= 0:
         raise ConfigError(f"quality.alpha={q.alpha} must be positive")
+    _in_range("quality.threshold", q.threshold, 0.0, 1.0)
     _in_range("tokenize.train_sample_bytes", cfg.tokenize.train_sample_bytes, 1)
     if cfg.tokenize.tokenizer is not None:
         _check_tokenizer(cfg.tokenize.tokenizer)

