@@ -20,6 +20,11 @@ from data_pipeline.readers import ReadError, Skipped, read_file
 from data_pipeline.stats import StageStats
 
 
+def nbytes(text) -> int:
+    """The UTF-8 size of a text (stats.json counts bytes; a lone surrogate from JSONL counts its 3)."""
+    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+
+
 def shard_name(index: int) -> str:
     return f"{index:05d}"
 
@@ -63,7 +68,7 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
             stats.skipped("read", item.reason)
             continue
         ids = {"id": f"{id_prefix}:{item.index}", "record_id": item.record_id, "url": item.url}
-        size = len(item.payload) if isinstance(item.payload, (str, bytes)) else 0
+        size = nbytes(item.payload) if isinstance(item.payload, (str, bytes)) else 0
         stats.saw("read", size)
         if item.unreadable:
             drop(ids, "read", item.unreadable, detail=item.detail)
@@ -74,7 +79,7 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
         if reason:
             drop(ids, "extract", reason)
             continue
-        stats.kept("extract", len(text))
+        stats.kept("extract", nbytes(text))
         doc = _judge(cfg, ids["id"], text, stats, clock, lambda *a, **k: drop(ids, *a, **k))
         if doc is not None:
             kept.append({**ids, "source": cfg.input.source, **doc})
@@ -103,33 +108,34 @@ def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: 
     A verdict that raises (a library failing on one odd text) drops that document with the
     stage and the error's type, as a counted drop: one record never stops a shard.
     """
-    stage = "langid"
+    stage, size = "langid", nbytes(text)
     try:
-        stats.saw("langid", len(text))
+        stats.saw("langid", size)
         lang, score = clock.run("langid", identify, text)
         if lang not in cfg.langid.languages or score < cfg.langid.threshold:
             why = "no language label" if lang == NO_LABEL else \
                 f"language {lang}" if lang not in cfg.langid.languages else "low confidence"
             drop("langid", why, lang=lang, lang_score=round(score, 4))
             return None
-        stats.kept("langid", len(text))
+        stats.kept("langid", size)
         stage = "filters"
-        stats.saw("filters", len(text))
+        stats.saw("filters", size)
         text, reason = clock.run("filters", apply_filters, text, cfg.filters, stats.step_seconds("filters"))
         if reason:
             drop("filters", reason)
             return None
-        stats.kept("filters", len(text))
+        size = nbytes(text)  # the filters may have removed lines
+        stats.kept("filters", size)
         doc = {"text": text, "lang": lang, "lang_score": round(score, 4)}
         if cfg.quality.model:
             stage = "quality"
-            stats.saw("quality", len(text))
+            stats.saw("quality", size)
             q = clock.run("quality", quality_score, cfg.quality.model, text)
             doc["quality"] = round(q, 4)
             if not _quality_keeps(cfg.quality, doc_id, q):
                 drop("quality", f"{cfg.quality.mode} rule", quality=doc["quality"])
                 return None
-            stats.kept("quality", len(text))
+            stats.kept("quality", size)
         return doc
     except Exception as exc:
         drop(stage, f"{stage} failed ({type(exc).__name__})", error=str(exc)[:200])

@@ -253,3 +253,20 @@ def test_gzip_members_stream_what_zlib_gives(hold):
         members = _GzipMembers(io.BytesIO(data[:-2000]), hold=hold, chunk=997)
         out = b"".join(iter(lambda: members.read(4096), b""))
         assert b"".join(parts).startswith(out) and len(out) > 30000 and members.cut_at is not None
+
+
+def test_stats_count_bytes_not_characters(tmp_path):
+    """bytes_in/bytes_kept were characters for JSONL and after extraction (a French page: 345 of its 414 bytes)."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.stages import process_shard
+
+    text = "Le château de la forêt est très âgé, où l'été dure peu. " * 8
+    (tmp_path / "fr.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/fr.jsonl]", f"output.dir={tmp_path}/out",
+                                    "langid.languages=[fr]", "langid.threshold=0", "filters.enabled=false"])
+    process_shard(cfg, 0, str(tmp_path / "fr.jsonl"), "fr.jsonl")
+    stages = json.loads((tmp_path / "out" / "work" / "process" / "00000.stats.json").read_text())["stats"]
+    size = len(text.encode())
+    assert size > len(text)
+    assert {k: (stages[k]["bytes_in"], stages[k]["bytes_kept"]) for k in ("read", "extract", "langid")} == {
+        "read": (size, size), "extract": (size, len(text.strip().encode())), "langid": (len(text.strip().encode()),) * 2}
