@@ -22,7 +22,7 @@ from megagpt.errors import ConfigError, DataError
 
 @dataclass
 class MixtureSection:
-    sources: list = field(default_factory=list)  # [{source, run, weight}]
+    sources: list = field(default_factory=list)  # [{source, run, weight[, name]}]
     token_budget: Optional[int] = None
     out: str = "runs/mixture"
 
@@ -41,6 +41,14 @@ def _run_source(entry: dict, i: int) -> dict:
         raise ConfigError(f"mixture.sources[{i}].weight={weight} must be finite and positive")
     path = os.path.join(run_dir, "mixture.json")
     if not os.path.isfile(path):
+        try:
+            with open(os.path.join(run_dir, "stats.json")) as f:
+                worst = json.load(f).get("kept_nothing")
+        except (OSError, ValueError):
+            worst = None
+        if worst:
+            raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} kept no documents (stage {worst['stage']} "
+                              f"removed the most: {worst['dropped']} of {worst['in']}): nothing to mix")
         raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} has no mixture.json (is the corpus run finished?)")
     with open(path) as f:
         run = json.load(f)
@@ -50,7 +58,10 @@ def _run_source(entry: dict, i: int) -> dict:
     tokenizer = os.path.abspath(os.path.join(run_dir, run["tokenizer"]))
     if not os.path.isfile(tokenizer):
         raise DataError(f"{path} names tokenizer {tokenizer}, which is missing")
-    return {"source": name, "weight": weight, "prefix": os.path.abspath(os.path.join(run_dir, match[0]["prefix"])),
+    label = entry.get("name", name)  # what the mixture calls it: two runs may share a source name
+    if not isinstance(label, str) or not label:
+        raise ConfigError(f"mixture.sources[{i}].name={label!r} must be a non-empty name")
+    return {"source": label, "weight": weight, "prefix": os.path.abspath(os.path.join(run_dir, match[0]["prefix"])),
             "tokens": match[0]["tokens"], "documents": match[0]["documents"], "tokenizer": tokenizer}
 
 
@@ -65,6 +76,13 @@ def mix(cfg: MixConfig) -> dict:
         raise ConfigError(f"mixture.sources[{again}] names {sources[again]['source']!r} of {m.sources[again]['run']!r}, "
                           f"which mixture.sources[{shards.index(shards[again])}] names already: give it once, "
                           f"with the weight you mean")
+    names = [s["source"] for s in sources]
+    again = next((i for i, name in enumerate(names) if name in names[:i]), None)
+    if again is not None:  # training and its checkpoints tell the shards apart by these names
+        raise ConfigError(f"mixture.sources[{again}] and mixture.sources[{names.index(names[again])}] are both called "
+                          f"{names[again]!r}: give one a name of its own (name: ...)")
+    if m.token_budget is not None and m.token_budget < 1:
+        raise ConfigError(f"mixture.token_budget={m.token_budget} must be at least 1 (or null: no budget)")
     tokenizers = {s["tokenizer"]: Tokenizer.load(s["tokenizer"]).fingerprint for s in sources}
     if len(set(tokenizers.values())) > 1:
         raise ConfigError(f"mixture sources use different tokenizers ({', '.join(sorted(tokenizers))}); "
@@ -76,7 +94,7 @@ def mix(cfg: MixConfig) -> dict:
         weight = s["weight"] / total
         entry = {"source": s["source"], "prefix": os.path.relpath(s["prefix"], out), "weight": round(weight, 6),
                  "tokens": s["tokens"], "documents": s["documents"]}
-        if m.token_budget:
+        if m.token_budget is not None:
             entry["epochs"] = round(weight * m.token_budget / max(s["tokens"], 1), 4)
         entries.append(entry)
     summary = {"tokenizer": os.path.relpath(sources[0]["tokenizer"], out), "token_budget": m.token_budget,

@@ -76,3 +76,30 @@ def test_mixing_runs_with_different_tokenizers_is_refused(two_runs, tmp_path):
     (other / "tokenizer.json").unlink()
     with pytest.raises(DataError, match=f"{other / 'mixture.json'} names tokenizer {other / 'tokenizer.json'}, which"):
         mix(cfg)
+
+
+def test_two_runs_of_one_source_name_are_told_apart_by_a_name_of_their_own(two_runs, tmp_path):
+    """Both were written as "books": training keys shards (and checkpoints record them) by these names."""
+    import shutil
+
+    base, runs = two_runs
+    again = tmp_path / "run-books-2"
+    shutil.copytree(runs["books"], again)
+    first = f"{{source: books, run: {runs['books']}, weight: 1}}"
+    with pytest.raises(ConfigError, match=r"mixture.sources\[1\] and mixture.sources\[0\] are both called 'books'"):
+        mix(load_mix_config(None, [f"mixture.sources=[{first}, {{source: books, run: {again}, weight: 1}}]",
+                                   f"mixture.out={tmp_path / 'm'}"]))
+    summary = mix(load_mix_config(None, [f"mixture.sources=[{first}, {{source: books, run: {again}, weight: 1, "
+                                         f"name: books-2}}]", f"mixture.out={tmp_path / 'm'}"]))
+    assert [s["source"] for s in summary["sources"]] == ["books", "books-2"]
+    with pytest.raises(ConfigError, match="mixture.token_budget=-1000 must be at least 1"):
+        mix(load_mix_config(None, [f"mixture.sources=[{{source: books, run: {runs['books']}, weight: 1}}]",
+                                   "mixture.token_budget=-1000", f"mixture.out={tmp_path / 'm'}"]))
+
+
+def test_a_run_that_kept_nothing_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "stats.json").write_text(json.dumps(
+        {"kept_nothing": {"stage": "langid", "dropped": 5, "in": 5}}))
+    with pytest.raises(ConfigError, match=r"kept no documents \(stage langid removed the most: 5 of 5\)"):
+        mix(load_mix_config(None, [f"mixture.sources=[{{source: web, run: {tmp_path / 'empty'}, weight: 1}}]"]))
