@@ -82,15 +82,18 @@ def forget_lost_outputs(cfg: CorpusConfig) -> None:
     marker alone would let the run end with success and the files missing. Every task is deterministic, so
     what is redone equals what the later stages read."""
     for stage, kind in STAGES:
+        redo = {}  # task -> its first missing output
         for name in shard_names(cfg) if kind == "shard" else ["all"]:
-            if not is_done(cfg.output.dir, stage, name):
-                continue
-            lost = [p for p in stage_outputs(cfg, stage, name) if not os.path.isfile(p)]
-            if lost:
-                unmark_done(cfg.output.dir, stage, name)
-                more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
-                print(f"megagpt corpus: {os.path.relpath(lost[0], cfg.output.dir)}{more} missing: "
-                      f"{stage}{'' if name == 'all' else ' of shard ' + name} is done again", file=sys.stderr)
+            if is_done(cfg.output.dir, stage, name):
+                lost = next((p for p in stage_outputs(cfg, stage, name) if not os.path.isfile(p)), None)
+                if lost:
+                    unmark_done(cfg.output.dir, stage, name)
+                    redo[name] = os.path.relpath(lost, cfg.output.dir)
+        if redo:  # one line a stage: a run from an older megagpt may lack a new output in every shard
+            first = next(iter(redo.values()))
+            tasks = "" if kind == "reduce" else f" of {len(redo)} shard(s)"
+            print(f"megagpt corpus: {first}{' and more' if len(redo) > 1 else ''} missing: {stage}{tasks} "
+                  f"done again", file=sys.stderr)
 
 
 def shard_names(cfg: CorpusConfig) -> list[str]:

@@ -84,4 +84,4 @@ def test_a_finished_run_missing_outputs_makes_them_again(crawl, corpus_run, tmp_
     same_tree(str(reference), str(out))
     assert (out / "stats.json").read_text() == (reference / "stats.json").read_text()
     err = capsys.readouterr().err
-    assert f"megagpt corpus: {lost[0]}" in err and "is done again" in err
+    assert f"megagpt corpus: {lost[0]}" in err and "done again" in err
