@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import socket
 import warnings
@@ -119,11 +117,18 @@ def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True
 
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         return device
+    import importlib
+
     import deepspeed  # slow import: only once we know we train
 
-    # On CPU it print()s "DeepSpeed ... shm_comm_op built successfully" on every rank (verbose=False aside)
-    with contextlib.redirect_stdout(io.StringIO()):
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if device.type == "cpu":
+        # DeepSpeed builds its shared-memory all-reduce, a JIT C++ extension, for inference_all_reduce alone,
+        # which training never calls. The build holds a lock file in ~/.cache/torch_extensions that a rank
+        # killed meanwhile (a Slurm cancel or requeue at start-up) leaves behind: every later run waited on it
+        # forever, printing nothing.
+        # (the module by name: the attribute deepspeed.comm.torch is the torch package, which it imports)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return device
 
 

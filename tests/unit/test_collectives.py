@@ -1,5 +1,7 @@
 """Tensors handed to collectives live on the rank's device; the device and backend follow the GPUs there."""
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -126,3 +128,24 @@ def test_gpus_left_unused_are_reported_once(monkeypatch, capsys, world, env, say
     report_device("cpu", 2, world)  # asked for: nothing to say
     assert capsys.readouterr().err == ("megagpt: 2 ranks on this node but 1 GPU visible to each: running on CPU "
                                        "with gloo (run.device=cuda requires a GPU per rank)\n" if says else "")
+
+
+def test_a_cpu_rank_builds_no_extension_under_a_lock_a_killed_rank_could_leave(tmp_path):
+    """DeepSpeed JIT-built its shared-memory all-reduce (inference only) in every CPU rank, under a lock file in
+    TORCH_EXTENSIONS_DIR: a rank killed meanwhile (a Slurm requeue at start-up) left it, and every later run
+    waited on it forever, printing nothing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CPU_ENV, REPO
+
+    env = {**os.environ, **CPU_ENV, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    stale = ("import torch.utils.cpp_extension as c; "
+             "open(c._get_build_directory('deepspeed_shm_comm', False) + '/lock', 'w').close()")
+    subprocess.run([sys.executable, "-c", stale], env=env, check=True, timeout=60)
+    start = ("from megagpt.parallel.distributed import init_distributed, shutdown_distributed; "
+             "print(init_distributed('cpu')); shutdown_distributed()")
+    proc = subprocess.run([sys.executable, "-c", start], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "cpu\n", proc.stderr[-2000:]
