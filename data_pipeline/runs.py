@@ -31,6 +31,7 @@ MODES = ("resume", "restart", "extend")
 # Every name a run writes in output.dir (the lock aside): all that --restart removes.
 OUTPUTS = (RECORD, "stats.json", "tokenizer.json", "mixture.json", "work", "documents", "dropped", "tokens", "report")
 CONTENTS = "contents"
+SLURM_JOBS = os.path.join("work", "slurm", "jobs.json")  # the jobs a Slurm run submitted (executor.kind=slurm)
 _TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's names
 # Stages whose output depends on every shard: redone when --extend adds shards.
 ACROSS_SHARDS = ("dedup", "finalize", "tokenizer", "tokenize", "summary")
@@ -77,6 +78,7 @@ class Run:
             raise
 
     def _open(self, cfg: CorpusConfig, mode: str) -> list[dict]:
+        _refuse_jobs_in_flight(self.out)
         record = read_record(self.out)
         if record is None and _holds_a_run(self.out) and mode != "restart":
             raise ConfigError(f"output.dir={self.out!r} holds an earlier corpus run without {RECORD} "
@@ -136,6 +138,22 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _refuse_jobs_in_flight(out_dir: str) -> None:
+    """The lock guards a run while its process lives; a Slurm run that does not wait (executor.wait=false) leaves
+    its jobs working in output.dir after it: another run (a --restart removing what they read) must wait."""
+    from megagpt.slurm import jobs_in_flight
+
+    try:
+        with open(os.path.join(out_dir, SLURM_JOBS)) as f:
+            jobs = json.load(f)["jobs"]
+    except (OSError, ValueError, KeyError):
+        return
+    left = jobs_in_flight(jobs)
+    if left:
+        raise ConfigError(f"output.dir={out_dir!r}: the Slurm jobs of its run ({', '.join(jobs)}) are still queued "
+                          f"or running: wait for them (squeue -j {','.join(jobs)}) or scancel them")
 
 
 def _change(key: str, theirs, ours) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import time
 
 import yaml
@@ -19,9 +18,10 @@ import yaml
 from data_pipeline.config import CorpusConfig
 from data_pipeline.executors import is_done
 from data_pipeline.pipeline import STAGES, forget_lost_outputs, shard_names
-from data_pipeline.runs import Run
+from data_pipeline.io import write_json
+from data_pipeline.runs import SLURM_JOBS, Run
 from megagpt.errors import ConfigError, SlurmError
-from megagpt.slurm import check_path, python, render, sbatch_line, submit_script, write_script
+from megagpt.slurm import check_path, jobs_in_flight, python, render, sbatch_line, submit_script, write_script
 
 
 def save_config(cfg: CorpusConfig) -> str:
@@ -68,6 +68,7 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
                                   stage_script(cfg, stage, shards, config_path, previous))
             previous = submit_script(script)
             jobs.append(previous)
+            write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
         if cfg.executor.wait:
             wait_for(jobs, poll_seconds)
             for stage, kind in STAGES:
@@ -82,10 +83,7 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
 
 
 def wait_for(jobs: list[str], poll_seconds: float) -> None:
-    while True:
-        proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], capture_output=True, text=True)
-        if proc.returncode == 0 and not proc.stdout.strip():
-            return
+    while jobs_in_flight(jobs) != []:  # None (squeue could not tell): ask again
         time.sleep(poll_seconds)
 
 

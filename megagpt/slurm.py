@@ -124,6 +124,21 @@ def submit_script(path: str, extra_args: tuple = ()) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+def jobs_in_flight(jobs: list[str]) -> list[str] | None:
+    """Those of `jobs` Slurm still holds (pending, running, completing): a job it no longer knows has ended.
+    None where squeue cannot tell (not installed, the controller unreachable)."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode != 0:  # one id alone that Slurm has forgotten is an error; several are not
+        return [] if "Invalid job id" in proc.stderr else None
+    return proc.stdout.split()
+
+
 def write_script(path: str, text: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

@@ -28,3 +28,33 @@ def test_unsafe_partition_is_refused():
 
     with pytest.raises(ConfigError, match=r"executor.partition='gpu; rm -rf /' may only hold"):
         load_corpus_config(None, ["input.paths=[/etc/hostname]", "executor.kind=slurm", "executor.partition=gpu; rm -rf /"])
+
+
+def test_a_run_refuses_while_the_jobs_of_an_earlier_one_work_in_its_output_dir(tmp_path, monkeypatch):
+    """executor.wait=false lets the submitting process (and its lock) go while the jobs run: a second run, a
+    --restart that removed what they read, was accepted. Slurm itself is faked: the jobs' state is squeue's."""
+    import json
+
+    import pytest
+
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.runs import SLURM_JOBS, Run
+    from megagpt.config import ConfigError
+
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/in.jsonl]", f"output.dir={tmp_path}/out"])
+    (tmp_path / "out" / "work" / "slurm").mkdir(parents=True)
+    (tmp_path / "out" / SLURM_JOBS).write_text(json.dumps({"jobs": ["320", "321"]}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    squeue = bin_dir / "squeue"
+    for script, refused in [('echo 320_1; echo 321', True), ("exit 0", False),
+                            ('echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1', False)]:
+        squeue.write_text(f"#!/bin/sh\n{script}\n")
+        squeue.chmod(0o755)
+        if refused:
+            with pytest.raises(ConfigError, match=r"the Slurm jobs of its run \(320, 321\) are still queued or running"):
+                Run(cfg, "restart")
+        else:
+            Run(cfg, "resume").close()
