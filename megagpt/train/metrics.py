@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 
 PRETRAIN_POSTFIX = (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("tok_s", "tokens_per_s", ".0f"))
@@ -79,3 +80,11 @@ def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
+
+def first_evaluation(run_dir: str) -> Optional[dict]:
+    """The run's first held-out evaluation in eval.jsonl (before its first step), if any."""
+    try:
+        with open(os.path.join(run_dir, "eval.jsonl")) as f:
+            return json.loads(next(f))
+    except (OSError, StopIteration, ValueError):
+        return None

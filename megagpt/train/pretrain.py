@@ -26,7 +26,7 @@ from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.planner import training_flops_per_token
 from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.guard import check_finite
-from megagpt.train.metrics import RunLog
+from megagpt.train.metrics import RunLog, first_evaluation
 from megagpt.train.profiling import StepProfiler
 from megagpt.train.schedules import batch_sizes, lr_schedule
 
@@ -290,7 +290,8 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
         print(f"megagpt: {cfg.run.dir} has trained {state.step} steps already, train.steps={t.steps} (raise "
               f"train.steps to continue it)", flush=True)
     elif is_logger:
-        held = f"; held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""
+        first = first_evaluation(cfg.run.dir) if state.step else None  # a resumed run's: its process ran later ones
+        held = f"; held-out loss {(first or evals[0])['loss']:.3f} -> {evals[-1]['loss']:.3f}" if evals else ""
         print(f"megagpt: trained {t.steps} steps at (tp,pp,dp)=({pc.tp},{pc.pp},{pc.dp}), {consumed_tokens} tokens; "
               f"last loss {loss:.3f}{held}; metrics in {cfg.run.dir}/metrics.jsonl")
         if finished:

@@ -163,6 +163,8 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(demo_prefix, tmp_path
     assert f"skipping checkpoint {newest}: {problem}" in out.stderr
     assert "resumed from step 4" in out.stdout
     assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == list(range(1, STEPS + 1))
+    evals = read_jsonl(str(run / "eval.jsonl"))  # the run's first held-out loss, not the resumed process's first
+    assert evals[0]["step"] == 0 and f"held-out loss {evals[0]['loss']:.3f} -> {evals[-1]['loss']:.3f}" in out.stdout
 
 
 def test_resume_false_starts_afresh_and_sets_the_earlier_checkpoints_aside(demo_prefix, tmp_path):
