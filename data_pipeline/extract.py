@@ -17,8 +17,8 @@ _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BO
 
 def _encoding(payload: bytes, declared: Optional[str], detect) -> str:
     """A byte-order mark, else UTF-8 where the bytes are valid UTF-8 (servers mislabel UTF-8 pages as latin-1;
-    other encodings' non-ASCII text is almost never valid UTF-8), else the HTTP charset, else the page's <meta>
-    charset, else uchardet's guess (resiliparse)."""
+    other encodings' non-ASCII text is almost never valid UTF-8), else the HTTP charset where Python knows it,
+    else the page's <meta> charset, else uchardet's guess (resiliparse)."""
     for bom, name in _BOMS:
         if payload.startswith(bom):
             return name
@@ -26,7 +26,13 @@ def _encoding(payload: bytes, declared: Optional[str], detect) -> str:
         payload.decode("utf-8")
         return "utf-8"
     except UnicodeDecodeError:
-        return declared or detect(payload, from_html_meta=True)
+        pass
+    try:  # servers send names Python has no codec for ("none", "utf8mb4"), and UTF-16 without its BOM
+        if declared and not codecs.lookup(declared).name.startswith(("utf-16", "utf-32")):
+            return declared
+    except LookupError:
+        pass
+    return detect(payload, from_html_meta=True)
 
 
 def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:

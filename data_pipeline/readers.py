@@ -1,10 +1,10 @@
 """Reading crawl files into records: WARC responses and resources (HTML), WET conversions (text), JSONL, text.
 
-A .gz WARC is decompressed by Python's gzip, which raises at a truncated or corrupt member where
-fastwarc's own reader stops silently; each record's block is checked against its Content-Length
-and the file's last bytes against the last record, so a cut anywhere is reported (a file error)
-and a cut record is a counted drop, never a document. A damaged file is reported, never fatal:
-the records before the damage are still processed.
+A .gz WARC is decompressed member by member here (_GzipMembers), where fastwarc's own reader stops silently
+at a cut member; each record's block is checked against its Content-Length and the file's last bytes
+against the last record, so a cut anywhere is reported (a file error) and a cut record is a counted drop,
+never a document. A damaged file is reported, never fatal: the records before the damage are still
+processed, and after a corrupt member those of the next one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class Record:
     # to count by, and where exactly. The read stage drops it, so it is counted and listed in dropped/.
     unreadable: Optional[str] = None
     detail: str = ""
-    charset: Optional[str] = None  # what the HTTP Content-Type declares (a Python codec name)
+    charset: Optional[str] = None  # what the HTTP Content-Type declares
+    crawler_cut: Optional[str] = None  # WARC-Truncated: why the crawler stored only part of it (length, time...)
 
 
 @dataclass
@@ -71,14 +72,15 @@ class _Stream:
     last record on is checked without reading the file twice."""
 
     def __init__(self, raw, window: int = 8 << 20):
-        self.raw, self.window, self.total, self.kept = raw, window, 0, collections.deque()
+        self.raw, self.window, self.total, self.kept, self.kept_bytes = raw, window, 0, collections.deque(), 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.total += len(data)
         self.kept.append(data)
-        while len(self.kept) > 1 and sum(map(len, self.kept)) - len(self.kept[0]) >= self.window:
-            self.kept.popleft()
+        self.kept_bytes += len(data)
+        while len(self.kept) > 1 and self.kept_bytes - len(self.kept[0]) >= self.window:
+            self.kept_bytes -= len(self.kept.popleft())
         return data
 
     def tell(self) -> int:
@@ -86,16 +88,16 @@ class _Stream:
 
     def tail(self, offset: int) -> Optional[bytes]:
         """The bytes from `offset` to the end (once read), or None where they were not all kept."""
-        joined = b"".join(self.kept)
-        start = offset - (self.total - len(joined))
-        return joined[start:] if start >= 0 else None
+        start = offset - (self.total - self.kept_bytes)
+        return b"".join(self.kept)[start:] if start >= 0 else None
 
 
 class _GzipMembers:
     """A gzip file's members decompressed one by one. A member's bytes are handed on once zlib has checked its
-    CRC (CommonCrawl writes one member per record), or as they come past `hold` bytes (a whole-file gzip);
-    a corrupt member is dropped and reading goes on at the next member header; a cut at the end hands on what
-    was there, for the record length check to catch.
+    CRC (CommonCrawl writes one member per record), or as they come past `hold` bytes (a whole-file gzip,
+    checked at its end only); a corrupt member is dropped and reading goes on at the next member header (past
+    `hold`, whose bytes went on unchecked, reading stops there); a cut at the end hands on what was there, for
+    the record length check to catch.
     Written out because gzip.GzipFile hands on a member's bytes before its CRC fails and stops at the damage."""
 
     MAGIC = b"\x1f\x8b\x08"
@@ -104,9 +106,10 @@ class _GzipMembers:
         self.raw, self.hold, self.chunk = raw, hold, chunk
         self.problems: list[str] = []  # damage before the end
         self.cut_at: Optional[int] = None  # where the member that the end of the file cuts short starts
-        self.ready, self.held, self.pending = bytearray(), [], b""
+        self.ready, self.held, self.held_bytes, self.released = bytearray(), [], 0, False
+        self.pending = b""  # compressed bytes read but not yet given to zlib
         self.start = self.offset = 0  # compressed offsets: the current member's start, the end of what was read
-        self.d, self.done = zlib.decompressobj(wbits=31), False
+        self.d, self.done = None, False  # d: the current member's decompressor (None: between members)
 
     def read(self, n: int = -1) -> bytes:
         while not self.done and (n < 0 or len(self.ready) < n):
@@ -119,57 +122,69 @@ class _GzipMembers:
     def _release(self) -> None:
         for part in self.held:
             self.ready += part
-        self.held = []
+        self.held, self.held_bytes = [], 0
+
+    def _more(self) -> bytes:
+        data = self.raw.read(self.chunk)
+        self.offset += len(data)
+        return data
 
     def _step(self) -> None:
-        data = self.pending or self.raw.read(self.chunk)
-        consumed_from = self.offset - len(self.pending) if self.pending else self.offset
-        if not self.pending:
-            self.offset += len(data)
+        if self.d is None:  # a member starts here, with the magic, or what follows is damage or junk
+            while len(self.pending) < len(self.MAGIC) and (more := self._more()):
+                self.pending += more
+            if not self.pending:
+                self.done = True
+            elif self.pending.startswith(self.MAGIC):
+                self.d, self.released = zlib.decompressobj(wbits=31), False
+            else:
+                self._resync(self.start + 1, f"at byte {self.start} no gzip member starts")
+            return
+        data = self.pending or self._more()
         self.pending = b""
         if not data:
-            if self.held or self.start < self.offset:
-                self.cut_at = self.start
-                self._release()
+            self.cut_at = self.start
+            self._release()
             self.done = True
             return
         try:
-            self.held.append(self.d.decompress(data))
+            part = self.d.decompress(data)
         except zlib.error as exc:
-            self.problems.append(f"corrupt gzip member at byte {self.start} ({exc}): its records are lost")
-            self.held = []
-            self._resync(self.start + 1)
+            self.held, self.held_bytes = [], 0
+            if self.released:  # its first bytes were handed on unchecked: what follows them would be misread
+                self.problems.append(f"corrupt gzip member at byte {self.start} ({exc}), over {self.hold} bytes "
+                                     f"long: the rest of the file is not read")
+                self.done = True
+            else:
+                self._resync(self.start + 1, f"corrupt gzip member at byte {self.start} ({exc})")
             return
+        self.held.append(part)
+        self.held_bytes += len(part)
         if self.d.eof:
             self._release()
-            rest = self.d.unused_data
-            self.start = consumed_from + len(data) - len(rest)
-            self.d = zlib.decompressobj(wbits=31)
-            if rest and not rest.startswith(self.MAGIC[:len(rest)]):
-                size = self.raw.seek(0, os.SEEK_END)
-                self.problems.append(f"{size - self.start} bytes after the gzip member ending at byte {self.start} "
-                                     f"are not gzip")
-                self.done = True
-            self.pending = rest
-        elif sum(map(len, self.held)) > self.hold:
+            self.pending = self.d.unused_data
+            self.start, self.d = self.offset - len(self.pending), None
+        elif self.held_bytes > self.hold:
             self._release()
+            self.released = True
 
-    def _resync(self, after: int) -> None:
-        """Go on at the next member header from compressed offset `after` (none: the end)."""
+    def _resync(self, after: int, problem: str) -> None:
+        """Go on at the next member header from compressed offset `after`; `problem` is reported with how much
+        was skipped (or, with no member after it, as what ends the file)."""
         self.raw.seek(after)
         carry, at = b"", after
-        while True:
-            block = self.raw.read(1 << 20)
-            if not block:
-                self.done = True
-                return
+        while block := self.raw.read(1 << 20):
             found = (carry + block).find(self.MAGIC)
             if found >= 0:
-                self.start = self.offset = at - len(carry) + found
-                self.raw.seek(self.offset)
-                self.pending, self.d = b"", zlib.decompressobj(wbits=31)
+                skipped_to = at - len(carry) + found
+                self.problems.append(f"{problem}: bytes {self.start}-{skipped_to} skipped, their records lost")
+                self.raw.seek(skipped_to)
+                self.start = self.offset = skipped_to
+                self.pending, self.d = b"", None
                 return
             carry, at = block[-2:], at + len(block)
+        self.problems.append(f"{problem}: the {at - self.start} bytes from there to the end are not gzip")
+        self.done = True
 
 
 _CONTENT = ("response", "resource", "conversion")
@@ -179,7 +194,8 @@ def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
     from fastwarc.warc import ArchiveIterator
 
     with open(path, "rb") as f:
-        compressed = f.read(3) == _GzipMembers.MAGIC  # by content: a plain WARC named .gz happens
+        head = f.read(5)  # by content: a plain WARC named .gz happens, and a damaged first member header
+        compressed = head.startswith(_GzipMembers.MAGIC) or path.endswith(".gz") and not head.startswith(b"WARC/")
         f.seek(0)
         members = _GzipMembers(f) if compressed else None
         stream = _Stream(members or f)
@@ -214,11 +230,11 @@ def _content(rec, index: int) -> Union[Record, Skipped]:
 
     if len(block) < rec.content_length:
         return unreadable("truncated record", f"{len(block)} of its {rec.content_length} bytes")
-    cut = rec.headers.get("WARC-Truncated")
-    if cut:  # CommonCrawl stores at most 1 MiB of a page: what is there is not the whole page
-        return unreadable("truncated by the crawler", f"WARC-Truncated: {cut}")
+    # CommonCrawl stores at most 1 MiB of a page: such a page is kept (its main text mostly lies within), named
+    cut = rec.headers.get("WARC-Truncated") or None
     if kind == "conversion":
-        return Record(index, rid, url, "text", block, rec.headers.get("Content-Type", "text/plain").lower())
+        return Record(index, rid, url, "text", block, rec.headers.get("Content-Type", "text/plain").lower(),
+                      crawler_cut=cut)
     if rec.is_http:
         try:
             body, http = _http_body(block)
@@ -229,8 +245,8 @@ def _content(rec, index: int) -> Union[Record, Skipped]:
         body, charset = block, None
         ctype = rec.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if kind == "resource" and ctype.startswith("text/plain"):
-        return Record(index, rid, url, "text", body, ctype)
-    return Record(index, rid, url, "html", body, ctype, charset=charset)
+        return Record(index, rid, url, "text", body, ctype, crawler_cut=cut)
+    return Record(index, rid, url, "html", body, ctype, charset=charset, crawler_cut=cut)
 
 
 _HTTP_RECORD = b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/http; msgtype=response\r\n" \
@@ -252,9 +268,14 @@ def _http_body(block: bytes):
         return parsed("all")
     except OSError:
         body, http = parsed("transfer")
-        if http.http_headers.get("Content-Encoding", "").strip().lower() != "deflate":
+        coding = http.http_headers.get("Content-Encoding", "").strip().lower()
+        if coding in ("gzip", "x-gzip"):  # RFC 9110: x-gzip is gzip
+            return zlib.decompress(body, wbits=47), http
+        if coding in ("deflate", "x-deflate"):
+            return zlib.decompress(body, wbits=-15), http
+        if coding in ("br", "zstd", "compress", "x-compress"):
             raise
-        return zlib.decompress(body, wbits=-15), http
+        return body, http  # a label that is no coding ("none", "utf-8", "identity"): the body as sent
 
 
 def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: Optional[int]) -> Optional[str]:
@@ -270,7 +291,10 @@ def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: O
     length = None
     for line in tail[:max(header_end, 0)].split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
+            try:
+                length = int(line.split(b":", 1)[1])
+            except ValueError:
+                return f"the last record's Content-Length is {line.split(b':', 1)[1].strip()[:20].decode(errors='replace')!r}"
     if header_end < 0 or length is None or len(tail) < header_end + 4 + length:
         return "truncated WARC record"
     rest = tail[header_end + 4 + length:].strip(b"\r\n")
@@ -312,7 +336,7 @@ def iter_texts(paths: list[str]) -> Iterator[str]:
 
     for path in paths:
         for item in read_file(path):
-            if isinstance(item, Record):
+            if isinstance(item, Record) and not item.unreadable:  # a cut or undecodable record is no example
                 text, _ = extract_text(item)
                 if text:
                     yield text

@@ -82,7 +82,8 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
         stats.kept("extract", nbytes(text))
         doc = _judge(cfg, ids["id"], text, stats, clock, lambda *a, **k: drop(ids, *a, **k))
         if doc is not None:
-            kept.append({**ids, "source": cfg.input.source, **doc})
+            kept.append({**ids, "source": cfg.input.source, **doc,
+                         **({"warc_truncated": item.crawler_cut} if item.crawler_cut else {})})
 
     start = time.perf_counter()
     hashes = [content_hash(d["text"]) for d in kept]
@@ -162,6 +163,7 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
     decon = _decontaminator(tuple(d.paths), d.text_field, d.ngram, d.margin_chars, d.min_piece_chars,
                             d.max_pieces) if d.paths else None
     kept, dup_drops, decon_drops = [], [], []
+    cut_docs = {"cut": 0, "pieces": 0, "short_pieces_dropped": 0}  # documents decontamination cut and kept
     for doc in read_jsonl_gz(os.path.join(out, "work", "process", f"{name}.jsonl.gz")):
         dup = duplicates.get(doc["id"])
         if dup:
@@ -177,14 +179,15 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
                                 "benchmark_ngrams": hits, "pieces": made})
             continue
         cut = {"benchmark_ngrams": hits, "pieces": made, "short_pieces_dropped": made - len(pieces)} if hits else {}
+        if hits:
+            cut_docs["cut"] += 1
+            cut_docs["pieces"] += made
+            cut_docs["short_pieces_dropped"] += made - len(pieces)
         for k, piece in enumerate(pieces):
             piece_id = doc["id"] if len(pieces) == 1 else f"{doc['id']}#{k}"
             kept.append({**doc, "id": piece_id, "text": piece, **cut})
     level = cfg.output.gzip_level
-    cut = {d["id"].partition("#")[0]: d for d in kept if "pieces" in d}  # documents decontamination cut, kept
-    write_json(os.path.join(out, "work", "finalize", f"{name}.json"), {
-        "cut": len(cut), "pieces": sum(1 for d in kept if "pieces" in d),
-        "short_pieces_dropped": sum(d["short_pieces_dropped"] for d in cut.values())})
+    write_json(os.path.join(out, "work", "finalize", f"{name}.json"), cut_docs)
     write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept, level)
     write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops, level)
     write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops, level)

@@ -59,7 +59,9 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     bench.write_text(json.dumps({"text": QUESTION}) + "\n")
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text(json.dumps({"id": "contaminated", "text": f"{FILLER} {QUESTION} {FILLER}"}) + "\n"
-                     + json.dumps({"id": "clean", "text": FILLER + " the end"}) + "\n")
+                     + json.dumps({"id": "clean", "text": FILLER + " the end"}) + "\n"
+                     + json.dumps({"id": "short-middle", "text": f"{FILLER} {QUESTION} {FILLER[:450]} {QUESTION} "
+                                                                 f"{FILLER}"}) + "\n")
     out = tmp_path / "out"
     cfg = corpus_config(crawl_dir, out, f"input.paths=[{jsonl}]", f"decontam.paths=[{bench}]", "langid.threshold=0",
                         "langid.languages=[en, la, eo, it, fr, de, es, nl, pt, sv, da, fi, pl, cs, ru, tr]",
@@ -68,16 +70,19 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     docs = {d["id"]: d for d in read_jsonl_gz(str(out / "documents" / "commoncrawl" / "00000.jsonl.gz"))}
     # run ids (file:line), pieces numbered; the records' own ids stay as a field
     assert {k: d["record_id"] for k, d in docs.items()} == {
-        "docs.jsonl:1#0": "contaminated", "docs.jsonl:1#1": "contaminated", "docs.jsonl:2": "clean"}
+        "docs.jsonl:1#0": "contaminated", "docs.jsonl:1#1": "contaminated", "docs.jsonl:2": "clean",
+        "docs.jsonl:3#0": "short-middle", "docs.jsonl:3#1": "short-middle"}
     assert all(QUESTION.split()[5] not in docs[k]["text"] for k in ("docs.jsonl:1#0", "docs.jsonl:1#1"))
     assert docs["docs.jsonl:1#0"]["benchmark_ngrams"] == 4 and "benchmark_ngrams" not in docs["docs.jsonl:2"]
-    assert summary["stages"]["decontam"]["in"] == 2 and summary["documents"] == 3
+    assert summary["stages"]["decontam"]["in"] == 3 and summary["documents"] == 5
     from data_pipeline.explain import explain
 
     lines = explain(str(out), "docs.jsonl:1#1")
     assert "  decontam  cut around 4 benchmark n-gram(s) into 2 piece(s): 2 kept" in lines
     assert {k: summary["stages"]["decontam"][k] for k in ("cut", "pieces", "short_pieces_dropped")} == {
-        "cut": 1, "pieces": 2, "short_pieces_dropped": 0}
+        "cut": 2, "pieces": 5, "short_pieces_dropped": 1}  # pieces made: the short middle one is not kept
+    assert "  decontam  cut around 8 benchmark n-gram(s) into 3 piece(s): 2 kept, 1 under the minimum length " \
+           "dropped" in explain(str(out), "docs.jsonl:3")
     assert "  dedup     off" in lines  # dedup.enabled=false: it was said to have kept the document
     assert lines[-1] == "  tokenize  kept: docs.jsonl:1#1 is line 2 of documents/commoncrawl/00000.jsonl.gz, " \
                         "in tokens/commoncrawl.bin/.idx"

@@ -82,19 +82,37 @@ def test_a_corrupt_member_loses_its_record_alone(tmp_path):
     recs, errors = records_and_errors(path)
     assert [r.record_id for r in recs] == ["<urn:uuid:0>", "<urn:uuid:2>", "<urn:uuid:3>"]
     assert [e.reason.split(" (")[0] for e in errors] == [f"corrupt gzip member at byte {len(members[0])}"]
+    assert errors[0].reason.endswith(f"bytes {len(members[0])}-{len(members[0]) + len(damaged)} skipped, their "
+                                     f"records lost")
+    for at in (0, 2):  # its magic damaged: the members after it were taken for junk and lost
+        header = bytearray(members[1])
+        header[at] ^= 0xFF
+        path.write_bytes(members[0] + bytes(header) + members[2] + members[3])
+        recs, errors = records_and_errors(path)
+        assert [r.record_id for r in recs] == ["<urn:uuid:0>", "<urn:uuid:2>", "<urn:uuid:3>"]
+        assert [e.reason for e in errors] == [f"at byte {len(members[0])} no gzip member starts: bytes "
+                                              f"{len(members[0])}-{len(members[0]) + len(header)} skipped, their "
+                                              f"records lost"]
 
 
 def test_what_follows_the_records_is_named_right(tmp_path):
     record = warc("response", http(PAGE))
+    last = warc("resource", b"").replace(b"Content-Length: 0", b"Content-Length: x")  # fastwarc reads it as 0
     cases = {"garbage.warc.gz": gzip.compress(record) + b"this is not gzip",
-             "plain-named.warc.gz": record + record, "garbage.warc": record + b"junk"}
+             "plain-named.warc.gz": record + record, "garbage.warc": record + b"junk",
+             "bad-length.warc": record + last, "first-header-damaged.warc.gz": b"\x00" + gzip.compress(record)[1:]
+             + gzip.compress(record)}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     reasons = {name: [e.reason for e in records_and_errors(tmp_path / name)[1]] for name in cases}
-    assert reasons == {"garbage.warc.gz": [f"16 bytes after the gzip member ending at byte {len(gzip.compress(record))} "
-                                           f"are not gzip"],
+    assert reasons == {"garbage.warc.gz": [f"at byte {len(gzip.compress(record))} no gzip member starts: the 16 "
+                                           f"bytes from there to the end are not gzip"],
                        "plain-named.warc.gz": [],  # was "corrupt gzip", its records all read
-                       "garbage.warc": ["unreadable (Invalid WARC header) after 1 records"]}
+                       "garbage.warc": ["unreadable (Invalid WARC header) after 1 records"],
+                       "bad-length.warc": ["the last record's Content-Length is 'x' after 2 records"],  # a ValueError
+                       "first-header-damaged.warc.gz": [  # read as a plain WARC: every record lost
+                           f"at byte 0 no gzip member starts: bytes 0-{len(gzip.compress(record))} skipped, their "
+                           f"records lost"]}
 
 
 def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
@@ -115,6 +133,9 @@ def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
         warc("response", http(PAGE, "Content-Type: text/html"), "<urn:uuid:cut>", WARC_Truncated="length"),
         warc("response", http(b"not gzip", "Content-Encoding: gzip"), "<urn:uuid:bad-gzip>"),
         warc("response", http(PAGE, "Content-Type: text/html"), "<urn:uuid:last>"),
+        warc("response", http(gzip.compress(PAGE), "Content-Type: text/html", "Content-Encoding: x-gzip"),
+             "<urn:uuid:x-gzip>"),
+        warc("response", http(PAGE, "Content-Type: text/html", "Content-Encoding: none"), "<urn:uuid:none>"),
     ]
     path = tmp_path / "mixed.warc.gz"
     path.write_bytes(b"".join(gzip.compress(r) for r in records))
@@ -124,12 +145,17 @@ def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
     recs = [i for i in items if isinstance(i, Record)]
     assert [(r.index, r.record_id, r.unreadable) for r in recs] == [
         (2, "<urn:uuid:chunked>", None), (4, "<urn:uuid:gz>", None), (5, "<urn:uuid:deflate>", None),
-        (6, "<urn:uuid:resource>", None), (8, "<urn:uuid:cut>", "truncated by the crawler"),
-        (9, "<urn:uuid:bad-gzip>", "undecodable HTTP body"), (10, "<urn:uuid:last>", None)]
+        (6, "<urn:uuid:resource>", None), (8, "<urn:uuid:cut>", None),
+        (9, "<urn:uuid:bad-gzip>", "undecodable HTTP body"), (10, "<urn:uuid:last>", None),
+        (11, "<urn:uuid:x-gzip>", None), (12, "<urn:uuid:none>", None)]
+    assert recs[4].crawler_cut == "length" and not any(r.crawler_cut for r in recs[:4])  # kept, and named
     expected = extract_text(Record(0, None, None, "html", PAGE, "text/html"))
     assert expected[0] and PROSE.strip()[:80] in expected[0]
-    for r in recs[:4] + recs[-1:]:
-        assert extract_text(r) == expected, r.record_id  # the chunk sizes were in the text; gzip was "binary"
+    for r in recs[:5] + recs[-3:]:
+        assert extract_text(r) == expected, r.record_id
+    from data_pipeline.readers import iter_texts
+
+    assert len(list(iter_texts([str(path)]))) == 8  # the undecodable record is no classifier example  # the chunk sizes were in the text; gzip was "binary"
 
 
 def test_unreadable_and_jsonl_inputs(tmp_path):
@@ -167,6 +193,8 @@ def test_extraction_names_what_is_wrong(payload, kind, ctype, reason):
     ("euc-kr", "text/html; charset=euc-kr", ""), ("euc-kr", "text/html", '<meta charset="euc-kr">'),
     ("utf-8", "text/html; charset=iso-8859-1", ""), ("shift_jis", "text/html; charset=Shift_JIS", ""),
     ("cp1252", "text/html", '<meta charset="windows-1252">'),
+    ("cp1252", "text/html; charset=none", ""), ("cp1252", "text/html; charset=utf8mb4", ""),  # Python has no codec
+    ("cp1252", "text/html; charset=utf-16", ""),  # UTF-16 without its BOM is a wrong label
 ])
 def test_a_page_is_read_in_the_charset_it_declares(tmp_path, encoding, header, meta):
     """uchardet alone read an EUC-KR page declared twice as mojibake (then dropped as Spanish); a UTF-8 page that
