@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import os
 import types
 import typing
@@ -476,7 +477,8 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     _require(0 <= o.weight_decay < math.inf, f"optim.weight_decay={o.weight_decay} must be >= 0 and finite")
     _require(0 <= m.hidden_dropout < 1 and 0 <= m.attention_dropout < 1, "model dropouts must lie in [0, 1)")
     parts = cfg.data.split.split(",")
-    _require(len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts),
+    _require(len(parts) == 3 and all(re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", x) for x in parts),  # ASCII, as
+             # megatron-core reads them (str.isdigit also takes "²" and Arabic digits, which it cannot)
              f"data.split={cfg.data.split!r} must be three comma-separated numbers (train,valid,test)")
     train_share, valid_share, _ = (float(x) for x in parts)
     _require(train_share > 0, f"data.split={cfg.data.split!r} gives training no share")

@@ -66,6 +66,24 @@ def big_tokenizer_data(tmp, prefix):
     return pretrain(tmp, build_demo_shard(str(tmp), vocab_size=6000))
 
 
+def unlabelled_big_shard(tmp, prefix):
+    """The same shards with no tokenizer beside them (made by Megatron-LM, say): their ids are the evidence."""
+    from megagpt.data.demo_corpus import build_demo_shard
+
+    made = build_demo_shard(str(tmp / "made"), vocab_size=6000)
+    for ext in (".bin", ".idx"):
+        shutil.copy(made + ext, f"{tmp}/bare{ext}")
+    return pretrain(tmp, f"{tmp}/bare")
+
+
+def hand_mixture_of_two_tokenizers(tmp, prefix):
+    """A mixture.json written by hand naming one tokenizer, over shards that record two."""
+    (tmp / "m.json").write_text(json.dumps({"tokenizer": prefix + ".tokenizer.json", "sources": [
+        {"source": "a", "prefix": prefix, "weight": 0.5},
+        {"source": "b", "prefix": str(other_tokenizer_shard(tmp)), "weight": 0.5}]}))
+    return pretrain(tmp, prefix, "data.prefixes=[]", f"data.mixture={tmp / 'm.json'}")
+
+
 def truncated_bin(tmp, prefix):
     for ext in (".bin", ".idx"):
         shutil.copy(prefix + ext, f"{tmp}/cut{ext}")
@@ -190,6 +208,11 @@ CASES = {
     "mixture weight NaN": (nan_mixture, ("error", "mixture.sources[0].weight=nan must be finite and positive")),
     "tokenizer larger than the model": (big_tokenizer_data, ("error", "tokens, more than model.vocab_size=4096")),
     "truncated .bin": (truncated_bin, ("error", "cut.bin has")),
+    "a shard past the vocabulary, no tokenizer beside it": (unlabelled_big_shard, ("error", "bare.bin holds token id")),
+    "a hand-made mixture of two tokenizers": (hand_mixture_of_two_tokenizers,
+                                              ("error", "the training data were made with different tokenizers")),
+    "split with Arabic digits": (lambda tmp, p: pretrain(tmp, p, "data.split=٩٨,٢,0"),
+                                 ("error", "must be three comma-separated numbers")),
     "shards of two tokenizers": (lambda tmp, p: pretrain(tmp, f"{p}, {other_tokenizer_shard(tmp)}"),
                                  ("error", "the training data were made with different tokenizers")),
     "an empty shard": (empty_shard, ("error", "empty.idx lists no documents")),

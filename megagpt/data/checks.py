@@ -29,7 +29,9 @@ def check_training_data(cfg: Config) -> None:
         raise ConfigError(f"{where}: weights {weights} must all be finite and positive")
     for prefix in prefixes:
         check_shard(prefix)
-    check_vocabulary(cfg)
+    check_vocabulary(cfg)  # first: where the shards record their tokenizer, its size says what to set
+    for prefix in prefixes:
+        check_token_ids(prefix, cfg.model.vocab_size)
     check_split_sizes(cfg.data.split, prefixes)
 
 
@@ -37,6 +39,23 @@ def check_shard(prefix: str) -> None:
     """A shard to train on: whole (shard_documents), and not empty."""
     if not shard_documents(prefix):
         raise DataError(f"{prefix}.idx lists no documents: an empty shard has nothing to train on (leave it out)")
+
+
+def check_token_ids(prefix: str, vocab_size: int, windows: int = 16, window_tokens: int = 1 << 15) -> None:
+    """No token id past the model's vocabulary in `windows` spread over the .bin (the first and last among them):
+    a shard from another tokenizer holds such ids throughout, and this catches one that records no tokenizer.
+    (Sampled: reading every token of a large corpus at each start would take minutes; micro_batches checks each
+    batch it reads as well.)"""
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
+    dtype = np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype)
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
+    starts = np.linspace(0, max(len(tokens) - window_tokens, 0), windows).astype(np.int64)
+    top = max(int(tokens[s:s + window_tokens].max()) for s in np.unique(starts)) if len(tokens) else 0
+    del tokens
+    if top >= vocab_size:
+        raise DataError(f"{prefix}.bin holds token id {top}, beyond model.vocab_size={vocab_size}: made with another "
+                        f"tokenizer, or model.vocab_size is too small")
 
 
 def shard_documents(prefix: str) -> int:
@@ -67,21 +86,24 @@ def shard_identity(prefix: str) -> dict:
 
 
 def data_tokenizers(cfg: Config) -> dict[str, list[str]]:
-    """The tokenizers the training data record they were made with -> what was made with each: mixture.json's for
-    a mixture, else each prefix's own (megagpt.data.shards.shard_tokenizer); shards that record none are left out."""
+    """The tokenizers the training data record they were made with -> what was made with each: mixture.json's, and
+    each shard's own (megagpt.data.shards.shard_tokenizer); shards that record none are left out."""
     from megagpt.data.shards import shard_tokenizer
 
+    from megagpt.data.datasets import resolve_blend
+
     d = cfg.data
-    if d.mixture:  # `corpus mix` made sure its sources share one tokenizer, and named it
+    found: dict[str, list[str]] = {}
+    if d.mixture:  # the one `corpus mix` named; a mixture.json written by hand may join shards that record others
         try:
             with open(d.mixture) as f:
                 rel = json.load(f).get("tokenizer")
-        except (OSError, ValueError):
-            return {}
-        path = os.path.join(os.path.dirname(d.mixture), rel) if rel else None
-        return {path: [d.mixture]} if path and os.path.isfile(path) else {}
-    found: dict[str, list[str]] = {}
-    for prefix in d.prefixes:
+        except (OSError, ValueError, AttributeError):
+            rel = None
+        path = os.path.join(os.path.dirname(d.mixture), rel) if isinstance(rel, str) else None
+        if path and os.path.isfile(path):
+            found[path] = [d.mixture]
+    for prefix in resolve_blend(cfg)[0]:
         path = shard_tokenizer(prefix)
         if path is not None:
             found.setdefault(path, []).append(prefix)

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import torch
 
 from megagpt.config import Config, ConfigError
+from megagpt.errors import DataError
 
 
 @dataclass
@@ -42,27 +43,44 @@ def resolve_blend(cfg: Config) -> tuple[list[str], Optional[list[float]]]:
         weights = [float(s["weight"]) for s in sources]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"data.mixture={d.mixture!r} is not a readable mixture file: {exc}") from None
-    for prefix in prefixes:
+    if not prefixes:
+        raise ConfigError(f"data.mixture={d.mixture!r} lists no sources")
+    seen: dict = {}
+    for i, prefix in enumerate(prefixes):
         if not os.path.isfile(prefix + ".bin") or not os.path.isfile(prefix + ".idx"):
             raise ConfigError(f"data.mixture={d.mixture!r} names shard {prefix} whose .bin/.idx is missing")
+        j = seen.setdefault(os.path.realpath(prefix), i)
+        if j != i:  # its weights would add up in training but not in what a checkpoint records
+            raise ConfigError(f"data.mixture={d.mixture!r}: sources {j} and {i} name the same shard {prefix}: "
+                              f"give it once, with the weight you mean")
     return prefixes, weights
 
 
 def check_split_sizes(split: str, prefixes: list[str]) -> None:
-    """Every split with a share must get a document from every source.
+    """Every split with a share must get tokens from every source.
 
     megatron-core's GPTDataset loops forever on a split with no tokens, so a small
-    corpus with data.split=969,30,1 would hang instead of failing.
+    corpus with data.split=969,30,1 would hang instead of failing. The bounds are megatron-core's own
+    (normalised shares, then summed: summing first rounds some splits the other way), and a split of documents
+    that hold no tokens is as empty as one of none.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.blended_megatron_dataset_config import (convert_split_vector_to_split_matrix,
+                                                                         parse_and_normalize_split)
+    from megatron.core.datasets.indexed_dataset import _IndexReader
 
-    shares = [float(x) for x in split.split(",")]
-    bounds = [sum(shares[:i]) / sum(shares) for i in range(4)]
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
     for prefix in prefixes:
-        documents = len(IndexedDataset(prefix).document_indices) - 1
-        for name, begin, end, share in zip(("train", "valid", "test"), bounds, bounds[1:], shares):
-            if share > 0 and round(end * documents) - round(begin * documents) == 0:
-                raise ConfigError(f"data.split={split!r} leaves the {name} split of {prefix} empty "
+        index = _IndexReader(prefix + ".idx", multimodal=False)  # kept alive while its arrays are read
+        lengths = index.sequence_lengths  # one sequence per document in a megagpt or megatron text shard
+        documents = len(index.document_indices) - 1
+        for name, bounds in zip(("train", "valid", "test"), matrix):
+            if bounds is None or bounds[1] == bounds[0]:
+                continue
+            begin, end = (int(round(b * float(documents))) for b in bounds)
+            first, last = index.document_indices[begin], index.document_indices[end]
+            if end == begin or not int(lengths[first:last].sum()):
+                what = "empty" if end == begin else f"without tokens ({end - begin} documents of none)"
+                raise ConfigError(f"data.split={split!r} leaves the {name} split of {prefix} {what} "
                                   f"({documents} documents in all): give it a larger share, or none")
 
 
@@ -104,9 +122,14 @@ def micro_batches(dataset, first_sample: int, samples: int, micro_batch_size: in
     """
     per_rank = samples // dp_size
     start = first_sample + dp_rank * per_rank
+    vocab = dataset.config.tokenizer.vocab_size  # model.vocab_size (build_datasets' _ShardTokenizer)
     for offset in range(0, per_rank, micro_batch_size):
         items = [dataset[start + offset + i] for i in range(micro_batch_size)]
         tokens = torch.stack([it["tokens"] for it in items])
         labels = torch.stack([it["labels"] for it in items])
         loss_mask = torch.stack([it["loss_mask"] for it in items]).float()
+        top = int(torch.maximum(tokens.max(), labels.max()))  # on the host, before any device sees the batch
+        if top >= vocab:  # at tp = 1 an IndexError in the embedding; at tp > 1 the token silently reads zeros
+            raise DataError(f"training sample {start + offset}-{start + offset + micro_batch_size - 1} holds token id "
+                            f"{top}, beyond model.vocab_size={vocab}: its shard was made with another tokenizer")
         yield tokens, (labels, loss_mask)

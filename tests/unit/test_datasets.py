@@ -57,3 +57,45 @@ def test_split_with_no_documents_is_an_error_not_a_hang(two_sources, world_of_on
     cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "data.split=969,30,1", f"run.dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"data.split='969,30,1' leaves the test split of .*books empty \(60 documents"):
         build_datasets(cfg, train_samples=64, valid_samples=1)
+
+
+def test_a_mixture_of_nothing_or_of_one_shard_twice_is_named(two_sources, tmp_path):
+    for sources, message in [([], "lists no sources"), ([{"source": "a", "prefix": str(two_sources / "books"),
+                                                          "weight": 0.9},
+                                                         {"source": "b", "prefix": str(two_sources / "books"),
+                                                          "weight": 0.1}], "sources 0 and 1 name the same shard")]:
+        (tmp_path / "m.json").write_text(json.dumps({"sources": sources}))
+        with pytest.raises(ConfigError, match=message):  # a rank's AssertionError; weights that resumed unchecked
+            resolve_blend(load_config(None, [f"data.mixture={tmp_path / 'm.json'}"]))
+
+
+def test_split_bounds_are_megatron_cores_and_count_tokens(tmp_path):
+    """6,1,11 on 9 documents: summing the shares first gave the valid split one document where megatron-core gives
+    none (a hang); a split whose documents hold no tokens hangs as well."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megagpt.data.datasets import check_split_sizes
+
+    tok = Tokenizer.train(["some text to learn from"] * 20, vocab_size=300)
+    write_shard(str(tmp_path / "nine"), [f"document number {i} " * 20 for i in range(9)], tok)
+    with pytest.raises(ConfigError, match=r"data.split='6,1,11' leaves the valid split of .*nine empty"):
+        check_split_sizes("6,1,11", [str(tmp_path / "nine")])
+    builder = IndexedDatasetBuilder(str(tmp_path / "zero.bin"), dtype=np.uint16)
+    for length in [100] * 9 + [0]:
+        builder.add_document(torch.arange(length, dtype=torch.int64), [length])
+    builder.finalize(str(tmp_path / "zero.idx"))
+    with pytest.raises(ConfigError, match=r"leaves the valid split of .*zero without tokens \(1 documents of none\)"):
+        check_split_sizes("9,1,0", [str(tmp_path / "zero")])
+    check_split_sizes("8,2,0", [str(tmp_path / "zero")])
+
+
+def test_a_batch_with_a_token_past_the_vocabulary_is_refused(two_sources, world_of_one, tmp_path):
+    """At tp > 1 such a token silently read zeros from the embedding; at tp = 1 it was an IndexError."""
+    from megagpt.errors import DataError
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=200",
+                             f"run.dir={tmp_path}"])
+    train, _ = build_datasets(cfg, train_samples=8, valid_samples=1)
+    with pytest.raises(DataError, match=r"holds token id \d+, beyond model.vocab_size=200"):
+        list(micro_batches(train, 0, 8, 4, 0, 1))
