@@ -89,17 +89,47 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
+    import torch.distributed as dist
+
     prefixes, weights = resolve_blend(cfg)
     check_split_sizes(cfg.data.split, prefixes)  # also before any process starts; here too, since a miss hangs
+    cache = index_cache(cfg, prefixes)
+    if not dist.is_initialized() or dist.get_rank() == 0:  # megatron-core's writer, before it writes or reads
+        drop_damaged_indices(cache)
     ds_config = GPTDatasetConfig(
         random_seed=cfg.train.seed, sequence_length=cfg.model.seq_length, blend=(prefixes, weights),
-        split=cfg.data.split, path_to_cache=index_cache(cfg, prefixes),
+        split=cfg.data.split, path_to_cache=cache,
         tokenizer=_ShardTokenizer(eod=eod, vocab_size=cfg.model.vocab_size),
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False,
     )
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
     return train, valid
+
+
+def drop_damaged_indices(cache: str) -> None:
+    """megatron-core writes its index .npy files in place, so a run killed meanwhile leaves one cut short, which
+    every later start failed to map (ValueError: mmap length is greater than file size). The files of a damaged
+    index (one hash) are removed, with a line saying so; megatron-core builds them again."""
+    import sys
+
+    import numpy as np
+
+    if not os.path.isdir(cache):
+        return
+    damaged = set()
+    for name in sorted(os.listdir(cache)):
+        if name.endswith(".npy"):
+            try:
+                np.load(os.path.join(cache, name), mmap_mode="r")
+            except (ValueError, OSError, EOFError):
+                damaged.add(name.split("-")[0])
+    for key in sorted(damaged):
+        for name in os.listdir(cache):
+            if name.startswith(key + "-"):
+                os.remove(os.path.join(cache, name))
+        print(f"megagpt: {cache}: the sample index {key} was damaged (a run stopped while writing it?): "
+              f"it is built again", file=sys.stderr, flush=True)
 
 
 def index_cache(cfg: Config, prefixes: list[str]) -> str:

@@ -99,3 +99,15 @@ def test_a_batch_with_a_token_past_the_vocabulary_is_refused(two_sources, world_
     train, _ = build_datasets(cfg, train_samples=8, valid_samples=1)
     with pytest.raises(DataError, match=r"holds token id \d+, beyond model.vocab_size=200"):
         list(micro_batches(train, 0, 8, 4, 0, 1))
+
+
+def test_a_damaged_sample_index_is_built_again(two_sources, world_of_one, tmp_path, capsys):
+    """megatron-core writes its .npy indices in place: one cut short by a killed run failed every later start."""
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}"])
+    first, _ = build_datasets(cfg, train_samples=64, valid_samples=4)
+    shuffle = next((tmp_path / "data_cache").glob("*/*-train-shuffle_index.npy"))
+    shuffle.write_bytes(shuffle.read_bytes()[:-40])
+    again, _ = build_datasets(cfg, train_samples=64, valid_samples=4)
+    assert "was damaged (a run stopped while writing it?): it is built again" in capsys.readouterr().err
+    assert [again[i]["tokens"].tolist() for i in range(8)] == [first[i]["tokens"].tolist() for i in range(8)]
