@@ -132,6 +132,34 @@ def drop_damaged_indices(cache: str) -> None:
               f"it is built again", file=sys.stderr, flush=True)
 
 
+def note_epochs(run_dir: str, train, resumed_at: int) -> None:
+    """Record how many epochs of each source the training split was built with (run.dir/data_epochs.json), and
+    say so where a resume changes them: raising train.steps keeps the sample order while each source stays
+    within its epochs, but megatron-core shuffles all epochs of a source together, so crossing into another
+    epoch reorders every sample, those the run has read included."""
+    import sys
+
+    sources = getattr(train, "datasets", [train])
+    if not all(hasattr(d, "document_index") and hasattr(d, "indices") for d in sources):
+        return  # not megatron-core's GPTDataset (SFT's, the reward model's)
+    epochs = {d.dataset_path: len(d.document_index) // max(len(d.indices), 1) for d in sources}
+    path = os.path.join(run_dir, "data_epochs.json")
+    try:
+        with open(path) as f:
+            before = json.load(f)
+    except (OSError, ValueError):
+        before = None
+    if resumed_at and before is not None and before != epochs:
+        changed = ", ".join(f"{p}: {before.get(p)} -> {n}" for p, n in epochs.items() if before.get(p) != n)
+        print(f"megagpt: warning: this resume builds the training split over other numbers of epochs ({changed}): "
+              f"megatron-core shuffles a source's epochs together, so from step {resumed_at + 1} on the samples "
+              f"come in an order the run did not start with (some it read may come again)", file=sys.stderr,
+              flush=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(epochs, f)
+    os.replace(path + ".tmp", path)
+
+
 def index_cache(cfg: Config, prefixes: list[str]) -> str:
     """Where megatron-core keeps its sample indices for these shards: a folder per state of their contents, since
     it names its files by the dataset's settings and paths alone (a shard rebuilt in place would be read through

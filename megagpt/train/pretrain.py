@@ -16,7 +16,7 @@ import torch.distributed as dist
 import yaml
 
 from megagpt.config import Config, ConfigError, validate
-from megagpt.data.datasets import build_datasets, micro_batches
+from megagpt.data.datasets import build_datasets, micro_batches, note_epochs
 from megagpt.dir_lock import hold_on_rank_zero
 from megagpt.model.gpt import GPT, lm_loss
 from megagpt.parallel.collectives import any_rank, mean_over
@@ -217,6 +217,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
     is_logger = dist.get_rank() == 0
     if is_logger:
         open_run_dir(cfg, state.step)
+        note_epochs(cfg.run.dir, train_ds, state.step)
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)

@@ -111,3 +111,26 @@ def test_a_damaged_sample_index_is_built_again(two_sources, world_of_one, tmp_pa
     again, _ = build_datasets(cfg, train_samples=64, valid_samples=4)
     assert "was damaged (a run stopped while writing it?): it is built again" in capsys.readouterr().err
     assert [again[i]["tokens"].tolist() for i in range(8)] == [first[i]["tokens"].tolist() for i in range(8)]
+
+
+def test_more_steps_within_an_epoch_keep_the_sample_order_and_another_epoch_count_is_said(two_sources, world_of_one,
+                                                                                         tmp_path, capsys):
+    """Raising train.steps on resume rebuilds the index for more samples: within the epochs it had, the samples
+    the run read come first in the same order; over more epochs megatron-core reshuffles them all, and the run
+    says so."""
+    from megagpt.data.datasets import note_epochs
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}"])
+    short, _ = build_datasets(cfg, train_samples=16, valid_samples=4)
+    longer, _ = build_datasets(cfg, train_samples=160, valid_samples=4)  # still one epoch of the books
+    assert [longer[i]["tokens"].tolist() for i in range(16)] == [short[i]["tokens"].tolist() for i in range(16)]
+    note_epochs(str(tmp_path), short, 0)
+    note_epochs(str(tmp_path), longer, 4)
+    assert "warning" not in capsys.readouterr().err
+    several, _ = build_datasets(cfg, train_samples=2000, valid_samples=4)
+    note_epochs(str(tmp_path), several, 40)
+    err = capsys.readouterr().err
+    assert "megagpt: warning: this resume builds the training split over other numbers of epochs" in err
+    assert f"{two_sources / 'books'}: 1 -> " in err and "from step 41 on" in err
+    assert [several[i]["tokens"].tolist() for i in range(16)] != [short[i]["tokens"].tolist() for i in range(16)]
