@@ -180,14 +180,16 @@ def micro_batches(dataset, first_sample: int, samples: int, micro_batch_size: in
     """
     per_rank = samples // dp_size
     start = first_sample + dp_rank * per_rank
-    vocab = dataset.config.tokenizer.vocab_size  # model.vocab_size (build_datasets' _ShardTokenizer)
+    # model.vocab_size, for the shards build_datasets reads (SFT's and fine-tuning's datasets tokenize themselves)
+    shard_tokenizer = getattr(getattr(dataset, "config", None), "tokenizer", None)
+    vocab = shard_tokenizer.vocab_size if isinstance(shard_tokenizer, _ShardTokenizer) else None
     for offset in range(0, per_rank, micro_batch_size):
         items = [dataset[start + offset + i] for i in range(micro_batch_size)]
         tokens = torch.stack([it["tokens"] for it in items])
         labels = torch.stack([it["labels"] for it in items])
         loss_mask = torch.stack([it["loss_mask"] for it in items]).float()
-        top = int(torch.maximum(tokens.max(), labels.max()))  # on the host, before any device sees the batch
-        if top >= vocab:  # at tp = 1 an IndexError in the embedding; at tp > 1 the token silently reads zeros
+        top = int(torch.maximum(tokens.max(), labels.max())) if vocab else 0  # on the host, before the device
+        if vocab is not None and top >= vocab:  # tp = 1: the embedding's IndexError; tp > 1: it silently reads zeros
             raise DataError(f"training sample {start + offset}-{start + offset + micro_batch_size - 1} holds token id "
                             f"{top}, beyond model.vocab_size={vocab}: its shard was made with another tokenizer")
         yield tokens, (labels, loss_mask)
