@@ -15,30 +15,30 @@ _JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
-def _encoding(payload: bytes, declared: Optional[str], detect) -> str:
+def _decode(payload: bytes, declared: Optional[str]) -> str:
     """A byte-order mark, else UTF-8 where the bytes are valid UTF-8 (servers mislabel UTF-8 pages as latin-1;
     other encodings' non-ASCII text is almost never valid UTF-8), else the HTTP charset where Python knows it,
     else the page's <meta> charset, else uchardet's guess (resiliparse)."""
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
     for bom, name in _BOMS:
         if payload.startswith(bom):
-            return name
+            return bytes_to_str(payload, name)
     try:
-        payload.decode("utf-8")
-        return "utf-8"
+        return payload.decode("utf-8")  # decoded once: the text is this
     except UnicodeDecodeError:
         pass
     try:  # servers send names Python has no codec for ("none", "utf8mb4"), and UTF-16 without its BOM
         if declared and not codecs.lookup(declared).name.startswith(("utf-16", "utf-32")):
-            return declared
+            return bytes_to_str(payload, declared)
     except LookupError:
         pass
-    return detect(payload, from_html_meta=True)
+    return bytes_to_str(payload, detect_encoding(payload, from_html_meta=True))
 
 
 def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
     """(text, None) or (None, drop reason)."""
     from resiliparse.extract.html2text import extract_plain_text
-    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     payload = record.payload
     if isinstance(payload, str):
@@ -57,7 +57,7 @@ def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
     else:
         if record.content_type and not record.content_type.startswith(_HTML_TYPES):
             return None, f"not html ({record.content_type.split(';')[0].strip()})"
-        html = bytes_to_str(payload, _encoding(payload, record.charset, detect_encoding))
+        html = _decode(payload, record.charset)
         # main_content drops navigation and boilerplate, as CCNet/FineWeb extraction does.
         try:
             text = extract_plain_text(html, main_content=True, alt_texts=False, links=False)
