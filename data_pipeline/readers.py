@@ -235,7 +235,8 @@ def _content(rec, index: int) -> Union[Record, Skipped]:
     if kind == "conversion":
         return Record(index, rid, url, "text", block, rec.headers.get("Content-Type", "text/plain").lower(),
                       crawler_cut=cut)
-    if rec.is_http:
+    # some crawlers leave out `Content-Type: application/http`: their HTTP headers were read as page text
+    if rec.is_http or kind == "response" and block.startswith(b"HTTP/"):
         try:
             body, http = _http_body(block)
         except (OSError, zlib.error) as exc:

@@ -136,6 +136,8 @@ def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
         warc("response", http(gzip.compress(PAGE), "Content-Type: text/html", "Content-Encoding: x-gzip"),
              "<urn:uuid:x-gzip>"),
         warc("response", http(PAGE, "Content-Type: text/html", "Content-Encoding: none"), "<urn:uuid:none>"),
+        warc("response", http(gzip.compress(PAGE), "Content-Type: text/html", "Content-Encoding: gzip"),
+             "<urn:uuid:untyped>").replace(b"Content-Type: application/http; msgtype=response\r\n", b""),
     ]
     path = tmp_path / "mixed.warc.gz"
     path.write_bytes(b"".join(gzip.compress(r) for r in records))
@@ -147,15 +149,15 @@ def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
         (2, "<urn:uuid:chunked>", None), (4, "<urn:uuid:gz>", None), (5, "<urn:uuid:deflate>", None),
         (6, "<urn:uuid:resource>", None), (8, "<urn:uuid:cut>", None),
         (9, "<urn:uuid:bad-gzip>", "undecodable HTTP body"), (10, "<urn:uuid:last>", None),
-        (11, "<urn:uuid:x-gzip>", None), (12, "<urn:uuid:none>", None)]
+        (11, "<urn:uuid:x-gzip>", None), (12, "<urn:uuid:none>", None), (13, "<urn:uuid:untyped>", None)]
     assert recs[4].crawler_cut == "length" and not any(r.crawler_cut for r in recs[:4])  # kept, and named
     expected = extract_text(Record(0, None, None, "html", PAGE, "text/html"))
     assert expected[0] and PROSE.strip()[:80] in expected[0]
-    for r in recs[:5] + recs[-3:]:
+    for r in recs[:5] + recs[-4:]:  # the untyped response's HTTP headers were read as page text
         assert extract_text(r) == expected, r.record_id
     from data_pipeline.readers import iter_texts
 
-    assert len(list(iter_texts([str(path)]))) == 8  # the undecodable record is no classifier example  # the chunk sizes were in the text; gzip was "binary"
+    assert len(list(iter_texts([str(path)]))) == 9  # the undecodable record is no classifier example  # the chunk sizes were in the text; gzip was "binary"
 
 
 def test_unreadable_and_jsonl_inputs(tmp_path):
