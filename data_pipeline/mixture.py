@@ -18,6 +18,7 @@ from data_pipeline.io import write_json
 from megagpt.config import load_config
 from megagpt.data.tokenizer import Tokenizer
 from megagpt.errors import ConfigError, DataError
+from megagpt.files import first_repeat, same_shard_twice
 
 
 @dataclass
@@ -70,17 +71,16 @@ def mix(cfg: MixConfig) -> dict:
     if not m.sources:
         raise ConfigError("mixture.sources=[] is empty")
     sources = [_run_source(entry, i) for i, entry in enumerate(m.sources)]
-    shards = [os.path.realpath(s["prefix"]) for s in sources]
-    again = next((i for i, shard in enumerate(shards) if shard in shards[:i]), None)
-    if again is not None:  # listed twice, its weight would count twice
+    twice = same_shard_twice(s["prefix"] for s in sources)
+    if twice:  # listed twice, its weight would count twice
+        first, again = twice
         raise ConfigError(f"mixture.sources[{again}] names {sources[again]['source']!r} of {m.sources[again]['run']!r}, "
-                          f"which mixture.sources[{shards.index(shards[again])}] names already: give it once, "
-                          f"with the weight you mean")
-    names = [s["source"] for s in sources]
-    again = next((i for i, name in enumerate(names) if name in names[:i]), None)
-    if again is not None:  # training and its checkpoints tell the shards apart by these names
-        raise ConfigError(f"mixture.sources[{again}] and mixture.sources[{names.index(names[again])}] are both called "
-                          f"{names[again]!r}: give one a name of its own (name: ...)")
+                          f"which mixture.sources[{first}] names already: give it once, with the weight you mean")
+    twice = first_repeat(s["source"] for s in sources)
+    if twice:  # training and its checkpoints tell the shards apart by these names
+        first, again = twice
+        raise ConfigError(f"mixture.sources[{again}] and mixture.sources[{first}] are both called "
+                          f"{sources[again]['source']!r}: give one a name of its own (name: ...)")
     if m.token_budget is not None and m.token_budget < 1:
         raise ConfigError(f"mixture.token_budget={m.token_budget} must be at least 1 (or null: no budget)")
     tokenizers = {s["tokenizer"]: Tokenizer.load(s["tokenizer"]).fingerprint for s in sources}

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from megagpt.errors import ConfigError
+from megagpt.files import same_shard_twice
 
 
 @dataclass
@@ -610,11 +611,11 @@ def validate_data_paths(cfg: Config) -> None:
         _require(not d.prefixes and not d.weights, f"data.mixture={d.mixture!r} names its own shards and weights: "
                  f"give it or data.prefixes/data.weights, not both")
         _require(os.path.isfile(d.mixture), f"data.mixture={d.mixture!r}: file not found")
-    seen: dict = {}
+    twice = same_shard_twice(d.prefixes)
+    if twice:
+        raise ConfigError(f"data.prefixes[{twice[1]}]={d.prefixes[twice[1]]!r} names the shard of "
+                          f"data.prefixes[{twice[0]}] again: give each shard once (data.weights sets its share)")
     for i, prefix in enumerate(d.prefixes):
-        j = seen.setdefault(os.path.realpath(prefix), i)
-        _require(j == i, f"data.prefixes[{i}]={prefix!r} names the shard of data.prefixes[{j}] again: give each shard "
-                 f"once (data.weights sets its share)")
         for ext in (".bin", ".idx"):
             _require(os.path.isfile(prefix + ext), f"data.prefixes[{i}]={prefix!r}: {prefix + ext} not found")
     if d.weights is not None:

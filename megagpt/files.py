@@ -1,9 +1,11 @@
-"""What a file holds, as hashes: the whole of it, or (cheaply, for large inputs) its size and edges."""
+"""What a file holds, as hashes: the whole of it, or (cheaply, for large inputs) its size and edges; which of a list
+of shard prefixes names the same files twice."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from typing import Iterable, Optional
 
 EDGE_BYTES = 1 << 20
 
@@ -26,3 +28,18 @@ def edges_fingerprint(path: str) -> dict:
             f.seek(max(EDGE_BYTES, size - EDGE_BYTES))
             digest.update(f.read())
     return {"size": size, "edges_sha256": digest.hexdigest()}
+
+
+def first_repeat(items: Iterable) -> Optional[tuple[int, int]]:
+    """(i, j) for the first item j that equals an earlier item i, else None."""
+    seen: dict = {}
+    for j, item in enumerate(items):
+        i = seen.setdefault(item, j)
+        if i != j:
+            return i, j
+    return None
+
+
+def same_shard_twice(prefixes: Iterable[str]) -> Optional[tuple[int, int]]:
+    """first_repeat over the files the prefixes name (a link or another spelling of a path is the same shard)."""
+    return first_repeat(os.path.realpath(p) for p in prefixes)

@@ -17,6 +17,7 @@ import torch
 
 from megagpt.config import Config, ConfigError
 from megagpt.errors import DataError
+from megagpt.files import same_shard_twice
 
 
 @dataclass
@@ -45,14 +46,13 @@ def resolve_blend(cfg: Config) -> tuple[list[str], Optional[list[float]]]:
         raise ConfigError(f"data.mixture={d.mixture!r} is not a readable mixture file: {exc}") from None
     if not prefixes:
         raise ConfigError(f"data.mixture={d.mixture!r} lists no sources")
-    seen: dict = {}
-    for i, prefix in enumerate(prefixes):
+    for prefix in prefixes:
         if not os.path.isfile(prefix + ".bin") or not os.path.isfile(prefix + ".idx"):
             raise ConfigError(f"data.mixture={d.mixture!r} names shard {prefix} whose .bin/.idx is missing")
-        j = seen.setdefault(os.path.realpath(prefix), i)
-        if j != i:  # its weights would add up in training but not in what a checkpoint records
-            raise ConfigError(f"data.mixture={d.mixture!r}: sources {j} and {i} name the same shard {prefix}: "
-                              f"give it once, with the weight you mean")
+    twice = same_shard_twice(prefixes)
+    if twice:  # its weights would add up in training but not in what a checkpoint records
+        raise ConfigError(f"data.mixture={d.mixture!r}: sources {twice[0]} and {twice[1]} name the same shard "
+                          f"{prefixes[twice[1]]}: give it once, with the weight you mean")
     return prefixes, weights
 
 
