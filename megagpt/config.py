@@ -196,9 +196,12 @@ class RLHFConfig:
     micro_batch_size: int = 4
     ppo_epochs: int = 2
     max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = 1.0  # the policy is the model's softmax at this temperature: sampled and scored so
+    top_k: int = 0  # 0 only: a top-k or top-p cut would sample another policy than the one PPO's ratio measures
+    top_p: float = 1.0  # 1 only (both kept so that configs and checkpoints that name them read)
+    # r(x, y) minus this for a response cut at max_new_tokens (no end token; the reward model never saw one):
+    # Ziegler et al. 2019 give such samples a fixed low reward. None: scored as they are
+    missing_eos_penalty: Optional[float] = None
     kl_coef: float = 0.02  # beta: per-token KL penalty to the SFT policy
     kl_target: Optional[float] = None  # adaptive beta (Ziegler et al. 2019) towards this KL; None: fixed
     kl_horizon: int = 10000  # samples over which the adaptive controller closes the gap
@@ -540,11 +543,15 @@ def validate_rlhf(cfg: Config) -> None:
              f"rlhf.critic_lr={r.critic_lr} must be positive and finite (null: optim.lr)")
     _require(r.max_new_tokens < cfg.model.seq_length,
              f"rlhf.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in model.seq_length={cfg.model.seq_length}")
-    for key, value in [("rlhf.kl_coef", r.kl_coef), ("rlhf.ptx_coef", r.ptx_coef), ("rlhf.temperature", r.temperature),
-                       ("rlhf.top_k", r.top_k)]:
+    for key, value in [("rlhf.kl_coef", r.kl_coef), ("rlhf.ptx_coef", r.ptx_coef)]:
         _require(value >= 0, f"{key}={value} must be >= 0")
+    _require(0 < r.temperature < math.inf, f"rlhf.temperature={r.temperature} must be positive: PPO's samples are "
+             f"draws from the policy whose log-probabilities it scores (0 would be greedy decoding)")
+    _require(r.top_k == 0 and r.top_p == 1, f"rlhf.top_k={r.top_k}, rlhf.top_p={r.top_p}: PPO samples with no top-k "
+             f"or top-p cut (0 and 1): a cut draws from another policy than the one its ratio and KL score")
+    _require(r.missing_eos_penalty is None or 0 <= r.missing_eos_penalty < math.inf,
+             f"rlhf.missing_eos_penalty={r.missing_eos_penalty} must be >= 0 (or null: none)")
     _require(r.kl_target is None or r.kl_target > 0, f"rlhf.kl_target={r.kl_target} must be positive (or null: fixed beta)")
-    _require(0 < r.top_p <= 1, f"rlhf.top_p={r.top_p} must lie in (0, 1]")
     _require(r.clip_ratio > 0 and r.value_clip > 0, "rlhf.clip_ratio and rlhf.value_clip must be positive")
     _require(0 <= r.gamma <= 1 and 0 <= r.lam <= 1, f"rlhf.gamma={r.gamma} and rlhf.lam={r.lam} must lie in [0, 1]")
     _require(cfg.parallel.pp == 1, f"parallel.pp={cfg.parallel.pp}: PPO's roles are tensor and data parallel (pp=1)")

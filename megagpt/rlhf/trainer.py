@@ -42,7 +42,7 @@ PPO_POSTFIX = (("reward", "reward", ".3f"), ("kl", "kl", ".3f"), ("samples_s", "
 
 def sampling(cfg: Config) -> Sampling:
     r = cfg.rlhf
-    return Sampling(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
+    return Sampling(max_new_tokens=r.max_new_tokens, temperature=r.temperature)
 
 
 def tokenized_prompts(cfg: Config, tokenizer) -> tuple[list[list[int]], str]:
@@ -105,7 +105,7 @@ class Iteration:
         return self.exchange.send(packed, "actor", ("critic", "reward", "reference"), (n, length + 2), torch.int64,
                                   self.device)
 
-    def score(self, packed: torch.Tensor) -> dict:
+    def score(self, packed: torch.Tensor, eod: int) -> dict:
         """Every role's results where they are needed: the 'experience' of this iteration."""
         tokens, plen, rlen = unpack(packed)
         n, actions = tokens.shape[0], tokens.shape[1] - 1
@@ -120,6 +120,10 @@ class Iteration:
                                      ("values", "critic", ("actor",), (n, actions))):
             local = mine.get(src, {}).get("logp" if key.startswith("logp") else key)
             exp[key] = self.exchange.send(local, src, dst, shape, torch.float32, self.device)
+        if "score" in exp:
+            exp["unfinished"] = tokens.gather(1, (plen + rlen - 1)[:, None])[:, 0] != eod
+            if self.r.missing_eos_penalty:
+                exp["score"] = exp["score"] - self.r.missing_eos_penalty * exp["unfinished"].float()
         return exp
 
     def advantages(self, exp: dict, kl_coef: float) -> None:
@@ -286,7 +290,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
             generated = scored = time.perf_counter()
             local = {}
             if packed is not None:
-                exp = it.score(packed)
+                exp = it.score(packed, tokenizer.eod)
                 scored = time.perf_counter()
                 if "actor" in roles or "critic" in roles:
                     it.advantages(exp, kl.value)
@@ -296,7 +300,8 @@ def _ppo(cfg: Config, device: torch.device) -> None:
                         local.update(it.train_critic(exp, iteration))
                     mask = exp["mask"]
                     local.update(reward=exp["score"].mean().item(), kl=exp["kl"].sum(dim=1).mean().item(),
-                                 response_length=exp["response_len"].float().mean().item())
+                                 response_length=exp["response_len"].float().mean().item(),
+                                 unfinished=exp["unfinished"].float().mean().item())
                     if "entropy" in exp:
                         local["entropy"] = math.masked_mean(exp["entropy"], mask).item()
                     if rank == 0 and r.log_samples:

@@ -166,3 +166,40 @@ def test_prompts_left_out_are_counted_with_their_reason(tmp_path):
     path.write_text(json.dumps({"prompt": ""}) + "\n")
     with pytest.raises(DataError, match="no usable prompt \\(1 empty, 0 longer than model.seq_length=8"):
         tokenized_prompts(cfg, Words())
+
+
+def test_ppo_roles_run_without_dropout_and_score_at_the_sampling_temperature(tmp_path):
+    """With the gpt2 presets' dropout the actor's log pi_old and the critic's values were noisy draws (KL to an
+    identical reference -0.056 per sequence before any update), and a rollout sampled at temperature T was
+    scored at temperature 1."""
+    from types import SimpleNamespace
+
+    from megagpt.config import load_config
+    from megagpt.rlhf.roles import Role, policy_logprobs, role_config
+
+    cfg = load_config("configs/rlhf/tiny.yaml", ["model.hidden_dropout=0.1", "model.attention_dropout=0.1",
+                                                 "rlhf.temperature=0.7"])
+    pc = SimpleNamespace(tp=1, tp_group=None)
+    for name in ("actor", "critic", "reward", "reference"):
+        model = role_config(cfg, name, pc).model
+        assert (model.hidden_dropout, model.attention_dropout) == (0.0, 0.0), name
+    logits = torch.randn(2, 5, cfg.model.padded_vocab_size)
+    logits[..., cfg.model.vocab_size:] = 0.0  # padding rows, which hold no probability
+    tokens = torch.randint(cfg.model.vocab_size, (2, 5))
+    role = Role("actor", pc, lambda t: logits, role_config(cfg, "actor", pc))
+    expected = torch.log_softmax(logits[:, :-1, :cfg.model.vocab_size] / 0.7, dim=-1).gather(
+        -1, tokens[:, 1:, None])[..., 0]
+    assert torch.allclose(policy_logprobs(role, tokens), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rlhf.temperature=0"], "rlhf.temperature=0.0 must be positive"),
+    (["rlhf.top_k=5"], "rlhf.top_k=5, rlhf.top_p=1.0: PPO samples with no top-k or top-p cut"),
+    (["rlhf.top_p=0.9"], "rlhf.top_k=0, rlhf.top_p=0.9: PPO samples"),
+    (["rlhf.missing_eos_penalty=-1"], "rlhf.missing_eos_penalty=-1.0 must be >= 0"),
+])
+def test_ppo_sampling_settings_that_would_score_another_policy_are_refused(overrides, message):
+    from megagpt.config import load_config, validate_rlhf
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        validate_rlhf(load_config("configs/rlhf/tiny.yaml", overrides))
