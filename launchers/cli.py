@@ -392,8 +392,13 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
         # a busy run.dir says so now, before the checks write there (a stage's tokenizer.json); rank 0 of the
         # run takes the lock itself once the world is up
         hold(cfg.run.dir, "run.dir", "training run").close()
+    trained = cfg
+    if stage == "finetune":  # its checkpoints hold the model as trained: with GPT-1's three tokens added
+        from megagpt.eval.finetune import with_added_tokens
+
+        trained = with_added_tokens(cfg)
     with alike_on_each_node():
-        preflight(cfg, world or nproc)  # a resume it refuses must not change run.dir: before check() writes there
+        preflight(trained, world or nproc)  # a resume it refuses must not change run.dir: before check() writes there
         check(cfg, world or nproc)
     report_device(cfg.run.device, nproc if world is None else local_world_size(), world)
     if launching:

@@ -41,6 +41,19 @@ def test_a_planted_task_is_learned_and_the_auxiliary_lm_loss_adds_to_it(pretrain
     assert 2.5 < read_losses(tmp_path / "lm0.5")[0] - read_losses(tmp_path / "lm0")[0] < 0.5 * 8.32
 
 
+def test_a_stopped_finetune_run_resumes(pretrained_tiny, tmp_path):
+    """The resume check compared the checkpoint (GPT-1's three tokens added) with the user's vocabulary and
+    refused every resume: "is for another model shape: model.padded_vocab_size=..."."""
+    run = tmp_path / "resumed"
+    finetune(pretrained_tiny, run, "train.steps=2", "train.save_interval=2")
+    out = megagpt("finetune", "--config", CONFIG, f"finetune.init={pretrained_tiny}",
+                  f"finetune.train={EVAL}/keyword.train.jsonl", f"finetune.test={EVAL}/keyword.test.jsonl",
+                  f"run.dir={run}", "run.tensorboard=false", "train.progress=false", "train.steps=3")
+    assert "resumed from step 2" in out.stdout
+    with open(run / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
+
+
 def test_similarity_and_multiple_choice_run_at_tp2(pretrained_tiny, tmp_path):
     """GPT-1's two forms of several sequences per example (entailment is classification's one sequence)."""
     records = {
