@@ -4,7 +4,9 @@ A candidate is (tp, pp, dp, micro-batch, activation recompute, sequence parallel
 with tp dividing the heads, the MLP width and the padded vocabulary and at most a node wide (and
 the sequence, with sequence parallelism), pp dividing the layers, tp·pp·dp = N, the global batch a
 whole number of micro-batches per replica, and ZeRO 2/3 only at pp = 1 (DeepSpeed's pipeline takes
-ZeRO 1), as megagpt.config.validate allows. A layout fits when
+ZeRO 1), and whatever else megagpt.config.validate asks of it (the batch ramp and the held-out
+samples in whole micro-batches per replica, say): a layout listed is one `megagpt pretrain` takes.
+A layout fits when
 its fullest rank (megagpt.planner.memory) stays within the GPU's memory less a reserve for the
 CUDA context, NCCL's buffers and allocator fragmentation. Offloading is not searched (it trades
 step time for memory that the layouts above usually find elsewhere); a config's own offload
@@ -13,9 +15,11 @@ settings are honoured where it is planned as given (`megagpt pretrain --dry-run`
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass
 
-from megagpt.config import Config, ModelConfig
+from megagpt.config import Config, ModelConfig, validate
 from megagpt.errors import ConfigError
 from megagpt.planner.counts import parameter_count
 from megagpt.planner.memory import Layout, RankMemory, rank_memory
@@ -70,6 +74,11 @@ def check_request(cfg: Config, gpus: int, gpu_memory_gb: float, reserve_gb: floa
     """One-line errors for a request that makes no sense, before any planning."""
     if gpus < 1:
         raise ConfigError(f"--gpus {gpus}: plan for at least one GPU")
+    for flag, value in [("--gpu-memory-gb", gpu_memory_gb), ("--reserve-gb", reserve_gb),
+                        ("--gpu-tflops", hw.gpu_tflops), ("--intra-node-gbps", hw.intra_node_gbps),
+                        ("--inter-node-gbps", hw.inter_node_gbps), ("--matmul-efficiency", hw.matmul_efficiency)]:
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} {value} must be a finite number")
     if gpu_memory_gb < 1:
         raise ConfigError(f"--gpu-memory-gb {gpu_memory_gb}: a GPU with less than 1 GB cannot hold a training rank")
     if not 0 <= reserve_gb < gpu_memory_gb:
@@ -95,28 +104,49 @@ def tensor_parallel_sizes(m: ModelConfig, limit: int) -> list[int]:
             if m.num_heads % t == 0 and m.ffn_size % t == 0 and m.padded_vocab_size % t == 0]
 
 
-def candidates(cfg: Config, gpus: int, hw: Hardware) -> list[Layout]:
-    m, batch = cfg.model, cfg.train.global_batch_size
-    found = []
+def candidates(cfg: Config, gpus: int, hw: Hardware) -> tuple[list[Layout], dict[str, int]]:
+    """(the layouts megagpt.config.validate takes, {its reason: how many layouts it refused})."""
+    m = cfg.model
+    found, refused = [], {}
     for tp in tensor_parallel_sizes(m, min(gpus, hw.gpus_per_node)):
         for pp in (p for p in range(1, m.num_layers + 1) if m.num_layers % p == 0 and gpus % (tp * p) == 0):
             dp = gpus // (tp * pp)
-            for mb in (b for b in MICRO_BATCHES if batch % (b * dp) == 0):
+            for mb in MICRO_BATCHES:
                 for zero in ((1, 2, 3) if pp == 1 else (1,)):
                     for sp in ((False, True) if tp > 1 and m.seq_length % tp == 0 else (False,)):
-                        found += [Layout(tp, pp, dp, mb, recompute, sp, zero) for recompute in RECOMPUTE]
-    return found
+                        for recompute in RECOMPUTE:
+                            layout = Layout(tp, pp, dp, mb, recompute, sp, zero)
+                            try:
+                                validate(with_layout(cfg, layout), gpus, check_data=False)
+                            except ConfigError as exc:
+                                refused[str(exc)] = refused.get(str(exc), 0) + 1
+                            else:
+                                found.append(layout)
+    return found, refused
+
+
+def with_layout(cfg: Config, layout: Layout) -> Config:
+    """The config as it would run at this layout (config_layout's inverse)."""
+    p, t = cfg.parallel, cfg.train
+    return dataclasses.replace(
+        cfg, parallel=dataclasses.replace(p, tp=layout.tp, pp=layout.pp, zero_stage=layout.zero_stage,
+                                          sequence_parallel=layout.sequence_parallel,
+                                          offload_optimizer=layout.offload_optimizer,
+                                          offload_params=layout.offload_params),
+        train=dataclasses.replace(t, micro_batch_size=layout.micro_batch, activation_checkpointing=layout.recompute))
 
 
 def plan(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_gb: float = 4.0) -> list[Plan]:
     """Every candidate, those that fit first (fastest first), then the rest (closest to fitting first)."""
     check_request(cfg, gpus, gpu_memory_gb, reserve_gb, hw)
     usable = int((gpu_memory_gb - reserve_gb) * GiB)
-    plans = [evaluate(cfg, layout, hw, usable) for layout in candidates(cfg, gpus, hw)]
+    layouts, refused = candidates(cfg, gpus, hw)
+    plans = [evaluate(cfg, layout, hw, usable) for layout in layouts]
     if not plans:
-        raise ConfigError(f"no layout of {gpus} GPUs suits this config: the global batch "
-                          f"{cfg.train.global_batch_size} must split into micro-batches over the data parallel "
-                          f"replicas, and tp must divide model.num_heads={cfg.model.num_heads}")
+        common = max(refused, key=refused.get) if refused else (
+            f"tp must divide model.num_heads={cfg.model.num_heads}, the MLP width and the padded vocab, within a "
+            f"node, and pp must divide model.num_layers={cfg.model.num_layers} and {gpus} GPUs with tp")
+        raise ConfigError(f"no layout of {gpus} GPUs suits this config: {common}")
     return sorted(plans, key=lambda p: (not p.fits, p.time.total if p.fits else p.memory.total - p.usable,
                                         p.memory.total))
 
