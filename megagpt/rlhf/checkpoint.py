@@ -29,9 +29,9 @@ from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
 from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
-                                      checkpoint_root, checksums, complete_tags, model_shape, read_meta, restore_rng,
-                                      rng_state, set_aside_earlier_run, starts_afresh, tag_for,
-                                      verify_everywhere)
+                                      checkpoint_root, checksums, complete_tags, model_shape, other_device_note,
+                                      read_meta, restore_rng, rng_state, set_aside_earlier_run, starts_afresh,
+                                      tag_for, verify_everywhere)
 from megagpt.train.inputs import describe_inputs
 from megagpt.train.universal import load_universal, universal_shard
 
@@ -68,7 +68,7 @@ class PPOCheckpointer:
             if shard is not None:
                 torch.save(shard, os.path.join(path, name, "universal", f"pp0_tp{role.pc.tp_rank}.pt"))
         streams = {name: role.rng.state_dict() for name, role in self.roles.items()}
-        torch.save(rng_state(streams), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        torch.save(rng_state(streams, self.device), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
         dist.barrier()
         sums = checksums(path)
         if self.rank == 0:
@@ -116,9 +116,12 @@ class PPOCheckpointer:
                 load_universal(role.engine, role.params(), role.pc, os.path.join(path, name), with_optimizer=True)
         rng_file = os.path.join(path, "rng", f"rank_{self.rank:05d}.pt")
         if meta["world"] == self.world and os.path.isfile(rng_file):  # same world: same ranks, same roles
-            streams = restore_rng(torch.load(rng_file, weights_only=False))
+            state = torch.load(rng_file, weights_only=False)
+            streams = restore_rng(state, self.device)
+            if streams is None and self.rank == 0:
+                print(other_device_note(path, state, self.device), flush=True)
             for name, role in self.roles.items():
-                if name in streams:
+                if streams is not None and name in streams:
                     role.rng.load_state_dict(streams[name])
         dist.barrier()
         return PPOState(**meta["ppo"])

@@ -351,7 +351,7 @@ class Checkpointer:
                 os.makedirs(os.path.join(path, "universal"))
         dist.barrier()
         self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
-        torch.save(rng_state(self.rng.state_dict()), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        torch.save(rng_state(self.rng.state_dict(), self.pc.device), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
         universal = self._universal_shard() if self.cfg.train.universal_checkpoint else None
         if universal is not None:
             torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
@@ -389,7 +389,11 @@ class Checkpointer:
 
     def _restore_rng(self, path: str) -> None:
         state = torch.load(os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"), weights_only=False)
-        self.rng.load_state_dict(restore_rng(state))
+        streams = restore_rng(state, self.pc.device)
+        if streams is not None:
+            self.rng.load_state_dict(streams)
+        elif self.rank == 0:
+            print(other_device_note(path, state, self.pc.device), flush=True)
 
     def _local_params(self):
         layers = self.cfg.model.num_layers
@@ -476,23 +480,33 @@ def partitioned_without_zero(engine) -> bool:
     return isinstance(engine.optimizer, BF16_Optimizer) and not engine.zero_optimization()
 
 
-def rng_state(streams) -> dict:
-    """This process's generators (Python, NumPy, torch CPU and CUDA) and `streams`, megagpt's own streams."""
-    state = {"streams": streams, "python": random.getstate(), "numpy": np.random.get_state(),
-             "torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+def rng_state(streams, device: torch.device) -> dict:
+    """This process's generators (Python, NumPy, torch CPU, and the rank's GPU where it trains on one) and
+    `streams`, megagpt's own streams, which are generator states of `device`'s kind."""
+    state = {"streams": streams, "device": device.type, "python": random.getstate(),
+             "numpy": np.random.get_state(), "torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict):
-    """Set this process's generators from rng_state(); returns the streams it held."""
+def restore_rng(state: dict, device: torch.device):
+    """Set this process's generators from rng_state(); returns the streams it held, or None where they were saved
+    on another kind of device (a CUDA generator state is 16 bytes, a CPU one 5056: setting one from the other
+    raised), and the run goes on with its fresh streams. Files from before the device was recorded: as saved."""
     torch.set_rng_state(state["torch_cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if state.get("device", device.type) != device.type:
+        return None
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
     return state["streams"]
+
+
+def other_device_note(path: str, state: dict, device: torch.device) -> str:
+    return (f"megagpt: checkpoint {path} was saved on {state['device']}, this run is on {device.type}: dropout's "
+            f"random streams start afresh (the weights and the data order are those saved)")
 
 
 def write_universal(path: str, tensors: dict[str, torch.Tensor], cfg: Config) -> None:

@@ -42,3 +42,23 @@ def test_recompute_flags_land_on_the_blocks(world_of_one):
     assert all(b.recompute and not b.attn.recompute_core for b in gpt.blocks)
     apply_activation_checkpointing(gpt, "selective")
     assert all(b.attn.recompute_core and not b.recompute for b in gpt.blocks)
+
+
+def test_random_streams_saved_on_another_kind_of_device_are_left_fresh_not_set():
+    """A checkpoint saved on CUDA and resumed on CPU (or the reverse) stopped the resume: a CUDA generator state
+    (16 bytes) cannot set a CPU generator (5056 bytes). The streams record their device; another one starts fresh."""
+    import random
+
+    from megagpt.train.checkpoint import restore_rng, rng_state
+
+    cpu = torch.device("cpu")
+    streams = RNGStreams(seed=1, tp_rank=0, pp_rank=0, device=cpu)
+    state = rng_state(streams.state_dict(), cpu)
+    assert state["device"] == "cpu" and "cuda" not in state  # a CPU rank on a GPU host does not touch CUDA
+    expected = random.random()
+    assert restore_rng(state, cpu) is state["streams"] and random.random() == expected
+    from_gpu = {**state, "device": "cuda", "streams": {"streams": {}, "current": torch.zeros(16, dtype=torch.uint8)},
+                "cuda": torch.zeros(16, dtype=torch.uint8)}
+    assert restore_rng(from_gpu, cpu) is None and random.random() == expected  # the process generators still restored
+    legacy = {k: v for k, v in state.items() if k != "device"}  # saved before the device was recorded
+    assert restore_rng(legacy, cpu) is state["streams"]
