@@ -85,8 +85,9 @@ def universal_shard(engine, params: list, pc: ParallelContext) -> Optional[dict]
                 entry[key] = safe_get_full_optimizer_state(param, key)
         if entry["fp32"] is None:
             raise CheckpointError(f"parameter {name} has no DeepSpeed fp32 master copy; cannot save it layout-free")
-        tensors[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
-        dims[name] = partition_dim(param)
+        if pc.dp_rank == 0:  # the gather above is collective; the copy to host memory only for the rank that saves
+            tensors[name] = {k: v.detach().cpu().clone() for k, v in entry.items()}
+            dims[name] = partition_dim(param)
     if pc.dp_rank != 0:
         return None
     return {"params": tensors, "partition_dims": dims, "tp": pc.tp, "tp_rank": pc.tp_rank,
