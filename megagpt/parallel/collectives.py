@@ -6,8 +6,11 @@ reaches (this killed every early H100 run), while CPU tests with gloo never noti
 Hence: the trainer's own collectives build their tensors on the rank's device here,
 and `CollectiveAudit` lets a CPU test prove that no tensor made without a device
 reaches any collective: it tags the results of factory calls (`torch.tensor`,
-`torch.zeros`, ...) given no device, untags a tensor moved with an explicit `.to(device)`,
-and fails a collective handed a tagged tensor, as NCCL would on a GPU rank.
+`torch.zeros`, ...) given no device, of `torch.from_numpy` and of `.cpu()`, and whatever is
+computed from tagged tensors alone (`torch.tensor(x) * 2`, `torch.stack`, `zeros_like`,
+`.float()`: on a GPU rank these stay on the CPU too; one placed operand puts the result on
+the device); it untags a tensor moved with an explicit `.to(device)`, and fails a
+collective handed a tagged tensor, as NCCL would on a GPU rank.
 Set MEGAGPT_AUDIT_COLLECTIVES=DIR to audit a run: each rank writes DIR/rank_N.json.
 """
 
@@ -66,8 +69,17 @@ class CollectiveAudit(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func in FACTORIES and kwargs.get("device") is None and isinstance(out, torch.Tensor):
             self._tag(out, func.__name__)
+        elif func is torch.Tensor.cpu and isinstance(out, torch.Tensor):
+            self._tag(out, "Tensor.cpu")
         elif func is torch.Tensor.to and isinstance(out, torch.Tensor) and _names_device(args[1:], kwargs):
             self.deviceless.pop(id(out), None)
+        else:
+            inputs = _tensors_in(list(args) + list(kwargs.values()))
+            if inputs and all(id(t) in self.deviceless for t in inputs):  # where they are, the result is
+                origin = self.deviceless[id(inputs[0])]
+                for t in _tensors_in([out]):
+                    if id(t) not in self.deviceless:
+                        self._tag(t, origin)
         return out
 
     def _tag(self, tensor: torch.Tensor, origin: str) -> None:
@@ -80,7 +92,8 @@ class CollectiveAudit(TorchFunctionMode):
         for t in tensors:
             if id(t) in self.deviceless:
                 raise RuntimeError(f"collective audit: {op} was handed a tensor made by torch.{self.deviceless[id(t)]} "
-                                   f"with no device (shape {tuple(t.shape)}); NCCL refuses it on a GPU rank")
+                                   f"with no device, or from such tensors alone (shape {tuple(t.shape)}); NCCL "
+                                   f"refuses it on a GPU rank")
 
     def install(self) -> "CollectiveAudit":
         for op in COLLECTIVES:
@@ -88,13 +101,21 @@ class CollectiveAudit(TorchFunctionMode):
             if original is not None:
                 self._originals[op] = original
                 setattr(dist, op, self._wrap(op, original))
+        from_numpy = self._originals["from_numpy"] = torch.from_numpy  # a function torch_function modes do not see
+
+        def tagged_from_numpy(array):
+            out = from_numpy(array)
+            self._tag(out, "from_numpy")
+            return out
+
+        torch.from_numpy = tagged_from_numpy
         self.__enter__()
         return self
 
     def uninstall(self) -> None:
         self.__exit__(None, None, None)
         for op, original in self._originals.items():
-            setattr(dist, op, original)
+            setattr(torch if op == "from_numpy" else dist, op, original)
 
     def _wrap(self, op: str, original):
         def audited(*args, **kwargs):

@@ -28,11 +28,28 @@ def test_audit_fails_a_tensor_made_without_a_device(audit):
         dist.all_gather([torch.empty(1, device="cpu")], torch.ones(1))
 
 
+@pytest.mark.parametrize("make, origin", [
+    (lambda: torch.tensor([1.0]) * 2, "tensor"),
+    (lambda: torch.stack([torch.tensor(1.0), torch.tensor(2.0)]), "tensor"),
+    (lambda: torch.zeros_like(torch.tensor([1.0])), "tensor"),
+    (lambda: torch.tensor([1]).float(), "tensor"),
+    (lambda: torch.tensor([1]).to(torch.float32), "tensor"),
+    (lambda: torch.from_numpy(__import__("numpy").ones(2)), "from_numpy"),
+    (lambda: torch.ones(2, device=torch.device("cpu")).cpu(), "Tensor.cpu"),
+    (lambda: torch.ones(2, device=torch.device("cpu")).cpu().sum(), "Tensor.cpu"),
+])
+def test_audit_follows_what_is_computed_from_deviceless_tensors(audit, make, origin):
+    """The audit tagged only a factory's own result: each of these passed it, and NCCL refuses every one."""
+    with pytest.raises(RuntimeError, match=f"made by torch.{origin} with no device"):
+        dist.all_reduce(make())
+
+
 def test_audit_passes_tensors_placed_on_a_device(audit):
     dist.all_reduce(torch.tensor([1.0], device="cpu"))
     dist.all_reduce(torch.tensor([1.0]).to("cpu"))  # moved explicitly, as `.to(device)` does on a GPU rank
     dist.all_reduce(torch.ones(2, device=torch.device("cpu")) * 3)  # computed from a placed tensor
-    assert audit.calls["all_reduce"] == 3
+    dist.all_reduce(torch.ones(2, device=torch.device("cpu")) * torch.tensor(2.0))  # one placed operand places it
+    assert audit.calls["all_reduce"] == 4
 
 
 def test_trainer_collective_helpers_place_their_tensors(audit):
