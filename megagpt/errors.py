@@ -39,8 +39,9 @@ def prints_here(error: MegagptError) -> bool:
     """Whether this process prints `error`: all do, but one per world or node for an error raised alike."""
     if error.same_on_every_rank:
         return os.environ.get("RANK", "0") == "0"
-    if error.same_on_every_node:  # srun's variable before launchers.slurm_env maps it
-        return os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) == "0"
+    if error.same_on_every_node:  # the rank on the node (LOCAL_RANK becomes the GPU index); srun's before it is mapped
+        node_rank = os.environ.get("MEGAGPT_LOCAL_RANK") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+        return (node_rank or "0") == "0"
     return True
 
 

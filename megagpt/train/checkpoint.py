@@ -96,7 +96,10 @@ def files_under(path: str) -> list[str]:
 def checksums(path: str) -> dict[str, str]:
     """sha256 of every file under a checkpoint dir, each rank hashing its share (collective over the world)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    files = files_under(path)
+    # one rank's listing for all: on NFS another node's cached view of the new directory may lack files yet
+    listing = [files_under(path) if rank == 0 else None]
+    dist.broadcast_object_list(listing, src=0)
+    files = listing[0]
     mine = {name: sha256_file(os.path.join(path, name)) for name in files[rank::world]}
     gathered = [None] * world
     dist.all_gather_object(gathered, mine)

@@ -140,3 +140,18 @@ def test_an_error_of_one_rank_alone_is_printed_by_that_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert prints_here(DataError("shards/web.bin: short read"))  # found by rank 3 in training
     assert not prints_here(on_every_rank(DataError("shards/web.bin: short read")))
+
+
+def test_a_gpu_rank_bound_per_task_prints_a_node_wide_error_by_its_rank_on_the_node(monkeypatch):
+    """Under Slurm's per-task GPU binding LOCAL_RANK becomes each rank's GPU index, 0 everywhere: every rank
+    printed the error it shares with its node."""
+    from megagpt.errors import alike_on_each_node, prints_here
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # device_for_local_rank's GPU index for DeepSpeed
+    monkeypatch.setenv("MEGAGPT_LOCAL_RANK", "1")  # the rank on the node, kept by it
+    with pytest.raises(DataError) as raised, alike_on_each_node():
+        raise DataError("shards/web.bin: not found")
+    assert not prints_here(raised.value)
+    monkeypatch.setenv("MEGAGPT_LOCAL_RANK", "0")
+    assert prints_here(raised.value)
