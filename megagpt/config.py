@@ -267,15 +267,33 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"config base cycle through {path}")
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.load(f, Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
@@ -289,6 +307,8 @@ def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
         full = os.path.join(os.path.dirname(path), base)
         if os.path.isdir(full):
             raise ConfigError(f"config file {path}: base {base!r} is a directory, not a config file")
+        if not os.path.isfile(full):
+            raise ConfigError(f"config file {path}: base {base!r} not found ({os.path.abspath(full)})")
         _deep_merge(merged, _read_yaml_with_bases(full, seen + (path,)))
     _deep_merge(merged, raw)
     return merged
@@ -467,6 +487,7 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(all(type(r) is int and 0 <= r < world_size for r in t.profile_ranks),
                  f"train.profile_ranks={t.profile_ranks} must name ranks of this world (0..{world_size - 1})")
     _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
+    _require(bool(cfg.run.dir.strip()), f"run.dir={cfg.run.dir!r} is empty: name the directory the run writes to")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be positive and finite")
     _require(o.warmup_tokens >= 0, f"optim.warmup_tokens={o.warmup_tokens} must be >= 0")

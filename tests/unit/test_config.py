@@ -29,6 +29,24 @@ def test_base_files_merge_in_order(tmp_path):
     assert cfg.parallel.tp == 4 and cfg.optim.beta2 == 0.95
 
 
+@pytest.mark.parametrize("text, message", [
+    (b"model:\n  num_layers: 2\n  num_layers: 3\n", "key 'num_layers' given twice"),  # the last one won silently
+    (b"\xff\xfe", "is not UTF-8 text (byte 0"),  # a UnicodeDecodeError traceback
+    (b"base: missing.yaml\n", "base 'missing.yaml' not found"),  # named the base, not the file that asked for it
+])
+def test_a_config_file_that_cannot_be_read_as_written_is_one_line(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_empty_run_dir_is_refused():
+    with pytest.raises(ConfigError, match=re.escape("run.dir='' is empty")):  # os.makedirs('') failed in training
+        validate(tiny("run.dir="), world_size=4, check_data=False)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_load_and_validate(preset):
     cfg = load_config(os.path.join(REPO, "configs", "model", f"{preset}.yaml"),
