@@ -120,6 +120,13 @@ def join_existing_world() -> int | None:
     joined: under srun, Slurm's variables become torch's, once, before the device checks or
     torch.distributed read them."""
     world = existing_world_size()
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if world is not None and "RANK" in os.environ and missing:  # torchrun and our launcher set all four
+        from megagpt.errors import ConfigError
+
+        raise ConfigError(f"RANK={os.environ['RANK']} and WORLD_SIZE={os.environ['WORLD_SIZE']} are set, as for a "
+                          f"rank of a started world, but {' and '.join(missing)} not: unset RANK and WORLD_SIZE to "
+                          f"run alone (--nproc N starts the ranks), or start the ranks with torchrun or srun")
     if world is not None:
         die_with_launcher()
         if "RANK" not in os.environ and in_slurm_step(os.environ):

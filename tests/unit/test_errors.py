@@ -126,6 +126,8 @@ def test_a_check_every_rank_of_a_node_makes_alike_is_printed_once_per_node(monke
     monkeypatch.setenv("RANK", str(2 + int(local_rank)))  # node 1 of a 2 x 2 world
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # as torchrun sets them
+    monkeypatch.setenv("MASTER_PORT", "29500")
     with pytest.raises(SystemExit) as stop:
         cli.main(["pretrain", "--config", TINY, bad])
     assert stop.value.code == 2

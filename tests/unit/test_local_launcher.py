@@ -22,3 +22,17 @@ def test_ranks_share_the_cores_unless_told_otherwise(monkeypatch, given, expecte
     assert os.environ["OMP_NUM_THREADS"] == (expected or str(max(1, (os.cpu_count() or 1) // 8)))
     assert os.environ[DIE_WITH_LAUNCHER] == str(os.getpid())
 
+
+
+def test_a_stray_rank_in_the_environment_is_one_line(monkeypatch):
+    """RANK and WORLD_SIZE left in a shell, without torchrun's MASTER_ADDR: DeepSpeed went looking for MPI
+    (ModuleNotFoundError: mpi4py) and --nproc was ignored."""
+    from launchers.local import join_existing_world
+    from megagpt.errors import ConfigError
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="RANK=0 and WORLD_SIZE=1 are set, .* but MASTER_ADDR and MASTER_PORT not"):
+        join_existing_world()
