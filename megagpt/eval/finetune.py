@@ -203,13 +203,18 @@ def prepare(cfg: Config, path: str, tok) -> tuple[list[Example], int]:
     not fit the context."""
     start, delim, extract = special_tokens(cfg.model.vocab_size)
     f = cfg.finetune
-    kept, too_long = [], 0
+    kept, too_long, shortest = [], 0, None
     for row in read_examples(path, f.task, f.num_labels):
         example = transform(row, f.task, tok, start, delim, extract)
-        if max(map(len, example.sequences)) > cfg.model.seq_length:
+        length = max(map(len, example.sequences))
+        if length > cfg.model.seq_length:
             too_long += 1
+            shortest = length if shortest is None else min(shortest, length)
             continue
         kept.append(example)
+    if not kept:
+        raise DataError(f"{path}: none of its {too_long} records fits model.seq_length={cfg.model.seq_length} "
+                        f"(the shortest takes {shortest} tokens with GPT-1's start, delimiter and extract tokens)")
     return kept, too_long
 
 
@@ -290,10 +295,15 @@ def preflight_finetune(cfg: Config) -> None:
     from megagpt.train.checkpoint import check_shape, read_meta, resolve_init
     from megagpt.train.universal import require_language_model
 
+    from megagpt.data.tokenizer import Tokenizer
+
     f = cfg.finetune
     for path in (f.train, f.test):
         read_examples(path, f.task, f.num_labels)
     path = resolve_init("finetune.init", f.init, cfg.run.dir)
     require_language_model(path, "finetune.init")
-    keep_tokenizer(checkpoint_tokenizer(f.init, f.tokenizer), cfg.run.dir)
+    tokenizer = checkpoint_tokenizer(f.init, f.tokenizer)
+    for data in (f.train, f.test):  # a file whose every record is too long, before any process starts
+        prepare(cfg, data, Tokenizer.load(tokenizer))
+    keep_tokenizer(tokenizer, cfg.run.dir)
     check_shape(read_meta(path), with_added_tokens(cfg), path, grown_vocab=True)

@@ -77,3 +77,9 @@ def test_a_bad_record_stops_before_any_process(pretrained_tiny, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == (f'megagpt: error: {bad}: 1 malformed line (line 2: needs an integer "label", '
                                    f"got None)")
+    long = tmp_path / "long.jsonl"  # every record longer than the context: the ranks started, then said
+    long.write_text(json.dumps({"text": "open the file " * 200, "label": 0}) + "\n")  # "no fine-tuning examples"
+    done = megagpt("finetune", "--config", CONFIG, "--nproc", "2", f"finetune.init={pretrained_tiny}",
+                   f"finetune.train={long}", f"finetune.test={long}", f"run.dir={tmp_path / 'run'}", check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith(f"megagpt: error: {long}: none of its 1 records fits model.seq_length=")
