@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample a completion from a checkpoint (KV cache, any TP size)")
     g.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
     g.add_argument("--prompt", required=True, help="the text to continue (empty: an unconditional sample)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=int, help="default: 64, or what the context leaves after the prompt")
     g.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
     g.add_argument("--top-p", type=float, default=1.0)
@@ -299,8 +299,9 @@ def cmd_generate(args) -> int:
     check_layout(cfg, world or args.nproc)
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
     if world is None and args.nproc > 1:
-        argv = ["generate", "--checkpoint", args.checkpoint, "--prompt", args.prompt, "--max-new-tokens",
-                str(args.max_new_tokens), "--temperature", str(args.temperature), "--top-k", str(args.top_k),
+        argv = ["generate", "--checkpoint", args.checkpoint, "--prompt", args.prompt,
+                *(["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens is not None else []),
+                "--temperature", str(args.temperature), "--top-k", str(args.top_k),
                 "--top-p", str(args.top_p), "--seed", str(args.seed), "--device", args.device,
                 *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
         return launch_local(args.nproc, argv, device)

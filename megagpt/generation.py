@@ -12,6 +12,7 @@ is greedy decoding. PPO rollouts (megagpt.rlhf) sample through the same `generat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -26,15 +27,17 @@ from megagpt.model.kv_cache import KVCache
 
 @dataclass
 class Sampling:
-    max_new_tokens: int = 64
+    max_new_tokens: Optional[int] = 64  # None: up to 64, as many as the context leaves after the prompt
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: no cut
     top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p
     seed: int = 0
 
     def check(self) -> None:
-        for ok, message in [(self.max_new_tokens >= 1, f"--max-new-tokens={self.max_new_tokens} must be at least 1"),
-                            (self.temperature >= 0, f"--temperature={self.temperature} must be >= 0"),
+        for ok, message in [(self.max_new_tokens is None or self.max_new_tokens >= 1,
+                             f"--max-new-tokens={self.max_new_tokens} must be at least 1"),
+                            (0 <= self.temperature < float("inf"),
+                             f"--temperature={self.temperature} must be >= 0 and finite"),
                             (self.top_k >= 0, f"--top-k={self.top_k} must be >= 0"),
                             (0 < self.top_p <= 1, f"--top-p={self.top_p} must lie in (0, 1]")]:
             if not ok:
@@ -49,7 +52,10 @@ def next_token(logits: torch.Tensor, s: Sampling, generators: Sequence[torch.Gen
     """
     if s.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature
+    logits = logits.float()
+    # the largest logit first: at a tiny temperature the quotient overflows to inf - inf = NaN, which drew the
+    # last token of the vocabulary; this way the leader stays at 0 and the others go to -inf (greedy, as it should)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / s.temperature
     if s.top_k:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -146,14 +152,21 @@ def find_generation_tokenizer(checkpoint_path: str, cfg: Config) -> Optional[str
 
 
 def generation_tokenizer(checkpoint_path: str, cfg: Config, given: Optional[str] = None):
-    """The Tokenizer a checkpoint's model reads: `given` (--tokenizer), else find_generation_tokenizer's."""
+    """The Tokenizer a checkpoint's model reads: `given` (--tokenizer), else find_generation_tokenizer's; one
+    with more tokens than the model is refused (its ids would index past the embeddings, or the wrong ones)."""
     from megagpt.data.tokenizer import Tokenizer
 
     found = given or find_generation_tokenizer(checkpoint_path, cfg)
     if found is None:
         raise on_every_rank(ConfigError(f"no tokenizer found for checkpoint {checkpoint_path} (none in its run dir or "
                                         f"beside its training data): pass --tokenizer"))
-    return Tokenizer.load(found)
+    tok = Tokenizer.load(found)
+    if tok.vocab_size > cfg.model.vocab_size:
+        which = f"--tokenizer {given}" if given else f"the tokenizer found for {checkpoint_path} ({found})"
+        raise on_every_rank(ConfigError(
+            f"{which} has {tok.vocab_size} tokens but the checkpoint's model.vocab_size is {cfg.model.vocab_size}: "
+            f"another tokenizer's ids would index the wrong embeddings"))
+    return tok
 
 
 def check_layout(cfg: Config, tp: int, command: str = "generate") -> None:
@@ -184,6 +197,8 @@ def run_generation(checkpoint: str, prompt: str, s: Sampling, tokenizer: Optiona
     model, cfg, path = load_model(checkpoint, pc)  # path: the checkpoint dir a run dir resolved to
     tok = generation_tokenizer(path, cfg, tokenizer)
     ids = tok.encode(prompt) or [tok.eod]  # no prompt: an unconditional sample, begun as a new document (GPT-2's)
+    if s.max_new_tokens is None:  # what the context leaves (a prompt that fills it: generate says so)
+        s = dataclasses.replace(s, max_new_tokens=max(1, min(64, cfg.model.seq_length - len(ids))))
     out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod)[0, len(ids):].tolist()
     shutdown_distributed()
     completion = tok.decode(out[: out.index(tok.eod)] if tok.eod in out else out)

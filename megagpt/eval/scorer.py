@@ -96,7 +96,6 @@ def _is_argmax(logits: torch.Tensor, labels: torch.Tensor, group, vocab_size: in
 def open_checkpoint(checkpoint: str, tokenizer: str | None, device: str = "auto", batch_size: int = 8):
     """(Scorer, Tokenizer, ParallelContext) for one rank of an evaluation world: every rank one TP shard of
     the checkpoint's weights (any saved layout), pp = 1, no data parallelism."""
-    from megagpt.errors import ConfigError
     from megagpt.generation import generation_tokenizer, load_model
     from megagpt.parallel.distributed import init_distributed
     from megagpt.parallel.topology import build_parallel_context
@@ -109,9 +108,5 @@ def open_checkpoint(checkpoint: str, tokenizer: str | None, device: str = "auto"
         rank_device = init_distributed(device, deepspeed_comm=False)
     pc = build_parallel_context(dist.get_world_size(), 1, rank_device)
     model, cfg, path = load_model(checkpoint, pc, "eval")
-    tok = generation_tokenizer(path, cfg, tokenizer)
-    if tok.vocab_size > cfg.model.vocab_size:
-        which = f"--tokenizer {tokenizer}" if tokenizer else f"the tokenizer found for {path}"
-        raise ConfigError(f"{which} has {tok.vocab_size} tokens but the checkpoint's model.vocab_size is "
-                          f"{cfg.model.vocab_size}: another tokenizer's ids would index the wrong embeddings")
+    tok = generation_tokenizer(path, cfg, tokenizer)  # refuses one with more tokens than the model
     return Scorer(model, bos=tok.eod, batch_size=batch_size), tok, pc

@@ -17,6 +17,13 @@ def test_greedy_text_is_the_same_at_every_tp_size(pretrained_tiny):
     assert sampled[0] == sampled[1] == sampled[2] and sampled[0] != greedy[0]
 
 
+def test_without_max_new_tokens_the_context_left_is_filled(pretrained_tiny):
+    """The default of 64 new tokens was the demo model's whole context: every prompt was refused."""
+    out = megagpt("generate", "--checkpoint", str(pretrained_tiny), "--prompt", "Return the value of the",
+                  "--temperature", "0").stdout
+    assert out.startswith("Return the value of the") and len(out) > len("Return the value of the ") + 10
+
+
 def test_an_empty_prompt_samples_a_new_document(pretrained_tiny, demo_prefix):
     # pretraining keeps its data's tokenizer in run.dir, where generate looks first
     assert (pretrained_tiny / "tokenizer.json").read_bytes() == open(demo_prefix + ".tokenizer.json", "rb").read()

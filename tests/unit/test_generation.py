@@ -78,3 +78,29 @@ def test_a_left_padded_batch_generates_what_each_prompt_does_alone(world_of_one,
         for i, p in enumerate(prompts):
             alone = generate(gpt, torch.tensor([p]), sampling, row_seeds=[3 + i])
             assert together[i, width:].tolist() == alone[0, len(p):].tolist()
+
+
+def test_a_tiny_temperature_is_greedy_and_a_non_finite_one_is_refused():
+    """At 1e-40 the quotient overflowed to inf - inf = NaN, and the draw took the vocabulary's last token."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]])
+    for temperature in (1e-40, 1e-45):
+        assert next_token(logits, Sampling(temperature=temperature), [torch.Generator().manual_seed(0)]).tolist() == [1]
+    for temperature in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="must be >= 0 and finite"):
+            Sampling(temperature=temperature).check()
+
+
+def test_a_tokenizer_with_more_tokens_than_the_model_is_refused(tmp_path):
+    """generate indexed past the embeddings (IndexError traceback); eval had its own check."""
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.generation import generation_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    tok = Tokenizer.train(["open the file and read the path " * 4] * 20, 300)
+    tok.save(str(path))
+    cfg = load_config(None, ["model.vocab_size=100"])
+    with pytest.raises(ConfigError, match=f"--tokenizer {path} has {tok.vocab_size} tokens but the checkpoint's "
+                                          f"model.vocab_size is 100"):
+        generation_tokenizer(str(tmp_path), cfg, str(path))
+    assert generation_tokenizer(str(tmp_path), load_config(None, [f"model.vocab_size={tok.vocab_size}"]),
+                                str(path)).vocab_size == tok.vocab_size
