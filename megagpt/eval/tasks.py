@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Optional
@@ -107,7 +108,8 @@ def load_task(path: str) -> Task:
 
 def _template_fields(template: str, path: str) -> set[str]:
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        # the record's key: `{country.name}` and `{choices[0]}` read the fields country and choices
+        names = {re.split(r"[.\[]", name)[0] for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
         raise ConfigError(f"--task {path}: prompt is not a valid template ({exc}); write literal braces as {{{{ }}}}") \
             from None
@@ -138,6 +140,11 @@ def _read_records(path: str, task: Task, fields: set[str], where: dict) -> list[
         problem = _check(record, task.type, fields)
         if problem:
             raise DataError(f"{at}: {problem}")
+        try:  # a format spec or attribute the values do not have ({n:d} over text) failed in a rank
+            task.question(record)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise DataError(f"{at}: the prompt cannot be filled from this record ({type(exc).__name__}: {exc})") \
+                from None
         where[id(record)] = at
         records.append(record)
     return records

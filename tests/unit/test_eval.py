@@ -183,6 +183,21 @@ def test_bad_records_fail_with_their_file_and_line(tmp_path, line, message):
     assert str(err.value).startswith(str(tmp_path / message.split(":")[0])) and message.split(":", 1)[1] in str(err.value)
 
 
+@pytest.mark.parametrize("prompt, line, message", [
+    ("'Capital of {country:d}?'", '{"country": "Peru"}', "Unknown format code 'd'"),  # a traceback in a rank
+    ("'Capital of {country.name}?'", '{"country": "Peru"}', "AttributeError"),
+    ("'Capital of {country.name}?'", '{"choices": ["a", "b"]}', "the prompt's field(s) country are missing"),
+])
+def test_a_prompt_the_records_cannot_fill_fails_with_file_and_line(tmp_path, prompt, line, message):
+    from megagpt.eval.tasks import load_task
+
+    (tmp_path / "t.jsonl").write_text(line.replace("}", ', "target": "Lima"}') + "\n")
+    (tmp_path / "t.yaml").write_text(f"type: completion\ntest: t.jsonl\nprompt: {prompt}\n")
+    with pytest.raises(DataError) as err:
+        load_task(str(tmp_path / "t.yaml"))
+    assert str(err.value).startswith(f"{tmp_path / 't.jsonl'}:1: ") and message in str(err.value)
+
+
 @pytest.mark.parametrize("yaml_text,message", [
     ("type: essay\ntest: t.jsonl\nprompt: x\n", "type 'essay' must be one of"),
     ("type: completion\nprompt: x\n", "'test' is missing"),
