@@ -93,6 +93,10 @@ def role_model(cfg: Config, role: str):
 def check_role(cfg: Config, role: str, spec: RoleSpec) -> None:
     m, r = role_model(cfg, role), cfg.rlhf
     where = f"rlhf.layout.{role}" if cfg.rlhf.layout is not None else "parallel.tp"
+    if m.seq_length < cfg.model.seq_length:  # its position embeddings end there: an index error in a rank
+        raise ConfigError(f"model.seq_length={cfg.model.seq_length}, which prompt + response and the ptx samples "
+                          f"fill, is longer than the {role}'s context {m.seq_length} ({init_checkpoint(cfg, role)}): "
+                          f"set model.seq_length <= {m.seq_length}")
     if len(spec.ranks) % spec.tp:
         raise ConfigError(f"{where}: tp={spec.tp} must divide the role's {len(spec.ranks)} ranks")
     for what, size in (("model.num_heads", m.num_heads), ("the MLP width", m.ffn_size),

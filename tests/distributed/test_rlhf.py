@@ -174,6 +174,8 @@ def test_bad_ppo_input_is_one_line_before_any_process(stage, tmp_path):
         return proc.stderr.strip().splitlines()[-1]
 
     assert "gives 2 + 2 + 2 + 2 = 8 ranks to the roles, but the world has 4" in error(SPLIT_8, nproc=4)
+    assert "model.seq_length=128, which prompt + response and the ptx samples fill, is longer than the actor's " \
+           "context 64" in error("model.seq_length=128")
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": 5}\nnot json\n')
     assert error(f"rlhf.prompts={bad}").endswith(
