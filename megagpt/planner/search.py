@@ -198,8 +198,10 @@ def verdict(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_
     plans = plan(cfg, gpus, gpu_memory_gb, hw, reserve_gb)
     own = evaluate(cfg, config_layout(cfg, gpus), hw, plans[0].usable)
     if own.fits:
+        unpriced = (" (not counting the offload's host transfers and CPU optimizer step, which this estimate "
+                    "leaves out)" if own.layout.offload_optimizer or own.layout.offload_params else "")
         return own, (f"fits: {gib(own.memory.total)} of {gib(own.usable)} GiB usable per rank; estimated "
-                     f"{own.time.total:.2f} s per step, MFU {own.mfu:.1%}")
+                     f"{own.time.total:.2f} s per step, MFU {own.mfu:.1%}{unpriced}")
     best = next((p for p in plans if p.fits), None)
     alternative = (f"the best layout that fits is {best.layout.label()} ({gib(best.memory.total)} GiB, "
                    f"{best.time.total:.2f} s per step, MFU {best.mfu:.1%})" if best else

@@ -5,8 +5,8 @@ dense peak for the run's precision, the fraction of it large matrix multiplicati
 (`matmul_efficiency`), and the bus bandwidths NCCL reaches inside a node (NVLink) and between
 nodes (per GPU, the NIC); give measured nccl-tests busbw figures where you have them. Rank order
 is TP fastest, then DP, then PP (megagpt.parallel.topology), so a TP group stays inside a node
-while tp ≤ gpus_per_node, a DP group while tp·dp ≤ gpus_per_node, and neighbouring pipeline
-stages sit on different nodes once tp·dp ≥ gpus_per_node.
+while tp ≤ gpus_per_node, a DP group while tp·dp ≤ gpus_per_node, and some neighbouring pipeline
+stages sit on different nodes once tp·dp·pp > gpus_per_node.
 
 One micro-batch on pipeline stage i (per rank; T = s·b tokens, L_i its blocks, e activation bytes):
 
@@ -85,7 +85,9 @@ def step_time(m: ModelConfig, layout: Layout, precision: str, global_batch: int,
     micro = global_batch // (d * b)
     flops_per_s = hw.gpu_tflops * 1e12 * hw.matmul_efficiency
     tp_bw, dp_bw = _bandwidth(hw, t), _bandwidth(hw, t * d)
-    pp_bw = _bandwidth(hw, 1 if t * d < hw.gpus_per_node else hw.gpus_per_node + 1)
+    # stages follow each other every t·d ranks: once they span more than a node, some hop crosses between nodes,
+    # and the slowest hop paces the pipeline (tp2 dp2 pp4 on 8-GPU nodes: stage 1 -> 2 crosses)
+    pp_bw = _bandwidth(hw, t * d * pp)
     all_reduce = 2 * (t - 1) / t * e * tokens * m.hidden_size / tp_bw if t > 1 else 0.0
     slowest = (0.0, 0.0)
     for stage in range(pp):

@@ -109,3 +109,13 @@ def test_dry_run_of_a_layout_that_does_not_fit_names_the_excess_and_a_better_one
     verdict = out.splitlines()[-1]
     assert verdict.startswith("verdict: does not fit: needs ") and "over by" in verdict
     assert "activations take" in verdict and "the best layout that fits is" in verdict
+
+
+def test_an_offloading_layout_says_its_step_time_leaves_the_offload_out(capsys):
+    """The estimate was the same with offloading as without, and said nothing of it."""
+    code, out, _ = run(capsys, "pretrain", "--config", os.path.join(REPO, "configs", "model", "gpt3-xl.yaml"),
+                       "--dry-run", "--gpus", "8", "parallel.zero_stage=3", "parallel.offload_optimizer=true",
+                       "parallel.offload_params=true", "train.batch_ramp_start=null")
+    assert code == 0
+    assert out.splitlines()[-1].endswith("(not counting the offload's host transfers and CPU optimizer step, which "
+                                         "this estimate leaves out)")

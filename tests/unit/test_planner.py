@@ -114,6 +114,17 @@ def test_bubble_and_mfu_follow_their_formulas():
     assert mfu(cfg.model, layout, 1536, time.total, Hardware()) == pytest.approx(flops / (time.total * 1024 * 989e12))
 
 
+@pytest.mark.parametrize("tp, dp, pp, across_nodes", [(1, 1, 4, False), (2, 2, 2, False), (2, 2, 4, True),
+                                                     (8, 1, 2, True)])
+def test_a_pipeline_that_spans_nodes_pays_the_network_between_them(tp, dp, pp, across_nodes):
+    """tp2 dp2 pp4 on 8-GPU nodes: stages 0-1 on one node, 2-3 on the next; the 1 -> 2 hop was priced at NVLink."""
+    m, hw = preset("gpt3-xl"), Hardware()
+    time = step_time(m, Layout(tp=tp, pp=pp, dp=dp, micro_batch=1), "bf16", 16, hw)
+    gbps = hw.inter_node_gbps if across_nodes else hw.intra_node_gbps
+    micro = 16 // dp
+    assert time.pipeline == pytest.approx(micro * 2 * 2 * m.seq_length * m.hidden_size / (gbps * 1e9 / 8))
+
+
 def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
     m = preset("gpt3-xl")
     tensors = rank_tensors(m, 2, 1, 0)
