@@ -148,7 +148,12 @@ def find_generation_tokenizer(checkpoint_path: str, cfg: Config) -> Optional[str
     root = os.path.dirname(step)
     # only a checkpoint in its own run's checkpoints/ has a run dir (not one copied elsewhere, nor one set aside)
     beside = os.path.join(os.path.dirname(root), "tokenizer.json") if os.path.basename(root) == "checkpoints" else None
-    return beside if beside and os.path.isfile(beside) else find_tokenizer(cfg)
+    if beside and os.path.isfile(beside):
+        return beside
+    try:
+        return find_tokenizer(cfg)
+    except ConfigError:  # its training data, named relative to where it trained, cannot be read from here
+        return None
 
 
 def generation_tokenizer(checkpoint_path: str, cfg: Config, given: Optional[str] = None):

@@ -104,3 +104,13 @@ def test_a_tokenizer_with_more_tokens_than_the_model_is_refused(tmp_path):
         generation_tokenizer(str(tmp_path), cfg, str(path))
     assert generation_tokenizer(str(tmp_path), load_config(None, [f"model.vocab_size={tok.vocab_size}"]),
                                 str(path)).vocab_size == tok.vocab_size
+
+
+def test_a_checkpoint_whose_training_data_is_out_of_reach_asks_for_a_tokenizer(tmp_path):
+    """Run from another directory, the relative data.mixture of the checkpoint's config was reported as unreadable,
+    as if the mixture were the problem: it asks for --tokenizer now."""
+    from megagpt.generation import generation_tokenizer
+
+    cfg = load_config(None, ["data.mixture=runs/demo/corpus/mixture.json"])
+    with pytest.raises(ConfigError, match="no tokenizer found for checkpoint .* pass --tokenizer"):
+        generation_tokenizer(str(tmp_path / "checkpoints" / "step_00000001"), cfg)
