@@ -10,7 +10,9 @@ reproducible and each record's shots are independent of the others'. The prompt 
 
 where a shot is its question followed by answer_prefix + its gold answer. Shots are dropped
 from the front until the prompt and the longest answer fit the model's context (GPT-3 packed
-as many as fit); the mean number used is reported.
+as many as fit); the mean number used is reported, and how many records still had to lose
+the start of their prompt (`prompts_cut`) or the start of an answer longer than the context
+(`answers_cut`, scored on its last tokens).
 
 Scores, per type:
     completion       accuracy: every target token is the model's greedy choice (LAMBADA's
@@ -72,12 +74,16 @@ def evaluate(scorer: Scorer, tok, task: Task, shots: int = 0, seed: int = 1234, 
              contamination: dict | None = None) -> dict:
     """The task's scores; with `contamination` (megagpt.eval.contamination) also on its clean and dirty records."""
     records = task.test[:limit] if limit else task.test
-    rows, used = [], []
+    rows, used, cut = [], [], {"prompts_cut": 0, "answers_cut": 0}
     for index, record in enumerate(records):
         answers = [tok.encode(task.answer_prefix + a) for a in answers_of(task, record)]
         room = max((len(a) for a in answers), default=task.max_new_tokens)
         prompt, n = fitted_prompt(task, tok, shots_for(task, index, record, shots, seed), record, scorer.context, room)
         used.append(n)
+        # said, not silent: a prompt that does not fit even alone loses its start; an answer longer than the
+        # context is scored on its last tokens only, so its total is not comparable with the other choices'
+        cut["prompts_cut"] += len(prompt) + room > scorer.context
+        cut["answers_cut"] += any(len(a) > scorer.context - 1 for a in answers)
         if task.type == "generation":
             rows.append(_generation_row(scorer, tok, task, prompt, record))
             continue
@@ -92,7 +98,7 @@ def evaluate(scorer: Scorer, tok, task: Task, shots: int = 0, seed: int = 1234, 
                          "correct_per_token": _argmax(per_token) == record["label"],
                          "logprobs": total})
     result = {"task": task.name, "type": task.type, "records": len(rows), "shots": shots,
-              "mean_shots_used": sum(used) / len(used), **summarise(task.type, rows), "rows": rows}
+              "mean_shots_used": sum(used) / len(used), **summarise(task.type, rows), **cut, "rows": rows}
     if contamination is not None:
         split = {"clean": [r for r, d in zip(rows, contamination["dirty"]) if not d],
                  "dirty": [r for r, d in zip(rows, contamination["dirty"]) if d]}

@@ -77,9 +77,13 @@ def run_eval(args) -> str | None:
                 found["dirty"] = found["dirty"][:args.limit]
         result = evaluate(scorer, tok, task, args.shots, args.seed, args.limit, found)
         scores = {k: v for k, v in result.items()
-                  if k not in ("rows", "task", "type", "records", "shots", "contamination")}
+                  if k not in ("rows", "task", "type", "records", "shots", "contamination", "prompts_cut",
+                               "answers_cut")}
         line = (f"{result['task']} ({result['type']}, {result['records']} records, {args.shots}-shot): "
                 + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if result["prompts_cut"] or result["answers_cut"]:
+            line += (f"; cut to fit the context of {scorer.context} tokens: {result['prompts_cut']} prompts (their "
+                     f"start), {result['answers_cut']} with an answer scored on its last tokens only")
         if found is not None:
             c = result["contamination"]
             line += (f"\ncontamination: {c['share']:.1%} of the task's {c['ngrams']} {c['n']}-grams are in the corpus; "

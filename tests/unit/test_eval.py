@@ -100,6 +100,22 @@ def test_multiple_choice_scores_equal_direct_log_likelihoods(scorer, tok):
         right += max(range(3), key=totals.__getitem__) == record["label"]
         right_per_token += max(range(3), key=per_token.__getitem__) == record["label"]
     assert result["accuracy"] == right / 8 and result["accuracy_per_token"] == right_per_token / 8
+    assert result["prompts_cut"] == result["answers_cut"] == 0
+
+
+def test_records_cut_to_fit_the_context_are_counted(scorer, tok, tmp_path):
+    """A choice longer than the context was scored on its last tokens alone, and a prompt that did not fit lost its
+    start, both without a word."""
+    from megagpt.eval.icl import evaluate
+    from megagpt.eval.tasks import load_task
+
+    records = [{"q": "x", "choices": ["a", "b " * 100], "label": 0},  # an answer longer than the 64-token context
+               {"q": "x " * 100, "choices": ["a", "b"], "label": 0},  # a prompt that does not fit alone
+               {"q": "x", "choices": ["a", "b"], "label": 0}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "t.yaml").write_text("type: multiple_choice\ntest: t.jsonl\nprompt: '{q}'\n")
+    result = evaluate(scorer, tok, load_task(str(tmp_path / "t.yaml")))
+    assert (result["prompts_cut"], result["answers_cut"]) == (2, 1)  # the long answer leaves its prompt no room
 
 
 def test_per_token_normalisation_prefers_the_likelier_tokens_not_the_shorter_answer(scorer, tok, tmp_path):
