@@ -26,7 +26,7 @@ SPLIT_8 = "rlhf.layout={actor: {ranks: 2, tp: 2}, critic: {ranks: 2, tp: 1}, rew
 SPLIT_4 = "rlhf.layout={actor: {ranks: 1}, critic: {ranks: 1}, reward: {ranks: 1}, reference: {ranks: 1}}"
 # what PPO reports that does not depend on the clock
 PPO_KEYS = ("step", "reward", "kl", "kl_coef", "policy_loss", "value_loss", "ptx_loss", "clip_fraction", "approx_kl",
-            "entropy", "response_length")
+            "entropy", "response_length", "unfinished")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,17 @@ def test_ppo_split_layout_equals_colocated(stage, tmp_path):
     for a, b in zip(colocated, split, strict=True):
         for key in PPO_KEYS:
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+
+
+def test_responses_cut_at_max_new_tokens_lose_the_missing_eos_penalty(stage, tmp_path):
+    """The first iteration's rollouts are the same with and without the penalty (seeded per row): the reward falls
+    by the penalty times the share of responses that end without <|endoftext|>."""
+    plain, penalised = tmp_path / "plain", tmp_path / "penalised"
+    megagpt(*ppo_args(stage, plain, 1, "train.steps=1"))
+    megagpt(*ppo_args(stage, penalised, 1, "train.steps=1", "rlhf.missing_eos_penalty=2.0"))
+    (a,), (b,) = ppo_record(plain), ppo_record(penalised)
+    assert 0 < a["unfinished"] == b["unfinished"] and a["response_length"] == b["response_length"]
+    assert b["reward"] == pytest.approx(a["reward"] - 2.0 * a["unfinished"], abs=1e-5)
 
 
 def test_ppo_raises_the_reward_while_the_kl_stays_bounded(stage, tmp_path):
