@@ -81,6 +81,22 @@ def test_train_eval_save_resume_and_reshape_on_cuda(demo_prefix, tmp_path, preci
         assert not any("loss_scale" in m for m in resumed + reshaped)
 
 
+def test_dropout_on_cuda_resumes_exactly_and_on_cpu_with_fresh_streams(demo_prefix, tmp_path):
+    """GPT-2's dropout on CUDA: the TP stream forked from a CUDA generator, replayed by selective recompute; the
+    streams saved on CUDA resume the run exactly, and a resume on CPU starts fresh ones and says so (it raised)."""
+    drop = ["model.hidden_dropout=0.1", "model.attention_dropout=0.1", "train.activation_checkpointing=selective"]
+    saved = pretrain(demo_prefix, tmp_path / "saved", *drop, "train.save_interval=3", "train.keep_last=0")
+    assert saved[-1]["loss"] < saved[0]["loss"]
+    continue_from(tmp_path / "saved", tmp_path / "resumed", 3)
+    assert_close_runs(saved[3:], pretrain(demo_prefix, tmp_path / "resumed", *drop), TOLERANCE["fp32"])
+    continue_from(tmp_path / "saved", tmp_path / "on-cpu", 3)
+    proc = megagpt("pretrain", "--config", TINY, "--nproc", "1", "parallel.tp=1", "parallel.pp=1",
+                   f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path / 'on-cpu'}", "run.device=cpu",
+                   "run.tensorboard=false", "train.progress=false", f"train.steps={STEPS}", *drop)
+    assert "was saved on cuda, this run is on cpu: dropout's random streams start afresh" in proc.stdout
+    assert [m["step"] for m in read_jsonl(str(tmp_path / "on-cpu" / "metrics.jsonl"))] == [4, 5, 6]
+
+
 @pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
 def test_multi_gpu_layouts_match_one_gpu(demo_prefix, tmp_path, tp, pp):
