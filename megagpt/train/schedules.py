@@ -22,8 +22,8 @@ class BatchRamp:
         if self.start is None or self.start >= self.full or self.ramp_tokens <= 0:
             return self.full
         increments = (self.full - self.start) // self.increment
-        tokens_per_increment = self.ramp_tokens / increments
-        done = int(consumed_tokens // tokens_per_increment)
+        # whole numbers: consumed // (ramp / increments) in floats gave 46 for 47 at the ramp's end (12e9 of 12e9)
+        done = consumed_tokens * increments // self.ramp_tokens
         return min(self.full, self.start + done * self.increment)
 
 

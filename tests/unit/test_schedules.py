@@ -22,6 +22,11 @@ def test_batch_ramp_grows_linearly_in_tokens():
     ramp = BatchRamp(full=64, start=16, increment=16, ramp_tokens=3000)  # 3 increments, 1000 tokens each
     assert [ramp.batch_size(t) for t in (0, 999, 1000, 1999, 2000, 2999, 3000, 10**6)] == [16, 16, 32, 32, 48, 48, 64, 64]
     assert BatchRamp(full=64).batch_size(0) == 64
+    # GPT-3 175B's ramp (configs/parallel/gpt3-175b.yaml): 47 increments over 12B tokens. In floats the last one
+    # came at 12,000,000,000 + a step (12e9 // (12e9 / 47) == 46.0): the full batch one step late
+    ramp = BatchRamp(full=1536, start=32, increment=32, ramp_tokens=12_000_000_000)
+    assert ramp.batch_size(12_000_000_000) == 1536 and ramp.batch_size(11_999_999_999) == 1504
+    assert all(ramp.batch_size(-(-k * 12_000_000_000 // 47)) == 32 + 32 * k for k in range(48))
 
 
 def test_run_batch_sizes_follow_consumed_tokens():
