@@ -173,7 +173,20 @@ def test_layout_files_fit_and_say_their_mfu(world_of_one, name):
     own = evaluate(cfg, config_layout(cfg, gpus), hw, plan(cfg, gpus, 80, hw)[0].usable)
     assert own.fits
     assert f"estimated MFU {own.mfu:.1%}" in open(path).read()
+    assert plan(cfg, gpus, 80, hw)[0].layout == own.layout  # "ranks this layout first", as its header says
     assert dry_run(cfg, gpus, 80, hw).splitlines()[-1].startswith("verdict: fits")
+
+
+@pytest.mark.parametrize("path", sorted(os.path.join(d, f) for d in (MODELS, LAYOUTS) for f in os.listdir(d)
+                                        if f.startswith("gpt3-")))
+def test_gpt3_presets_train_300b_tokens(path):
+    """train.steps was 300B / the full batch, which the ramp's smaller batches left short (175B: 249.7B tokens, its
+    cosine never reaching the 10% floor at 260B)."""
+    from megagpt.train.schedules import batch_sizes
+
+    cfg = load_config(path)
+    tokens = [size * cfg.model.seq_length for size in batch_sizes(cfg)]
+    assert sum(tokens) >= 300_000_000_000 > sum(tokens) - tokens[-1]
 
 
 def test_a_layout_that_does_not_fit_says_what_and_offers_one_that_does():
