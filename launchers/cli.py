@@ -381,6 +381,9 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
 
     quiet_library_warnings()  # the data checks import megatron-core
     device = resolve_device(cfg.run.device, nproc if world is None else local_world_size())
+    if device == "cpu" and cfg.train.precision == "fp16":
+        with alike_on_each_node():  # before the ranks start (each of them said it, then the launcher)
+            raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")
     if launching and device == "cpu":
         start_rank_server(nproc)  # now that torch has counted the GPUs (a no-op if started above)
     check, train = _stage(stage)

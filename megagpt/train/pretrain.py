@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from megagpt.config import Config, ConfigError, validate
+from megagpt.config import Config, validate
 from megagpt.data.datasets import build_datasets, micro_batches, note_epochs
 from megagpt.dir_lock import hold_on_rank_zero
 from megagpt.model.gpt import GPT, lm_loss
@@ -188,9 +188,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     indexable by sample into {"tokens", "labels", "loss_mask"}; init_from: a checkpoint whose weights
     a fresh run starts from (SFT starts from a pretrained model; a resumed run ignores it)."""
     device = init_distributed(cfg.run.device)
-    validate(cfg, dist.get_world_size(), check_data=False)  # the data were checked before the ranks started
-    if device.type != "cuda" and cfg.train.precision == "fp16":
-        raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")
+    validate(cfg, dist.get_world_size(), check_data=False)  # the data and the device were checked before the ranks
     lock = hold_on_rank_zero(cfg.run.dir, "run.dir", "training run", device)
     try:
         _train(cfg, device, datasets, init_from, task)

@@ -61,10 +61,11 @@ def test_tokenize_bad_jsonl_names_the_line(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
 
-def test_fp16_on_cpu_is_refused(tmp_path, demo_prefix):
-    proc = megagpt("pretrain", "--config", TINY, "--nproc", "1", "parallel.tp=1", "parallel.pp=1",
+def test_fp16_on_cpu_is_refused_before_the_ranks_start(tmp_path, demo_prefix):
+    """Each rank said it, then the launcher ("rank 0 of 2 failed")."""
+    proc = megagpt("pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1",
                    "train.precision=fp16", f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}",
                    check=False, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert proc.stderr.strip() == (
         "megagpt: error: train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")

@@ -163,3 +163,15 @@ def test_slurm_times_read_as_sbatch_reads_them():
         [180, 210, 3605, 176400, 178200, 178210, None, None]
     with open(os.path.join(REPO, "slurm", "pretrain.sbatch")) as f:
         assert f"#SBATCH --signal=USR1@{SIGNAL_LEAD_S}\n" in f.read()  # the lead the --time check assumes
+
+
+def test_a_shipped_config_named_from_another_directory_is_the_one_the_script_runs(no_cluster, demo_prefix, tmp_path,
+                                                                                   monkeypatch):
+    """`--config configs/...` from outside a clone reads the package's copy; the script named ./configs/..., which
+    is not there, and the job would have failed on the cluster."""
+    from launchers.submit import render_pretrain
+
+    monkeypatch.chdir(tmp_path)
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, config="configs/demo/tiny.yaml"))
+    config = next(line for line in script.splitlines() if "--config" in line).split("--config ")[1].split()[0]
+    assert os.path.isfile(config) and open(config).read() == open(TINY).read()
