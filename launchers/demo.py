@@ -53,6 +53,8 @@ def align(run_dir: str, mixture: str, nproc: int, shared: list[str]) -> int:
     from launchers.cli import run_pretrain
     from megagpt.rlhf.demo_data import KEYWORD, write_instruct_data
 
+    # more than 8 processes: the aligned stages' batches (16 sequences) would not split over them; 8 run them
+    nproc = min(nproc, ALIGN_WORLD)
     align_dir = os.path.join(run_dir, "align")
     files = write_instruct_data(os.path.join(align_dir, "data"))
     print(f"megagpt demo: instruction data in {align_dir}/data (the planted preference: answers naming "
