@@ -2,10 +2,10 @@
 
     process   (per input file)  read, extract, langid, filters, hash + MinHash
     dedup     (reduce)          exact and fuzzy duplicates across all shards
-    finalize  (per shard)       documents/<source>/*.jsonl.gz, dedup drops
+    finalize  (per shard)       dedup drops, benchmark decontamination, documents/<source>/*.jsonl.gz
     tokenizer (reduce)          train a byte-level BPE on a seeded sample of the kept text (or use the given one)
-    tokenize  (per shard)       Megatron .bin/.idx parts, merged into tokens/<source>
-    then stats.json and mixture.json
+    tokenize  (per shard)       Megatron .bin/.idx parts
+    summary   (reduce)          the parts merged into tokens/<source>, stats.json and mixture.json
 """
 
 from __future__ import annotations

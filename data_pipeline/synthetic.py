@@ -1,6 +1,7 @@
 """A crawl with planted truth, for the demo, the tests and the benchmark.
 
-English pages are the standard library's docstrings (real prose on every machine);
+English pages are the standard library's longer docstrings that pass the default filters (real prose on every
+machine), topped up with pages chained from their words;
 the plant: exact copies, near copies at measured 5-gram Jaccard similarities, pages in
 other languages (sentences drawn from common-word lists), keyword spam, broken records
 (binary, non-HTML, invalid UTF-8, empty) and optionally a truncated file.

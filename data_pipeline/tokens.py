@@ -1,7 +1,7 @@
 """The tokenizer stage: the run's tokenizer, given or trained on a bounded, seeded sample of the kept text.
 
-A given tokenizer.json is used where it is. A given GPT-2 directory (vocab.json + merges.txt)
-is written once as output.dir/tokenizer.json, so the tokenize workers, mixture.json and the
+A given tokenizer.json or GPT-2 directory (vocab.json + merges.txt) is saved once as
+output.dir/tokenizer.json, so the tokenize workers, mixture.json and the
 trainer's checks all read one file. Otherwise a byte-level BPE trains on at most
 `tokenize.train_sample_bytes` of the kept text: BPE's merges come from pair counts, which a
 few hundred MB of a crawl estimate as well as the whole of it, at a fixed cost.

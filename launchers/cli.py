@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--tokenizer", help="tokenizer.json (default: the training data's, or the run dir's)")
+    g.add_argument("--tokenizer", help="tokenizer.json (default: the run dir's, else the training data's)")
     g.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks the model is split over")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                     "of the task's n-grams found there and the scores of its clean and dirty records (GPT-3)")
     for e in (ep, ei):
         e.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
-        e.add_argument("--tokenizer", help="tokenizer.json (default: the training data's, or the run dir's)")
+        e.add_argument("--tokenizer", help="tokenizer.json (default: the run dir's, else the training data's)")
         e.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks the model is split over")
         e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         e.add_argument("--batch-size", type=int, default=8, help="sequences scored at once")

@@ -188,7 +188,7 @@ def load_every_weight(model_class, model_dir: str):
 
 
 def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 128) -> dict:
-    """Write <run_dir>/checkpoints/step_00000000 (weights only) and <run_dir>/config.yaml's model section."""
+    """Write <run_dir>/checkpoints/step_00000000 (weights only) and <run_dir>/model.yaml (its model section)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):

@@ -113,7 +113,7 @@ def epoch_item(items: list, index: int, seed: int):
 
 
 def checkpoint_tokenizer(checkpoint: str, override: Optional[str] = None) -> str:
-    """The tokenizer.json a checkpoint's model reads: `override`, else its training data's or run dir's."""
+    """The tokenizer.json a checkpoint's model reads: `override`, else its run dir's, else its training data's."""
     from megagpt.generation import checkpoint_config, find_generation_tokenizer
 
     if override is not None:
