@@ -22,12 +22,16 @@ with weight decay and vectors without, in registration order; d = data parallel 
                gradients  ZeRO 1: Φ·e              every parameter's gradient, accumulated between
                                                    micro-batches
                           ZeRO 2: e·Σ whole tensors that overlap this rank's partition
+               bf16 (gradients summed and reduced in fp32, megagpt.train.optimizer): ZeRO 1 steps
+               BF16_Optimizer, whose gradients are Φ·2 + 4·d·Σ_g P_g (each parameter's, and the fp32
+               accumulation buffer of the whole padded groups); ZeRO 2 keeps 4·Σ_g P_g, this rank's
+               fp32 partition; ZeRO 3 4·Σ_p ceil(n_p/d)
     ZeRO 3     weights    e·Σ_p ceil(n_p/d) + e·Σ_{n_p ≤ 1e5} ceil(n_p/d)·d + 4·Σ_p ceil(n_p/d)
                                                    the partitions, the small tensors every rank keeps
                                                    whole (stage3_param_persistence_threshold, padded
                                                    to a multiple of d), the fp32 master partition
                optimizer  8·Σ_p ceil(n_p/d)
-               gradients  e·Σ_p ceil(n_p/d)
+               gradients  4·Σ_p ceil(n_p/d)           fp32 in either precision
 
 Scalars (step counters, norms) are left out. These are checked to the byte against the tensors a DeepSpeed engine holds on CPU
 (tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments (and
@@ -140,15 +144,18 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         master = 4 * parts
         model = e * persistent + (0 if layout.offload_params else e * parts)
         cpu += e * parts if layout.offload_params else 0
-        grads = e * parts
+        grads = 4 * parts  # ZeRO 3 accumulates in fp32 (bf16: megagpt asks it to; fp32: the model's own)
         buffers = 2 * max((sum(n for n, _ in block) for block in _blocks(tensors)), default=0) * e
     else:
         partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
         master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
-        if layout.zero_stage == 0:  # BF16_Optimizer: the parameters' gradients and the flat buffer they go to
-            grads = phi * e + e * d * sum(partitions)
+        if bf16_optimizer(layout, precision):  # the parameters' gradients and the flat buffer they go to: in fp32 at
+            accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
+            grads = phi * e + accumulate * d * sum(partitions)
         elif layout.zero_stage == 1:
             grads = phi * e
+        elif precision == "bf16" and not layout.offload_optimizer:  # fp32 accumulation: this rank's partition
+            grads = 4 * sum(partitions)
         else:
             per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
             grads = e * (max(per_rank) if dp_rank is None else per_rank[dp_rank])
@@ -160,9 +167,13 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
 
 
 def bf16_optimizer(layout: Layout, precision: str) -> bool:
-    """ZeRO 0 in bf16 at pp > 1: DeepSpeed's pipeline steps BF16_Optimizer, which partitions the master
-    copy and moments over DP as ZeRO 1 does (megagpt.train.optimizer.own_clipping)."""
-    return layout.zero_stage == 0 and precision == "bf16" and layout.pp > 1
+    """Whether DeepSpeed steps BF16_Optimizer, which partitions the master copy and moments over DP as ZeRO 1
+    does: bf16 at ZeRO 1 with fp32 gradient accumulation (but offloaded, where ZeRO 1's own optimizer keeps an
+    fp32 copy of the gradients instead), and ZeRO 0 in bf16 at pp > 1, where DeepSpeed's pipeline takes it
+    (megagpt.train.optimizer.own_clipping)."""
+    if precision != "bf16":
+        return False
+    return layout.zero_stage == 1 and not layout.offload_optimizer or layout.zero_stage == 0 and layout.pp > 1
 
 
 def _overlaps(sizes: list[int], partition: int, d: int) -> list[int]:

@@ -22,9 +22,10 @@ One micro-batch on pipeline stage i (per rank; T = s·b tokens, L_i its blocks, 
 1F1B with m micro-batches per step runs (m + pp − 1) slots of the slowest stage, so the
 bubble is (pp − 1)/(m + pp − 1) of the step. Data parallelism adds (Φ the rank's parameters):
 
-    ZeRO 0    2·(d−1)/d·Φ·e per step (gradients all-reduced); bf16 at pp > 1 (BF16_Optimizer)
-              3·(d−1)/d·Φ·e (gradients all-reduced, the updated partitions all-gathered)
+    ZeRO 0    2·(d−1)/d·Φ·e per step (gradients all-reduced)
     ZeRO 1    2·(d−1)/d·Φ·e per step (gradients reduce-scattered, parameters all-gathered)
+    BF16_Optimizer (bf16 at ZeRO 1, or at ZeRO 0 with pp > 1): 3·(d−1)/d·Φ·e (gradients all-reduced in
+              bf16, DeepSpeed's communication type, the updated partitions all-gathered)
     ZeRO 2    (d−1)/d·Φ·e per micro-batch (gradients are reduced as they are made) + (d−1)/d·Φ·e
     ZeRO 3    3·(d−1)/d·Φ·e per micro-batch (parameters gathered for forward and backward)
 
@@ -106,8 +107,9 @@ def step_time(m: ModelConfig, layout: Layout, precision: str, global_batch: int,
     p2p = 2 * e * tokens * m.hidden_size / pp_bw if pp > 1 else 0.0
     phi = max(rank_parameters(m, t, pp, s) for s in range(pp))
     share = (d - 1) / d * phi * e / dp_bw
-    dp_time = {0: (3 if bf16_optimizer(layout, precision) else 2) * share, 1: 2 * share, 2: micro * share + share,
-               3: 3 * micro * share}[layout.zero_stage]
+    dp_time = {0: 2 * share, 1: 2 * share, 2: micro * share + share, 3: 3 * micro * share}[layout.zero_stage]
+    if bf16_optimizer(layout, precision):  # gradients all-reduced, then the updated partitions all-gathered
+        dp_time = 3 * share
     bubble = (pp - 1) / (micro + pp - 1)
     return StepTime(micro * slowest[0], micro * slowest[1], micro * p2p, dp_time, bubble)
 

@@ -136,16 +136,19 @@ def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
     assert (states.weights, states.gradients, states.optimizer, states.buffers) == (6 * phi, 2 * phi, 8 * phi, 4 * phi)
     zero1 = Layout(tp=2, dp=8, zero_stage=1)
     assert model_states(tensors, zero1, "bf16").optimizer < states.optimizer / 7
-    assert step_time(m, plain, "bf16", 512, Hardware()).data_parallel == \
-        step_time(m, zero1, "bf16", 512, Hardware()).data_parallel
-    piped = Layout(tp=2, pp=2, dp=8, zero_stage=0)  # BF16_Optimizer: ZeRO 1's partitions, all-reduce + all-gather
+    assert step_time(m, plain, "fp32", 512, Hardware()).data_parallel == \
+        step_time(m, zero1, "fp32", 512, Hardware()).data_parallel
+    # bf16 at ZeRO 1 steps BF16_Optimizer (fp32 accumulation): all-reduce + all-gather, half again ZeRO 0's traffic
+    assert step_time(m, zero1, "bf16", 512, Hardware()).data_parallel == pytest.approx(
+        1.5 * step_time(m, plain, "bf16", 512, Hardware()).data_parallel)
+    piped = Layout(tp=2, pp=2, dp=8, zero_stage=0)  # BF16_Optimizer too, but accumulating in bf16
     tensors = rank_tensors(m, 2, 2, 0)
     same = model_states(tensors, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16")
     states = model_states(tensors, piped, "bf16")
     assert (states.weights, states.optimizer) == (same.weights, same.optimizer)
-    assert states.gradients == same.gradients + same.weights - same.optimizer // 2
-    assert step_time(m, piped, "bf16", 512, Hardware()).data_parallel == pytest.approx(
-        1.5 * step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel)
+    assert states.gradients == same.gradients - (same.weights - same.optimizer // 2)  # a bf16 buffer, not fp32
+    assert step_time(m, piped, "bf16", 512, Hardware()).data_parallel == \
+        step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel
 
 
 @pytest.mark.parametrize("row", ["175b", "1t"])
@@ -199,3 +202,16 @@ def test_a_layout_that_does_not_fit_says_what_and_offers_one_that_does():
     assert line.startswith("does not fit: needs ") and "over by" in line and "the best layout that fits is tp" in line
     _, nothing = verdict(cfg, 1, 16, Hardware())
     assert "no layout of 1 GPUs fits" in nothing
+
+
+@pytest.mark.parametrize("zero, expected", [(0, None), (1, {"grad_accum_dtype": "fp32"}), (2, {"grad_accum_dtype": "fp32"}),
+                                            (3, {"grad_accum_dtype": "fp32"})])
+def test_bf16_sums_gradients_over_micro_batches_in_fp32(zero, expected):
+    """DeepSpeed's default summed bf16 gradients in bf16 (8-bit mantissa) across GPT-3 175B's 48 micro-batches;
+    tests/distributed/test_planner_memory.py finds the fp32 buffers this asks for in the engine, to the byte."""
+    from megagpt.train.optimizer import deepspeed_config
+
+    cfg = load_config(None, ["train.precision=bf16", f"parallel.zero_stage={zero}"])
+    assert deepspeed_config(cfg, dp=2, global_batch_size=16).get("data_types") == expected
+    fp32 = load_config(None, [f"parallel.zero_stage={zero}"])
+    assert "data_types" not in deepspeed_config(fp32, dp=2, global_batch_size=16)
