@@ -28,7 +28,7 @@ from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.guard import check_finite
 from megagpt.train.metrics import RunLog, first_evaluation
 from megagpt.train.profiling import StepProfiler
-from megagpt.train.schedules import batch_sizes, lr_schedule
+from megagpt.train.schedules import batch_sizes, lr_schedule, note_schedule
 
 
 def _to(device, batch):
@@ -216,6 +216,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
     if is_logger:
         open_run_dir(cfg, state.step)
         note_epochs(cfg.run.dir, train_ds, state.step)
+        note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)

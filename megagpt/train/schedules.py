@@ -63,3 +63,28 @@ def batch_sizes(cfg: Config) -> list[int]:
 def lr_schedule(cfg: Config, run_tokens: int) -> CosineLR:
     o = cfg.optim
     return CosineLR(o.lr, o.min_lr_ratio, o.warmup_tokens, o.decay_tokens or run_tokens)
+
+
+def note_schedule(run_dir: str, lr_at: CosineLR, resumed_at: int, consumed_tokens: int) -> None:
+    """Record the cosine's end (run.dir/lr_schedule.json), and say so where a resume moves it: with
+    optim.decay_tokens unset it is the whole run's tokens, so raising train.steps to go on stretches the decay,
+    and the lr jumps at the resume (Megatron-LM refuses a changed decay; megagpt lets a run go longer)."""
+    import json
+    import os
+    import sys
+
+    path = os.path.join(run_dir, "lr_schedule.json")
+    try:
+        with open(path) as f:
+            before = json.load(f)["decay_tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        before = None
+    if resumed_at and before is not None and before != lr_at.decay_tokens:
+        then = CosineLR(lr_at.peak, lr_at.min_ratio, lr_at.warmup_tokens, before)
+        print(f"megagpt: warning: the cosine now ends at {lr_at.decay_tokens:,} tokens, not {before:,} (optim.decay_tokens "
+              f"is unset, so train.steps sets it): the lr at step {resumed_at + 1} is {lr_at(consumed_tokens):.3g} "
+              f"where the run was heading for {then(consumed_tokens):.3g}; a run meant to be extended sets "
+              f"optim.decay_tokens from its start", file=sys.stderr, flush=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"decay_tokens": lr_at.decay_tokens, "warmup_tokens": lr_at.warmup_tokens}, f)
+    os.replace(path + ".tmp", path)

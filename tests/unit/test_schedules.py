@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -34,3 +35,20 @@ def test_run_batch_sizes_follow_consumed_tokens():
                              "train.batch_ramp_start=4", "train.batch_ramp_increment=2", "train.batch_ramp_tokens=100"])
     # increments every 50 tokens: 40 tokens after step 1, 80 after step 2, 140 after step 3
     assert batch_sizes(cfg) == [4, 4, 6, 8, 8, 8]
+
+
+def test_a_resume_that_moves_the_cosine_end_says_what_it_does_to_the_lr(tmp_path, capsys):
+    """optim.decay_tokens unset: the cosine ends with the run, so raising train.steps to continue stretched it and
+    the lr jumped at the resume (demo: 3.0e-4 at step 100 of 100, 1.76e-3 at step 100 of 200) without a word."""
+    from megagpt.train.schedules import CosineLR, note_schedule
+
+    short, longer = CosineLR(1e-3, 0.1, 100, 1000), CosineLR(1e-3, 0.1, 100, 2000)
+    note_schedule(str(tmp_path), short, 0, 0)
+    note_schedule(str(tmp_path), short, 5, 500)  # a resume at the same length: nothing to say
+    assert capsys.readouterr().err == ""
+    note_schedule(str(tmp_path), longer, 10, 1000)
+    err = capsys.readouterr().err
+    assert err.startswith("megagpt: warning: the cosine now ends at 2,000 tokens, not 1,000 (optim.decay_tokens is "
+                          "unset, so train.steps sets it): the lr at step 11 is ")
+    assert f"{longer(1000):.3g} where the run was heading for {short(1000):.3g}" in err
+    assert json.loads((tmp_path / "lr_schedule.json").read_text())["decay_tokens"] == 2000
