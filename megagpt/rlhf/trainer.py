@@ -120,7 +120,7 @@ class Iteration:
                                      ("values", "critic", ("actor",), (n, actions))):
             local = mine.get(src, {}).get("logp" if key.startswith("logp") else key)
             exp[key] = self.exchange.send(local, src, dst, shape, torch.float32, self.device)
-        if "score" in exp:
+        if exp.get("score") is not None:  # the ranks that got r(x, y): actor and critic (a frozen role's: None)
             exp["unfinished"] = tokens.gather(1, (plen + rlen - 1)[:, None])[:, 0] != eod
             if self.r.missing_eos_penalty:
                 exp["score"] = exp["score"] - self.r.missing_eos_penalty * exp["unfinished"].float()

@@ -75,9 +75,10 @@ def test_ppo_split_layout_equals_colocated(stage, tmp_path):
     """Actor TP=2, critic DP=2, reward TP=2, reference DP=2 on 8 ranks against one process with all four;
     the split run under the collective audit (every tensor a collective gets is made on the rank's device),
     and with its second iteration profiled on a reward rank."""
-    megagpt(*ppo_args(stage, tmp_path / "colocated", 1, "train.steps=2"))
+    penalty = "rlhf.missing_eos_penalty=0.5"  # applied where r(x, y) arrives; the frozen roles' ranks have none
+    megagpt(*ppo_args(stage, tmp_path / "colocated", 1, "train.steps=2", penalty))
     audit = tmp_path / "audit"
-    megagpt(*ppo_args(stage, tmp_path / "split", 8, "train.steps=2", SPLIT_8, "train.profile_steps=[2,2]",
+    megagpt(*ppo_args(stage, tmp_path / "split", 8, "train.steps=2", SPLIT_8, penalty, "train.profile_steps=[2,2]",
                       "train.profile_ranks=[5]"), env={"MEGAGPT_AUDIT_COLLECTIVES": str(audit)})
     assert sorted(p.name for p in (tmp_path / "split" / "profile").iterdir()) == [
         "rank5-steps2-2.json.gz", "rank5-steps2-2.ops.json", "rank5-steps2-2.txt"]
