@@ -6,7 +6,7 @@ reaches (this killed every early H100 run), while CPU tests with gloo never noti
 Hence: the trainer's own collectives build their tensors on the rank's device here,
 and `CollectiveAudit` lets a CPU test prove that no tensor made without a device
 reaches any collective: it tags the results of factory calls (`torch.tensor`,
-`torch.zeros`, ...) given no device, of `torch.from_numpy` and of `.cpu()`, and whatever is
+`torch.zeros`, ...) given no device, of `torch.from_numpy` and of `.cpu()` (a copy: on a GPU rank), and whatever is
 computed from tagged tensors alone (`torch.tensor(x) * 2`, `torch.stack`, `zeros_like`,
 `.float()`: on a GPU rank these stay on the CPU too; one placed operand puts the result on
 the device); it untags a tensor moved with an explicit `.to(device)`, and fails a
@@ -70,9 +70,13 @@ class CollectiveAudit(TorchFunctionMode):
         if func in FACTORIES and kwargs.get("device") is None and isinstance(out, torch.Tensor):
             self._tag(out, func.__name__)
         elif func is torch.Tensor.cpu and isinstance(out, torch.Tensor):
-            self._tag(out, "Tensor.cpu")
-        elif func is torch.Tensor.to and isinstance(out, torch.Tensor) and _names_device(args[1:], kwargs):
+            if out is not args[0]:  # on a CPU rank .cpu() returns the tensor itself, placed as it was
+                self._tag(out, "Tensor.cpu")
+        elif (func is torch.Tensor.to and _names_device(args[1:], kwargs) or func is torch.Tensor.cuda) \
+                and isinstance(out, torch.Tensor):
             self.deviceless.pop(id(out), None)
+        elif kwargs.get("device") is not None:  # zeros_like(t, device=d), t.new_zeros(n, device=d): placed
+            pass
         else:
             inputs = _tensors_in(list(args) + list(kwargs.values()))
             if inputs and all(id(t) in self.deviceless for t in inputs):  # where they are, the result is
