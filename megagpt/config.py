@@ -407,6 +407,16 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def steps_bf16_optimizer(precision: str, zero_stage: int, pp: int, offload_optimizer: bool) -> bool:
+    """Whether DeepSpeed steps BF16_Optimizer (which partitions the master copy and moments over DP as ZeRO 1
+    does): bf16 at ZeRO 1 with fp32 gradient accumulation (megagpt.train.optimizer), but offloaded, where ZeRO 1's
+    own optimizer keeps an fp32 copy of each gradient instead; and bf16 at ZeRO 0 with pp > 1, where DeepSpeed's
+    pipeline takes it. Its checkpoints are another optimizer's, and its bytes and traffic differ (the planner)."""
+    if precision != "bf16":
+        return False
+    return zero_stage == 1 and not offload_optimizer or zero_stage == 0 and pp > 1
+
+
 def data_parallel_size(cfg: Config, world_size: int) -> int:
     return world_size // (cfg.parallel.tp * cfg.parallel.pp)
 

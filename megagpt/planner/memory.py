@@ -70,7 +70,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from megagpt.config import ModelConfig
+from megagpt.config import ModelConfig, steps_bf16_optimizer
 from megagpt.planner.counts import rank_tensors, stage_blocks
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -152,8 +152,8 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         if bf16_optimizer(layout, precision):  # the parameters' gradients and the flat buffer they go to: in fp32 at
             accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
             grads = phi * e + accumulate * d * sum(partitions)
-        elif layout.zero_stage == 1:
-            grads = phi * e
+        elif layout.zero_stage == 1:  # bf16 offloaded: ZeRO 1's own optimizer sums into an fp32 copy of each
+            grads = phi * e + (4 * phi if precision == "bf16" else 0)  # gradient (read from DeepSpeed, untested)
         elif precision == "bf16" and not layout.offload_optimizer:  # fp32 accumulation: this rank's partition
             grads = 4 * sum(partitions)
         else:
@@ -167,13 +167,8 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
 
 
 def bf16_optimizer(layout: Layout, precision: str) -> bool:
-    """Whether DeepSpeed steps BF16_Optimizer, which partitions the master copy and moments over DP as ZeRO 1
-    does: bf16 at ZeRO 1 with fp32 gradient accumulation (but offloaded, where ZeRO 1's own optimizer keeps an
-    fp32 copy of the gradients instead), and ZeRO 0 in bf16 at pp > 1, where DeepSpeed's pipeline takes it
-    (megagpt.train.optimizer.own_clipping)."""
-    if precision != "bf16":
-        return False
-    return layout.zero_stage == 1 and not layout.offload_optimizer or layout.zero_stage == 0 and layout.pp > 1
+    """Whether DeepSpeed steps BF16_Optimizer at this layout (megagpt.config.steps_bf16_optimizer)."""
+    return steps_bf16_optimizer(precision, layout.zero_stage, layout.pp, layout.offload_optimizer)
 
 
 def _overlaps(sizes: list[int], partition: int, d: int) -> list[int]:

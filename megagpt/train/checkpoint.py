@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import Config, from_dict, stage_of
+from megagpt.config import Config, from_dict, stage_of, steps_bf16_optimizer
 from megagpt.errors import CheckpointError, ConfigError, on_every_rank
 from megagpt.files import sha256_file
 from megagpt.parallel.parallelize import canonical_name
@@ -228,7 +228,12 @@ def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
 def layout_of(cfg: Config, dp: int) -> dict:
     """What a checkpoint must match to load through DeepSpeed's own engine state (else its universal/ shards)."""
     p = cfg.parallel
-    return {"tp": p.tp, "pp": p.pp, "dp": dp, "zero_stage": p.zero_stage, "precision": cfg.train.precision}
+    layout = {"tp": p.tp, "pp": p.pp, "dp": dp, "zero_stage": p.zero_stage, "precision": cfg.train.precision}
+    # another optimizer class's state (bf16 ZeRO 1 saved before it accumulated in fp32, or offload turned on or
+    # off) is read from universal/, not handed to DeepSpeed's loader for the class that did not save it
+    if steps_bf16_optimizer(cfg.train.precision, p.zero_stage, p.pp, p.offload_optimizer):
+        layout["optimizer"] = "BF16_Optimizer"
+    return layout
 
 
 def preflight(cfg: Config, world: int) -> None:

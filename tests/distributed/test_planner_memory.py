@@ -1,5 +1,6 @@
 """The planner's bytes against what training really holds: DeepSpeed's model states to the byte
-(weights, gradients, optimizer states at ZeRO 0/1/2/3, fp32 and bf16, with padding), and the
+(weights, gradients, optimizer states at ZeRO 0/1/2/3, fp32 and bf16, BF16_Optimizer's fp32 accumulation
+buffer at ZeRO 1 included, with padding), and the
 activations a forward pass keeps for its backward."""
 
 import json
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 # tensors whole (the embedding and fc1/fc2 have more than 1e5 elements, the rest fewer).
 MODEL = ["model.num_layers=2", "model.hidden_size=160", "model.num_heads=4", "model.seq_length=24",
          "model.vocab_size=1000", "model.make_vocab_size_divisible_by=64", "train.micro_batch_size=2"]
-CASES = [(3, 1, 1, "fp32"), (3, 1, 2, "bf16"), (3, 1, 3, "fp32"), (4, 2, 3, "bf16"), (3, 1, 0, "bf16"),
+CASES = [(3, 1, 1, "fp32"), (3, 1, 1, "bf16"), (3, 1, 2, "bf16"), (3, 1, 3, "fp32"), (4, 2, 3, "bf16"), (3, 1, 0, "bf16"),
          (4, 2, 0, "fp32")]
 
 

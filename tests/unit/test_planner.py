@@ -208,10 +208,19 @@ def test_a_layout_that_does_not_fit_says_what_and_offers_one_that_does():
                                             (3, {"grad_accum_dtype": "fp32"})])
 def test_bf16_sums_gradients_over_micro_batches_in_fp32(zero, expected):
     """DeepSpeed's default summed bf16 gradients in bf16 (8-bit mantissa) across GPT-3 175B's 48 micro-batches;
-    tests/distributed/test_planner_memory.py finds the fp32 buffers this asks for in the engine, to the byte."""
+    tests/distributed/test_planner_memory.py finds the fp32 buffers this asks for in the engine (ZeRO 1's
+    BF16_Optimizer, ZeRO 2's and 3's partitions), to the byte."""
     from megagpt.train.optimizer import deepspeed_config
 
     cfg = load_config(None, ["train.precision=bf16", f"parallel.zero_stage={zero}"])
     assert deepspeed_config(cfg, dp=2, global_batch_size=16).get("data_types") == expected
     fp32 = load_config(None, [f"parallel.zero_stage={zero}"])
     assert "data_types" not in deepspeed_config(fp32, dp=2, global_batch_size=16)
+    # BF16_Optimizer's checkpoints are its own: one saved by ZeRO 1's optimizer (before, or offloaded) is read
+    # through universal/, not given to DeepSpeed's loader for the other class
+    from megagpt.train.checkpoint import layout_of
+
+    assert layout_of(cfg, 2).get("optimizer") == ("BF16_Optimizer" if zero == 1 else None)
+    assert "optimizer" not in layout_of(load_config(None, ["train.precision=bf16", "parallel.zero_stage=1",
+                                                             "parallel.offload_optimizer=true"]), 2)
+    assert "optimizer" not in layout_of(fp32, 2)
