@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 
 import os
+import sys
 from contextlib import contextmanager
 
 
@@ -39,8 +40,10 @@ def prints_here(error: MegagptError) -> bool:
     """Whether this process prints `error`: all do, but one per world or node for an error raised alike."""
     if error.same_on_every_rank:
         return os.environ.get("RANK", "0") == "0"
-    if error.same_on_every_node:  # the rank on the node (LOCAL_RANK becomes the GPU index); srun's before it is mapped
-        node_rank = os.environ.get("MEGAGPT_LOCAL_RANK") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    if error.same_on_every_node:  # the rank on the node: kept by a GPU rank, whose LOCAL_RANK becomes its GPU index;
+        started = sys.modules.get("megagpt.parallel.distributed")  # else LOCAL_RANK, or srun's before it is mapped
+        kept = getattr(started, "node_rank", None)
+        node_rank = str(kept) if kept is not None else os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
         return (node_rank or "0") == "0"
     return True
 

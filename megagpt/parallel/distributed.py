@@ -68,16 +68,20 @@ def resolve_device(requested: str, local_ranks: int) -> str:
     return "cuda" if requested != "cpu" and has_own else "cpu"
 
 
-NODE_RANK_ENV = "MEGAGPT_LOCAL_RANK"  # this process's rank on its node, kept where LOCAL_RANK becomes its GPU
+# this process's rank on its node, kept where LOCAL_RANK becomes its GPU (a variable of the process, not of its
+# environment: children it starts would inherit that)
+node_rank: Optional[int] = None
 
 
 def device_for_local_rank(kind: str) -> torch.device:
     if kind == "cuda":
-        local_rank = os.environ.setdefault(NODE_RANK_ENV, os.environ.get("LOCAL_RANK", "0"))
-        index = own_gpu(int(local_rank), local_world_size(), visible_gpus(), os.environ)
+        global node_rank
+        if node_rank is None:
+            node_rank = int(os.environ.get("LOCAL_RANK", 0))
+        index = own_gpu(node_rank, local_world_size(), visible_gpus(), os.environ)
         assert index is not None, "resolve_device chose cuda without a GPU for this rank"
         # DeepSpeed takes LOCAL_RANK for the device index (its engine, pipeline module and ZeRO-3 all do), so
-        # under Slurm's per-task binding it becomes 0 on every rank; the rank on the node stays in NODE_RANK_ENV.
+        # under Slurm's per-task binding it becomes 0 on every rank; the rank on the node stays in node_rank.
         os.environ["LOCAL_RANK"] = str(index)
         torch.cuda.set_device(index)
         return torch.device("cuda", index)

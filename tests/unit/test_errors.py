@@ -149,11 +149,16 @@ def test_a_gpu_rank_bound_per_task_prints_a_node_wide_error_by_its_rank_on_the_n
     printed the error it shares with its node."""
     from megagpt.errors import alike_on_each_node, prints_here
 
+    import megagpt.parallel.distributed as distributed
+
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "0")  # device_for_local_rank's GPU index for DeepSpeed
-    monkeypatch.setenv("MEGAGPT_LOCAL_RANK", "1")  # the rank on the node, kept by it
+    monkeypatch.setattr(distributed, "node_rank", 1)  # the rank on the node, kept by it
     with pytest.raises(DataError) as raised, alike_on_each_node():
         raise DataError("shards/web.bin: not found")
     assert not prints_here(raised.value)
-    monkeypatch.setenv("MEGAGPT_LOCAL_RANK", "0")
+    monkeypatch.setattr(distributed, "node_rank", 0)
     assert prints_here(raised.value)
+    monkeypatch.setattr(distributed, "node_rank", None)  # a CPU rank: LOCAL_RANK is its rank on the node
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not prints_here(raised.value)
