@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import asdict, dataclass
 
 from megagpt.config import Config, ModelConfig, validate
@@ -104,8 +105,9 @@ def tensor_parallel_sizes(m: ModelConfig, limit: int) -> list[int]:
             if m.num_heads % t == 0 and m.ffn_size % t == 0 and m.padded_vocab_size % t == 0]
 
 
-def candidates(cfg: Config, gpus: int, hw: Hardware) -> tuple[list[Layout], dict[str, int]]:
-    """(the layouts megagpt.config.validate takes, {its reason: how many layouts it refused})."""
+def candidates(cfg: Config, gpus: int, hw: Hardware) -> tuple[list[Layout], dict[str, list]]:
+    """(the layouts megagpt.config.validate takes, {a reason, its numbers blanked: [how many layouts it refused,
+    one of its messages]})."""
     m = cfg.model
     found, refused = [], {}
     for tp in tensor_parallel_sizes(m, min(gpus, hw.gpus_per_node)):
@@ -119,7 +121,8 @@ def candidates(cfg: Config, gpus: int, hw: Hardware) -> tuple[list[Layout], dict
                             try:
                                 validate(with_layout(cfg, layout), gpus, check_data=False)
                             except ConfigError as exc:
-                                refused[str(exc)] = refused.get(str(exc), 0) + 1
+                                kind = refused.setdefault(re.sub(r"\d+", "#", str(exc)), [0, str(exc)])
+                                kind[0] += 1
                             else:
                                 found.append(layout)
     return found, refused
@@ -143,7 +146,7 @@ def plan(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_gb:
     layouts, refused = candidates(cfg, gpus, hw)
     plans = [evaluate(cfg, layout, hw, usable) for layout in layouts]
     if not plans:
-        common = max(refused, key=refused.get) if refused else (
+        common = max(refused.values())[1] if refused else (
             f"tp must divide model.num_heads={cfg.model.num_heads}, the MLP width and the padded vocab, within a "
             f"node, and pp must divide model.num_layers={cfg.model.num_layers} and {gpus} GPUs with tp")
         raise ConfigError(f"no layout of {gpus} GPUs suits this config: {common}")
