@@ -292,10 +292,9 @@ def preflight_finetune(cfg: Config) -> None:
     """Before any process starts: both files read and checked, the tokens fit, the checkpoint fits the model."""
     from megagpt.data.tokenizer import keep_tokenizer
     from megagpt.rlhf.data import checkpoint_tokenizer
+    from megagpt.data.tokenizer import Tokenizer
     from megagpt.train.checkpoint import check_shape, read_meta, resolve_init
     from megagpt.train.universal import require_language_model
-
-    from megagpt.data.tokenizer import Tokenizer
 
     f = cfg.finetune
     for path in (f.train, f.test):
@@ -303,7 +302,8 @@ def preflight_finetune(cfg: Config) -> None:
     path = resolve_init("finetune.init", f.init, cfg.run.dir)
     require_language_model(path, "finetune.init")
     tokenizer = checkpoint_tokenizer(f.init, f.tokenizer)
+    tok = Tokenizer.load(tokenizer)
     for data in (f.train, f.test):  # a file whose every record is too long, before any process starts
-        prepare(cfg, data, Tokenizer.load(tokenizer))
+        prepare(cfg, data, tok)
     keep_tokenizer(tokenizer, cfg.run.dir)
     check_shape(read_meta(path), with_added_tokens(cfg), path, grown_vocab=True)
