@@ -150,13 +150,15 @@ class Preemption:
 
 
 def keep_records_through(run_dir: str, step: int) -> None:
-    """Drop metrics a killed run logged after its last checkpoint; the resumed run logs those steps again."""
+    """Drop metrics a killed run logged after its last checkpoint; the resumed run logs those steps again. A run
+    that starts at step 0 (a killed run that never saved, or a rerun of one that saved nothing) logs everything
+    again, its held-out loss before the first step included, so it keeps none (that one was kept, and logged twice)."""
     for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
         path = os.path.join(run_dir, name)
         if not os.path.isfile(path):
             continue
         with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            kept = [line for line in f if step and line.strip() and json.loads(line)["step"] <= step]
         with open(path, "w") as f:
             f.writelines(kept)
 

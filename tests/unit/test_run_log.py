@@ -18,3 +18,24 @@ def test_without_a_progress_bar_a_line_every_log_interval_steps_and_the_last(tmp
         "step 5: held-out loss 7.2500, perplexity 1408.10"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]  # every step recorded, whatever is printed
+
+
+def test_a_start_at_step_0_keeps_no_records_and_a_resume_those_through_its_step(tmp_path):
+    """A run killed before its first checkpoint starts again at step 0 and evaluates before step 1 again: the
+    killed run's step-0 held-out loss was kept, and eval.jsonl held it twice."""
+    from megagpt.train.pretrain import keep_records_through
+
+    def write(name, steps):
+        (tmp_path / name).write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in steps))
+
+    def steps(name):
+        return [json.loads(line)["step"] for line in (tmp_path / name).read_text().splitlines()]
+
+    write("metrics.jsonl", [1, 2, 3])
+    write("eval.jsonl", [0, 2])
+    keep_records_through(str(tmp_path), 0)
+    assert steps("metrics.jsonl") == [] and steps("eval.jsonl") == []
+    write("metrics.jsonl", [1, 2, 3])
+    write("eval.jsonl", [0, 2])
+    keep_records_through(str(tmp_path), 2)  # resumed from step 2: its evaluation at 2 is not run again
+    assert steps("metrics.jsonl") == [1, 2] and steps("eval.jsonl") == [0, 2]
