@@ -132,31 +132,63 @@ def drop_damaged_indices(cache: str) -> None:
               f"it is built again", file=sys.stderr, flush=True)
 
 
+def epoch_layout(d) -> dict:
+    """How megatron-core's GPTDataset `d` orders its samples: its epochs, and whether the last one is shuffled apart
+    from the others (megatron-core does so where the samples asked of it fill less than 80% of it). The order of
+    the samples is the same for any number of samples with these two the same, and another wherever either differs."""
+    import numpy as np
+
+    epochs = len(d.document_index) // max(len(d.indices), 1)
+    apart = False
+    if epochs > 1:  # megatron.core.datasets.gpt_dataset.GPTDataset._build_document_sample_shuffle_indices
+        seq, extra = d.config.sequence_length, d.config.add_extra_token_to_sequence
+        per_epoch_tokens = int(np.sum(d.dataset.sequence_lengths[d.indices], dtype=np.int64))
+        before_last = ((epochs - 1) * per_epoch_tokens - extra) // seq
+        apart = d.num_samples - before_last < int(0.80 * ((per_epoch_tokens - extra) // seq))
+    return {"epochs": epochs, "last_epoch_apart": bool(apart)}
+
+
+def _says(layout) -> str:
+    if not isinstance(layout, dict):  # data_epochs.json of an older megagpt: the epochs alone
+        return str(layout)
+    n = layout["epochs"]
+    return f"{n} (the last shuffled apart)" if layout["last_epoch_apart"] else f"{n} (shuffled together)" if n > 1 \
+        else str(n)
+
+
+def _same_order(before, now: dict) -> bool:
+    return before == now or (not isinstance(before, dict) and before == now["epochs"])
+
+
 def note_epochs(run_dir: str, train, resumed_at: int) -> None:
-    """Record how many epochs of each source the training split was built with (run.dir/data_epochs.json), and
-    say so where a resume changes them: raising train.steps keeps the sample order while each source stays
-    within its epochs, but megatron-core shuffles all epochs of a source together, so crossing into another
-    epoch reorders every sample, those the run has read included."""
+    """Record how many epochs of each source the training split was built with, and whether its last epoch is
+    shuffled apart (run.dir/data_epochs.json), and say so where a resume changes them: raising train.steps keeps the
+    sample order while each source keeps both, but megatron-core shuffles the epochs of a source together (the
+    last one apart where less than 80% of it is read), so another count, or a last epoch read past that 80% (or
+    back under it), reorders every sample, those the run has read included."""
     import sys
 
     sources = getattr(train, "datasets", [train])
     if not all(hasattr(d, "document_index") and hasattr(d, "indices") for d in sources):
         return  # not megatron-core's GPTDataset (SFT's, the reward model's)
-    epochs = {d.dataset_path: len(d.document_index) // max(len(d.indices), 1) for d in sources}
+    layouts = {d.dataset_path: epoch_layout(d) for d in sources}
     path = os.path.join(run_dir, "data_epochs.json")
     try:
         with open(path) as f:
             before = json.load(f)
     except (OSError, ValueError):
         before = None
-    if resumed_at and before is not None and before != epochs:
-        changed = ", ".join(f"{p}: {before.get(p)} -> {n}" for p, n in epochs.items() if before.get(p) != n)
-        print(f"megagpt: warning: this resume builds the training split over other numbers of epochs ({changed}): "
-              f"megatron-core shuffles a source's epochs together, so from step {resumed_at + 1} on the samples "
-              f"come in an order the run did not start with (some it read may come again)", file=sys.stderr,
-              flush=True)
+    if resumed_at and isinstance(before, dict):
+        changed = ", ".join(f"{p}: {_says(before.get(p))} -> {_says(n)}" for p, n in layouts.items()
+                            if not _same_order(before.get(p), n))
+        if changed:
+            print(f"megagpt: warning: this resume builds the training split over other numbers of epochs, or shuffles "
+                  f"their last apart where it did not or together where it did ({changed}): "
+                  f"megatron-core shuffles a source's epochs together (the last apart where less than 80% of it is "
+                  f"read), so from step {resumed_at + 1} on the samples come in an order the run did not start with "
+                  f"(some it read may come again)", file=sys.stderr, flush=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(epochs, f)
+        json.dump(layouts, f)
     os.replace(path + ".tmp", path)
 
 

@@ -134,3 +134,31 @@ def test_more_steps_within_an_epoch_keep_the_sample_order_and_another_epoch_coun
     assert "megagpt: warning: this resume builds the training split over other numbers of epochs" in err
     assert f"{two_sources / 'books'}: 1 -> " in err and "from step 41 on" in err
     assert [several[i]["tokens"].tolist() for i in range(16)] != [short[i]["tokens"].tolist() for i in range(16)]
+
+
+def test_a_last_epoch_read_past_80_percent_is_said_to_reorder_the_samples(two_sources, world_of_one, tmp_path, capsys):
+    """Within 2 epochs, megatron-core shuffles the second apart while less than 80% of it is read, with the first
+    past that: raising train.steps across that line reordered every sample without the warning (same epochs)."""
+    from megagpt.data.datasets import epoch_layout, note_epochs
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}"])
+    one, _ = build_datasets(cfg, train_samples=16, valid_samples=4)
+    per_epoch = len(one.sample_index) - 1
+    little, _ = build_datasets(cfg, train_samples=per_epoch + per_epoch // 4, valid_samples=4)
+    half, _ = build_datasets(cfg, train_samples=per_epoch + per_epoch // 2, valid_samples=4)
+    most, _ = build_datasets(cfg, train_samples=per_epoch + per_epoch * 9 // 10, valid_samples=4)
+    assert [epoch_layout(d) for d in (one, little, half, most)] == [
+        {"epochs": 1, "last_epoch_apart": False}, {"epochs": 2, "last_epoch_apart": True},
+        {"epochs": 2, "last_epoch_apart": True}, {"epochs": 2, "last_epoch_apart": False}]
+    first = [little[i]["tokens"].tolist() for i in range(per_epoch)]
+    assert [half[i]["tokens"].tolist() for i in range(per_epoch)] == first  # the same layout: the same order
+    assert sum(most[i]["tokens"].tolist() == s for i, s in enumerate(first)) < per_epoch // 2  # another
+    note_epochs(str(tmp_path), little, 0)
+    note_epochs(str(tmp_path), half, 10)
+    assert "warning" not in capsys.readouterr().err
+    note_epochs(str(tmp_path), most, 20)
+    err = capsys.readouterr().err
+    assert "megagpt: warning: this resume builds the training split over other numbers of epochs" in err
+    assert f"{two_sources / 'books'}: 2 (the last shuffled apart) -> 2 (shuffled together)" in err
+    assert "from step 21 on" in err
