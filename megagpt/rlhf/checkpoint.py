@@ -29,7 +29,7 @@ from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
 from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
-                                      checkpoint_root, checksums, complete_tags, model_shape, other_device_note,
+                                      checkpoint_root, checksums, complete_tags, model_shape, other_device_note, prune,
                                       read_meta, restore_rng, rng_state, set_aside_earlier_run, starts_afresh,
                                       tag_for, verify_everywhere)
 from megagpt.train.inputs import describe_inputs
@@ -78,9 +78,7 @@ class PPOCheckpointer:
             meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
             atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
             atomic_write_text(os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")
-            keep = self.cfg.train.keep_last
-            for tag in complete_tags(self.root)[:-keep] if keep > 0 else []:
-                shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
+            prune(self.root, self.cfg.train.keep_last, state.iteration)
         dist.barrier()
         return path
 

@@ -178,6 +178,17 @@ def candidates(root: str) -> list[str]:
     return [os.path.join(root, t) for t in tags]
 
 
+def prune(root: str, keep: int, saved: int) -> None:
+    """After the save of step `saved`: keep the newest `keep` complete checkpoints up to it (0: all). Newer ones
+    (a save that wrote its metadata but not `latest`, one a resume skipped as damaged) are left for the run's save
+    of that step to replace: counted in, they pruned the checkpoint just saved, which `latest` names."""
+    if keep <= 0:
+        return
+    upto = [t for t in complete_tags(root) if int(TAG_RE.match(t).group(1)) <= saved]
+    for tag in upto[:-keep]:
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+
+
 RECORDS = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")  # what a run logs in run.dir, step by step
 
 
@@ -376,7 +387,7 @@ class Checkpointer:
         dist.barrier()
         self._record("save", path, state.step, time.perf_counter() - start)
         if self.rank == 0:
-            self._prune()
+            self._prune(state.step)
         return path
 
     def _record(self, event: str, path: str, step: int, seconds: float) -> None:
@@ -388,12 +399,8 @@ class Checkpointer:
             f.write(json.dumps({"event": event, "step": step, "path": path, "seconds": seconds, "bytes": size,
                                 "layout": self.layout()}) + "\n")
 
-    def _prune(self) -> None:
-        keep = self.cfg.train.keep_last
-        if keep <= 0:
-            return
-        for tag in complete_tags(self.root)[:-keep]:
-            shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
+    def _prune(self, step: int) -> None:
+        prune(self.root, self.cfg.train.keep_last, step)
 
     def _restore_rng(self, path: str) -> None:
         state = torch.load(os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"), weights_only=False)
