@@ -92,7 +92,7 @@ def mix(cfg: MixConfig) -> dict:
     entries = []
     for s in sources:
         weight = s["weight"] / total
-        entry = {"source": s["source"], "prefix": os.path.relpath(s["prefix"], out), "weight": round(weight, 6),
+        entry = {"source": s["source"], "prefix": os.path.relpath(s["prefix"], out), "weight": float(f"{weight:.6g}"),
                  "tokens": s["tokens"], "documents": s["documents"]}
         if m.token_budget is not None:
             entry["epochs"] = round(weight * m.token_budget / max(s["tokens"], 1), 4)

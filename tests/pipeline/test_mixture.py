@@ -103,3 +103,27 @@ def test_a_run_that_kept_nothing_says_so(tmp_path):
         {"kept_nothing": {"stage": "langid", "dropped": 5, "in": 5}}))
     with pytest.raises(ConfigError, match=r"kept no documents \(stage langid removed the most: 5 of 5\)"):
         mix(load_mix_config(None, [f"mixture.sources=[{{source: web, run: {tmp_path / 'empty'}, weight: 1}}]"]))
+
+
+def test_a_small_weight_keeps_its_share_and_training_takes_it(tmp_path):
+    """Weights were rounded to 6 decimals: 1 against 3,000,000 became 0.0 (training refused the mixture.json:
+    weights must be positive) and 1.5e-6 became 2e-6 (a third more). They keep 6 significant digits."""
+    from megagpt.data.checks import check_training_data
+    from megagpt.data.shards import write_shard
+
+    docs = [f"Document {i}: a few words to tokenize, and a few more." for i in range(20)]
+    tok = Tokenizer.train(docs, vocab_size=300)
+    for name in ("web", "rare"):
+        run_dir = tmp_path / name
+        (run_dir / "tokens").mkdir(parents=True)
+        tok.save(str(run_dir / "tokenizer.json"))
+        write_shard(str(run_dir / "tokens" / name), docs, tok)
+        (run_dir / "mixture.json").write_text(json.dumps({"tokenizer": "tokenizer.json", "sources": [
+            {"source": name, "prefix": f"tokens/{name}", "weight": 1.0, "documents": 20, "tokens": 400}]}))
+    summary = mix(load_mix_config(None, [f"mixture.sources=[{{source: web, run: {tmp_path / 'web'}, weight: 3000000}}, "
+                                         f"{{source: rare, run: {tmp_path / 'rare'}, weight: 1}}]",
+                                         f"mixture.out={tmp_path / 'mixed'}"]))
+    web, rare = (s["weight"] for s in summary["sources"])
+    assert rare == pytest.approx(1 / 3000001, rel=1e-5) and web == pytest.approx(1.0)
+    check_training_data(load_config(None, [f"data.mixture={tmp_path / 'mixed' / 'mixture.json'}",
+                                           "model.vocab_size=300", "data.split=100,0,0", f"run.dir={tmp_path / 'run'}"]))
