@@ -127,7 +127,9 @@ def strided_causal_attention(q, k, v, stride: int, dropout_p: float = 0.0) -> to
     The two score sets are disjoint parts of each softmax row, joined exactly by its log-sum-exp.
     """
     t, scale = q.shape[2], q.shape[-1] ** -0.5
-    acc = torch.promote_types(q.dtype, torch.float32)  # softmax statistics in at least fp32
+    # softmax statistics in at least fp32; not torch.promote_types, which Dynamo (torch 2.11, CUDA) handed a
+    # torch.Size under train.compile
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v = (_blocks(x, stride) for x in (q, k, v))  # (B, nh, n, s, hs)
     n = q.shape[2]
 

@@ -59,8 +59,11 @@ Dropout masks cost a byte per element (CUDA keeps bool masks), the embedding's i
 A stage holds min(pp − stage, m) micro-batches in flight under 1F1B (m micro-batches per step;
 DeepSpeed's TrainSchedule), one with pp = 1. The last stage adds the head: the final norm's input,
 the head's input and the cross entropy's fp32 softmax, e·sbh·(1 + r) + 4·sb·V/t kept (the head's input is gathered
-whole), and the logits, e·sb·V/t, while the loss is computed (the fp32 copy becomes the softmax in
-place: on an H200, gpt3-small's forward peaked at kept + e·sb·V to the 0.01 GiB printed).
+whole), and while the loss is computed the logits, e·sb·V/t, and at tp = 1 with e = 2 their fp32 copy,
+4·sb·V (torch's fused cross entropy reads the copy and writes the log-softmax beside it; megatron-core's
+at tp > 1 turns the copy into the softmax in place). Measured forward peaks: gpt3-small, micro-batch 4,
+bf16: on an H200 at kept + e·sb·V with megatron-core's loss (0.01 GiB printed); on an H100 with torch's,
+6,569,456,128 bytes against kept + (e + 4)·sb·V = 6,566,707,200.
 A stage that sends on keeps its output (e·sbh·r) per micro-batch in flight, one that receives a
 buffer of the same size.
 """
@@ -211,7 +214,8 @@ def activations(m: ModelConfig, layout: Layout, precision: str, stage: int, micr
     r = 1 / t if layout.sequence_parallel else 1
     if stage == pp - 1:
         per_micro += int(e * s * b * h * (1 + r)) + 4 * s * b * v // t
-        transient = max(transient, e * s * b * v // t)
+        loss_input = e * s * b * v // t + (4 * s * b * v if t == 1 and e != 4 else 0)  # the logits (+ fp32 copy)
+        transient = max(transient, loss_input)
     per_micro += int(e * s * b * h * r) * ((stage < pp - 1) + (stage > 0))
     if stage == 0 and m.hidden_dropout > 0:
         per_micro += MASK_BYTES * s * b * h  # the embedding's dropout
