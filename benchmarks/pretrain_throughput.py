@@ -113,9 +113,11 @@ def plain_run(cfg, dataset, device: torch.device, compiled: bool, profile: bool 
     from megagpt.train.optimizer import adamw
 
     m, t, o = cfg.model, cfg.train, cfg.optim
-    model = PlainGPT(m)
+    with torch.device("meta"):  # its own initialisation would be overwritten (tens of seconds at gpt3-xl)
+        model = PlainGPT(m)
     reference = GPT(LayerContext(model=m, seed=t.seed, tp_group=None))  # same initial weights as megagpt
-    model.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.endswith("_extra_state")})
+    model.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.endswith("_extra_state")},
+                          assign=True)
     del reference
     model.to(device)
     opt = adamw(model, o)
