@@ -66,11 +66,22 @@ def band_block_mask(t: int, window: int, device: torch.device, block: int = 128)
                                     seq_lengths=(t, t))
 
 
+FLEX_BLOCK = 128
+
+
 def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
-    block_mask = band_block_mask(q.shape[2], window, q.device)
+    # Lengths padded to whole 128-blocks: the kernel is compiled per shape (dynamic=False) and falls back to
+    # dense eager scores past dynamo's recompile limit, so eval's and PPO's many lengths share a few shapes.
+    # Causal: no real query sees a padded key, and the padded queries' rows are dropped.
+    t = q.shape[2]
+    pad = -t % FLEX_BLOCK
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    block_mask = band_block_mask(t + pad, window, q.device, FLEX_BLOCK)
     # Inside a compiled block (train.compile) dynamo compiles flex_attention with the block itself.
     attend = flex_attention if torch.compiler.is_compiling() else _compiled(flex_attention)
-    return attend(q, k, v, block_mask=block_mask)
+    out = attend(q, k, v, block_mask=block_mask)
+    return out[:, :, :t] if pad else out
 
 
 def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, pattern: str | None,

@@ -144,3 +144,22 @@ def test_gpt_with_strided_sparse_layers_trains(world_of_one):
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert attn.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("t,window", [(300, 100), (129, 128), (256, 40)])
+def test_flex_local_attention_pads_to_whole_blocks_and_equals_the_band(monkeypatch, t, window):
+    """The CUDA kernel's wrapper pads T to a multiple of 128 (one compiled shape for many lengths); run here
+    with flex_attention eager, whose CPU forward is its reference math, against the block-local form."""
+    from megagpt.model import sparse_attention
+
+    shapes = []
+
+    def eager(fn):
+        return lambda q, k, v, block_mask: shapes.append(q.shape[2]) or fn(q, k, v, block_mask=block_mask)
+
+    monkeypatch.setattr(sparse_attention, "_compiled", eager)
+    g = torch.Generator().manual_seed(t)
+    q, k, v = (torch.randn(2, 3, t, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    out = sparse_attention.flex_local_attention(q, k, v, window)
+    assert shapes == [-(-t // 128) * 128] and out.shape == q.shape
+    assert torch.allclose(out, local_causal_attention(q, k, v, window), atol=1e-12)
