@@ -38,6 +38,8 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_std: float = 0.02
+    # GPT-2's code starts position embeddings at 0.01; GPT-1's draws them with the tokens', at 0.02.
+    position_init_std: float = 0.01
     # GPT-2: residual output projections start at init_std / sqrt(2 * num_layers).
     scale_residual_init: bool = True
     attention: str = "dense"  # "dense" | "alternating" (GPT-3: dense and locally banded layers alternate)
@@ -506,8 +508,9 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              f"decay follows the warm-up; null or 0: decay over the whole run)")
     for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         _require(0 <= value < 1, f"{key}={value} must lie in [0, 1)")
-    for key, value in (("optim.eps", o.eps), ("model.init_std", m.init_std), ("model.layernorm_epsilon",
-                                                                                 m.layernorm_epsilon)):
+    for key, value in (("optim.eps", o.eps), ("model.init_std", m.init_std),
+                       ("model.position_init_std", m.position_init_std), ("model.layernorm_epsilon",
+                                                                          m.layernorm_epsilon)):
         _require(0 < value < math.inf, f"{key}={value} must be positive and finite")
     _require(0 <= o.weight_decay < math.inf, f"optim.weight_decay={o.weight_decay} must be >= 0 and finite")
     _require(0 <= m.hidden_dropout < 1 and 0 <= m.attention_dropout < 1, "model dropouts must lie in [0, 1)")

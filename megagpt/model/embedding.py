@@ -11,8 +11,6 @@ from torch import nn
 from megagpt.model.kv_cache import KVCache
 from megagpt.model.layers import LayerContext
 
-POSITION_STD = 0.01  # GPT-2's position-embedding init
-
 
 class Embedding(nn.Module):
     def __init__(self, ctx: LayerContext):
@@ -22,7 +20,7 @@ class Embedding(nn.Module):
         self.dropout_p = cfg.hidden_dropout
         self.word_embeddings = ctx.vocab_embedding(cfg.padded_vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.seq_length, cfg.hidden_size)
-        ctx.init_layer(self, "embedding", cfg.init_std, {"position_embeddings.weight": POSITION_STD})
+        ctx.init_layer(self, "embedding", cfg.init_std, {"position_embeddings.weight": cfg.position_init_std})
 
     def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """With a KV cache, `tokens` continue the cached columns (and their positions skip its left padding)."""

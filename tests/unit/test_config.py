@@ -136,6 +136,7 @@ RULES = [
     (["optim.beta2=1"], 8, "optim.beta2=1.0 must lie in [0, 1)"),
     (["optim.weight_decay=-5"], 8, "optim.weight_decay=-5.0 must be >= 0 and finite"),
     (["model.init_std=-1"], 8, "model.init_std=-1.0 must be positive and finite"),
+    (["model.position_init_std=nan"], 8, "model.position_init_std=nan must be positive and finite"),
     (["model.layernorm_epsilon=0"], 8, "model.layernorm_epsilon=0.0 must be positive and finite"),
     (["optim.lr=.inf"], 8, "optim.lr=inf must be positive and finite"),
     (["optim.warmup_tokens=2000", "optim.decay_tokens=1000"], 8,

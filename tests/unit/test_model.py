@@ -52,6 +52,18 @@ def test_model_shape_init_and_loss(world_of_one):
     assert lm_loss(logits, (labels, mask)).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("preset,std", [("gpt2-small", 0.01), ("gpt1", 0.02)])
+def test_position_embeddings_start_as_each_papers_code_drew_them(world_of_one, preset, std):
+    """GPT-2's code: positions N(0, 0.01), tokens 0.02; GPT-1's: one N(0, 0.02) matrix for both."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "model", f"{preset}.yaml")
+    m = load_config(path, ["model.num_layers=1"]).model
+    model = GPT(LayerContext(model=m, seed=3, tp_group=world_of_one))
+    assert model.embedding.position_embeddings.weight.std().item() == pytest.approx(std, rel=0.01)
+    assert model.embedding.word_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.01)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_tp1_loss_and_gradient_equal_megatron_vocab_parallel_cross_entropy(world_of_one, dtype):
     """At tp = 1 lm_loss takes torch's fused cross entropy; it must be megatron-core's loss."""
