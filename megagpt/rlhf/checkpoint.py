@@ -28,10 +28,11 @@ import torch.distributed as dist
 from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
-from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, atomic_write_text, candidates, check_same_run,
-                                      checkpoint_root, checksums, complete_tags, model_shape, other_device_note, prune,
-                                      read_meta, restore_rng, rng_state, set_aside_earlier_run, starts_afresh,
-                                      tag_for, verify_everywhere)
+from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, abandon_save, atomic_write_text, candidates,
+                                      check_same_run, checkpoint_root, checksums, complete_tags, first_problem,
+                                      model_shape, other_device_note, prune, read_meta, restore_rng, rng_state,
+                                      save_file, set_aside_earlier_run, starts_afresh, tag_for, verify_everywhere,
+                                      write_failure)
 from megagpt.train.inputs import describe_inputs
 from megagpt.train.universal import load_universal, universal_shard
 
@@ -60,24 +61,36 @@ class PPOCheckpointer:
             for sub in ("rng", *(f"{r}/universal" for r in TRAINED)):
                 os.makedirs(os.path.join(path, sub))
         dist.barrier()
+        failures: list[str] = []  # this rank's writes that failed (a full disk): every rank still makes the collectives
         for name in TRAINED:
             role = self.roles.get(name)
             if role is None:
                 continue
             shard = universal_shard(role.engine, role.params(), role.pc)
             if shard is not None:
-                torch.save(shard, os.path.join(path, name, "universal", f"pp0_tp{role.pc.tp_rank}.pt"))
+                save_file(lambda f: torch.save(shard, f),
+                          os.path.join(path, name, "universal", f"pp0_tp{role.pc.tp_rank}.pt"), failures)
         streams = {name: role.rng.state_dict() for name, role in self.roles.items()}
-        torch.save(rng_state(streams, self.device), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
-        dist.barrier()
+        rng = rng_state(streams, self.device)
+        save_file(lambda f: torch.save(rng, f), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"), failures)
+        problem = first_problem(failures[0] if failures else None)
+        if problem:
+            raise abandon_save(path, problem, self.root)
         sums = checksums(path)
         if self.rank == 0:
-            for name in TRAINED:  # each role's directory is a checkpoint of its own
-                own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
-                atomic_write_text(os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1))
-            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
-            atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
-            atomic_write_text(os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")
+            try:
+                for name in TRAINED:  # each role's directory is a checkpoint of its own
+                    own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
+                    atomic_write_text(os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1))
+                meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
+                atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
+                atomic_write_text(os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")
+            except OSError as exc:
+                failures.append(write_failure(exc.filename, exc))
+        problem = first_problem(failures[0] if failures else None)
+        if problem:
+            raise abandon_save(path, problem, self.root)
+        if self.rank == 0:
             prune(self.root, self.cfg.train.keep_last, state.iteration)
         dist.barrier()
         return path

@@ -26,6 +26,7 @@ import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,16 +75,95 @@ def model_shape(cfg: Config) -> dict:
 
 def atomic_write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a write's error (a full disk) names no file: this one
+            raise OSError(exc.errno, exc.strerror, path) from None
+        raise
+    finally:  # a write that failed (a full disk) leaves no half-written temporary behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
     dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_failure(path: str, exc: BaseException) -> Optional[str]:
+    """What went wrong writing `path`, in one line (an OSError's own words: "No space left on device"; torch's zip
+    writer raises its own RuntimeError over the OSError of the file it was given); None if no OSError is behind it
+    (not the file system: a bug, which keeps its traceback)."""
+    cause, seen = exc, set()
+    while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, OSError):
+        return None
+    return f"{path}: {cause.strerror or cause}"
+
+
+def save_file(save, path: str, failures: list[str]) -> None:
+    """save(file) into `path` through a Python file, so a failed write raises the OSError that says why (torch.save
+    given a path reports a full disk as "unexpected pos 14336 vs 14230"); a failure is added to `failures` rather
+    than raised, so that this rank still reaches the save's collectives."""
+    try:
+        with open(path, "wb") as f:
+            save(f)
+    except (OSError, RuntimeError) as exc:
+        problem = write_failure(path, exc)
+        if problem is None:
+            raise
+        failures.append(problem)
+
+
+@contextmanager
+def recording_failures(engine, failures: list[str]):
+    """DeepSpeed's checkpoint writes during the block go through save_file: a write that fails is recorded, and the
+    engine goes on through its barriers with the other ranks instead of leaving them waiting for a rank that raised."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    writer = engine.checkpoint_engine
+    original = writer.save
+
+    def save(state_dict, path):
+        if type(writer) is TorchCheckpointEngine:  # its save: torch.save with its serialization, given a file
+            save_file(lambda f: torch.save(state_dict, f, _use_new_zipfile_serialization=writer.zipfile_serialization),
+                      path, failures)
+            return
+        try:
+            original(state_dict, path)
+        except OSError as exc:
+            failures.append(write_failure(path, exc))
+
+    writer.save = save
+    try:
+        yield
+    finally:
+        del writer.save  # the class's method again
+
+
+def first_problem(problem: Optional[str]) -> Optional[str]:
+    """Collective: the first rank's problem (a rank named), None if no rank has one."""
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    return next((f"rank {rank}: {p}" for rank, p in enumerate(problems) if p), None)
+
+
+def abandon_save(path: str, problem: str, root: str) -> CheckpointError:
+    """Rank 0 removes what a failed save wrote (a full disk gets its space back; no META, so nothing would read it),
+    and every rank gets the error, which names the checkpoint that stays in charge."""
+    if dist.get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    latest = read_latest(root)
+    left = f"the last complete checkpoint is {os.path.join(root, latest)}" if latest else "there is no earlier checkpoint"
+    return on_every_rank(CheckpointError(f"checkpoint {path} could not be saved ({problem}); the partial save was "
+                                         f"removed, and {left}"))
 
 
 def files_under(path: str) -> list[str]:
@@ -369,12 +449,18 @@ class Checkpointer:
             if self.cfg.train.universal_checkpoint:
                 os.makedirs(os.path.join(path, "universal"))
         dist.barrier()
-        self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
-        torch.save(rng_state(self.rng.state_dict(), self.pc.device), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"))
+        failures: list[str] = []  # this rank's writes that failed (a full disk): every rank still makes the collectives
+        with recording_failures(self.engine, failures):
+            self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
+        rng = rng_state(self.rng.state_dict(), self.pc.device)
+        save_file(lambda f: torch.save(rng, f), os.path.join(path, "rng", f"rank_{self.rank:05d}.pt"), failures)
         universal = self._universal_shard() if self.cfg.train.universal_checkpoint else None
         if universal is not None:
-            torch.save(universal, os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"))
-        dist.barrier()
+            save_file(lambda f: torch.save(universal, f),
+                      os.path.join(path, "universal", f"pp{self.pc.pp_rank}_tp{self.pc.tp_rank}.pt"), failures)
+        problem = first_problem(failures[0] if failures else None)
+        if problem:
+            raise abandon_save(path, problem, self.root)
         sums = checksums(path)
         if self.rank == 0:
             meta = {"format_version": FORMAT_VERSION, "step": state.step, "consumed_samples": state.consumed_samples,
@@ -382,9 +468,14 @@ class Checkpointer:
                     "weights_only": False, "universal": self.cfg.train.universal_checkpoint,
                     "config": self.cfg.to_dict(), "inputs": self.inputs,
                     "files": sums}
-            atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
-            atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete
-        dist.barrier()
+            try:
+                atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
+                atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete
+            except OSError as exc:
+                failures.append(write_failure(exc.filename, exc))
+        problem = first_problem(failures[0] if failures else None)
+        if problem:
+            raise abandon_save(path, problem, self.root)
         self._record("save", path, state.step, time.perf_counter() - start)
         if self.rank == 0:
             self._prune(state.step)

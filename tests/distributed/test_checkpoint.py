@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 import pytest
 
@@ -290,6 +291,32 @@ def test_no_usable_checkpoint_is_an_error_not_a_silent_fresh_start(demo_prefix, 
     assert proc.stderr.strip().splitlines()[-1] == (f"megagpt: error: no usable checkpoint in {run}/checkpoints "
                                                     f"(see the warnings above); train.resume=false starts afresh")
     assert (run / "metrics.jsonl").read_text() == metrics
+
+
+# `megagpt` in a process whose files may not grow past 4 MiB (a write beyond fails with EFBIG, as one on a full disk
+# fails with ENOSPC): the tiny model's optimizer states (5.6 MB) cannot be saved
+SMALL_FILES = (sys.executable, "-c", "import resource, runpy, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20)); "
+               "runpy.run_module('launchers.cli', run_name='__main__', alter_sys=True)")
+
+
+def test_a_save_that_cannot_be_written_is_one_line_and_leaves_the_last_checkpoint_in_charge(demo_prefix, tmp_path):
+    """A full disk during a save was torch's "unexpected pos 14336 vs 14230" in a traceback (and at several ranks
+    the others waiting at a barrier for the one that raised), and the partial save stayed on the full disk."""
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=2", "train.eval_interval=0")
+    megagpt(*args, "train.steps=2")
+    proc = megagpt(*args, "train.steps=4", check=False, launcher=SMALL_FILES)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    failed, kept = run / "checkpoints" / "step_00000004", run / "checkpoints" / "step_00000002"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"megagpt: error: checkpoint {failed} could not be saved (rank 0: {failed}/zero_pp_rank_0_mp_rank_00_optim_"
+        f"states.pt: File too large); the partial save was removed, and the last complete checkpoint is {kept}")
+    assert not failed.exists() and (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert not [f for f in os.listdir(run / "checkpoints") if ".tmp." in f]
+    out = megagpt(*args, "train.steps=4")
+    assert "resumed from step 2" in out.stdout
+    assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
 def test_without_universal_shards_only_the_saving_layout_loads(demo_prefix, tmp_path):
