@@ -11,6 +11,8 @@ import multiprocessing as mp
 import os
 from typing import Callable, Sequence
 
+from megagpt.files import writing
+
 
 def _marker(out_dir: str, stage: str, task_id: str) -> str:
     return os.path.join(out_dir, "work", "manifest", stage, f"{task_id}.done")
@@ -22,9 +24,10 @@ def is_done(out_dir: str, stage: str, task_id: str) -> bool:
 
 def mark_done(out_dir: str, stage: str, task_id: str) -> None:
     path = _marker(out_dir, stage, task_id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w"):
-        pass
+    with writing(path, os.path.dirname(path)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w"):
+            pass
 
 
 def unmark_done(out_dir: str, stage: str, task_id: str) -> None:
@@ -61,15 +64,17 @@ class LocalExecutor:
             from tqdm import tqdm
 
             bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=stage, unit="shard")
-        if self.workers == 1 or len(todo) == 1:
-            for job in todo:
-                _run_task(job)
-                bar and bar.update(1)
-        else:
-            # fork: workers inherit imported modules; each loads its own fastText model lazily.
-            with mp.get_context("fork").Pool(min(self.workers, len(todo))) as pool:
-                for _ in pool.imap_unordered(_run_task, todo):
+        try:
+            if self.workers == 1 or len(todo) == 1:
+                for job in todo:
+                    _run_task(job)
                     bar and bar.update(1)
-        if bar:
-            bar.close()
+            else:
+                # fork: workers inherit imported modules; each loads its own fastText model lazily.
+                with mp.get_context("fork").Pool(min(self.workers, len(todo))) as pool:
+                    for _ in pool.imap_unordered(_run_task, todo):
+                        bar and bar.update(1)
+        finally:  # the bar's line ends before a failed task's error is printed
+            if bar:
+                bar.close()
         return len(todo)

@@ -9,15 +9,19 @@ import json
 import os
 from typing import Iterable, Iterator
 
+from megagpt.files import writing
+
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary name beside `path`; rename it into place only if the block succeeds."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Yield a temporary name beside `path`; rename it into place only if the block succeeds. A write that fails (a full
+    disk) is a StorageError naming `path`, and leaves nothing behind."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path, tmp, os.path.dirname(os.path.abspath(path))):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -24,6 +24,7 @@ from data_pipeline.runs import Run, recorded_inputs
 from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
 from data_pipeline.stats import merge_stats
 from data_pipeline.tokens import write_tokenizer
+from megagpt.files import writing
 
 
 # (stage, kind): "shard" stages run once per input file, "reduce" stages once over all of them.
@@ -176,13 +177,20 @@ def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:
             os.remove(prefix + ext)
     if not parts:
         return totals
-    os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    builder = IndexedDatasetBuilder(prefix + ".bin.tmp", dtype=IndexedDataset(parts[0]).index.dtype)
-    for part in parts:
-        builder.add_index(part)
-    builder.finalize(prefix + ".idx.tmp")
-    os.replace(prefix + ".bin.tmp", prefix + ".bin")
-    os.replace(prefix + ".idx.tmp", prefix + ".idx")
+    dtype = IndexedDataset(parts[0]).index.dtype
+    try:
+        with writing(prefix + ".bin", prefix + ".bin.tmp", prefix + ".idx.tmp", os.path.dirname(prefix)):
+            os.makedirs(os.path.dirname(prefix), exist_ok=True)
+            builder = IndexedDatasetBuilder(prefix + ".bin.tmp", dtype=dtype)
+            for part in parts:
+                builder.add_index(part)
+            builder.finalize(prefix + ".idx.tmp")
+            os.replace(prefix + ".bin.tmp", prefix + ".bin")
+            os.replace(prefix + ".idx.tmp", prefix + ".idx")
+    finally:  # a merge that failed (a full disk) leaves no corpus-sized temporary behind
+        for path in (prefix + ".bin.tmp", prefix + ".idx.tmp"):
+            if os.path.exists(path):
+                os.remove(path)
     return totals
 
 

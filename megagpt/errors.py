@@ -60,6 +60,10 @@ class DataError(MegagptError):
     """An input file missing, incomplete or malformed (corpus run, shard, tokenizer, JSONL line); names the file."""
 
 
+class StorageError(MegagptError):
+    """A file megagpt writes could not be written (a full disk, a quota, a read-only file system); names the file."""
+
+
 class SlurmError(MegagptError):
     """Slurm lacks or refused something (sbatch, job, a stage, srun's variables); names the script, job or variable."""
 

@@ -1,11 +1,14 @@
 """What a file holds, as hashes: the whole of it, or (cheaply, for large inputs) its size and edges; which of a list
-of shard prefixes names the same files twice."""
+of shard prefixes names the same files twice; a file that cannot be written, in one line."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable, Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
+
+from megagpt.errors import StorageError
 
 EDGE_BYTES = 1 << 20
 
@@ -43,3 +46,16 @@ def first_repeat(items: Iterable) -> Optional[tuple[int, int]]:
 def same_shard_twice(prefixes: Iterable[str]) -> Optional[tuple[int, int]]:
     """first_repeat over the files the prefixes name (a link or another spelling of a path is the same shard)."""
     return first_repeat(os.path.realpath(p) for p in prefixes)
+
+
+@contextmanager
+def writing(path: str, *temporaries: str) -> Iterator[None]:
+    """An OSError while the block writes `path` (through `temporaries`), such as a full disk's, becomes a StorageError
+    naming `path` and the reason (a failed write() names no file, and torch's or numpy's writers none at all); one
+    that names another file (a read) passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename not in (None, path, *temporaries):
+            raise
+        raise StorageError(f"{path} cannot be written ({exc.strerror or exc})") from None

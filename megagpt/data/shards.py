@@ -14,6 +14,7 @@ import numpy as np
 
 from megagpt.data.tokenizer import Tokenizer
 from megagpt.errors import ConfigError, DataError
+from megagpt.files import writing
 
 # megatron-core's _IndexWriter: this header, version 1, then the token dtype's code
 _INDEX_HEADER = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1)
@@ -33,28 +34,31 @@ def write_shard(prefix: str, documents: Iterable[str], tokenizer: Tokenizer, bat
     megatron-core pulls in torch, seconds per worker process, as long as tokenizing a shard.
     Written under temporary names and renamed, so a reader never sees half a shard.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     tmp, dtype = prefix + ".tmp", np.dtype(token_dtype(tokenizer.vocab_size))
     lengths = []
     texts = (d for d in documents if d)
     try:
-        with open(tmp + ".bin", "wb") as f:
-            while batch := list(islice(texts, batch_size)):
-                ids = tokenizer.encode_batch(batch)
-                for doc in ids:
-                    doc.append(tokenizer.eod)
-                sizes = np.fromiter(map(len, ids), np.int64, len(ids))
-                f.write(np.fromiter(chain.from_iterable(ids), dtype, int(sizes.sum())).tobytes())
-                lengths.append(sizes)
+        with writing(prefix + ".bin", tmp + ".bin", os.path.dirname(os.path.abspath(prefix))):
+            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+            with open(tmp + ".bin", "wb") as f:
+                while batch := list(islice(texts, batch_size)):
+                    ids = tokenizer.encode_batch(batch)
+                    for doc in ids:
+                        doc.append(tokenizer.eod)
+                    sizes = np.fromiter(map(len, ids), np.int64, len(ids))
+                    f.write(np.fromiter(chain.from_iterable(ids), dtype, int(sizes.sum())).tobytes())
+                    lengths.append(sizes)
         lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-        _write_index(tmp + ".idx", lengths, dtype)
-    except BaseException:  # a bad document met halfway (or Ctrl-C) leaves nothing behind
+        with writing(prefix + ".idx", tmp + ".idx"):
+            _write_index(tmp + ".idx", lengths, dtype)
+    except BaseException:  # a bad document met halfway, a full disk (or Ctrl-C) leaves nothing behind
         for path in (tmp + ".bin", tmp + ".idx"):
             if os.path.exists(path):
                 os.remove(path)
         raise
-    os.replace(tmp + ".bin", prefix + ".bin")
-    os.replace(tmp + ".idx", prefix + ".idx")
+    with writing(prefix + ".bin", tmp + ".bin", tmp + ".idx", prefix + ".idx"):
+        os.replace(tmp + ".bin", prefix + ".bin")
+        os.replace(tmp + ".idx", prefix + ".idx")
     return {"documents": len(lengths), "tokens": int(lengths.sum())}
 
 

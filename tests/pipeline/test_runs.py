@@ -1,5 +1,6 @@
 """A corpus run knows its config and inputs: reruns resume, refuse, restart or extend; one run per output.dir."""
 
+import errno
 import json
 import os
 
@@ -149,6 +150,39 @@ def test_resume_removes_what_a_killed_run_half_wrote(inputs):
     live.write_text("busy")
     Run(cfg).close()
     assert not stale.exists() and live.exists()
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() on a full disk: no file named
+
+
+@pytest.mark.parametrize("stage,patch,lost", [
+    ("process", "numpy.save", "work/process/00000.sig.npy"),
+    ("tokenize", "megagpt.data.shards._write_index", "work/tokens/00000.idx"),
+    ("summary", "megatron.core.datasets.indexed_dataset.IndexedDatasetBuilder.add_index", "tokens/commoncrawl.bin"),
+], ids=["process", "tokenize", "summary"])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_finishes_the_run(inputs, monkeypatch, capsys, stage,
+                                                                                 patch, lost):
+    """A write that failed was a traceback ending in an OSError that named no file; the merge left a corpus-sized
+    tokens/<source>.bin.tmp on the full disk."""
+    import launchers.cli as cli
+
+    args = ["corpus", "run", f"input.paths=[{inputs}/*.jsonl]", f"output.dir={inputs}/out", "tokenize.vocab_size=400",
+            "executor.workers=1", "filters.min_words=10"]
+    with monkeypatch.context() as m:
+        m.setattr(patch, no_space)
+        with pytest.raises(SystemExit) as stop:
+            cli.main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.replace("\r", "\n").strip().splitlines()[-1] == \
+        f"megagpt: error: {inputs}/out/{lost} cannot be written (No space left on device)"
+    assert not [f for _, _, fs in os.walk(inputs / "out") for f in fs if ".tmp" in f]
+    assert not (inputs / "out" / "work" / "manifest" / stage).exists()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(args)  # space freed: the rerun finishes the run
+    assert stop.value.code == 0 and stats(inputs)["documents"] == 8
 
 
 def test_a_malformed_jsonl_line_is_a_counted_drop_that_explain_finds(tmp_path):

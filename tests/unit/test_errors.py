@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 import launchers.cli as cli
-from megagpt.errors import CheckpointError, ConfigError, DataError, MegagptError, SlurmError, TrainingError
+from megagpt.errors import (CheckpointError, ConfigError, DataError, MegagptError, SlurmError, StorageError,
+                            TrainingError)
 from tests.conftest import TINY
 
-SUBCLASSES = [ConfigError, CheckpointError, DataError, SlurmError, TrainingError]
+SUBCLASSES = [ConfigError, CheckpointError, DataError, StorageError, SlurmError, TrainingError]
 
 
 @pytest.mark.parametrize("cls", SUBCLASSES)
