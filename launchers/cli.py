@@ -387,7 +387,7 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     if launching and device == "cpu":
         start_rank_server(nproc)  # now that torch has counted the GPUs (a no-op if started above)
     check, train = _stage(stage)
-    if os.path.isdir(cfg.run.dir) and (world is None or os.environ.get("RANK") == "0"):
+    if os.path.exists(cfg.run.dir) and (world is None or os.environ.get("RANK") == "0"):  # (a file: refused)
         from megagpt.dir_lock import hold
 
         # a busy run.dir says so now, before the checks write there (a stage's tokenizer.json); rank 0 of the

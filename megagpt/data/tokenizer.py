@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import Iterable
 
-from megagpt.errors import DataError
+from megagpt.errors import ConfigError, DataError
 
 EOD = "<|endoftext|>"
 SMALLEST_VOCAB = 257  # 256 byte tokens plus EOD: a byte-level BPE cannot be smaller
@@ -147,7 +147,15 @@ def keep_tokenizer(path: str, run_dir: str) -> None:
     target = os.path.join(run_dir, "tokenizer.json")
     if not launched_as_rank_zero() or os.path.abspath(path) == os.path.abspath(target):
         return
-    os.makedirs(run_dir, exist_ok=True)
     tmp = f"{target}.tmp.{os.getpid()}"
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        if exc.filename == path:  # reading the tokenizer: its own error
+            raise
+        raise ConfigError(f"run.dir={run_dir!r} cannot be written ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

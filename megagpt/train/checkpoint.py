@@ -238,7 +238,7 @@ def read_latest(root: str) -> Optional[str]:
     try:
         with open(os.path.join(root, LATEST)) as f:
             return f.read().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a run.dir under a file: the run says so when it writes there)
         return None
 
 
