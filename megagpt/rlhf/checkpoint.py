@@ -29,10 +29,10 @@ from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
 from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, abandon_save, atomic_write_text, candidates,
-                                      check_same_run, checkpoint_root, checksums, complete_tags, first_problem,
-                                      model_shape, other_device_note, prune, read_meta, restore_rng, rng_state,
-                                      save_file, set_aside_earlier_run, starts_afresh, tag_for, verify_everywhere,
-                                      write_failure)
+                                      check_same_run, checkpoint_root, checksums, first_problem,
+                                      model_shape, other_device_note, prune, read_latest, read_meta, restore_rng,
+                                      rng_state, save_file, set_aside_earlier_run, starts_afresh, tag_for,
+                                      verify_everywhere, write_failure)
 from megagpt.train.inputs import describe_inputs
 from megagpt.train.universal import load_universal, universal_shard
 
@@ -106,13 +106,17 @@ class PPOCheckpointer:
         if starts_afresh(self.cfg):
             set_aside_earlier_run(self.cfg.run.dir, self.device, "megagpt ppo")
             return fresh
-        for path in candidates(self.root):
+        found, latest = candidates(self.root), read_latest(self.root)
+        if latest is not None and latest not in map(os.path.basename, found) and self.rank == 0:
+            print(f"megagpt ppo: warning: {self.root}/latest names {latest}, which is missing or incomplete",
+                  flush=True)
+        for path in found:
             problem = verify_everywhere(path)
             if problem is None:
                 return self.load(path)
             if self.rank == 0:
                 print(f"megagpt ppo: warning: skipping checkpoint {path}: {problem}", flush=True)
-        if complete_tags(self.root):
+        if found or latest is not None:  # the run saved: starting it over would silently lose it
             raise CheckpointError(f"no usable checkpoint in {self.root}; train.resume=false starts afresh")
         return fresh
 
