@@ -217,8 +217,9 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
     is_logger = dist.get_rank() == 0
     if is_logger:
         open_run_dir(cfg, state.step)
-        note_epochs(cfg.run.dir, train_ds, state.step)
-        note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
+        if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
+            note_epochs(cfg.run.dir, train_ds, state.step)
+            note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)

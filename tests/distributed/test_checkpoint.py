@@ -123,6 +123,20 @@ def test_a_deadline_at_the_last_step_just_ends_the_run(demo_prefix, tmp_path):
         again.stdout
 
 
+def test_a_rerun_with_fewer_steps_trains_nothing_and_changes_no_record(demo_prefix, tmp_path):
+    """train.steps below the steps trained: the run says so, warns of no new schedule or sample order, and leaves
+    lr_schedule.json and data_epochs.json as the run that trained wrote them (a later resume compares with those)."""
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=2", "train.eval_interval=0")
+    megagpt(*args, "train.steps=2")
+    records = {name: (run / name).read_text() for name in ("lr_schedule.json", "data_epochs.json")}
+    again = megagpt(*args, "train.steps=1")
+    assert f"megagpt: {run} has trained 2 steps already, train.steps=1 (raise train.steps to continue it)" in \
+        again.stdout
+    assert "warning" not in again.stderr, again.stderr
+    assert {name: (run / name).read_text() for name in records} == records
+
+
 def first_loss_after(run_dir) -> float:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
 
