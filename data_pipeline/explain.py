@@ -23,6 +23,12 @@ STAGES = ("read", "extract", "langid", "filters", "quality", "dedup", "decontam"
 _IDENTITY = ("id", "record_id", "url", "stage", "reason")
 
 
+def _unit(path: str) -> tuple[str, int]:
+    """What a document id's index counts in this input, and its first value: a JSONL file's line numbers (from 1,
+    as data_pipeline.readers numbers them), else its records (from 0)."""
+    return ("line", 1) if os.path.basename(path).endswith((".jsonl", ".jsonl.gz")) else ("record", 0)
+
+
 def explain(run_dir: str, doc_id: str) -> list[str]:
     """The lines `corpus explain` prints: a header, then one verdict per stage (and a cluster for duplicates)."""
     record = read_record(run_dir)
@@ -31,18 +37,20 @@ def explain(run_dir: str, doc_id: str) -> list[str]:
     base, _, piece = doc_id.partition("#")
     prefix, colon, index = base.rpartition(":")
     if not colon or not index.isdigit() or (piece and not piece.isdigit()):
+        first = record["inputs"][0]
         raise DataError(f"{doc_id!r} is not a document id (<input path>:<record index>[#piece], "
-                        f"e.g. {record['inputs'][0]['id_prefix']}:0)")
+                        f"e.g. {first['id_prefix']}:{_unit(first['path'])[1]})")
     shard = next((i for i, e in enumerate(record["inputs"]) if e["id_prefix"] == prefix), None)
     if shard is None:
         raise DataError(f"{doc_id!r}: no input {prefix!r} in the run at {run_dir}")
+    unit, first_index = _unit(record["inputs"][shard]["path"])
     name, source = shard_name(shard), record["config"]["input.source"]
     files = {"process": _path(run_dir, "dropped", "process", name), "dedup": _path(run_dir, "dropped", "dedup", name),
              "decontam": _path(run_dir, "dropped", "decontam", name), "kept": _path(run_dir, "documents", source, name),
              "processed": _path(run_dir, "work", "process", name)}
     if not os.path.isfile(files["process"]):
         raise DataError(f"{doc_id!r}: the run at {run_dir} has not processed {prefix} yet")
-    header = [f"{doc_id}  (input {record['inputs'][shard]['path']}, record {index})"]
+    header = [f"{doc_id}  (input {record['inputs'][shard]['path']}, {unit} {index})"]
     drop = _find(files["process"], base)
     if drop:
         _whole(doc_id, piece, drop)
@@ -50,8 +58,10 @@ def explain(run_dir: str, doc_id: str) -> list[str]:
             [_line(drop["stage"], f"dropped: {drop['reason']}{_fields(drop, _IDENTITY)}")] + _after(drop["stage"])
     doc = _find(files["processed"], base)
     if doc is None:
-        raise DataError(f"{doc_id!r}: no such document in the run at {run_dir} ({prefix} has no record {index}: "
-                        f"fewer records, or lost to damage the run reported in stats.json)")
+        why = ("a JSONL document's index is its line number, from 1" if int(index) < first_index else
+               f"fewer {unit}s, or lost to damage the run reported in stats.json")
+        raise DataError(f"{doc_id!r}: no such document in the run at {run_dir} ({prefix} has no {unit} {index}: "
+                        f"{why})")
     lines = header + _identity(doc) + _until("dedup", record["config"], doc)
     if not os.path.isfile(files["dedup"]):
         return lines + [_line("dedup", "not run yet")]
