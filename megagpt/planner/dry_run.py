@@ -7,7 +7,7 @@ from __future__ import annotations
 from megagpt.config import Config
 from megagpt.planner.counts import build_rank_on_meta, rank_parameters, rank_tensors, stage_blocks
 from megagpt.planner.memory import activations, model_states
-from megagpt.planner.search import config_layout, gib, verdict
+from megagpt.planner.search import config_layout, count, gib, verdict
 from megagpt.planner.timing import Hardware
 
 
@@ -34,7 +34,7 @@ def dry_run(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_
         act = activations(m, layout, precision, stage, micro_batches)
         activ = act.kept + max(act.transient, states.buffers)
         blocks = stage_blocks(m.num_layers, layout.pp, stage)
-        lines.append(f"{stage:>5} {f'{blocks.start}-{blocks.stop - 1}':>9} {built / 1e9:>14.3f}B "
+        lines.append(f"{stage:>5} {f'{blocks.start}-{blocks.stop - 1}':>9} {count(built):>15} "
                      f"{gib(states.weights):>8} {gib(states.gradients):>7} {gib(states.optimizer):>7} {gib(activ):>7} "
                      f"{gib(states.weights + states.gradients + states.optimizer + activ):>7} "
                      f"{gib(states.offloaded):>7}")

@@ -71,6 +71,11 @@ def gib(n: float) -> str:
     return f"{n / GiB:.1f}"
 
 
+def count(n: float) -> str:
+    """A parameter count at a scale that shows it: 174.60B, 1.316B, 12.3M, 466.4K (the demo's model was 0.000B)."""
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
 def check_request(cfg: Config, gpus: int, gpu_memory_gb: float, reserve_gb: float, hw: Hardware) -> None:
     """One-line errors for a request that makes no sense, before any planning."""
     if gpus < 1:
@@ -167,7 +172,7 @@ HEADER = (f"{'layout':<46} {'params/rank':>12} {'weights':>8} {'grads':>7} {'opt
 
 def row(p: Plan) -> str:
     parts = p.parts()
-    return (f"{p.layout.label():<46} {p.memory.parameters / 1e9:>11.3f}B {gib(parts['weights']):>8} "
+    return (f"{p.layout.label():<46} {count(p.memory.parameters):>12} {gib(parts['weights']):>8} "
             f"{gib(parts['gradients']):>7} {gib(parts['optimizer states']):>7} {gib(parts['activations']):>7} "
             f"{gib(p.memory.total):>7} {p.time.bubble:>7.1%} {p.time.total:>8.2f} {p.mfu:>6.1%}")
 
@@ -179,7 +184,9 @@ def render(cfg: Config, plans: list[Plan], gpus: int, hw: Hardware, top: int | N
     shown_fit = fit if top is None else fit[:top]
     shown_misfit = misfit if top is None else misfit[:top]
     m = cfg.model
-    lines = [f"{parameter_count(m) / 1e9:.2f}B parameters, {m.num_layers} layers, hidden {m.hidden_size}, "
+    total = parameter_count(m)
+    size = f"{total / 1e9:.2f}B" if total >= 1e9 else count(total)
+    lines = [f"{size} parameters, {m.num_layers} layers, hidden {m.hidden_size}, "
              f"seq {m.seq_length}, global batch {cfg.train.global_batch_size}, {cfg.train.precision}, on {gpus} GPUs "
              f"({hw.gpus_per_node} per node, {hw.gpu_tflops:g} TFLOP/s peak at {hw.matmul_efficiency:.0%} for matmuls, "
              f"{hw.intra_node_gbps:g}/{hw.inter_node_gbps:g} Gbit/s within/between nodes). Bytes in GiB per rank "
