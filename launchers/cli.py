@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", metavar="key=value")
 
     d = sub.add_parser("demo", help="crawl -> corpus -> pretrain the tiny GPT -> SFT -> reward model -> PPO-ptx")
-    d.add_argument("--nproc", type=int, default=8)
+    d.add_argument("--nproc", type=int, default=8, help="local processes for pretraining (tp 2, pp 2 on a multiple of 4, else data parallel); "
+                   "the InstructGPT stage then runs on min(nproc, 8)")
     d.add_argument("--run-dir", default="runs/demo")
     d.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (no SFT, RM, PPO)")
     d.add_argument("overrides", nargs="*", metavar="key=value")
@@ -214,7 +215,8 @@ def _hardware_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"all-reduce bus bandwidth inside a node, Gbit/s (default {hw.intra_node_gbps:g})")
     p.add_argument("--inter-node-gbps", type=float, default=hw.inter_node_gbps,
                    help=f"bandwidth per GPU between nodes, Gbit/s (default {hw.inter_node_gbps:g})")
-    p.add_argument("--gpus-per-node", type=int, default=hw.gpus_per_node)
+    p.add_argument("--gpus-per-node", type=int, default=hw.gpus_per_node,
+                   help="GPUs per node: tensor parallelism stays within one, traffic beyond it goes over the network")
     p.add_argument("--reserve-gb", type=float, default=4.0,
                    help="memory per GPU held back for the CUDA context, NCCL and fragmentation (default 4 GiB)")
 
