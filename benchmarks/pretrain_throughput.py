@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "bench", "cpu-small.yaml"))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--compile", action="store_true", help="on CPU too, compare compiled systems")
+    parser.add_argument("--systems", nargs="+", metavar="NAME",
+                        help="only these rows, by name (e.g. 'megagpt compiled' 'plain compiled'): a short profiled "
+                             "head-to-head")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, help="train.steps (default: the config's; gpt3 presets: 10)")
     parser.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the median")
@@ -255,6 +258,12 @@ def main() -> None:
     dataset, _ = build_datasets(cfg, sum(batch_sizes(cfg)), 1)
 
     rows = systems(args.device, args.compile)
+    if args.systems:
+        unknown = sorted(set(args.systems) - {name for name, _, _ in rows})
+        if unknown:
+            parser.error(f"--systems: no system {', '.join(map(repr, unknown))} on {args.device} "
+                         f"(these run: {', '.join(name for name, _, _ in rows)})")
+        rows = [row for row in rows if row[0] in args.systems]
     times = {name: [] for name, _, _ in rows}
     first_loss, peak, ops = {}, {}, {}
     failed = {}
