@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
 
 from megagpt.config import Config, ConfigError
-from megagpt.errors import DataError
-from megagpt.files import same_shard_twice
+from megagpt.errors import DataError, StorageError, on_every_rank
+from megagpt.files import _STORAGE_ERRNOS, same_shard_twice
 
 
 @dataclass
@@ -85,7 +87,10 @@ def check_split_sizes(split: str, prefixes: list[str]) -> None:
 
 
 def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int = 0):
-    """(train, valid) GPTDatasets. Every rank builds; megatron-core lets rank 0 write the index cache first."""
+    """(train, valid) GPTDatasets. Rank 0 builds first and writes the index cache, alone; then every rank builds
+    (from the cache). A cache rank 0 cannot write is one line naming it, raised by every rank alike: megatron-core's
+    own rank-0-first build raised "Failed to write dataset materials..." on rank 0 and left the other ranks at a
+    barrier, each with a traceback of a closed connection. A cache already built needs no write (read-only is fine)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
@@ -94,17 +99,75 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
     prefixes, weights = resolve_blend(cfg)
     check_split_sizes(cfg.data.split, prefixes)  # also before any process starts; here too, since a miss hangs
     cache = index_cache(cfg, prefixes)
-    if not dist.is_initialized() or dist.get_rank() == 0:  # megatron-core's writer, before it writes or reads
-        drop_damaged_indices(cache)
     ds_config = GPTDatasetConfig(
         random_seed=cfg.train.seed, sequence_length=cfg.model.seq_length, blend=(prefixes, weights),
         split=cfg.data.split, path_to_cache=cache,
         tokenizer=_ShardTokenizer(eod=eod, vocab_size=cfg.model.vocab_size),
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False,
     )
-    train, valid, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
-    return train, valid
+
+    def build():
+        train, valid, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
+        return train, valid
+
+    if not dist.is_initialized():
+        with cache_written(cache):
+            drop_damaged_indices(cache)
+            return build()
+    failure, built = None, None
+    if dist.get_rank() == 0:  # megatron-core's writer, before it writes or reads
+        try:
+            with cache_written(cache), _as_one_process():
+                drop_damaged_indices(cache)
+                built = build()
+        except Exception as exc:  # whatever it is, the other ranks must hear of it rather than wait
+            failure = exc
+    said = [None] * dist.get_world_size()
+    dist.all_gather_object(said, None if failure is None else str(failure) if isinstance(failure, StorageError)
+                           else "")
+    if failure is not None:
+        if isinstance(failure, StorageError):
+            raise on_every_rank(failure)
+        raise failure  # a bug: its traceback, on rank 0; the other ranks stop without one
+    if said[0] is not None:
+        raise on_every_rank(StorageError(said[0]) if said[0] else
+                            DataError("rank 0 could not build the datasets (its error says why)"))
+    if dist.get_world_size() == 1:
+        return built
+    return build()  # every rank, rank 0 too (megatron-core's barriers), from the cache rank 0 wrote
+
+
+@contextmanager
+def _as_one_process():
+    """megatron-core's dataset builder as in a process of its own: no barriers for ranks that are not building."""
+    from unittest import mock
+
+    import torch.distributed as dist
+
+    with mock.patch.object(dist, "is_initialized", lambda: False):
+        yield
+
+
+@contextmanager
+def cache_written(cache: str):
+    """A file system error while megatron-core writes (or megagpt tidies) the index cache `cache` becomes a
+    StorageError naming it; megatron-core reports a full disk or a read-only directory as "Failed to write dataset
+    materials to the data cache directory", naming neither."""
+    try:
+        yield
+    except OSError as exc:
+        named = os.path.abspath(exc.filename) if isinstance(exc.filename, str) else None
+        top = os.path.abspath(cache)
+        # numpy.save's short write (a full disk, a quota) names no file and no errno: "N requested and M written"
+        short = exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(exc))
+        ours = named is None and (exc.errno in _STORAGE_ERRNOS or short) or named is not None and (
+            named == top or named.startswith(top + os.sep) or top.startswith(named.rstrip(os.sep) + os.sep))
+        if not ours:
+            raise
+        why = f"a short write, {exc}: a full disk, or a quota?" if short else exc.strerror or str(exc)
+        raise StorageError(f"the sample index cache {cache} cannot be written ({why}): "
+                           f"give data.cache_dir a directory this run can write") from None
 
 
 def drop_damaged_indices(cache: str) -> None:

@@ -1,6 +1,8 @@
 """Bad input ends `megagpt` with one line naming the key and value, before any process or file is made."""
 
 import os
+import re
+import sys
 
 import pytest
 
@@ -69,3 +71,24 @@ def test_fp16_on_cpu_is_refused_before_the_ranks_start(tmp_path, demo_prefix):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "megagpt: error: train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use fp32 or bf16")
+
+
+# files beyond 400 KiB cannot be written, as on a full disk (the tokenizer copied into run.dir is 257 KiB)
+SMALL_FILES = (sys.executable, "-c", "import resource, runpy, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (400 << 10, 400 << 10)); "
+               "runpy.run_module('launchers.cli', run_name='__main__', alter_sys=True)")
+
+
+def test_a_sample_index_cache_on_a_full_disk_is_one_line_from_every_rank(tmp_path, demo_prefix):
+    """Rank 0 raised megatron-core's "Failed to write dataset materials to the data cache directory" in a traceback,
+    and the other rank, left at megatron-core's barrier, one of gloo's "Connection closed by peer"."""
+    proc = megagpt("pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1", "train.steps=4000",
+                   "train.eval_interval=0", f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}/run",
+                   "run.tensorboard=false", "train.progress=false", check=False, timeout=300, launcher=SMALL_FILES)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 2, proc.stderr[-3000:]
+    assert re.fullmatch(rf"megagpt: error: the sample index cache {tmp_path}/run/data_cache/[0-9a-f]{{16}} cannot be "
+                        r"written \(a short write, \d+ requested and \d+ written: a full disk, or a quota\?\): give "
+                        r"data.cache_dir a directory this run can write", lines[0]), lines[0]
+    assert lines[1] in {f"megagpt: error: rank {rank} of 2 failed (exit code 2)" for rank in (0, 1)}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from megagpt.config import ConfigError, load_config
-from megagpt.data.datasets import build_datasets, micro_batches, resolve_blend
+from megagpt.errors import StorageError
+from megagpt.data.datasets import build_datasets, cache_written, micro_batches, resolve_blend
 from megagpt.data.shards import write_shard
 from megagpt.data.tokenizer import Tokenizer
 
@@ -111,6 +112,52 @@ def test_a_damaged_sample_index_is_built_again(two_sources, world_of_one, tmp_pa
     again, _ = build_datasets(cfg, train_samples=64, valid_samples=4)
     assert "was damaged (a run stopped while writing it?): it is built again" in capsys.readouterr().err
     assert [again[i]["tokens"].tolist() for i in range(8)] == [first[i]["tokens"].tolist() for i in range(8)]
+
+
+def test_a_sample_index_cache_that_cannot_be_written_is_one_line_naming_it(two_sources, world_of_one, tmp_path,
+                                                                           monkeypatch):
+    """megatron-core said "Failed to write dataset materials to the data cache directory", naming none, in a
+    traceback (and at several ranks the others waited at a barrier for rank 0, then printed tracebacks of their own)."""
+    (tmp_path / "taken").write_text("x")
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'taken' / 'cache'}"])
+    with pytest.raises(StorageError, match=rf"^the sample index cache {tmp_path}/taken/cache/[0-9a-f]{{16}} cannot be "
+                                           r"written \(Not a directory\): give data.cache_dir") as raised:
+        build_datasets(cfg, train_samples=64, valid_samples=4)
+    assert raised.value.same_on_every_rank  # rank 0 found it, and told the others
+
+    def full_disk(*args, **kwargs):  # what numpy.save's write says of a full disk: no file, no errno
+        raise OSError("129036 requested and 102368 written")
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'full'}"])
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(StorageError, match=r"full/[0-9a-f]{16} cannot be written \(a short write, 129036 requested "
+                                           r"and 102368 written: a full disk, or a quota\?\)"):
+        build_datasets(cfg, train_samples=64, valid_samples=4)
+
+
+def test_a_built_cache_is_read_without_writing(two_sources, world_of_one, tmp_path, monkeypatch):
+    """A shared cache that is already built, and read-only, keeps working: nothing refuses it up front."""
+    import os
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}"])
+    first, _ = build_datasets(cfg, train_samples=64, valid_samples=4)
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(np, "save", read_only)
+    monkeypatch.setattr(os, "makedirs", read_only)
+    again, _ = build_datasets(cfg, train_samples=64, valid_samples=4)
+    assert [again[i]["tokens"].tolist() for i in range(8)] == [first[i]["tokens"].tolist() for i in range(8)]
+
+
+def test_an_error_naming_another_file_is_not_the_caches(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with cache_written(str(tmp_path / "cache" / "0123")):
+            open(tmp_path / "shard.bin")
 
 
 def test_more_steps_within_an_epoch_keep_the_sample_order_and_another_epoch_count_is_said(two_sources, world_of_one,
