@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import Config
-from megagpt.errors import DataError
+from megagpt.errors import DataError, StorageError
+from megagpt.files import writing
 from megagpt.generation import Sampling
 from megagpt.parallel.collectives import mean_over
 from megagpt.rlhf import ppo as math
@@ -251,7 +252,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.checkpoint import require_verified, resolve_checkpoint
     from megagpt.train.guard import check_finite
-    from megagpt.train.metrics import RunLog
+    from megagpt.train.metrics import RunLog, stop_if_unwritten
     from megagpt.train.pretrain import Preemption, open_run_dir
     from megagpt.train.profiling import StepProfiler
 
@@ -304,10 +305,14 @@ def _ppo(cfg: Config, device: torch.device) -> None:
                                  unfinished=exp["unfinished"].float().mean().item())
                     if "entropy" in exp:
                         local["entropy"] = math.masked_mean(exp["entropy"], mask).item()
-                    if rank == 0 and r.log_samples:
-                        with open(os.path.join(cfg.run.dir, "samples.jsonl"), "a") as f:
-                            f.writelines(json.dumps(s) + "\n" for s in sample_records(exp, iteration, tokenizer,
-                                                                                      r.log_samples))
+                    if rank == 0 and r.log_samples and log.problem is None:
+                        samples = os.path.join(cfg.run.dir, "samples.jsonl")
+                        try:
+                            with writing(samples), open(samples, "a") as f:
+                                f.writelines(json.dumps(s) + "\n" for s in sample_records(exp, iteration, tokenizer,
+                                                                                          r.log_samples))
+                        except StorageError as exc:  # a full disk: the ranks agree on it below
+                            log.problem = exc
             trained = time.perf_counter()
             if rank == 0:
                 local.update(time_generate_s=generated - start, time_score_s=scored - generated,
@@ -324,6 +329,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
             watched = ("policy_loss", "ptx_loss", "value_loss") + (() if t.precision == "fp16" else
                                                                    ("actor_grad_norm", "critic_grad_norm"))
             check_finite(f"PPO iteration {iteration}", {k: merged.get(k) for k in watched}, checkpointer.root)
+            stop_if_unwritten(device, log.problem)  # before a save: rank 0's records so far
             kl.update(merged["kl"], r.rollout_batch_size)
             state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),
                              kl.value)
@@ -334,6 +340,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
                 return
             if t.save_interval and (iteration % t.save_interval == 0 or iteration == t.steps):
                 checkpointer.save(state)
+    stop_if_unwritten(device, log.problem)
     log.close()
     if rank == 0 and record:
         print(f"megagpt ppo: {t.steps} iterations; last reward {record['reward']:.3f}, KL {record['kl']:.3f}, "

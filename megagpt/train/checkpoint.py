@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import Config, from_dict, stage_of, steps_bf16_optimizer
-from megagpt.errors import CheckpointError, ConfigError, on_every_rank
-from megagpt.files import sha256_file
+from megagpt.errors import CheckpointError, ConfigError, StorageError, on_every_rank
+from megagpt.files import sha256_file, writing
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
 from megagpt.train.inputs import check_same_inputs, describe_inputs
@@ -433,6 +433,7 @@ class Checkpointer:
         self.cfg, self.pc, self.engine, self.rng = cfg, pc, engine, rng
         self.root = checkpoint_root(cfg.run.dir)
         self.rank = dist.get_rank()
+        self.problem: Optional[StorageError] = None  # rank 0's checkpoint_io.jsonl record that could not be written
         self.inputs = describe_inputs(cfg) if self.rank == 0 else None  # as this start reads them
 
     def layout(self) -> dict:
@@ -486,9 +487,13 @@ class Checkpointer:
         if self.rank != 0:
             return
         size = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(path) for f in fs)
-        with open(os.path.join(self.cfg.run.dir, "checkpoint_io.jsonl"), "a") as f:
-            f.write(json.dumps({"event": event, "step": step, "path": path, "seconds": seconds, "bytes": size,
-                                "layout": self.layout()}) + "\n")
+        record = os.path.join(self.cfg.run.dir, "checkpoint_io.jsonl")
+        try:
+            with writing(record), open(record, "a") as f:
+                f.write(json.dumps({"event": event, "step": step, "path": path, "seconds": seconds, "bytes": size,
+                                    "layout": self.layout()}) + "\n")
+        except StorageError as exc:  # a full disk: kept for the ranks to agree on (metrics.stop_if_unwritten)
+            self.problem = self.problem or exc
 
     def _prune(self, step: int) -> None:
         prune(self.root, self.cfg.train.keep_last, step)

@@ -7,6 +7,9 @@ import json
 import os
 from typing import Optional
 
+from megagpt.errors import StorageError, on_every_rank
+from megagpt.files import writing
+
 
 PRETRAIN_POSTFIX = (("loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("tok_s", "tokens_per_s", ".0f"))
 
@@ -20,11 +23,14 @@ class RunLog:
         self.desc, self.total_steps, self.log_interval = desc, total_steps, log_interval
         self._tb = None
         self._bar = None
+        self._metrics = self._eval = None
+        # a record that could not be written (a full disk), kept until the ranks agree to stop (stop_if_unwritten)
+        self.problem: Optional[StorageError] = None
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-        self._eval = open(os.path.join(run_dir, "eval.jsonl"), "a")
+        self._metrics = self._open(os.path.join(run_dir, "metrics.jsonl"))
+        self._eval = self._open(os.path.join(run_dir, "eval.jsonl"))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -37,8 +43,7 @@ class RunLog:
     def step(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        self._append(self._metrics, record)
         self._scalars("train", record)
         shown = {label: format(record[key], fmt) for label, key, fmt in self.postfix}
         if self._bar is not None:
@@ -51,12 +56,31 @@ class RunLog:
     def evaluation(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._eval.write(json.dumps(record) + "\n")
-        self._eval.flush()
+        self._append(self._eval, record)
         self._scalars("eval", record)
         ppl = f", perplexity {record['ppl']:.2f}" if "ppl" in record else ""
         (self._bar.write if self._bar is not None else lambda line: print(line, flush=True))(
             f"step {record['step']}: held-out loss {record['loss']:.4f}{ppl}")
+
+    def _open(self, path: str):
+        try:
+            with writing(path):
+                return open(path, "a")
+        except StorageError as exc:
+            self.problem = self.problem or exc
+            return None
+
+    def _append(self, f, record: dict) -> None:
+        """One line of `f`, written now; a write that fails (a full disk: an OSError naming no file) is kept as
+        self.problem, naming the file, rather than raised on rank 0 alone, and the file gets no more."""
+        if f is None or self.problem is not None:
+            return
+        try:
+            with writing(f.name):
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+        except StorageError as exc:
+            self.problem = exc
 
     def _scalars(self, prefix: str, record: dict) -> None:
         if self._tb is None:
@@ -69,11 +93,27 @@ class RunLog:
         if not self.enabled:
             return
         for f in (self._metrics, self._eval):
-            f.close()
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:  # what a failed write left in its buffer: self.problem says why
+                    if self.problem is None:
+                        raise
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def stop_if_unwritten(device, *problems: Optional[StorageError]) -> None:
+    """Collective: a record rank 0 could not write (RunLog.problem, Checkpointer.problem) stops every rank alike,
+    with rank 0's line naming the file; raised on rank 0 alone, it left the others to fail at their next collective,
+    each with a traceback of a closed connection."""
+    from megagpt.parallel.collectives import any_rank
+
+    problem = next((p for p in problems if p is not None), None)
+    if any_rank(problem is not None, device):
+        raise on_every_rank(problem or StorageError("rank 0 could not write a record of the run (its error says why)"))
 
 
 def read_jsonl(path: str) -> list[dict]:

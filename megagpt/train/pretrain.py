@@ -26,7 +26,7 @@ from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.planner import training_flops_per_token
 from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.guard import check_finite
-from megagpt.train.metrics import RunLog, first_evaluation
+from megagpt.train.metrics import RunLog, first_evaluation, stop_if_unwritten
 from megagpt.train.profiling import StepProfiler
 from megagpt.train.schedules import batch_sizes, lr_schedule, note_schedule
 
@@ -279,6 +279,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
                                           record["grad_norm"]}, checkpointer.root)
             if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
                 held_out(step)
+            stop_if_unwritten(device, log.problem, checkpointer.problem)  # before a save: rank 0's records so far
             if step == t.steps and task.finish is not None:
                 finished = task.finish(engine, pc, cfg)
             if step < t.steps and preemption.agreed():
@@ -288,6 +289,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
                 return
             if t.save_interval and (step % t.save_interval == 0 or step == t.steps):
                 checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
+    stop_if_unwritten(device, log.problem, checkpointer.problem)  # the last save's record, or a rerun's load
     log.close()
     if is_logger and state.step >= t.steps:  # a rerun of a finished run: nothing trained, nothing to report
         print(f"megagpt: {cfg.run.dir} has trained {state.step} steps already, train.steps={t.steps} (raise "

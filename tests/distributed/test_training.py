@@ -1,5 +1,6 @@
 """Training runs as users start them: learning on the demo corpus, torchrun and srun worlds, the batch ramp."""
 
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,26 @@ def test_a_diverged_run_stops_at_the_step_and_names_the_last_checkpoint(demo_pre
     assert lines[1] in {f"megagpt: error: rank {rank} of 2 failed (exit code 2)" for rank in (0, 1)}
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000001"]
     assert [m["step"] for m in read_jsonl(str(run_dir / "metrics.jsonl"))] == [1, 2]
+
+
+def test_a_run_log_on_a_full_disk_stops_every_rank_in_one_line_naming_it(demo_prefix, tmp_path):
+    """Rank 0's metrics.jsonl write on a full disk was a traceback naming no file ("OSError: [Errno 27] File too
+    large" from a flush), and the other rank's a gloo "Connection closed by peer" at its next collective."""
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1", "train.eval_interval=0",
+            f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false", "train.progress=false"]
+    megagpt(*args, "train.steps=2", "train.save_interval=2")
+    metrics = run_dir / "metrics.jsonl"
+    records = read_jsonl(str(metrics))
+    records[0]["pad"] = "x" * (1 << 20)  # kept on resume: the disk is full after about one more record
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    limit = metrics.stat().st_size + 400
+    full_disk = (sys.executable, "-c", "import resource, runpy, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                 f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+                 "runpy.run_module('launchers.cli', run_name='__main__', alter_sys=True)")
+    proc = megagpt(*args, "train.steps=6", check=False, launcher=full_disk)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert lines[0] == f"megagpt: error: {metrics} cannot be written (File too large)", proc.stderr[-3000:]
+    assert lines[1] in {f"megagpt: error: rank {rank} of 2 failed (exit code 2)" for rank in (0, 1)}
+    assert len(lines) == 2

@@ -39,3 +39,32 @@ def test_a_start_at_step_0_keeps_no_records_and_a_resume_those_through_its_step(
     write("eval.jsonl", [0, 2])
     keep_records_through(str(tmp_path), 2)  # resumed from step 2: its evaluation at 2 is not run again
     assert steps("metrics.jsonl") == [1, 2] and steps("eval.jsonl") == [0, 2]
+
+
+def test_a_record_that_cannot_be_written_is_kept_naming_the_file(tmp_path, monkeypatch):
+    """A full disk made rank 0's flush raise an OSError naming no file, in a traceback, alone: the other ranks then
+    failed at their next collective. The failure is kept (stop_if_unwritten makes every rank stop on it)."""
+    import errno
+
+    from megagpt.errors import StorageError
+
+    log = RunLog(str(tmp_path), True, 5, tensorboard=False, progress=False)
+    log.step({"step": 1, "loss": 8.0, "lr": 1e-3, "tokens_per_s": 1000.0})
+    assert log.problem is None
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(log._metrics, "flush", full)
+    log.step({"step": 2, "loss": 7.9, "lr": 1e-3, "tokens_per_s": 1000.0})
+    assert isinstance(log.problem, StorageError)
+    assert str(log.problem) == f"{tmp_path}/metrics.jsonl cannot be written (No space left on device)"
+    log.evaluation({"step": 2, "loss": 7.25})  # nothing more is written once a record is lost
+    monkeypatch.undo()
+    log.close()
+    assert (tmp_path / "eval.jsonl").read_text() == ""
+
+    log = RunLog(str(tmp_path), True, 5, tensorboard=False, progress=False)
+    monkeypatch.setattr(log._eval, "write", lambda text: (_ for _ in ()).throw(OSError(errno.EFBIG, "File too large")))
+    log.evaluation({"step": 0, "loss": 8.5})
+    assert str(log.problem) == f"{tmp_path}/eval.jsonl cannot be written (File too large)"
