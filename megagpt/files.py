@@ -14,7 +14,7 @@ from megagpt.errors import StorageError
 EDGE_BYTES = 1 << 20
 # what a write into a directory the run could create can still meet: a full disk, a quota, a file too large
 # (RLIMIT_FSIZE), a read-only file system, an I/O error
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
 
 
 def sha256_file(path: str) -> str:
@@ -62,6 +62,6 @@ def writing(path: str, *temporaries: str) -> Iterator[None]:
     except OSError as exc:
         # a nameless OSError is the write's only if the file system raised it: a corrupt gzip read in the block
         # (gzip.BadGzipFile, an OSError with no errno) is the input's problem, not this file's
-        if exc.filename not in (path, *temporaries) and not (exc.filename is None and exc.errno in _STORAGE_ERRNOS):
+        if exc.filename not in (path, *temporaries) and not (exc.filename is None and exc.errno in STORAGE_ERRNOS):
             raise
         raise StorageError(f"{path} cannot be written ({exc.strerror or exc})") from None

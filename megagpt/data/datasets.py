@@ -19,7 +19,7 @@ import torch
 
 from megagpt.config import Config, ConfigError
 from megagpt.errors import DataError, StorageError, on_every_rank
-from megagpt.files import _STORAGE_ERRNOS, same_shard_twice
+from megagpt.files import STORAGE_ERRNOS, same_shard_twice
 
 
 @dataclass
@@ -161,7 +161,7 @@ def cache_written(cache: str):
         top = os.path.abspath(cache)
         # numpy.save's short write (a full disk, a quota) names no file and no errno: "N requested and M written"
         short = exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(exc))
-        ours = named is None and (exc.errno in _STORAGE_ERRNOS or short) or named is not None and (
+        ours = named is None and (exc.errno in STORAGE_ERRNOS or short) or named is not None and (
             named == top or named.startswith(top + os.sep) or top.startswith(named.rstrip(os.sep) + os.sep))
         if not ours:
             raise
