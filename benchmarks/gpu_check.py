@@ -22,6 +22,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTERRUPT_GRACE_S = 15  # what a check at its limit has to print its failures before it is killed
 
 
 def checks(py: str) -> list[tuple[str, list[str], float]]:
@@ -66,7 +67,7 @@ def run_check(cmd: list[str], env: dict, limit_s: float) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)  # pytest then prints what failed so far
         try:
-            output, _ = proc.communicate(timeout=15)
+            output, _ = proc.communicate(timeout=INTERRUPT_GRACE_S)
         except subprocess.TimeoutExpired:
             output = None
         try:
@@ -97,7 +98,12 @@ def main() -> int:
         start = time.perf_counter()
         # its share of what is left: time a check leaves unused goes to the ones after it
         left = args.budget_s - (start - begin)
-        output, status = run_check(cmd, env, left * share / sum(c[1][2] for c in chosen[n:]))
+        # less the grace an interrupted check has to report, so that the whole run keeps within --budget-s
+        limit = left * share / sum(c[1][2] for c in chosen[n:]) - INTERRUPT_GRACE_S
+        if limit < 1:
+            output, status = "", "NOT RUN (no time left)"
+        else:
+            output, status = run_check(cmd, env, limit)
         failed |= status != "ok"
         if args.log_dir:
             os.makedirs(args.log_dir, exist_ok=True)

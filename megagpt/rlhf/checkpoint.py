@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,11 +27,11 @@ import torch.distributed as dist
 from megagpt.config import Config
 from megagpt.errors import CheckpointError
 from megagpt.rlhf.layout import TRAINED
-from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, abandon_save, atomic_write_text, candidates,
-                                      check_same_run, checkpoint_root, checksums, first_problem,
-                                      model_shape, other_device_note, prune, read_latest, read_meta, restore_rng,
-                                      rng_state, save_file, set_aside_earlier_run, starts_afresh, tag_for,
-                                      verify_everywhere, write_failure)
+from megagpt.train.checkpoint import (FORMAT_VERSION, LATEST, META, abandon_save, candidates, check_same_run,
+                                      checkpoint_root, checksums, first_problem, make_save_dirs, model_shape,
+                                      other_device_note, prune, read_latest, read_meta, restore_rng, rng_state,
+                                      save_file, set_aside_earlier_run, starts_afresh, tag_for, verify_everywhere,
+                                      write_meta_and_latest)
 from megagpt.train.inputs import describe_inputs
 from megagpt.train.universal import load_universal, universal_shard
 
@@ -55,13 +54,12 @@ class PPOCheckpointer:
 
     def save(self, state: PPOState) -> str:
         path = os.path.join(self.root, tag_for(state.iteration))
-        if self.rank == 0:
-            if os.path.isdir(path):  # left by a save that crashed before `latest` moved
-                shutil.rmtree(path)
-            for sub in ("rng", *(f"{r}/universal" for r in TRAINED)):
-                os.makedirs(os.path.join(path, sub))
-        dist.barrier()
         failures: list[str] = []  # this rank's writes that failed (a full disk): every rank still makes the collectives
+        if self.rank == 0:
+            make_save_dirs(path, ["rng", *(f"{r}/universal" for r in TRAINED)], failures)
+        problem = first_problem(failures[0] if failures else None)  # the other ranks write into these directories
+        if problem:
+            raise abandon_save(path, problem, self.root)
         for name in TRAINED:
             role = self.roles.get(name)
             if role is None:
@@ -78,15 +76,14 @@ class PPOCheckpointer:
             raise abandon_save(path, problem, self.root)
         sums = checksums(path)
         if self.rank == 0:
-            try:
-                for name in TRAINED:  # each role's directory is a checkpoint of its own
-                    own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
-                    atomic_write_text(os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1))
-                meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
-                atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
-                atomic_write_text(os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")
-            except OSError as exc:
-                failures.append(write_failure(exc.filename, exc))
+            writes = []
+            for name in TRAINED:  # each role's directory is a checkpoint of its own
+                own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
+                writes.append((os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1)))
+            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
+            writes += [(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True)),
+                       (os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")]
+            write_meta_and_latest(writes, failures)
         problem = first_problem(failures[0] if failures else None)
         if problem:
             raise abandon_save(path, problem, self.root)

@@ -141,11 +141,41 @@ def recording_failures(engine, failures: list[str]):
         except OSError as exc:
             failures.append(write_failure(path, exc))
 
-    writer.save = save
+    def copy_recovery_script(save_path):  # rank 0 copies DeepSpeed's zero_to_fp32.py outside the checkpoint engine
+        try:
+            original_copy(save_path)
+        except OSError as exc:
+            failures.append(write_failure(save_path, exc))
+
+    original_copy = engine._copy_recovery_script
+    writer.save, engine._copy_recovery_script = save, copy_recovery_script
     try:
         yield
     finally:
-        del writer.save  # the class's method again
+        del writer.save, engine._copy_recovery_script  # the classes' methods again
+
+
+def make_save_dirs(path: str, subdirs: list[str], failures: list[str]) -> None:
+    """Rank 0: a fresh `path` with `subdirs` (one left by a save that crashed before `latest` moved is replaced);
+    a failure (a full disk, an inode quota) is recorded, for the ranks to agree on before they write there."""
+    try:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        for sub in subdirs:
+            os.makedirs(os.path.join(path, sub))
+    except OSError as exc:
+        failures.append(write_failure(exc.filename or path, exc))
+
+
+def write_meta_and_latest(writes: list[tuple[str, str]], failures: list[str]) -> None:
+    """Rank 0: each (file, text) atomically, in order, the last being `latest`; a failure is recorded (named by the
+    file being written: a directory's fsync names none)."""
+    for target, text in writes:
+        try:
+            atomic_write_text(target, text)
+        except OSError as exc:
+            failures.append(write_failure(target, exc))
+            return
 
 
 def first_problem(problem: Optional[str]) -> Optional[str]:
@@ -158,9 +188,10 @@ def first_problem(problem: Optional[str]) -> Optional[str]:
 def abandon_save(path: str, problem: str, root: str) -> CheckpointError:
     """Rank 0 removes what a failed save wrote (a full disk gets its space back; no META, so nothing would read it),
     and every rank gets the error, which names the checkpoint that stays in charge."""
-    if dist.get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
     latest = read_latest(root)
+    # `latest` moved but its directory's fsync failed: the checkpoint is whole and in charge, so it stays
+    if dist.get_rank() == 0 and latest != os.path.basename(path):
+        shutil.rmtree(path, ignore_errors=True)
     left = f"the last complete checkpoint is {os.path.join(root, latest)}" if latest else "there is no earlier checkpoint"
     return on_every_rank(CheckpointError(f"checkpoint {path} could not be saved ({problem}); the partial save was "
                                          f"removed, and {left}"))
@@ -443,14 +474,12 @@ class Checkpointer:
         tag = tag_for(state.step)
         path = os.path.join(self.root, tag)
         start = time.perf_counter()
-        if self.rank == 0:
-            if os.path.isdir(path):  # left by a save that crashed before `latest` moved
-                shutil.rmtree(path)
-            os.makedirs(os.path.join(path, "rng"))
-            if self.cfg.train.universal_checkpoint:
-                os.makedirs(os.path.join(path, "universal"))
-        dist.barrier()
         failures: list[str] = []  # this rank's writes that failed (a full disk): every rank still makes the collectives
+        if self.rank == 0:
+            make_save_dirs(path, ["rng"] + (["universal"] if self.cfg.train.universal_checkpoint else []), failures)
+        problem = first_problem(failures[0] if failures else None)  # the other ranks write into these directories
+        if problem:
+            raise abandon_save(path, problem, self.root)
         with recording_failures(self.engine, failures):
             self.engine.save_checkpoint(self.root, tag=tag, save_latest=False)
         rng = rng_state(self.rng.state_dict(), self.pc.device)
@@ -469,11 +498,8 @@ class Checkpointer:
                     "weights_only": False, "universal": self.cfg.train.universal_checkpoint,
                     "config": self.cfg.to_dict(), "inputs": self.inputs,
                     "files": sums}
-            try:
-                atomic_write_text(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True))
-                atomic_write_text(os.path.join(self.root, LATEST), tag + "\n")  # last: the save is now complete
-            except OSError as exc:
-                failures.append(write_failure(exc.filename, exc))
+            write_meta_and_latest([(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True)),
+                                   (os.path.join(self.root, LATEST), tag + "\n")], failures)  # latest last
         problem = first_problem(failures[0] if failures else None)
         if problem:
             raise abandon_save(path, problem, self.root)

@@ -81,13 +81,20 @@ class RunLog:
                 f.flush()
         except StorageError as exc:
             self.problem = exc
+            try:  # now, so that no interpreter's exit finalises it with an "Exception ignored" traceback
+                f.close()
+            except OSError:
+                pass
 
     def _scalars(self, prefix: str, record: dict) -> None:
-        if self._tb is None:
+        if self._tb is None or self.problem is not None:
             return
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and value is not None:
-                self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        try:  # TensorBoard's writer thread raises its failed write (a full disk) at a later add_scalar
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        except OSError as exc:
+            self.problem = StorageError(f"{self._tb.log_dir} cannot be written ({exc.strerror or exc})")
 
     def close(self) -> None:
         if not self.enabled:
@@ -100,7 +107,11 @@ class RunLog:
                     if self.problem is None:
                         raise
         if self._tb is not None:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except OSError:
+                if self.problem is None:
+                    raise
         if self._bar is not None:
             self._bar.close()
 

@@ -68,3 +68,20 @@ def test_a_record_that_cannot_be_written_is_kept_naming_the_file(tmp_path, monke
     monkeypatch.setattr(log._eval, "write", lambda text: (_ for _ in ()).throw(OSError(errno.EFBIG, "File too large")))
     log.evaluation({"step": 0, "loss": 8.5})
     assert str(log.problem) == f"{tmp_path}/eval.jsonl cannot be written (File too large)"
+
+
+def test_a_tensorboard_write_that_fails_is_kept_naming_its_directory(tmp_path, monkeypatch):
+    """TensorBoard's writer thread raises a failed write (a full disk) at a later add_scalar, on rank 0 alone."""
+    import errno
+
+    from megagpt.errors import StorageError
+
+    log = RunLog(str(tmp_path), True, 5, tensorboard=True, progress=False)
+    monkeypatch.setattr(log._tb, "add_scalar",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    log.step({"step": 1, "loss": 9.0, "lr": 1e-3, "tokens_per_s": 10.0})
+    assert isinstance(log.problem, StorageError)
+    assert str(log.problem) == f"{tmp_path}/tensorboard cannot be written (No space left on device)"
+    monkeypatch.undo()
+    log.close()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # the JSON record was written first
