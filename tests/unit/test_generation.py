@@ -106,10 +106,12 @@ def test_a_tokenizer_with_more_tokens_than_the_model_is_refused(tmp_path):
                                 str(path)).vocab_size == tok.vocab_size
 
 
-def test_a_checkpoint_whose_training_data_is_out_of_reach_asks_for_a_tokenizer(tmp_path):
+def test_a_checkpoint_whose_training_data_is_out_of_reach_asks_for_a_tokenizer(tmp_path, monkeypatch):
     """Run from another directory, the relative data.mixture of the checkpoint's config was reported as unreadable,
     as if the mixture were the problem: it asks for --tokenizer now."""
     from megagpt.generation import generation_tokenizer
+
+    monkeypatch.chdir(tmp_path)  # not a checkout where `make demo` has run: there runs/demo/... is in reach
 
     cfg = load_config(None, ["data.mixture=runs/demo/corpus/mixture.json"])
     with pytest.raises(ConfigError, match="no tokenizer found for checkpoint .* pass --tokenizer"):
