@@ -1,11 +1,13 @@
 """The step's parameter-sized work: megagpt's DeepSpeed step (ZeRO 0, 1, 2) against a plain clip + fused AdamW.
 
-    python benchmarks/optimizer_step.py [--device cpu|cuda] [--config PATH] [--zero 0 1 2] [key=value ...]
+    python benchmarks/optimizer_step.py [--device cpu|cuda] [--config PATH] [--zero 0 1 2] [--micro-batches N]
+                                        [key=value ...]
     python benchmarks/optimizer_step.py --device cuda --config configs/model/gpt3-xl.yaml train.precision=bf16
 
-Each system trains the same model at (1,1,1) on one micro-batch of 8-token sequences, so the forward and
-backward are small and a step's time is its work per parameter: gradient copies and reduction, the norm,
-clipping, AdamW, the bf16 copy back. Three numbers per row:
+Each system trains the same model at (1,1,1) on --micro-batches micro-batches (default 1) of one 8-token
+sequence, so the forward and backward are small and a step's time is its work per parameter: gradient
+copies, sums over micro-batches and reduction, the norm, clipping, AdamW, the bf16 copy back. Some of that
+work is per micro-batch (4 of them in pretrain_throughput's gpt3-xl step). Three numbers per row:
   - ms per step, the median after warm-up (on the device given);
   - ops per step that do work (views left out): on a GPU each launches at least one kernel, a few
     microseconds of CPU time apiece, which a step made of many small ops cannot hide;
@@ -69,9 +71,10 @@ def megagpt_system(cfg):
     tokens, labels = batch(cfg)
 
     def step():
-        engine.set_gradient_accumulation_boundary(True)
-        engine.backward(lm_loss(engine(tokens), labels))
-        engine.step()
+        for i in range(cfg.train.global_batch_size):
+            engine.set_gradient_accumulation_boundary(i == cfg.train.global_batch_size - 1)
+            engine.backward(lm_loss(engine(tokens), labels))
+            engine.step()
 
     return step, sum(p.numel() for p in engine.module.parameters()), engine
 
@@ -92,10 +95,11 @@ def plain_system(cfg):
     tokens, (labels, mask) = batch(cfg)
 
     def step():
-        with autocast:
-            logits = model(tokens)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
-        ((losses * mask.flatten()).sum() / mask.sum()).backward()
+        for _ in range(cfg.train.global_batch_size):
+            with autocast:
+                logits = model(tokens)
+            losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+            ((losses * mask.flatten()).sum() / mask.sum()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -132,14 +136,15 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--zero", type=int, nargs="+", default=[0, 1, 2], help="megagpt's ZeRO stages to compare")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--micro-batches", type=int, default=1, help="per step, their gradients summed")
     parser.add_argument("--top", type=int, default=6, help="ops listed per row, by bytes")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     from megagpt.parallel.distributed import init_distributed
 
     init_distributed(args.device)
-    shape = ["train.batch_ramp_start=null", "train.micro_batch_size=1", "train.global_batch_size=1",
-             f"run.device={args.device}"]
+    shape = ["train.batch_ramp_start=null", "train.micro_batch_size=1",
+             f"train.global_batch_size={args.micro_batches}", f"run.device={args.device}"]
     rows = []
     for zero in args.zero:
         cfg = load_config(args.config, [*args.overrides, *shape, f"parallel.zero_stage={zero}"])
@@ -153,7 +158,7 @@ def main() -> None:
     rows.append(("plain (clip + fused AdamW)", params, *measure(step, args.device, args.steps)))
 
     print(f"\nconfig {os.path.relpath(args.config, REPO)}, precision {cfg.train.precision}, device {args.device}, "
-          f"{params / 1e6:.1f}M parameters, one micro-batch of {SEQ} tokens")
+          f"{params / 1e6:.1f}M parameters, {args.micro_batches} micro-batch(es) of {SEQ} tokens a step")
     print(f"{'system':<28}{'ms/step':>10}{'ops/step':>10}{'bytes/param':>13}   largest ops (bytes/param)")
     for name, n, ms, counts in rows:
         traffic = {op: b for op, b in counts.bytes.items() if op not in MATMULS}

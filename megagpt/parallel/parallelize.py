@@ -5,7 +5,8 @@
     apply_sequence_parallel   parallel.sequence_parallel: sum over TP the gradients of sliced-applied parameters
     apply_activation_checkpointing   train.activation_checkpointing: recompute in the backward pass
     apply_compile    train.compile: torch.compile each transformer block on its own
-    apply_deepspeed  the engine: ZeRO data parallelism, precision, clipping, the optimizer
+    apply_deepspeed  the engine: ZeRO data parallelism, precision, clipping, the optimizer (with
+                     megagpt.parallel.gradients' leaner gradient passes)
 
 Tensor parallelism is not a step here: the layers are megatron-core TP layers built on
 the group the ParallelContext names, so the math is sharded as it is built.
@@ -35,6 +36,7 @@ from megagpt.model.block import FinalNorm, TransformerBlock
 from megagpt.model.embedding import Embedding, head_forward
 from megagpt.model.gpt import GPT, lm_loss
 from megagpt.model.layers import LayerContext
+from megagpt.parallel.gradients import accumulate_without_a_copy, reduce_gradients_in_place
 from megagpt.parallel.rng import RNGStreams
 from megagpt.parallel.topology import ParallelContext
 from megagpt.train.optimizer import adamw, deepspeed_config, own_clipping
@@ -170,6 +172,8 @@ def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_b
         optimizer.ready = True  # DeepSpeed's priming step (FP16_UnfusedOptimizer) is over
         if engine.optimizer is not optimizer:
             optimizer.report_to = engine.optimizer
+    reduce_gradients_in_place(engine, pc)
+    accumulate_without_a_copy(engine.optimizer)
     return engine
 
 

@@ -11,7 +11,8 @@ with weight decay and vectors without, in registration order; d = data parallel 
                                                    (bf16: cast to fp32 for the step, 4·Φ transient)
                bf16 at pp > 1 (DeepSpeed's pipeline takes BF16_Optimizer there): ZeRO 1's weights and
                optimizer (the master copy and moments are partitioned over DP), and gradients
-               Φ·e + e·d·Σ_g P_g (each parameter's gradient and the padded flat accumulation buffer);
+               e·d·Σ_g P_g (the padded flat accumulation buffer: megagpt has each parameter's bf16 gradient
+               added to it and dropped as backward produces it, bf16.immediate_grad_update);
                (checked by hand at pp = 2, dp = 2: weights and optimizer to the byte, gradients but for the
                last stage's copy of the position embeddings, unused there, which gets none: s·h·e less)
     ZeRO 1/2   weights    e·d·Σ_g P_g + 4·Σ_g P_g  the model, whose parameters are views of each group
@@ -22,10 +23,10 @@ with weight decay and vectors without, in registration order; d = data parallel 
                gradients  ZeRO 1: Φ·e              every parameter's gradient, accumulated between
                                                    micro-batches
                           ZeRO 2: e·Σ whole tensors that overlap this rank's partition
-               bf16 (gradients summed and reduced in fp32, megagpt.train.optimizer): ZeRO 1 steps
-               BF16_Optimizer, whose gradients are Φ·2 + 4·d·Σ_g P_g (each parameter's, and the fp32
-               accumulation buffer of the whole padded groups); ZeRO 2 keeps 4·Σ_g P_g, this rank's
-               fp32 partition; ZeRO 3 4·Σ_p ceil(n_p/d)
+               bf16 (gradients summed over micro-batches in fp32, megagpt.train.optimizer): ZeRO 1 steps
+               BF16_Optimizer, whose gradients are 4·d·Σ_g P_g (the fp32 accumulation buffer of the whole
+               padded groups; each parameter's bf16 gradient is added and dropped as backward produces it);
+               ZeRO 2 keeps 4·Σ_g P_g, this rank's fp32 partition; ZeRO 3 4·Σ_p ceil(n_p/d)
     ZeRO 3     weights    e·Σ_p ceil(n_p/d) + e·Σ_{n_p ≤ 1e5} ceil(n_p/d)·d + 4·Σ_p ceil(n_p/d)
                                                    the partitions, the small tensors every rank keeps
                                                    whole (stage3_param_persistence_threshold, padded
@@ -152,9 +153,9 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     else:
         partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
         master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
-        if bf16_optimizer(layout, precision):  # the parameters' gradients and the flat buffer they go to: in fp32 at
+        if bf16_optimizer(layout, precision):  # the flat buffer each gradient is added to as it comes: in fp32 at
             accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
-            grads = phi * e + accumulate * d * sum(partitions)
+            grads = accumulate * d * sum(partitions)
         elif layout.zero_stage == 1:  # bf16 offloaded: ZeRO 1's own optimizer sums into an fp32 copy of each
             grads = phi * e + (4 * phi if precision == "bf16" else 0)  # gradient (read from DeepSpeed, untested)
         elif precision == "bf16" and not layout.offload_optimizer:  # fp32 accumulation: this rank's partition

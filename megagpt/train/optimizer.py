@@ -131,7 +131,10 @@ def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
         # bf16 has no loss scale to lower, so DeepSpeed's per-tensor inf/NaN scan before each ZeRO step only
         # skips the step, at about a dozen small ops per parameter tensor (3,800 a step at gpt3-xl's depth).
         # The trainer stops on a non-finite loss or gradient norm instead (megagpt.train.guard), as Megatron-LM does.
-        ds["bf16"] = {"enabled": True, "check_grad_overflow": False}
+        # immediate_grad_update: BF16_Optimizer adds each bf16 gradient to its fp32 sum as soon as backward has it,
+        # and drops it. DeepSpeed's default kept every bf16 gradient through the step (2 bytes per parameter held)
+        # and zeroed and re-summed them each micro-batch before adding them up: the same fp32 sums, bitwise.
+        ds["bf16"] = {"enabled": True, "check_grad_overflow": False, "immediate_grad_update": True}
         if cfg.parallel.zero_stage >= 1:
             # Gradients summed over micro-batches in fp32, as Megatron-LM does with bf16: in bf16 (DeepSpeed's
             # default) the 48 micro-batches of GPT-3 175B's layout add up with an 8-bit mantissa. Their reduction

@@ -1,0 +1,40 @@
+"""megagpt's leaner gradient passes (megagpt.parallel.gradients) give DeepSpeed's numbers: BF16_Optimizer's fp32
+sums over micro-batches bitwise, and their DP reduction in place bitwise what DeepSpeed's concatenate-reduce-copy-back
+gives at dp > 1; at dp = 1 nothing, where DeepSpeed rounded the fp32 sums to bf16 and back."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megagpt.parallel.distributed import free_port
+from tests.conftest import CPU_ENV, REPO
+
+pytestmark = pytest.mark.slow
+
+MODEL = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=4", "model.seq_length=16",
+         "model.vocab_size=500", "model.make_vocab_size_divisible_by=64", "train.micro_batch_size=2",
+         "train.precision=bf16", "parallel.zero_stage=1"]
+
+
+def reduce_on(world: int, out) -> list[dict]:
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
+                    str(free_port()), "-m", "tests.distributed.gradient_reduction", str(out), *MODEL],
+                   cwd=REPO, env={**os.environ, **CPU_ENV}, check=True, capture_output=True, timeout=300)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def test_dp_reduction_in_place_equals_deepspeeds_bitwise(tmp_path):
+    for rank in reduce_on(2, tmp_path):
+        assert (rank["optimizer"], rank["dtype"]) == ("BF16_Optimizer", "torch.float32")
+        assert rank["accumulated_alike"] and rank["ours_equal_deepspeed"]
+        assert not rank["ours_unchanged"]  # the ranks' gradients differed: the reduction did something
+
+
+def test_one_dp_rank_keeps_its_fp32_gradient_sums(tmp_path):
+    (rank,) = reduce_on(1, tmp_path)
+    assert rank["optimizer"] == "BF16_Optimizer"
+    assert rank["accumulated_alike"] and rank["ours_unchanged"]
+    assert not rank["deepspeed_unchanged"]  # DeepSpeed's round trip through its bf16 wire type
