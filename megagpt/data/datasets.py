@@ -19,7 +19,7 @@ import torch
 
 from megagpt.config import Config, ConfigError
 from megagpt.errors import DataError, StorageError, on_every_rank
-from megagpt.files import STORAGE_ERRNOS, same_shard_twice
+from megagpt.files import STORAGE_ERRNOS, same_shard_twice, writing
 
 
 @dataclass
@@ -250,9 +250,10 @@ def note_epochs(run_dir: str, train, resumed_at: int) -> None:
                   f"megatron-core shuffles a source's epochs together (the last apart where less than 80% of it is "
                   f"read), so from step {resumed_at + 1} on the samples come in an order the run did not start with "
                   f"(some it read may come again)", file=sys.stderr, flush=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(layouts, f)
-    os.replace(path + ".tmp", path)
+    with writing(path, path + ".tmp"):
+        with open(path + ".tmp", "w") as f:
+            json.dump(layouts, f)
+        os.replace(path + ".tmp", path)
 
 
 def index_cache(cfg: Config, prefixes: list[str]) -> str:

@@ -153,7 +153,8 @@ def keep_tokenizer(path: str, run_dir: str) -> None:
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)
     except OSError as exc:
-        if exc.filename == path:  # reading the tokenizer: its own error
+        # reading the tokenizer: its own error; copyfile's failed sendfile names both files, and is the write's
+        if exc.filename == path and exc.filename2 is None:
             raise
         raise ConfigError(f"run.dir={run_dir!r} cannot be written ({exc.strerror or exc})") from None
     finally:

@@ -31,9 +31,14 @@ AUDIT_ENV = "MEGAGPT_AUDIT_COLLECTIVES"
 
 def any_rank(flag: bool, device: torch.device, group: Optional[dist.ProcessGroup] = None) -> bool:
     """True on every rank of `group` if it is true on any."""
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    return any_ranks([flag], device, group)[0]
+
+
+def any_ranks(flags: list[bool], device: torch.device, group: Optional[dist.ProcessGroup] = None) -> list[bool]:
+    """any_rank of each flag, in one collective (a step's checks cost one all-reduce and one host sync)."""
+    value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
-    return bool(value.item())
+    return [bool(v) for v in value.tolist()]
 
 
 def mean_over(value: torch.Tensor, group: Optional[dist.ProcessGroup], size: int) -> float:

@@ -271,8 +271,14 @@ def _ppo(cfg: Config, device: torch.device) -> None:
     checkpointer = PPOCheckpointer(cfg, roles, device)
     state = checkpointer.resume()
     kl = math.KLController(state.kl_coef, r.kl_target, r.kl_horizon)
+    problem = None
     if rank == 0:
-        open_run_dir(cfg, state.iteration)
+        try:
+            open_run_dir(cfg, state.iteration)
+        except StorageError as exc:  # the ranks agree on it just below
+            problem = exc
+    stop_if_unwritten(device, problem)
+    if rank == 0:
         layout = ", ".join(f"{n} {len(s.ranks)}x(tp={s.tp}, dp={s.dp})" for n, s in specs.items())
         print(f"megagpt ppo: {'colocated' if r.layout is None else 'split'}: {layout}; {len(prompts)} prompts"
               + (f" (left out: {left_out})" if left_out else "")
@@ -329,11 +335,12 @@ def _ppo(cfg: Config, device: torch.device) -> None:
             watched = ("policy_loss", "ptx_loss", "value_loss") + (() if t.precision == "fp16" else
                                                                    ("actor_grad_norm", "critic_grad_norm"))
             check_finite(f"PPO iteration {iteration}", {k: merged.get(k) for k in watched}, checkpointer.root)
-            stop_if_unwritten(device, log.problem)  # before a save: rank 0's records so far
+            # before a save: rank 0's records so far, and whether to stop early, in one collective
+            stopping = preemption.agreed(log.problem, preemptible=iteration < t.steps)
             kl.update(merged["kl"], r.rollout_batch_size)
             state = PPOState(iteration, state.ptx_samples + (r.ppo_epochs * r.rollout_batch_size if ptx_data else 0),
                              kl.value)
-            if iteration < t.steps and preemption.agreed():
+            if stopping:
                 profiler.close()  # the steps it profiled, not the save
                 checkpointer.save(state)
                 preemption.stop(log, cfg.run.dir, rank == 0, f"iteration {iteration} to {checkpointer.root}")

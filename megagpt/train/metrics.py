@@ -122,9 +122,18 @@ def stop_if_unwritten(device, *problems: Optional[StorageError]) -> None:
     each with a traceback of a closed connection."""
     from megagpt.parallel.collectives import any_rank
 
-    problem = next((p for p in problems if p is not None), None)
+    problem = first_unwritten(*problems)
     if any_rank(problem is not None, device):
-        raise on_every_rank(problem or StorageError("rank 0 could not write a record of the run (its error says why)"))
+        raise unwritten_error(problem)
+
+
+def first_unwritten(*problems: Optional[StorageError]) -> Optional[StorageError]:
+    return next((p for p in problems if p is not None), None)
+
+
+def unwritten_error(problem: Optional[StorageError]) -> StorageError:
+    """The error every rank raises once the ranks agree a record went unwritten: rank 0's, naming the file."""
+    return on_every_rank(problem or StorageError("rank 0 could not write a record of the run (its error says why)"))
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -18,15 +18,17 @@ import yaml
 from megagpt.config import Config, validate
 from megagpt.data.datasets import build_datasets, micro_batches, note_epochs
 from megagpt.dir_lock import hold_on_rank_zero
+from megagpt.errors import StorageError, on_every_rank
+from megagpt.files import writing
 from megagpt.model.gpt import GPT, lm_loss
-from megagpt.parallel.collectives import any_rank, mean_over
+from megagpt.parallel.collectives import any_ranks, mean_over
 from megagpt.parallel.distributed import init_distributed
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.planner import training_flops_per_token
 from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.guard import check_finite
-from megagpt.train.metrics import RunLog, first_evaluation, stop_if_unwritten
+from megagpt.train.metrics import RunLog, first_evaluation, first_unwritten, stop_if_unwritten, unwritten_error
 from megagpt.train.profiling import StepProfiler
 from megagpt.train.schedules import batch_sizes, lr_schedule, note_schedule
 
@@ -132,21 +134,38 @@ class Preemption:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
         return INTERRUPTED if Preemption.in_process == signal.SIGINT else 0
 
-    def agreed(self) -> bool:
-        """True on every rank once any rank has a signal or is past its deadline: all stop after the same step."""
-        self.why = (f"signal {signal.Signals(self.received).name} received" if self.received is not None else
-                    f"train.exit_duration_minutes={self.minutes} reached"
-                    if self.deadline is not None and time.time() >= self.deadline else None)
-        return any_rank(self.why is not None, self.device)
+    def agreed(self, *unwritten: Optional[StorageError], preemptible: bool = True) -> bool:
+        """Collective, after a step: True on every rank once any rank has a signal or is past its deadline (and the
+        run is `preemptible`: not at its last step), so all stop after the same step. A record rank 0 could not
+        write (`unwritten`: RunLog.problem, Checkpointer.problem) is agreed on in the same all-reduce, and raised
+        by every rank, rank 0's line naming the file."""
+        self.why = None if not preemptible else (
+            f"signal {signal.Signals(self.received).name} received" if self.received is not None else
+            f"train.exit_duration_minutes={self.minutes} reached"
+            if self.deadline is not None and time.time() >= self.deadline else None)
+        problem = first_unwritten(*unwritten)
+        failed, stop = any_ranks([problem is not None, self.why is not None], self.device)
+        if failed:
+            raise unwritten_error(problem)
+        return stop
 
-    def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str) -> None:
-        """After the save: mark run_dir PREEMPTED (the requeued job continues it), say so, wait for every rank."""
+    def stop(self, log: RunLog, run_dir: str, is_logger: bool, saved: str, *unwritten: Optional[StorageError]) -> None:
+        """After the save: mark run_dir PREEMPTED (the requeued job continues it), say so, wait for every rank. A
+        record of the save (`unwritten`) or the marker that rank 0 could not write stops every rank in one line."""
         log.close()
-        if is_logger:
-            open(os.path.join(run_dir, PREEMPTED), "w").close()
-            # the reason found when the ranks agreed: a signal or deadline that comes during the save is not it
-            print(f"megagpt: {self.why or 'another rank was signalled'}; saved {saved} and stopped", flush=True)
-        dist.barrier()
+        marker = os.path.join(run_dir, PREEMPTED)
+        problem = first_unwritten(log.problem, *unwritten)
+        if is_logger and problem is None:
+            try:
+                with writing(marker):
+                    open(marker, "w").close()
+            except StorageError as exc:
+                problem = on_every_rank(StorageError(f"saved {saved}, but {exc} (a requeued job would not know to "
+                                                     f"continue it)"))
+            else:
+                # the reason found when the ranks agreed: a signal or deadline that comes during the save is not it
+                print(f"megagpt: {self.why or 'another rank was signalled'}; saved {saved} and stopped", flush=True)
+        stop_if_unwritten(self.device, problem)  # and every rank waits for the marker
 
 
 def keep_records_through(run_dir: str, step: int) -> None:
@@ -159,18 +178,23 @@ def keep_records_through(run_dir: str, step: int) -> None:
             continue
         with open(path) as f:
             kept = [line for line in f if step and line.strip() and json.loads(line)["step"] <= step]
-        with open(path, "w") as f:
+        with writing(path), open(path, "w") as f:
             f.writelines(kept)
 
 
 def open_run_dir(cfg: Config, step: int) -> None:
-    """On rank 0 as a run starts or resumes at `step`: its config, its records through `step`, no stale marker."""
-    os.makedirs(cfg.run.dir, exist_ok=True)
-    with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    """On rank 0 as a run starts or resumes at `step`: its config, its records through `step`, no stale marker.
+    Raises StorageError naming the file it could not write (the caller has the ranks agree on it)."""
+    config = os.path.join(cfg.run.dir, "config.yaml")
+    with writing(config):
+        os.makedirs(cfg.run.dir, exist_ok=True)
+        with open(config, "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
     keep_records_through(cfg.run.dir, step)
-    if os.path.exists(os.path.join(cfg.run.dir, PREEMPTED)):
-        os.remove(os.path.join(cfg.run.dir, PREEMPTED))
+    marker = os.path.join(cfg.run.dir, PREEMPTED)
+    if os.path.exists(marker):
+        with writing(marker):
+            os.remove(marker)
 
 
 def preflight_pretrain(cfg: Config) -> None:
@@ -215,11 +239,17 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
     if state.step == 0 and init_from is not None:
         checkpointer.load_weights(init_from, task.new_parameters, task.grown_vocab)
     is_logger = dist.get_rank() == 0
+    problem = None
     if is_logger:
-        open_run_dir(cfg, state.step)
-        if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
-            note_epochs(cfg.run.dir, train_ds, state.step)
-            note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
+        try:
+            open_run_dir(cfg, state.step)
+            if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
+                note_epochs(cfg.run.dir, train_ds, state.step)
+                note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
+        except StorageError as exc:  # raised by rank 0 alone, it left the others with tracebacks of a closed connection
+            problem = exc
+    stop_if_unwritten(device, problem)
+    if is_logger:
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "
                   f"{state.consumed_tokens} tokens consumed)", flush=True)
@@ -279,13 +309,15 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
                                           record["grad_norm"]}, checkpointer.root)
             if eval_samples and (step % t.eval_interval == 0 or step == t.steps):
                 held_out(step)
-            stop_if_unwritten(device, log.problem, checkpointer.problem)  # before a save: rank 0's records so far
+            # before a save: rank 0's records so far, and whether to stop early, in one collective
+            stopping = preemption.agreed(log.problem, checkpointer.problem, preemptible=step < t.steps)
             if step == t.steps and task.finish is not None:
                 finished = task.finish(engine, pc, cfg)
-            if step < t.steps and preemption.agreed():
+            if stopping:
                 profiler.close()  # the steps it profiled, not the save
                 checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))
-                preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}")
+                preemption.stop(log, cfg.run.dir, is_logger, f"step {step} to {checkpointer.root}",
+                                checkpointer.problem)
                 return
             if t.save_interval and (step % t.save_interval == 0 or step == t.steps):
                 checkpointer.save(TrainState(step, consumed_samples, consumed_tokens))

@@ -73,6 +73,8 @@ def note_schedule(run_dir: str, lr_at: CosineLR, resumed_at: int, consumed_token
     import os
     import sys
 
+    from megagpt.files import writing
+
     path = os.path.join(run_dir, "lr_schedule.json")
     try:
         with open(path) as f:
@@ -85,6 +87,7 @@ def note_schedule(run_dir: str, lr_at: CosineLR, resumed_at: int, consumed_token
               f"is unset, so train.steps sets it): the lr at step {resumed_at + 1} is {lr_at(consumed_tokens):.3g} "
               f"where the run was heading for {then(consumed_tokens):.3g}; a run meant to be extended sets "
               f"optim.decay_tokens from its start", file=sys.stderr, flush=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"decay_tokens": lr_at.decay_tokens, "warmup_tokens": lr_at.warmup_tokens}, f)
-    os.replace(path + ".tmp", path)
+    with writing(path, path + ".tmp"):
+        with open(path + ".tmp", "w") as f:
+            json.dump({"decay_tokens": lr_at.decay_tokens, "warmup_tokens": lr_at.warmup_tokens}, f)
+        os.replace(path + ".tmp", path)

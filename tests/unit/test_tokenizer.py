@@ -158,3 +158,26 @@ def test_a_directory_export_hf_wrote_is_a_tokenizer(tmp_path):
     tok.save(str(tmp_path / "hf" / "tokenizer.json"))
     loaded = Tokenizer.load(str(tmp_path / "hf"))
     assert loaded.encode("hello world") == tok.encode("hello world") and loaded.fingerprint == tok.fingerprint
+
+
+def test_a_full_disk_while_the_run_keeps_its_tokenizer_is_one_line(tmp_path, monkeypatch):
+    """shutil.copyfile's sendfile error names the source and the target: it was taken for a failed read of the
+    tokenizer and raised as a traceback."""
+    import errno
+    import shutil
+
+    from megagpt.config import ConfigError
+    from megagpt.data.tokenizer import keep_tokenizer
+
+    source = tmp_path / "tokenizer.json"
+    source.write_text("{}")
+
+    def full(src, dst):
+        raise OSError(errno.EFBIG, "File too large", src, None, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError) as caught:
+        keep_tokenizer(str(source), str(run_dir))
+    assert str(caught.value) == f"run.dir={str(run_dir)!r} cannot be written (File too large)"
+    assert list(run_dir.iterdir()) == []
