@@ -2,7 +2,7 @@
 
 On a GPU these element-wise passes over every parameter are memory-bound: each byte per parameter costs
 about a millisecond a step at gpt3-xl's 1.3B parameters on an H100 (`benchmarks/optimizer_step.py` counts
-them). Both replacements compute what DeepSpeed computes, bitwise (tests/distributed/test_gradient_reduction.py).
+them). Each replacement computes what DeepSpeed computes, bitwise (tests/distributed/test_gradient_reduction.py).
 """
 
 from __future__ import annotations
@@ -62,3 +62,20 @@ def accumulate_without_a_copy(optimizer) -> None:
             lp.grad.zero_()
 
     optimizer._update_hp_grad = update
+
+
+def zero_sums_once(optimizer) -> None:
+    """BF16_Optimizer zeroes its fp32 sums as its step ends, and DeepSpeed's engine has it zero them again just
+    after (engine.zero_grad): 4 bytes per parameter a step for nothing. The second call finds no gradient added
+    since (BF16_Optimizer's own per-parameter flags say so) and leaves the zeros as they are."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if not isinstance(optimizer, BF16_Optimizer):
+        return
+    theirs = optimizer.clear_hp_grads
+
+    def clear():
+        if any(any(group) for group in optimizer.fp32_groups_has_gradients):
+            theirs()
+
+    optimizer.clear_hp_grads = clear

@@ -36,7 +36,7 @@ from megagpt.model.block import FinalNorm, TransformerBlock
 from megagpt.model.embedding import Embedding, head_forward
 from megagpt.model.gpt import GPT, lm_loss
 from megagpt.model.layers import LayerContext
-from megagpt.parallel.gradients import accumulate_without_a_copy, reduce_gradients_in_place
+from megagpt.parallel.gradients import accumulate_without_a_copy, reduce_gradients_in_place, zero_sums_once
 from megagpt.parallel.rng import RNGStreams
 from megagpt.parallel.topology import ParallelContext
 from megagpt.train.optimizer import adamw, deepspeed_config, own_clipping
@@ -174,6 +174,7 @@ def apply_deepspeed(model: nn.Module, cfg: Config, pc: ParallelContext, global_b
             optimizer.report_to = engine.optimizer
     reduce_gradients_in_place(engine, pc)
     accumulate_without_a_copy(engine.optimizer)
+    zero_sums_once(engine.optimizer)
     return engine
 
 

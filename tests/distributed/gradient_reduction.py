@@ -1,5 +1,6 @@
 """Worker for test_gradient_reduction: megagpt's gradient passes (megagpt.parallel.gradients) against DeepSpeed's
-own, each from the same inputs: two micro-batches summed into BF16_Optimizer's fp32 buffers, then the DP reduction.
+own, each from the same inputs: two micro-batches summed into BF16_Optimizer's fp32 buffers, then the DP reduction;
+then a whole step, which zeroes the sums once.
 
     python -m torch.distributed.run --nproc_per_node N -m tests.distributed.gradient_reduction OUT key=value ...
 
@@ -13,12 +14,23 @@ import types
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from megagpt.config import load_config
 from megagpt.model.gpt import lm_loss
 from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import build_parallel_context
+
+
+class ZeroCount(TorchDispatchMode):
+    def __enter__(self):
+        self.count = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten.zero_.default
+        return func(*args, **(kwargs or {}))
 
 
 def main(out: str, overrides: list[str]) -> None:
@@ -57,6 +69,11 @@ def main(out: str, overrides: list[str]) -> None:
               "ours_equal_deepspeed": all(torch.equal(a, f) for a, f in zip(ours, flats)),
               "ours_unchanged": all(torch.equal(a, g) for a, g in zip(ours, local)),
               "deepspeed_unchanged": all(torch.equal(f, g) for f, g in zip(flats, local))}
+    engine.set_gradient_accumulation_boundary(True)  # a whole step: its sums are zeroed once (zero_sums_once)
+    engine.backward(lm_loss(engine(batches[0][:, :-1]), (batches[0][:, 1:], torch.ones(b, cfg.model.seq_length))))
+    with ZeroCount() as zeroes:
+        engine.step()
+    record["step_zeroes_sums"] = zeroes.count == len(flats) and all(not f.any() for f in flats)
     with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(record, f)
     dist.barrier()
