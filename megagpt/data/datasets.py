@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import torch
 
 from megagpt.config import Config, ConfigError
-from megagpt.errors import DataError, StorageError, on_every_rank
+from megagpt.errors import DataError, MegagptError, StorageError, on_every_rank
 from megagpt.files import STORAGE_ERRNOS, same_shard_twice, writing
 
 
@@ -87,10 +87,11 @@ def check_split_sizes(split: str, prefixes: list[str]) -> None:
 
 
 def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int = 0):
-    """(train, valid) GPTDatasets. Rank 0 builds first and writes the index cache, alone; then every rank builds
-    (from the cache). A cache rank 0 cannot write is one line naming it, raised by every rank alike: megatron-core's
-    own rank-0-first build raised "Failed to write dataset materials..." on rank 0 and left the other ranks at a
-    barrier, each with a traceback of a closed connection. A cache already built needs no write (read-only is fine)."""
+    """(train, valid) GPTDatasets. Rank 0 builds first and writes the index cache, alone; then every other rank reads
+    it, alone too. After each phase the ranks agree on what failed, so a failure is one line every rank raises:
+    megatron-core's own rank-0-first build raised "Failed to write dataset materials..." on rank 0, or a
+    FileNotFoundError on a rank whose node did not see rank 0's files, and left the others at a barrier, each with
+    a traceback of a closed connection. A cache already built needs no write (read-only is fine)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
@@ -115,27 +116,99 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
         with cache_written(cache):
             drop_damaged_indices(cache)
             return build()
+    built = _built_on_rank_0(build, cache)
+    if dist.get_world_size() == 1:
+        return built
+    return _read_elsewhere(build, cache, built)
+
+
+def _built_on_rank_0(build, cache: str):
+    """Rank 0's datasets, built as megatron-core's writer before anyone reads (None on the other ranks)."""
+    import torch.distributed as dist
+
     failure, built = None, None
-    if dist.get_rank() == 0:  # megatron-core's writer, before it writes or reads
+    if dist.get_rank() == 0:
         try:
             with cache_written(cache), _as_one_process():
                 drop_damaged_indices(cache)
                 built = build()
         except Exception as exc:  # whatever it is, the other ranks must hear of it rather than wait
             failure = exc
-    said = [None] * dist.get_world_size()
-    dist.all_gather_object(said, None if failure is None else str(failure) if isinstance(failure, StorageError)
-                           else "")
-    if failure is not None:
-        if isinstance(failure, StorageError):
-            raise on_every_rank(failure)
-        raise failure  # a bug: its traceback, on rank 0; the other ranks stop without one
-    if said[0] is not None:
-        raise on_every_rank(StorageError(said[0]) if said[0] else
+    failed = _agree(failure, lambda exc: str(exc) if isinstance(exc, StorageError) else None)
+    if failed:
+        raise on_every_rank(StorageError(failed[0]) if failed[0] is not None else
                             DataError("rank 0 could not build the datasets (its error says why)"))
-    if dist.get_world_size() == 1:
-        return built
-    return build()  # every rank, rank 0 too (megatron-core's barriers), from the cache rank 0 wrote
+    return built
+
+
+def _read_elsewhere(build, cache: str, built):
+    """Every rank's datasets: rank 0 has its own; the others read the cache it wrote, each alone, and a rank that
+    cannot (its node does not see rank 0's files yet, or sees one cut short) stops every rank."""
+    import torch.distributed as dist
+
+    failure = None
+    if dist.get_rank() != 0:
+        try:
+            with _reading_alone():
+                built = build()
+        except Exception as exc:  # as on rank 0: the others must hear of it rather than wait
+            failure = exc
+    failed = _agree(failure, lambda exc: _unread(exc, cache))
+    if failed:
+        raise on_every_rank(_unreadable(cache, failed))
+    return built
+
+
+def _agree(failure: Optional[Exception], reason) -> dict:
+    """{rank: reason(its error)} of the ranks that failed, the same on every rank (a collective every rank reaches).
+    reason() is None for a bug, which its own rank raises here with its traceback."""
+    import torch.distributed as dist
+
+    mine = None if failure is None else [reason(failure)]
+    said = [None] * dist.get_world_size()
+    dist.all_gather_object(said, mine)
+    if mine is not None and mine[0] is None:
+        raise failure
+    return {rank: s[0] for rank, s in enumerate(said) if s is not None}
+
+
+def _unread(exc: Exception, cache: str) -> Optional[tuple[Optional[str], str]]:
+    """(the file, why) where a rank could not read what rank 0 built from; None for a bug."""
+    if isinstance(exc, OSError):
+        return os.path.abspath(exc.filename) if isinstance(exc.filename, str) else None, exc.strerror or str(exc)
+    # numpy maps a .npy shorter than its header says with a ValueError: whole on rank 0, cut short as seen here
+    try:
+        damaged = damaged_indices(cache) if isinstance(exc, (ValueError, EOFError)) else []
+    except OSError:  # the cache cannot be listed: the ValueError came from elsewhere
+        damaged = []
+    return (os.path.join(cache, damaged[0]), f"cut short here, {exc}") if damaged else None
+
+
+def _unreadable(cache: str, failed: dict) -> MegagptError:
+    """One line for the ranks that could not read what rank 0 built from: the cache rank 0 wrote, or a shard."""
+    bugs = sorted(rank for rank, said in failed.items() if said is None)
+    if bugs:
+        whose = "its error says" if len(bugs) == 1 else "their errors say"
+        return DataError(f"{_ranks(bugs)} could not build the datasets ({whose} why)")
+    first = min(failed)
+    path, why = failed[first]
+    if len(failed) > 1:
+        why = f"rank {first}: {why}"
+    if path is None or _within(path, cache):
+        named = f": {os.path.basename(path)}" if path is not None else ""
+        return DataError(f"{_ranks(sorted(failed))} cannot read the sample index cache {cache} that rank 0 wrote "
+                         f"({why}{named}): give data.cache_dir a directory every node sees")
+    return DataError(f"{_ranks(sorted(failed))} cannot read {path}, which rank 0 read ({why}): every node must see "
+                     f"the data at the same path")
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+def _within(path: str, top: str) -> bool:
+    path, top = os.path.abspath(path), os.path.abspath(top)
+    return path == top or path.startswith(top + os.sep)
 
 
 @contextmanager
@@ -146,6 +219,20 @@ def _as_one_process():
     import torch.distributed as dist
 
     with mock.patch.object(dist, "is_initialized", lambda: False):
+        yield
+
+
+@contextmanager
+def _reading_alone():
+    """megatron-core's dataset builder on a rank other than 0, its barriers (which hold that rank until rank 0 has
+    built) made no-ops: rank 0 has built already. Not _as_one_process: a rank that thinks it is alone builds a
+    missing index and writes it into the directory the others read; one that knows its rank only reads, and a
+    missing file is an error (GPTDataset._build_document_sample_shuffle_indices, BlendedDataset._build_indices)."""
+    from unittest import mock
+
+    import torch.distributed as dist
+
+    with mock.patch.object(dist, "barrier", lambda *args, **kwargs: None):
         yield
 
 
@@ -176,23 +263,28 @@ def drop_damaged_indices(cache: str) -> None:
     index (one hash) are removed, with a line saying so; megatron-core builds them again."""
     import sys
 
-    import numpy as np
-
-    if not os.path.isdir(cache):
-        return
-    damaged = set()
-    for name in sorted(os.listdir(cache)):
-        if name.endswith(".npy"):
-            try:
-                np.load(os.path.join(cache, name), mmap_mode="r")
-            except (ValueError, OSError, EOFError):
-                damaged.add(name.split("-")[0])
-    for key in sorted(damaged):
+    for key in sorted({name.split("-")[0] for name in damaged_indices(cache)}):
         for name in os.listdir(cache):
             if name.startswith(key + "-"):
                 os.remove(os.path.join(cache, name))
         print(f"megagpt: {cache}: the sample index {key} was damaged (a run stopped while writing it?): "
               f"it is built again", file=sys.stderr, flush=True)
+
+
+def damaged_indices(cache: str) -> list[str]:
+    """The .npy files in `cache` that numpy cannot map (cut short, or unreadable)."""
+    import numpy as np
+
+    if not os.path.isdir(cache):
+        return []
+    damaged = []
+    for name in sorted(os.listdir(cache)):
+        if name.endswith(".npy"):
+            try:
+                np.load(os.path.join(cache, name), mmap_mode="r")
+            except (ValueError, OSError, EOFError):
+                damaged.append(name)
+    return damaged
 
 
 def epoch_layout(d) -> dict:

@@ -4,10 +4,11 @@ An iteration's prompts are rlhf.rollout_batch_size consecutive samples of a seed
 per-epoch shuffled stream over the prompt file, so iteration i always gets the same
 prompts. Each actor DP rank samples a contiguous share; row j of the batch draws from
 its own generator seeded by (train.seed, iteration, j), so the rollout is the same at
-every layout. A rank's prompts are sampled as one batch with the KV cache, left-padded
-to the longest (the cache hides each row's padding). A rollout is packed as one (N, L + 2) long
-tensor: the tokens, right-padded with eod to L = longest prompt + max_new_tokens, then
-each row's prompt and response lengths.
+every layout; each use of randomness hashes its seed in a domain of its own (`stream_seed`),
+so the mini-batch shuffle never replays a row's stream. A rank's prompts are sampled as
+one batch with the KV cache, left-padded to the longest (the cache hides each row's
+padding). A rollout is packed as one (N, L + 2) long tensor: the tokens, right-padded
+with eod to L = longest prompt + max_new_tokens, then each row's prompt and response lengths.
 
 `Exchange` moves a role's result to the roles that need it: a broadcast from the
 source role's leader on a group of just those ranks, made once at start-up. Colocated,
@@ -16,6 +17,7 @@ every rank already holds everything and nothing moves.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Optional
 
 import torch
@@ -36,8 +38,23 @@ def iteration_prompts(prompts: list[list[int]], iteration: int, n: int, seed: in
     return [epoch_item(prompts, (iteration - 1) * n + j, seed) for j in range(n)]
 
 
+def stream_seed(purpose: str, seed: int, iteration: int, index: int) -> int:
+    """The 63-bit seed of one random stream: `purpose` is blake2b's personalisation, so each use has a domain
+    of its own. Arithmetic in one domain let uses meet: with (seed*P + iteration)*P + index, the shuffle's
+    index 10^6 + epoch at iteration i was row epoch - 3's seed at iteration i + 1."""
+    key = f"{seed}/{iteration}/{index}".encode()
+    digest = hashlib.blake2b(key, digest_size=8, person=purpose.encode()).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 def row_seed(seed: int, iteration: int, row: int) -> int:
-    return ((seed * 1_000_003 + iteration) * 1_000_003 + row) % (2**63)
+    """Row `row` of iteration `iteration`'s rollout: independent of which rank samples it."""
+    return stream_seed("rollout", seed, iteration, row)
+
+
+def shuffle_seed(seed: int, iteration: int, epoch: int) -> int:
+    """The order of the rollout's rows in PPO epoch `epoch` of iteration `iteration`."""
+    return stream_seed("minibatches", seed, iteration, epoch)
 
 
 def share(n: int, pc) -> slice:

@@ -36,7 +36,7 @@ from megagpt.rlhf import ppo as math
 from megagpt.rlhf.checkpoint import PPOCheckpointer, PPOState
 from megagpt.rlhf.layout import ROLES, RoleGroups, parse_layout
 from megagpt.rlhf.roles import Role, build_role, policy_logprobs, sequence_scores, state_values
-from megagpt.rlhf.rollout import Exchange, gather_rows, iteration_prompts, row_seed, sample_rows, share, unpack
+from megagpt.rlhf.rollout import Exchange, gather_rows, iteration_prompts, sample_rows, share, shuffle_seed, unpack
 
 PPO_POSTFIX = (("reward", "reward", ".3f"), ("kl", "kl", ".3f"), ("samples_s", "samples_per_s", ".1f"))
 
@@ -139,7 +139,7 @@ class Iteration:
         n, r = self.r.rollout_batch_size, self.r
         size = n // r.mini_batches
         for epoch in range(r.ppo_epochs):
-            seed = row_seed(self.cfg.train.seed, iteration, 1_000_000 + epoch)
+            seed = shuffle_seed(self.cfg.train.seed, iteration, epoch)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(self.device)
             for m in range(r.mini_batches):
                 rows = order[m * size:(m + 1) * size][share(size, role.pc)]

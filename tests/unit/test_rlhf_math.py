@@ -10,6 +10,7 @@ from megagpt.errors import ConfigError, DataError
 from megagpt.rlhf import ppo
 from megagpt.rlhf.data import read_comparisons, read_prompts
 from megagpt.rlhf.reward import rm_loss
+from megagpt.rlhf.rollout import row_seed, shuffle_seed
 
 
 def test_rm_loss_for_k4_equals_the_hand_computed_value():
@@ -91,6 +92,17 @@ def test_gamma_zero_drops_the_ptx_term():
     policy, ptx = torch.tensor(0.3), torch.tensor(5.0)
     assert ppo.actor_loss(policy, ptx, 0.0) is policy
     assert ppo.actor_loss(policy, ptx, 27.8).item() == pytest.approx(0.3 + 27.8 * 5.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1234, 2**62])
+def test_the_mini_batch_shuffle_never_reuses_a_rollout_rows_seed(seed):
+    """Seeded in one arithmetic domain, the shuffle of (iteration, epoch) drew row epoch - 3's stream of
+    iteration + 1 once rlhf.ppo_epochs >= 4."""
+    shuffles = {shuffle_seed(seed, i, e) for i in range(1, 4) for e in range(8)}
+    rows = {row_seed(seed, i, r) for i in range(1, 5) for r in range(64)}
+    assert len(shuffles) == 3 * 8 and len(rows) == 4 * 64
+    assert shuffles.isdisjoint(rows)
+    assert all(0 <= s < 2**63 for s in shuffles | rows)  # torch.Generator.manual_seed takes them as they are
 
 
 def test_adaptive_beta_moves_towards_the_target_and_fixed_beta_stays():
