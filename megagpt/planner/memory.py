@@ -12,9 +12,7 @@ with weight decay and vectors without, in registration order; d = data parallel 
                bf16 at pp > 1 (DeepSpeed's pipeline takes BF16_Optimizer there): ZeRO 1's weights and
                optimizer (the master copy and moments are partitioned over DP), and gradients
                e·d·Σ_g P_g (the padded flat accumulation buffer: megagpt has each parameter's bf16 gradient
-               added to it and dropped as backward produces it, bf16.immediate_grad_update);
-               (checked by hand at pp = 2, dp = 2: weights and optimizer to the byte, gradients but for the
-               last stage's copy of the position embeddings, unused there, which gets none: s·h·e less)
+               added to it and dropped as backward produces it, bf16.immediate_grad_update)
     ZeRO 1/2   weights    e·d·Σ_g P_g + 4·Σ_g P_g  the model, whose parameters are views of each group
                                                    flattened and padded to a multiple of 2d, plus the
                                                    fp32 master copy of this rank's partition
@@ -25,7 +23,9 @@ with weight decay and vectors without, in registration order; d = data parallel 
                           ZeRO 2: e·Σ whole tensors that overlap this rank's partition
                bf16 (gradients summed over micro-batches in fp32, megagpt.train.optimizer): ZeRO 1 steps
                BF16_Optimizer, whose gradients are 4·d·Σ_g P_g (the fp32 accumulation buffer of the whole
-               padded groups; each parameter's bf16 gradient is added and dropped as backward produces it);
+               padded groups; each parameter's bf16 gradient is added and dropped as backward produces it),
+               and at pp = 1 the tied embedding's bf16 gradient, V·h·e/t: the head's part waits in autograd
+               from the first op of the backward to the last (the embedding's), when it is added;
                ZeRO 2 keeps 4·Σ_g P_g, this rank's fp32 partition; ZeRO 3 4·Σ_p ceil(n_p/d)
     ZeRO 3     weights    e·Σ_p ceil(n_p/d) + e·Σ_{n_p ≤ 1e5} ceil(n_p/d)·d + 4·Σ_p ceil(n_p/d)
                                                    the partitions, the small tensors every rank keeps
@@ -155,7 +155,7 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
         if bf16_optimizer(layout, precision):  # the flat buffer each gradient is added to as it comes: in fp32 at
             accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
-            grads = accumulate * d * sum(partitions)
+            grads = accumulate * d * sum(partitions) + tied_gradient_in_flight(tensors, layout, precision)
         elif layout.zero_stage == 1:  # bf16 offloaded: ZeRO 1's own optimizer sums into an fp32 copy of each
             grads = phi * e + (4 * phi if precision == "bf16" else 0)  # gradient (read from DeepSpeed, untested)
         elif precision == "bf16" and not layout.offload_optimizer:  # fp32 accumulation: this rank's partition
@@ -168,6 +168,15 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     if layout.offload_optimizer:  # master, moments and an fp32 gradient partition live in CPU memory
         return ModelStates(model, grads, 0, cpu + master + moments + master, buffers)
     return ModelStates(model + master, grads, moments, cpu, buffers)
+
+
+def tied_gradient_in_flight(tensors: list[tuple[int, int]], layout: Layout, precision: str) -> int:
+    """Bytes of BF16_Optimizer's one bf16 gradient alive through the backward: at pp = 1 the head is the embedding,
+    whose gradient autograd holds from the head's backward (the first) until the embedding's (the last), and only
+    then adds to the fp32 sum. At pp > 1 each copy gets its gradient in one go. Not held after the backward."""
+    if not bf16_optimizer(layout, precision) or layout.pp > 1:
+        return 0
+    return BYTES[precision] * tensors[0][0]  # rank_tensors: the word embedding first
 
 
 def bf16_optimizer(layout: Layout, precision: str) -> bool:
