@@ -1,4 +1,4 @@
-"""Pretraining throughput: tokens/s, MFU and peak memory, megagpt against a plain PyTorch loop.
+"""Pretraining throughput: tokens/s, MFU and peak GPU memory, megagpt against a plain PyTorch loop.
 
     python benchmarks/pretrain_throughput.py [--device cpu|cuda] [--config PATH] [--compile] [key=value ...]
     python benchmarks/pretrain_throughput.py --device cuda --config configs/model/gpt3-xl.yaml
@@ -244,6 +244,8 @@ def main() -> None:
     overrides = [*bench_shape(cfg0, args.device, args.steps), *args.overrides, f"data.prefixes=[{prefix}]",
                  f"data.cache_dir={work}/cache", f"run.device={args.device}", "run.tensorboard=false"]
     cfg = load_config(args.config, overrides)
+    if cfg.train.steps <= args.skip_steps:  # else the median has no steps, found after every run
+        parser.error(f"train.steps={cfg.train.steps} leaves no step after --skip-steps {args.skip_steps}")
     if args.profile:  # one step more, profiled: the runs time the same steps as without --profile
         last = cfg.train.steps + 1
         overrides += [f"train.steps={last}", f"train.profile_steps=[{last},{last}]"]
@@ -285,7 +287,8 @@ def main() -> None:
             first_loss[name], peak[name] = run[1], max(peak.get(name, 0.0), run[2])
             if run[3]:
                 ops[name] = run[3]
-            print(f"{name}: step times {' '.join(f'{t:.3f}' for t in run[0])} s, peak {run[2]:.1f} GiB "
+            memory = f", peak {run[2]:.1f} GiB" if args.device == "cuda" else ""
+            print(f"{name}: step times {' '.join(f'{t:.3f}' for t in run[0])} s{memory} "
                   f"({time.perf_counter() - begin:.0f} s with start-up)", file=sys.stderr, flush=True)
     rows = [row for row in rows if row[0] not in failed]
 
@@ -309,7 +312,8 @@ def main() -> None:
         tps = results[name]
         mfu = tps * flops / peak_flops  # dense FLOPs: the alternating row's MFU is on the same count
         baseline = "plain compiled" if "compiled" in name and "plain compiled" in results else "plain eager"
-        print(f"{name:<32}{tokens_per_step / tps:>17.4f}{tps:>12.0f}{mfu:>8.1%}{peak[name]:>10.1f}"
+        memory = f"{peak[name]:>10.1f}" if args.device == "cuda" else f"{'-':>10}"  # CPU memory is not measured
+        print(f"{name:<32}{tokens_per_step / tps:>17.4f}{tps:>12.0f}{mfu:>8.1%}{memory}"
               f"{tps / results.get(baseline, float('nan')):>10.3f}")
     for name, reason in failed.items():
         print(f"{name:<32}FAILED {reason}")
