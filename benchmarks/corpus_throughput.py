@@ -128,7 +128,7 @@ def main() -> None:
         else:
             print(f"datatrove run failed:\n{proc.stderr[-2000:]}")
     print(f"\ncrawl: {records} records in 8 .warc.gz files, {mb:.1f} MB compressed; one core per system")
-    print(f"{'stage':<48}{'megagpt docs/s':>16}{'datatrove docs/s':>18}{'ratio':>8}")
+    print(f"{'stage':<54}{'megagpt docs/s':>16}{'datatrove docs/s':>18}{'ratio':>8}")
     if peer:
         p = peer["seconds"]
         peer_minhash = sum(v for k, v in p.items() if k.startswith("minhash"))
@@ -139,25 +139,25 @@ def main() -> None:
         peer_recall, peer_pairs = recall(truth.near_pairs, base_ids, set(peer["removed_ids"]))
     for name, sec in stage_rows:
         if peer and name.startswith("MinHash"):
-            print(f"{name:<48}{records / sec:>16.0f}{records / peer_minhash:>18.0f}{peer_minhash / sec:>8.1f}")
+            print(f"{name:<54}{records / sec:>16.0f}{records / peer_minhash:>18.0f}{peer_minhash / sec:>8.1f}")
         else:
-            print(f"{name:<48}{records / sec:>16.0f}")
+            print(f"{name:<54}{records / sec:>16.0f}")
     if peer:
         first = stage_rows[0][1] + stage_rows[1][1] + stage_rows[2][1]
-        print(f"{'read+extract+langid+filters (datatrove: one pipeline)':<48}"
+        print(f"{'read+extract+langid+filters (datatrove: one pipeline)':<54}"
               f"{records / first:>16.0f}{records / p['extract+langid+filters']:>18.0f}"
               f"{p['extract+langid+filters'] / first:>8.1f}")
-        print(f"{'end to end (read .. dedup filter)':<48}{records / ours_e2e:>16.0f}{records / peer_e2e:>18.0f}"
+        print(f"{'end to end (read .. dedup filter)':<54}{records / ours_e2e:>16.0f}{records / peer_e2e:>18.0f}"
               f"{peer_e2e / ours_e2e:>8.1f}")
-        print(f"{'end to end MB/s':<48}{mb / ours_e2e:>16.2f}{mb / peer_e2e:>18.2f}")
-        print(f"{'end to end (read .. tokenize; tokenizer given)':<48}{records / (ours_e2e + ours_tokenize):>16.0f}"
+        print(f"{'end to end MB/s':<54}{mb / ours_e2e:>16.2f}{mb / peer_e2e:>18.2f}")
+        print(f"{'end to end (read .. tokenize; tokenizer given)':<54}{records / (ours_e2e + ours_tokenize):>16.0f}"
               f"{records / (peer_e2e + p['tokenize']):>18.0f}{(peer_e2e + p['tokenize']) / (ours_e2e + ours_tokenize):>8.1f}")
         print(f"near-duplicate recall (J >= 0.8): megagpt {ours_recall:.3f} over {ours_pairs} pairs, "
               f"datatrove {peer_recall:.3f} over {peer_pairs} pairs")
     else:
-        print(f"{'end to end (read .. dedup filter)':<48}{records / ours_e2e:>16.0f}")
-        print(f"{'end to end MB/s':<48}{mb / ours_e2e:>16.2f}")
-        print(f"{'end to end (read .. tokenize; tokenizer given)':<48}{records / (ours_e2e + ours_tokenize):>16.0f}")
+        print(f"{'end to end (read .. dedup filter)':<54}{records / ours_e2e:>16.0f}")
+        print(f"{'end to end MB/s':<54}{mb / ours_e2e:>16.2f}")
+        print(f"{'end to end (read .. tokenize; tokenizer given)':<54}{records / (ours_e2e + ours_tokenize):>16.0f}")
         print(f"near-duplicate recall (J >= 0.8): megagpt {ours_recall:.3f} over {ours_pairs} pairs; "
               f"datatrove not run (install benchmarks/requirements-peers.txt into {args.peer_python})")
     stage_rate, bare_rate = ours["tokens"] / ours["tokenize_best"], ours["bare_tokens"] / ours["encode_batch_best"]
