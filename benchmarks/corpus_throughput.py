@@ -19,9 +19,11 @@ near-duplicate pairs with 5-gram Jaccard >= 0.8.
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,11 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=8000, help="English originals (the plant adds ~42%%)")
     parser.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peers", "bin", "python"))
-    parser.add_argument("--work", default=None)
+    parser.add_argument("--work", help="where to put the crawl and both runs, kept (default: a temporary dir)")
     args = parser.parse_args()
     if args.work and os.path.exists(args.work) and os.listdir(args.work):
         sys.exit(f"--work {args.work} is not empty: both pipelines would resume and skip the finished work")
     work = args.work or tempfile.mkdtemp(prefix="megagpt-corpus-bench-")
+    if not args.work:  # the crawl and both systems' outputs; --work keeps them
+        atexit.register(shutil.rmtree, work, True)
     crawl = os.path.join(work, "crawl")
     truth = write_crawl(crawl, files=8, pages=args.pages, truncate_last=False)
     records = len(truth.english) + len(truth.exact_pairs) + len(truth.near_pairs) + len(truth.foreign) + \

@@ -21,10 +21,12 @@ bf16 figure, on CPU the best fp32 matmul rate measured here.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -246,6 +248,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     work = tempfile.mkdtemp(prefix="megagpt-bench-")
+    atexit.register(shutil.rmtree, work, True)  # each run's data cache and run dirs, whatever way the script ends
     cfg0 = load_config(args.config, args.overrides)
     prefix = build_demo_shard(os.path.join(REPO, "runs", "bench-data"), cfg0.model.vocab_size)
     overrides = [*bench_shape(cfg0, args.device, args.steps), *args.overrides, f"data.prefixes=[{prefix}]",
