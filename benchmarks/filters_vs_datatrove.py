@@ -6,8 +6,8 @@
 Pages: data_pipeline.page_kinds (prose, lists, code, keyword spam, boilerplate, and pages mixing
 them). datatrove runs in its own venv (benchmarks/datatrove_filters.py). Prints, per kind, how
 often the two agree on keep/drop and what each keeps, then each filter's time per page on one
-core; without that venv, megagpt's side alone. --record writes datatrove's decisions for tests/unit/test_filters.py, which checks the
-agreement without datatrove installed.
+core; without that venv, megagpt's side alone. --record writes datatrove's decisions for
+tests/unit/test_filters.py, which checks the agreement without datatrove installed.
 """
 
 from __future__ import annotations

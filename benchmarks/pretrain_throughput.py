@@ -14,8 +14,8 @@ compared. --profile adds one step at the end, profiled (torch.profiler, left out
 timings), and lists the ops and kernels whose time per step differs most between megagpt and
 the plain loop (eager against eager, compiled against compiled). MFU uses
 megagpt.planner.training_flops_per_token of the dense model in every row (6 FLOPs per matmul
-weight per token, output head included, plus 12*h*T per layer for attention) over the peak: on GPU the card's dense
-bf16 figure, on CPU the best fp32 matmul rate measured here.
+weight per token, output head included, plus 12*h*T per layer for attention) over the peak:
+on GPU the card's dense bf16 figure, on CPU the best fp32 matmul rate measured here.
 """
 
 from __future__ import annotations
