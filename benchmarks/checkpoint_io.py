@@ -6,7 +6,8 @@
 Trains `2 * every` steps saving every `every` (so two saves), then resumes the run at
 the same layout (DeepSpeed's per-rank load) and, with --reshape-to, at another one
 (the layout-free load). Seconds come from <run.dir>/checkpoint_io.jsonl, which the
-trainer writes around each save and load (barrier to barrier, checksums included);
+trainer writes around each save and load, checksums included (a save computes them, a
+resume checks every file against them, so each moves the whole checkpoint: its size);
 step time is the median of metrics.jsonl's step_time_s. Overhead = save seconds /
 (every * step time). On CPU the default is configs/bench/cpu-small.yaml on the demo corpus.
 """

@@ -21,9 +21,12 @@ CORPUS=(FastWARC==2.0.1 Resiliparse==2.0.1 brotli click datasketch==2.0.0 scipy 
 
 case "${1:-}" in
   wheels)
-    version="${2:-3.12}"
+    shift
+    version=3.12
     wanted=("${PACKAGES[@]}")
-    [ "${3:-}" = --corpus ] && wanted+=("${CORPUS[@]}")
+    for arg in "$@"; do  # `wheels --corpus` alone must not take --corpus for the version
+      if [ "$arg" = --corpus ]; then wanted+=("${CORPUS[@]}"); else version="$arg"; fi
+    done
     rm -rf "$WHEELS" && mkdir "$WHEELS"  # one Python's wheels, one version each: check installs them all at once
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -47,7 +50,7 @@ case "${1:-}" in
     PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 exec python3 benchmarks/gpu_check.py "$@"
     ;;
   *)
-    sed -n '2,8p' benchmarks/gpu_offline.sh >&2
+    sed -n '2,9p' benchmarks/gpu_offline.sh >&2
     exit 2
     ;;
 esac

@@ -11,9 +11,11 @@ work is per micro-batch (4 of them in pretrain_throughput's gpt3-xl step). Three
   - ms per step, the median after warm-up (on the device given);
   - ops per step that do work (views left out): on a GPU each launches at least one kernel, a few
     microseconds of CPU time apiece, which a step made of many small ops cannot hide;
-  - bytes per parameter that the step's element-wise ops read and write (matmuls and views left out),
-    counted over one step by a TorchDispatchMode. They do not depend on the device, and on a GPU these
-    ops are memory-bound, so the bytes predict the time there from a CPU run.
+  - bytes per parameter that the step's element-wise ops read and write (matmuls, views and the fused
+    AdamW kernel left out: every row runs that kernel on fp32 weights and states alike, 16 B per
+    parameter as counted here), counted over one step by a TorchDispatchMode. They do not depend on
+    the device, and on a GPU these ops are memory-bound, so the bytes predict the time there from a
+    CPU run.
 The plain loop keeps fp32 weights (bf16 autocast when train.precision is bf16), as benchmarks/pretrain_throughput.py.
 """
 
@@ -38,7 +40,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from megagpt.config import load_config  # noqa: E402
 
 SEQ = 8
-# Compute-bound or free: their bytes are not the step's parameter-sized traffic.
+# Left out of the bytes: matmuls are compute-bound, and the fused AdamW kernel moves the same bytes in
+# every row (fp32 weights, gradients and both moments, whatever the precision), so it would not tell them apart.
 MATMULS = {"mm", "addmm", "bmm", "baddbmm", "_fused_adamw_"}
 
 
@@ -61,7 +64,7 @@ class ByteCount(TorchDispatchMode):
 
 
 def megagpt_system(cfg):
-    """(step function, parameter count) of the DeepSpeed engine megagpt trains with."""
+    """(step function, parameter count, engine) of the DeepSpeed engine megagpt trains with."""
     from megagpt.model.gpt import lm_loss
     from megagpt.parallel.parallelize import parallelize
     from megagpt.parallel.topology import build_parallel_context
@@ -140,6 +143,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=6, help="ops listed per row, by bytes")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.steps < 1:  # the median is over --steps after the warm-up
+        parser.error(f"--steps {args.steps}: at least 1")
     from megagpt.parallel.distributed import init_distributed
 
     init_distributed(args.device)

@@ -19,6 +19,7 @@ H100 (issue #8: bf16, micro-batch 4, batch 16, dense attention, 42.6% MFU).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ def planned_vs_published(r: Published, hw: Hardware = A100) -> dict:
 
 
 def main() -> None:
+    # no options: --help, or a stray flag, stops here rather than running the table
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print("Narayanan et al. 2021, A100 (312 TFLOP/s bf16 peak; NVLink 1840, InfiniBand 180 Gbit/s per GPU; "
           f"matmuls at {A100.matmul_efficiency:.0%} of peak)")
     print(f"{'model':<22} {'tp':>3} {'pp':>3} {'dp':>4} {'GPUs':>5} {'batch':>5} {'bubble':>7} {'step s':>8} "

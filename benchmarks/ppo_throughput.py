@@ -7,7 +7,7 @@ from it, then runs the same PPO settings (prompts from megagpt.rlhf.demo_data, 1
 of up to 16 new tokens per iteration, 2 PPO epochs, beta 0.02, no ptx term since TRL has
 none) three ways on this machine's cores:
 
-    megagpt split       rlhf.layout 2+2+2+2 on --nproc 8 processes (each role DP=2)
+    megagpt split       rlhf.layout 2+2+2+2 on --nproc 8 processes (each role DP=2; on 4k processes, k+k+k+k)
     megagpt colocated   all four roles on every one of the 8 processes (each role DP=8)
     TRL                 trl.experimental.ppo.PPOTrainer, one process, torch's threads on all cores,
                         on the same model exported with export-hf (benchmarks/trl_ppo.py, in the
@@ -103,14 +103,20 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=8)
     parser.add_argument("--trl-python", default=os.path.join(REPO, ".venv-trl", "bin", "python"))
     args = parser.parse_args()
+    if args.nproc < 4 or args.nproc % 4:
+        parser.error(f"--nproc {args.nproc}: the split layout gives each of the four roles the same number of ranks")
+    if args.iterations < 2:  # the first is start-up, left out of every rate
+        parser.error(f"--iterations {args.iterations}: at least 2")
     sys.path.insert(0, REPO)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         models = build_models(work)
         print(f"models built in {time.perf_counter() - start:.0f} s; {os.cpu_count()} cores")
         # TP = 1 in every role: at this model size on CPU, TP is all communication and no relief
-        split = "rlhf.layout={actor: {ranks: 2}, critic: {ranks: 2}, reward: {ranks: 2}, reference: {ranks: 2}}"
-        rows = {f"megagpt split 2+2+2+2 ({args.nproc} proc)":
+        k = args.nproc // 4
+        roles = ", ".join(f"{role}: {{ranks: {k}}}" for role in ("actor", "critic", "reward", "reference"))
+        split = f"rlhf.layout={{{roles}}}"
+        rows = {f"megagpt split {k}+{k}+{k}+{k} ({args.nproc} proc)":
                 run_megagpt(models, os.path.join(work, "split"), args.nproc, args.iterations, split),
                 f"megagpt colocated ({args.nproc} proc)":
                 run_megagpt(models, os.path.join(work, "colocated"), args.nproc, args.iterations, "rlhf.layout=null"),

@@ -551,9 +551,10 @@ class Checkpointer:
             print(f"megagpt: warning: {self.root}/latest names {latest}, which is missing or incomplete",
                   file=sys.stderr, flush=True)
         for path in found:
+            start = time.perf_counter()  # its checksum pass reads every file: part of what the load costs, as in save
             problem = verify_everywhere(path)
             if problem is None:
-                return self.load(path)
+                return self.load(path, start)
             if self.rank == 0:
                 print(f"megagpt: warning: skipping checkpoint {path}: {problem}", file=sys.stderr, flush=True)
         if found or latest is not None:
@@ -562,8 +563,9 @@ class Checkpointer:
         return TrainState()
 
 
-    def load(self, path: str) -> TrainState:
-        start = time.perf_counter()
+    def load(self, path: str, start: Optional[float] = None) -> TrainState:
+        """`start`: when resume() began checking the files, for checkpoint_io.jsonl's seconds."""
+        start = time.perf_counter() if start is None else start
         meta = read_meta(path)
         check_compatible(meta, self.cfg, path)
         if not meta["weights_only"] and meta["layout"] == self.layout() and not partitioned_without_zero(self.engine):
