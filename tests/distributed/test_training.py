@@ -131,46 +131,33 @@ def test_a_diverged_run_stops_at_the_step_and_names_the_last_checkpoint(demo_pre
     assert [m["step"] for m in read_jsonl(str(run_dir / "metrics.jsonl"))] == [1, 2]
 
 
-def test_a_run_log_on_a_full_disk_stops_every_rank_in_one_line_naming_it(demo_prefix, tmp_path):
-    """Rank 0's metrics.jsonl write on a full disk was a traceback naming no file ("OSError: [Errno 27] File too
-    large" from a flush), and the other rank's a gloo "Connection closed by peer" at its next collective."""
+# (limit on a file's size, steps of the resume): metrics.jsonl, padded to 1 MiB, fills the disk
+FULL_DISKS = {
+    # rank 0's metrics.jsonl write was a traceback naming no file ("OSError: [Errno 27] File too large" from a
+    # flush), and the other rank's a gloo "Connection closed by peer" at its next collective
+    "appending a record": (lambda size: size + 400, 6),
+    # the resume rewrites metrics.jsonl (records through the checkpoint's step) on rank 0 before the first step: a
+    # traceback on rank 0 alone, as were config.yaml's, lr_schedule.json's and data_epochs.json's
+    "rewriting the records at a resume": (lambda size: 1 << 19, 4),  # what else it writes is smaller (tokenizer 263 KB)
+}
+
+
+@pytest.mark.parametrize("when", FULL_DISKS)
+def test_a_run_log_on_a_full_disk_stops_every_rank_in_one_line_naming_it(demo_prefix, tmp_path, when):
     run_dir = tmp_path / "run"
     args = ["pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1", "train.eval_interval=0",
             f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false", "train.progress=false"]
     megagpt(*args, "train.steps=2", "train.save_interval=2")
     metrics = run_dir / "metrics.jsonl"
     records = read_jsonl(str(metrics))
-    records[0]["pad"] = "x" * (1 << 20)  # kept on resume: the disk is full after about one more record
+    records[0]["pad"] = "x" * (1 << 20)  # kept on resume
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    limit = metrics.stat().st_size + 400
+    size_limit, steps = FULL_DISKS[when]
+    limit = size_limit(metrics.stat().st_size)
     full_disk = (sys.executable, "-c", "import resource, runpy, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                  f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
                  "runpy.run_module('launchers.cli', run_name='__main__', alter_sys=True)")
-    proc = megagpt(*args, "train.steps=6", check=False, launcher=full_disk)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert lines[0] == f"megagpt: error: {metrics} cannot be written (File too large)", proc.stderr[-3000:]
-    assert lines[1] in {f"megagpt: error: rank {rank} of 2 failed (exit code 2)" for rank in (0, 1)}
-    assert len(lines) == 2
-
-
-def test_records_rank_0_cannot_rewrite_at_a_resume_stop_every_rank_in_one_line(demo_prefix, tmp_path):
-    """A resume rewrites metrics.jsonl (records through the checkpoint's step) on rank 0 before the first step;
-    on a full disk that raised a traceback on rank 0 alone, as did config.yaml, lr_schedule.json and
-    data_epochs.json, and the other rank died at its next collective."""
-    run_dir = tmp_path / "run"
-    args = ["pretrain", "--config", TINY, "--nproc", "2", "parallel.tp=1", "parallel.pp=1", "train.eval_interval=0",
-            f"data.prefixes=[{demo_prefix}]", f"run.dir={run_dir}", "run.tensorboard=false", "train.progress=false"]
-    megagpt(*args, "train.steps=2", "train.save_interval=2")
-    metrics = run_dir / "metrics.jsonl"
-    records = read_jsonl(str(metrics))
-    records[0]["pad"] = "x" * (1 << 20)  # kept on resume, and past the file size limit below
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    limit = 1 << 19  # what else the resume writes is smaller (the tokenizer: 263 KB)
-    full_disk = (sys.executable, "-c", "import resource, runpy, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-                 f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
-                 "runpy.run_module('launchers.cli', run_name='__main__', alter_sys=True)")
-    proc = megagpt(*args, "train.steps=4", check=False, launcher=full_disk)
+    proc = megagpt(*args, f"train.steps={steps}", check=False, launcher=full_disk)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert lines[0] == f"megagpt: error: {metrics} cannot be written (File too large)", proc.stderr[-3000:]
