@@ -252,7 +252,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.checkpoint import require_verified, resolve_checkpoint
     from megagpt.train.guard import check_finite
-    from megagpt.train.metrics import RunLog, stop_if_unwritten
+    from megagpt.train.metrics import RunLog, stop_if_unwritten, written_by_rank_zero
     from megagpt.train.pretrain import Preemption, open_run_dir
     from megagpt.train.profiling import StepProfiler
 
@@ -271,13 +271,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
     checkpointer = PPOCheckpointer(cfg, roles, device)
     state = checkpointer.resume()
     kl = math.KLController(state.kl_coef, r.kl_target, r.kl_horizon)
-    problem = None
-    if rank == 0:
-        try:
-            open_run_dir(cfg, state.iteration)
-        except StorageError as exc:  # the ranks agree on it just below
-            problem = exc
-    stop_if_unwritten(device, problem)
+    written_by_rank_zero(rank == 0, device, lambda: open_run_dir(cfg, state.iteration))
     if rank == 0:
         layout = ", ".join(f"{n} {len(s.ranks)}x(tp={s.tp}, dp={s.dp})" for n, s in specs.items())
         print(f"megagpt ppo: {'colocated' if r.layout is None else 'split'}: {layout}; {len(prompts)} prompts"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from megagpt.errors import StorageError, on_every_rank
 from megagpt.files import writing
@@ -125,6 +125,18 @@ def stop_if_unwritten(device, *problems: Optional[StorageError]) -> None:
     problem = first_unwritten(*problems)
     if any_rank(problem is not None, device):
         raise unwritten_error(problem)
+
+
+def written_by_rank_zero(is_logger: bool, device, write: Callable[[], None]) -> None:
+    """Collective: `write()` on rank 0 (the logger); a file it cannot write (StorageError) is agreed on, and raised
+    by every rank, rather than raised on rank 0 alone (stop_if_unwritten)."""
+    problem = None
+    if is_logger:
+        try:
+            write()
+        except StorageError as exc:
+            problem = exc
+    stop_if_unwritten(device, problem)
 
 
 def first_unwritten(*problems: Optional[StorageError]) -> Optional[StorageError]:

@@ -18,7 +18,7 @@ import yaml
 from megagpt.config import Config, validate
 from megagpt.data.datasets import build_datasets, micro_batches, note_epochs
 from megagpt.dir_lock import hold_on_rank_zero
-from megagpt.errors import StorageError, on_every_rank
+from megagpt.errors import StorageError
 from megagpt.files import writing
 from megagpt.model.gpt import GPT, lm_loss
 from megagpt.parallel.collectives import any_ranks, mean_over
@@ -28,7 +28,8 @@ from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.planner import training_flops_per_token
 from megagpt.train.checkpoint import Checkpointer, TrainState
 from megagpt.train.guard import check_finite
-from megagpt.train.metrics import RunLog, first_evaluation, first_unwritten, stop_if_unwritten, unwritten_error
+from megagpt.train.metrics import (RunLog, first_evaluation, first_unwritten, stop_if_unwritten, unwritten_error,
+                                   written_by_rank_zero)
 from megagpt.train.profiling import StepProfiler
 from megagpt.train.schedules import batch_sizes, lr_schedule, note_schedule
 
@@ -160,8 +161,7 @@ class Preemption:
                 with writing(marker):
                     open(marker, "w").close()
             except StorageError as exc:
-                problem = on_every_rank(StorageError(f"saved {saved}, but {exc} (a requeued job would not know to "
-                                                     f"continue it)"))
+                problem = StorageError(f"saved {saved}, but {exc} (a requeued job would not know to continue it)")
             else:
                 # the reason found when the ranks agreed: a signal or deadline that comes during the save is not it
                 print(f"megagpt: {self.why or 'another rank was signalled'}; saved {saved} and stopped", flush=True)
@@ -239,16 +239,14 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
     if state.step == 0 and init_from is not None:
         checkpointer.load_weights(init_from, task.new_parameters, task.grown_vocab)
     is_logger = dist.get_rank() == 0
-    problem = None
-    if is_logger:
-        try:
-            open_run_dir(cfg, state.step)
-            if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
-                note_epochs(cfg.run.dir, train_ds, state.step)
-                note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
-        except StorageError as exc:  # raised by rank 0 alone, it left the others with tracebacks of a closed connection
-            problem = exc
-    stop_if_unwritten(device, problem)
+
+    def open_records():
+        open_run_dir(cfg, state.step)
+        if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
+            note_epochs(cfg.run.dir, train_ds, state.step)
+            note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
+
+    written_by_rank_zero(is_logger, device, open_records)
     if is_logger:
         if state.step:
             print(f"megagpt: resumed from step {state.step} ({state.consumed_samples} samples, "

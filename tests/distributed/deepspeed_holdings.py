@@ -7,8 +7,6 @@ Gradients are read between two micro-batches of a step (what accumulates), weigh
 states after a step. Storages are counted once, whatever views share them.
 """
 
-import json
-import os
 import sys
 
 import torch
@@ -19,6 +17,7 @@ from megagpt.model.gpt import lm_loss
 from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import build_parallel_context
+from tests.distributed.workers import report
 
 SCALAR = 16  # bytes: step counters' and norms' scalars the planner leaves out are smaller
 
@@ -84,10 +83,7 @@ def main(out: str, overrides: list[str]) -> None:
             engine.step()
     after = held(engine)
     record.update(weights=after["weights"], optimizer=after["optimizer"], dp_rank=pc.dp_rank, tp_rank=pc.tp_rank)
-    with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
-        json.dump(record, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    report(out, record)
 
 
 if __name__ == "__main__":

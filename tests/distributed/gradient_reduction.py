@@ -7,8 +7,6 @@ then a whole step, which zeroes the sums once.
 Each rank sums its own tokens, so the ranks' gradients differ; rank r writes OUT/rank{r}.json.
 """
 
-import json
-import os
 import sys
 import types
 
@@ -21,6 +19,7 @@ from megagpt.model.gpt import lm_loss
 from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import build_parallel_context
+from tests.distributed.workers import report
 
 
 class ZeroCount(TorchDispatchMode):
@@ -74,10 +73,7 @@ def main(out: str, overrides: list[str]) -> None:
     with ZeroCount() as zeroes:
         engine.step()
     record["step_zeroes_sums"] = zeroes.count == len(flats) and all(not f.any() for f in flats)
-    with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
-        json.dump(record, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    report(out, record)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,11 @@
 """megagpt's leaner gradient passes (megagpt.parallel.gradients) give DeepSpeed's numbers: BF16_Optimizer's fp32
 sums over micro-batches bitwise, and their DP reduction in place bitwise what DeepSpeed's concatenate-reduce-copy-back
-gives at dp > 1; at dp = 1 nothing, where DeepSpeed rounded the fp32 sums to bf16 and back; a step zeroes the
-sums once, where DeepSpeed zeroed them twice."""
-
-import json
-import os
-import subprocess
-import sys
+gives at dp = 2 (at dp >= 3 the same mean, added in another order); at dp = 1 nothing, where DeepSpeed rounded the
+fp32 sums to bf16 and back; a step zeroes the sums once, where DeepSpeed zeroed them twice."""
 
 import pytest
 
-from megagpt.parallel.distributed import free_port
-from tests.conftest import CPU_ENV, REPO
+from tests.distributed.workers import run_worker
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +15,7 @@ MODEL = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=4", "mod
 
 
 def reduce_on(world: int, out) -> list[dict]:
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-                    str(free_port()), "-m", "tests.distributed.gradient_reduction", str(out), *MODEL],
-                   cwd=REPO, env={**os.environ, **CPU_ENV}, check=True, capture_output=True, timeout=300)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    return run_worker("tests.distributed.gradient_reduction", world, out, MODEL)
 
 
 def test_dp_reduction_in_place_equals_deepspeeds_bitwise(tmp_path):

@@ -3,17 +3,12 @@
 buffer at ZeRO 1 included, with padding), and the
 activations a forward pass keeps for its backward."""
 
-import json
-import os
-import sys
-
 import pytest
 
 from megagpt.config import load_config
-from megagpt.parallel.distributed import free_port
 from megagpt.planner.counts import rank_tensors
 from megagpt.planner.memory import Layout, model_states, tied_gradient_in_flight
-from tests.conftest import CPU_ENV, REPO
+from tests.distributed.workers import run_worker
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +22,13 @@ CASES = [(3, 1, 1, "fp32"), (3, 1, 1, "bf16"), (3, 1, 2, "bf16"), (3, 1, 3, "fp3
 
 @pytest.mark.parametrize("world,tp,zero,precision", CASES, ids=[f"world{w}-tp{t}-zero{z}-{p}" for w, t, z, p in CASES])
 def test_model_states_equal_what_deepspeed_holds(tmp_path, world, tp, zero, precision):
-    import subprocess
-
     overrides = [*MODEL, f"parallel.tp={tp}", f"parallel.zero_stage={zero}", f"train.precision={precision}"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-                    str(free_port()), "-m", "tests.distributed.deepspeed_holdings", str(tmp_path), *overrides],
-                   cwd=REPO, env={**os.environ, **CPU_ENV}, check=True, capture_output=True, timeout=300)
+    holdings = run_worker("tests.distributed.deepspeed_holdings", world, tmp_path, overrides)
     cfg = load_config(None, overrides)
     layout = Layout(tp=tp, dp=world // tp, micro_batch=2, zero_stage=zero)
     tensors = rank_tensors(cfg.model, tp, 1, 0)
     for rank in range(world):
-        held = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        held = holdings[rank]
         planned = model_states(tensors, layout, precision, held["dp_rank"])
         # held between micro-batches; the tied embedding's gradient is alive only inside the backward
         in_flight = tied_gradient_in_flight(tensors, layout, precision)
