@@ -47,7 +47,10 @@ from megagpt.planner import parameter_count, training_flops_per_token  # noqa: E
 from megagpt.train.profiling import op_times, step_profile  # noqa: E402
 from megagpt.train.schedules import batch_sizes, lr_schedule  # noqa: E402
 
-GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
+# Dense bf16 TFLOP/s (NVIDIA's datasheets halve their with-sparsity figures), the first name found in the
+# device's name wins: the PCIe and NVL H100s run at lower clocks than the SXM part ("NVIDIA H100 80GB HBM3").
+GPU_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H800", 989.0), ("H200", 989.0),
+                   ("A100", 312.0))
 
 
 class PlainBlock(nn.Module):
@@ -199,9 +202,9 @@ def cpu_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def gpu_peak_flops(device: torch.device) -> tuple[float, str]:
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in GPU_PEAK_TFLOPS.items():
+def gpu_peak_flops(name: str) -> tuple[float, str]:
+    """(dense bf16 FLOP/s, a line for the table) for a CUDA device's name."""
+    for key, tflops in GPU_PEAK_TFLOPS:
         if key in name:
             return tflops * 1e12, f"{name}, dense bf16 peak {tflops:.0f} TFLOP/s"
     raise SystemExit(f"no peak FLOP/s known for {name!r}: add it to GPU_PEAK_TFLOPS")
@@ -304,7 +307,7 @@ def main() -> None:
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
     flops = dense_flops_per_token(cfg.model)
     if args.device == "cuda":
-        peak_flops, peak_text = gpu_peak_flops(device)
+        peak_flops, peak_text = gpu_peak_flops(torch.cuda.get_device_name(device))
     else:
         peak_flops = cpu_peak_flops()
         peak_text = f"peak {peak_flops / 1e9:.1f} GFLOP/s (measured fp32 matmul)"

@@ -200,6 +200,16 @@ def test_pretrain_benchmark_counts_dense_flops_for_an_alternating_preset():
     assert dense_flops_per_token(xl) == training_flops_per_token(dense) > training_flops_per_token(xl)
 
 
+@pytest.mark.parametrize("device, tflops", [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
+                                            ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989), ("NVIDIA GH200 480GB", 989),
+                                            ("NVIDIA A100-SXM4-80GB", 312)])
+def test_pretrain_benchmark_takes_each_gpus_own_peak(device, tflops):
+    """MFU's denominator: an H100 PCIe taken for the SXM part (989 TFLOP/s) put its MFU 24% low."""
+    from benchmarks.pretrain_throughput import gpu_peak_flops
+
+    assert gpu_peak_flops(device)[0] == tflops * 1e12
+
+
 @pytest.mark.parametrize("name", sorted(LAYOUT_GPUS))
 def test_layout_files_fit_and_say_their_mfu(world_of_one, name):
     """Each configs/parallel file: a valid run at its GPU count that the planner says fits, whose header
