@@ -1,7 +1,10 @@
 """`make gpu-check`'s time keeping, on CPU: a check that reaches its limit still reports what it finished."""
 
 import os
+import signal
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "benchmarks"))
@@ -14,8 +17,13 @@ SLOW_BENCH = ("import time\n"
               "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n    raise\n")
 
 
-def test_a_check_at_its_limit_is_interrupted_and_keeps_its_output():
-    output, status = gpu_check.run_check([sys.executable, "-c", SLOW_BENCH], dict(os.environ), limit_s=3)
+@pytest.mark.parametrize("sigint", ["default", "ignored by the shell that started make (a background job)"])
+def test_a_check_at_its_limit_is_interrupted_and_keeps_its_output(sigint):
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint != "default" else signal.default_int_handler)
+    try:
+        output, status = gpu_check.run_check([sys.executable, "-c", SLOW_BENCH], dict(os.environ), limit_s=3)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert status == "TIMED OUT after 3 s"
     assert "interrupted" in output  # SIGINT first: pytest prints its failures so far
     assert gpu_check.table_lines("pretrain throughput", output) == [
