@@ -23,7 +23,7 @@ def test_layout_matches_single_process(single_process, pretrain_tiny, tp, pp, dp
     assert_same_run(base, pretrain_tiny(tp, pp, dp, *STEPS)[0])
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 2, 3])  # ZeRO 1, tiny.yaml's own, is test_layout_matches_single_process[tp1-pp1-dp2]
 def test_zero_stages_match(single_process, pretrain_tiny, stage):
     assert_same_run(single_process(*STEPS),
                     pretrain_tiny(1, 1, 2, *STEPS, f"parallel.zero_stage={stage}", name=f"zero{stage}")[0])
