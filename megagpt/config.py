@@ -73,6 +73,9 @@ class ParallelConfig:
     offload_params: bool = False  # ZeRO-Infinity's parameter offload to CPU memory (ZeRO 3)
     # tp > 1: LayerNorm, dropout and the residual stream hold 1/tp of the sequence per rank (Korthikanti et al.)
     sequence_parallel: bool = False
+    # bf16: gradients reduced over DP in fp32, as Megatron-LM does by default (twice the traffic); false keeps
+    # DeepSpeed's default, the training precision, which rounds the fp32 micro-batch sums to bf16 on the wire
+    grad_reduce_in_fp32: bool = False
 
 
 @dataclass
@@ -465,6 +468,9 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
              "parallel.zero_stage=0 with parallel.pp > 1 and train.precision=bf16 needs train.universal_checkpoint="
              "true (DeepSpeed's BF16_Optimizer partitions the optimizer over DP there, but its own checkpoint "
              "keeps dp rank 0's partition alone: the run resumes from universal/)")
+    _require(not (p.grad_reduce_in_fp32 and t.precision == "fp16"),
+             "parallel.grad_reduce_in_fp32=true applies to bf16 runs (fp32 runs reduce in fp32 already); fp16 "
+             "gradients are loss-scaled and reduced in fp16, as DeepSpeed's and Megatron-LM's fp16 paths do")
     _require(not p.offload_optimizer or p.zero_stage >= 1,
              "parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3 (DeepSpeed offloads the "
              "optimizer of its ZeRO optimizers only, and without ZeRO silently keeps it in place), got 0")

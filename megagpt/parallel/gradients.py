@@ -21,7 +21,8 @@ def reduce_gradients_in_place(engine, pc: ParallelContext) -> None:
     parameter and a transient copy of every gradient, though BF16_Optimizer's fp32 gradients are one flat buffer
     per group already. At dp = 1 it did all that, rounding the fp32 sums to its bf16 wire type and back, to reduce
     over one rank. Here BF16_Optimizer at dp = 1 reduces nothing, and its flat buffers are reduced where they lie,
-    by the same operations (to the wire type, sum, divide by dp, back): bitwise DeepSpeed's at dp = 2; at dp >= 3
+    by the same operations (to the wire type, sum, divide by dp, back; with parallel.grad_reduce_in_fp32 the wire
+    type is the buffers' own, and they are reduced as they are): bitwise DeepSpeed's at dp = 2; at dp >= 3
     the same mean, rounded in another order where DeepSpeed's 5e8-element bucket joined the two groups in one
     buffer (a ring all-reduce's order of additions depends on where an element sits). ZeRO 0's optimizers keep
     DeepSpeed's pass, which also gives a zero gradient to a parameter that got none (the last pipeline stage's

@@ -38,7 +38,8 @@ Scalars (step counters, norms) are left out. These are checked to the byte again
 (tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments (and
 at ZeRO 1/2 the fp32 gradient partition) to CPU memory; `offload_params` moves ZeRO 3's
 partitions. Transient buffers are reported apart: ZeRO 2's gradient bucket while the
-backward reduces (min(Φ, 5e8 elements)·e) and ZeRO 3's gathered parameters (the two
+backward reduces (min(Φ, 5e8 elements)·w, w the reduction's bytes per element: e, or 4 with
+parallel.grad_reduce_in_fp32) and ZeRO 3's gathered parameters (the two
 largest blocks whole, the one computing and the one prefetched).
 
 Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing
@@ -96,6 +97,7 @@ class Layout:
     zero_stage: int = 1
     offload_optimizer: bool = False
     offload_params: bool = False
+    grad_reduce_in_fp32: bool = False  # parallel.grad_reduce_in_fp32 (a config's choice, not searched)
 
     @property
     def gpus(self) -> int:
@@ -107,6 +109,7 @@ class Layout:
         flags += ["sp"] if self.sequence_parallel else []
         flags += ["offload-optimizer"] if self.offload_optimizer else []
         flags += ["offload-params"] if self.offload_params else []
+        flags += ["fp32-grad-reduce"] if self.grad_reduce_in_fp32 else []
         return " ".join(flags)
 
 
@@ -163,11 +166,16 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         else:
             per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
             grads = e * (max(per_rank) if dp_rank is None else per_rank[dp_rank])
-        buffers = min(phi, REDUCE_BUCKET) * e if layout.zero_stage == 2 else 0
+        buffers = min(phi, REDUCE_BUCKET) * wire_bytes(layout, precision) if layout.zero_stage == 2 else 0
     moments = 2 * master
     if layout.offload_optimizer:  # master, moments and an fp32 gradient partition live in CPU memory
         return ModelStates(model, grads, 0, cpu + master + moments + master, buffers)
     return ModelStates(model + master, grads, moments, cpu, buffers)
+
+
+def wire_bytes(layout: Layout, precision: str) -> int:
+    """Bytes per gradient element on the wire of DP's reductions: DeepSpeed's communication_data_type."""
+    return 4 if layout.grad_reduce_in_fp32 else BYTES[precision]
 
 
 def tied_gradient_in_flight(tensors: list[tuple[int, int]], layout: Layout, precision: str) -> int:

@@ -122,7 +122,8 @@ def candidates(cfg: Config, gpus: int, hw: Hardware) -> tuple[list[Layout], dict
                 for zero in ((1, 2, 3) if pp == 1 else (1,)):
                     for sp in ((False, True) if tp > 1 and m.seq_length % tp == 0 else (False,)):
                         for recompute in RECOMPUTE:
-                            layout = Layout(tp, pp, dp, mb, recompute, sp, zero)
+                            layout = Layout(tp, pp, dp, mb, recompute, sp, zero,
+                                            grad_reduce_in_fp32=cfg.parallel.grad_reduce_in_fp32)
                             try:
                                 validate(with_layout(cfg, layout), gpus, check_data=False)
                             except ConfigError as exc:
@@ -140,7 +141,8 @@ def with_layout(cfg: Config, layout: Layout) -> Config:
         cfg, parallel=dataclasses.replace(p, tp=layout.tp, pp=layout.pp, zero_stage=layout.zero_stage,
                                           sequence_parallel=layout.sequence_parallel,
                                           offload_optimizer=layout.offload_optimizer,
-                                          offload_params=layout.offload_params),
+                                          offload_params=layout.offload_params,
+                                          grad_reduce_in_fp32=layout.grad_reduce_in_fp32),
         train=dataclasses.replace(t, micro_batch_size=layout.micro_batch, activation_checkpointing=layout.recompute))
 
 
@@ -163,7 +165,8 @@ def config_layout(cfg: Config, gpus: int) -> Layout:
     """The layout a config asks for on `gpus` GPUs."""
     p, t = cfg.parallel, cfg.train
     return Layout(p.tp, p.pp, gpus // (p.tp * p.pp), t.micro_batch_size, t.activation_checkpointing,
-                  p.sequence_parallel, p.zero_stage, offload_optimizer=p.offload_optimizer, offload_params=p.offload_params)
+                  p.sequence_parallel, p.zero_stage, offload_optimizer=p.offload_optimizer, offload_params=p.offload_params,
+                  grad_reduce_in_fp32=p.grad_reduce_in_fp32)
 
 
 HEADER = (f"{'layout':<46} {'params/rank':>12} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"

@@ -22,12 +22,15 @@ One micro-batch on pipeline stage i (per rank; T = s·b tokens, L_i its blocks, 
 1F1B with m micro-batches per step runs (m + pp − 1) slots of the slowest stage, so the
 bubble is (pp − 1)/(m + pp − 1) of the step. Data parallelism adds (Φ the rank's parameters):
 
-    ZeRO 0    2·(d−1)/d·Φ·e per step (gradients all-reduced)
-    ZeRO 1    2·(d−1)/d·Φ·e per step (gradients reduce-scattered, parameters all-gathered)
-    BF16_Optimizer (bf16 at ZeRO 1, or at ZeRO 0 with pp > 1): 3·(d−1)/d·Φ·e (gradients all-reduced in
-              bf16, DeepSpeed's communication type, the updated partitions all-gathered)
-    ZeRO 2    (d−1)/d·Φ·e per micro-batch (gradients are reduced as they are made) + (d−1)/d·Φ·e
-    ZeRO 3    3·(d−1)/d·Φ·e per micro-batch (parameters gathered for forward and backward)
+    ZeRO 0    2·(d−1)/d·Φ·w per step (gradients all-reduced)
+    ZeRO 1    (d−1)/d·Φ·(w + e) per step (gradients reduce-scattered, parameters all-gathered)
+    BF16_Optimizer (bf16 at ZeRO 1, or at ZeRO 0 with pp > 1): (d−1)/d·Φ·(2w + e) (gradients all-reduced,
+              the updated partitions all-gathered)
+    ZeRO 2    (d−1)/d·Φ·w per micro-batch (gradients are reduced as they are made) + (d−1)/d·Φ·e
+    ZeRO 3    (d−1)/d·Φ·(2e + w) per micro-batch (parameters gathered for forward and backward, gradients
+              reduce-scattered)
+
+w is the gradients' bytes on the wire: e, DeepSpeed's communication type, or 4 with parallel.grad_reduce_in_fp32.
 
 Nothing overlaps communication with compute (DeepSpeed's defaults, and Megatron's 2021 runs),
 so these add. The optimizer step is memory-bound and small next to these; it is left out.
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 
 from megagpt.config import ModelConfig
 from megagpt.planner.counts import attention_span, rank_parameters, stage_blocks, training_flops_per_token
-from megagpt.planner.memory import BYTES, Layout, bf16_optimizer
+from megagpt.planner.memory import BYTES, Layout, bf16_optimizer, wire_bytes
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,11 @@ def step_time(m: ModelConfig, layout: Layout, precision: str, global_batch: int,
             slowest = (compute, collectives * all_reduce)
     p2p = 2 * e * tokens * m.hidden_size / pp_bw if pp > 1 else 0.0
     phi = max(rank_parameters(m, t, pp, s) for s in range(pp))
-    share = (d - 1) / d * phi * e / dp_bw
-    dp_time = {0: 2 * share, 1: 2 * share, 2: micro * share + share, 3: 3 * micro * share}[layout.zero_stage]
+    params, grads = ((d - 1) / d * phi * size / dp_bw for size in (e, wire_bytes(layout, precision)))
+    dp_time = {0: 2 * grads, 1: grads + params, 2: micro * grads + params,
+               3: micro * (2 * params + grads)}[layout.zero_stage]
     if bf16_optimizer(layout, precision):  # gradients all-reduced, then the updated partitions all-gathered
-        dp_time = 3 * share
+        dp_time = 2 * grads + params
     bubble = (pp - 1) / (micro + pp - 1)
     return StepTime(micro * slowest[0], micro * slowest[1], micro * p2p, dp_time, bubble)
 

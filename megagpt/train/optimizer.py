@@ -138,9 +138,11 @@ def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
         if cfg.parallel.zero_stage >= 1:
             # Gradients summed over micro-batches in fp32, as Megatron-LM does with bf16: in bf16 (DeepSpeed's
             # default) the 48 micro-batches of GPT-3 175B's layout add up with an 8-bit mantissa. Their reduction
-            # over DP stays DeepSpeed's bf16 (Megatron-LM's is fp32: twice the traffic). At ZeRO 1 DeepSpeed then
+            # over DP is in bf16 unless parallel.grad_reduce_in_fp32 (Megatron-LM's default). At ZeRO 1 DeepSpeed then
             # steps BF16_Optimizer (config.steps_bf16_optimizer). ZeRO 0 has no fp32 accumulation in DeepSpeed.
             ds["data_types"] = {"grad_accum_dtype": "fp32"}
+        if cfg.parallel.grad_reduce_in_fp32:  # DeepSpeed's type for every gradient reduction, at each ZeRO stage
+            ds["communication_data_type"] = "fp32"
     elif t.precision == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "hysteresis": 2,
                       "min_loss_scale": 1}

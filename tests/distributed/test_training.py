@@ -88,6 +88,24 @@ def test_bf16_agrees_across_layouts_and_differs_from_fp32(single_process, pretra
     assert any(a["loss"] != ref["loss"] for a, ref in zip(single, fp32))  # bf16 really ran
 
 
+def test_bf16_gradients_reduced_in_fp32_give_the_single_process_run(single_process, pretrain_tiny):
+    """parallel.grad_reduce_in_fp32 (Megatron-LM's default for bf16): each rank's fp32 micro-batch sums cross DP
+    as they are, and two ranks give the one rank's gradient norms (measured: to the bit). DeepSpeed's bf16 wire
+    rounds the sums first: up to 1e-3 off."""
+    bf16 = ["train.steps=8", "train.eval_interval=0", "train.precision=bf16"]
+    single = single_process(*bf16)
+    for fp32_wire in (True, False):
+        run, _ = pretrain_tiny(1, 1, 2, *bf16, f"parallel.grad_reduce_in_fp32={fp32_wire}",
+                               name=f"fp32-wire-{fp32_wire}")
+        drift = max(abs(a["grad_norm"] / b["grad_norm"] - 1) for a, b in zip(run, single))
+        assert len(run) == len(single) == 8
+        if fp32_wire:
+            assert drift < 1e-6
+            assert all(a["loss"] == pytest.approx(b["loss"], abs=1e-5) for a, b in zip(run, single))
+        else:
+            assert drift > 1e-5
+
+
 def test_profiled_steps_leave_a_trace_and_the_same_losses(pretrain_tiny, tmp_path):
     import gzip
     import json

@@ -110,6 +110,8 @@ RULES = [
      "parallel.tp=4 must divide the padded vocab 102"),
     (["parallel.zero_stage=2"], 8, "parallel.zero_stage=2 needs parallel.pp=1"),
     (["parallel.zero_stage=4"], 8, "parallel.zero_stage=4 must be 0, 1, 2 or 3"),
+    (["train.precision=fp16", "parallel.grad_reduce_in_fp32=true"], 8,
+     "parallel.grad_reduce_in_fp32=true applies to bf16 runs"),
     (["parallel.zero_stage=0", "parallel.offload_optimizer=true"], 8,
      "parallel.offload_optimizer=true needs parallel.zero_stage 1, 2 or 3"),
     (["parallel.zero_stage=0", "train.precision=fp16"], 8, "parallel.zero_stage=0 with train.precision=fp16 is not"),

@@ -179,6 +179,22 @@ def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
         step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel
 
 
+@pytest.mark.parametrize("zero, pp, grads, params",
+                         [(0, 1, 2, 0), (1, 1, 2, 1), (2, 1, 4, 1), (3, 1, 4, 8), (0, 2, 2, 1)])
+def test_gradients_reduced_in_fp32_double_their_traffic_alone(zero, pp, grads, params):
+    """parallel.grad_reduce_in_fp32: a bf16 run's gradients cross DP in 4 bytes, the parameters ZeRO gathers in 2.
+    `grads` and `params` count the per-step passes over the rank's Φ (4 micro-batches; BF16_Optimizer at ZeRO 1 and
+    at ZeRO 0 with pp > 1)."""
+    m = preset("gpt3-xl")
+    bf16, fp32 = (Layout(tp=2, pp=pp, dp=8, zero_stage=zero, grad_reduce_in_fp32=f) for f in (False, True))
+    base, more = (step_time(m, layout, "bf16", 8 * 4, Hardware()).data_parallel for layout in (bf16, fp32))
+    assert more / base == pytest.approx((4 * grads + 2 * params) / (2 * grads + 2 * params))
+    tensors = rank_tensors(m, 2, pp, 0)
+    bucket = model_states(tensors, bf16, "bf16").buffers
+    assert model_states(tensors, fp32, "bf16").buffers == bucket * (2 if zero == 2 else 1)
+    assert fp32.label().endswith("fp32-grad-reduce")
+
+
 @pytest.mark.parametrize("row", ["175b", "1t"])
 def test_step_time_within_15_percent_of_megatron_on_a100(row):
     """Narayanan et al. 2021: GPT-3 175B at 140 TFLOP/s per GPU on 1,024 A100s (batch 1536), the 1T model
