@@ -59,10 +59,12 @@ def table_lines(name: str, output: str) -> list[str]:
 def run_check(cmd: list[str], env: dict, limit_s: float) -> tuple[str, str]:
     """(output, status) of one check; at its limit the check is interrupted (15 s to report) and then its whole
     process group is ended, so no pretrain process it started keeps the GPU (or the output pipe) after it."""
-    # SIGINT restored for the check: a shell starts a background job (`make gpu-check &`, nohup) with SIGINT
-    # ignored, which its children inherit, and the interrupt below would then do nothing
+    # A shell starts a background job (`make gpu-check &`, nohup) with SIGINT ignored, which a child inherits, and
+    # the interrupt below would do nothing. A handled signal is reset to its default in the child at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=limit_s)
         return output, "ok" if proc.returncode == 0 else f"FAILED (rc {proc.returncode})"

@@ -48,9 +48,9 @@ from megagpt.train.profiling import op_times, step_profile  # noqa: E402
 from megagpt.train.schedules import batch_sizes, lr_schedule  # noqa: E402
 
 # Dense bf16 TFLOP/s (NVIDIA's datasheets halve their with-sparsity figures), the first name found in the
-# device's name wins: the PCIe and NVL H100s run at lower clocks than the SXM part ("NVIDIA H100 80GB HBM3").
-GPU_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H800", 989.0), ("H200", 989.0),
-                   ("A100", 312.0))
+# device's name wins: the PCIe and NVL cards run at lower clocks than the SXM parts ("NVIDIA H100 80GB HBM3").
+GPU_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H800 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0),
+                   ("H100", 989.0), ("H800", 989.0), ("H200", 989.0), ("A100", 312.0))
 
 
 class PlainBlock(nn.Module):

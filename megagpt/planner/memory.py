@@ -38,8 +38,8 @@ Scalars (step counters, norms) are left out. These are checked to the byte again
 (tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments (and
 at ZeRO 1/2 the fp32 gradient partition) to CPU memory; `offload_params` moves ZeRO 3's
 partitions. Transient buffers are reported apart: ZeRO 2's gradient bucket while the
-backward reduces (min(Φ, 5e8 elements)·w, w the reduction's bytes per element: e, or 4 with
-parallel.grad_reduce_in_fp32) and ZeRO 3's gathered parameters (the two
+backward reduces (min(Φ, 5e8 elements)·e, and as much again at 4 bytes an element where
+parallel.grad_reduce_in_fp32 reduces it: DeepSpeed copies the bucket to the wire type) and ZeRO 3's gathered parameters (the two
 largest blocks whole, the one computing and the one prefetched).
 
 Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing
@@ -166,7 +166,9 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         else:
             per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
             grads = e * (max(per_rank) if dp_rank is None else per_rank[dp_rank])
-        buffers = min(phi, REDUCE_BUCKET) * wire_bytes(layout, precision) if layout.zero_stage == 2 else 0
+        bucket = min(phi, REDUCE_BUCKET)  # kept in e; a w-byte copy of it on the wire where w differs
+        wire = wire_bytes(layout, precision)
+        buffers = bucket * (e + (wire if wire != e else 0)) if layout.zero_stage == 2 else 0
     moments = 2 * master
     if layout.offload_optimizer:  # master, moments and an fp32 gradient partition live in CPU memory
         return ModelStates(model, grads, 0, cpu + master + moments + master, buffers)

@@ -191,7 +191,7 @@ def test_gradients_reduced_in_fp32_double_their_traffic_alone(zero, pp, grads, p
     assert more / base == pytest.approx((4 * grads + 2 * params) / (2 * grads + 2 * params))
     tensors = rank_tensors(m, 2, pp, 0)
     bucket = model_states(tensors, bf16, "bf16").buffers
-    assert model_states(tensors, fp32, "bf16").buffers == bucket * (2 if zero == 2 else 1)
+    assert model_states(tensors, fp32, "bf16").buffers == bucket * (3 if zero == 2 else 1)  # + a 4-byte copy
     assert fp32.label().endswith("fp32-grad-reduce")
 
 
@@ -217,7 +217,8 @@ def test_pretrain_benchmark_counts_dense_flops_for_an_alternating_preset():
 
 
 @pytest.mark.parametrize("device, tflops", [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
-                                            ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989), ("NVIDIA GH200 480GB", 989),
+                                            ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989), ("NVIDIA H200 NVL", 835),
+                                            ("NVIDIA GH200 480GB", 989),
                                             ("NVIDIA A100-SXM4-80GB", 312)])
 def test_pretrain_benchmark_takes_each_gpus_own_peak(device, tflops):
     """MFU's denominator: an H100 PCIe taken for the SXM part (989 TFLOP/s) put its MFU 24% low."""
