@@ -20,17 +20,21 @@ One micro-batch on pipeline stage i (per rank; T = s·b tokens, L_i its blocks, 
     pipeline  2·e·T·h/bw: the activation sent on and its gradient sent back
 
 1F1B with m micro-batches per step runs (m + pp − 1) slots of the slowest stage, so the
-bubble is (pp − 1)/(m + pp − 1) of the step. Data parallelism adds (Φ the rank's parameters):
+bubble is (pp − 1)/(m + pp − 1) of the step. Data parallelism adds its collectives (dp_collectives: the
+bytes a rank hands to each kind in a step, Φ its parameters), each costing (d−1)/d of them on the bus, twice
+that for an all-reduce (a ring's reduce-scatter, then its all-gather):
 
-    ZeRO 0    2·(d−1)/d·Φ·w per step (gradients all-reduced)
-    ZeRO 1    (d−1)/d·Φ·(w + e) per step (gradients reduce-scattered, parameters all-gathered)
-    BF16_Optimizer (bf16 at ZeRO 1, or at ZeRO 0 with pp > 1): (d−1)/d·Φ·(2w + e) (gradients all-reduced,
-              the updated partitions all-gathered)
-    ZeRO 2    (d−1)/d·Φ·w per micro-batch (gradients are reduced as they are made) + (d−1)/d·Φ·e
-    ZeRO 3    (d−1)/d·Φ·(2e + w) per micro-batch (parameters gathered for forward and backward, gradients
-              reduce-scattered)
+    ZeRO 0    all-reduce Φ·w (the gradients, at the step)
+    ZeRO 1    all-reduce Φ·w, all-gather Φ·e (the updated partitions); BF16_Optimizer (bf16 at ZeRO 1, or
+              at ZeRO 0 with pp > 1) the same
+    ZeRO 2    all-reduce Φ·w per micro-batch (the gradients, as backward makes them), all-gather Φ·e
+    ZeRO 3    all-gather 2·Φ·e per micro-batch (the parameters, for forward and backward), reduce-scatter
+              Φ·w per micro-batch
 
 w is the gradients' bytes on the wire: e, DeepSpeed's communication type, or 4 with parallel.grad_reduce_in_fp32.
+ZeRO 1 and 2 all-reduce what they could reduce-scatter (DeepSpeed's use_multi_rank_bucket_allreduce), and
+ZeRO 3 keeps tensors under 1e5 elements whole on every rank, which a large model's traffic hardly sees;
+tests/distributed/test_planner_traffic.py measures these bytes in DeepSpeed's collectives.
 
 Nothing overlaps communication with compute (DeepSpeed's defaults, and Megatron's 2021 runs),
 so these add. The optimizer step is memory-bound and small next to these; it is left out.
@@ -109,13 +113,25 @@ def step_time(m: ModelConfig, layout: Layout, precision: str, global_batch: int,
             slowest = (compute, collectives * all_reduce)
     p2p = 2 * e * tokens * m.hidden_size / pp_bw if pp > 1 else 0.0
     phi = max(rank_parameters(m, t, pp, s) for s in range(pp))
-    params, grads = ((d - 1) / d * phi * size / dp_bw for size in (e, wire_bytes(layout, precision)))
-    dp_time = {0: 2 * grads, 1: grads + params, 2: micro * grads + params,
-               3: micro * (2 * params + grads)}[layout.zero_stage]
-    if bf16_optimizer(layout, precision):  # gradients all-reduced, then the updated partitions all-gathered
-        dp_time = 2 * grads + params
+    handed = dp_collectives(layout, precision, micro, phi)
+    dp_time = sum(BUS_PASSES[kind] * size for kind, size in handed.items()) * (d - 1) / d / dp_bw
     bubble = (pp - 1) / (micro + pp - 1)
     return StepTime(micro * slowest[0], micro * slowest[1], micro * p2p, dp_time, bubble)
+
+
+BUS_PASSES = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}
+
+
+def dp_collectives(layout: Layout, precision: str, micro_batches: int, phi: int) -> dict[str, int]:
+    """Bytes a rank hands to each kind of collective over DP in one step (module docstring): an all-reduce's
+    tensor, an all-gather's output, a reduce-scatter's input."""
+    e, w = BYTES[precision], wire_bytes(layout, precision)
+    if layout.zero_stage == 3:
+        return {"all_gather": 2 * micro_batches * phi * e, "reduce_scatter": micro_batches * phi * w}
+    grads = {"all_reduce": (micro_batches if layout.zero_stage == 2 else 1) * phi * w}
+    if layout.zero_stage == 0 and not bf16_optimizer(layout, precision):
+        return grads  # every rank steps the whole optimizer: nothing to gather
+    return {**grads, "all_gather": phi * e}
 
 
 def mfu(m: ModelConfig, layout: Layout, global_batch: int, seconds: float, hw: Hardware) -> float:

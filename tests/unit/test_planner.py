@@ -8,7 +8,7 @@ from megagpt.config import load_config
 from megagpt.planner import build_rank_on_meta, parameter_count, rank_parameters, training_flops_per_token
 from megagpt.planner.counts import rank_tensors
 from megagpt.planner.memory import Layout, activations, layer_activations, model_states
-from megagpt.planner.timing import Hardware, mfu, step_time
+from megagpt.planner.timing import BUS_PASSES, Hardware, dp_collectives, mfu, step_time
 
 MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "model")
 
@@ -153,7 +153,7 @@ def test_a_pipeline_that_spans_nodes_pays_the_network_between_them(tp, dp, pp, a
     assert time.pipeline == pytest.approx(micro * 2 * 2 * m.seq_length * m.hidden_size / (gbps * 1e9 / 8))
 
 
-def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
+def test_zero_0_holds_everything_on_every_rank_and_gathers_nothing():
     m = preset("gpt3-xl")
     tensors = rank_tensors(m, 2, 1, 0)
     phi = sum(n for n, _ in tensors)
@@ -164,11 +164,11 @@ def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
     assert (states.weights, states.gradients, states.optimizer, states.buffers) == (6 * phi, 2 * phi, 8 * phi, 4 * phi)
     zero1 = Layout(tp=2, dp=8, zero_stage=1)
     assert model_states(tensors, zero1, "bf16").optimizer < states.optimizer / 7
-    assert step_time(m, plain, "fp32", 512, Hardware()).data_parallel == \
-        step_time(m, zero1, "fp32", 512, Hardware()).data_parallel
-    # bf16 at ZeRO 1 steps BF16_Optimizer (fp32 accumulation): all-reduce + all-gather, half again ZeRO 0's traffic
-    assert step_time(m, zero1, "bf16", 512, Hardware()).data_parallel == pytest.approx(
-        1.5 * step_time(m, plain, "bf16", 512, Hardware()).data_parallel)
+    # ZeRO 1 all-reduces the gradients as ZeRO 0 does (in fp32 DeepSpeed's ZeRO optimizer, in bf16 BF16_Optimizer),
+    # then all-gathers the updated partitions: half again ZeRO 0's traffic
+    for precision in ("fp32", "bf16"):
+        assert step_time(m, zero1, precision, 512, Hardware()).data_parallel == pytest.approx(
+            1.5 * step_time(m, plain, precision, 512, Hardware()).data_parallel)
     piped = Layout(tp=2, pp=2, dp=8, zero_stage=0)  # BF16_Optimizer too, but accumulating in bf16
     tensors = rank_tensors(m, 2, 2, 0)
     same = model_states(tensors, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16")
@@ -179,16 +179,18 @@ def test_zero_0_holds_everything_on_every_rank_and_all_reduces_as_zero_1():
         step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel
 
 
-@pytest.mark.parametrize("zero, pp, grads, params",
-                         [(0, 1, 2, 0), (1, 1, 2, 1), (2, 1, 4, 1), (3, 1, 4, 8), (0, 2, 2, 1)])
-def test_gradients_reduced_in_fp32_double_their_traffic_alone(zero, pp, grads, params):
-    """parallel.grad_reduce_in_fp32: a bf16 run's gradients cross DP in 4 bytes, the parameters ZeRO gathers in 2.
-    `grads` and `params` count the per-step passes over the rank's Φ (4 micro-batches; BF16_Optimizer at ZeRO 1 and
-    at ZeRO 0 with pp > 1)."""
+@pytest.mark.parametrize("zero, pp", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 2)])
+def test_gradients_reduced_in_fp32_double_their_bytes_alone(zero, pp):
+    """parallel.grad_reduce_in_fp32: a bf16 run's gradients cross DP in 4 bytes, the parameters ZeRO gathers in 2
+    (BF16_Optimizer at ZeRO 1 and at ZeRO 0 with pp > 1, DeepSpeed's ZeRO optimizers at 2 and 3)."""
     m = preset("gpt3-xl")
     bf16, fp32 = (Layout(tp=2, pp=pp, dp=8, zero_stage=zero, grad_reduce_in_fp32=f) for f in (False, True))
-    base, more = (step_time(m, layout, "bf16", 8 * 4, Hardware()).data_parallel for layout in (bf16, fp32))
-    assert more / base == pytest.approx((4 * grads + 2 * params) / (2 * grads + 2 * params))
+    base, more = (dp_collectives(layout, "bf16", 4, 1000) for layout in (bf16, fp32))
+    grads = "reduce_scatter" if zero == 3 else "all_reduce"
+    assert more == {**base, grads: 2 * base[grads]}
+    seconds = [step_time(m, layout, "bf16", 8 * 4, Hardware()).data_parallel for layout in (bf16, fp32)]
+    assert seconds[1] / seconds[0] == pytest.approx(
+        sum(BUS_PASSES[k] * v for k, v in more.items()) / sum(BUS_PASSES[k] * v for k, v in base.items()))
     tensors = rank_tensors(m, 2, pp, 0)
     bucket = model_states(tensors, bf16, "bf16").buffers
     assert model_states(tensors, fp32, "bf16").buffers == bucket * (3 if zero == 2 else 1)  # + a 4-byte copy
