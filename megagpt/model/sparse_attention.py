@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch._dynamo  # (already imported by torch.compiler.disable below)
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
@@ -67,20 +68,25 @@ def band_block_mask(t: int, window: int, device: torch.device, block: int = 128)
 
 
 FLEX_BLOCK = 128
+# Shapes (batch, padded length) the kernel is compiled for before dynamo gives up on it. Past its default, 8,
+# dynamo runs flex_attention eagerly, which materialises every T x T score: PPO's rollouts and eval pass many
+# lengths, and a few iterations in, the local layers became dense and slower than dense attention.
+FLEX_SHAPES = 128
 
 
 def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
-    # Lengths padded to whole 128-blocks: the kernel is compiled per shape (dynamic=False) and falls back to
-    # dense eager scores past dynamo's recompile limit, so eval's and PPO's many lengths share a few shapes.
-    # Causal: no real query sees a padded key, and the padded queries' rows are dropped.
+    # Lengths padded to whole 128-blocks, so that eval's and PPO's many lengths share fewer shapes, each compiled
+    # once (dynamic=False). Causal: no real query sees a padded key, and the padded queries' rows are dropped.
     t = q.shape[2]
     pad = -t % FLEX_BLOCK
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     block_mask = band_block_mask(t + pad, window, q.device, FLEX_BLOCK)
-    # Inside a compiled block (train.compile) dynamo compiles flex_attention with the block itself.
-    attend = flex_attention if torch.compiler.is_compiling() else _compiled(flex_attention)
-    out = attend(q, k, v, block_mask=block_mask)
+    if torch.compiler.is_compiling():  # inside a compiled block (train.compile): compiled with the block
+        out = flex_attention(q, k, v, block_mask=block_mask)
+    else:
+        with torch._dynamo.config.patch(recompile_limit=FLEX_SHAPES):
+            out = _compiled(flex_attention)(q, k, v, block_mask=block_mask)
     return out[:, :, :t] if pad else out
 
 

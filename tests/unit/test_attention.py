@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,3 +165,27 @@ def test_flex_local_attention_pads_to_whole_blocks_and_equals_the_band(monkeypat
     out = sparse_attention.flex_local_attention(q, k, v, window)
     assert shapes == [-(-t // 128) * 128] and out.shape == q.shape
     assert torch.allclose(out, local_causal_attention(q, k, v, window), atol=1e-12)
+
+
+def test_flex_local_attention_stays_compiled_for_many_shapes(monkeypatch):
+    """Each (batch, padded length) is a compile of the CUDA kernel; past dynamo's default limit, 8, dynamo ran
+    flex_attention eagerly, which materialises every T x T score (PPO and eval pass many lengths). Compiled here
+    with dynamo's eager backend, which runs each graph it is given: 12 shapes, 12 graphs, none left to eager."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from megagpt.model import sparse_attention
+
+    counter = CompileCounter()
+    monkeypatch.setattr(sparse_attention, "_compiled", functools.cache(
+        lambda fn: torch.compile(fn, backend=counter, dynamic=False)))
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n in range(1, 13):
+            batch, length = 1 + n % 2, 128 * (n + 1) // 2 - 3
+            q = torch.randn(batch, 2, length, 16, generator=g)
+            assert torch.allclose(sparse_attention.flex_local_attention(q, q, q, 64),
+                                  local_causal_attention(q, q, q, 64), atol=1e-5)
+    torch._dynamo.reset()
+    assert counter.frame_count == 12
