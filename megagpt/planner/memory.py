@@ -37,7 +37,8 @@ with weight decay and vectors without, in registration order; d = data parallel 
 Scalars (step counters, norms) are left out. These are checked to the byte against the tensors a DeepSpeed engine holds on CPU
 (tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments (and
 at ZeRO 1/2 the fp32 gradient partition) to CPU memory; `offload_params` moves ZeRO 3's
-partitions. Transient buffers are reported apart: ZeRO 2's gradient bucket while the
+partitions; at ZeRO 1/2 offloading keeps more on each side than that (`_offloaded`). Transient buffers are
+reported apart: ZeRO 2's gradient bucket while the
 backward reduces (min(Φ, 5e8 elements)·e, and as much again at 4 bytes an element where
 parallel.grad_reduce_in_fp32 reduces it: DeepSpeed copies the bucket to the wire type) and ZeRO 3's gathered parameters (the two
 largest blocks whole, the one computing and the one prefetched).
@@ -140,7 +141,6 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     e, d = BYTES[precision], layout.dp
     groups = [g for g in adam_groups(tensors) if g]
     phi = sum(n for n, _ in tensors)
-    cpu = 0
     if layout.zero_stage == 0 and not bf16_optimizer(layout, precision):
         master = 0 if precision == "fp32" else 4 * phi  # fp32: AdamW steps the parameters themselves
         # FP16_UnfusedOptimizer casts every gradient to fp32 for the step: transient, counted with the buffers
@@ -150,29 +150,59 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         persistent = sum(math.ceil(n / d) * d for n, _ in tensors if n <= PERSISTENCE_THRESHOLD)
         master = 4 * parts
         model = e * persistent + (0 if layout.offload_params else e * parts)
-        cpu += e * parts if layout.offload_params else 0
+        cpu = e * parts if layout.offload_params else 0
         grads = 4 * parts  # ZeRO 3 accumulates in fp32 (bf16: megagpt asks it to; fp32: the model's own)
         buffers = 2 * max((sum(n for n, _ in block) for block in _blocks(tensors)), default=0) * e
+        if layout.offload_optimizer:  # master, moments and the fp32 gradient partition live in CPU memory
+            return ModelStates(model, grads, 0, cpu + 4 * master, buffers)
+        return ModelStates(model + master, grads, 2 * master, cpu, buffers)
+    partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
+    master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
+    per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
+    overlap = max(per_rank) if dp_rank is None else per_rank[dp_rank]
+    if layout.offload_optimizer:
+        return _offloaded(layout, precision, phi, max(n for n, _ in tensors), sum(partitions), overlap, model)
+    if bf16_optimizer(layout, precision):  # the flat buffer each gradient is added to as it comes: in fp32 at
+        accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
+        grads = accumulate * d * sum(partitions) + tied_gradient_in_flight(tensors, layout, precision)
+    elif layout.zero_stage == 1:  # fp32: every parameter's gradient, summed in place
+        grads = phi * e
+    elif precision == "bf16":  # fp32 accumulation: this rank's partition
+        grads = 4 * sum(partitions)
     else:
-        partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
-        master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
-        if bf16_optimizer(layout, precision):  # the flat buffer each gradient is added to as it comes: in fp32 at
-            accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
-            grads = accumulate * d * sum(partitions) + tied_gradient_in_flight(tensors, layout, precision)
-        elif layout.zero_stage == 1:  # bf16 offloaded: ZeRO 1's own optimizer sums into an fp32 copy of each
-            grads = phi * e + (4 * phi if precision == "bf16" else 0)  # gradient (read from DeepSpeed, untested)
-        elif precision == "bf16" and not layout.offload_optimizer:  # fp32 accumulation: this rank's partition
-            grads = 4 * sum(partitions)
-        else:
-            per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
-            grads = e * (max(per_rank) if dp_rank is None else per_rank[dp_rank])
-        bucket = min(phi, REDUCE_BUCKET)  # kept in e; a w-byte copy of it on the wire where w differs
-        wire = wire_bytes(layout, precision)
-        buffers = bucket * (e + (wire if wire != e else 0)) if layout.zero_stage == 2 else 0
-    moments = 2 * master
-    if layout.offload_optimizer:  # master, moments and an fp32 gradient partition live in CPU memory
-        return ModelStates(model, grads, 0, cpu + master + moments + master, buffers)
-    return ModelStates(model + master, grads, moments, cpu, buffers)
+        grads = e * overlap
+    return ModelStates(model + master, grads, 2 * master, 0, _reduce_bucket(layout, precision, phi))
+
+
+def _reduce_bucket(layout: Layout, precision: str, phi: int) -> int:
+    """ZeRO 2's gradient bucket while the backward reduces: kept in e, and a copy of it in the wire type where
+    that differs."""
+    if layout.zero_stage != 2:
+        return 0
+    e, wire = BYTES[precision], wire_bytes(layout, precision)
+    return min(phi, REDUCE_BUCKET) * (e + (wire if wire != e else 0))
+
+
+def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition: int, overlap: int,
+               model: int) -> ModelStates:
+    """ZeRO-Offload at ZeRO 1/2: DeepSpeed's ZeRO optimizer with cpu_offload, read from its source (which
+    tensor lives where) and checked in total against what it holds on CPU (tests/distributed/test_planner_memory.py).
+
+    GPU: the model; one tensor's gradient staged on its way to the CPU (the largest tensor's size); and the
+    gradients summed between micro-batches: fp32 ZeRO 1 in the parameters' own .grad, bf16 ZeRO 2 in an fp32
+    partition (bf16 ZeRO 1 builds that partition at the step only, a transient; fp32 ZeRO 2 sums on the CPU).
+    CPU: the fp32 master partition, Adam's moments, the fp32 gradient partition the CPU step reads, the updated
+    partition in the model's type on its way back, the staged gradient's CPU side, and (fp32 ZeRO 2) the sums
+    of every whole tensor overlapping the partition."""
+    e = BYTES[precision]
+    staging = e * largest
+    if precision == "bf16":
+        summed = 4 * partition if layout.zero_stage == 2 else 0
+        transient = 4 * partition if layout.zero_stage == 1 else 0
+    else:
+        summed, transient = (4 * phi if layout.zero_stage == 1 else 0), 0
+    cpu = (4 + 8 + 4 + e) * partition + staging + (4 * overlap if layout.zero_stage == 2 and precision == "fp32" else 0)
+    return ModelStates(model, summed + staging, 0, cpu, max(transient, _reduce_bucket(layout, precision, phi)))
 
 
 def wire_bytes(layout: Layout, precision: str) -> int:

@@ -34,3 +34,23 @@ def test_model_states_equal_what_deepspeed_holds(tmp_path, world, tp, zero, prec
         in_flight = tied_gradient_in_flight(tensors, layout, precision)
         assert (held["weights"], held["gradients"] + in_flight, held["optimizer"]) == \
             (planned.weights, planned.gradients, planned.optimizer), f"rank {rank}"
+
+
+OFFLOADED = [(1, "bf16"), (1, "fp32"), (2, "bf16"), (2, "fp32")]
+
+
+@pytest.mark.parametrize("zero,precision", OFFLOADED, ids=[f"zero{z}-{p}" for z, p in OFFLOADED])
+def test_offloaded_states_total_what_deepspeed_holds(tmp_path, zero, precision):
+    """ZeRO-Offload at ZeRO 1/2: on a CPU machine both sides are one memory, so the planner's GPU and CPU bytes
+    together against everything DeepSpeed holds, to the byte, per rank (which side each tensor lives on is read
+    from DeepSpeed's source: megagpt.planner.memory._offloaded). The planner had bf16 ZeRO 1 holding 6 bytes of
+    gradient per parameter on the GPU; DeepSpeed holds one tensor's staging copy there."""
+    overrides = [*MODEL, f"parallel.zero_stage={zero}", f"train.precision={precision}",
+                 "parallel.offload_optimizer=true"]
+    holdings = run_worker("tests.distributed.deepspeed_holdings", 3, tmp_path, overrides)
+    layout = Layout(dp=3, micro_batch=2, zero_stage=zero, offload_optimizer=True)
+    tensors = rank_tensors(load_config(None, overrides).model, 1, 1, 0)
+    for rank, held in enumerate(holdings):
+        planned = model_states(tensors, layout, precision, held["dp_rank"])
+        assert held["weights"] + held["gradients"] + held["optimizer"] == \
+            planned.weights + planned.gradients + planned.optimizer + planned.offloaded, f"rank {rank}"
