@@ -10,14 +10,9 @@ states after a step. Storages are counted once, whatever views share them.
 import sys
 
 import torch
-import torch.distributed as dist
 
-from megagpt.config import load_config
 from megagpt.model.gpt import lm_loss
-from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
-from megagpt.parallel.parallelize import parallelize
-from megagpt.parallel.topology import build_parallel_context
-from tests.distributed.workers import report
+from tests.distributed.workers import engine_for, report
 
 SCALAR = 16  # bytes: step counters' and norms' scalars the planner leaves out are smaller
 
@@ -63,13 +58,8 @@ def held(engine) -> dict:
 
 
 def main(out: str, overrides: list[str]) -> None:
-    quiet_library_warnings()
-    device = init_distributed("cpu")
-    cfg = load_config(None, overrides)
-    world = dist.get_world_size()
-    pc = build_parallel_context(cfg.parallel.tp, cfg.parallel.pp, device)
-    b, dp = cfg.train.micro_batch_size, world // (cfg.parallel.tp * cfg.parallel.pp)
-    engine, _ = parallelize(cfg, pc, global_batch_size=2 * b * dp)
+    cfg, pc, engine = engine_for(overrides, micro_batches=2)
+    b = cfg.train.micro_batch_size
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, cfg.model.vocab_size, (b, cfg.model.seq_length + 1), generator=gen)
     tokens, labels = batch[:, :-1], (batch[:, 1:], torch.ones(b, cfg.model.seq_length))

@@ -13,12 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from megagpt.config import load_config
 from megagpt.model.gpt import lm_loss
-from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
-from megagpt.parallel.parallelize import parallelize
-from megagpt.parallel.topology import build_parallel_context
-from tests.distributed.workers import report
+from tests.distributed.workers import engine_for, report
 
 SMALL = 1024  # bytes: scalars and flags
 
@@ -57,12 +53,8 @@ class Traffic(TorchDispatchMode):
 
 
 def main(out: str, overrides: list[str]) -> None:
-    quiet_library_warnings()
-    device = init_distributed("cpu")
-    cfg = load_config(None, overrides)
-    pc = build_parallel_context(1, 1, device)
+    cfg, _, engine = engine_for(overrides, micro_batches=2)
     b = cfg.train.micro_batch_size
-    engine, _ = parallelize(cfg, pc, global_batch_size=2 * b * pc.dp)
     gen = torch.Generator().manual_seed(dist.get_rank())
     batch = torch.randint(0, cfg.model.vocab_size, (b, cfg.model.seq_length + 1), generator=gen)
     tokens, labels = batch[:, :-1], (batch[:, 1:], torch.ones(b, cfg.model.seq_length))

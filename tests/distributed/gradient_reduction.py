@@ -14,12 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from megagpt.config import load_config
 from megagpt.model.gpt import lm_loss
-from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
-from megagpt.parallel.parallelize import parallelize
-from megagpt.parallel.topology import build_parallel_context
-from tests.distributed.workers import report
+from tests.distributed.workers import engine_for, report
 
 
 class ZeroCount(TorchDispatchMode):
@@ -33,12 +29,8 @@ class ZeroCount(TorchDispatchMode):
 
 
 def main(out: str, overrides: list[str]) -> None:
-    quiet_library_warnings()
-    device = init_distributed("cpu")
-    cfg = load_config(None, overrides)
-    pc = build_parallel_context(1, 1, device)
+    cfg, pc, engine = engine_for(overrides, micro_batches=1)
     b = cfg.train.micro_batch_size
-    engine, _ = parallelize(cfg, pc, global_batch_size=b * pc.dp)
     gen = torch.Generator().manual_seed(dist.get_rank())
     # two micro-batches: their fp32 sum is no longer a bf16 number
     batches = [torch.randint(0, cfg.model.vocab_size, (b, cfg.model.seq_length + 1), generator=gen) for _ in range(2)]

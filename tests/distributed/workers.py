@@ -19,6 +19,22 @@ def run_worker(module: str, world: int, out, overrides: list[str]) -> list[dict]
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
+def engine_for(overrides: list[str], micro_batches: int):
+    """In the worker, first: join the CPU world and build the DeepSpeed engine `megagpt pretrain` builds, for
+    `micro_batches` micro-batches a step. Returns (config, parallel context, engine)."""
+    from megagpt.config import load_config
+    from megagpt.parallel.distributed import init_distributed, quiet_library_warnings
+    from megagpt.parallel.parallelize import parallelize
+    from megagpt.parallel.topology import build_parallel_context
+
+    quiet_library_warnings()
+    device = init_distributed("cpu")
+    cfg = load_config(None, overrides)
+    pc = build_parallel_context(cfg.parallel.tp, cfg.parallel.pp, device)
+    engine, _ = parallelize(cfg, pc, global_batch_size=micro_batches * cfg.train.micro_batch_size * pc.dp)
+    return cfg, pc, engine
+
+
 def report(out: str, record: dict) -> None:
     """In the worker, last: this rank's record, then the world ends together."""
     with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
