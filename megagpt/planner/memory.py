@@ -35,9 +35,9 @@ with weight decay and vectors without, in registration order; d = data parallel 
                gradients  4·Σ_p ceil(n_p/d)           fp32 in either precision
 
 Scalars (step counters, norms) are left out. These are checked to the byte against the tensors a DeepSpeed engine holds on CPU
-(tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments (and
-at ZeRO 1/2 the fp32 gradient partition) to CPU memory; `offload_params` moves ZeRO 3's
-partitions; at ZeRO 1/2 offloading keeps more on each side than that (`_offloaded`). Transient buffers are
+(tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments and
+the fp32 gradient partition to CPU memory; `offload_params` moves ZeRO 3's partitions; at ZeRO 1/2
+offloading keeps more on each side than that (`_offloaded`); checked in total on CPU. Transient buffers are
 reported apart: ZeRO 2's gradient bucket while the
 backward reduces (min(Φ, 5e8 elements)·e, and as much again at 4 bytes an element where
 parallel.grad_reduce_in_fp32 reduces it: DeepSpeed copies the bucket to the wire type) and ZeRO 3's gathered parameters (the two
@@ -153,8 +153,8 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         cpu = e * parts if layout.offload_params else 0
         grads = 4 * parts  # ZeRO 3 accumulates in fp32 (bf16: megagpt asks it to; fp32: the model's own)
         buffers = 2 * max((sum(n for n, _ in block) for block in _blocks(tensors)), default=0) * e
-        if layout.offload_optimizer:  # master, moments and the fp32 gradient partition live in CPU memory
-            return ModelStates(model, grads, 0, cpu + 4 * master, buffers)
+        if layout.offload_optimizer:  # master, moments and the fp32 gradient partition (DeepSpeed's
+            return ModelStates(model, 0, 0, cpu + 3 * master + grads, buffers)  # grad_partitions_flat_buffer): CPU
         return ModelStates(model + master, grads, 2 * master, cpu, buffers)
     partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
     master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups

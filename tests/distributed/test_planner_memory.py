@@ -36,19 +36,21 @@ def test_model_states_equal_what_deepspeed_holds(tmp_path, world, tp, zero, prec
             (planned.weights, planned.gradients, planned.optimizer), f"rank {rank}"
 
 
-OFFLOADED = [(1, "bf16"), (1, "fp32"), (2, "bf16"), (2, "fp32")]
+OFFLOADED = [(1, "bf16", False), (1, "fp32", False), (2, "fp32", False), (3, "bf16", False), (3, "fp32", True)]
 
 
-@pytest.mark.parametrize("zero,precision", OFFLOADED, ids=[f"zero{z}-{p}" for z, p in OFFLOADED])
-def test_offloaded_states_total_what_deepspeed_holds(tmp_path, zero, precision):
+@pytest.mark.parametrize("zero,precision,params", OFFLOADED,
+                         ids=[f"zero{z}-{p}{'-params' if o else ''}" for z, p, o in OFFLOADED])
+def test_offloaded_states_total_what_deepspeed_holds(tmp_path, zero, precision, params):
     """ZeRO-Offload at ZeRO 1/2: on a CPU machine both sides are one memory, so the planner's GPU and CPU bytes
     together against everything DeepSpeed holds, to the byte, per rank (which side each tensor lives on is read
     from DeepSpeed's source: megagpt.planner.memory._offloaded). The planner had bf16 ZeRO 1 holding 6 bytes of
-    gradient per parameter on the GPU; DeepSpeed holds one tensor's staging copy there."""
+    gradient per parameter on the GPU; DeepSpeed holds one tensor's staging copy there. At ZeRO 3 it counted the
+    fp32 gradient partition twice, on the GPU and in CPU memory, where DeepSpeed keeps its one copy."""
     overrides = [*MODEL, f"parallel.zero_stage={zero}", f"train.precision={precision}",
-                 "parallel.offload_optimizer=true"]
+                 "parallel.offload_optimizer=true", f"parallel.offload_params={params}"]
     holdings = run_worker("tests.distributed.deepspeed_holdings", 3, tmp_path, overrides)
-    layout = Layout(dp=3, micro_batch=2, zero_stage=zero, offload_optimizer=True)
+    layout = Layout(dp=3, micro_batch=2, zero_stage=zero, offload_optimizer=True, offload_params=params)
     tensors = rank_tensors(load_config(None, overrides).model, 1, 1, 0)
     for rank, held in enumerate(holdings):
         planned = model_states(tensors, layout, precision, held["dp_rank"])
