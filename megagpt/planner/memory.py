@@ -175,12 +175,15 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
 
 
 def _reduce_bucket(layout: Layout, precision: str, phi: int) -> int:
-    """ZeRO 2's gradient bucket while the backward reduces: kept in e, and a copy of it in the wire type where
-    that differs."""
-    if layout.zero_stage != 2:
+    """The gradient bucket of DeepSpeed's ZeRO 1/2 optimizer (not BF16_Optimizer's), allocated whole
+    (reduce_bucket_size) at each micro-batch's backward until the step: in the model's type, but in fp32 at bf16
+    ZeRO 1, where it stages the fp32 sums; and where the wire type differs, a copy of what it holds (at most
+    the rank's gradients) while that is reduced."""
+    if layout.zero_stage not in (1, 2) or bf16_optimizer(layout, precision):
         return 0
     e, wire = BYTES[precision], wire_bytes(layout, precision)
-    return min(phi, REDUCE_BUCKET) * (e + (wire if wire != e else 0))
+    staged = 4 if precision == "bf16" and layout.zero_stage == 1 else e
+    return REDUCE_BUCKET * staged + (min(phi, REDUCE_BUCKET) * wire if wire != staged else 0)
 
 
 def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition: int, overlap: int,
@@ -189,19 +192,20 @@ def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition
     tensor lives where) and checked in total against what it holds on CPU (tests/distributed/test_planner_memory.py).
 
     GPU: the model; one tensor's gradient staged on its way to the CPU (the largest tensor's size); and the
-    gradients summed between micro-batches: fp32 ZeRO 1 in the parameters' own .grad, bf16 ZeRO 2 in an fp32
-    partition (bf16 ZeRO 1 builds that partition at the step only, a transient; fp32 ZeRO 2 sums on the CPU).
-    CPU: the fp32 master partition, Adam's moments, the fp32 gradient partition the CPU step reads, the updated
-    partition in the model's type on its way back, the staged gradient's CPU side, and (fp32 ZeRO 2) the sums
-    of every whole tensor overlapping the partition."""
+    gradients summed between micro-batches: at ZeRO 1 every parameter's, in its .grad (bf16: in an fp32
+    grad_accum beside it, and an fp32 partition built at the step, a transient); at bf16 ZeRO 2 an fp32
+    partition (fp32 and fp16 ZeRO 2 sum on the CPU). CPU: the fp32 master partition, Adam's moments, the fp32
+    gradient partition the CPU step reads, the updated partition in the model's type on its way back, the staged
+    gradient's CPU side, and (fp32, fp16 ZeRO 2) the sums of every whole tensor overlapping the partition."""
     e = BYTES[precision]
     staging = e * largest
     if precision == "bf16":
-        summed = 4 * partition if layout.zero_stage == 2 else 0
+        summed = 4 * (phi if layout.zero_stage == 1 else partition)
         transient = 4 * partition if layout.zero_stage == 1 else 0
     else:
-        summed, transient = (4 * phi if layout.zero_stage == 1 else 0), 0
-    cpu = (4 + 8 + 4 + e) * partition + staging + (4 * overlap if layout.zero_stage == 2 and precision == "fp32" else 0)
+        summed, transient = (e * phi if layout.zero_stage == 1 else 0), 0
+    sums_on_cpu = e * overlap if layout.zero_stage == 2 and precision != "bf16" else 0
+    cpu = (4 + 8 + 4 + e) * partition + staging + sums_on_cpu
     return ModelStates(model, summed + staging, 0, cpu, max(transient, _reduce_bucket(layout, precision, phi)))
 
 

@@ -36,6 +36,7 @@ def held(engine) -> dict:
         add(p, "weights")
         add(getattr(p, "ds_tensor", None), "weights")
         add(p.grad, "gradients")
+        add(getattr(p, "grad_accum", None), "gradients")  # DeepSpeed's fp32 sums beside a bf16 .grad (ZeRO 1)
 
     def walk(obj, kind: str, depth: int = 0) -> None:
         if isinstance(obj, torch.Tensor):

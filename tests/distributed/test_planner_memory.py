@@ -44,9 +44,9 @@ OFFLOADED = [(1, "bf16", False), (1, "fp32", False), (2, "fp32", False), (3, "bf
 def test_offloaded_states_total_what_deepspeed_holds(tmp_path, zero, precision, params):
     """ZeRO-Offload at ZeRO 1/2: on a CPU machine both sides are one memory, so the planner's GPU and CPU bytes
     together against everything DeepSpeed holds, to the byte, per rank (which side each tensor lives on is read
-    from DeepSpeed's source: megagpt.planner.memory._offloaded). The planner had bf16 ZeRO 1 holding 6 bytes of
-    gradient per parameter on the GPU; DeepSpeed holds one tensor's staging copy there. At ZeRO 3 it counted the
-    fp32 gradient partition twice, on the GPU and in CPU memory, where DeepSpeed keeps its one copy."""
+    from DeepSpeed's source: megagpt.planner.memory._offloaded). The planner had left out the CPU side's staging
+    copy and returning partition (ZeRO 1/2), counted a bf16 gradient beside bf16 ZeRO 1's fp32 sums, and at ZeRO 3
+    the fp32 gradient partition twice, on the GPU and in CPU memory, where DeepSpeed keeps its one copy."""
     overrides = [*MODEL, f"parallel.zero_stage={zero}", f"train.precision={precision}",
                  "parallel.offload_optimizer=true", f"parallel.offload_params={params}"]
     holdings = run_worker("tests.distributed.deepspeed_holdings", 3, tmp_path, overrides)
