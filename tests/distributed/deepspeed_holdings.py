@@ -1,13 +1,11 @@
 """Worker for test_planner_memory: build a DeepSpeed engine as `megagpt pretrain` does, train, and
 write per rank the bytes of every tensor the engine holds, by kind, as JSON.
 
-    python -m torch.distributed.run --nproc_per_node N -m tests.distributed.deepspeed_holdings OUT key=value ...
+    python -m tests.distributed.workers tests.distributed.deepspeed_holdings N OUT key=value ...
 
 Gradients are read between two micro-batches of a step (what accumulates), weights and optimizer
 states after a step. Storages are counted once, whatever views share them.
 """
-
-import sys
 
 import torch
 
@@ -75,7 +73,3 @@ def main(out: str, overrides: list[str]) -> None:
     after = held(engine)
     record.update(weights=after["weights"], optimizer=after["optimizer"], dp_rank=pc.dp_rank, tp_rank=pc.tp_rank)
     report(out, record)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])

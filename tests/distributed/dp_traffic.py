@@ -1,13 +1,11 @@
 """Worker for test_planner_traffic: the bytes DeepSpeed hands to collectives in one training step, by kind, as
 the planner's traffic model (megagpt.planner.timing.dp_collectives) counts them.
 
-    python -m torch.distributed.run --nproc_per_node N -m tests.distributed.dp_traffic OUT key=value ...
+    python -m tests.distributed.workers tests.distributed.dp_traffic N OUT key=value ...
 
 At tp = pp = 1 every collective is over DP. The step is the second (the first also has start-up's), of 2
 micro-batches; collectives of a few elements (norms, flags) are left out, as the planner leaves them out.
 """
-
-import sys
 
 import torch
 import torch.distributed as dist
@@ -67,7 +65,3 @@ def main(out: str, overrides: list[str]) -> None:
     parameters = sum(p.numel() for p in engine.module.parameters()) if cfg.parallel.zero_stage < 3 else \
         sum(p.ds_numel for p in engine.module.parameters())
     report(out, {"bytes": traffic.bytes, "parameters": parameters, "optimizer": type(engine.optimizer).__name__})
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])

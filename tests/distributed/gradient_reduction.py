@@ -2,12 +2,11 @@
 own, each from the same inputs: two micro-batches summed into BF16_Optimizer's fp32 buffers, then the DP reduction;
 then a whole step, which zeroes the sums once.
 
-    python -m torch.distributed.run --nproc_per_node N -m tests.distributed.gradient_reduction OUT key=value ...
+    python -m tests.distributed.workers tests.distributed.gradient_reduction N OUT key=value ...
 
 Each rank sums its own tokens, so the ranks' gradients differ; rank r writes OUT/rank{r}.json.
 """
 
-import sys
 import types
 
 import torch
@@ -66,7 +65,3 @@ def main(out: str, overrides: list[str]) -> None:
         engine.step()
     record["step_zeroes_sums"] = zeroes.count == len(flats) and all(not f.any() for f in flats)
     report(out, record)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])

@@ -1,5 +1,13 @@
-"""The two ends of a test worker run under torchrun: the test launches it, each rank reports one JSON record."""
+"""The two ends of a test worker run: the test launches it, each rank reports one JSON record.
 
+    python -m tests.distributed.workers MODULE WORLD OUT key=value ...
+
+runs MODULE's main(OUT, overrides) on WORLD CPU ranks under torch elastic, forked from a server that has
+imported the libraries once, as `megagpt pretrain --nproc` forks its CPU ranks (launchers.local): each rank
+importing them itself took about 5 s of the 2 cores a rank.
+"""
+
+import importlib
 import json
 import os
 import subprocess
@@ -12,11 +20,14 @@ from tests.conftest import CPU_ENV, REPO
 
 
 def run_worker(module: str, world: int, out, overrides: list[str]) -> list[dict]:
-    """Run `python -m module OUT overrides...` on `world` CPU ranks; each rank's record, by rank."""
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-                    str(free_port()), "-m", module, str(out), *overrides],
+    """Run `module`'s main(OUT, overrides) on `world` CPU ranks; each rank's record, by rank."""
+    subprocess.run([sys.executable, "-m", "tests.distributed.workers", module, str(world), str(out), *overrides],
                    cwd=REPO, env={**os.environ, **CPU_ENV}, check=True, capture_output=True, timeout=300)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
+
+
+def rank_main(module: str, out: str, overrides: list[str]) -> None:
+    importlib.import_module(module).main(out, overrides)
 
 
 def engine_for(overrides: list[str], micro_batches: int):
@@ -41,3 +52,20 @@ def report(out: str, record: dict) -> None:
         json.dump(record, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    from multiprocessing import forkserver
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from launchers.local import PRELOAD
+    from tests.distributed import workers  # rank_main by its module's name: the forked ranks import it so
+
+    os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed picks its accelerator as the server imports it
+    forkserver.set_forkserver_preload([PRELOAD])
+    name, world, out, *rest = sys.argv[1:]
+    elastic_launch(LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=int(world), run_id=f"worker-{os.getpid()}",
+                                rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
+                                monitor_interval=0.1, start_method="forkserver"),
+                   workers.rank_main)(name, out, rest)
