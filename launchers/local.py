@@ -66,12 +66,9 @@ def _rank_environment(nproc: int) -> None:
     os.environ[DIE_WITH_LAUNCHER] = str(os.getpid())
 
 
-def rank_main(argv: list[str]) -> None:
-    """A CPU rank, forked from the server: it runs the command as a fresh `python -m launchers.cli *argv` would."""
+def leave_the_server() -> None:
+    """First in a rank forked from the server: the signals the server ignores taken back, and its pipe let go."""
     from multiprocessing import forkserver
-
-    from launchers.cli import main
-    from megagpt.train.pretrain import INTERRUPTED, Preemption
 
     # The server lives while any process holds this pipe to it; the launcher's copy alone must, so that the
     # server exits with the launcher and its death signal reaches this rank (die_with_launcher).
@@ -81,6 +78,14 @@ def rank_main(argv: list[str]) -> None:
         forkserver._forkserver._forkserver_alive_fd = None
     for sig in (signal.SIGTERM, signal.SIGUSR1):  # the server ignores them
         signal.signal(sig, signal.SIG_DFL)
+
+
+def rank_main(argv: list[str]) -> None:
+    """A CPU rank, forked from the server: it runs the command as a fresh `python -m launchers.cli *argv` would."""
+    from launchers.cli import main
+    from megagpt.train.pretrain import INTERRUPTED, Preemption
+
+    leave_the_server()
     try:
         main(argv)
     except SystemExit as exc:

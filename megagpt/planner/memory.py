@@ -37,11 +37,12 @@ with weight decay and vectors without, in registration order; d = data parallel 
 Scalars (step counters, norms) are left out. These are checked to the byte against the tensors a DeepSpeed engine holds on CPU
 (tests/distributed/test_planner_memory.py). Offloading moves the master copy, moments and
 the fp32 gradient partition to CPU memory; `offload_params` moves ZeRO 3's partitions; at ZeRO 1/2
-offloading keeps more on each side than that (`_offloaded`); checked in total on CPU. Transient buffers are
-reported apart: ZeRO 2's gradient bucket while the
-backward reduces (min(Φ, 5e8 elements)·e, and as much again at 4 bytes an element where
-parallel.grad_reduce_in_fp32 reduces it: DeepSpeed copies the bucket to the wire type) and ZeRO 3's gathered parameters (the two
-largest blocks whole, the one computing and the one prefetched).
+offloading keeps more on each side than that (`_offloaded`); checked in total on CPU.
+DeepSpeed's own ZeRO optimizers keep a gradient bucket of 5e8 elements (`_bucket`): ZeRO 3 from the start (in
+the wire type), ZeRO 1 from a step's first backward to the step (fp32 at bf16); both counted with the
+gradients. Transient buffers are reported apart: ZeRO 2's bucket, which lives through each backward, a copy of
+the bucket's gradients in the wire type where that differs (parallel.grad_reduce_in_fp32), and ZeRO 3's
+gathered parameters (the two largest blocks whole, the one computing and the one prefetched).
 
 Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing
 activation recomputation in large transformer models", adapted to this block: s sequence,
@@ -83,7 +84,7 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # DeepSpeed's defaults, which megagpt.train.optimizer.zero_config does not change
 ZERO_ALIGNMENT = 2  # ZeRO 1/2 pad each flat group to a multiple of this times dp (nccl_start_alignment_factor)
 PERSISTENCE_THRESHOLD = 100_000  # ZeRO 3 keeps whole every tensor of at most this many elements
-REDUCE_BUCKET = 500_000_000  # elements of gradient reduced at once (ZeRO 2's bucket)
+REDUCE_BUCKET = 500_000_000  # elements of DeepSpeed's gradient bucket (reduce_bucket_size), allocated whole
 MASK_BYTES = 1  # a dropout mask element on CUDA (torch keeps a bool mask; on CPU it keeps e bytes)
 
 
@@ -153,9 +154,10 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         cpu = e * parts if layout.offload_params else 0
         grads = 4 * parts  # ZeRO 3 accumulates in fp32 (bf16: megagpt asks it to; fp32: the model's own)
         buffers = 2 * max((sum(n for n, _ in block) for block in _blocks(tensors)), default=0) * e
-        if layout.offload_optimizer:  # master, moments and the fp32 gradient partition (DeepSpeed's
-            return ModelStates(model, 0, 0, cpu + 3 * master + grads, buffers)  # grad_partitions_flat_buffer): CPU
-        return ModelStates(model + master, grads, 2 * master, cpu, buffers)
+        bucket = _bucket(layout, precision)
+        if layout.offload_optimizer:  # master, moments, the fp32 gradient partition (grad_partitions_flat_buffer)
+            return ModelStates(model, bucket, 0, cpu + 4 * master + grads, buffers)  # and the master's .grad: CPU
+        return ModelStates(model + master, grads + bucket, 2 * master, cpu, buffers)
     partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
     master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
     per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
@@ -165,25 +167,36 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
     if bf16_optimizer(layout, precision):  # the flat buffer each gradient is added to as it comes: in fp32 at
         accumulate = 4 if layout.zero_stage == 1 else e  # ZeRO 1 (megagpt asks), in bf16 at ZeRO 0 (no choice)
         grads = accumulate * d * sum(partitions) + tied_gradient_in_flight(tensors, layout, precision)
-    elif layout.zero_stage == 1:  # fp32: every parameter's gradient, summed in place
-        grads = phi * e
+    elif layout.zero_stage == 1:  # fp32: every parameter's gradient, summed in place, and the bucket
+        grads = phi * e + _bucket(layout, precision)
     elif precision == "bf16":  # fp32 accumulation: this rank's partition
         grads = 4 * sum(partitions)
     else:
         grads = e * overlap
-    return ModelStates(model + master, grads, 2 * master, 0, _reduce_bucket(layout, precision, phi))
+    return ModelStates(model + master, grads, 2 * master, 0, _reduce_buffers(layout, precision, phi))
 
 
-def _reduce_bucket(layout: Layout, precision: str, phi: int) -> int:
-    """The gradient bucket of DeepSpeed's ZeRO 1/2 optimizer (not BF16_Optimizer's), allocated whole
-    (reduce_bucket_size) at each micro-batch's backward until the step: in the model's type, but in fp32 at bf16
-    ZeRO 1, where it stages the fp32 sums; and where the wire type differs, a copy of what it holds (at most
-    the rank's gradients) while that is reduced."""
+def _bucket(layout: Layout, precision: str) -> int:
+    """The gradient bucket DeepSpeed's own ZeRO optimizers keep (not BF16_Optimizer): reduce_bucket_size
+    elements, whole whatever the model's size. ZeRO 3 allocates it at the start, in the wire type; ZeRO 1 at a
+    step's first backward until the step, in the type it sums in (fp32 at bf16); ZeRO 2 for each backward alone
+    (`_reduce_buffers`)."""
+    if bf16_optimizer(layout, precision) or layout.zero_stage not in (1, 2, 3):
+        return 0
+    if layout.zero_stage == 3:
+        return REDUCE_BUCKET * wire_bytes(layout, precision)
+    return REDUCE_BUCKET * (4 if precision == "bf16" and layout.zero_stage == 1 else BYTES[precision])
+
+
+def _reduce_buffers(layout: Layout, precision: str, phi: int) -> int:
+    """Transient at ZeRO 1/2 with DeepSpeed's own optimizer: ZeRO 2's bucket through each backward, and where
+    the wire type differs from the bucket's, a copy of what it holds (at most the rank's gradients) while that
+    is reduced."""
     if layout.zero_stage not in (1, 2) or bf16_optimizer(layout, precision):
         return 0
-    e, wire = BYTES[precision], wire_bytes(layout, precision)
-    staged = 4 if precision == "bf16" and layout.zero_stage == 1 else e
-    return REDUCE_BUCKET * staged + (min(phi, REDUCE_BUCKET) * wire if wire != staged else 0)
+    bucket, wire = _bucket(layout, precision), wire_bytes(layout, precision)
+    copy = min(phi, REDUCE_BUCKET) * wire if wire * REDUCE_BUCKET != bucket else 0
+    return (bucket if layout.zero_stage == 2 else 0) + copy
 
 
 def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition: int, overlap: int,
@@ -193,7 +206,8 @@ def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition
 
     GPU: the model; one tensor's gradient staged on its way to the CPU (the largest tensor's size); and the
     gradients summed between micro-batches: at ZeRO 1 every parameter's, in its .grad (bf16: in an fp32
-    grad_accum beside it, and an fp32 partition built at the step, a transient); at bf16 ZeRO 2 an fp32
+    grad_accum beside it, and an fp32 partition built at the step, a transient; and the bucket, `_bucket`); at
+    bf16 ZeRO 2 an fp32
     partition (fp32 and fp16 ZeRO 2 sum on the CPU). CPU: the fp32 master partition, Adam's moments, the fp32
     gradient partition the CPU step reads, the updated partition in the model's type on its way back, the staged
     gradient's CPU side, and (fp32, fp16 ZeRO 2) the sums of every whole tensor overlapping the partition."""
@@ -206,7 +220,8 @@ def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition
         summed, transient = (e * phi if layout.zero_stage == 1 else 0), 0
     sums_on_cpu = e * overlap if layout.zero_stage == 2 and precision != "bf16" else 0
     cpu = (4 + 8 + 4 + e) * partition + staging + sums_on_cpu
-    return ModelStates(model, summed + staging, 0, cpu, max(transient, _reduce_bucket(layout, precision, phi)))
+    gpu = summed + staging + (_bucket(layout, precision) if layout.zero_stage == 1 else 0)
+    return ModelStates(model, gpu, 0, cpu, max(transient, _reduce_buffers(layout, precision, phi)))
 
 
 def wire_bytes(layout: Layout, precision: str) -> int:

@@ -39,6 +39,7 @@ def held(engine) -> dict:
     def walk(obj, kind: str, depth: int = 0) -> None:
         if isinstance(obj, torch.Tensor):
             add(obj, kind)
+            add(obj.grad, "gradients")  # (ZeRO 3 offloaded: its fp32 partition's gradient, kept through the step)
         elif isinstance(obj, (list, tuple)) and depth < 4:
             for x in obj:
                 walk(x, kind, depth + 1)
@@ -49,6 +50,8 @@ def held(engine) -> dict:
     for name, value in vars(opt).items():
         if name != "optimizer" and opt is not inner:
             walk(value, "gradients" if "grad" in name else "weights")
+    for bucket in getattr(opt, "ipg_buckets", {}).values():  # DeepSpeed's gradient buckets: a tensor, or a list
+        walk(bucket.buffer, "gradients")
     totals = {"weights": 0, "gradients": 0, "optimizer": 0}
     for kind, nbytes in seen.values():
         if nbytes > SCALAR:

@@ -1,6 +1,6 @@
 """The planner's bytes against what training really holds: DeepSpeed's model states to the byte
 (weights, gradients, optimizer states at ZeRO 0/1/2/3, fp32 and bf16, BF16_Optimizer's fp32 accumulation
-buffer at ZeRO 1 included, with padding), and the
+buffer at ZeRO 1 included, with padding, and DeepSpeed's gradient buckets), offloaded states in total, and the
 activations a forward pass keeps for its backward."""
 
 import pytest
@@ -45,8 +45,8 @@ def test_offloaded_states_total_what_deepspeed_holds(tmp_path, zero, precision, 
     """ZeRO-Offload at ZeRO 1/2: on a CPU machine both sides are one memory, so the planner's GPU and CPU bytes
     together against everything DeepSpeed holds, to the byte, per rank (which side each tensor lives on is read
     from DeepSpeed's source: megagpt.planner.memory._offloaded). The planner had left out the CPU side's staging
-    copy and returning partition (ZeRO 1/2), counted a bf16 gradient beside bf16 ZeRO 1's fp32 sums, and at ZeRO 3
-    the fp32 gradient partition twice, on the GPU and in CPU memory, where DeepSpeed keeps its one copy."""
+    copy and returning partition (ZeRO 1/2) and the gradient bucket (ZeRO 1 and 3), counted a bf16 gradient beside
+    bf16 ZeRO 1's fp32 sums, and put one of ZeRO 3's two fp32 gradient copies on the GPU: both are in CPU memory."""
     overrides = [*MODEL, f"parallel.zero_stage={zero}", f"train.precision={precision}",
                  "parallel.offload_optimizer=true", f"parallel.offload_params={params}"]
     holdings = run_worker("tests.distributed.deepspeed_holdings", 3, tmp_path, overrides)

@@ -21,12 +21,20 @@ from tests.conftest import CPU_ENV, REPO
 
 def run_worker(module: str, world: int, out, overrides: list[str]) -> list[dict]:
     """Run `module`'s main(OUT, overrides) on `world` CPU ranks; each rank's record, by rank."""
-    subprocess.run([sys.executable, "-m", "tests.distributed.workers", module, str(world), str(out), *overrides],
-                   cwd=REPO, env={**os.environ, **CPU_ENV}, check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "tests.distributed.workers", module, str(world), str(out),
+                           *overrides], cwd=REPO, env={**os.environ, **CPU_ENV}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"{module} on {world} ranks failed:\n{proc.stderr[-4000:]}"
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
 def rank_main(module: str, out: str, overrides: list[str]) -> None:
+    """A rank, forked from the server as launchers.local forks them: it dies with the launcher, and takes back the
+    signals the server ignores (torch elastic ends the other ranks with SIGTERM when one fails)."""
+    from launchers.local import die_with_launcher, leave_the_server
+
+    leave_the_server()
+    die_with_launcher()
     importlib.import_module(module).main(out, overrides)
 
 
@@ -55,16 +63,13 @@ def report(out: str, record: dict) -> None:
 
 
 if __name__ == "__main__":
-    from multiprocessing import forkserver
-
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from launchers.local import PRELOAD
+    from launchers.local import start_rank_server
     from tests.distributed import workers  # rank_main by its module's name: the forked ranks import it so
 
-    os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed picks its accelerator as the server imports it
-    forkserver.set_forkserver_preload([PRELOAD])
     name, world, out, *rest = sys.argv[1:]
+    start_rank_server(int(world))
     elastic_launch(LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=int(world), run_id=f"worker-{os.getpid()}",
                                 rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                                 monitor_interval=0.1, start_method="forkserver"),
