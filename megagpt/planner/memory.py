@@ -160,8 +160,10 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         return ModelStates(model + master, grads + bucket, 2 * master, cpu, buffers)
     partitions = [math.ceil(sum(g) / (ZERO_ALIGNMENT * d)) * ZERO_ALIGNMENT for g in groups]
     master, model = 4 * sum(partitions), e * d * sum(partitions)  # the params are views of the padded flat groups
-    per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
-    overlap = max(per_rank) if dp_rank is None else per_rank[dp_rank]
+    overlap = 0  # ZeRO 2's: the elements of the whole tensors that overlap the rank's partition (it sums those)
+    if layout.zero_stage == 2:
+        per_rank = [sum(x) for x in zip(*(_overlaps(g, p, d) for g, p in zip(groups, partitions)))]
+        overlap = max(per_rank) if dp_rank is None else per_rank[dp_rank]
     if layout.offload_optimizer:
         return _offloaded(layout, precision, phi, max(n for n, _ in tensors), sum(partitions), overlap, model)
     if bf16_optimizer(layout, precision):  # the flat buffer each gradient is added to as it comes: in fp32 at
@@ -207,8 +209,7 @@ def _offloaded(layout: Layout, precision: str, phi: int, largest: int, partition
     GPU: the model; one tensor's gradient staged on its way to the CPU (the largest tensor's size); and the
     gradients summed between micro-batches: at ZeRO 1 every parameter's, in its .grad (bf16: in an fp32
     grad_accum beside it, and an fp32 partition built at the step, a transient; and the bucket, `_bucket`); at
-    bf16 ZeRO 2 an fp32
-    partition (fp32 and fp16 ZeRO 2 sum on the CPU). CPU: the fp32 master partition, Adam's moments, the fp32
+    bf16 ZeRO 2 an fp32 partition (fp32 and fp16 ZeRO 2 sum on the CPU). CPU: the fp32 master partition, Adam's moments, the fp32
     gradient partition the CPU step reads, the updated partition in the model's type on its way back, the staged
     gradient's CPU side, and (fp32, fp16 ZeRO 2) the sums of every whole tensor overlapping the partition."""
     e = BYTES[precision]
