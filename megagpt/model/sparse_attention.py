@@ -13,16 +13,17 @@ import functools
 import torch
 import torch._dynamo  # (already imported by torch.compiler.disable below)
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention
 
 
 def sparse_attention(q, k, v, pattern: str, window: int, dropout_p: float = 0.0) -> torch.Tensor:
-    if pattern == "strided":
-        # The stride columns touch every (or every other) 128x128 key block, so FlexAttention's
-        # block sparsity would do near-dense work: the two-pass form is the fast one on every device.
-        return strided_causal_attention(q, k, v, window, dropout_p)
     # FlexAttention has no dropout and no CPU backward (torch 2.13); its Triton kernel needs hs >= 16.
-    if q.is_cuda and dropout_p == 0.0 and q.shape[-1] >= 16:
+    flex = q.is_cuda and dropout_p == 0.0 and q.shape[-1] >= 16
+    if pattern == "strided":
+        # Not one FlexAttention call: the stride columns touch every (or every other) 128x128 key block, so its
+        # block sparsity would do near-dense work. Its band pass is one, joined to the class pass by log-sum-exp.
+        return strided_causal_attention(q, k, v, window, dropout_p, band_kernel=flex_band if flex else None)
+    if flex:
         return flex_local_attention(q, k, v, window)
     return local_causal_attention(q, k, v, window, dropout_p)
 
@@ -75,6 +76,15 @@ FLEX_SHAPES = 128
 
 
 def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
+    return _flex_band(q, k, v, window, with_lse=False)
+
+
+def flex_band(q, k, v, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The band's output and each query's log-sum-exp over its scores, (B, nh, T) fp32: strided's band pass."""
+    return _flex_band(q, k, v, window, with_lse=True)
+
+
+def _flex_band(q, k, v, window: int, with_lse: bool):
     # Lengths padded to whole 128-blocks, so that eval's and PPO's many lengths share fewer shapes, each compiled
     # once (dynamic=False). Causal: no real query sees a padded key, and the padded queries' rows are dropped.
     t = q.shape[2]
@@ -82,11 +92,16 @@ def flex_local_attention(q, k, v, window: int) -> torch.Tensor:
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     block_mask = band_block_mask(t + pad, window, q.device, FLEX_BLOCK)
+    # The log-sum-exp is differentiable (its gradient enters the kernel's backward); natural log, as logsumexp.
+    aux = AuxRequest(lse=True) if with_lse else None
     if torch.compiler.is_compiling():  # inside a compiled block (train.compile): compiled with the block
-        out = flex_attention(q, k, v, block_mask=block_mask)
+        out = flex_attention(q, k, v, block_mask=block_mask, return_aux=aux)
     else:
         with torch._dynamo.config.patch(recompile_limit=FLEX_SHAPES):
-            out = _compiled(flex_attention)(q, k, v, block_mask=block_mask)
+            out = _compiled(flex_attention)(q, k, v, block_mask=block_mask, return_aux=aux)
+    if with_lse:
+        out, aux = out
+        return out[:, :, :t], aux.lse[:, :, :t]
     return out[:, :, :t] if pad else out
 
 
@@ -135,23 +150,36 @@ def local_causal_attention(q, k, v, window: int, dropout_p: float = 0.0) -> torc
     return out.flatten(2, 3)[:, :, :t]
 
 
-def strided_causal_attention(q, k, v, stride: int, dropout_p: float = 0.0) -> torch.Tensor:
+def strided_causal_attention(q, k, v, stride: int, dropout_p: float = 0.0, band_kernel=None) -> torch.Tensor:
     """Query i sees key j iff 0 <= i-j < stride or i-j is a positive multiple of stride; one softmax.
 
     The padded sequence is an (n, stride) grid: position a*stride + r is block a, residue class r.
     Band pass: each query block against its previous and own key block (distances 0 .. stride-1).
     Class pass: within class r, block a >= 1 sees blocks 0 .. a-1 (distances stride, 2*stride, ...).
     The two score sets are disjoint parts of each softmax row, joined exactly by its log-sum-exp.
+
+    band_kernel: (q, k, v, window) -> (the band's output, its log-sum-exp (B, nh, T)), for the band pass (FlexAttention
+    on CUDA, flex_band), weighted into the joint softmax as ring attention joins its chunks. Without one, the band's
+    scores are formed here (B, nh, n, s, 2s), with attention dropout on the joint probabilities.
     """
+    if band_kernel is not None and dropout_p > 0:
+        raise ValueError("strided attention's band kernel has no dropout")
     t, scale = q.shape[2], q.shape[-1] ** -0.5
     # softmax statistics in at least fp32; not torch.promote_types, which Dynamo (torch 2.11, CUDA) handed a
     # torch.Size under train.compile
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if band_kernel is not None:
+        band_out, band_lse = band_kernel(q, k, v, stride)  # (B, nh, T, hs), (B, nh, T)
     q, k, v = (_blocks(x, stride) for x in (q, k, v))  # (B, nh, n, s, hs)
     n = q.shape[2]
 
-    band = (q @ _with_previous_block(k).transpose(-2, -1) * scale).to(acc)  # (B, nh, n, s, 2s)
-    band = band.masked_fill(~_band_mask(n, stride, q.device), float("-inf"))
+    if band_kernel is None:
+        band = (q @ _with_previous_block(k).transpose(-2, -1) * scale).to(acc)  # (B, nh, n, s, 2s)
+        band = band.masked_fill(~_band_mask(n, stride, q.device), float("-inf"))
+        band_lse = band.logsumexp(-1)  # (B, nh, n, s)
+    else:  # onto the grid; the padded queries' rows (dropped below) get lse 0, finite
+        band_out = _blocks(band_out, stride)
+        band_lse = F.pad(band_lse.to(acc), (0, n * stride - t)).view(q.shape[:-1])
     # class r as a sequence: queries of blocks 1..n-1 against keys of blocks 0..n-2, causal incl. diagonal
     qc, kc, vc = (x.transpose(2, 3) for x in (q[:, :, 1:], k[:, :, :-1], v[:, :, :-1]))  # (B, nh, s, n-1, hs)
     cls = (qc @ kc.transpose(-2, -1) * scale).to(acc)  # (B, nh, s, n-1, n-1)
@@ -160,13 +188,16 @@ def strided_causal_attention(q, k, v, stride: int, dropout_p: float = 0.0) -> to
 
     # Every class row keeps its diagonal, so no row is all -inf and no gradient turns NaN.
     cls_lse = F.pad(cls.logsumexp(-1), (1, 0), value=float("-inf")).transpose(2, 3)  # (B, nh, n, s); block 0: none
-    lse = torch.logaddexp(band.logsumexp(-1), cls_lse)  # (B, nh, n, s)
-    p_band = torch.exp(band - lse.unsqueeze(-1))
+    lse = torch.logaddexp(band_lse, cls_lse)  # (B, nh, n, s)
     p_cls = torch.exp(cls - lse[:, :, 1:].transpose(2, 3).unsqueeze(-1))
-    if dropout_p > 0:
-        p_band, p_cls = F.dropout(p_band, dropout_p), F.dropout(p_cls, dropout_p)
+    if band_kernel is None:
+        p_band = torch.exp(band - lse.unsqueeze(-1))
+        if dropout_p > 0:
+            p_band, p_cls = F.dropout(p_band, dropout_p), F.dropout(p_cls, dropout_p)
+        out = p_band.to(v.dtype) @ _with_previous_block(v)  # (B, nh, n, s, hs)
+    else:  # the band's share of each row's probability mass
+        out = (band_out.to(acc) * torch.exp(band_lse - lse).unsqueeze(-1)).to(v.dtype)
 
-    out = p_band.to(v.dtype) @ _with_previous_block(v)  # (B, nh, n, s, hs)
     out_cls = (p_cls.to(v.dtype) @ vc).transpose(2, 3)  # (B, nh, n-1, s, hs)
     out = out + F.pad(out_cls, (0, 0, 0, 0, 1, 0))
     return out.flatten(2, 3)[:, :, :t]

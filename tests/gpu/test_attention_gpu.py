@@ -1,4 +1,4 @@
-"""CUDA paths of the sparse kernels (FlexAttention's band, the strided two-pass form) against dense masked SDPA."""
+"""CUDA paths of the sparse kernels (FlexAttention's band, alone and as strided's band pass) against dense masked SDPA."""
 
 import pytest
 import torch
@@ -24,10 +24,12 @@ def qkv(t, dtype, head_dim=64, seed=0):
             for _ in range(3)]
 
 
-# FlexAttention (head_dim >= 16, no dropout) serves `local`; head_dim 8 and dropout take the block-local form.
-# Its tolerance is atol 1e-4: the Triton kernel's online softmax works in exp2 on rescaled scores and
+# FlexAttention (head_dim >= 16, no dropout) serves `local` and strided's band pass (its log-sum-exp joins the class
+# pass, and its gradient enters the kernel's backward); head_dim 8 and dropout take the forms written out in torch.
+# FlexAttention's tolerance is atol 1e-4: the Triton kernel's online softmax works in exp2 on rescaled scores and
 # sums dK/dV over up to `window` queries in another order than the dense reference.
-@pytest.mark.parametrize("pattern,head_dim,atol", [("local", 64, 1e-4), ("local", 8, 1e-5), ("strided", 64, 1e-5)])
+@pytest.mark.parametrize("pattern,head_dim,atol", [("local", 64, 1e-4), ("local", 8, 1e-5), ("strided", 64, 1e-4),
+                                                   ("strided", 8, 1e-5)])
 @pytest.mark.parametrize("t,window", [(1024, 128), (1000, 256), (300, 100), (64, 1)])
 def test_cuda_kernels_equal_masked_dense_fp32(pattern, head_dim, atol, t, window):
     q, k, v = qkv(t, torch.float32, head_dim)

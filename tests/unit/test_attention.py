@@ -26,9 +26,19 @@ def banded_reference(q, k, v, window, pattern="local"):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=sparse_mask(q.shape[2], window, pattern, q.device))
 
 
+def dense_band(q, k, v, window):
+    """The band pass as explicit scores, (output, log-sum-exp): flex_band's contract, differentiable on CPU."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~sparse_mask(q.shape[2], window, "local", q.device), float("-inf"))
+    lse = scores.logsumexp(-1)
+    return torch.exp(scores - lse.unsqueeze(-1)) @ v, lse
+
+
 KERNELS = {
     "local": local_causal_attention,
     "strided": strided_causal_attention,
+    # CUDA's form: the band from a kernel that also returns its log-sum-exp, joined to the class pass by it
+    "strided-joined": lambda q, k, v, w: strided_causal_attention(q, k, v, w, band_kernel=dense_band),
     "local-entry": lambda q, k, v, w: sparse_attention(q, k, v, "local", w),
     "strided-entry": lambda q, k, v, w: sparse_attention(q, k, v, "strided", w),
 }
@@ -157,7 +167,7 @@ def test_flex_local_attention_pads_to_whole_blocks_and_equals_the_band(monkeypat
     shapes = []
 
     def eager(fn):
-        return lambda q, k, v, block_mask: shapes.append(q.shape[2]) or fn(q, k, v, block_mask=block_mask)
+        return lambda q, k, v, **kw: shapes.append(q.shape[2]) or fn(q, k, v, **kw)
 
     monkeypatch.setattr(sparse_attention, "_compiled", eager)
     g = torch.Generator().manual_seed(t)
@@ -165,6 +175,25 @@ def test_flex_local_attention_pads_to_whole_blocks_and_equals_the_band(monkeypat
     out = sparse_attention.flex_local_attention(q, k, v, window)
     assert shapes == [-(-t // 128) * 128] and out.shape == q.shape
     assert torch.allclose(out, local_causal_attention(q, k, v, window), atol=1e-12)
+
+
+@pytest.mark.parametrize("t,window", [(300, 100), (256, 40), (130, 128)])
+def test_flex_band_gives_strided_its_band_and_log_sum_exp(monkeypatch, t, window):
+    """strided's CUDA band pass (flex_band: FlexAttention's output and log-sum-exp, padded to whole blocks), run with
+    flex_attention eager, whose CPU forward is its reference math: the band's natural-log log-sum-exp, and
+    strided attention through it equal to the explicit mask's. (FlexAttention has no CPU backward; the join's
+    gradients are checked through dense_band above, and the kernel's in tests/gpu.)"""
+    from megagpt.model import sparse_attention
+
+    monkeypatch.setattr(sparse_attention, "_compiled", lambda fn: fn)
+    g = torch.Generator().manual_seed(t)
+    q, k, v = (torch.randn(2, 3, t, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    out, lse = sparse_attention.flex_band(q, k, v, window)
+    ref_out, ref_lse = dense_band(q, k, v, window)
+    assert lse.shape == (2, 3, t) and lse.dtype == torch.float64
+    assert torch.allclose(out, ref_out, atol=1e-12) and torch.allclose(lse, ref_lse, atol=1e-12)
+    joined = strided_causal_attention(q, k, v, window, band_kernel=sparse_attention.flex_band)
+    assert torch.allclose(joined, banded_reference(q, k, v, window, "strided"), atol=1e-12)
 
 
 def test_flex_local_attention_stays_compiled_for_many_shapes(monkeypatch):
