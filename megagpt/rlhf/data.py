@@ -10,6 +10,7 @@ file would silently train on a different dataset than the user wrote.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -104,9 +105,16 @@ def epoch_item(items: list, index: int, seed: int):
     """Sample `index` of an endless stream over the items, reshuffled with a seed every epoch (as
     megatron-core's GPTDataset orders documents): the same sample at every layout."""
     epoch, position = divmod(index, len(items))
-    order = list(range(len(items)))
+    return items[_epoch_order(len(items), seed, epoch)[position]]
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    # Shuffled once per epoch, not once per sample: samples are read one index at a time, and a shuffle per
+    # read made an epoch of InstructGPT's 33k comparisons cost 33k shuffles of 33k items.
+    order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return items[order[position]]
+    return tuple(order)
 
 
 # ---------------------------------------------------------------- tokenizers

@@ -35,6 +35,17 @@ def test_epochs_visit_every_demonstration_in_a_seeded_order():
     assert len(valid) == 2 and len(train) == 3 and not {id(d) for d in train} & {id(d) for d in valid}
 
 
+def test_an_epoch_is_shuffled_once_in_the_order_saved_runs_resume_with():
+    from megagpt.rlhf import data
+
+    data._epoch_order.cache_clear()
+    items = list(range(1000))
+    seen = [data.epoch_item(items, i, seed=7) for i in range(2000)]
+    assert data._epoch_order.cache_info().misses == 2  # one shuffle per epoch, not one per sample
+    assert sorted(seen[:1000]) == items == sorted(seen[1000:])
+    assert seen[:4] == [257, 574, 911, 948] and seen[1000:1004] == [907, 814, 919, 444]  # the order before the cache
+
+
 @pytest.mark.parametrize("line,message", [
     ("{oops", "demos.jsonl: 1 malformed line \\(line 2: not JSON\\)"),
     (json.dumps({"prompt": "x"}), "line 2: needs a string field \"response\""),
