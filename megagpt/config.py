@@ -147,6 +147,10 @@ class RunConfig:
     tensorboard: bool = True
     # auto: CUDA + NCCL when every rank on a node has a GPU of its own, else CPU + gloo; cpu | cuda force one.
     device: str = "auto"
+    # How long a collective waits for its slowest rank before the job is aborted (NCCL's watchdog): long enough for
+    # a rank writing a checkpoint, or a PPO role idle through another role's generation or training.
+    # Without it, NCCL groups got 10 minutes (torch's, DeepSpeed's) and gloo's 30.
+    dist_timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -505,6 +509,8 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(all(type(r) is int and 0 <= r < world_size for r in t.profile_ranks),
                  f"train.profile_ranks={t.profile_ranks} must name ranks of this world (0..{world_size - 1})")
     _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
+    _require(cfg.run.dist_timeout_minutes > 0 and math.isfinite(cfg.run.dist_timeout_minutes),
+             f"run.dist_timeout_minutes={cfg.run.dist_timeout_minutes} must be a positive number of minutes")
     _require(bool(cfg.run.dir.strip()), f"run.dir={cfg.run.dir!r} is empty: name the directory the run writes to")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be positive and finite")

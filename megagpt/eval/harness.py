@@ -31,8 +31,9 @@ class MegagptLM(LM):
                  rolling_stride: int | None = None, **_ignored):
         super().__init__()
         from megagpt.eval.scorer import open_checkpoint
+        from megagpt.parallel.distributed import lone_gpu
 
-        device = "cuda" if str(device).startswith("cuda") else str(device)  # lm_eval's --device: cuda:0, cpu, ...
+        device = lone_gpu(str(device))  # lm_eval's --device: cuda:0, cpu, ...
         batch = int(batch_size) if str(batch_size).isdigit() else 8  # lm_eval's --batch_size may say "auto"
         self.scorer, self.tok, _ = open_checkpoint(checkpoint, tokenizer, device, batch)
         self.rolling_stride = int(rolling_stride) if rolling_stride else max(1, self.scorer.context // 2)

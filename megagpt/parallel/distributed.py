@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from datetime import timedelta
 from typing import Mapping, Optional
 
 import torch
@@ -68,6 +69,22 @@ def resolve_device(requested: str, local_ranks: int) -> str:
     return "cuda" if requested != "cpu" and has_own else "cpu"
 
 
+def lone_gpu(device: str) -> str:
+    """A device named with its index (lm_eval's --device cuda:N) as run.device: 'cuda', and a process that no
+    launcher started takes GPU N (init_distributed keeps the LOCAL_RANK set here). A launched world's ranks
+    each take their local rank's GPU, whatever the index."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index:
+        return device
+    if not index.isdigit():
+        raise ConfigError(f"device {device!r}: expected cuda:N")
+    if "RANK" not in os.environ:
+        if int(index) >= visible_gpus():
+            raise ConfigError(f"device {device!r}: this process sees {visible_gpus()} GPUs")
+        os.environ["LOCAL_RANK"] = index
+    return "cuda"
+
+
 # this process's rank on its node, kept where LOCAL_RANK becomes its GPU (a variable of the process, not of its
 # environment: children it starts would inherit that)
 node_rank: Optional[int] = None
@@ -102,7 +119,13 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True) -> torch.device:
+# Every group's timeout (run.dist_timeout_minutes), as init_distributed set it: groups made later (new_group,
+# megatron-core's) take the world's, where torch would give an NCCL group 10 minutes.
+_timeout = timedelta(minutes=30)
+
+
+def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True,
+                     timeout_minutes: float = 30.0) -> torch.device:
     """Join the world described by torch.distributed's environment variables; returns this rank's device.
 
     A lone process with no such variables becomes a world of one. Under srun, the
@@ -111,9 +134,11 @@ def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True
     through DeepSpeed (its engines need its comm layer); inference (deepspeed_comm=False)
     through torch.distributed alone, without DeepSpeed's start-up.
     """
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    global _timeout
+    _timeout = timedelta(minutes=timeout_minutes)
+    if "RANK" not in os.environ:  # a lone process: its LOCAL_RANK, if set, is the GPU it asked for (lone_gpu)
+        os.environ.update(RANK="0", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"), WORLD_SIZE="1",
+                          LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     audit_from_env()
     device = device_for_local_rank(resolve_device(requested_device, local_world_size()))
     quiet_library_warnings()
@@ -123,7 +148,7 @@ def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True
     if not deepspeed_comm:
         import torch.distributed as dist
 
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None, timeout=_timeout)
         return device
     import importlib
 
@@ -136,8 +161,19 @@ def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True
         # forever, printing nothing.
         # (the module by name: the attribute deepspeed.comm.torch is the torch package, which it imports)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=_timeout)
     return device
+
+
+def group_timeout() -> timedelta:
+    return _timeout
+
+
+def new_group(ranks: list[int]):
+    """dist.new_group (collective over the world) with the world's timeout."""
+    import torch.distributed as dist
+
+    return dist.new_group(ranks, timeout=_timeout)
 
 
 def shutdown_distributed() -> None:

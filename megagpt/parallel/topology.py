@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megagpt.parallel.distributed import group_timeout
+
 
 @dataclass
 class ParallelContext:
@@ -38,7 +40,11 @@ def build_parallel_context(tp: int, pp: int, device: torch.device) -> ParallelCo
     dp = world // (tp * pp)
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    # No gloo twins of the groups: nothing here uses them, and on a multi-node CUDA cluster gloo resolving the
+    # host name to an unroutable interface failed or hung the start-up.
+    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                 distributed_timeout_minutes=group_timeout().total_seconds() / 60,
+                                 create_gloo_process_groups=False)
     topology = PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
     rank = dist.get_rank()
     coord = topology.get_coord(rank)

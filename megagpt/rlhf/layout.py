@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from megagpt.config import Config
 from megagpt.errors import ConfigError
+from megagpt.parallel.distributed import new_group
 from megagpt.parallel.topology import ParallelContext
 
 ROLES = ("actor", "critic", "reward", "reference")
@@ -129,7 +130,7 @@ class RoleGroups:
         ranks = tuple(sorted(ranks))
         if ranks not in self._groups:
             whole = ranks == tuple(range(dist.get_world_size()))
-            self._groups[ranks] = dist.group.WORLD if whole else dist.new_group(list(ranks))
+            self._groups[ranks] = dist.group.WORLD if whole else new_group(list(ranks))
         return self._groups[ranks]
 
     def context(self, role: str, device: torch.device) -> Optional[ParallelContext]:

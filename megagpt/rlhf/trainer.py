@@ -232,12 +232,20 @@ def gather_metrics(local: dict) -> dict:
     return merged
 
 
+def _now(device: torch.device) -> float:
+    """The time once this rank's queued work is done: on CUDA, kernels and collectives run behind the host,
+    and a phase's mark taken as its last launch returns counted its GPU time in the next phase's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def ppo(cfg: Config) -> None:
     """One rank of `megagpt ppo`."""
     from megagpt.dir_lock import hold_on_rank_zero
     from megagpt.parallel.distributed import init_distributed
 
-    device = init_distributed(cfg.run.device)
+    device = init_distributed(cfg.run.device, timeout_minutes=cfg.run.dist_timeout_minutes)
     lock = hold_on_rank_zero(cfg.run.dir, "run.dir", "training run", device)
     try:
         _ppo(cfg, device)
@@ -288,11 +296,11 @@ def _ppo(cfg: Config, device: torch.device) -> None:
             profiler.before(iteration)
             start = time.perf_counter()
             packed = it.rollout(prompts, iteration, tokenizer.eod)
-            generated = scored = time.perf_counter()
+            generated = scored = _now(device)
             local = {}
             if packed is not None:
                 exp = it.score(packed, tokenizer.eod)
-                scored = time.perf_counter()
+                scored = _now(device)
                 if "actor" in roles or "critic" in roles:
                     it.advantages(exp, kl.value)
                     if "actor" in roles:
@@ -313,7 +321,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
                                                                                           r.log_samples))
                         except StorageError as exc:  # a full disk: the ranks agree on it below
                             log.problem = exc
-            trained = time.perf_counter()
+            trained = _now(device)
             if rank == 0:
                 local.update(time_generate_s=generated - start, time_score_s=scored - generated,
                              time_train_s=trained - scored)

@@ -213,7 +213,7 @@ def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None,
     """Train one rank of the run. datasets(cfg, train_samples, valid_samples) -> (train, valid), each
     indexable by sample into {"tokens", "labels", "loss_mask"}; init_from: a checkpoint whose weights
     a fresh run starts from (SFT starts from a pretrained model; a resumed run ignores it)."""
-    device = init_distributed(cfg.run.device)
+    device = init_distributed(cfg.run.device, timeout_minutes=cfg.run.dist_timeout_minutes)
     validate(cfg, dist.get_world_size(), check_data=False)  # the data and the device were checked before the ranks
     lock = hold_on_rank_zero(cfg.run.dir, "run.dir", "training run", device)
     try:

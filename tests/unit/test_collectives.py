@@ -170,3 +170,75 @@ def test_a_cpu_rank_builds_no_extension_under_a_lock_a_killed_rank_could_leave(t
              "print(init_distributed('cpu')); shutdown_distributed()")
     proc = subprocess.run([sys.executable, "-c", start], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "cpu\n", proc.stderr[-2000:]
+
+
+def test_every_group_waits_run_dist_timeout_minutes():
+    """NCCL aborts a rank whose collective waits past its group's timeout: torch gave NCCL groups 10 minutes
+    (gloo 30), so a PPO role idle through another's generation, or ranks waiting on a long checkpoint write, were
+    due to be killed, on GPUs only. The world, megatron-core's groups and the RLHF roles' groups take the configured
+    one."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CPU_ENV, REPO
+
+    env = {**os.environ, **CPU_ENV}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    script = """
+import torch, torch.distributed as dist
+from megagpt.parallel.distributed import init_distributed, new_group, shutdown_distributed
+from megagpt.parallel.topology import build_parallel_context
+device = init_distributed('cpu', timeout_minutes=42)
+pc = build_parallel_context(1, 1, device)
+groups = {'world': dist.group.WORLD, 'new': new_group([0]), 'tp': pc.tp_group, 'dp': pc.dp_group}
+print(sorted((name, g._get_backend(torch.device('cpu')).options._timeout.total_seconds()) for name, g in groups.items()))
+from megatron.core import parallel_state as ps
+print(ps._DATA_PARALLEL_GROUP_GLOO)
+shutdown_distributed()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [str([("dp", 2520.0), ("new", 2520.0), ("tp", 2520.0), ("world", 2520.0)]),
+                                        "None"]  # and no unused gloo twins of megatron-core's groups
+
+
+@pytest.mark.parametrize("value", ["0", "-5", ".inf"])
+def test_a_non_positive_dist_timeout_is_refused(value):
+    from megagpt.config import ConfigError, load_config, validate
+
+    with pytest.raises(ConfigError, match=f"run.dist_timeout_minutes=.* must be a positive number of minutes"):
+        validate(load_config(None, [f"run.dist_timeout_minutes={value}"]), 1, check_data=False)
+
+
+def test_a_lone_process_asking_for_cuda_n_takes_gpu_n(monkeypatch):
+    """lm_eval's --device cuda:3 evaluated on GPU 0 (the index was dropped and a lone process is local rank 0)."""
+    from megagpt.parallel import distributed
+
+    monkeypatch.setattr(distributed, "visible_gpus", lambda: 4)
+    for var in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.lone_gpu("cpu") == "cpu" and distributed.lone_gpu("cuda") == "cuda"
+    assert "LOCAL_RANK" not in os.environ
+    assert distributed.lone_gpu("cuda:3") == "cuda" and os.environ["LOCAL_RANK"] == "3"
+    assert own_gpu(int(os.environ["LOCAL_RANK"]), 1, 4, {}) == 3  # what device_for_local_rank then takes
+    with pytest.raises(ConfigError, match="device 'cuda:4': this process sees 4 GPUs"):
+        distributed.lone_gpu("cuda:4")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.lone_gpu("cuda:0") == "cuda" and os.environ["LOCAL_RANK"] == "1"  # a launched rank: its own
+
+
+def test_a_lone_process_keeps_the_local_rank_it_was_given():
+    import subprocess
+    import sys
+
+    from tests.conftest import CPU_ENV, REPO
+
+    env = {**os.environ, **CPU_ENV, "LOCAL_RANK": "3"}
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    script = ("import os; from megagpt.parallel.distributed import init_distributed, shutdown_distributed; "
+              "init_distributed('cpu', deepspeed_comm=False); print(os.environ['LOCAL_RANK']); shutdown_distributed()")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "3\n", proc.stderr[-2000:]

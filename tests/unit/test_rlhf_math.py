@@ -215,3 +215,17 @@ def test_ppo_sampling_settings_that_would_score_another_policy_are_refused(overr
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate_rlhf(load_config("configs/rlhf/tiny.yaml", overrides))
+
+
+def test_ppo_phase_marks_wait_for_the_device(monkeypatch):
+    """On CUDA the host runs ahead of the kernels and collectives it queued: a phase's mark taken at its last launch
+    put its GPU time into the next phase's (scoring's into training's)."""
+    import torch
+
+    from megagpt.rlhf.trainer import _now
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", waited.append)
+    _now(torch.device("cpu"))
+    _now(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]
