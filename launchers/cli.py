@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     for command, text, config_help in TRAINING_COMMANDS:
         p = sub.add_parser(command, help=text)
         p.add_argument("--config", required=True, help=config_help)
-        p.add_argument("--nproc", type=int, default=1, help="local processes to start (ignored under torchrun/srun)")
+        p.add_argument("--nproc", type=int, default=1, help="local processes to start (under torchrun or srun, which start the ranks, their ranks per node)")
         p.add_argument("overrides", nargs="*", metavar="key=value")
         if command == "pretrain":
             p.add_argument("--dry-run", action="store_true", help="build each pipeline stage on the meta device, "
@@ -197,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--cpus-per-task", type=int, default=8)
         sp.add_argument("--partition")
         sp.add_argument("--time", help="time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
+        sp.add_argument("--save-lead", type=int, default=600, metavar="SECONDS",
+                        help="Slurm signals the job this long before its time limit to finish the step and save "
+                             "(default 600; it must cover a step and a save: run.dir/checkpoint_io.jsonl has saves' times)")
         sp.add_argument("--job-name", default=f"megagpt-{command}")
         sp.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
         sp.add_argument("overrides", nargs="*", metavar="key=value")
@@ -272,7 +275,7 @@ def cmd_submit(args) -> int:
     job = PretrainJob(config=args.config, overrides=list(args.overrides), nodes=args.nodes,
                       gpus_per_node=args.gpus_per_node, cpu_tasks_per_node=args.cpu_tasks_per_node,
                       cpus_per_task=args.cpus_per_task, partition=args.partition, time=args.time,
-                      job_name=args.job_name, command=args.submit_command)
+                      job_name=args.job_name, command=args.submit_command, save_lead=args.save_lead)
     result = submit_pretrain(job, args.dry_run)
     print(result, end="" if args.dry_run else "\n")
     return 0
@@ -296,7 +299,7 @@ def cmd_generate(args) -> int:
     sampling.check()
     if args.tokenizer and not os.path.isfile(args.tokenizer):
         raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
-    world = join_existing_world()
+    world = join_existing_world(args.nproc)
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc)
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
@@ -321,7 +324,7 @@ def cmd_eval(args) -> int:
 
     quiet_library_warnings()
     check_eval_args(args)  # bad task files and flags fail here, before any process starts
-    world = join_existing_world()
+    world = join_existing_world(args.nproc)
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc, "eval")
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
@@ -370,7 +373,7 @@ def run_pretrain(cfg: Config, nproc: int, argv: list[str], stage: str = "pretrai
     from launchers.local import (join_existing_world, known_cpu_ranks, launch_local,
                                  start_rank_server)
 
-    world = join_existing_world()
+    world = join_existing_world(nproc)
     with alike_on_each_node():
         check_stage_inputs(cfg, stage)
         validate(cfg, world or nproc)

@@ -116,14 +116,17 @@ def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["WORLD_SIZE"])
     if in_slurm_step(env):
-        return int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"])
+        tasks = int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"])
+        # a one-task step (`srun --pty bash` on a GPU node, srun -n1) is a lone process: --nproc starts its ranks
+        return tasks if tasks > 1 else None
     return None
 
 
-def join_existing_world() -> int | None:
+def join_existing_world(nproc: int = 1) -> int | None:
     """The size of the world torchrun, srun or our launcher started this process into (None: it is alone),
     joined: under srun, Slurm's variables become torch's, once, before the device checks or
-    torch.distributed read them."""
+    torch.distributed read them. `nproc` (--nproc), where that launcher started the ranks, must be its ranks
+    on this node: `srun -N4 --ntasks-per-node=1 megagpt pretrain --nproc 8` trained on one GPU a node."""
     world = existing_world_size()
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if world is not None and "RANK" in os.environ and missing:  # torchrun and our launcher set all four
@@ -136,6 +139,13 @@ def join_existing_world() -> int | None:
         die_with_launcher()
         if "RANK" not in os.environ and in_slurm_step(os.environ):
             os.environ.update(torch_env_from_slurm(os.environ))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if nproc > 1 and nproc != local:
+            from megagpt.errors import ConfigError
+
+            raise ConfigError(f"--nproc {nproc}: this process is one of {world} ranks that srun or torchrun started, "
+                              f"{local} on this node, and they start the ranks: give srun --ntasks-per-node={nproc} "
+                              f"(torchrun --nproc_per_node={nproc}), or drop --nproc")
     return world
 
 

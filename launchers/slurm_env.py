@@ -64,8 +64,15 @@ def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
         "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
         "LOCAL_WORLD_SIZE": str(per_node[min(node, len(per_node) - 1)]),
         "MASTER_ADDR": env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
-        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + job_id % 20000),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(rendezvous_port(job_id, env.get("SLURM_STEP_ID"))),
     }
+
+
+def rendezvous_port(job_id: int, step_id: str | None) -> int:
+    """A port every task of the step derives alike: below Linux's ephemeral range (32768-60999), where the
+    kernel hands out ports to outgoing connections, and different for each step of a job."""
+    step = int(step_id) if step_id and step_id.isdigit() else 0
+    return 15000 + (job_id + 7919 * step) % 17000
 
 
 def expand_tasks_per_node(spec: str) -> list[int]:

@@ -5,6 +5,7 @@ limit, requeue), so one template serves them all; the command is its only differ
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -14,7 +15,8 @@ from megagpt.errors import ConfigError
 from megagpt.slurm import (check_name, check_partition, check_path, check_time, python, quote_all, render, sbatch_line,
                            submit_script, time_seconds, write_script)
 
-SIGNAL_LEAD_S = 120  # slurm/pretrain.sbatch: #SBATCH --signal=USR1@120
+SAVE_LEAD_S = 600  # --save-lead's default: seconds before the time limit that Slurm signals the job to save
+MAX_SIGNAL_LEAD_S = 65535  # sbatch --signal's largest sig_time
 
 
 @dataclass
@@ -29,6 +31,7 @@ class PretrainJob:
     time: Optional[str] = None
     job_name: str = "megagpt-pretrain"
     command: str = "pretrain"  # pretrain | sft | rm | ppo | finetune
+    save_lead: int = SAVE_LEAD_S
 
     @property
     def tasks_per_node(self) -> int:
@@ -49,20 +52,24 @@ def check_job(job: PretrainJob) -> Config:
     check_name("--job-name", job.job_name)
     if job.partition is not None:
         check_partition(job.partition)
+    lead = job.save_lead
+    if not 1 <= lead <= MAX_SIGNAL_LEAD_S:
+        raise ConfigError(f"--save-lead={lead} must be 1..{MAX_SIGNAL_LEAD_S} seconds (sbatch --signal's range)")
     if job.time is not None:
         check_time("--time", job.time)
         limit = time_seconds(job.time)
         # Slurm may signal up to 60 s before the lead it was given (sbatch(1)): the job would save and requeue
         # before a step, or before the trainer could take the signal
-        if limit is not None and limit <= SIGNAL_LEAD_S + 60:
-            raise ConfigError(f"--time {job.time}: the job is signalled {SIGNAL_LEAD_S}-{SIGNAL_LEAD_S + 60} s before "
-                              f"its time limit to save and requeue (slurm/pretrain.sbatch's --signal=USR1@"
-                              f"{SIGNAL_LEAD_S}); give it more than {(SIGNAL_LEAD_S + 60) // 60} minutes")
+        if limit is not None and limit <= lead + 60:
+            raise ConfigError(f"--time {job.time}: the job is signalled {lead}-{lead + 60} s before its time limit "
+                              f"to save and requeue (--save-lead {lead}); give it more than {(lead + 60) // 60} "
+                              f"minutes, or a shorter --save-lead")
     check_path("--config", job.config)
     for item in job.overrides:
         parse_override(item)
     cfg = load_config(job.config, job.overrides)
     check_path("run.dir", cfg.run.dir)
+    check_save_lead(cfg.run.dir, lead)
     world = job.nodes * job.tasks_per_node
     p = cfg.parallel
     if world % (p.tp * p.pp):
@@ -80,6 +87,26 @@ def check_job(job: PretrainJob) -> Config:
     return cfg
 
 
+def check_save_lead(run_dir: str, lead: int) -> None:
+    """A resubmitted run knows how long it saves (run.dir/checkpoint_io.jsonl): a lead shorter than that has Slurm
+    kill the job mid-save at its time limit, and a job that times out is not requeued."""
+    record = os.path.join(run_dir, "checkpoint_io.jsonl")
+    if not os.path.isfile(record):
+        return
+    saves = []
+    with open(record, errors="replace") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a full disk or a kill: the others still tell
+                continue
+            if isinstance(entry, dict) and entry.get("event") == "save" and isinstance(entry.get("seconds"), (int, float)):
+                saves.append(entry["seconds"])
+    if saves and max(saves) >= lead:
+        raise ConfigError(f"--save-lead {lead}: this run's saves took up to {max(saves):.0f} s ({record}); Slurm "
+                          f"would kill the job mid-save at its time limit. Give a --save-lead above that plus a step")
+
+
 def render_pretrain(job: PretrainJob) -> tuple[str, Config]:
     cfg = check_job(job)
     run_dir = os.path.abspath(cfg.run.dir)
@@ -91,7 +118,7 @@ def render_pretrain(job: PretrainJob) -> tuple[str, Config]:
         overrides.append("run.device=" + ("cuda" if job.gpus_per_node else "cpu"))
     script = render("pretrain.sbatch", {
         "job_name": job.job_name, "nodes": str(job.nodes), "tasks_per_node": str(job.tasks_per_node),
-        "cpus_per_task": str(job.cpus_per_task),
+        "cpus_per_task": str(job.cpus_per_task), "save_lead": str(job.save_lead),
         "gpus_line": sbatch_line("gpus-per-node", job.gpus_per_node),
         "partition_line": sbatch_line("partition", job.partition), "time_line": sbatch_line("time", job.time),
         "log_dir": os.path.join(run_dir, "slurm"), "workdir": check_path("workdir", os.getcwd()),

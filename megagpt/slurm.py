@@ -32,9 +32,11 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 def in_slurm_step(env: Mapping[str, str]) -> bool:
-    """True inside an `srun` task (not in the batch script itself, whose step id is 'batch' or unset)."""
+    """True inside an `srun` task (not in the batch script itself, whose step id is 'batch' or unset, nor in
+    salloc's interactive step, 4294967290)."""
     step = env.get("SLURM_STEP_ID")
-    return "SLURM_PROCID" in env and step is not None and step not in ("batch", "extern", "4294967294", "4294967291")
+    return "SLURM_PROCID" in env and step is not None and step not in ("batch", "extern", "4294967294", "4294967291",
+                                                                       "4294967290")
 
 
 def template_path(template: str) -> str:

@@ -44,7 +44,7 @@ def test_submitted_ppo_matches_the_local_run(slurm_cluster, checkpoints, tmp_pat
     megagpt("ppo", "--config", PPO, "--nproc", "2", *ppo_overrides(checkpoints, tmp_path / "local"))
     run = tmp_path / "slurm"
     out = megagpt("submit", "ppo", "--config", PPO, "--nodes", "1", "--cpu-tasks-per-node", "2", "--cpus-per-task",
-                  "1", "--time", "00:15:00", "--partition", "debug", *ppo_overrides(checkpoints, run))
+                  "1", "--time", "00:15:00", "--save-lead", "120", "--partition", "debug", *ppo_overrides(checkpoints, run))
     job = out.stdout.strip()
     assert job.isdigit(), out.stdout
     wait_until(lambda: not queued(job), f"job {job}")

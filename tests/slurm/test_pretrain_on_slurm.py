@@ -23,7 +23,7 @@ def layout_args(prefix, run_dir):
 
 def submit(prefix, run_dir) -> str:
     out = megagpt("submit", "pretrain", "--config", TINY, "--nodes", "1", "--cpu-tasks-per-node", "2",
-                  "--cpus-per-task", "1", "--time", "00:15:00", "--partition", "debug", *layout_args(prefix, run_dir))
+                  "--cpus-per-task", "1", "--time", "00:15:00", "--save-lead", "120", "--partition", "debug", *layout_args(prefix, run_dir))
     job = out.stdout.strip()
     assert job.isdigit(), out.stdout
     return job
@@ -76,7 +76,7 @@ def test_preempted_job_saves_requeues_and_finishes_the_same_run(slurm_cluster, d
     run = tmp_path / "preempted"
     job = submit(demo_prefix, run)
     wait_until(lambda: steps_logged(run) >= 2, "two steps")
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@120 does near the limit
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@<lead> does near the limit
     wait_until(lambda: not queued(job) and steps_logged(run) == STEPS, f"job {job} to be requeued and finish")
     log = job_log(run, job)
     assert "signal SIGUSR1 received; saved step" in log and "requeueing it" in log, log

@@ -36,3 +36,28 @@ def test_a_stray_rank_in_the_environment_is_one_line(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="RANK=0 and WORLD_SIZE=1 are set, .* but MASTER_ADDR and MASTER_PORT not"):
         join_existing_world()
+
+
+def test_nproc_must_be_the_ranks_srun_started_per_node(monkeypatch):
+    """`srun -N4 --ntasks-per-node=1 megagpt pretrain --nproc 8` trained with one rank, on GPU 0, per node: srun
+    starts the ranks, and --nproc was silently ignored. A one-task step (`srun --pty bash` on a GPU node) is a
+    lone process, whose --nproc starts the ranks."""
+    from launchers import local
+    from launchers.local import existing_world_size, join_existing_world
+    from megagpt.errors import ConfigError
+    from tests.unit.test_slurm_env import MULTI_NODE
+
+    monkeypatch.setattr(local, "die_with_launcher", lambda: None)  # (this test process is not a rank)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    four_nodes = {**MULTI_NODE, "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "1(x4)",
+                  "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+    for name, value in four_nodes.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="--nproc 8: this process is one of 4 ranks that srun or torchrun started, "
+                                          "1 on this node.*srun --ntasks-per-node=8"):
+        join_existing_world(8)
+    assert join_existing_world(1) == 4 and os.environ["RANK"] == "1"  # without --nproc: srun's world
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert join_existing_world(8) == 4  # --nproc equal to srun's ranks per node: consistent
+    assert existing_world_size({**four_nodes, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}) is None

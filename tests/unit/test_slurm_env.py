@@ -37,7 +37,7 @@ MULTI_NODE = {  # task 13 of `srun -N4 --ntasks-per-node=8` on a heterogeneous n
 def test_multi_node_task_maps_to_torch_env():
     env = torch_env_from_slurm(MULTI_NODE)
     assert env == {"RANK": "13", "WORLD_SIZE": "32", "LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "8",
-                   "MASTER_ADDR": "gpu01", "MASTER_PORT": str(20000 + 48213 % 20000)}
+                   "MASTER_ADDR": "gpu01", "MASTER_PORT": str(15000 + 48213 % 17000)}
 
 
 def test_uneven_nodes_and_explicit_master():
@@ -58,3 +58,21 @@ def test_missing_variable_is_named():
     del env["SLURM_JOB_NODELIST"], env["SLURM_STEP_NODELIST"]
     with pytest.raises(SlurmError, match="SLURM_JOB_NODELIST is not set"):
         torch_env_from_slurm(env)
+
+
+def test_the_rendezvous_port_is_below_the_ephemeral_range_and_differs_per_step():
+    """Linux hands out 32768-60999 to outgoing connections (a port there can be taken when the step binds it), and
+    two steps of one job on one node need two ports."""
+    from launchers.slurm_env import rendezvous_port
+
+    ports = [rendezvous_port(job, step) for job in range(0, 200000, 997) for step in (None, "0", "1", "batch")]
+    assert all(15000 <= p < 32000 for p in ports)
+    assert len({rendezvous_port(48213, step) for step in ("0", "1", "2")}) == 3
+    assert rendezvous_port(48213, None) == rendezvous_port(48213, "0") == rendezvous_port(48213, "batch")
+
+
+def test_salloc_s_interactive_step_is_not_a_training_step():
+    from megagpt.slurm import in_slurm_step
+
+    assert in_slurm_step({"SLURM_PROCID": "0", "SLURM_STEP_ID": "0"})
+    assert not in_slurm_step({"SLURM_PROCID": "0", "SLURM_STEP_ID": "4294967290"})

@@ -42,11 +42,14 @@ def test_dry_run_renders_a_multi_node_script(no_cluster, demo_prefix, tmp_path):
     script, _ = render_pretrain(job(demo_prefix, tmp_path, partition="gpu", time="1-00:00:00"))
     lines = script.splitlines()
     for expected in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                     "#SBATCH --partition=gpu", "#SBATCH --time=1-00:00:00", "#SBATCH --signal=USR1@120",
+                     "#SBATCH --partition=gpu", "#SBATCH --time=1-00:00:00", "#SBATCH --signal=USR1@600",
                      "#SBATCH --requeue", f"#SBATCH --output={tmp_path}/run/slurm/%x-%j.out"]:
         assert expected in lines
     srun = next(line for line in lines if line.startswith("srun "))
     assert f"--config {TINY}" in srun and f"'data.prefixes=[{demo_prefix}]'" in srun
+    # srun 22.05-23.02 gives each task one CPU unless told; the rendezvous is never the submitting shell's
+    assert '--cpus-per-task="${SLURM_CPUS_PER_TASK}"' in srun
+    assert lines.index("unset MASTER_ADDR MASTER_PORT") < lines.index(srun)
     assert srun.count("run.dir=") == 1 and f"run.dir={tmp_path}/run" in srun
     assert srun.endswith(" run.device=cuda")  # a GPU job never falls back to CPU on a node short of GPUs
     assert "{{" not in script and "" not in lines[:20]  # every placeholder filled, no blank #SBATCH gaps
@@ -92,8 +95,11 @@ def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     (dict(partition="bigmem"), "--partition='bigmem': no such Slurm partition (known: debug, gpu)"),
     (dict(job_name="x$(reboot)"), "--job-name='x$(reboot)' may only hold"),
     (dict(time="2 hours"), "--time='2 hours' is not a Slurm time"),
-    (dict(time="3"), "--time 3: the job is signalled 120-180 s before its time limit"),
-    (dict(time="0:01:30"), "--time 0:01:30: the job is signalled 120-180 s before its time limit"),
+    (dict(time="3", save_lead=120), "--time 3: the job is signalled 120-180 s before its time limit"),
+    (dict(time="0:01:30", save_lead=120), "--time 0:01:30: the job is signalled 120-180 s before its time limit"),
+    (dict(time="0:11:00"), "--time 0:11:00: the job is signalled 600-660 s before its time limit to save and requeue .--save-lead 600."),
+    (dict(save_lead=0), "--save-lead=0 must be 1..65535 seconds"),
+    (dict(save_lead=70000), "--save-lead=70000 must be 1..65535 seconds"),
     (dict(command="sft"), "sft.data is not set: megagpt sft trains on demonstrations"),
     (dict(config="/tmp/a;b.yaml"), "--config='/tmp/a;b.yaml': paths used in Slurm scripts"),
 ])
@@ -156,13 +162,27 @@ def test_submit_ppo_runs_the_ppo_command_on_a_world_its_roles_fill(no_cluster, t
 
 
 def test_slurm_times_read_as_sbatch_reads_them():
-    from launchers.submit import SIGNAL_LEAD_S
     from megagpt.slurm import time_seconds
 
     assert [time_seconds(t) for t in ("3", "3:30", "1:00:05", "2-1", "2-1:30", "2-1:30:10", "unlimited", "0")] == \
         [180, 210, 3605, 176400, 178200, 178210, None, None]
-    with open(os.path.join(REPO, "slurm", "pretrain.sbatch")) as f:
-        assert f"#SBATCH --signal=USR1@{SIGNAL_LEAD_S}\n" in f.read()  # the lead the --time check assumes
+
+
+def test_a_resubmitted_run_whose_saves_outlast_the_lead_is_refused(no_cluster, demo_prefix, tmp_path):
+    """Slurm kills a job still saving at its time limit, and does not requeue a job that timed out: with a lead
+    shorter than the run's saves, every preemption lost the save it had started."""
+    import json
+
+    from launchers.submit import render_pretrain
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"event": "save", "step": 10, "seconds": 700.4}, {"event": "load", "step": 10, "seconds": 900.0}]
+    (run / "checkpoint_io.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"event": "sa')
+    with pytest.raises(ConfigError, match="--save-lead 600: this run's saves took up to 700 s .*checkpoint_io.jsonl"):
+        render_pretrain(job(demo_prefix, tmp_path))
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, save_lead=1200))
+    assert "#SBATCH --signal=USR1@1200" in script.splitlines()
 
 
 def test_a_shipped_config_named_from_another_directory_is_the_one_the_script_runs(no_cluster, demo_prefix, tmp_path,
