@@ -1,5 +1,6 @@
 """Running the corpus stages as Slurm jobs: an array job per shard stage (one task per input
-file), each reduce step a single job that depends on the one before.
+file, or with more files than the cluster's MaxArraySize, each task every k-th file), each
+reduce step a single job that depends on the one before.
 
 Tasks are `megagpt corpus task` over a copy of the run's config saved in the output
 directory; they honour the same manifest as the local executor, so a requeued or
@@ -21,7 +22,8 @@ from data_pipeline.pipeline import STAGES, forget_lost_outputs, shard_names
 from data_pipeline.io import write_json
 from data_pipeline.runs import SLURM_JOBS, Run
 from megagpt.errors import ConfigError, SlurmError
-from megagpt.slurm import check_path, jobs_in_flight, python, render, sbatch_line, submit_script, write_script
+from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, check_path, jobs_in_flight, max_array_size, python, render,
+                           sbatch_line, submit_script, write_script)
 
 
 def save_config(cfg: CorpusConfig) -> str:
@@ -36,15 +38,19 @@ def save_config(cfg: CorpusConfig) -> str:
     return path
 
 
-def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, depends_on: str | None) -> str:
-    """slurm/corpus.sbatch for one stage."""
+def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, depends_on: str | None,
+                 max_tasks: int = DEFAULT_MAX_ARRAY_SIZE) -> str:
+    """slurm/corpus.sbatch for one stage: an array of at most `max_tasks` tasks (sbatch refuses a larger one, and
+    a CommonCrawl run has tens of thousands of files), task i taking shards i, i + tasks, i + 2 tasks, ..."""
     e = cfg.executor
     logs = os.path.join(os.path.abspath(cfg.output.dir), "work", "slurm")
     sharded = dict(STAGES)[stage] == "shard"
     limit = f"%{e.workers}" if e.workers else ""
+    tasks = min(shards, max_tasks)
     return render("corpus.sbatch", {
         "job_name": f"megagpt-corpus-{stage}", "cpus_per_task": str(e.cpus_per_task),
-        "array_line": sbatch_line("array", f"0-{shards - 1}{limit}" if sharded else None),
+        "array_line": sbatch_line("array", f"0-{tasks - 1}{limit}" if sharded else None),
+        "stride": str(tasks if sharded else 1),
         "dependency_line": sbatch_line("dependency", f"afterok:{depends_on}" if depends_on else None),
         "partition_line": sbatch_line("partition", e.partition), "time_line": sbatch_line("time", e.time),
         "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
@@ -62,10 +68,11 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
         config_path = save_config(cfg)
         slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
         shards = len(shard_names(cfg))
+        max_tasks = max_array_size()
         jobs, previous = [], None
         for stage, _ in STAGES:
             script = write_script(os.path.join(slurm_dir, f"{stage}.sbatch"),
-                                  stage_script(cfg, stage, shards, config_path, previous))
+                                  stage_script(cfg, stage, shards, config_path, previous, max_tasks))
             previous = submit_script(script)
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
@@ -87,8 +94,9 @@ def wait_for(jobs: list[str], poll_seconds: float) -> None:
         time.sleep(poll_seconds)
 
 
-def run_task(cfg: CorpusConfig, stage: str, index: int | None) -> None:
-    """One array task (index = SLURM_ARRAY_TASK_ID) or one reduce step; skipped if already done."""
+def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int = 1) -> None:
+    """One array task (index = SLURM_ARRAY_TASK_ID: shards index, index + stride, ... each skipped if already
+    done) or one reduce step (skipped if done)."""
     from data_pipeline.executors import mark_done
     from data_pipeline.pipeline import run_reduce, run_shard
     from data_pipeline.stages import shard_name
@@ -99,10 +107,13 @@ def run_task(cfg: CorpusConfig, stage: str, index: int | None) -> None:
     if dict(STAGES)[stage] == "shard":
         if index is None:
             raise ConfigError(f"stage {stage} runs per shard: give --index or run as a Slurm array task")
-        task_id = shard_name(index)
-        if not is_done(out, stage, task_id):
-            run_shard(cfg, stage, index)
-            mark_done(out, stage, task_id)
+        if stride < 1:
+            raise ConfigError(f"--stride {stride} must be at least 1")
+        for shard in range(index, len(shard_names(cfg)) if stride > 1 else index + 1, stride):
+            task_id = shard_name(shard)
+            if not is_done(out, stage, task_id):
+                run_shard(cfg, stage, shard)
+                mark_done(out, stage, task_id)
     elif not is_done(out, stage, "all"):
         run_reduce(cfg, stage)
         mark_done(out, stage, "all")

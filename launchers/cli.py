@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--config", required=True)
     ct.add_argument("--stage", required=True)
     ct.add_argument("--index", type=int, help="shard index (default: $SLURM_ARRAY_TASK_ID)")
+    ct.add_argument("--stride", type=int, default=1, help="also run shards index + stride, index + 2*stride, ...")
 
     rp = csub.add_parser("report", help="plots (funnel, lengths, scores) and a summary table of a finished run")
     rp.add_argument("run_dir")
@@ -495,7 +496,7 @@ def cmd_corpus(args) -> int:
         from data_pipeline.slurm_executor import run_task
 
         index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", -1))
-        run_task(load_corpus_config(args.config), args.stage, index if index >= 0 else None)
+        run_task(load_corpus_config(args.config), args.stage, index if index >= 0 else None, args.stride)
         return 0
     if args.corpus_command == "report":
         from data_pipeline.report import summary_table, write_report

@@ -126,6 +126,19 @@ def submit_script(path: str, extra_args: tuple = ()) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+DEFAULT_MAX_ARRAY_SIZE = 1001  # slurm.conf's MaxArraySize unless a site sets it
+
+
+def max_array_size() -> int:
+    """Tasks one array job may have (slurm.conf's MaxArraySize: indices 0 .. MaxArraySize - 1)."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
+    return int(found.group(1)) if proc.returncode == 0 and found and int(found.group(1)) > 0 else DEFAULT_MAX_ARRAY_SIZE
+
+
 def jobs_in_flight(jobs: list[str]) -> list[str] | None:
     """Those of `jobs` Slurm still holds (pending, running, completing): a job it no longer knows has ended.
     None where squeue cannot tell (not installed, the controller unreachable)."""

@@ -145,6 +145,50 @@ def test_corpus_stage_jobs_start_where_the_run_was_submitted(tmp_path, monkeypat
     assert f"--config {tmp_path}/out/work/corpus-config.yaml --stage process" in script
 
 
+def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
+    """sbatch refuses an array past slurm.conf's MaxArraySize (1001 by default), and a CommonCrawl run has tens of
+    thousands of files: with more shards than that, array task i runs shards i, i + tasks, i + 2 tasks, ..."""
+    from data_pipeline import slurm_executor
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.slurm_executor import run_task, save_config, stage_script
+
+    for i in range(7):
+        (tmp_path / f"{i}.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_corpus_config(None, ["input.paths=['*.jsonl']", "output.dir=out", "executor.kind=slurm"])
+    shard_stage = next(stage for stage, kind in slurm_executor.STAGES if kind == "shard")
+    reduce_stage = next(stage for stage, kind in slurm_executor.STAGES if kind != "shard")
+    script = stage_script(cfg, shard_stage, 7, save_config(cfg), None, max_tasks=3)
+    assert "#SBATCH --array=0-2" in script and f"--stage {shard_stage} --stride 3" in script
+    script = stage_script(cfg, shard_stage, 7, save_config(cfg), None)  # the default MaxArraySize, 1001
+    assert "#SBATCH --array=0-6" in script and "--stride 7" in script
+    assert "--array" not in stage_script(cfg, reduce_stage, 7, save_config(cfg), "12", max_tasks=3)
+
+    ran = []
+    monkeypatch.setattr("data_pipeline.pipeline.run_shard", lambda cfg, stage, shard: ran.append(shard))
+    run_task(cfg, shard_stage, 1, stride=3)
+    assert ran == [1, 4]
+    run_task(cfg, shard_stage, 1, stride=3)  # done shards are skipped
+    run_task(cfg, shard_stage, 2, stride=3)
+    assert ran == [1, 4, 2, 5]
+    run_task(cfg, shard_stage, 0)  # --index alone: that shard
+    assert ran == [1, 4, 2, 5, 0]
+
+
+def test_max_array_size_is_read_from_the_cluster(monkeypatch):
+    import subprocess
+
+    from megagpt import slurm
+
+    def scontrol(out, code=0):
+        return lambda *a, **kw: subprocess.CompletedProcess(a, code, stdout=out, stderr="")
+
+    monkeypatch.setattr(slurm.subprocess, "run", scontrol("MaxArraySize            = 40001\nMaxJobCount = 10000\n"))
+    assert slurm.max_array_size() == 40001
+    monkeypatch.setattr(slurm.subprocess, "run", scontrol("", 1))
+    assert slurm.max_array_size() == 1001
+
+
 def test_submit_ppo_runs_the_ppo_command_on_a_world_its_roles_fill(no_cluster, tmp_path):
     from launchers.submit import PretrainJob, render_pretrain
 
