@@ -97,7 +97,7 @@ def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     (dict(time="2 hours"), "--time='2 hours' is not a Slurm time"),
     (dict(time="3", save_lead=120), "--time 3: the job is signalled 120-180 s before its time limit"),
     (dict(time="0:01:30", save_lead=120), "--time 0:01:30: the job is signalled 120-180 s before its time limit"),
-    (dict(time="0:11:00"), "--time 0:11:00: the job is signalled 600-660 s before its time limit to save and requeue .--save-lead 600."),
+    (dict(time="0:11:00"), "--time 0:11:00: the job is signalled 600-660 s before its time limit to save and requeue (--save-lead 600)"),
     (dict(save_lead=0), "--save-lead=0 must be 1..65535 seconds"),
     (dict(save_lead=70000), "--save-lead=70000 must be 1..65535 seconds"),
     (dict(command="sft"), "sft.data is not set: megagpt sft trains on demonstrations"),
@@ -164,6 +164,9 @@ def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
     assert "#SBATCH --array=0-6" in script and "--stride 7" in script
     assert "--array" not in stage_script(cfg, reduce_stage, 7, save_config(cfg), "12", max_tasks=3)
 
+    from data_pipeline.runs import Run
+
+    Run(cfg, "resume").close()  # the run record the tasks read their shards from
     ran = []
     monkeypatch.setattr("data_pipeline.pipeline.run_shard", lambda cfg, stage, shard: ran.append(shard))
     run_task(cfg, shard_stage, 1, stride=3)
