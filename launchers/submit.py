@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,6 +76,11 @@ def check_job(job: PretrainJob) -> Config:
     if world % (p.tp * p.pp):
         raise ConfigError(f"{job.nodes} nodes x {job.tasks_per_node} tasks = {world} ranks, not a multiple of "
                           f"parallel.tp*parallel.pp={p.tp}*{p.pp}: the layout cannot use them all")
+    if job.nodes > 1 and job.tasks_per_node % p.tp:
+        # megatron-core's tensor-parallel groups are consecutive ranks: they cross a node boundary
+        print(f"megagpt: note: parallel.tp={p.tp} does not divide the {job.tasks_per_node} tasks per node: some "
+              f"tensor-parallel groups span two nodes, and their all-reduces (several per layer) cross the network",
+              file=sys.stderr)
     check_stage_inputs(cfg, job.command)
     validate(cfg, world)
     if job.cpu_tasks_per_node is not None and cfg.train.precision == "fp16":

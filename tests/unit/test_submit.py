@@ -242,3 +242,14 @@ def test_a_shipped_config_named_from_another_directory_is_the_one_the_script_run
     script, _ = render_pretrain(job(demo_prefix, tmp_path, config="configs/demo/tiny.yaml"))
     config = next(line for line in script.splitlines() if "--config" in line).split("--config ")[1].split()[0]
     assert os.path.isfile(config) and open(config).read() == open(TINY).read()
+
+
+def test_tensor_parallel_groups_across_nodes_are_pointed_out(no_cluster, demo_prefix, tmp_path, capsys):
+    from launchers.submit import render_pretrain
+
+    render_pretrain(job(demo_prefix, tmp_path, nodes=2, gpus_per_node=4))  # tp 2 divides 4: no note
+    assert capsys.readouterr().err == ""
+    render_pretrain(job(demo_prefix, tmp_path, nodes=4, gpus_per_node=3, overrides=[
+        f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}/run", "parallel.pp=1", "train.global_batch_size=24", "train.eval_samples=24"]))
+    assert "parallel.tp=2 does not divide the 3 tasks per node: some tensor-parallel groups span two nodes" in \
+        capsys.readouterr().err
