@@ -11,7 +11,7 @@ from data_pipeline.decontam import benchmark_texts, ngram_hashes
 from megagpt.config import load_config
 from megagpt.data.tokenizer import SMALLEST_VOCAB
 from megagpt.errors import ConfigError
-from megagpt.slurm import check_name, check_time
+from megagpt.slurm import check_mem, check_name, check_time
 
 
 @dataclass
@@ -130,6 +130,11 @@ class ExecutorConfig:
     partition: Optional[str] = None  # slurm only
     time: Optional[str] = None  # slurm only: per-task limit, e.g. 02:00:00
     cpus_per_task: int = 1
+    mem: Optional[str] = None  # slurm only: sbatch --mem per task, e.g. 8G (default: the cluster's)
+    # slurm only: the reduce steps (dedup, tokenizer, summary), each one process over the whole corpus: dedup holds
+    # every document's signature, ~1 KB each (default: time and mem)
+    reduce_time: Optional[str] = None
+    reduce_mem: Optional[str] = None
     wait: bool = True  # slurm: wait for the last job and check every stage finished
 
 
@@ -148,9 +153,11 @@ class CorpusConfig:
 
 
 
-def load_corpus_config(path: Optional[str], overrides=()) -> CorpusConfig:
+def load_corpus_config(path: Optional[str], overrides=(), check_inputs: bool = True) -> CorpusConfig:
+    """check_inputs=False: a Slurm task's, whose run recorded its inputs when it started (every task of a stage
+    globbing and stat-ing every input, 50k files, a thousand tasks at once, saturated a shared filesystem)."""
     cfg = load_config(path, overrides, root=CorpusConfig)
-    validate_corpus(cfg)
+    validate_corpus(cfg, check_inputs)
     return cfg
 
 
@@ -217,7 +224,7 @@ def _validate_filters(f: FiltersConfig) -> None:
         raise ConfigError(f"filters.stop_words={f.stop_words!r} must be a list of words")
 
 
-def validate_corpus(cfg: CorpusConfig) -> None:
+def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     if not cfg.input.paths:
         raise ConfigError("input.paths=[] is empty")
     check_name("input.source", cfg.input.source)  # it names folders and files under output.dir
@@ -233,8 +240,12 @@ def validate_corpus(cfg: CorpusConfig) -> None:
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
     if e.partition is not None:
         check_name("executor.partition", e.partition)
-    if e.time is not None:
-        check_time("executor.time", e.time)
+    for key in ("time", "reduce_time"):
+        if getattr(e, key) is not None:
+            check_time(f"executor.{key}", getattr(e, key))
+    for key in ("mem", "reduce_mem"):
+        if getattr(e, key) is not None:
+            check_mem(f"executor.{key}", getattr(e, key))
     if e.cpus_per_task < 1:
         raise ConfigError(f"executor.cpus_per_task={e.cpus_per_task} must be at least 1")
     if cfg.executor.workers is not None and cfg.executor.workers < 1:
@@ -272,4 +283,5 @@ def validate_corpus(cfg: CorpusConfig) -> None:
     _in_range("tokenize.train_sample_bytes", cfg.tokenize.train_sample_bytes, 1)
     if cfg.tokenize.tokenizer is not None:
         _check_tokenizer(cfg.tokenize.tokenizer)
-    input_files(cfg)
+    if check_inputs:
+        input_files(cfg)

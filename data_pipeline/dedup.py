@@ -100,7 +100,9 @@ def signature(text: str, cfg: DedupConfig) -> np.ndarray:
 
     a, b = _permutations(cfg.num_perm, cfg.seed)
     hv = _fmix(shingle_hashes(normalize(text), cfg.ngram).astype(np.uint32), 32)
-    return (np.multiply.outer(hv, a) + b).min(axis=0).astype(np.uint64)
+    # uint32 arithmetic wraps as datasketch's affine32 does, and the values fit: stored in 4 bytes, not 8 (the
+    # dedup reduce holds every document's signature at once)
+    return (np.multiply.outer(hv, a) + b).min(axis=0)
 
 
 def jaccard(a: str, b: str, n: int = 5) -> float:

@@ -59,7 +59,7 @@ def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
                 for ext in (".jsonl.gz", ".sig.npy", ".hashes.json", ".stats.json")] + \
             [os.path.join(out, "dropped", "process", f"{name}.jsonl.gz")]
     if stage == "dedup":
-        return [os.path.join(out, "work", "dedup", "duplicates.json")]
+        return [duplicates_path(cfg, n) for n in shard_names(cfg)]
     if stage == "finalize":
         return [os.path.join(out, "documents", source, f"{name}.jsonl.gz"),
                 os.path.join(out, "work", "finalize", f"{name}.json")] + \
@@ -107,12 +107,19 @@ def tokenizer_path(cfg: CorpusConfig) -> str:
     return os.path.join(cfg.output.dir, "tokenizer.json")
 
 
+def duplicates_path(cfg: CorpusConfig, name: str) -> str:
+    """Shard `name`'s duplicates as the dedup reduce found them: {document id: why it goes}. One file a shard, so
+    that a finalize task reads its own: one file for the corpus (150M drops at CommonCrawl's scale, ~75 GB) was
+    read whole by every one of them."""
+    return os.path.join(cfg.output.dir, "work", "dedup", f"{name}.json")
+
+
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
     if stage == "process":
         entry = recorded_inputs(cfg.output.dir)[index]
         process_shard(cfg, index, entry["path"], entry["id_prefix"])
     elif stage == "finalize":
-        with open(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json")) as f:
+        with open(duplicates_path(cfg, shard_name(index))) as f:
             finalize_shard(cfg, index, json.load(f))
     elif stage == "tokenize":
         tokenize_shard(cfg, index, tokenizer_path(cfg))
@@ -123,7 +130,8 @@ def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
 def run_reduce(cfg: CorpusConfig, stage: str) -> None:
     names = shard_names(cfg)
     if stage == "dedup":
-        write_json(os.path.join(cfg.output.dir, "work", "dedup", "duplicates.json"), _duplicates(cfg, names))
+        for name, found in zip(names, _duplicates(cfg, names)):
+            write_json(duplicates_path(cfg, name), found)
     elif stage == "tokenizer":
         t = cfg.tokenize
         write_tokenizer(t.tokenizer, tokenizer_path(cfg), _documents(cfg, names), t.vocab_size,
@@ -134,12 +142,14 @@ def run_reduce(cfg: CorpusConfig, stage: str) -> None:
         raise ValueError(f"{stage} is not a reduce stage")
 
 
-def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:
+def _duplicates(cfg: CorpusConfig, names: list[str]) -> list[dict]:
+    """Per shard, its documents that dedup drops (across the whole corpus): {id: why}."""
     work = os.path.join(cfg.output.dir, "work", "process")
-    ids, hashes, record_ids, urls, sigs = [], [], [], [], []
+    ids, hashes, record_ids, urls, sigs, sizes = [], [], [], [], [], []
     for n in names:
         with open(os.path.join(work, f"{n}.hashes.json")) as f:
             shard = json.load(f)
+        sizes.append(len(shard["ids"]))
         ids += shard["ids"]
         hashes += shard["hashes"]
         missing = [None] * len(shard["ids"])  # a shard processed before these fields were recorded
@@ -147,8 +157,10 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> dict:
         urls += shard.get("urls", missing)
         sigs.append(np.load(os.path.join(work, f"{n}.sig.npy")))
     if not cfg.dedup.enabled or not ids:
-        return {}
-    return find_duplicates(ids, hashes, np.concatenate(sigs), cfg.dedup, record_ids, urls)
+        return [{} for _ in names]
+    found = find_duplicates(ids, hashes, np.concatenate(sigs), cfg.dedup, record_ids, urls)
+    bounds = np.cumsum([0] + sizes).tolist()
+    return [{i: found[i] for i in ids[start:end] if i in found} for start, end in zip(bounds, bounds[1:])]
 
 
 def _documents(cfg: CorpusConfig, names: list[str]):

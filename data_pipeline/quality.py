@@ -31,7 +31,11 @@ def train_quality(positive: Iterable[str], negative: Iterable[str], out_path: st
     import fasttext
 
     counts = {"positive": 0, "negative": 0}
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    # beside the model, not in $TMPDIR: compute nodes' /tmp is small, and the training set can be tens of GB
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8", dir=out_dir,
+                                     prefix=".train-quality-") as f:
         for label, texts, key in ((POSITIVE, positive, "positive"), (NEGATIVE, negative, "negative")):
             for text in texts:
                 if text.strip():
@@ -45,7 +49,6 @@ def train_quality(positive: Iterable[str], negative: Iterable[str], out_path: st
                                           thread=1, seed=seed, verbose=0)
     finally:
         os.remove(train_file)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     model.save_model(out_path)
     return counts
 

@@ -14,6 +14,7 @@ dedup, finalize, tokenizer, tokenize and summary are redone over all shards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -173,12 +174,20 @@ def read_record(out_dir: str) -> Optional[dict]:
         raise ConfigError(f"{path} is corrupt ({exc}): --restart to redo the run") from None
 
 
-def recorded_inputs(out_dir: str) -> list[dict]:
+def recorded_inputs(out_dir: str) -> tuple[dict, ...]:
     """The run's inputs in shard order (what Slurm tasks and every stage read)."""
-    record = read_record(out_dir)
-    if record is None:
-        raise ConfigError(f"output.dir={out_dir!r} has no {RECORD}: start the run with `megagpt corpus run`")
-    return record["inputs"]
+    try:
+        stat = os.stat(os.path.join(out_dir, RECORD))
+    except FileNotFoundError:
+        raise ConfigError(f"output.dir={out_dir!r} has no {RECORD}: start the run with `megagpt corpus run`") from None
+    return _inputs(out_dir, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _inputs(out_dir: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    # Read once per version of the record, not once per shard: a CommonCrawl run's record lists 50k inputs
+    # (~20 MB), and a worker parsed it for every shard it processed.
+    return tuple(read_record(out_dir)["inputs"])
 
 
 def _describe(files: list[str]) -> list[dict]:

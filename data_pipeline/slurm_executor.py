@@ -52,7 +52,9 @@ def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, d
         "array_line": sbatch_line("array", f"0-{tasks - 1}{limit}" if sharded else None),
         "stride": str(tasks if sharded else 1),
         "dependency_line": sbatch_line("dependency", f"afterok:{depends_on}" if depends_on else None),
-        "partition_line": sbatch_line("partition", e.partition), "time_line": sbatch_line("time", e.time),
+        "partition_line": sbatch_line("partition", e.partition),
+        "time_line": sbatch_line("time", e.time if sharded else e.reduce_time or e.time),
+        "mem_line": sbatch_line("mem", e.mem if sharded else e.reduce_mem or e.mem),
         "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
         # The submitting directory, as for a local run: relative paths in the config mean the same there.
         "workdir": check_path("workdir", os.getcwd()), "python": python(),

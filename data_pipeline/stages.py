@@ -88,7 +88,7 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
     start = time.perf_counter()
     hashes = [content_hash(d["text"]) for d in kept]
     sigs = np.stack([signature(d["text"], cfg.dedup) for d in kept]) if kept and cfg.dedup.enabled else \
-        np.zeros((len(kept), cfg.dedup.num_perm), np.uint64)
+        np.zeros((len(kept), cfg.dedup.num_perm), np.uint32)
     stats.timed("dedup", time.perf_counter() - start)  # dedup's per-shard half; its counts come at the reduce
 
     work = os.path.join(out, "work", "process")

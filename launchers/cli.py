@@ -496,7 +496,8 @@ def cmd_corpus(args) -> int:
         from data_pipeline.slurm_executor import run_task
 
         index = args.index if args.index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", -1))
-        run_task(load_corpus_config(args.config), args.stage, index if index >= 0 else None, args.stride)
+        run_task(load_corpus_config(args.config, check_inputs=False), args.stage, index if index >= 0 else None,
+                 args.stride)
         return 0
     if args.corpus_command == "report":
         from data_pipeline.report import summary_table, write_report

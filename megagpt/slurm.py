@@ -56,6 +56,15 @@ def check_time(key: str, value: str) -> str:
     return value
 
 
+_MEM = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+
+
+def check_mem(key: str, value: str) -> str:
+    if not _MEM.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} is not a Slurm memory size (e.g. 8G, 500M, or 0 for all of a node's)")
+    return value
+
+
 def time_seconds(value: str) -> int | None:
     """A checked Slurm time in seconds (None: no limit, as sbatch reads UNLIMITED, INFINITE and 0), read as sbatch
     reads it: MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]]."""

@@ -114,3 +114,16 @@ def test_a_model_that_is_not_our_classifier_is_refused_before_the_run(classifier
     with pytest.raises(ConfigError, match=r"quality.threshold=1.5 must lie in \[0.0, 1.0\]"):
         load_corpus_config(None, [*base, "quality.threshold=1.5"])
     load_corpus_config(None, [*base, f"quality.model={classifier[0]}"])
+
+
+def test_training_writes_its_examples_beside_the_model_not_in_tmp(tmp_path, monkeypatch):
+    """Compute nodes' /tmp is small and node-local; the training set can be tens of GB."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # a write to $TMPDIR fails
+    rng = random.Random(2)
+    path = tmp_path / "models" / "quality.bin"
+    assert train_quality(english_pages()[:20], noise(rng, 20), str(path), epochs=1) == {"positive": 20,
+                                                                                         "negative": 20}
+    assert path.is_file() and os.listdir(path.parent) == ["quality.bin"]

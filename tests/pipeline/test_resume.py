@@ -65,7 +65,7 @@ def test_finished_run_redoes_nothing(corpus_run):
 @pytest.mark.parametrize("lost", [
     ["documents/commoncrawl/00001.jsonl.gz", "tokens/commoncrawl.bin"],
     ["stats.json"],
-    ["work/dedup/duplicates.json", "work/manifest/finalize/00001.done", "documents/commoncrawl/00001.jsonl.gz"],
+    ["work/dedup/00001.json", "work/manifest/finalize/00001.done", "documents/commoncrawl/00001.jsonl.gz"],
     ["work/process/00002.sig.npy", "dropped/process/00002.jsonl.gz"],
 ], ids=["documents-and-tokens", "stats", "dedup-and-finalize", "process"])
 def test_a_finished_run_missing_outputs_makes_them_again(crawl, corpus_run, tmp_path, capsys, lost):
@@ -85,3 +85,56 @@ def test_a_finished_run_missing_outputs_makes_them_again(crawl, corpus_run, tmp_
     assert (out / "stats.json").read_text() == (reference / "stats.json").read_text()
     err = capsys.readouterr().err
     assert f"megagpt corpus: {lost[0]}" in err and "done again" in err
+
+
+def test_each_finalize_task_reads_only_its_shards_duplicates(corpus_run):
+    """One corpus-wide duplicates file (~75 GB at CommonCrawl's 150M drops) was read whole by every finalize task:
+    each shard's file holds that shard's drops, and together they are every dedup drop the run made."""
+    import gzip
+    import json
+
+    from data_pipeline.runs import recorded_inputs
+
+    out, _, _ = corpus_run
+    inputs = recorded_inputs(str(out))
+    assert not (out / "work" / "dedup" / "duplicates.json").exists()
+    total = 0
+    for i, entry in enumerate(inputs):
+        found = json.loads((out / "work" / "dedup" / f"{i:05d}.json").read_text())
+        assert all(doc_id.startswith(entry["id_prefix"] + ":") for doc_id in found)
+        with gzip.open(out / "dropped" / "dedup" / f"{i:05d}.jsonl.gz", "rt") as f:
+            assert sorted(found) == sorted(json.loads(line)["id"] for line in f)
+        total += len(found)
+    assert total > 0
+
+
+def test_the_run_record_is_read_once_per_version(corpus_run, monkeypatch, tmp_path):
+    """A worker parsed run.json (50k inputs, ~20 MB at CommonCrawl's scale) for every shard it processed."""
+    import shutil
+
+    from data_pipeline import runs
+
+    out, _, _ = corpus_run
+    copy = tmp_path / "out"
+    shutil.copytree(out / "work" / "manifest", copy / "work" / "manifest")
+    shutil.copy(out / "run.json", copy / "run.json")
+    reads = []
+    real = runs.read_record
+    monkeypatch.setattr(runs, "read_record", lambda d: reads.append(d) or real(d))
+    first = [runs.recorded_inputs(str(copy))[i] for i in range(4)]
+    assert len(reads) == 1
+    record = (copy / "run.json").read_text()
+    (copy / "run.json").write_text(record.replace(first[0]["id_prefix"], first[0]["id_prefix"] + "x", 1))
+    assert runs.recorded_inputs(str(copy))[0]["id_prefix"] == first[0]["id_prefix"] + "x" and len(reads) == 2
+
+
+def test_a_slurm_task_does_not_rescan_the_inputs(tmp_path):
+    """Every array task globbed and stat-ed every input as it loaded the config (50k files x a thousand tasks at
+    once on a shared filesystem); the run recorded its inputs when it started, and tasks read that."""
+    from data_pipeline.config import load_corpus_config
+    from megagpt.errors import ConfigError
+
+    overrides = [f"input.paths=[{tmp_path}/gone/*.warc.gz]", f"output.dir={tmp_path}/out"]
+    with pytest.raises(ConfigError, match="matches no file"):
+        load_corpus_config(None, overrides)
+    assert load_corpus_config(None, overrides, check_inputs=False).input.paths == [f"{tmp_path}/gone/*.warc.gz"]

@@ -178,6 +178,31 @@ def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
     assert ran == [1, 4, 2, 5, 0]
 
 
+def test_corpus_reduce_steps_get_their_own_time_and_memory(tmp_path, monkeypatch):
+    """The reduce steps run one process over the whole corpus (dedup holds every signature): with the shard tasks'
+    --time and the cluster's default memory, a CommonCrawl run's dedup ran out of either."""
+    from data_pipeline import slurm_executor
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.slurm_executor import save_config, stage_script
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    base = ["input.paths=[a.jsonl]", "output.dir=out", "executor.kind=slurm", "executor.time=01:00:00",
+            "executor.mem=4G"]
+    shard_stage, reduce_stage = (next(s for s, kind in slurm_executor.STAGES if (kind == "shard") == shard)
+                                 for shard in (True, False))
+    for extra, reduce_lines in (([], ["#SBATCH --time=01:00:00", "#SBATCH --mem=4G"]),
+                                (["executor.reduce_time=1-00:00:00", "executor.reduce_mem=500G"],
+                                 ["#SBATCH --time=1-00:00:00", "#SBATCH --mem=500G"])):
+        cfg = load_corpus_config(None, base + extra)
+        shard_lines = stage_script(cfg, shard_stage, 1, save_config(cfg), None).splitlines()
+        assert "#SBATCH --time=01:00:00" in shard_lines and "#SBATCH --mem=4G" in shard_lines
+        lines = stage_script(cfg, reduce_stage, 1, save_config(cfg), "7").splitlines()
+        assert all(line in lines for line in reduce_lines)
+    with pytest.raises(ConfigError, match="executor.reduce_mem='lots' is not a Slurm memory size"):
+        load_corpus_config(None, base + ["executor.reduce_mem=lots"])
+
+
 def test_max_array_size_is_read_from_the_cluster(monkeypatch):
     import subprocess
 
