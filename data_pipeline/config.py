@@ -132,7 +132,7 @@ class ExecutorConfig:
     cpus_per_task: int = 1
     mem: Optional[str] = None  # slurm only: sbatch --mem per task, e.g. 8G (default: the cluster's)
     # slurm only: the reduce steps (dedup, tokenizer, summary), each one process over the whole corpus: dedup holds
-    # every document's signature, ~1 KB each (default: time and mem)
+    # every document's signature and ids, ~2 KB each (default: time and mem)
     reduce_time: Optional[str] = None
     reduce_mem: Optional[str] = None
     wait: bool = True  # slurm: wait for the last job and check every stage finished
