@@ -6,6 +6,8 @@ import glob
 import json
 import os
 
+import numpy as np
+
 from data_pipeline.io import read_jsonl_gz
 from megagpt.errors import DataError
 
@@ -41,7 +43,7 @@ def write_report(run_dir: str) -> list[str]:
         raise DataError(f"{path} not found: is {run_dir} a finished corpus run?")
     with open(path) as f:
         stats = json.load(f)
-    docs = [d for p in sorted(glob.glob(os.path.join(run_dir, "documents", "*", "*.jsonl.gz"))) for d in read_jsonl_gz(p)]
+    lengths, scores = _lengths_and_scores(sorted(glob.glob(os.path.join(run_dir, "documents", "*", "*.jsonl.gz"))))
     out = os.path.join(run_dir, "report")
     os.makedirs(out, exist_ok=True)
     written = []
@@ -56,22 +58,42 @@ def write_report(run_dir: str) -> list[str]:
     written.append(_save(fig, os.path.join(out, "funnel.png")))
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.hist([len(d["text"]) for d in docs] or [0], bins=40, color="#2e86de")
+    ax.hist(lengths if len(lengths) else [0], bins=40, color="#2e86de")
     ax.set_xlabel("characters per kept document")
     ax.set_ylabel("documents")
     ax.set_title("Length of kept documents")
     written.append(_save(fig, os.path.join(out, "lengths.png")))
 
-    scores = {key: [d[key] for d in docs if key in d] for key in ("lang_score", "quality")}
-    scores = {k: v for k, v in scores.items() if v}
     fig, axes = plt.subplots(1, max(len(scores), 1), figsize=(8, 4), squeeze=False)
-    for ax, (key, values) in zip(axes[0], scores.items()):
-        ax.hist(values, bins=30, range=(0, 1), color="#10ac84")
+    for ax, (key, counts) in zip(axes[0], scores.items()):
+        ax.hist(SCORE_BINS[:-1], bins=SCORE_BINS, weights=counts, color="#10ac84")
         ax.set_xlabel(key)
         ax.set_ylabel("documents")
     fig.suptitle("Scores of kept documents")
     written.append(_save(fig, os.path.join(out, "scores.png")))
     return written
+
+
+SCORE_BINS = np.linspace(0.0, 1.0, 31)
+
+
+def _lengths_and_scores(paths: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The kept documents' lengths (4 bytes each) and their scores' histograms over SCORE_BINS, read shard by
+    shard: a CommonCrawl run's kept text (hundreds of GB) was loaded into one list."""
+    lengths, counts = [], {}
+    for path in paths:
+        shard_lengths, values = [], {"lang_score": [], "quality": []}
+        for d in read_jsonl_gz(path):
+            shard_lengths.append(len(d["text"]))
+            for key, found in values.items():
+                if key in d:
+                    found.append(d[key])
+        lengths.append(np.asarray(shard_lengths, dtype=np.int32))
+        for key, found in values.items():
+            if found:
+                counts[key] = counts.get(key, 0) + np.histogram(found, bins=SCORE_BINS)[0]
+    return (np.concatenate(lengths) if lengths else np.zeros(0, np.int32)), \
+        {key: counts[key] for key in ("lang_score", "quality") if key in counts}
 
 
 def _save(fig, path: str) -> str:

@@ -140,6 +140,26 @@ def test_report_writes_plots_and_a_table(corpus_run):
     assert f"documents {summary['documents']}, tokens {summary['tokens']}, file errors 1" in proc.stdout
 
 
+def test_report_reads_the_documents_shard_by_shard_into_lengths_and_score_counts(corpus_run):
+    """The report held every kept document's text at once (hundreds of GB at CommonCrawl's scale): now 4 bytes a
+    document and a histogram per score, equal to what the whole list gave."""
+    import glob
+
+    import numpy as np
+
+    from data_pipeline.io import read_jsonl_gz
+    from data_pipeline.report import SCORE_BINS, _lengths_and_scores
+
+    out, _, summary = corpus_run
+    paths = sorted(glob.glob(os.path.join(out, "documents", "*", "*.jsonl.gz")))
+    docs = [d for p in paths for d in read_jsonl_gz(p)]
+    lengths, scores = _lengths_and_scores(paths)
+    assert lengths.dtype == np.int32 and lengths.tolist() == [len(d["text"]) for d in docs]
+    assert len(lengths) == summary["documents"]
+    assert set(scores) == {"lang_score"}  # no quality model in this run
+    assert scores["lang_score"].tolist() == np.histogram([d["lang_score"] for d in docs], bins=SCORE_BINS)[0].tolist()
+
+
 def test_report_of_a_missing_run_is_one_line(tmp_path):
     from tests.conftest import megagpt
 
