@@ -63,6 +63,13 @@ def resolve_device(requested: str, local_ranks: int) -> str:
         raise ConfigError(f"run.device={requested!r} must be one of {', '.join(DEVICES)}")
     gpus = visible_gpus()
     has_own = own_gpu(0, local_ranks, gpus, os.environ) is not None
+    world = int(os.environ.get("WORLD_SIZE", local_ranks))
+    if requested == "auto" and 0 < gpus and not has_own and world > local_ranks:
+        # each node decides alone: a node short of GPUs (one failed, a site's binding) took CPU and gloo while the
+        # others took CUDA and NCCL, and the world hung at its first collective
+        raise ConfigError(f"run.device=auto: this node sees {gpus} GPU(s) for its {local_ranks} ranks of a world of "
+                          f"{world} across nodes, so it alone would run on CPU: give run.device=cuda with a GPU per "
+                          f"rank, or run.device=cpu")
     if requested == "cuda" and not has_own:
         raise ConfigError(f"run.device=cuda needs a GPU per rank: {local_ranks} ranks on this node, {gpus} GPUs "
                           f"visible (run.device=cpu runs them on CPU)")

@@ -91,6 +91,25 @@ def test_cuda_without_a_gpu_per_rank_is_one_line(monkeypatch, gpus):
         resolve_device("cuda", 2)
 
 
+@pytest.mark.parametrize("gpus,expected", [(8, "cuda"), (0, "cpu"), (1, None)])
+def test_auto_never_splits_a_world_across_nodes_between_cuda_and_cpu(monkeypatch, gpus, expected):
+    """Each node resolves `auto` alone: one that saw too few GPUs took CPU and gloo while the others took CUDA and
+    NCCL, and the world hung at its first collective. A node that sees some GPUs, but too few, in a world wider
+    than the node is refused; a node without any (a CPU cluster) stays on CPU."""
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    if expected is None:
+        with pytest.raises(ConfigError, match="run.device=auto: this node sees 1 GPU.s. for its 8 ranks of a world "
+                                              "of 16 across nodes, so it alone would run on CPU"):
+            resolve_device("auto", 8)
+        monkeypatch.setenv("WORLD_SIZE", "8")  # the world is this node: its ranks all take CPU together
+        assert resolve_device("auto", 8) == "cpu"
+    else:
+        assert resolve_device("auto", 8) == expected
+
+
 # An srun task's view on a node whose step holds two GPUs (slurm 22.05, measured on the local cluster)
 STEP = {"SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_GPUS_ON_NODE": "2"}
 
