@@ -76,10 +76,15 @@ def resolve_device(requested: str, local_ranks: int) -> str:
     return "cuda" if requested != "cpu" and has_own else "cpu"
 
 
+# the GPU a process that no launcher started asked for by index (lone_gpu), read by init_distributed
+_lone_gpu: Optional[int] = None
+
+
 def lone_gpu(device: str) -> str:
     """A device named with its index (lm_eval's --device cuda:N) as run.device: 'cuda', and a process that no
-    launcher started takes GPU N (init_distributed keeps the LOCAL_RANK set here). A launched world's ranks
-    each take their local rank's GPU, whatever the index."""
+    launcher started takes GPU N when it joins its world of one. A launched world's ranks each take their local
+    rank's GPU, whatever the index."""
+    global _lone_gpu
     kind, _, index = device.partition(":")
     if kind != "cuda" or not index:
         return device
@@ -88,7 +93,7 @@ def lone_gpu(device: str) -> str:
     if "RANK" not in os.environ:
         if int(index) >= visible_gpus():
             raise ConfigError(f"device {device!r}: this process sees {visible_gpus()} GPUs")
-        os.environ["LOCAL_RANK"] = index
+        _lone_gpu = int(index)
     return "cuda"
 
 
@@ -143,9 +148,9 @@ def init_distributed(requested_device: str = "auto", deepspeed_comm: bool = True
     """
     global _timeout
     _timeout = timedelta(minutes=timeout_minutes)
-    if "RANK" not in os.environ:  # a lone process: its LOCAL_RANK, if set, is the GPU it asked for (lone_gpu)
-        os.environ.update(RANK="0", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"), WORLD_SIZE="1",
-                          LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    if "RANK" not in os.environ:  # a lone process: local rank 0, or the GPU it asked for (lone_gpu)
+        os.environ.update(RANK="0", LOCAL_RANK=str(_lone_gpu or 0), WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     audit_from_env()
     device = device_for_local_rank(resolve_device(requested_device, local_world_size()))
     quiet_library_warnings()

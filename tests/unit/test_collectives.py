@@ -238,26 +238,28 @@ def test_a_lone_process_asking_for_cuda_n_takes_gpu_n(monkeypatch):
     for var in ("RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     assert distributed.lone_gpu("cpu") == "cpu" and distributed.lone_gpu("cuda") == "cuda"
-    assert "LOCAL_RANK" not in os.environ
-    assert distributed.lone_gpu("cuda:3") == "cuda" and os.environ["LOCAL_RANK"] == "3"
-    assert own_gpu(int(os.environ["LOCAL_RANK"]), 1, 4, {}) == 3  # what device_for_local_rank then takes
+    monkeypatch.setattr(distributed, "_lone_gpu", None)
+    assert distributed._lone_gpu is None
+    assert distributed.lone_gpu("cuda:3") == "cuda" and distributed._lone_gpu == 3
+    assert own_gpu(distributed._lone_gpu, 1, 4, {}) == 3  # what device_for_local_rank takes, init_distributed says
     with pytest.raises(ConfigError, match="device 'cuda:4': this process sees 4 GPUs"):
         distributed.lone_gpu("cuda:4")
+    monkeypatch.setattr(distributed, "_lone_gpu", None)
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.lone_gpu("cuda:0") == "cuda" and os.environ["LOCAL_RANK"] == "1"  # a launched rank: its own
+    assert distributed.lone_gpu("cuda:0") == "cuda" and distributed._lone_gpu is None  # a launched rank: its own
 
 
-def test_a_lone_process_keeps_the_local_rank_it_was_given():
+def test_a_lone_process_joins_as_the_gpu_it_asked_for():
     import subprocess
     import sys
 
     from tests.conftest import CPU_ENV, REPO
 
-    env = {**os.environ, **CPU_ENV, "LOCAL_RANK": "3"}
-    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    env = {**os.environ, **CPU_ENV}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    script = ("import os; from megagpt.parallel.distributed import init_distributed, shutdown_distributed; "
-              "init_distributed('cpu', deepspeed_comm=False); print(os.environ['LOCAL_RANK']); shutdown_distributed()")
+    script = ("import os; from megagpt.parallel import distributed as d; d.visible_gpus = lambda: 4; "
+              "d.lone_gpu('cuda:3'); d.init_distributed('cpu', deepspeed_comm=False); print(os.environ['LOCAL_RANK']); "
+              "d.shutdown_distributed()")
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == "3\n", proc.stderr[-2000:]
