@@ -49,7 +49,8 @@ def test_nproc_must_be_the_ranks_srun_started_per_node(monkeypatch):
 
     monkeypatch.setattr(local, "die_with_launcher", lambda: None)  # (this test process is not a rank)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what join_existing_world writes is undone after the test
+        monkeypatch.delenv(name)
     four_nodes = {**MULTI_NODE, "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "1(x4)",
                   "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
     for name, value in four_nodes.items():
