@@ -110,6 +110,19 @@ def test_auto_never_splits_a_world_across_nodes_between_cuda_and_cpu(monkeypatch
         assert resolve_device("auto", 8) == expected
 
 
+def alone(script: str, env: dict | None = None, timeout: int = 120):
+    """`python -c script` from the repository as a process no launcher started (no torch rank variables), on CPU."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CPU_ENV, REPO
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                               "MASTER_PORT")}
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**clean, **CPU_ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 # An srun task's view on a node whose step holds two GPUs (slurm 22.05, measured on the local cluster)
 STEP = {"SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_GPUS_ON_NODE": "2"}
 
@@ -174,20 +187,13 @@ def test_a_cpu_rank_builds_no_extension_under_a_lock_a_killed_rank_could_leave(t
     """DeepSpeed JIT-built its shared-memory all-reduce (inference only) in every CPU rank, under a lock file in
     TORCH_EXTENSIONS_DIR: a rank killed meanwhile (a Slurm requeue at start-up) left it, and every later run
     waited on it forever, printing nothing."""
-    import subprocess
-    import sys
-
-    from tests.conftest import CPU_ENV, REPO
-
-    env = {**os.environ, **CPU_ENV, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
+    extensions = {"TORCH_EXTENSIONS_DIR": str(tmp_path)}
     stale = ("import torch.utils.cpp_extension as c; "
              "open(c._get_build_directory('deepspeed_shm_comm', False) + '/lock', 'w').close()")
-    subprocess.run([sys.executable, "-c", stale], env=env, check=True, timeout=60)
+    assert alone(stale, extensions).returncode == 0
     start = ("from megagpt.parallel.distributed import init_distributed, shutdown_distributed; "
              "print(init_distributed('cpu')); shutdown_distributed()")
-    proc = subprocess.run([sys.executable, "-c", start], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = alone(start, extensions, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "cpu\n", proc.stderr[-2000:]
 
 
@@ -196,14 +202,6 @@ def test_every_group_waits_run_dist_timeout_minutes():
     (gloo 30), so a PPO role idle through another's generation, or ranks waiting on a long checkpoint write, were
     due to be killed, on GPUs only. The world, megatron-core's groups and the RLHF roles' groups take the configured
     one."""
-    import subprocess
-    import sys
-
-    from tests.conftest import CPU_ENV, REPO
-
-    env = {**os.environ, **CPU_ENV}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
     script = """
 import torch, torch.distributed as dist
 from megagpt.parallel.distributed import init_distributed, new_group, shutdown_distributed
@@ -216,7 +214,7 @@ from megatron.core import parallel_state as ps
 print(ps._DATA_PARALLEL_GROUP_GLOO)
 shutdown_distributed()
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = alone(script)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [str([("dp", 2520.0), ("new", 2520.0), ("tp", 2520.0), ("world", 2520.0)]),
                                         "None"]  # and no unused gloo twins of megatron-core's groups
@@ -250,16 +248,8 @@ def test_a_lone_process_asking_for_cuda_n_takes_gpu_n(monkeypatch):
 
 
 def test_a_lone_process_joins_as_the_gpu_it_asked_for():
-    import subprocess
-    import sys
-
-    from tests.conftest import CPU_ENV, REPO
-
-    env = {**os.environ, **CPU_ENV}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
     script = ("import os; from megagpt.parallel import distributed as d; d.visible_gpus = lambda: 4; "
               "d.lone_gpu('cuda:3'); d.init_distributed('cpu', deepspeed_comm=False); print(os.environ['LOCAL_RANK']); "
               "d.shutdown_distributed()")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = alone(script)
     assert proc.returncode == 0 and proc.stdout == "3\n", proc.stderr[-2000:]
