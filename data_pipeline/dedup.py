@@ -2,19 +2,24 @@
 
     per shard:  content hash + MinHash signature of every kept document
     reduce:     exact duplicates by hash; LSH band buckets -> candidate pairs ->
-                verified pairs -> clusters (union-find); keep the first document of each
+                verified pairs -> clusters (connected components); keep the first document of each
 
-MinHash is datasketch's; band bucketing and union-find are written out because
-datasketch's MinHashLSH is an in-memory index that cannot be built shard by shard.
+MinHash is datasketch's; the reduce is written out on numpy sorts because datasketch's MinHashLSH is
+an in-memory index of Python objects (about 2 KB a document with ids) that cannot be built shard by
+shard. Here the reduce holds a few integers a document; signatures stay in the shards' files, read a
+band at a time and gathered by row for the pairs it verifies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import os
+import tempfile
 import zlib
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -110,28 +115,205 @@ def jaccard(a: str, b: str, n: int = 5) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:  # the smaller index (earlier document) becomes the root, the one we keep
-            self.parent[max(ra, rb)] = min(ra, rb)
+# Pairs verified per gather: two (chunk, num_perm) uint32 blocks, 59 MB at 112 permutations.
+_PAIR_CHUNK = 1 << 16
 
 
-def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, cfg: DedupConfig,
-                    record_ids: Optional[list] = None, urls: Optional[list] = None) -> dict[str, dict]:
-    """{dropped id: drop record} over documents in corpus order; each drop names its cluster's kept document.
+class SignatureArray:
+    """Signatures held in memory, one row a document."""
 
-    A drop record: stage, reason, `duplicate_of` (the kept document's id, and its record_id and
-    url when given), `similarity` (the share of agreeing MinHash values between the two
+    def __init__(self, signatures: np.ndarray):
+        self.signatures = signatures
+
+    def __len__(self) -> int:
+        return len(self.signatures)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return self.signatures[index]
+
+    def bands(self, unique: np.ndarray, cfg: DedupConfig) -> Iterator[np.ndarray]:
+        for band in range(cfg.bands):
+            yield self.signatures[unique, band * cfg.rows:(band + 1) * cfg.rows]
+
+
+class SignatureFiles:
+    """The signatures of a run's shards, left in their `.sig.npy` files (rows in corpus order).
+
+    Rows are gathered from memory maps, four open at a time (a run has tens of thousands of
+    shards, and a map's pages count in the reduce's resident memory); a band's columns are spilled to one file per band in a single pass over the
+    shards, so that each band is read whole without reading every signature again.
+    """
+
+    def __init__(self, paths: Sequence[str], spill_dir: str):
+        self.paths = list(paths)
+        self.spill_dir = spill_dir
+        sizes = [np.load(p, mmap_mode="r").shape[0] for p in self.paths]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self._map = lru_cache(maxsize=4)(lambda shard: np.load(self.paths[shard], mmap_mode="r"))
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        order = np.argsort(index, kind="stable")
+        ordered = index[order]
+        cuts = np.searchsorted(ordered, self.offsets)
+        out = None
+        for shard in np.flatnonzero(np.diff(cuts)):
+            lo, hi = cuts[shard], cuts[shard + 1]
+            part = self._map(int(shard))
+            if out is None:
+                out = np.empty((len(index), part.shape[1]), part.dtype)
+            out[order[lo:hi]] = part[ordered[lo:hi] - self.offsets[shard]]
+        return out if out is not None else np.empty((0, 0), np.uint32)
+
+    def bands(self, unique: np.ndarray, cfg: DedupConfig) -> Iterator[np.ndarray]:
+        with tempfile.TemporaryDirectory(prefix="bands-", dir=self.spill_dir) as spill:
+            files = [open(os.path.join(spill, f"{b}.u32"), "wb") for b in range(cfg.bands)]
+            try:
+                cuts = np.searchsorted(unique, self.offsets)
+                for shard in np.flatnonzero(np.diff(cuts)):
+                    part = np.load(self.paths[shard])[unique[cuts[shard]:cuts[shard + 1]] - self.offsets[shard]]
+                    for b, f in enumerate(files):
+                        f.write(np.ascontiguousarray(part[:, b * cfg.rows:(b + 1) * cfg.rows], np.uint32).data)
+            finally:
+                for f in files:
+                    f.close()
+            for b in range(cfg.bands):
+                path = os.path.join(spill, f"{b}.u32")
+                yield np.fromfile(path, np.uint32).reshape(len(unique), cfg.rows)
+                os.remove(path)  # the disk a band took is given back before the next is read
+
+
+@dataclass
+class Drops:
+    """The documents dedup drops, as arrays over their rows (corpus order), ascending."""
+
+    row: np.ndarray
+    kept: np.ndarray  # the row its cluster keeps: always the cluster's first, so before it
+    exact: np.ndarray  # an exact copy of an earlier row (else a near duplicate)
+    copy_of: np.ndarray  # an exact copy of a page that is itself dropped: that page's row; else -1
+    similarity: np.ndarray  # the share of MinHash values it agrees on with kept
+    matched: np.ndarray  # a near duplicate less similar to kept than verify_threshold: its closest verified member
+    matched_similarity: np.ndarray  # (the pair that put it in the cluster); else -1 and nan
+
+    def referenced(self) -> np.ndarray:
+        """The other rows the drop records name."""
+        return np.unique(np.concatenate([self.kept, self.copy_of[self.copy_of >= 0], self.matched[self.matched >= 0]]))
+
+
+def find_duplicate_rows(keys: np.ndarray, signatures, cfg: DedupConfig) -> Drops:
+    """Exact and near duplicates over documents in corpus order; the first document of each cluster is kept.
+
+    keys: (documents, words) uint64, equal for documents with equal content hashes. signatures:
+    a SignatureArray or SignatureFiles. Exact copies go first; the documents left are bucketed by
+    each band's MinHash rows (a stable sort: each bucket's first document pairs with every
+    other), pairs are verified on whole signatures (verify_threshold), and clusters are the
+    connected components of verified pairs, each kept by its smallest row.
+    """
+    n = len(keys)
+    first = _first_of_equal(keys)
+    unique = np.flatnonzero(first == np.arange(n))
+    a, b, agree = _verified_pairs(unique, n, signatures, cfg)
+    root = _cluster_roots(a, b, n)
+    kept_of = root[first]
+    drop = np.flatnonzero((first != np.arange(n)) | (kept_of != np.arange(n)))
+    kept, first_of_drop = kept_of[drop], first[drop]
+    exact = first_of_drop != drop
+    similarity = _agreement(signatures, drop, kept)
+    copy_of = np.where(exact & (first_of_drop != kept), first_of_drop, -1)
+    matched = np.full(len(drop), -1, np.int64)
+    matched_similarity = np.full(len(drop), np.nan)
+    loose = np.flatnonzero(~exact & (similarity < cfg.verify_threshold))
+    if len(loose):
+        matched[loose], matched_similarity[loose] = _closest_verified(a, b, agree, drop[loose])
+    return Drops(drop, kept, exact, copy_of, similarity, matched, matched_similarity)
+
+
+def _first_of_equal(keys: np.ndarray) -> np.ndarray:
+    """Each row's first row with the same key."""
+    order, starts = _runs_of_equal(keys)
+    first = np.empty(len(keys), np.int64)
+    first[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+    return first
+
+
+def _runs_of_equal(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A stable order of the rows of a 2-D array that puts equal rows together, and where each run starts.
+
+    Each row is sorted as one opaque value (a void view, compared as bytes): a lexsort over the
+    columns copied every column and compared them one by one."""
+    whole = np.ascontiguousarray(values).view(np.dtype((np.void, values.shape[1] * values.itemsize))).ravel()
+    order = np.argsort(whole, kind="stable")
+    ordered = whole[order]
+    starts = np.ones(len(whole), bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    return order, starts
+
+
+def _verified_pairs(unique: np.ndarray, n: int, signatures, cfg: DedupConfig):
+    """(a, b, agreement) of the verified candidate pairs, in the order the bands meet them (band by band, each
+    band's pairs by b): that order decides which of two equally close members a drop names as `matched`."""
+    seen = np.empty(0, np.int64)  # pair codes a * n + b already verified, sorted
+    found_a, found_b, found_agree = [], [], []
+    for columns in signatures.bands(unique, cfg):
+        order, starts = _runs_of_equal(columns)
+        del columns
+        others = np.flatnonzero(~starts)
+        bucket_first = unique[order[np.flatnonzero(starts)]]
+        a, b = bucket_first[(np.cumsum(starts) - 1)[others]], unique[order[others]]
+        by_b = np.argsort(b, kind="stable")
+        a, b = a[by_b], b[by_b]
+        code = a * n + b
+        fresh = ~np.isin(code, seen, assume_unique=True)  # a pair met in an earlier band is verified once
+        a, b = a[fresh], b[fresh]
+        seen = np.union1d(seen, code[fresh])
+        agree = _agreement(signatures, a, b)
+        ok = agree >= cfg.verify_threshold
+        found_a.append(a[ok]), found_b.append(b[ok]), found_agree.append(agree[ok])
+    if not found_a:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_agree)
+
+
+def _agreement(signatures, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The share of MinHash values rows a and b agree on, pair by pair: an estimate of their Jaccard similarity."""
+    out = np.empty(len(a))
+    for lo in range(0, len(a), _PAIR_CHUNK):
+        sa, sb = signatures.rows(a[lo:lo + _PAIR_CHUNK]), signatures.rows(b[lo:lo + _PAIR_CHUNK])
+        out[lo:lo + _PAIR_CHUNK] = (sa == sb).sum(axis=1) / sa.shape[1]
+    return out
+
+
+def _cluster_roots(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Each row's cluster's smallest row, clusters being the connected components of the pairs."""
+    if not len(a):
+        return np.arange(n)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)
+    labels, smallest = np.unique(label, return_index=True)  # the first occurrence of a label is its smallest row
+    root = np.empty(labels.max() + 1, np.int64)
+    root[labels] = smallest
+    return root[label]
+
+
+def _closest_verified(a: np.ndarray, b: np.ndarray, agree: np.ndarray, rows: np.ndarray):
+    """For each row, its most similar verified partner (the first pair met among equals) and their agreement."""
+    x, y = np.concatenate([a, b]), np.concatenate([b, a])
+    s, met = np.concatenate([agree, agree]), np.concatenate([np.arange(len(a))] * 2)
+    order = np.lexsort((met, -s, x))
+    heads = order[np.flatnonzero(np.r_[True, x[order][1:] != x[order][:-1]])]
+    at = np.searchsorted(x[heads], rows)
+    return y[heads][at], s[heads][at]
+
+
+def drop_record(drops: Drops, k: int, name) -> dict:
+    """Drop k's record; name(row) gives a row's {"id": ...}, with "record_id" and "url" where the run keeps them.
+
+    A record: stage, reason, `duplicate_of` (the kept document's id, and its record_id and url
+    when known), `similarity` (the share of agreeing MinHash values between the two
     signatures, an estimate of their 5-gram Jaccard similarity; 1.0 for an exact copy of the
     kept page). `duplicate_of` is always a kept document: an exact copy of a page that is itself
     a near duplicate points at the page its cluster keeps, and names that page in `copy_of`.
@@ -139,53 +321,27 @@ def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, c
     verify_threshold: then `matched` names the member it was verified against (its closest)
     and their similarity, the pair that put it in the cluster.
     """
-    first_by_hash: dict[str, int] = {}
-    unique = []
-    for i, h in enumerate(hashes):
-        if first_by_hash.setdefault(h, i) == i:
-            unique.append(i)
-    uf = UnionFind(len(ids))
-    best: dict[int, tuple[float, int]] = {}  # document -> (similarity, member) of its closest verified pair
-    for a, b in _candidate_pairs(signatures, unique, cfg):
-        similarity = _estimated_jaccard(signatures[a], signatures[b])
-        if similarity >= cfg.verify_threshold:
-            uf.union(a, b)
-            for x, y in ((a, b), (b, a)):
-                if similarity > best.get(x, (-1.0, 0))[0]:
-                    best[x] = (similarity, y)
-    dropped: dict[str, dict] = {}
-    for i, h in enumerate(hashes):
-        first = first_by_hash[h]
-        kept = uf.find(first)
-        if first == i == kept:
-            continue
-        record = {"stage": "exact-dedup", "reason": "exact duplicate"} if first != i else \
-            {"stage": "fuzzy-dedup", "reason": "near duplicate"}
-        record["duplicate_of"] = ids[kept]
-        if record_ids is not None:
-            record["duplicate_of_record_id"] = record_ids[kept]
-        if urls is not None:
-            record["duplicate_of_url"] = urls[kept]
-        similarity = _estimated_jaccard(signatures[i], signatures[kept])
-        record["similarity"] = round(similarity, 4)
-        if first != i and first != kept:
-            record["copy_of"] = ids[first]
-        elif first == i and similarity < cfg.verify_threshold:
-            record["matched"] = {"id": ids[best[i][1]], "similarity": round(best[i][0], 4)}
-        dropped[ids[i]] = record
-    return dropped
+    record = {"stage": "exact-dedup", "reason": "exact duplicate"} if drops.exact[k] else \
+        {"stage": "fuzzy-dedup", "reason": "near duplicate"}
+    record.update({f"duplicate_of{'' if field == 'id' else '_' + field}": value
+                   for field, value in name(int(drops.kept[k])).items()})
+    record["similarity"] = round(float(drops.similarity[k]), 4)
+    if drops.copy_of[k] >= 0:
+        record["copy_of"] = name(int(drops.copy_of[k]))["id"]
+    elif drops.matched[k] >= 0:
+        record["matched"] = {"id": name(int(drops.matched[k]))["id"],
+                             "similarity": round(float(drops.matched_similarity[k]), 4)}
+    return record
 
 
-def _candidate_pairs(signatures: np.ndarray, rows: Iterable[int], cfg: DedupConfig) -> Iterable[tuple[int, int]]:
-    rows = list(rows)
-    for band in range(cfg.bands):
-        part = signatures[rows, band * cfg.rows:(band + 1) * cfg.rows]
-        buckets: dict[bytes, int] = {}
-        for row, key in zip(rows, map(bytes, part)):
-            first: Optional[int] = buckets.setdefault(key, row)
-            if first != row:
-                yield first, row
+def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, cfg: DedupConfig,
+                    record_ids: Optional[list] = None, urls: Optional[list] = None) -> dict[str, dict]:
+    """{dropped id: drop record} over documents held in memory, in corpus order (see drop_record)."""
+    _, keys = np.unique(np.array(hashes), return_inverse=True)
+    drops = find_duplicate_rows(keys.reshape(-1, 1).astype(np.uint64), SignatureArray(signatures), cfg)
+    fields = {"record_id": record_ids, "url": urls}
 
+    def name(row: int) -> dict:
+        return {"id": ids[row], **{field: values[row] for field, values in fields.items() if values is not None}}
 
-def _estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a == b))
+    return {ids[row]: drop_record(drops, k, name) for k, row in enumerate(drops.row.tolist())}

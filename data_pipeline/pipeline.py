@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Iterator
 
 import numpy as np
 
 from data_pipeline.config import CorpusConfig
-from data_pipeline.dedup import find_duplicates
+from data_pipeline.dedup import SignatureFiles, drop_record, find_duplicate_rows
 from data_pipeline.executors import LocalExecutor, is_done, mark_done, unmark_done
 from data_pipeline.io import read_jsonl_gz, write_json
 from data_pipeline.runs import Run, recorded_inputs
@@ -142,25 +143,54 @@ def run_reduce(cfg: CorpusConfig, stage: str) -> None:
         raise ValueError(f"{stage} is not a reduce stage")
 
 
-def _duplicates(cfg: CorpusConfig, names: list[str]) -> list[dict]:
-    """Per shard, its documents that dedup drops (across the whole corpus): {id: why}."""
+def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
+    """Per shard, its documents that dedup drops (across the whole corpus): {id: why}.
+
+    Memory is a few integers a document (content-hash words, sort orders, cluster labels) plus
+    the names of the documents that drops point at; signatures stay in the shards' files.
+    Each shard's `hashes.json` is read three times (keys, referenced names, its drops) rather
+    than held: at CommonCrawl's scale, ids and urls are most of the bytes.
+    """
+    if not cfg.dedup.enabled:
+        yield from ({} for _ in names)
+        return
     work = os.path.join(cfg.output.dir, "work", "process")
-    ids, hashes, record_ids, urls, sigs, sizes = [], [], [], [], [], []
-    for n in names:
-        with open(os.path.join(work, f"{n}.hashes.json")) as f:
-            shard = json.load(f)
-        sizes.append(len(shard["ids"]))
-        ids += shard["ids"]
-        hashes += shard["hashes"]
-        missing = [None] * len(shard["ids"])  # a shard processed before these fields were recorded
-        record_ids += shard.get("record_ids", missing)
-        urls += shard.get("urls", missing)
-        sigs.append(np.load(os.path.join(work, f"{n}.sig.npy")))
-    if not cfg.dedup.enabled or not ids:
-        return [{} for _ in names]
-    found = find_duplicates(ids, hashes, np.concatenate(sigs), cfg.dedup, record_ids, urls)
-    bounds = np.cumsum([0] + sizes).tolist()
-    return [{i: found[i] for i in ids[start:end] if i in found} for start, end in zip(bounds, bounds[1:])]
+    keys = np.concatenate([_hash_keys(_hashes(work, n)["hashes"]) for n in names] or [np.empty((0, 2), np.uint64)])
+    os.makedirs(os.path.join(cfg.output.dir, "work", "dedup"), exist_ok=True)
+    sigs = SignatureFiles([os.path.join(work, f"{n}.sig.npy") for n in names],
+                          spill_dir=os.path.join(cfg.output.dir, "work", "dedup"))
+    drops = find_duplicate_rows(keys, sigs, cfg.dedup)
+    del keys
+    wanted, named = drops.referenced(), {}
+    for n, start, end in zip(names, sigs.offsets, sigs.offsets[1:]):
+        rows = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
+        if len(rows):
+            shard = _hashes(work, n)
+            named.update((int(r), _name(shard, int(r - start))) for r in rows)
+    bounds = np.searchsorted(drops.row, sigs.offsets)
+    for n, start, lo, hi in zip(names, sigs.offsets, bounds, bounds[1:]):
+        if lo == hi:
+            yield {}
+            continue
+        ids = _hashes(work, n)["ids"]
+        yield {ids[int(drops.row[k] - start)]: drop_record(drops, k, named.__getitem__) for k in range(lo, hi)}
+
+
+def _hashes(work: str, name: str) -> dict:
+    with open(os.path.join(work, f"{name}.hashes.json")) as f:
+        return json.load(f)
+
+
+def _name(shard: dict, i: int) -> dict:
+    """A document's id, record_id and url as its drop records name it (None for a shard processed before
+    record_id and url were recorded)."""
+    return {"id": shard["ids"][i], **{field: shard[f"{field}s"][i] if f"{field}s" in shard else None
+                                      for field in ("record_id", "url")}}
+
+
+def _hash_keys(hashes: list[str]) -> np.ndarray:
+    """The first 128 bits of each hex content hash, as two uint64 words."""
+    return np.array([(int(h[:16], 16), int(h[16:32], 16)) for h in hashes], np.uint64).reshape(-1, 2)
 
 
 def _documents(cfg: CorpusConfig, names: list[str]):
