@@ -25,6 +25,7 @@ from data_pipeline.runs import Run, recorded_inputs
 from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
 from data_pipeline.stats import merge_stats
 from data_pipeline.tokens import write_tokenizer
+from megagpt.errors import DataError
 from megagpt.files import writing
 
 
@@ -155,10 +156,15 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
         yield from ({} for _ in names)
         return
     work = os.path.join(cfg.output.dir, "work", "process")
-    keys = np.concatenate([_hash_keys(_hashes(work, n)["hashes"]) for n in names] or [np.empty((0, 2), np.uint64)])
+    keys = [_hash_keys(_hashes(work, n)["hashes"]) for n in names]
     os.makedirs(os.path.join(cfg.output.dir, "work", "dedup"), exist_ok=True)
     sigs = SignatureFiles([os.path.join(work, f"{n}.sig.npy") for n in names],
                           spill_dir=os.path.join(cfg.output.dir, "work", "dedup"))
+    for n, k, rows in zip(names, keys, np.diff(sigs.offsets)):
+        if len(k) != rows:  # rows are matched to documents by position: a mismatch would drop the wrong pages
+            raise DataError(f"{work}/{n}.sig.npy has {rows} signatures for the {len(k)} documents of "
+                            f"{n}.hashes.json: rerun the process stage of shard {n}")
+    keys = np.concatenate(keys or [np.empty((0, 2), np.uint64)])
     drops = find_duplicate_rows(keys, sigs, cfg.dedup)
     del keys
     wanted, named = drops.referenced(), {}

@@ -141,3 +141,21 @@ def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files
     per_shard = list(_duplicates(run, names))
     assert per_shard == [{i: expected[i] for i in ids[lo:hi] if i in expected} for lo, hi in zip(cuts, cuts[1:])]
     assert os.listdir(tmp_path / "work" / "dedup") == []  # the bands' spill files are gone
+
+
+def test_signatures_that_do_not_match_their_shards_documents_are_an_error(tmp_path):
+    """Signatures are matched to documents by position: a shard whose files disagree (one rewritten alone) would
+    drop the wrong pages."""
+    import json
+    from types import SimpleNamespace
+
+    from data_pipeline.pipeline import _duplicates
+    from megagpt.errors import DataError
+
+    work = tmp_path / "work" / "process"
+    work.mkdir(parents=True)
+    np.save(work / "00000.sig.npy", np.zeros((3, 16), np.uint32))
+    (work / "00000.hashes.json").write_text(json.dumps({"ids": ["a", "b"], "hashes": ["0" * 40, "1" * 40]}))
+    run = SimpleNamespace(output=SimpleNamespace(dir=str(tmp_path)), dedup=DedupConfig(num_perm=16, bands=4, rows=4))
+    with pytest.raises(DataError, match=r"00000.sig.npy has 3 signatures for the 2 documents of 00000.hashes.json"):
+        list(_duplicates(run, ["00000"]))
