@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from data_pipeline.decontam import benchmark_texts, ngram_hashes
+from data_pipeline.decontam import benchmark_texts
 from megagpt.config import load_config
+from megagpt.data import ngrams
 from megagpt.data.tokenizer import SMALLEST_VOCAB
 from megagpt.errors import ConfigError
 from megagpt.slurm import check_mem, check_name, check_time
@@ -265,7 +266,7 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     for i, path in enumerate(cfg.decontam.paths):
         if not os.path.isfile(path):
             raise ConfigError(f"decontam.paths[{i}]={path!r}: file not found")
-        if not any(ngram_hashes(text, cfg.decontam.ngram) for text in benchmark_texts(path, cfg.decontam.text_field)):
+        if not any(len(ngrams.words(text)) >= cfg.decontam.ngram for text in benchmark_texts(path, cfg.decontam.text_field)):
             raise ConfigError(f"decontam.paths[{i}]={path!r} yields no {cfg.decontam.ngram}-grams "
                               f"(decontam.text_field={cfg.decontam.text_field!r}): it would remove nothing")
     q = cfg.quality

@@ -11,7 +11,9 @@ import gzip
 import json
 from typing import Iterable, Iterator, Optional
 
-from megagpt.data.ngrams import WORD as _WORD, ngram_hashes  # noqa: F401 (ngram_hashes: data_pipeline.config)
+import numpy as np
+
+from megagpt.data.ngrams import WORD as _WORD, window_hashes, words
 from megagpt.errors import DataError
 
 # Where common benchmark formats keep their text, tried when a line lacks decontam.text_field:
@@ -60,18 +62,21 @@ class Decontaminator:
     def __init__(self, benchmark_texts: Iterable[str], n: int = 13, margin: int = 200, min_piece: int = 200,
                  max_pieces: int = 10):
         self.n, self.margin, self.min_piece, self.max_pieces = n, margin, min_piece, max_pieces
-        self.grams: set[int] = set()
-        for text in benchmark_texts:
-            self.grams |= ngram_hashes(text, n)
+        # sorted, unique: every finalize worker holds its own copy, 8 bytes an n-gram
+        self.grams = np.unique(np.concatenate([np.empty(0, np.uint64)] +
+                                              [window_hashes(words(text), n) for text in benchmark_texts]))
 
     def clean(self, text: str) -> tuple[list[str], Optional[str], int, int]:
         """(pieces to keep, drop reason or None, number of benchmark 13-grams found, pieces the cuts made: those
         kept and those under min_piece characters; a cut at the very start or end makes no empty piece)."""
-        words = list(_WORD.finditer(text))
-        cuts = []
-        for i in range(len(words) - self.n + 1):
-            if hash(tuple(w.group().lower() for w in words[i:i + self.n])) in self.grams:
-                cuts.append((max(0, words[i].start() - self.margin), min(len(text), words[i + self.n - 1].end() + self.margin)))
+        found = list(_WORD.finditer(text))
+        windows = window_hashes([w.group().lower() for w in found], self.n)
+        hits = np.empty(0, np.int64)
+        if len(self.grams) and len(windows):  # a binary search per window: np.isin would sort the benchmark set again
+            at = np.minimum(np.searchsorted(self.grams, windows), len(self.grams) - 1)
+            hits = np.flatnonzero(self.grams[at] == windows)
+        cuts = [(max(0, found[i].start() - self.margin), min(len(text), found[i + self.n - 1].end() + self.margin))
+                for i in hits.tolist()]
         if not cuts:
             return [text], None, 0, 1
         pieces, pos = [], 0

@@ -86,3 +86,38 @@ def test_pipeline_removes_planted_benchmark_text(crawl, tmp_path):
     assert "  dedup     off" in lines  # dedup.enabled=false: it was said to have kept the document
     assert lines[-1] == "  tokenize  kept: docs.jsonl:1#1 is line 2 of documents/commoncrawl/00000.jsonl.gz, " \
                         "in tokens/commoncrawl.bin/.idx"
+
+
+def test_cuts_equal_a_set_of_word_tuples_on_random_overlaps():
+    """The 64-bit n-gram array finds exactly the windows a set of lower-cased word tuples finds, over texts with
+    planted benchmark runs of 11 to 15 words in mixed case, and holds 8 bytes an n-gram."""
+    import random
+    import re
+
+    import numpy as np
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(60)]
+    benchmarks = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(8, 40))) for _ in range(30)]
+    d = Decontaminator(benchmarks, n=13, margin=5, min_piece=3)
+    tuples = {tuple(w[i:i + 13]) for b in benchmarks for w in [re.findall(r"\w+", b.lower())]
+              for i in range(len(w) - 12)}
+    assert d.grams.dtype == np.uint64 and len(d.grams) == len(tuples)
+    for _ in range(200):
+        parts = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30)))]
+        for _ in range(rng.randrange(0, 3)):
+            b = rng.choice(benchmarks).split()
+            start = rng.randrange(len(b))
+            parts += [" ".join(b[start:start + rng.randrange(11, 16)]).upper(),
+                      " ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 20)))]
+        text = ", ".join(parts)
+        found = list(re.finditer(r"\w+", text))
+        expected = [i for i in range(len(found) - 12) if tuple(w.group().lower() for w in found[i:i + 13]) in tuples]
+        assert d.clean(text)[2] == len(expected)
+        if expected:  # the first cut starts margin characters before the first shared window
+            assert not d.clean(text)[0] or text.find(d.clean(text)[0][0]) != found[expected[0]].start()
+
+
+def test_a_benchmark_without_a_full_ngram_removes_nothing():
+    d = Decontaminator(["too short"], n=13)
+    assert len(d.grams) == 0 and d.clean(f"{FILLER} too short {FILLER}") == ([f"{FILLER} too short {FILLER}"], None, 0, 1)
