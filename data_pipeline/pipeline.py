@@ -26,7 +26,7 @@ from data_pipeline.stages import finalize_shard, process_shard, shard_name, toke
 from data_pipeline.stats import merge_stats
 from data_pipeline.tokens import write_tokenizer
 from megagpt.errors import DataError
-from megagpt.files import writing
+from megagpt.data.shards import merge_shards
 
 
 # (stage, kind): "shard" stages run once per input file, "reduce" stages once over all of them.
@@ -207,9 +207,7 @@ def _documents(cfg: CorpusConfig, names: list[str]):
 
 
 def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:
-    """Concatenate the per-shard parts into tokens/<source>.bin/.idx (megatron-core's add_index)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
-
+    """Concatenate the per-shard parts into tokens/<source>.bin/.idx."""
     out = cfg.output.dir
     totals, parts = {"documents": 0, "tokens": 0}, []
     for n in names:
@@ -225,20 +223,7 @@ def _merge_tokens(cfg: CorpusConfig, names: list[str]) -> dict:
             os.remove(prefix + ext)
     if not parts:
         return totals
-    dtype = IndexedDataset(parts[0]).index.dtype
-    try:
-        with writing(prefix + ".bin", prefix + ".bin.tmp", prefix + ".idx.tmp", os.path.dirname(prefix)):
-            os.makedirs(os.path.dirname(prefix), exist_ok=True)
-            builder = IndexedDatasetBuilder(prefix + ".bin.tmp", dtype=dtype)
-            for part in parts:
-                builder.add_index(part)
-            builder.finalize(prefix + ".idx.tmp")
-            os.replace(prefix + ".bin.tmp", prefix + ".bin")
-            os.replace(prefix + ".idx.tmp", prefix + ".idx")
-    finally:  # a merge that failed (a full disk) leaves no corpus-sized temporary behind
-        for path in (prefix + ".bin.tmp", prefix + ".idx.tmp"):
-            if os.path.exists(path):
-                os.remove(path)
+    merge_shards(parts, prefix)
     return totals
 
 

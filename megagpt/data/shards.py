@@ -6,6 +6,7 @@ import functools
 import gzip
 import json
 import os
+import shutil
 import struct
 from itertools import chain, islice
 from typing import Iterable, Iterator
@@ -72,6 +73,61 @@ def _write_index(path: str, lengths: np.ndarray, dtype: np.dtype) -> None:
         f.write(lengths.astype(np.int32).tobytes())
         f.write(pointers.tobytes())
         f.write(np.arange(len(lengths) + 1, dtype=np.int64).tobytes())
+
+
+def merge_shards(parts: list[str], prefix: str) -> None:
+    """The documents of write_shard's parts, in order, as one prefix.bin/.idx: the files megatron-core's
+    IndexedDatasetBuilder.add_index gives (tested), streamed a part at a time. add_index holds every length,
+    pointer and document bound in Python lists (about 120 bytes a document) and sums the pointers in a Python
+    loop. Written under temporary names and renamed; a failed merge leaves no corpus-sized temporary behind."""
+    codes = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+    heads = [_read_index_head(part + ".idx", codes) for part in parts]
+    dtype, total = heads[0][0], sum(n for _, n in heads)
+    for part, (other, _) in zip(parts, heads):
+        if other != dtype:
+            raise DataError(f"cannot merge {parts[0]} and {part}: their tokens are {dtype.name} and {other.name} "
+                            f"(tokenizers of different vocabulary sizes)")
+    tmp = prefix + ".tmp"
+    try:
+        with writing(prefix + ".bin", tmp + ".bin", tmp + ".idx", os.path.dirname(os.path.abspath(prefix))):
+            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+            with open(tmp + ".bin", "wb") as out:
+                for part in parts:
+                    with open(part + ".bin", "rb") as f:
+                        shutil.copyfileobj(f, out, 16 << 20)
+            with open(tmp + ".idx", "wb") as f:
+                f.write(_INDEX_HEADER + struct.pack("<B", _DTYPE_CODES[dtype]) + struct.pack("<QQ", total, total + 1))
+                for part, (_, n) in zip(parts, heads):
+                    f.write(_read_lengths(part + ".idx", n).tobytes())
+                start = np.int64(0)  # each sequence's byte offset in the merged .bin
+                for part, (_, n) in zip(parts, heads):
+                    bytes_ = _read_lengths(part + ".idx", n).astype(np.int64) * dtype.itemsize
+                    f.write((start + np.cumsum(bytes_) - bytes_).tobytes())
+                    start += bytes_.sum()
+                for lo in range(0, total + 1, 1 << 24):
+                    f.write(np.arange(lo, min(total + 1, lo + (1 << 24)), dtype=np.int64).tobytes())
+            os.replace(tmp + ".bin", prefix + ".bin")
+            os.replace(tmp + ".idx", prefix + ".idx")
+    finally:
+        for path in (tmp + ".bin", tmp + ".idx"):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _read_index_head(path: str, codes: dict) -> tuple[np.dtype, int]:
+    """A write_shard index's token dtype and document count; any other index is refused by name."""
+    with open(path, "rb") as f:
+        head = f.read(len(_INDEX_HEADER) + 1 + 16)
+    if len(head) < len(_INDEX_HEADER) + 17 or not head.startswith(_INDEX_HEADER) or head[len(_INDEX_HEADER)] not in codes:
+        raise DataError(f"{path} is not a Megatron index of uint16 or int32 tokens")
+    sequences, documents = struct.unpack("<QQ", head[len(_INDEX_HEADER) + 1:])
+    if documents != sequences + 1:  # merge_shards writes one sequence a document, as write_shard does
+        raise DataError(f"{path} has {sequences} sequences in {documents - 1} documents: not a write_shard part")
+    return codes[head[len(_INDEX_HEADER)]], sequences
+
+
+def _read_lengths(path: str, count: int) -> np.ndarray:
+    return np.fromfile(path, np.int32, count=count, offset=len(_INDEX_HEADER) + 17)
 
 
 def shard_prefix(path: str) -> str | None:

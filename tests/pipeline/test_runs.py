@@ -159,7 +159,7 @@ def no_space(*args, **kwargs):
 @pytest.mark.parametrize("stage,patch,lost", [
     ("process", "numpy.save", "work/process/00000.sig.npy"),
     ("tokenize", "megagpt.data.shards._write_index", "work/tokens/00000.idx"),
-    ("summary", "megatron.core.datasets.indexed_dataset.IndexedDatasetBuilder.add_index", "tokens/commoncrawl.bin"),
+    ("summary", "megagpt.data.shards.shutil.copyfileobj", "tokens/commoncrawl.bin"),
 ], ids=["process", "tokenize", "summary"])
 def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_finishes_the_run(inputs, monkeypatch, capsys, stage,
                                                                                  patch, lost):

@@ -181,3 +181,38 @@ def test_a_full_disk_while_the_run_keeps_its_tokenizer_is_one_line(tmp_path, mon
         keep_tokenizer(str(source), str(run_dir))
     assert str(caught.value) == f"run.dir={str(run_dir)!r} cannot be written (File too large)"
     assert list(run_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_merged_parts_are_the_files_megatron_add_index_gives(tmp_path, wide):
+    """merge_shards streams the parts where megatron-core's builder held every length in Python lists; the bytes
+    are the same, for parts of one, several and many documents, in uint16 and int32."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+    from megagpt.data.shards import merge_shards, token_dtype, write_shard
+
+    tok = (WideTokenizer if wide else Tokenizer).train(TEXTS, vocab_size=300)
+    parts = []
+    for k, texts in enumerate([TEXTS[:1], TEXTS[1:6], TEXTS * 3]):
+        parts.append(str(tmp_path / f"part{k}"))
+        write_shard(parts[-1], texts, tok)
+    builder = IndexedDatasetBuilder(str(tmp_path / "megatron.bin"), dtype=token_dtype(tok.vocab_size))
+    for part in parts:
+        builder.add_index(part)
+    builder.finalize(str(tmp_path / "megatron.idx"))
+    merge_shards(parts, str(tmp_path / "ours"))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"ours{ext}").read_bytes() == (tmp_path / f"megatron{ext}").read_bytes()
+    assert len(IndexedDataset(str(tmp_path / "ours"))) == 1 + 5 + 3 * len(TEXTS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p}{e}" for p in ("part0", "part1", "part2", "megatron", "ours")
+                                                  for e in (".bin", ".idx"))
+
+
+def test_parts_of_different_vocabularies_are_not_merged(tmp_path):
+    from megagpt.data.shards import merge_shards, write_shard
+
+    write_shard(str(tmp_path / "narrow"), TEXTS[:2], Tokenizer.train(TEXTS, vocab_size=300))
+    write_shard(str(tmp_path / "wide"), TEXTS[:2], WideTokenizer.train(TEXTS, vocab_size=300))
+    with pytest.raises(DataError, match=r"narrow and .*wide: their tokens are uint16 and int32"):
+        merge_shards([str(tmp_path / "narrow"), str(tmp_path / "wide")], str(tmp_path / "merged"))
+    assert not list(tmp_path.glob("merged*"))
