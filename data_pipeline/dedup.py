@@ -12,9 +12,11 @@ band at a time and gathered by row for the pairs it verifies.
 
 from __future__ import annotations
 
+import glob
 import hashlib
-import re
 import os
+import re
+import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -125,9 +127,6 @@ class SignatureArray:
     def __init__(self, signatures: np.ndarray):
         self.signatures = signatures
 
-    def __len__(self) -> int:
-        return len(self.signatures)
-
     def rows(self, index: np.ndarray) -> np.ndarray:
         return self.signatures[index]
 
@@ -140,8 +139,9 @@ class SignatureFiles:
     """The signatures of a run's shards, left in their `.sig.npy` files (rows in corpus order).
 
     Rows are gathered from memory maps, four open at a time (a run has tens of thousands of
-    shards, and a map's pages count in the reduce's resident memory); a band's columns are spilled to one file per band in a single pass over the
-    shards, so that each band is read whole without reading every signature again.
+    shards, and a map's pages count in the reduce's resident memory). The bands' columns are
+    spilled, one file a band, in a single pass over the shards, so that each band is then read
+    whole without reading every signature again.
     """
 
     def __init__(self, paths: Sequence[str], spill_dir: str):
@@ -150,9 +150,6 @@ class SignatureFiles:
         sizes = [np.load(p, mmap_mode="r").shape[0] for p in self.paths]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self._map = lru_cache(maxsize=4)(lambda shard: np.load(self.paths[shard], mmap_mode="r"))
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         order = np.argsort(index, kind="stable")
@@ -168,6 +165,8 @@ class SignatureFiles:
         return out if out is not None else np.empty((0, 0), np.uint32)
 
     def bands(self, unique: np.ndarray, cfg: DedupConfig) -> Iterator[np.ndarray]:
+        for stale in glob.glob(os.path.join(self.spill_dir, "bands-*")):  # left by a reduce that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix="bands-", dir=self.spill_dir) as spill:
             files = [open(os.path.join(spill, f"{b}.u32"), "wb") for b in range(cfg.bands)]
             try:

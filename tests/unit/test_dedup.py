@@ -138,9 +138,11 @@ def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files
         (work / f"{name}.hashes.json").write_text(json.dumps(
             {"ids": ids[lo:hi], "hashes": hashes[lo:hi], "record_ids": record_ids[lo:hi], "urls": urls[lo:hi]}))
     run = SimpleNamespace(output=SimpleNamespace(dir=str(tmp_path)), dedup=cfg)
+    (tmp_path / "work" / "dedup" / "bands-killed").mkdir(parents=True)  # a killed reduce's spill
+    (tmp_path / "work" / "dedup" / "bands-killed" / "0.u32").write_bytes(b"\0" * 64)
     per_shard = list(_duplicates(run, names))
     assert per_shard == [{i: expected[i] for i in ids[lo:hi] if i in expected} for lo, hi in zip(cuts, cuts[1:])]
-    assert os.listdir(tmp_path / "work" / "dedup") == []  # the bands' spill files are gone
+    assert os.listdir(tmp_path / "work" / "dedup") == []  # the bands' spill files are gone, a killed run's too
 
 
 def test_signatures_that_do_not_match_their_shards_documents_are_an_error(tmp_path):
