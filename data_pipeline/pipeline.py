@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -22,9 +22,10 @@ from data_pipeline.dedup import SignatureFiles, drop_record, find_duplicate_rows
 from data_pipeline.executors import LocalExecutor, is_done, mark_done, unmark_done
 from data_pipeline.io import read_jsonl_gz, write_json
 from data_pipeline.runs import Run, recorded_inputs
-from data_pipeline.stages import finalize_shard, process_shard, shard_name, tokenize_shard
+from data_pipeline.stages import (finalize_shard, nbytes, process_shard, sample_candidates_path, shard_name,
+                                  tokenize_shard)
 from data_pipeline.stats import merge_stats
-from data_pipeline.tokens import write_tokenizer
+from data_pipeline.tokens import sample_bound, write_tokenizer
 from megagpt.errors import DataError
 from megagpt.data.shards import merge_shards
 
@@ -61,10 +62,10 @@ def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
                 for ext in (".jsonl.gz", ".sig.npy", ".hashes.json", ".stats.json")] + \
             [os.path.join(out, "dropped", "process", f"{name}.jsonl.gz")]
     if stage == "dedup":
-        return [duplicates_path(cfg, n) for n in shard_names(cfg)]
+        return [duplicates_path(cfg, n) for n in shard_names(cfg)] + [sample_bound_path(cfg)]
     if stage == "finalize":
         return [os.path.join(out, "documents", source, f"{name}.jsonl.gz"),
-                os.path.join(out, "work", "finalize", f"{name}.json")] + \
+                os.path.join(out, "work", "finalize", f"{name}.json"), sample_candidates_path(cfg, name)] + \
             [os.path.join(out, "dropped", kind, f"{name}.jsonl.gz") for kind in ("dedup", "decontam")]
     if stage == "tokenizer":
         return [tokenizer_path(cfg)]
@@ -116,13 +117,20 @@ def duplicates_path(cfg: CorpusConfig, name: str) -> str:
     return os.path.join(cfg.output.dir, "work", "dedup", f"{name}.json")
 
 
+def sample_bound_path(cfg: CorpusConfig) -> str:
+    """{"below": the sample key under which the tokenizer's training sample lies, or None}: see data_pipeline.tokens."""
+    return os.path.join(cfg.output.dir, "work", "dedup", "sample.json")
+
+
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
     if stage == "process":
         entry = recorded_inputs(cfg.output.dir)[index]
         process_shard(cfg, index, entry["path"], entry["id_prefix"])
     elif stage == "finalize":
         with open(duplicates_path(cfg, shard_name(index))) as f:
-            finalize_shard(cfg, index, json.load(f))
+            duplicates = json.load(f)
+        with open(sample_bound_path(cfg)) as f:
+            finalize_shard(cfg, index, duplicates, json.load(f)["below"])
     elif stage == "tokenize":
         tokenize_shard(cfg, index, tokenizer_path(cfg))
     else:
@@ -134,9 +142,10 @@ def run_reduce(cfg: CorpusConfig, stage: str) -> None:
     if stage == "dedup":
         for name, found in zip(names, _duplicates(cfg, names)):
             write_json(duplicates_path(cfg, name), found)
+        write_json(sample_bound_path(cfg), {"below": _sample_bound(cfg, names)})
     elif stage == "tokenizer":
         t = cfg.tokenize
-        write_tokenizer(t.tokenizer, tokenizer_path(cfg), _documents(cfg, names), t.vocab_size,
+        write_tokenizer(t.tokenizer, tokenizer_path(cfg), _training_documents(cfg, names), t.vocab_size,
                         t.train_sample_bytes, t.train_sample_seed)
     elif stage == "summary":
         _write_summary(cfg, names, _merge_tokens(cfg, names), tokenizer_path(cfg))
@@ -197,6 +206,44 @@ def _name(shard: dict, i: int) -> dict:
 def _hash_keys(hashes: list[str]) -> np.ndarray:
     """The first 128 bits of each hex content hash, as two uint64 words."""
     return np.array([(int(h[:16], 16), int(h[16:32], 16)) for h in hashes], np.uint64).reshape(-1, 2)
+
+
+def _sample_bound(cfg: CorpusConfig, names: list[str]) -> Optional[int]:
+    """The dedup survivors' bound on the training sample's keys (tokens.sample_bound); None with a given tokenizer,
+    or when a shard was processed before its sizes were recorded."""
+    if cfg.tokenize.tokenizer:
+        return None
+    work = os.path.join(cfg.output.dir, "work", "process")
+    sized = []
+
+    def survivors():
+        for n in names:
+            shard = _hashes(work, n)
+            sized.append("bytes" in shard)
+            if not sized[-1]:
+                return
+            with open(duplicates_path(cfg, n)) as f:
+                dropped = json.load(f)
+            kept = [k for k, i in enumerate(shard["ids"]) if i not in dropped]
+            yield [shard["ids"][k] for k in kept], [shard["bytes"][k] for k in kept]
+
+    bound = sample_bound(survivors(), cfg.tokenize.train_sample_bytes, cfg.tokenize.train_sample_seed)
+    return bound if all(sized) else None
+
+
+def _training_documents(cfg: CorpusConfig, names: list[str]) -> Iterable[tuple[str, str]]:
+    """(id, text) of the documents the training sample is drawn from: the finalize tasks' candidates when they
+    hold more than the budget (the sample then lies among them), else every kept document."""
+    with open(sample_bound_path(cfg)) as f:
+        below = json.load(f)["below"]
+
+    def candidates():
+        for n in names:
+            yield from ((d["id"], d["text"]) for d in read_jsonl_gz(sample_candidates_path(cfg, n)))
+
+    if below is not None and sum(nbytes(text) for _, text in candidates()) > cfg.tokenize.train_sample_bytes:
+        return candidates()
+    return _documents(cfg, names)
 
 
 def _documents(cfg: CorpusConfig, names: list[str]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from data_pipeline.langid import NO_LABEL, identify
 from data_pipeline.quality import pareto_keep, quality_score
 from data_pipeline.readers import ReadError, Skipped, read_file
 from data_pipeline.stats import StageStats
+from data_pipeline.tokens import sample_key
 
 
 def nbytes(text) -> int:
@@ -95,10 +97,12 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
     write_jsonl_gz(os.path.join(work, f"{name}.jsonl.gz"), kept, level=0)  # intermediate, read once: stored
     with atomic_path(os.path.join(work, f"{name}.sig.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, sigs)
-    # record_id and url ride along so that dedup's drops can name the kept document without reading text
+    # record_id and url ride along so that dedup's drops can name the kept document without reading text, and the
+    # sizes so that the dedup reduce can bound the tokenizer's training sample
     write_json(os.path.join(work, f"{name}.hashes.json"), {"ids": [d["id"] for d in kept], "hashes": hashes,
                                                            "record_ids": [d["record_id"] for d in kept],
-                                                           "urls": [d["url"] for d in kept]})
+                                                           "urls": [d["url"] for d in kept],
+                                                           "bytes": [nbytes(d["text"]) for d in kept]})
     write_jsonl_gz(os.path.join(out, "dropped", "process", f"{name}.jsonl.gz"), dropped, cfg.output.gzip_level)
     write_json(os.path.join(work, f"{name}.stats.json"), {"stats": stats.to_dict(), "errors": errors})
 
@@ -156,8 +160,9 @@ def _decontaminator(paths: tuple, field: str, ngram: int, margin: int, min_piece
     return Decontaminator(texts, ngram, margin, min_piece, max_pieces)
 
 
-def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
-    """Drop this shard's duplicates, cut benchmark overlaps; write its final documents and drops."""
+def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict, sample_below: Optional[int]) -> None:
+    """Drop this shard's duplicates, cut benchmark overlaps; write its final documents and drops, and set aside
+    those whose sample key is under sample_below (tokens.sample_bound; None: none)."""
     out, name = cfg.output.dir, shard_name(index)
     d = cfg.decontam
     decon = _decontaminator(tuple(d.paths), d.text_field, d.ngram, d.margin_chars, d.min_piece_chars,
@@ -186,11 +191,19 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict) -> None:
         for k, piece in enumerate(pieces):
             piece_id = doc["id"] if len(pieces) == 1 else f"{doc['id']}#{k}"
             kept.append({**doc, "id": piece_id, "text": piece, **cut})
-    level = cfg.output.gzip_level
+    level, seed = cfg.output.gzip_level, cfg.tokenize.train_sample_seed
+    candidates = [{"id": d["id"], "text": d["text"]} for d in kept
+                  if sample_below is not None and sample_key(seed, d["id"]) < sample_below]
+    write_jsonl_gz(sample_candidates_path(cfg, name), candidates, level)
     write_json(os.path.join(out, "work", "finalize", f"{name}.json"), cut_docs)
     write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept, level)
     write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops, level)
     write_jsonl_gz(os.path.join(out, "dropped", "decontam", f"{name}.jsonl.gz"), decon_drops, level)
+
+
+def sample_candidates_path(cfg: CorpusConfig, name: str) -> str:
+    """Shard `name`'s documents that may be in the tokenizer's training sample."""
+    return os.path.join(cfg.output.dir, "work", "finalize", f"{name}.sample.jsonl.gz")
 
 
 @lru_cache(maxsize=2)

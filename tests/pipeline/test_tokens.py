@@ -131,3 +131,70 @@ def test_tokenize_shard_rereads_a_tokenizer_retrained_at_the_same_path(tmp_path)
         tok = Tokenizer.load(path)
         assert shard_ids(tmp_path / "out" / "work" / "tokens" / "00000") == \
             [ids + [tok.eod] for ids in tok.encode_batch(PAGES)]
+
+
+@pytest.mark.parametrize("budget", [1, 5_000, 40_000, 10**9])
+def test_the_sample_bound_holds_the_sample_with_its_margin_and_no_more(budget):
+    """Documents under the bound hold more than SAMPLE_MARGIN x budget, the sample among them; without the last
+    of them they would not. A corpus that holds less has no bound (all of it is read)."""
+    import random
+
+    from data_pipeline.tokens import SAMPLE_MARGIN, sample_bound
+
+    rng = random.Random(budget)
+    shards = [[(f"crawl/{s}.warc.gz:{i}", rng.randrange(1, 3000)) for i in range(rng.randrange(0, 60))]
+              for s in range(9)]
+    docs = [d for shard in shards for d in shard]
+    bound = sample_bound((([i for i, _ in s], [n for _, n in s]) for s in shards), budget, seed=5)
+    if sum(n for _, n in docs) <= SAMPLE_MARGIN * budget:
+        assert bound is None
+        return
+    under = sorted((sample_key(5, i), n) for i, n in docs if sample_key(5, i) < bound)
+    assert sum(n for _, n in under) > SAMPLE_MARGIN * budget >= sum(n for _, n in under[:-1])
+    by_key, total = sorted((sample_key(5, i), n) for i, n in docs), 0
+    for key, n in by_key:  # the sample: the run in key order that fits the budget
+        total += n
+        if total > budget:
+            break
+        assert key < bound
+
+
+def test_the_tokenizer_trains_on_the_finalize_candidates_and_equals_one_trained_on_every_document(tmp_path,
+                                                                                                 monkeypatch):
+    """With a budget under the corpus, the tokenizer reduce reads only the documents finalize set aside (and no
+    other), and gives the tokenizer and tokens the read of every document gives. When the candidates hold less
+    than the budget (a bound missed by more than its margin) every document is read."""
+    from data_pipeline import pipeline, tokens
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.io import read_jsonl_gz
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in english_pages()[:80]))
+
+    def corpus(out, *overrides):
+        cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/a.jsonl]", f"output.dir={tmp_path}/{out}",
+                                        "executor.workers=1", "filters.min_words=10", "tokenize.vocab_size=400",
+                                        "tokenize.train_sample_bytes=20000", *overrides])
+        pipeline.run(cfg, progress=False)
+        return tmp_path / out
+
+    every_document = pipeline._documents
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_documents", lambda *a: (_ for _ in ()).throw(AssertionError("read every document")))
+        fast = corpus("fast")
+    kept = [d["text"] for d in read_jsonl_gz(str(fast / "documents" / "commoncrawl" / "00000.jsonl.gz"))]
+    candidates = [d["text"] for d in read_jsonl_gz(str(fast / "work" / "finalize" / "00000.sample.jsonl.gz"))]
+    assert 20000 < size(candidates) < size(kept) / 2 and set(candidates) < set(kept)
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "sample_bound", lambda *a: None)
+        whole = corpus("whole")
+    with monkeypatch.context() as m:
+        m.setattr(tokens, "SAMPLE_MARGIN", 0.5)  # candidates short of the budget: every document is read
+        calls = []
+        m.setattr(pipeline, "_documents", lambda *a: calls.append(1) or every_document(*a))
+        short = corpus("short")
+    assert calls and size(d["text"] for d in read_jsonl_gz(str(short / "work" / "finalize" / "00000.sample.jsonl.gz"))) < 20000
+    for out in (whole, short):
+        assert (out / "tokenizer.json").read_bytes() == (fast / "tokenizer.json").read_bytes()
+        assert shard_ids(out / "tokens" / "commoncrawl") == shard_ids(fast / "tokens" / "commoncrawl")
+    assert not list(read_jsonl_gz(str(whole / "work" / "finalize" / "00000.sample.jsonl.gz")))
