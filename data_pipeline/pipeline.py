@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from itertools import islice
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -62,10 +63,10 @@ def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
                 for ext in (".jsonl.gz", ".sig.npy", ".hashes.json", ".stats.json")] + \
             [os.path.join(out, "dropped", "process", f"{name}.jsonl.gz")]
     if stage == "dedup":
-        return [duplicates_path(cfg, n) for n in shard_names(cfg)] + [sample_bound_path(cfg)]
+        return [duplicates_path(cfg, n) for n in shard_names(cfg)]
     if stage == "finalize":
         return [os.path.join(out, "documents", source, f"{name}.jsonl.gz"),
-                os.path.join(out, "work", "finalize", f"{name}.json"), sample_candidates_path(cfg, name)] + \
+                os.path.join(out, "work", "finalize", f"{name}.json")] + \
             [os.path.join(out, "dropped", kind, f"{name}.jsonl.gz") for kind in ("dedup", "decontam")]
     if stage == "tokenizer":
         return [tokenizer_path(cfg)]
@@ -118,8 +119,18 @@ def duplicates_path(cfg: CorpusConfig, name: str) -> str:
 
 
 def sample_bound_path(cfg: CorpusConfig) -> str:
-    """{"below": the sample key under which the tokenizer's training sample lies, or None}: see data_pipeline.tokens."""
+    """{"below": the sample key under which the tokenizer's training sample lies, or None}: see data_pipeline.tokens.
+    Neither it nor the candidates are a stage's required output: without them (a run begun by an older megagpt)
+    the tokenizer reads every document, rather than the run redoing dedup and every finalize task."""
     return os.path.join(cfg.output.dir, "work", "dedup", "sample.json")
+
+
+def _sample_below(cfg: CorpusConfig) -> Optional[int]:
+    try:
+        with open(sample_bound_path(cfg)) as f:
+            return json.load(f)["below"]
+    except FileNotFoundError:
+        return None
 
 
 def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
@@ -128,9 +139,7 @@ def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
         process_shard(cfg, index, entry["path"], entry["id_prefix"])
     elif stage == "finalize":
         with open(duplicates_path(cfg, shard_name(index))) as f:
-            duplicates = json.load(f)
-        with open(sample_bound_path(cfg)) as f:
-            finalize_shard(cfg, index, duplicates, json.load(f)["below"])
+            finalize_shard(cfg, index, json.load(f), _sample_below(cfg))
     elif stage == "tokenize":
         tokenize_shard(cfg, index, tokenizer_path(cfg))
     else:
@@ -232,16 +241,21 @@ def _sample_bound(cfg: CorpusConfig, names: list[str]) -> Optional[int]:
 
 
 def _training_documents(cfg: CorpusConfig, names: list[str]) -> Iterable[tuple[str, str]]:
-    """(id, text) of the documents the training sample is drawn from: the finalize tasks' candidates when they
-    hold more than the budget (the sample then lies among them), else every kept document."""
-    with open(sample_bound_path(cfg)) as f:
-        below = json.load(f)["below"]
+    """(id, text) of the documents the training sample is drawn from: the finalize tasks' candidates when every
+    shard set them aside under the dedup reduce's bound and they hold more than the budget (the sample then lies
+    among them), else every kept document."""
+    below = _sample_below(cfg)
 
     def candidates():
         for n in names:
-            yield from ((d["id"], d["text"]) for d in read_jsonl_gz(sample_candidates_path(cfg, n)))
+            yield from ((d["id"], d["text"]) for d in islice(read_jsonl_gz(sample_candidates_path(cfg, n)), 1, None))
 
-    if below is not None and sum(nbytes(text) for _, text in candidates()) > cfg.tokenize.train_sample_bytes:
+    def under_the_bound(n: str) -> bool:
+        path = sample_candidates_path(cfg, n)
+        return os.path.isfile(path) and next(iter(read_jsonl_gz(path)), {}).get("below") == below
+
+    if below is not None and all(map(under_the_bound, names)) and \
+            sum(nbytes(text) for _, text in candidates()) > cfg.tokenize.train_sample_bytes:
         return candidates()
     return _documents(cfg, names)
 

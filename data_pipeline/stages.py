@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from functools import lru_cache
@@ -194,9 +195,13 @@ def finalize_shard(cfg: CorpusConfig, index: int, duplicates: dict, sample_below
             piece_id = doc["id"] if len(pieces) == 1 else f"{doc['id']}#{k}"
             kept.append({**doc, "id": piece_id, "text": piece, **cut})
     level, seed = cfg.output.gzip_level, cfg.tokenize.train_sample_seed
-    candidates = [{"id": d["id"], "text": d["text"]} for d in kept
-                  if sample_below is not None and sample_key(seed, d["id"]) < sample_below]
-    write_jsonl_gz(sample_candidates_path(cfg, name), candidates, level)
+    if sample_below is None:  # no bound: the tokenizer reads every document (a file from another bound must go)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(sample_candidates_path(cfg, name))
+    else:  # the bound heads the file: candidates are believed only all under the same one
+        write_jsonl_gz(sample_candidates_path(cfg, name), [{"below": sample_below}] +
+                       [{"id": d["id"], "text": d["text"]} for d in kept if sample_key(seed, d["id"]) < sample_below],
+                       level)
     write_json(os.path.join(out, "work", "finalize", f"{name}.json"), cut_docs)
     write_jsonl_gz(os.path.join(out, "documents", cfg.input.source, f"{name}.jsonl.gz"), kept, level)
     write_jsonl_gz(os.path.join(out, "dropped", "dedup", f"{name}.jsonl.gz"), dup_drops, level)

@@ -38,19 +38,30 @@ def sample_bound(shards: Iterable[tuple[list[str], list[int]]], budget: int, see
     bytes: the documents under it include the training sample. None when all of them hold less (read them all).
     Holds only the documents under the running bound, never the corpus's keys."""
     want = SAMPLE_MARGIN * budget
-    keys, sizes, bound = np.empty(0, np.uint64), np.empty(0, np.int64), None
-    for ids, nbytes in shards:
-        new = np.fromiter((sample_key(seed, i) for i in ids), np.uint64, len(ids))
-        keys, sizes = np.concatenate([keys, new]), np.concatenate([sizes, np.asarray(nbytes, np.int64)])
+    keys, sizes, bound, settled = [], [], None, 0  # settled: how many entries the last cut left
+
+    def cut():
+        nonlocal keys, sizes, bound, settled
+        k, n = np.concatenate(keys), np.concatenate(sizes)
         if bound is not None:
-            under = keys < bound
-            keys, sizes = keys[under], sizes[under]
-        if sizes.sum() > want:
-            order = np.argsort(keys, kind="stable")
-            keys, sizes = keys[order], sizes[order]
-            cut = int(np.searchsorted(np.cumsum(sizes), want, side="right")) + 1  # the prefix that passes want
-            if cut < len(keys):  # else all of them are needed, under the bound there was
-                bound, keys, sizes = int(keys[cut]), keys[:cut], sizes[:cut]
+            k, n = k[k < bound], n[k < bound]
+        if n.sum() > want:
+            order = np.argsort(k, kind="stable")
+            k, n = k[order], n[order]
+            end = int(np.searchsorted(np.cumsum(n), want, side="right")) + 1  # the prefix that passes want
+            if end < len(k):  # else all of them are needed, under the bound there was
+                bound, k, n = int(k[end]), k[:end], n[:end]
+        keys, sizes, settled = [k], [n], len(k)
+
+    pending = 0
+    for ids, nbytes in shards:
+        keys.append(np.fromiter((sample_key(seed, i) for i in ids), np.uint64, len(ids)))
+        sizes.append(np.asarray(nbytes, np.int64))
+        pending += len(ids)
+        if pending > max(settled, 1 << 16):  # cut when the entries have doubled: sorting per shard was quadratic
+            cut()
+            pending = 0
+    cut()
     return bound
 
 
@@ -62,13 +73,18 @@ def training_sample(documents: Iterable[tuple[str, str]], budget: int, seed: int
     corpus gives. Memory stays within the budget plus one document.
     """
     heap: list = []  # (-key, position, bytes, text): the largest key on top, evicted first
-    total = 0
+    total, ceiling = 0, None  # ceiling: the smallest key evicted; no document at or above it is in the run
     for position, (doc_id, text) in enumerate(documents):
+        key = sample_key(seed, doc_id)
+        if ceiling is not None and key >= ceiling:  # a small page past the run would fit the space left, but the
+            continue                                # run ends where it was first over the budget
         size = len(text.encode("utf-8"))
-        heapq.heappush(heap, (-sample_key(seed, doc_id), position, size, text))
+        heapq.heappush(heap, (-key, position, size, text))
         total += size
-        while total > budget:  # evicted documents never return: later ones only lengthen the prefix sums
-            total -= heapq.heappop(heap)[2]
+        while total > budget or (heap and ceiling is not None and -heap[0][0] >= ceiling):
+            evicted = heapq.heappop(heap)
+            total -= evicted[2]
+            ceiling = -evicted[0] if ceiling is None else min(ceiling, -evicted[0])
     return [text for _, _, _, text in sorted(heap, key=lambda item: item[1])]
 
 
