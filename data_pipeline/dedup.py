@@ -26,6 +26,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from data_pipeline.config import DedupConfig
+from megagpt.errors import DataError
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -138,18 +139,18 @@ class SignatureArray:
 class SignatureFiles:
     """The signatures of a run's shards, left in their `.sig.npy` files (rows in corpus order).
 
-    Rows are gathered from memory maps, four open at a time (a run has tens of thousands of
-    shards, and a map's pages count in the reduce's resident memory). The bands' columns are
-    spilled, one file a band, in a single pass over the shards, so that each band is then read
-    whole without reading every signature again.
+    Rows are read where they lie: a few from a shard by pread, many through a memory map made
+    from the header read once (np.load's own parse cost 126 us a shard, and the pairs of a chunk
+    touch nearly every shard of a large run). The bands' columns are spilled, one file a band, in
+    a single pass over the shards, so that each band is then read whole without reading every
+    signature again.
     """
 
     def __init__(self, paths: Sequence[str], spill_dir: str):
         self.paths = list(paths)
         self.spill_dir = spill_dir
-        sizes = [np.load(p, mmap_mode="r").shape[0] for p in self.paths]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        self._map = lru_cache(maxsize=4)(lambda shard: np.load(self.paths[shard], mmap_mode="r"))
+        self.heads = [_npy_head(p) for p in self.paths]  # (data offset, shape, dtype)
+        self.offsets = np.concatenate([[0], np.cumsum([shape[0] for _, shape, _ in self.heads], dtype=np.int64)])
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         order = np.argsort(index, kind="stable")
@@ -158,11 +159,26 @@ class SignatureFiles:
         out = None
         for shard in np.flatnonzero(np.diff(cuts)):
             lo, hi = cuts[shard], cuts[shard + 1]
-            part = self._map(int(shard))
+            local = ordered[lo:hi] - self.offsets[shard]
+            part = self._read(int(shard), local)
             if out is None:
                 out = np.empty((len(index), part.shape[1]), part.dtype)
-            out[order[lo:hi]] = part[ordered[lo:hi] - self.offsets[shard]]
+            out[order[lo:hi]] = part
         return out if out is not None else np.empty((0, 0), np.uint32)
+
+    def _read(self, shard: int, local: np.ndarray) -> np.ndarray:
+        offset, shape, dtype = self.heads[shard]
+        if len(local) > 64:
+            return np.memmap(self.paths[shard], dtype, "r", offset, shape)[local]
+        width = shape[1] * dtype.itemsize
+        fd = os.open(self.paths[shard], os.O_RDONLY)
+        try:
+            data = b"".join(os.pread(fd, width, offset + int(r) * width) for r in local)
+        finally:
+            os.close(fd)
+        if len(data) != len(local) * width:
+            raise DataError(f"{self.paths[shard]} is shorter than its header says ({shape[0]} signatures)")
+        return np.frombuffer(data, dtype).reshape(len(local), shape[1])
 
     def bands(self, unique: np.ndarray, cfg: DedupConfig) -> Iterator[np.ndarray]:
         for stale in glob.glob(os.path.join(self.spill_dir, "bands-*")):  # left by a reduce that was killed
@@ -182,6 +198,17 @@ class SignatureFiles:
                 path = os.path.join(spill, f"{b}.u32")
                 yield np.fromfile(path, np.uint32).reshape(len(unique), cfg.rows)
                 os.remove(path)  # the disk a band took is given back before the next is read
+
+
+def _npy_head(path: str) -> tuple[int, tuple, np.dtype]:
+    """A .npy file's data offset, shape and dtype."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran or len(shape) != 2:
+            raise DataError(f"{path} is not a signature file (shape {shape}{', Fortran order' if fortran else ''})")
+        return f.tell(), shape, dtype
 
 
 @dataclass

@@ -106,18 +106,19 @@ def _planted_corpus(seed: int, cfg, documents: int = 400):
     return np.stack(sigs)[order], [hashes[i] for i in order]
 
 
+@pytest.mark.parametrize("chunk", [7, 1 << 16], ids=["pread", "memmap"])
 @pytest.mark.parametrize("seed", range(6))
-def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files(tmp_path, monkeypatch, seed):
+def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files(tmp_path, monkeypatch, seed, chunk):
     """Same drops, kept pages, similarities, copies and matched pairs (ties resolved the same way) as the dict
     reduce, whether the signatures are in memory or in shard files (empty shards among them), with pairs
-    verified in small chunks."""
+    verified in chunks small enough that each shard's rows are read one by one, or large enough to be mapped."""
     import json
     from types import SimpleNamespace
 
     from data_pipeline import dedup
     from data_pipeline.pipeline import _duplicates
 
-    monkeypatch.setattr(dedup, "_PAIR_CHUNK", 7)
+    monkeypatch.setattr(dedup, "_PAIR_CHUNK", chunk)
     cfg = DedupConfig(num_perm=16, bands=4, rows=4, verify_threshold=0.5)
     sigs, hashes = _planted_corpus(seed, cfg)
     ids = [f"doc{i}" for i in range(len(sigs))]
