@@ -12,6 +12,7 @@ band at a time and gathered by row for the pairs it verifies.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -184,16 +185,13 @@ class SignatureFiles:
         for stale in glob.glob(os.path.join(self.spill_dir, "bands-*")):  # left by a reduce that was killed
             shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix="bands-", dir=self.spill_dir) as spill:
-            files = [open(os.path.join(spill, f"{b}.u32"), "wb") for b in range(cfg.bands)]
-            try:
+            with contextlib.ExitStack() as stack:
+                files = [stack.enter_context(open(os.path.join(spill, f"{b}.u32"), "wb")) for b in range(cfg.bands)]
                 cuts = np.searchsorted(unique, self.offsets)
                 for shard in np.flatnonzero(np.diff(cuts)):
                     part = np.load(self.paths[shard])[unique[cuts[shard]:cuts[shard + 1]] - self.offsets[shard]]
                     for b, f in enumerate(files):
                         f.write(np.ascontiguousarray(part[:, b * cfg.rows:(b + 1) * cfg.rows], np.uint32).data)
-            finally:
-                for f in files:
-                    f.close()
             for b in range(cfg.bands):
                 path = os.path.join(spill, f"{b}.u32")
                 yield np.fromfile(path, np.uint32).reshape(len(unique), cfg.rows)

@@ -166,7 +166,7 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
     """Per shard, its documents that dedup drops (across the whole corpus): {id: why}.
 
     Memory is a few integers a document (content-hash words, sort orders, cluster labels) plus
-    the names of the documents that drops point at; signatures stay in the shards' files.
+    the names of the documents that drops point at, packed; signatures stay in the shards' files.
     Each shard's `hashes.json` is read three times (keys, referenced names, its drops) rather
     than held: at CommonCrawl's scale, ids and urls are most of the bytes.
     """
@@ -185,19 +185,27 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
     keys = np.concatenate(keys or [np.empty((0, 2), np.uint64)])
     drops = find_duplicate_rows(keys, sigs, cfg.dedup)
     del keys
-    wanted, named = drops.referenced(), {}
+    wanted, names_of_wanted, ends = drops.referenced(), bytearray(), [0]
     for n, start, end in zip(names, sigs.offsets, sigs.offsets[1:]):
         rows = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
         if len(rows):
             shard = _hashes(work, n)
-            named.update((int(r), _name(shard, int(r - start))) for r in rows)
+            for r in rows.tolist():  # packed as JSON bytes: a dict a name held 2-3x the memory
+                names_of_wanted += json.dumps(_name(shard, r - int(start))).encode()
+                ends.append(len(names_of_wanted))
+    ends = np.array(ends, np.int64)
+
+    def named(row: int) -> dict:
+        k = int(np.searchsorted(wanted, row))
+        return json.loads(names_of_wanted[ends[k]:ends[k + 1]])
+
     bounds = np.searchsorted(drops.row, sigs.offsets)
     for n, start, lo, hi in zip(names, sigs.offsets, bounds, bounds[1:]):
         if lo == hi:
             yield {}
             continue
         ids = _hashes(work, n)["ids"]
-        yield {ids[int(drops.row[k] - start)]: drop_record(drops, k, named.__getitem__) for k in range(lo, hi)}
+        yield {ids[int(drops.row[k] - start)]: drop_record(drops, k, named) for k in range(lo, hi)}
 
 
 def _hashes(work: str, name: str) -> dict:
