@@ -27,8 +27,8 @@ from data_pipeline.stages import (finalize_shard, nbytes, process_shard, sample_
                                   tokenize_shard)
 from data_pipeline.stats import merge_stats
 from data_pipeline.tokens import sample_bound, write_tokenizer
-from megagpt.errors import DataError
 from megagpt.data.shards import merge_shards
+from megagpt.errors import DataError
 
 
 # (stage, kind): "shard" stages run once per input file, "reduce" stages once over all of them.
