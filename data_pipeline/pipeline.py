@@ -258,12 +258,20 @@ def _training_documents(cfg: CorpusConfig, names: list[str]) -> Iterable[tuple[s
         for n in names:
             yield from ((d["id"], d["text"]) for d in islice(read_jsonl_gz(sample_candidates_path(cfg, n)), 1, None))
 
-    def under_the_bound(n: str) -> bool:
-        path = sample_candidates_path(cfg, n)
-        return os.path.isfile(path) and next(iter(read_jsonl_gz(path)), {}).get("below") == below
+    def candidate_bytes() -> Optional[int]:
+        """Their UTF-8 bytes, in one read; None when a shard set none aside under this bound."""
+        total = 0
+        for n in names:
+            path = sample_candidates_path(cfg, n)
+            if not os.path.isfile(path):
+                return None
+            records = iter(read_jsonl_gz(path))
+            if next(records, {}).get("below") != below:
+                return None
+            total += sum(nbytes(d["text"]) for d in records)
+        return total
 
-    if below is not None and all(map(under_the_bound, names)) and \
-            sum(nbytes(text) for _, text in candidates()) > cfg.tokenize.train_sample_bytes:
+    if below is not None and (candidate_bytes() or 0) > cfg.tokenize.train_sample_bytes:
         return candidates()
     return _documents(cfg, names)
 
