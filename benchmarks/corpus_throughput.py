@@ -37,7 +37,7 @@ from data_pipeline.config import load_corpus_config  # noqa: E402
 from data_pipeline.executors import LocalExecutor, mark_done  # noqa: E402
 from data_pipeline.io import read_jsonl_gz  # noqa: E402
 from data_pipeline.langid import lid176_path  # noqa: E402
-from data_pipeline.pipeline import run_reduce, run_shard, shard_names  # noqa: E402
+from data_pipeline.pipeline import STAGES, run_reduce, run_task, shard_names, stage_tasks  # noqa: E402
 from data_pipeline.runs import Run  # noqa: E402
 from data_pipeline.synthetic import write_crawl  # noqa: E402
 
@@ -48,14 +48,15 @@ def run_megagpt(crawl: str, out: str) -> dict:
     Run(cfg).close()  # records the run's inputs (the stages read them) without running anything
     ex, names = LocalExecutor(1, progress=False), shard_names(cfg)
     seconds = {}
-    for stage in ("process", "dedup", "finalize", "tokenizer", "tokenize", "summary"):
+    for stage, kind in STAGES:
         start = time.perf_counter()
-        if stage in ("process", "finalize", "tokenize"):
-            ex.run(out, stage, run_shard, [(n, (cfg, stage, i)) for i, n in enumerate(names)])
+        if kind != "reduce":
+            ex.run(out, stage, run_task, [(t, (cfg, stage, t)) for t in stage_tasks(cfg, stage)])
         else:
             run_reduce(cfg, stage)
             mark_done(out, stage, "all")
-        seconds[stage] = time.perf_counter() - start
+        step = stage.split("-")[0]  # dedup's tasks and its reduce count as one stage
+        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - start
     with open(os.path.join(out, "stats.json")) as f:
         summary = json.load(f)
     stats = summary["stages"]
@@ -80,8 +81,8 @@ def tokenize_against_encode_batch(cfg, names: list[str], rounds: int = 3) -> tup
     stage, bare = [], []
     for _ in range(rounds):
         start = time.perf_counter()
-        for i in range(len(names)):
-            run_shard(cfg, "tokenize", i)  # rewrites the same parts
+        for name in names:
+            run_task(cfg, "tokenize", name)  # rewrites the same parts
         stage.append(time.perf_counter() - start)
         start = time.perf_counter()
         # the stage's own call (megagpt.data.tokenizer): encode_batch also computes offsets, a slower bar

@@ -132,10 +132,14 @@ class ExecutorConfig:
     time: Optional[str] = None  # slurm only: per-task limit, e.g. 02:00:00
     cpus_per_task: int = 1
     mem: Optional[str] = None  # slurm only: sbatch --mem per task, e.g. 8G (default: the cluster's)
-    # slurm only: the reduce steps (dedup, tokenizer, summary), each one process over the whole corpus: dedup holds
-    # every document's signature and ids, ~2 KB each (default: time and mem)
+    # slurm only: the reduce steps (dedup, tokenizer, summary), each one process over the whole corpus; the dedup
+    # reduce holds the exact copies and the rows in verified pairs, a few dozen bytes each (default: time and mem)
     reduce_time: Optional[str] = None
     reduce_mem: Optional[str] = None
+    # the dedup tasks' split: the exact copies and each band's pairs are found by this many tasks, each over
+    # 1/dedup_parts of the corpus's hash keys or of one band's values (data_pipeline.dedup_tasks). Raise it when
+    # those outgrow a task's memory (benchmarks/dedup_reduce.py); the results are the same for every value.
+    dedup_parts: int = 1
     wait: bool = True  # slurm: wait for the last job and check every stage finished
 
 
@@ -249,6 +253,9 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
             check_mem(f"executor.{key}", getattr(e, key))
     if e.cpus_per_task < 1:
         raise ConfigError(f"executor.cpus_per_task={e.cpus_per_task} must be at least 1")
+    from data_pipeline.dedup import SLOTS
+
+    _in_range("executor.dedup_parts", e.dedup_parts, 1, SLOTS)
     if cfg.executor.workers is not None and cfg.executor.workers < 1:
         raise ConfigError(f"executor.workers={cfg.executor.workers} must be at least 1")
     d = cfg.dedup

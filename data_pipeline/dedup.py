@@ -1,28 +1,24 @@
 """Exact and MinHash fuzzy deduplication, staged so each step can run on its own shards.
 
-    per shard:  content hash + MinHash signature of every kept document
-    reduce:     exact duplicates by hash; LSH band buckets -> candidate pairs ->
-                verified pairs -> clusters (connected components); keep the first document of each
+    per shard:        content hash + MinHash signature of every kept document
+    per slot range:   exact copies by hash (exact_copies); per band, LSH buckets -> candidate pairs ->
+                      pairs verified on whole signatures (band_pairs)
+    once:             clusters (connected components) of the verified pairs; keep the first document of each
 
-MinHash is datasketch's; the reduce is written out on numpy sorts because datasketch's MinHashLSH is
+MinHash is datasketch's; the rest is written out on numpy sorts because datasketch's MinHashLSH is
 an in-memory index of Python objects (about 2 KB a document with ids) that cannot be built shard by
-shard. Here the reduce holds a few integers a document; signatures stay in the shards' files, read a
-band at a time and gathered by row for the pairs it verifies.
+shard nor split across machines. data_pipeline.dedup_tasks runs these steps as a corpus run's tasks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -132,24 +128,17 @@ class SignatureArray:
     def rows(self, index: np.ndarray) -> np.ndarray:
         return self.signatures[index]
 
-    def bands(self, unique: np.ndarray, cfg: DedupConfig) -> Iterator[np.ndarray]:
-        for band in range(cfg.bands):
-            yield self.signatures[unique, band * cfg.rows:(band + 1) * cfg.rows]
-
 
 class SignatureFiles:
     """The signatures of a run's shards, left in their `.sig.npy` files (rows in corpus order).
 
     Rows are read where they lie: a few from a shard by pread, many through a memory map made
     from the header read once (np.load's own parse cost 126 us a shard, and the pairs of a chunk
-    touch nearly every shard of a large run). The bands' columns are spilled, one file a band, in
-    a single pass over the shards, so that each band is then read whole without reading every
-    signature again.
+    touch nearly every shard of a large run).
     """
 
-    def __init__(self, paths: Sequence[str], spill_dir: str):
+    def __init__(self, paths: Sequence[str]):
         self.paths = list(paths)
-        self.spill_dir = spill_dir
         self.heads = [_npy_head(p) for p in self.paths]  # (data offset, shape, dtype)
         self.offsets = np.concatenate([[0], np.cumsum([shape[0] for _, shape, _ in self.heads], dtype=np.int64)])
 
@@ -181,22 +170,6 @@ class SignatureFiles:
             raise DataError(f"{self.paths[shard]} is shorter than its header says ({shape[0]} signatures)")
         return np.frombuffer(data, dtype).reshape(len(local), shape[1])
 
-    def bands(self, unique: np.ndarray, cfg: DedupConfig) -> Iterator[np.ndarray]:
-        for stale in glob.glob(os.path.join(self.spill_dir, "bands-*")):  # left by a reduce that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        with tempfile.TemporaryDirectory(prefix="bands-", dir=self.spill_dir) as spill:
-            with contextlib.ExitStack() as stack:
-                files = [stack.enter_context(open(os.path.join(spill, f"{b}.u32"), "wb")) for b in range(cfg.bands)]
-                cuts = np.searchsorted(unique, self.offsets)
-                for shard in np.flatnonzero(np.diff(cuts)):
-                    part = np.load(self.paths[shard])[unique[cuts[shard]:cuts[shard + 1]] - self.offsets[shard]]
-                    for b, f in enumerate(files):
-                        f.write(np.ascontiguousarray(part[:, b * cfg.rows:(b + 1) * cfg.rows], np.uint32).data)
-            for b in range(cfg.bands):
-                path = os.path.join(spill, f"{b}.u32")
-                yield np.fromfile(path, np.uint32).reshape(len(unique), cfg.rows)
-                os.remove(path)  # the disk a band took is given back before the next is read
-
 
 def _npy_head(path: str) -> tuple[int, tuple, np.dtype]:
     """A .npy file's data offset, shape and dtype."""
@@ -207,6 +180,28 @@ def _npy_head(path: str) -> tuple[int, tuple, np.dtype]:
         if fortran or len(shape) != 2:
             raise DataError(f"{path} is not a signature file (shape {shape}{', Fortran order' if fortran else ''})")
         return f.tell(), shape, dtype
+
+
+# Slots a shard's hash keys and band rows are grouped by (data_pipeline.dedup_tasks): a dedup task takes a range of
+# them, so the most tasks a band or the exact copies can be split across.
+SLOTS = 256
+
+
+def key_slots(keys: np.ndarray) -> np.ndarray:
+    """The slot of each content-hash key: its top byte (sha1 bits are uniform)."""
+    return (keys[:, 0] >> np.uint64(56)).astype(np.intp)
+
+
+def band_slots(columns: np.ndarray) -> np.ndarray:
+    """The slot of each band row: the top byte of its first value times a 32-bit golden-ratio constant. A minimum
+    of many hashes is small, so its own top byte is nearly always 0; the product spreads the values evenly."""
+    mixed = (columns[:, 0].astype(np.uint64) * np.uint64(0x9E3779B1)) & _MASK32
+    return (mixed >> np.uint64(24)).astype(np.intp)
+
+
+def part_slots(part: int, parts: int) -> tuple[int, int]:
+    """The slots [lo, hi) that task `part` of `parts` takes."""
+    return part * SLOTS // parts, (part + 1) * SLOTS // parts
 
 
 @dataclass
@@ -226,32 +221,71 @@ class Drops:
         return np.unique(np.concatenate([self.kept, self.copy_of[self.copy_of >= 0], self.matched[self.matched >= 0]]))
 
 
-def find_duplicate_rows(keys: np.ndarray, signatures, cfg: DedupConfig) -> Drops:
-    """Exact and near duplicates over documents in corpus order; the first document of each cluster is kept.
+# The verified pairs of a band, as a band task saves them.
+PAIR = np.dtype([("a", np.int64), ("b", np.int64), ("agree", np.float64)])
 
-    keys: (documents, words) uint64, equal for documents with equal content hashes. signatures:
-    a SignatureArray or SignatureFiles. Exact copies go first; the documents left are bucketed by
-    each band's MinHash rows (a stable sort: each bucket's first document pairs with every
-    other), pairs are verified on whole signatures (verify_threshold), and clusters are the
-    connected components of verified pairs, each kept by its smallest row.
+
+def find_duplicate_rows(keys: np.ndarray, signatures: np.ndarray, cfg: DedupConfig) -> Drops:
+    """Exact and near duplicates over documents held in memory, in corpus order; the first of each cluster is kept.
+
+    keys: (documents, words) uint64, equal for documents with equal content hashes. The steps are the
+    ones a corpus run spreads over tasks (data_pipeline.dedup_tasks), here each over the whole corpus.
     """
-    n = len(keys)
-    first = _first_of_equal(keys)
-    unique = np.flatnonzero(first == np.arange(n))
-    a, b, agree = _verified_pairs(unique, n, signatures, cfg)
-    root = _cluster_roots(a, b, n)
-    kept_of = root[first]
-    drop = np.flatnonzero((first != np.arange(n)) | (kept_of != np.arange(n)))
-    kept, first_of_drop = kept_of[drop], first[drop]
-    exact = first_of_drop != drop
-    similarity = _agreement(signatures, drop, kept)
-    copy_of = np.where(exact & (first_of_drop != kept), first_of_drop, -1)
-    matched = np.full(len(drop), -1, np.int64)
-    matched_similarity = np.full(len(drop), np.nan)
-    loose = np.flatnonzero(~exact & (similarity < cfg.verify_threshold))
-    if len(loose):
-        matched[loose], matched_similarity[loose] = _closest_verified(a, b, agree, drop[loose])
-    return Drops(drop, kept, exact, copy_of, similarity, matched, matched_similarity)
+    rows = np.arange(len(keys))
+    copies = exact_copies(keys, rows)
+    held = SignatureArray(signatures)
+    unique = np.ones(len(keys), bool)
+    unique[copies[:, 0]] = False
+    bands = [band_pairs(signatures[unique, b * cfg.rows:(b + 1) * cfg.rows], rows[unique], held, cfg)
+             for b in range(cfg.bands)]
+    return find_drops(copies, first_meetings(np.concatenate(bands)), held, cfg)
+
+
+def exact_copies(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(row, first) of each row whose key an earlier row has, first being the earliest such row; sorted by row.
+
+    rows: ascending, the documents' rows in the corpus (one task's share of the keys)."""
+    first = rows[_first_of_equal(keys)]
+    copy = first != rows
+    return np.column_stack([rows[copy], first[copy]]).astype(np.int64).reshape(-1, 2)
+
+
+def is_in(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """values' membership of a sorted array, by binary search (np.isin sorts both)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_set, values).clip(max=len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
+def band_pairs(columns: np.ndarray, rows: np.ndarray, signatures, cfg: DedupConfig) -> np.ndarray:
+    """The verified candidate pairs of one band (or of a slot range of it), as PAIR records ordered by b.
+
+    columns: the band's MinHash values of `rows`, ascending and without the exact copies (their first
+    row stands for them). Rows with equal values share a bucket; its first row pairs with every other,
+    and a pair is kept when the whole signatures agree on verify_threshold.
+    """
+    order, starts = _runs_of_equal(columns)
+    others = np.flatnonzero(~starts)
+    bucket_first = rows[order[np.flatnonzero(starts)]]
+    a, b = bucket_first[(np.cumsum(starts) - 1)[others]], rows[order[others]]
+    by_b = np.argsort(b, kind="stable")
+    a, b = a[by_b], b[by_b]
+    agree = _agreement(signatures, a, b)
+    ok = agree >= cfg.verify_threshold
+    out = np.empty(int(ok.sum()), PAIR)
+    out["a"], out["b"], out["agree"] = a[ok], b[ok], agree[ok]
+    return out
+
+
+def first_meetings(pairs: np.ndarray) -> np.ndarray:
+    """Each verified pair once, where the first band met it, from the pairs in the order the bands meet them (band
+    by band, each band's pairs by b): that order decides which of two equally close members a drop names as
+    `matched`. A pair is verified on whole signatures, so every band that meets it agrees on it."""
+    if not len(pairs):
+        return pairs
+    order, starts = _runs_of_equal(np.column_stack([pairs["a"], pairs["b"]]))
+    return pairs[np.sort(order[starts])]  # stable: a run's first member is the earliest meeting
 
 
 def _first_of_equal(keys: np.ndarray) -> np.ndarray:
@@ -269,35 +303,15 @@ def _runs_of_equal(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     columns copied every column and compared them one by one."""
     whole = np.ascontiguousarray(values).view(np.dtype((np.void, values.shape[1] * values.itemsize))).ravel()
     order = np.argsort(whole, kind="stable")
-    ordered = whole[order]
     starts = np.ones(len(whole), bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
+    for lo in range(0, len(whole) - 1, _RUN_CHUNK):  # neighbours compared a chunk at a time: no sorted copy
+        ordered = whole[order[lo:lo + _RUN_CHUNK + 1]]
+        starts[lo + 1:lo + len(ordered)] = ordered[1:] != ordered[:-1]
     return order, starts
 
 
-def _verified_pairs(unique: np.ndarray, n: int, signatures, cfg: DedupConfig):
-    """(a, b, agreement) of the verified candidate pairs, in the order the bands meet them (band by band, each
-    band's pairs by b): that order decides which of two equally close members a drop names as `matched`."""
-    seen = np.empty(0, np.int64)  # pair codes a * n + b already verified, sorted
-    found_a, found_b, found_agree = [], [], []
-    for columns in signatures.bands(unique, cfg):
-        order, starts = _runs_of_equal(columns)
-        del columns
-        others = np.flatnonzero(~starts)
-        bucket_first = unique[order[np.flatnonzero(starts)]]
-        a, b = bucket_first[(np.cumsum(starts) - 1)[others]], unique[order[others]]
-        by_b = np.argsort(b, kind="stable")
-        a, b = a[by_b], b[by_b]
-        code = a * n + b
-        fresh = ~np.isin(code, seen, assume_unique=True)  # a pair met in an earlier band is verified once
-        a, b = a[fresh], b[fresh]
-        seen = np.union1d(seen, code[fresh])
-        agree = _agreement(signatures, a, b)
-        ok = agree >= cfg.verify_threshold
-        found_a.append(a[ok]), found_b.append(b[ok]), found_agree.append(agree[ok])
-    if not found_a:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-    return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_agree)
+# Sorted rows compared per step of _runs_of_equal.
+_RUN_CHUNK = 1 << 20
 
 
 def _agreement(signatures, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -309,18 +323,53 @@ def _agreement(signatures, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cluster_roots(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """Each row's cluster's smallest row, clusters being the connected components of the pairs."""
-    if not len(a):
-        return np.arange(n)
+def find_drops(copies: np.ndarray, pairs: np.ndarray, signatures, cfg: DedupConfig) -> Drops:
+    """The drops from the exact copies ((row, first), sorted by row) and the verified pairs (first_meetings).
+
+    Clusters are the connected components of the pairs, each kept by its smallest row. Memory follows the
+    copies and the rows in pairs, not the corpus."""
+    a, b = pairs["a"], pairs["b"]
+    member, root = _cluster_roots(a, b)
+    near = root != member
+    copy_rows, copy_first = copies[:, 0], copies[:, 1]
+    copy_kept = copy_first.copy()  # an exact copy goes with its first row's cluster
+    if len(member):
+        at = np.searchsorted(member, copy_first).clip(max=len(member) - 1)
+        hit = member[at] == copy_first
+        copy_kept[hit] = root[at[hit]]
+    drop = np.concatenate([member[near], copy_rows])
+    kept = np.concatenate([root[near], copy_kept])
+    first = np.concatenate([member[near], copy_first])
+    order = np.argsort(drop, kind="stable")  # copies are never in pairs: the two sets are disjoint
+    drop, kept, first = drop[order], kept[order], first[order]
+    exact = first != drop
+    similarity = _agreement(signatures, drop, kept)
+    copy_of = np.where(exact & (first != kept), first, -1)
+    matched = np.full(len(drop), -1, np.int64)
+    matched_similarity = np.full(len(drop), np.nan)
+    loose = np.flatnonzero(~exact & (similarity < cfg.verify_threshold))
+    if len(loose):
+        matched[loose], matched_similarity[loose] = _closest_verified(a, b, pairs["agree"], drop[loose])
+    return Drops(drop, kept, exact, copy_of, similarity, matched, matched_similarity)
+
+
+def _cluster_roots(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in pairs (ascending) and each one's cluster's smallest row, clusters being the connected
+    components of the pairs (over those rows alone: a row in no pair is its own cluster)."""
+    member = np.unique(np.concatenate([a, b]))
+    if not len(member):
+        return member, member
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)
+    m = len(member)
+    graph = coo_matrix((np.ones(len(a), np.int8), (np.searchsorted(member, a), np.searchsorted(member, b))),
+                       shape=(m, m))
+    _, label = connected_components(graph, directed=False)
     labels, smallest = np.unique(label, return_index=True)  # the first occurrence of a label is its smallest row
     root = np.empty(labels.max() + 1, np.int64)
-    root[labels] = smallest
-    return root[label]
+    root[labels] = member[smallest]
+    return member, root[label]
 
 
 def _closest_verified(a: np.ndarray, b: np.ndarray, agree: np.ndarray, rows: np.ndarray):
@@ -362,7 +411,7 @@ def find_duplicates(ids: list[str], hashes: list[str], signatures: np.ndarray, c
                     record_ids: Optional[list] = None, urls: Optional[list] = None) -> dict[str, dict]:
     """{dropped id: drop record} over documents held in memory, in corpus order (see drop_record)."""
     _, keys = np.unique(np.array(hashes), return_inverse=True)
-    drops = find_duplicate_rows(keys.reshape(-1, 1).astype(np.uint64), SignatureArray(signatures), cfg)
+    drops = find_duplicate_rows(keys.reshape(-1, 1).astype(np.uint64), signatures, cfg)
     fields = {"record_id": record_ids, "url": urls}
 
     def name(row: int) -> dict:

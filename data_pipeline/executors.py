@@ -63,7 +63,7 @@ class LocalExecutor:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=stage, unit="shard")
+            bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=stage, unit="task")
         try:
             if self.workers == 1 or len(todo) == 1:
                 for job in todo:

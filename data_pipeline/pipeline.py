@@ -1,11 +1,14 @@
 """The corpus run: stages over shards, then the reduce steps between them.
 
-    process   (per input file)  read, extract, langid, filters, hash + MinHash
-    dedup     (reduce)          exact and fuzzy duplicates across all shards
-    finalize  (per shard)       dedup drops, benchmark decontamination, documents/<source>/*.jsonl.gz
-    tokenizer (reduce)          train a byte-level BPE on a seeded sample of the kept text (or use the given one)
-    tokenize  (per shard)       Megatron .bin/.idx parts
-    summary   (reduce)          the parts merged into tokens/<source>, stats.json and mixture.json
+    process      (per input file)  read, extract, langid, filters, hash + MinHash
+    dedup-index  (per shard)       hash keys and band values grouped by slot (data_pipeline.dedup_tasks)
+    dedup-exact  (per part)        exact copies among a slot range's keys
+    dedup-bands  (per band, part)  a band's verified candidate pairs in a slot range
+    dedup        (reduce)          clusters of the pairs: exact and fuzzy duplicates across all shards
+    finalize     (per shard)       dedup drops, benchmark decontamination, documents/<source>/*.jsonl.gz
+    tokenizer    (reduce)          train a byte-level BPE on a seeded sample of the kept text (or use the given one)
+    tokenize     (per shard)       Megatron .bin/.idx parts
+    summary      (reduce)          the parts merged into tokens/<source>, stats.json and mixture.json
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from data_pipeline import dedup_tasks
 from data_pipeline.config import CorpusConfig
-from data_pipeline.dedup import SignatureFiles, drop_record, find_duplicate_rows
+from data_pipeline.dedup import drop_record, find_drops
 from data_pipeline.executors import LocalExecutor, is_done, mark_done, unmark_done
 from data_pipeline.io import read_jsonl_gz, write_json
 from data_pipeline.runs import Run, recorded_inputs
@@ -28,12 +32,13 @@ from data_pipeline.stages import (finalize_shard, nbytes, process_shard, sample_
 from data_pipeline.stats import merge_stats
 from data_pipeline.tokens import sample_bound, write_tokenizer
 from megagpt.data.shards import merge_shards
-from megagpt.errors import DataError
 
 
-# (stage, kind): "shard" stages run once per input file, "reduce" stages once over all of them.
-STAGES = [("process", "shard"), ("dedup", "reduce"), ("finalize", "shard"), ("tokenizer", "reduce"),
-          ("tokenize", "shard"), ("summary", "reduce")]
+# (stage, kind): "shard" stages run once per input file, "part" stages once per slot range (and band) of the dedup
+# index, "reduce" stages once over all of them.
+STAGES = [("process", "shard"), ("dedup-index", "shard"), ("dedup-exact", "part"), ("dedup-bands", "part"),
+          ("dedup", "reduce"), ("finalize", "shard"), ("tokenizer", "reduce"), ("tokenize", "shard"),
+          ("summary", "reduce")]
 
 
 def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
@@ -45,9 +50,8 @@ def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
         forget_lost_outputs(cfg)
         ex = LocalExecutor(cfg.executor.workers, progress)
         for stage, kind in STAGES:
-            if kind == "shard":
-                ex.run(cfg.output.dir, stage, run_shard,
-                       [(n, (cfg, stage, i)) for i, n in enumerate(shard_names(cfg))])
+            if kind != "reduce":
+                ex.run(cfg.output.dir, stage, run_task, [(t, (cfg, stage, t)) for t in stage_tasks(cfg, stage)])
             elif not is_done(cfg.output.dir, stage, "all"):
                 run_reduce(cfg, stage)
                 mark_done(cfg.output.dir, stage, "all")
@@ -62,6 +66,12 @@ def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
         return [os.path.join(out, "work", "process", f"{name}{ext}")
                 for ext in (".jsonl.gz", ".sig.npy", ".hashes.json", ".stats.json")] + \
             [os.path.join(out, "dropped", "process", f"{name}.jsonl.gz")]
+    if stage == "dedup-index":
+        return [dedup_tasks.index_prefix(cfg, name) + ext for ext in (".keys.npy", ".bands.npy", ".slots.npy")]
+    if stage == "dedup-exact":
+        return [dedup_tasks.exact_path(cfg, name)]
+    if stage == "dedup-bands":
+        return [dedup_tasks.pairs_path(cfg, name)]
     if stage == "dedup":
         return [duplicates_path(cfg, n) for n in shard_names(cfg)]
     if stage == "finalize":
@@ -88,7 +98,7 @@ def forget_lost_outputs(cfg: CorpusConfig) -> None:
     what is redone equals what the later stages read."""
     for stage, kind in STAGES:
         redo = {}  # task -> its first missing output
-        for name in shard_names(cfg) if kind == "shard" else ["all"]:
+        for name in stage_tasks(cfg, stage):
             if is_done(cfg.output.dir, stage, name):
                 lost = next((p for p in stage_outputs(cfg, stage, name) if not os.path.isfile(p)), None)
                 if lost:
@@ -103,6 +113,17 @@ def forget_lost_outputs(cfg: CorpusConfig) -> None:
 
 def shard_names(cfg: CorpusConfig) -> list[str]:
     return [shard_name(i) for i in range(len(recorded_inputs(cfg.output.dir)))]
+
+
+def stage_tasks(cfg: CorpusConfig, stage: str) -> list[str]:
+    """A stage's task names: its shards, its dedup parts, or "all" for a reduce step. Dedup's tasks are none with
+    dedup off or once its reduce is done (by a run begun before dedup had tasks, too: nothing reads them then)."""
+    kind = dict(STAGES)[stage]
+    if kind == "reduce":
+        return ["all"]
+    if stage.startswith("dedup-") and (not cfg.dedup.enabled or is_done(cfg.output.dir, "dedup", "all")):
+        return []
+    return dedup_tasks.tasks(cfg, stage) if kind == "part" else shard_names(cfg)
 
 
 def tokenizer_path(cfg: CorpusConfig) -> str:
@@ -133,7 +154,15 @@ def _sample_below(cfg: CorpusConfig) -> Optional[int]:
         return None
 
 
-def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
+def run_task(cfg: CorpusConfig, stage: str, task: str) -> None:
+    """One task of a shard or part stage (a name stage_tasks gives)."""
+    if dict(STAGES).get(stage) == "part":
+        dedup_tasks.run_task(cfg, stage, task, shard_names(cfg))
+        return
+    if stage == "dedup-index":
+        dedup_tasks.write_index(cfg, task)
+        return
+    index = int(task)
     if stage == "process":
         entry = recorded_inputs(cfg.output.dir)[index]
         process_shard(cfg, index, entry["path"], entry["id_prefix"])
@@ -143,7 +172,7 @@ def run_shard(cfg: CorpusConfig, stage: str, index: int) -> None:
     elif stage == "tokenize":
         tokenize_shard(cfg, index, tokenizer_path(cfg))
     else:
-        raise ValueError(f"{stage} is not a per-shard stage")
+        raise ValueError(f"{stage} is not a per-shard or per-part stage")
 
 
 def run_reduce(cfg: CorpusConfig, stage: str) -> None:
@@ -163,28 +192,20 @@ def run_reduce(cfg: CorpusConfig, stage: str) -> None:
 
 
 def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
-    """Per shard, its documents that dedup drops (across the whole corpus): {id: why}.
+    """Per shard, its documents that dedup drops (across the whole corpus): {id: why}, from the dedup tasks' exact
+    copies and verified pairs.
 
-    Memory is a few integers a document (content-hash words, sort orders, cluster labels) plus
-    the names of the documents that drops point at, packed; signatures stay in the shards' files.
-    Each shard's `hashes.json` is read three times (keys, referenced names, its drops) rather
-    than held: at CommonCrawl's scale, ids and urls are most of the bytes.
+    Memory follows the copies and the rows in pairs (and the names of the documents that drops point
+    at, packed), not the corpus; signatures stay in the shards' files. Each shard's `hashes.json` is
+    read twice (referenced names, its drops) rather than held: at CommonCrawl's scale, ids and urls
+    are most of the bytes.
     """
     if not cfg.dedup.enabled:
         yield from ({} for _ in names)
         return
     work = os.path.join(cfg.output.dir, "work", "process")
-    keys = [_hash_keys(_hashes(work, n)["hashes"]) for n in names]
-    os.makedirs(os.path.join(cfg.output.dir, "work", "dedup"), exist_ok=True)
-    sigs = SignatureFiles([os.path.join(work, f"{n}.sig.npy") for n in names],
-                          spill_dir=os.path.join(cfg.output.dir, "work", "dedup"))
-    for n, k, rows in zip(names, keys, np.diff(sigs.offsets)):
-        if len(k) != rows:  # rows are matched to documents by position: a mismatch would drop the wrong pages
-            raise DataError(f"{work}/{n}.sig.npy has {rows} signatures for the {len(k)} documents of "
-                            f"{n}.hashes.json: rerun the process stage of shard {n}")
-    keys = np.concatenate(keys or [np.empty((0, 2), np.uint64)])
-    drops = find_duplicate_rows(keys, sigs, cfg.dedup)
-    del keys
+    sigs = dedup_tasks.signature_files(cfg, names)
+    drops = find_drops(dedup_tasks.copies(cfg), dedup_tasks.verified_pairs(cfg), sigs, cfg.dedup)
     wanted, names_of_wanted, ends = drops.referenced(), bytearray(), [0]
     for n, start, end in zip(names, sigs.offsets, sigs.offsets[1:]):
         rows = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
@@ -218,11 +239,6 @@ def _name(shard: dict, i: int) -> dict:
     record_id and url were recorded)."""
     return {"id": shard["ids"][i], **{field: shard[f"{field}s"][i] if f"{field}s" in shard else None
                                       for field in ("record_id", "url")}}
-
-
-def _hash_keys(hashes: list[str]) -> np.ndarray:
-    """The first 128 bits of each hex content hash, as two uint64 words."""
-    return np.array([(int(h[:16], 16), int(h[16:32], 16)) for h in hashes], np.uint64).reshape(-1, 2)
 
 
 def _sample_bound(cfg: CorpusConfig, names: list[str]) -> Optional[int]:

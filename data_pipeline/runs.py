@@ -35,7 +35,7 @@ CONTENTS = "contents"
 SLURM_JOBS = os.path.join("work", "slurm", "jobs.json")  # the jobs a Slurm run submitted (executor.kind=slurm)
 _TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's names
 # Stages whose output depends on every shard: redone when --extend adds shards.
-ACROSS_SHARDS = ("dedup", "finalize", "tokenizer", "tokenize", "summary")
+ACROSS_SHARDS = ("dedup-exact", "dedup-bands", "dedup", "finalize", "tokenizer", "tokenize", "summary")
 
 
 def result_config(cfg: CorpusConfig) -> dict:

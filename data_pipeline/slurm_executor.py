@@ -1,5 +1,5 @@
-"""Running the corpus stages as Slurm jobs: an array job per shard stage (one task per input
-file, or with more files than the cluster's MaxArraySize, each task every k-th file), each
+"""Running the corpus stages as Slurm jobs: an array job per shard or part stage (one task per input
+file or dedup part, or with more of them than the cluster's MaxArraySize, each task every k-th), each
 reduce step a single job that depends on the one before.
 
 Tasks are `megagpt corpus task` over a copy of the run's config saved in the output
@@ -18,7 +18,7 @@ import yaml
 
 from data_pipeline.config import CorpusConfig
 from data_pipeline.executors import is_done
-from data_pipeline.pipeline import STAGES, forget_lost_outputs, shard_names
+from data_pipeline.pipeline import STAGES, forget_lost_outputs, stage_tasks
 from data_pipeline.io import write_json
 from data_pipeline.runs import SLURM_JOBS, Run
 from megagpt.errors import ConfigError, SlurmError
@@ -38,15 +38,15 @@ def save_config(cfg: CorpusConfig) -> str:
     return path
 
 
-def stage_script(cfg: CorpusConfig, stage: str, shards: int, config_path: str, depends_on: str | None,
+def stage_script(cfg: CorpusConfig, stage: str, count: int, config_path: str, depends_on: str | None,
                  max_tasks: int = DEFAULT_MAX_ARRAY_SIZE) -> str:
-    """slurm/corpus.sbatch for one stage: an array of at most `max_tasks` tasks (sbatch refuses a larger one, and
-    a CommonCrawl run has tens of thousands of files), task i taking shards i, i + tasks, i + 2 tasks, ..."""
+    """slurm/corpus.sbatch for one stage of `count` tasks: an array of at most `max_tasks` (sbatch refuses a larger
+    one, and a CommonCrawl run has tens of thousands of files), array task i taking tasks i, i + tasks, ..."""
     e = cfg.executor
     logs = os.path.join(os.path.abspath(cfg.output.dir), "work", "slurm")
-    sharded = dict(STAGES)[stage] == "shard"
+    sharded = dict(STAGES)[stage] != "reduce"
     limit = f"%{e.workers}" if e.workers else ""
-    tasks = min(shards, max_tasks)
+    tasks = min(count, max_tasks)
     return render("corpus.sbatch", {
         "job_name": f"megagpt-corpus-{stage}", "cpus_per_task": str(e.cpus_per_task),
         "array_line": sbatch_line("array", f"0-{tasks - 1}{limit}" if sharded else None),
@@ -69,20 +69,21 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
         forget_lost_outputs(cfg)
         config_path = save_config(cfg)
         slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
-        shards = len(shard_names(cfg))
         max_tasks = max_array_size()
         jobs, previous = [], None
         for stage, _ in STAGES:
+            count = len(stage_tasks(cfg, stage))
+            if not count:  # dedup's tasks with dedup off or its reduce done
+                continue
             script = write_script(os.path.join(slurm_dir, f"{stage}.sbatch"),
-                                  stage_script(cfg, stage, shards, config_path, previous, max_tasks))
+                                  stage_script(cfg, stage, count, config_path, previous, max_tasks))
             previous = submit_script(script)
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
         if cfg.executor.wait:
             wait_for(jobs, poll_seconds)
-            for stage, kind in STAGES:
-                names = shard_names(cfg) if kind == "shard" else ["all"]
-                missing = [n for n in names if not is_done(cfg.output.dir, stage, n)]
+            for stage, _ in STAGES:
+                missing = [n for n in stage_tasks(cfg, stage) if not is_done(cfg.output.dir, stage, n)]
                 if missing:
                     raise SlurmError(f"Slurm stage {stage} did not finish for {len(missing)} task(s) "
                                      f"(first: {missing[0]}); logs in {cfg.output.dir}/work/slurm")
@@ -97,25 +98,29 @@ def wait_for(jobs: list[str], poll_seconds: float) -> None:
 
 
 def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int = 1) -> None:
-    """One array task (index = SLURM_ARRAY_TASK_ID: shards index, index + stride, ... each skipped if already
-    done) or one reduce step (skipped if done)."""
+    """One array task (index = SLURM_ARRAY_TASK_ID: the stage's tasks index, index + stride, ... each skipped if
+    already done) or one reduce step (skipped if done)."""
     from data_pipeline.executors import mark_done
-    from data_pipeline.pipeline import run_reduce, run_shard
-    from data_pipeline.stages import shard_name
+    from data_pipeline.pipeline import run_reduce
+    from data_pipeline.pipeline import run_task as run_one
 
     out = cfg.output.dir
     if stage not in dict(STAGES):
         raise ConfigError(f"--stage {stage!r} is not one of {', '.join(s for s, _ in STAGES)}")
-    if dict(STAGES)[stage] == "shard":
+    if dict(STAGES)[stage] != "reduce":
+        names = stage_tasks(cfg, stage)
+        if not names:  # dedup's tasks once its reduce is done: a requeued task has nothing left to do
+            return
         if index is None:
-            raise ConfigError(f"stage {stage} runs per shard: give --index or run as a Slurm array task")
+            raise ConfigError(f"stage {stage} runs per task: give --index or run as a Slurm array task")
         if stride < 1:
             raise ConfigError(f"--stride {stride} must be at least 1")
-        for shard in range(index, len(shard_names(cfg)) if stride > 1 else index + 1, stride):
-            task_id = shard_name(shard)
-            if not is_done(out, stage, task_id):
-                run_shard(cfg, stage, shard)
-                mark_done(out, stage, task_id)
+        if not 0 <= index < len(names):
+            raise ConfigError(f"--index {index} is not a task of stage {stage}, which has {len(names)}")
+        for task in names[index::stride] if stride > 1 else [names[index]]:
+            if not is_done(out, stage, task):
+                run_one(cfg, stage, task)
+                mark_done(out, stage, task)
     elif not is_done(out, stage, "all"):
         run_reduce(cfg, stage)
         mark_done(out, stage, "all")

@@ -194,6 +194,8 @@ CASES = {
                                  ("error", "(tokenize.vocab_size: 400 -> 500): --restart to redo it")),
     "tiny tokenize.vocab_size": (lambda tmp, p: corpus(tmp, "tokenize.vocab_size=100"),
                                  ("error", "tokenize.vocab_size=100 must be at least 257")),
+    "dedup split past its slots": (lambda tmp, p: corpus(tmp, "executor.dedup_parts=300"),
+                                   ("error", "executor.dedup_parts=300 must lie in [1, 256]")),
     "source outside output.dir": (lambda tmp, p: corpus(tmp, "input.source=../../x"),
                                   ("error", "input.source='../../x' may only hold letters")),
     "output.dir is a file": (lambda tmp, p: (tmp / "out").write_text("x") and corpus(tmp),

@@ -138,3 +138,47 @@ def test_a_slurm_task_does_not_rescan_the_inputs(tmp_path):
     with pytest.raises(ConfigError, match="matches no file"):
         load_corpus_config(None, overrides)
     assert load_corpus_config(None, overrides, check_inputs=False).input.paths == [f"{tmp_path}/gone/*.warc.gz"]
+
+
+def test_dedup_split_across_parts_gives_the_same_run(crawl, corpus_run, tmp_path):
+    """executor.dedup_parts changes how the dedup tasks split the corpus, not what they find: a run with 3 parts
+    equals the 1-part run, and so does one resumed with 2 parts after its dedup tasks ran with 3 (the other
+    split's outputs, left in work/dedup, are not mixed in)."""
+    from data_pipeline.executors import clear_done
+    from data_pipeline.pipeline import STAGES, run
+
+    crawl_dir, _ = crawl
+    reference, _, _ = corpus_run
+    out = tmp_path / "parts"
+    run(corpus_config(crawl_dir, out, "executor.dedup_parts=3"), progress=False)
+    same_tree(str(reference), str(out))
+    assert len(os.listdir(out / "work" / "dedup" / "pairs")) == 14 * 3
+    for stage, _ in STAGES[STAGES.index(("dedup", "reduce")):]:
+        clear_done(str(out), stage)
+    run(corpus_config(crawl_dir, out, "executor.dedup_parts=2"), progress=False)
+    same_tree(str(reference), str(out))
+    assert sorted(os.listdir(out / "work" / "dedup" / "exact")) == [
+        "p000of002.npy", "p000of003.npy", "p001of002.npy", "p001of003.npy", "p002of003.npy"]
+
+
+def test_a_run_from_before_dedup_had_tasks_resumes_without_them(crawl, corpus_run, tmp_path, capsys):
+    """A run whose dedup reduce finished before the reduce was split into tasks has no index, exact copies or
+    pairs: resuming it must not index every shard again for a reduce that is done, nor call them lost."""
+    import shutil
+
+    from data_pipeline.executors import unmark_done
+    from data_pipeline.pipeline import run
+
+    crawl_dir, _ = crawl
+    reference, _, _ = corpus_run
+    out = tmp_path / "older"
+    shutil.copytree(reference, out)
+    for stage, folder in (("dedup-index", "index"), ("dedup-exact", "exact"), ("dedup-bands", "pairs")):
+        shutil.rmtree(out / "work" / "manifest" / stage)
+        shutil.rmtree(out / "work" / "dedup" / folder)
+    unmark_done(str(out), "summary", "all")
+    (out / "stats.json").unlink()
+    run(corpus_config(crawl_dir, out), progress=False)
+    same_tree(str(reference), str(out))
+    assert not (out / "work" / "dedup" / "index").exists()
+    assert "dedup-" not in capsys.readouterr().err

@@ -13,10 +13,11 @@ def test_slurm_executor_gives_the_local_run_byte_for_byte(slurm_cluster, crawl, 
     reference, _, _ = corpus_run
     out = tmp_path / "slurm-run"
     jobs = submit(corpus_config(crawl_dir, out, "executor.kind=slurm"), poll_seconds=0.5)
-    assert len(jobs) == 6
+    assert len(jobs) == 9
     same_tree(str(reference), str(out))
     logs = os.listdir(out / "work" / "slurm")
     assert sum(name.startswith("process-") for name in logs) == 4  # one array task per input file
+    assert sum(name.startswith("dedup-bands-") for name in logs) == 14  # one a band (executor.dedup_parts=1)
     assert (out / "stats.json").exists()
 
 
@@ -58,3 +59,25 @@ def test_a_run_refuses_while_the_jobs_of_an_earlier_one_work_in_its_output_dir(t
                 Run(cfg, "restart")
         else:
             Run(cfg, "resume").close()
+
+
+def test_a_task_index_past_its_stage_is_refused(tmp_path):
+    """An array task is named by its index in the stage's tasks; one past them (a script edited by hand, or a
+    stage whose tasks changed) must not run another stage's share or nothing silently."""
+    import pytest
+
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.runs import Run
+    from data_pipeline.slurm_executor import run_task
+    from megagpt.config import ConfigError
+
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/in.jsonl]", f"output.dir={tmp_path}/out",
+                                    "executor.dedup_parts=2"])
+    Run(cfg, "resume").close()
+    with pytest.raises(ConfigError, match=r"--index 28 is not a task of stage dedup-bands, which has 28"):
+        run_task(cfg, "dedup-bands", 28)
+    with pytest.raises(ConfigError, match=r"--index 1 is not a task of stage process, which has 1"):
+        run_task(cfg, "process", 1)
+    with pytest.raises(ConfigError, match=r"--stage 'dedup-pairs' is not one of process, dedup-index, dedup-exact"):
+        run_task(cfg, "dedup-pairs", 0)

@@ -106,12 +106,27 @@ def _planted_corpus(seed: int, cfg, documents: int = 400):
     return np.stack(sigs)[order], [hashes[i] for i in order]
 
 
-@pytest.mark.parametrize("chunk", [7, 1 << 16], ids=["pread", "memmap"])
+def _dedup_tasks(run, names: list[str]) -> None:
+    """Every dedup task before the reduce, as a corpus run does them."""
+    from data_pipeline import dedup_tasks
+
+    for name in names:
+        dedup_tasks.write_index(run, name)
+    for stage in ("dedup-exact", "dedup-bands"):
+        for task in dedup_tasks.tasks(run, stage):
+            dedup_tasks.run_task(run, stage, task, names)
+
+
+@pytest.mark.parametrize("chunk, parts", [(7, 1), (1 << 16, 1), (7, 3), (1 << 16, 16)],
+                         ids=["pread", "memmap", "pread-3-parts", "memmap-16-parts"])
 @pytest.mark.parametrize("seed", range(6))
-def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files(tmp_path, monkeypatch, seed, chunk):
+def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files(tmp_path, monkeypatch, seed, chunk,
+                                                                                 parts):
     """Same drops, kept pages, similarities, copies and matched pairs (ties resolved the same way) as the dict
     reduce, whether the signatures are in memory or in shard files (empty shards among them), with pairs
-    verified in chunks small enough that each shard's rows are read one by one, or large enough to be mapped."""
+    verified (and sorted neighbours compared) in chunks small enough that each shard's rows are read one by one,
+    or large enough to be mapped,
+    and the exact copies and each band split across 1, 3 or 16 tasks."""
     import json
     from types import SimpleNamespace
 
@@ -119,6 +134,7 @@ def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files
     from data_pipeline.pipeline import _duplicates
 
     monkeypatch.setattr(dedup, "_PAIR_CHUNK", chunk)
+    monkeypatch.setattr(dedup, "_RUN_CHUNK", chunk)  # sorted neighbours compared a few at a time, or all at once
     cfg = DedupConfig(num_perm=16, bands=4, rows=4, verify_threshold=0.5)
     sigs, hashes = _planted_corpus(seed, cfg)
     ids = [f"doc{i}" for i in range(len(sigs))]
@@ -138,12 +154,28 @@ def test_array_reduce_gives_the_reference_records_in_memory_and_from_shard_files
         np.save(work / f"{name}.sig.npy", sigs[lo:hi])
         (work / f"{name}.hashes.json").write_text(json.dumps(
             {"ids": ids[lo:hi], "hashes": hashes[lo:hi], "record_ids": record_ids[lo:hi], "urls": urls[lo:hi]}))
-    run = SimpleNamespace(output=SimpleNamespace(dir=str(tmp_path)), dedup=cfg)
-    (tmp_path / "work" / "dedup" / "bands-killed").mkdir(parents=True)  # a killed reduce's spill
-    (tmp_path / "work" / "dedup" / "bands-killed" / "0.u32").write_bytes(b"\0" * 64)
+    run = SimpleNamespace(output=SimpleNamespace(dir=str(tmp_path)), dedup=cfg,
+                          executor=SimpleNamespace(dedup_parts=parts))
+    _dedup_tasks(run, names)
     per_shard = list(_duplicates(run, names))
     assert per_shard == [{i: expected[i] for i in ids[lo:hi] if i in expected} for lo, hi in zip(cuts, cuts[1:])]
-    assert os.listdir(tmp_path / "work" / "dedup") == []  # the bands' spill files are gone, a killed run's too
+    assert len(os.listdir(tmp_path / "work" / "dedup" / "pairs")) == cfg.bands * parts
+
+
+def test_slots_spread_minhash_values_evenly():
+    """A MinHash value is a minimum, so mostly far below 2**32: its own top byte would put most rows of a
+    band in slot 0 and one task. The slots of real signatures are even to within a few percent."""
+    from data_pipeline.dedup import SLOTS, band_slots, key_slots, signature
+
+    cfg = DedupConfig()
+    rng = np.random.default_rng(0)
+    words = [f"w{k}" for k in range(5000)]
+    sigs = np.stack([signature(" ".join(rng.choice(words, 300)), cfg) for _ in range(4000)])
+    assert (sigs[:, 0] >> 24 == 0).mean() > 0.6
+    counts = np.bincount(band_slots(sigs[:, :cfg.rows]), minlength=SLOTS)
+    assert counts.max() < 2 * len(sigs) / SLOTS and counts.min() > len(sigs) / SLOTS / 3
+    keys = np.frombuffer(rng.bytes(16 * 4000), np.uint64).reshape(-1, 2)
+    assert np.bincount(key_slots(keys), minlength=SLOTS).max() < 2 * 4000 / SLOTS
 
 
 def test_signatures_that_do_not_match_their_shards_documents_are_an_error(tmp_path):
@@ -152,7 +184,7 @@ def test_signatures_that_do_not_match_their_shards_documents_are_an_error(tmp_pa
     import json
     from types import SimpleNamespace
 
-    from data_pipeline.pipeline import _duplicates
+    from data_pipeline.dedup_tasks import write_index
     from megagpt.errors import DataError
 
     work = tmp_path / "work" / "process"
@@ -161,4 +193,4 @@ def test_signatures_that_do_not_match_their_shards_documents_are_an_error(tmp_pa
     (work / "00000.hashes.json").write_text(json.dumps({"ids": ["a", "b"], "hashes": ["0" * 40, "1" * 40]}))
     run = SimpleNamespace(output=SimpleNamespace(dir=str(tmp_path)), dedup=DedupConfig(num_perm=16, bands=4, rows=4))
     with pytest.raises(DataError, match=r"00000.sig.npy has 3 signatures for the 2 documents of 00000.hashes.json"):
-        list(_duplicates(run, ["00000"]))
+        write_index(run, "00000")

@@ -157,7 +157,7 @@ def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_corpus_config(None, ["input.paths=['*.jsonl']", "output.dir=out", "executor.kind=slurm"])
     shard_stage = next(stage for stage, kind in slurm_executor.STAGES if kind == "shard")
-    reduce_stage = next(stage for stage, kind in slurm_executor.STAGES if kind != "shard")
+    reduce_stage = next(stage for stage, kind in slurm_executor.STAGES if kind == "reduce")
     script = stage_script(cfg, shard_stage, 7, save_config(cfg), None, max_tasks=3)
     assert "#SBATCH --array=0-2" in script and f"--stage {shard_stage} --stride 3" in script
     script = stage_script(cfg, shard_stage, 7, save_config(cfg), None)  # the default MaxArraySize, 1001
@@ -168,7 +168,7 @@ def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
 
     Run(cfg, "resume").close()  # the run record the tasks read their shards from
     ran = []
-    monkeypatch.setattr("data_pipeline.pipeline.run_shard", lambda cfg, stage, shard: ran.append(shard))
+    monkeypatch.setattr("data_pipeline.pipeline.run_task", lambda cfg, stage, task: ran.append(int(task)))
     run_task(cfg, shard_stage, 1, stride=3)
     assert ran == [1, 4]
     run_task(cfg, shard_stage, 1, stride=3)  # done shards are skipped
@@ -189,8 +189,7 @@ def test_corpus_reduce_steps_get_their_own_time_and_memory(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     base = ["input.paths=[a.jsonl]", "output.dir=out", "executor.kind=slurm", "executor.time=01:00:00",
             "executor.mem=4G"]
-    shard_stage, reduce_stage = (next(s for s, kind in slurm_executor.STAGES if (kind == "shard") == shard)
-                                 for shard in (True, False))
+    shard_stage, reduce_stage = (next(s for s, k in slurm_executor.STAGES if k == kind) for kind in ("shard", "reduce"))
     for extra, reduce_lines in (([], ["#SBATCH --time=01:00:00", "#SBATCH --mem=4G"]),
                                 (["executor.reduce_time=1-00:00:00", "executor.reduce_mem=500G"],
                                  ["#SBATCH --time=1-00:00:00", "#SBATCH --mem=500G"])):
