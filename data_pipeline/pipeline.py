@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from itertools import islice
 from typing import Iterable, Iterator, Optional
 
@@ -195,10 +196,10 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
     """Per shard, its documents that dedup drops (across the whole corpus): {id: why}, from the dedup tasks' exact
     copies and verified pairs.
 
-    Memory follows the copies and the rows in pairs (and the names of the documents that drops point
-    at, packed), not the corpus; signatures stay in the shards' files. Each shard's `hashes.json` is
-    read twice (referenced names, its drops) rather than held: at CommonCrawl's scale, ids and urls
-    are most of the bytes.
+    Memory follows the copies and the rows in pairs, not the corpus; signatures stay in the shards'
+    files, and the names of the documents that drops point at (ids, record_ids and urls: at
+    CommonCrawl's scale most of the bytes) wait in a temporary file, read back by offset. Each
+    shard's `hashes.json` is read twice (referenced names, its drops) rather than held.
     """
     if not cfg.dedup.enabled:
         yield from ({} for _ in names)
@@ -206,27 +207,32 @@ def _duplicates(cfg: CorpusConfig, names: list[str]) -> Iterator[dict]:
     work = os.path.join(cfg.output.dir, "work", "process")
     sigs = dedup_tasks.signature_files(cfg, names)
     drops = find_drops(dedup_tasks.copies(cfg), dedup_tasks.verified_pairs(cfg), sigs, cfg.dedup)
-    wanted, names_of_wanted, ends = drops.referenced(), bytearray(), [0]
-    for n, start, end in zip(names, sigs.offsets, sigs.offsets[1:]):
-        rows = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
-        if len(rows):
-            shard = _hashes(work, n)
-            for r in rows.tolist():  # packed as JSON bytes: a dict a name held 2-3x the memory
-                names_of_wanted += json.dumps(_name(shard, r - int(start))).encode()
-                ends.append(len(names_of_wanted))
-    ends = np.array(ends, np.int64)
+    wanted = drops.referenced()
+    ends = np.zeros(len(wanted) + 1, np.int64)
+    spill_dir = os.path.join(cfg.output.dir, "work", "dedup")
+    os.makedirs(spill_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spill_dir) as spill:
+        k = 0
+        for n, start, end in zip(names, sigs.offsets, sigs.offsets[1:]):
+            rows = wanted[np.searchsorted(wanted, start):np.searchsorted(wanted, end)]
+            if len(rows):
+                shard = _hashes(work, n)
+                for r in rows.tolist():
+                    ends[k + 1] = ends[k] + spill.write(json.dumps(_name(shard, r - int(start))).encode())
+                    k += 1
+        spill.flush()
 
-    def named(row: int) -> dict:
-        k = int(np.searchsorted(wanted, row))
-        return json.loads(names_of_wanted[ends[k]:ends[k + 1]])
+        def named(row: int) -> dict:
+            k = int(np.searchsorted(wanted, row))
+            return json.loads(os.pread(spill.fileno(), int(ends[k + 1] - ends[k]), int(ends[k])))
 
-    bounds = np.searchsorted(drops.row, sigs.offsets)
-    for n, start, lo, hi in zip(names, sigs.offsets, bounds, bounds[1:]):
-        if lo == hi:
-            yield {}
-            continue
-        ids = _hashes(work, n)["ids"]
-        yield {ids[int(drops.row[k] - start)]: drop_record(drops, k, named) for k in range(lo, hi)}
+        bounds = np.searchsorted(drops.row, sigs.offsets)
+        for n, start, lo, hi in zip(names, sigs.offsets, bounds, bounds[1:]):
+            if lo == hi:
+                yield {}
+                continue
+            ids = _hashes(work, n)["ids"]
+            yield {ids[int(drops.row[k] - start)]: drop_record(drops, k, named) for k in range(lo, hi)}
 
 
 def _hashes(work: str, name: str) -> dict:
