@@ -96,8 +96,9 @@ def stage_outputs(cfg: CorpusConfig, stage: str, name: str) -> list[str]:
 def forget_lost_outputs(cfg: CorpusConfig) -> None:
     """A finished task whose outputs are gone (deleted, or lost with a disk) is done again, and says so: its
     marker alone would let the run end with success and the files missing. Every task is deterministic, so
-    what is redone equals what the later stages read."""
-    for stage, kind in STAGES:
+    what is redone equals what the later stages read. Later stages are checked first: a dedup reduce whose
+    outputs are lost needs its tasks' outputs, which are checked only while the reduce is not done."""
+    for stage, kind in reversed(STAGES):
         redo = {}  # task -> its first missing output
         for name in stage_tasks(cfg, stage):
             if is_done(cfg.output.dir, stage, name):

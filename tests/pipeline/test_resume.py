@@ -182,3 +182,20 @@ def test_a_run_from_before_dedup_had_tasks_resumes_without_them(crawl, corpus_ru
     same_tree(str(reference), str(out))
     assert not (out / "work" / "dedup" / "index").exists()
     assert "dedup-" not in capsys.readouterr().err
+
+
+def test_lost_dedup_outputs_are_redone_with_the_tasks_they_came_from(crawl, corpus_run, tmp_path):
+    """work/dedup lost whole (the index, copies, pairs and drops): the reduce is done again, and so are the tasks
+    whose outputs it reads, rather than the rerun failing on a missing file."""
+    import shutil
+
+    from data_pipeline.pipeline import run
+
+    crawl_dir, _ = crawl
+    reference, _, _ = corpus_run
+    out = tmp_path / "lost"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "work" / "dedup")
+    run(corpus_config(crawl_dir, out), progress=False)
+    same_tree(str(reference), str(out))
+    assert (out / "work" / "dedup" / "pairs").is_dir()
