@@ -134,13 +134,15 @@ def _slices(cfg, names: list[str], what: int, lo: int, hi: int, leave_out=None) 
     """Slots [lo, hi) of every shard's keys (what=0) or of band what-1: the values and their rows in the corpus,
     ascending, without the rows in `leave_out` (sorted). Filled into arrays sized for every row of the slice: the
     pages of rows left out are never touched, so never resident."""
-    starts = [np.load(index_prefix(cfg, n) + ".slots.npy") for n in names]
-    total = sum(int(s[what, hi] - s[what, lo]) for s in starts)
+    spans = []  # per shard: where the slice starts and ends, and the shard's rows (not its whole slot table)
+    for n in names:
+        s = np.load(index_prefix(cfg, n) + ".slots.npy")
+        spans.append((int(s[what, lo]), int(s[what, hi]), int(s[0, -1])))
+    total = sum(z - a for a, z, _ in spans)
     width, dtype = (2, np.uint64) if what == 0 else (cfg.dedup.rows, np.uint32)
     values, rows = np.empty((total, width), dtype), np.empty(total, np.int64)
     filled, offset = 0, 0
-    for n, s in zip(names, starts):
-        a, z = s[what, lo], s[what, hi]
+    for n, (a, z, count) in zip(names, spans):
         if z > a:
             index = np.load(index_prefix(cfg, n) + (".keys.npy" if what == 0 else ".bands.npy"), mmap_mode="r")
             part = np.array(index[a:z] if what == 0 else index[what - 1, a:z])
@@ -150,7 +152,7 @@ def _slices(cfg, names: list[str], what: int, lo: int, hi: int, leave_out=None) 
                 order = order[~is_in(local[order], leave_out)]
             values[filled:filled + len(order)], rows[filled:filled + len(order)] = part[order, :-1], local[order]
             filled += len(order)
-        offset += int(s[0, -1])
+        offset += count
     return values[:filled], rows[:filled]
 
 
