@@ -139,7 +139,13 @@ class ExecutorConfig:
     # the dedup tasks' split: the exact copies and each band's pairs are found by this many tasks, each over
     # 1/dedup_parts of the corpus's hash keys or of one band's values (data_pipeline.dedup_tasks). Raise it when
     # those outgrow a task's memory (benchmarks/dedup_reduce.py); the results are the same for every value.
+    # Locally at most dedup_parts of a stage's tasks run at once, so together they hold one band's share
+    # whatever workers is: raising it also lets more cores work.
     dedup_parts: int = 1
+    # slurm only: each dedup-exact and dedup-bands task. With one part a task holds about what the dedup reduce
+    # does, so the default is reduce_time and reduce_mem (then time and mem); lower them as dedup_parts grows.
+    dedup_time: Optional[str] = None
+    dedup_mem: Optional[str] = None
     wait: bool = True  # slurm: wait for the last job and check every stage finished
 
 
@@ -245,10 +251,10 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
     if e.partition is not None:
         check_name("executor.partition", e.partition)
-    for key in ("time", "reduce_time"):
+    for key in ("time", "reduce_time", "dedup_time"):
         if getattr(e, key) is not None:
             check_time(f"executor.{key}", getattr(e, key))
-    for key in ("mem", "reduce_mem"):
+    for key in ("mem", "reduce_mem", "dedup_mem"):
         if getattr(e, key) is not None:
             check_mem(f"executor.{key}", getattr(e, key))
     if e.cpus_per_task < 1:

@@ -8,7 +8,8 @@ workers split it the same way):
                                     in the part's slots
     dedup-bands  (per band, part)   work/dedup/pairs/<task>.npy: the band's verified pairs among the rows whose
                                     values lie in the part's slots, exact copies left out
-    dedup        (reduce)           clusters of all the pairs; each shard's drops (data_pipeline.pipeline)
+    dedup        (reduce)           clusters of all the pairs; each shard's drops (data_pipeline.pipeline);
+                                    then the tasks' outputs above are removed (clean)
 
 A task reads its slots' slice of every shard's index, so it holds 1/parts of the corpus's keys or of
 one band's rows. Equal keys and equal band values share a slot, so the parts' results together are
@@ -53,8 +54,7 @@ def run_task(cfg, stage: str, task: str, names: list[str]) -> None:
     if stage == "dedup-exact":
         _save(exact_path(cfg, task), exact_copies(*_slices(cfg, names, 0, lo, hi)))
         return
-    copies = np.sort(np.concatenate([np.empty(0, np.int64)] + [np.load(exact_path(cfg, t))[:, 0]
-                                                               for t in tasks(cfg, "dedup-exact")]))
+    copies = [exact_path(cfg, t) for t in tasks(cfg, "dedup-exact")]
     _save(pairs_path(cfg, task), band_pairs(*_slices(cfg, names, band + 1, lo, hi, leave_out=copies),
                                             signature_files(cfg, names), cfg.dedup))
 
@@ -119,6 +119,18 @@ def verified_pairs(cfg) -> np.ndarray:
     return first_meetings(pairs)
 
 
+def clean(cfg) -> None:
+    """Remove the dedup tasks' outputs and markers once the reduce is done: nothing reads them after it, and the
+    index alone is about the size of the signatures. A run --extend'ed later indexes every shard again."""
+    import shutil
+
+    from data_pipeline.executors import clear_done
+
+    for stage, folder in (("dedup-index", "index"), ("dedup-exact", "exact"), ("dedup-bands", "pairs")):
+        shutil.rmtree(os.path.join(cfg.output.dir, "work", "dedup", folder), ignore_errors=True)
+        clear_done(cfg.output.dir, stage)
+
+
 def hash_keys(hashes: list[str]) -> np.ndarray:
     """The first 128 bits of each hex content hash, as two uint64 words."""
     return np.array([(int(h[:16], 16), int(h[16:32], 16)) for h in hashes], np.uint64).reshape(-1, 2)
@@ -130,10 +142,11 @@ def _by_slot(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.searchsorted(slots[order], np.arange(SLOTS + 1))
 
 
-def _slices(cfg, names: list[str], what: int, lo: int, hi: int, leave_out=None) -> tuple[np.ndarray, np.ndarray]:
+def _slices(cfg, names: list[str], what: int, lo: int, hi: int, leave_out: list[str] = ()
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Slots [lo, hi) of every shard's keys (what=0) or of band what-1: the values and their rows in the corpus,
-    ascending, without the rows in `leave_out` (sorted). Filled into arrays sized for every row of the slice: the
-    pages of rows left out are never touched, so never resident."""
+    ascending, without the exact copies that the dedup-exact outputs `leave_out` name. Filled into arrays sized
+    for every row of the slice: the pages of rows left out are never touched, so never resident."""
     spans = []  # per shard: where the slice starts and ends, and the shard's rows (not its whole slot table)
     for n in names:
         s = np.load(index_prefix(cfg, n) + ".slots.npy")
@@ -141,19 +154,35 @@ def _slices(cfg, names: list[str], what: int, lo: int, hi: int, leave_out=None) 
     total = sum(z - a for a, z, _ in spans)
     width, dtype = (2, np.uint64) if what == 0 else (cfg.dedup.rows, np.uint32)
     values, rows = np.empty((total, width), dtype), np.empty(total, np.int64)
+    copies = _CopyRows(leave_out, np.cumsum([0] + [count for _, _, count in spans]))
     filled, offset = 0, 0
-    for n, (a, z, count) in zip(names, spans):
+    for i, (n, (a, z, count)) in enumerate(zip(names, spans)):
         if z > a:
             index = np.load(index_prefix(cfg, n) + (".keys.npy" if what == 0 else ".bands.npy"), mmap_mode="r")
             part = np.array(index[a:z] if what == 0 else index[what - 1, a:z])
             local = part[:, -1].astype(np.int64) + offset
             order = np.argsort(local, kind="stable")  # a slot's rows ascend; a range of slots', not
-            if leave_out is not None:
-                order = order[~is_in(local[order], leave_out)]
+            if leave_out:
+                order = order[~is_in(local[order], copies.of_shard(i))]
             values[filled:filled + len(order)], rows[filled:filled + len(order)] = part[order, :-1], local[order]
             filled += len(order)
         offset += count
     return values[:filled], rows[:filled]
+
+
+class _CopyRows:
+    """The exact copies' rows a shard at a time, so that a band task never holds every copy: each dedup-exact
+    output is sorted by row, so a shard's copies are one slice of each, found once per output."""
+
+    def __init__(self, paths: list[str], shard_starts: np.ndarray):
+        self.outputs = [np.load(p, mmap_mode="r") for p in paths]
+        # one output's rows in memory at a time, for the search; then only where each shard's copies lie in it
+        self.bounds = [np.searchsorted(np.ascontiguousarray(o[:, 0]), shard_starts) for o in self.outputs]
+
+    def of_shard(self, i: int) -> np.ndarray:
+        """Shard i's copies, as sorted corpus rows."""
+        found = [o[b[i]:b[i + 1], 0] for o, b in zip(self.outputs, self.bounds) if b[i + 1] > b[i]]
+        return np.sort(np.concatenate(found)) if found else np.empty(0, np.int64)
 
 
 def _save(path: str, array: np.ndarray) -> None:

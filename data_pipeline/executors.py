@@ -54,8 +54,10 @@ class LocalExecutor:
         self.workers = workers or os.cpu_count() or 1
         self.progress = progress
 
-    def run(self, out_dir: str, stage: str, fn: Callable, tasks: Sequence[tuple[str, tuple]]) -> int:
-        """Run fn(*args) for each (task_id, args) not yet done; returns how many ran."""
+    def run(self, out_dir: str, stage: str, fn: Callable, tasks: Sequence[tuple[str, tuple]],
+            at_once: int | None = None) -> int:
+        """Run fn(*args) for each (task_id, args) not yet done, at most `at_once` at a time (default: a task per
+        worker); returns how many ran."""
         todo = [(fn, out_dir, stage, tid, args) for tid, args in tasks if not is_done(out_dir, stage, tid)]
         if not todo:
             return 0
@@ -65,13 +67,14 @@ class LocalExecutor:
 
             bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=stage, unit="task")
         try:
-            if self.workers == 1 or len(todo) == 1:
+            processes = min(self.workers, at_once or self.workers, len(todo))
+            if processes == 1:
                 for job in todo:
                     _run_task(job)
                     bar and bar.update(1)
             else:
                 # fork: workers inherit imported modules; each loads its own fastText model lazily.
-                with mp.get_context("fork").Pool(min(self.workers, len(todo))) as pool:
+                with mp.get_context("fork").Pool(processes) as pool:
                     for _ in pool.imap_unordered(_run_task, todo):
                         bar and bar.update(1)
         finally:  # the bar's line ends before a failed task's error is printed

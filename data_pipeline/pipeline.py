@@ -52,10 +52,13 @@ def run(cfg: CorpusConfig, progress: bool = True, mode: str = "resume") -> dict:
         ex = LocalExecutor(cfg.executor.workers, progress)
         for stage, kind in STAGES:
             if kind != "reduce":
-                ex.run(cfg.output.dir, stage, run_task, [(t, (cfg, stage, t)) for t in stage_tasks(cfg, stage)])
+                # a part task holds 1/dedup_parts of one band: at most dedup_parts at once hold one band's share
+                ex.run(cfg.output.dir, stage, run_task, [(t, (cfg, stage, t)) for t in stage_tasks(cfg, stage)],
+                       at_once=cfg.executor.dedup_parts if kind == "part" else None)
             elif not is_done(cfg.output.dir, stage, "all"):
                 run_reduce(cfg, stage)
                 mark_done(cfg.output.dir, stage, "all")
+            after_reduce(cfg, stage)
         with open(os.path.join(cfg.output.dir, "stats.json")) as f:
             return json.load(f)
 
@@ -175,6 +178,12 @@ def run_task(cfg: CorpusConfig, stage: str, task: str) -> None:
         tokenize_shard(cfg, index, tokenizer_path(cfg))
     else:
         raise ValueError(f"{stage} is not a per-shard or per-part stage")
+
+
+def after_reduce(cfg: CorpusConfig, stage: str) -> None:
+    """What a finished reduce step leaves behind to remove (again, if a run stopped before it could)."""
+    if stage == "dedup" and is_done(cfg.output.dir, stage, "all"):
+        dedup_tasks.clean(cfg)
 
 
 def run_reduce(cfg: CorpusConfig, stage: str) -> None:

@@ -44,17 +44,21 @@ def stage_script(cfg: CorpusConfig, stage: str, count: int, config_path: str, de
     one, and a CommonCrawl run has tens of thousands of files), array task i taking tasks i, i + tasks, ..."""
     e = cfg.executor
     logs = os.path.join(os.path.abspath(cfg.output.dir), "work", "slurm")
-    sharded = dict(STAGES)[stage] != "reduce"
+    kind = dict(STAGES)[stage]
+    sharded = kind != "reduce"
     limit = f"%{e.workers}" if e.workers else ""
     tasks = min(count, max_tasks)
+    time_limit, mem = {"shard": (e.time, e.mem),
+                       "part": (e.dedup_time or e.reduce_time or e.time, e.dedup_mem or e.reduce_mem or e.mem),
+                       "reduce": (e.reduce_time or e.time, e.reduce_mem or e.mem)}[kind]
     return render("corpus.sbatch", {
         "job_name": f"megagpt-corpus-{stage}", "cpus_per_task": str(e.cpus_per_task),
         "array_line": sbatch_line("array", f"0-{tasks - 1}{limit}" if sharded else None),
         "stride": str(tasks if sharded else 1),
         "dependency_line": sbatch_line("dependency", f"afterok:{depends_on}" if depends_on else None),
         "partition_line": sbatch_line("partition", e.partition),
-        "time_line": sbatch_line("time", e.time if sharded else e.reduce_time or e.time),
-        "mem_line": sbatch_line("mem", e.mem if sharded else e.reduce_mem or e.mem),
+        "time_line": sbatch_line("time", time_limit),
+        "mem_line": sbatch_line("mem", mem),
         "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
         # The submitting directory, as for a local run: relative paths in the config mean the same there.
         "workdir": check_path("workdir", os.getcwd()), "python": python(),
@@ -101,7 +105,7 @@ def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int = 1) 
     """One array task (index = SLURM_ARRAY_TASK_ID: the stage's tasks index, index + stride, ... each skipped if
     already done) or one reduce step (skipped if done)."""
     from data_pipeline.executors import mark_done
-    from data_pipeline.pipeline import run_reduce
+    from data_pipeline.pipeline import after_reduce, run_reduce
     from data_pipeline.pipeline import run_task as run_one
 
     out = cfg.output.dir
@@ -121,6 +125,8 @@ def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int = 1) 
             if not is_done(out, stage, task):
                 run_one(cfg, stage, task)
                 mark_done(out, stage, task)
-    elif not is_done(out, stage, "all"):
-        run_reduce(cfg, stage)
-        mark_done(out, stage, "all")
+    else:
+        if not is_done(out, stage, "all"):
+            run_reduce(cfg, stage)
+            mark_done(out, stage, "all")
+        after_reduce(cfg, stage)

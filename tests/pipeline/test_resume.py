@@ -62,6 +62,25 @@ def test_finished_run_redoes_nothing(corpus_run):
     assert ran == 0
 
 
+def _record_pid(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+@pytest.mark.parametrize("workers,at_once,most", [(4, 2, 2), (4, None, 4), (3, 1, 1), (2, 8, 2)])
+def test_local_executor_runs_at_most_at_once_tasks_together(tmp_path, workers, at_once, most):
+    """A dedup part task holds 1/dedup_parts of a band: with dedup_parts=1 and a worker per core, 14 band tasks at
+    once held 14 bands. The pool is sized min(workers, at_once), so no more processes than that ran tasks."""
+    from data_pipeline.executors import LocalExecutor
+
+    pids = tmp_path / "pids"
+    ran = LocalExecutor(workers, progress=False).run(str(tmp_path), "s", _record_pid,
+                                                     [(f"t{i}", (str(pids),)) for i in range(12)], at_once=at_once)
+    assert ran == 12 and len(pids.read_text().split()) == 12
+    assert 1 <= len(set(pids.read_text().split())) <= most
+    assert most == 1 or os.getpid() not in map(int, pids.read_text().split())  # a pool, not this process
+
+
 @pytest.mark.parametrize("lost", [
     ["documents/commoncrawl/00001.jsonl.gz", "tokens/commoncrawl.bin"],
     ["stats.json"],
@@ -142,23 +161,39 @@ def test_a_slurm_task_does_not_rescan_the_inputs(tmp_path):
 
 def test_dedup_split_across_parts_gives_the_same_run(crawl, corpus_run, tmp_path):
     """executor.dedup_parts changes how the dedup tasks split the corpus, not what they find: a run with 3 parts
-    equals the 1-part run, and so does one resumed with 2 parts after its dedup tasks ran with 3 (the other
-    split's outputs, left in work/dedup, are not mixed in)."""
-    from data_pipeline.executors import clear_done
-    from data_pipeline.pipeline import STAGES, run
+    equals the 1-part run, and so does one resumed with 2 parts after its dedup tasks ran with 3 and its reduce
+    failed (the other split's outputs, left in work/dedup, are not mixed in). Locally at most dedup_parts part
+    tasks run at once, and the tasks' outputs go once the reduce is done."""
+    from data_pipeline import pipeline
+    from data_pipeline.pipeline import run
+
+    at_once, reduce = {}, pipeline.run_reduce
+
+    class Recording(pipeline.LocalExecutor):  # which stages were held to dedup_parts at once
+        def run(self, out_dir, stage, fn, tasks, **kw):
+            at_once[stage] = kw.get("at_once")
+            return super().run(out_dir, stage, fn, tasks, **kw)
+
+    def failing_dedup(cfg, stage):
+        if stage == "dedup":
+            raise MemoryError("the dedup reduce ran out of memory")
+        reduce(cfg, stage)
 
     crawl_dir, _ = crawl
     reference, _, _ = corpus_run
     out = tmp_path / "parts"
-    run(corpus_config(crawl_dir, out, "executor.dedup_parts=3"), progress=False)
-    same_tree(str(reference), str(out))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "LocalExecutor", Recording)
+        mp.setattr(pipeline, "run_reduce", failing_dedup)
+        with pytest.raises(MemoryError):
+            run(corpus_config(crawl_dir, out, "executor.dedup_parts=3"), progress=False)
+    assert at_once == {"process": None, "dedup-index": None, "dedup-exact": 3, "dedup-bands": 3}
     assert len(os.listdir(out / "work" / "dedup" / "pairs")) == 14 * 3
-    for stage, _ in STAGES[STAGES.index(("dedup", "reduce")):]:
-        clear_done(str(out), stage)
     run(corpus_config(crawl_dir, out, "executor.dedup_parts=2"), progress=False)
     same_tree(str(reference), str(out))
-    assert sorted(os.listdir(out / "work" / "dedup" / "exact")) == [
-        "p000of002.npy", "p000of003.npy", "p001of002.npy", "p001of003.npy", "p002of003.npy"]
+    assert sorted(os.listdir(out / "work" / "dedup")) == sorted([f"{n:05d}.json" for n in range(4)] +
+                                                                ["sample.json"])
+    assert not [d for d in os.listdir(out / "work" / "manifest") if d.startswith("dedup-")]
 
 
 def test_a_run_from_before_dedup_had_tasks_resumes_without_them(crawl, corpus_run, tmp_path, capsys):
@@ -174,8 +209,8 @@ def test_a_run_from_before_dedup_had_tasks_resumes_without_them(crawl, corpus_ru
     out = tmp_path / "older"
     shutil.copytree(reference, out)
     for stage, folder in (("dedup-index", "index"), ("dedup-exact", "exact"), ("dedup-bands", "pairs")):
-        shutil.rmtree(out / "work" / "manifest" / stage)
-        shutil.rmtree(out / "work" / "dedup" / folder)
+        shutil.rmtree(out / "work" / "manifest" / stage, ignore_errors=True)  # as the run's own clean-up does
+        shutil.rmtree(out / "work" / "dedup" / folder, ignore_errors=True)
     unmark_done(str(out), "summary", "all")
     (out / "stats.json").unlink()
     run(corpus_config(crawl_dir, out), progress=False)
@@ -198,4 +233,4 @@ def test_lost_dedup_outputs_are_redone_with_the_tasks_they_came_from(crawl, corp
     shutil.rmtree(out / "work" / "dedup")
     run(corpus_config(crawl_dir, out), progress=False)
     same_tree(str(reference), str(out))
-    assert (out / "work" / "dedup" / "pairs").is_dir()
+    assert not (out / "work" / "dedup" / "pairs").exists()  # made again, and removed after the reduce

@@ -202,6 +202,30 @@ def test_corpus_reduce_steps_get_their_own_time_and_memory(tmp_path, monkeypatch
         load_corpus_config(None, base + ["executor.reduce_mem=lots"])
 
 
+def test_dedup_part_tasks_default_to_the_reduce_resources(tmp_path, monkeypatch):
+    """With one part a dedup-exact or dedup-bands task holds about what the dedup reduce holds: a config tuned for
+    the reduce must not send them out with the shard tasks' memory. dedup_time/dedup_mem set them apart."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.slurm_executor import save_config, stage_script
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    base = ["input.paths=[a.jsonl]", "output.dir=out", "executor.kind=slurm", "executor.time=01:00:00",
+            "executor.mem=4G"]
+    reduce = ["executor.reduce_time=1-00:00:00", "executor.reduce_mem=500G"]
+    for extra, want in (([], ("01:00:00", "4G")), (reduce, ("1-00:00:00", "500G")),
+                        (reduce + ["executor.dedup_time=02:00:00", "executor.dedup_mem=40G"], ("02:00:00", "40G"))):
+        cfg = load_corpus_config(None, base + extra)
+        for stage in ("dedup-exact", "dedup-bands"):
+            lines = stage_script(cfg, stage, 3, save_config(cfg), "7").splitlines()
+            assert f"#SBATCH --time={want[0]}" in lines and f"#SBATCH --mem={want[1]}" in lines, (extra, stage)
+            assert "#SBATCH --array=0-2" in lines
+    with pytest.raises(ConfigError, match="executor.dedup_mem='lots' is not a Slurm memory size"):
+        load_corpus_config(None, base + ["executor.dedup_mem=lots"])
+    with pytest.raises(ConfigError, match="executor.dedup_time='soon' is not a Slurm time"):
+        load_corpus_config(None, base + ["executor.dedup_time=soon"])
+
+
 def test_max_array_size_is_read_from_the_cluster(monkeypatch):
     import subprocess
 
