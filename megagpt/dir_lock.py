@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
 import sys
 from typing import IO, Optional
@@ -45,6 +46,10 @@ def hold(directory: str, key: str, what: str) -> IO:
         print(f"megagpt: warning: {directory} cannot be locked ({exc.strerror}); nothing stops a second run "
               f"from using it at the same time", file=sys.stderr, flush=True)
         return handle
+    local = node_local_locks(os.path.realpath(directory))
+    if local:
+        print(f"megagpt: warning: {directory} is locked on this node only ({local}); nothing stops a {what} "
+              f"on another node from using it at the same time", file=sys.stderr, flush=True)
     try:
         handle.seek(0)
         handle.truncate()
@@ -54,6 +59,35 @@ def hold(directory: str, key: str, what: str) -> IO:
         handle.close()
         raise ConfigError(f"{key}={directory!r} cannot be written ({exc.strerror})") from None
     return handle
+
+
+def node_local_locks(directory: str, mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
+    """Why an flock in `directory` (a resolved path) binds only this node's processes, or None: Lustre mounted
+    with -o localflock and NFS with local_lock=flock|all or nolock grant it locally, so two nodes both hold it."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:  # not Linux: nothing to tell
+        return None
+    best = None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        fields, rest = fields.split(), rest.split()
+        if len(fields) < 6 or len(rest) < 2:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # a space is \040
+        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):  # the last of stacked mounts is the visible one
+            best = (point, rest[0], set(fields[5].split(",")) | set(rest[2].split(",") if len(rest) > 2 else ()))
+    if best is None:
+        return None
+    point, kind, options = best
+    if kind == "lustre" and "localflock" in options:
+        return f"{point} is Lustre mounted with localflock; mount it with flock"
+    local = {"local_lock=flock", "local_lock=all", "nolock"} & options
+    if kind.startswith("nfs") and local:
+        return f"{point} is NFS mounted with {sorted(local)[0]}"
+    return None
 
 
 def hold_on_rank_zero(directory: str, key: str, what: str, device) -> Optional[IO]:
