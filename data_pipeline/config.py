@@ -146,6 +146,10 @@ class ExecutorConfig:
     # does, so the default is reduce_time and reduce_mem (then time and mem); lower them as dedup_parts grows.
     dedup_time: Optional[str] = None
     dedup_mem: Optional[str] = None
+    # slurm only: the most jobs the run may hold in the queue at once, each array task counted, as a QOS's or an
+    # association's MaxSubmitJobs counts them (every stage is queued at once, behind the one before); the arrays
+    # share it, each task then taking every k-th of its stage's tasks. Default: MaxArraySize alone bounds them.
+    max_submit: Optional[int] = None
     wait: bool = True  # slurm: wait for the last job and check every stage finished
 
 
@@ -262,6 +266,8 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     from data_pipeline.dedup import SLOTS
 
     _in_range("executor.dedup_parts", e.dedup_parts, 1, SLOTS)
+    if e.max_submit is not None and e.max_submit < 1:
+        raise ConfigError(f"executor.max_submit={e.max_submit} must be at least 1")
     if cfg.executor.workers is not None and cfg.executor.workers < 1:
         raise ConfigError(f"executor.workers={cfg.executor.workers} must be at least 1")
     d = cfg.dedup

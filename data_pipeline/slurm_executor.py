@@ -73,15 +73,22 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
         forget_lost_outputs(cfg)
         config_path = save_config(cfg)
         slurm_dir = os.path.join(cfg.output.dir, "work", "slurm")
-        max_tasks = max_array_size()
+        counts = {stage: len(stage_tasks(cfg, stage)) for stage, _ in STAGES}
+        counts = {stage: n for stage, n in counts.items() if n}  # none: dedup's tasks with dedup off or done
+        max_tasks = min(max_array_size(), array_share(cfg.executor.max_submit, counts))
         jobs, previous = [], None
-        for stage, _ in STAGES:
-            count = len(stage_tasks(cfg, stage))
-            if not count:  # dedup's tasks with dedup off or its reduce done
-                continue
+        for stage, count in counts.items():
             script = write_script(os.path.join(slurm_dir, f"{stage}.sbatch"),
                                   stage_script(cfg, stage, count, config_path, previous, max_tasks))
-            previous = submit_script(script)
+            try:
+                previous = submit_script(script)
+            except SlurmError as exc:
+                if "submit limit" in str(exc) or "MaxSubmitJob" in str(exc):
+                    raise SlurmError(f"{exc}. The cluster caps the jobs you may queue (sacctmgr show qos "
+                                     f"format=name,maxsubmitjobsperuser): set executor.max_submit to the cap less "
+                                     f"the jobs you have queued; {len(jobs)} stage(s) before {stage} are queued "
+                                     f"and a rerun keeps their work") from None
+                raise
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
         if cfg.executor.wait:
@@ -94,6 +101,19 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
         return jobs
     finally:
         run.close()
+
+
+def array_share(max_submit: int | None, counts: dict[str, int]) -> int:
+    """Tasks each array job may have when the run may queue at most `max_submit` jobs: the reduce steps take one
+    each, the arrays share the rest."""
+    if max_submit is None:
+        return max(counts.values(), default=1)
+    reduces = sum(dict(STAGES)[stage] == "reduce" for stage in counts)
+    arrays = len(counts) - reduces
+    if max_submit < reduces + arrays:
+        raise ConfigError(f"executor.max_submit={max_submit} is fewer than the {reduces + arrays} jobs this run "
+                          f"queues at the least (a job for each of its stages)")
+    return (max_submit - reduces) // max(arrays, 1)
 
 
 def wait_for(jobs: list[str], poll_seconds: float) -> None:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from megagpt.errors import ConfigError
+from megagpt.errors import ConfigError, SlurmError
 from tests.conftest import REPO, TINY, megagpt
 
 
@@ -301,3 +301,64 @@ def test_tensor_parallel_groups_across_nodes_are_pointed_out(no_cluster, demo_pr
         f"data.prefixes=[{demo_prefix}]", f"run.dir={tmp_path}/run", "parallel.pp=1", "train.global_batch_size=24", "train.eval_samples=24"]))
     assert "parallel.tp=2 does not divide the 3 tasks per node: some tensor-parallel groups span two nodes" in \
         capsys.readouterr().err
+
+
+def _corpus_on_fake_slurm(tmp_path, monkeypatch, *overrides, refuse_at=None):
+    """submit() with sbatch faked: returns the scripts it was handed; the `refuse_at`-th is refused as a QOS's
+    MaxSubmitJobs refuses."""
+    from data_pipeline import slurm_executor
+    from data_pipeline.config import load_corpus_config
+
+    for i in range(7):
+        (tmp_path / f"{i}.jsonl").write_text('{"text": "x"}\n')
+    handed = []
+
+    def sbatch(path):
+        if len(handed) == refuse_at:
+            raise SlurmError(f"sbatch {path} failed: sbatch: error: QOSMaxSubmitJobPerUserLimit sbatch: error: "
+                             f"Batch job submission failed: Job violates accounting/QOS policy (job submit limit, "
+                             f"user's size and/or time limits)")
+        handed.append(open(path).read())
+        return str(100 + len(handed))
+
+    monkeypatch.setattr(slurm_executor, "submit_script", sbatch)
+    monkeypatch.setattr(slurm_executor, "max_array_size", lambda: 1001)
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/*.jsonl]", f"output.dir={tmp_path}/out",
+                                    "executor.kind=slurm", "executor.wait=false", *overrides])
+    slurm_executor.submit(cfg)
+    return handed
+
+
+def _queued(scripts) -> int:
+    """The jobs the scripts queue, each array task counted."""
+    import re
+
+    arrays = [re.search(r"^#SBATCH --array=0-(\d+)", s, re.MULTILINE) for s in scripts]
+    return sum(int(a[1]) + 1 if a else 1 for a in arrays)
+
+
+@pytest.mark.parametrize("max_submit,per_array", [(None, 14), (100, 14), (60, 9), (12, 1)])
+def test_corpus_run_queues_no_more_jobs_than_max_submit(tmp_path, monkeypatch, max_submit, per_array):
+    """Every stage is queued at once and a QOS's MaxSubmitJobs counts each array task: 7 shards and 14 dedup band
+    tasks queued 52 jobs, past a cap of 50 that sbatch then refused. The arrays share executor.max_submit less a
+    job for each reduce step; each task takes every k-th of its stage's tasks."""
+    extra = [] if max_submit is None else [f"executor.max_submit={max_submit}"]
+    scripts = _corpus_on_fake_slurm(tmp_path, monkeypatch, *extra)
+    assert len(scripts) == 9 and _queued(scripts) <= (max_submit or 52)
+    bands = next(s for s in scripts if "--stage dedup-bands" in s)
+    assert f"#SBATCH --array=0-{per_array - 1}\n" in bands and f"--stride {per_array}" in bands
+
+
+def test_max_submit_below_one_job_a_stage_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"executor.max_submit=8 is fewer than the 9 jobs this run queues at the "
+                                          r"least \(a job for each of its stages\)"):
+        _corpus_on_fake_slurm(tmp_path, monkeypatch, "executor.max_submit=8")
+    with pytest.raises(ConfigError, match=r"executor.max_submit=0 must be at least 1"):
+        _corpus_on_fake_slurm(tmp_path, monkeypatch, "executor.max_submit=0")
+
+
+def test_a_refused_submission_names_max_submit(tmp_path, monkeypatch):
+    with pytest.raises(SlurmError, match=r"job submit limit.*The cluster caps the jobs you may queue .*set "
+                                         r"executor.max_submit to the cap less the jobs you have queued; 2 stage\(s\) "
+                                         r"before dedup-exact are queued and a rerun keeps their work"):
+        _corpus_on_fake_slurm(tmp_path, monkeypatch, refuse_at=2)
