@@ -121,9 +121,9 @@ def wait_for(jobs: list[str], poll_seconds: float) -> None:
         time.sleep(poll_seconds)
 
 
-def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int = 1) -> None:
+def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int | None = None) -> None:
     """One array task (index = SLURM_ARRAY_TASK_ID: the stage's tasks index, index + stride, ... each skipped if
-    already done) or one reduce step (skipped if done)."""
+    already done; without a stride, task index alone) or one reduce step (skipped if done)."""
     from data_pipeline.executors import mark_done
     from data_pipeline.pipeline import after_reduce, run_reduce
     from data_pipeline.pipeline import run_task as run_one
@@ -137,11 +137,12 @@ def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int = 1) 
             return
         if index is None:
             raise ConfigError(f"stage {stage} runs per task: give --index or run as a Slurm array task")
-        if stride < 1:
+        if stride is not None and stride < 1:
             raise ConfigError(f"--stride {stride} must be at least 1")
         if not 0 <= index < len(names):
             raise ConfigError(f"--index {index} is not a task of stage {stage}, which has {len(names)}")
-        for task in names[index::stride] if stride > 1 else [names[index]]:
+        # stride 1 is an array of one task doing the whole stage (a small executor.max_submit share)
+        for task in names[index::stride] if stride else [names[index]]:
             if not is_done(out, stage, task):
                 run_one(cfg, stage, task)
                 mark_done(out, stage, task)

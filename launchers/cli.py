@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--config", required=True)
     ct.add_argument("--stage", required=True)
     ct.add_argument("--index", type=int, help="task index: a shard, or a dedup part (default: $SLURM_ARRAY_TASK_ID)")
-    ct.add_argument("--stride", type=int, default=1, help="also run tasks index + stride, index + 2*stride, ...")
+    ct.add_argument("--stride", type=int, help="also run tasks index + stride, index + 2*stride, ... "
+                                               "(default: task index alone)")
 
     rp = csub.add_parser("report", help="plots (funnel, lengths, scores) and a summary table of a finished run")
     rp.add_argument("run_dir")

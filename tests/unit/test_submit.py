@@ -342,11 +342,25 @@ def test_corpus_run_queues_no_more_jobs_than_max_submit(tmp_path, monkeypatch, m
     """Every stage is queued at once and a QOS's MaxSubmitJobs counts each array task: 7 shards and 14 dedup band
     tasks queued 52 jobs, past a cap of 50 that sbatch then refused. The arrays share executor.max_submit less a
     job for each reduce step; each task takes every k-th of its stage's tasks."""
+    import re
+
+    from data_pipeline.slurm_executor import run_task
+
     extra = [] if max_submit is None else [f"executor.max_submit={max_submit}"]
     scripts = _corpus_on_fake_slurm(tmp_path, monkeypatch, *extra)
     assert len(scripts) == 9 and _queued(scripts) <= (max_submit or 52)
     bands = next(s for s in scripts if "--stage dedup-bands" in s)
     assert f"#SBATCH --array=0-{per_array - 1}\n" in bands and f"--stride {per_array}" in bands
+    ran = []  # the array tasks of the process stage, run as Slurm would: together they do every shard once
+    monkeypatch.setattr("data_pipeline.pipeline.run_task", lambda cfg, stage, task: ran.append(task))
+    process = next(s for s in scripts if "--stage process" in s)
+    last, stride = (int(re.search(pattern, process)[1]) for pattern in (r"--array=0-(\d+)", r"--stride (\d+)"))
+    from data_pipeline.config import load_corpus_config
+
+    cfg = load_corpus_config(f"{tmp_path}/out/work/corpus-config.yaml", check_inputs=False)
+    for index in range(last + 1):
+        run_task(cfg, "process", index, stride)
+    assert sorted(ran) == [f"{i:05d}" for i in range(7)]
 
 
 def test_max_submit_below_one_job_a_stage_is_refused(tmp_path, monkeypatch):
