@@ -30,6 +30,13 @@ class OutputConfig:
 
 
 @dataclass
+class UrlConfig:
+    # domain lists (one a line, or hosts files): a page whose host is listed, or lies below a listed domain, is
+    # dropped before extraction (data_pipeline/urls.py); empty: stage off
+    blocklists: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LangidConfig:
     languages: list[str] = field(default_factory=lambda: ["en"])
     threshold: float = 0.65  # fastText lid.176 top-label probability needed to keep
@@ -157,6 +164,7 @@ class ExecutorConfig:
 class CorpusConfig:
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    url: UrlConfig = field(default_factory=UrlConfig)
     langid: LangidConfig = field(default_factory=LangidConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
@@ -282,6 +290,13 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
         if unknown:  # a code the model never gives would drop every document
             raise ConfigError(f"langid.languages: {unknown[0]!r} is not a code lid.176 labels texts with "
                               f"(ISO 639 codes such as en, de, zh)")
+    for i, path in enumerate(cfg.url.blocklists):
+        if not os.path.isfile(path):
+            raise ConfigError(f"url.blocklists[{i}]={path!r}: file not found")
+    if cfg.url.blocklists and check_inputs:  # the driver's load: a bad line stops the run before it starts
+        from data_pipeline.urls import blocklist
+
+        blocklist(tuple(cfg.url.blocklists))
     for i, path in enumerate(cfg.decontam.paths):
         if not os.path.isfile(path):
             raise ConfigError(f"decontam.paths[{i}]={path!r}: file not found")

@@ -1,6 +1,6 @@
 """The corpus run: stages over shards, then the reduce steps between them.
 
-    process      (per input file)  read, extract, langid, filters, hash + MinHash
+    process      (per input file)  read, url blocklists, extract, langid, filters, hash + MinHash
     dedup-index  (per shard)       hash keys and band values grouped by slot (data_pipeline.dedup_tasks)
     dedup-exact  (per part)        exact copies among a slot range's keys
     dedup-bands  (per band, part)  a band's verified candidate pairs in a slot range

@@ -11,7 +11,7 @@ import numpy as np
 from data_pipeline.io import read_jsonl_gz
 from megagpt.errors import DataError
 
-FUNNEL = ("read", "extract", "langid", "filters", "quality", "dedup", "decontam")
+FUNNEL = ("read", "url", "extract", "langid", "filters", "quality", "dedup", "decontam")
 
 
 def summary_table(stats: dict) -> str:

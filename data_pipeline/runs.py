@@ -47,7 +47,8 @@ def result_config(cfg: CorpusConfig) -> dict:
     raw["input"].pop("paths")  # compared as the files they match
     raw["output"].pop("dir")
     flat = {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
-    for key, paths in (("quality.model", [cfg.quality.model]), ("decontam.paths", cfg.decontam.paths),
+    for key, paths in (("url.blocklists", cfg.url.blocklists), ("quality.model", [cfg.quality.model]),
+                       ("decontam.paths", cfg.decontam.paths),
                        ("tokenize.tokenizer", [cfg.tokenize.tokenizer])):
         if any(paths):
             flat[f"{key} {CONTENTS}"] = [_contents(p) for p in paths]
@@ -92,8 +93,11 @@ class Run:
         theirs, ours = record["config"], result_config(cfg)
         if not any(k.endswith(CONTENTS) for k in theirs):  # recorded before file contents were: settings alone
             ours = {k: v for k, v in ours.items() if not k.endswith(CONTENTS)}
+        # a setting a later megagpt added is absent from the record: at its default it changes nothing
+        defaults = result_config(CorpusConfig())
         changed = [_change(k, theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
-                   if theirs.get(k) != ours.get(k)]
+                   if theirs.get(k) != ours.get(k) and not (k not in theirs and k in defaults and
+                                                           ours.get(k) == defaults[k])]
         recorded = {entry["path"]: entry for entry in record["inputs"]}
         current = {os.path.abspath(f) for f in files}
         removed = [p for p in recorded if p not in current]

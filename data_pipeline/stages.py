@@ -21,6 +21,7 @@ from data_pipeline.quality import pareto_keep, quality_score
 from data_pipeline.readers import ReadError, Skipped, read_file
 from data_pipeline.stats import StageStats
 from data_pipeline.tokens import sample_key
+from data_pipeline.urls import blocklist
 
 
 def nbytes(text) -> int:
@@ -47,7 +48,7 @@ class _Clock:
 
 
 def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> None:
-    """read > extract > langid > heuristic filters > hash + MinHash signature, for one input file.
+    """read > url blocklists > extract > langid > heuristic filters > hash + MinHash signature, for one input file.
 
     A document's id is `<id_prefix>:<record index>` (id_prefix: the file's path relative to the
     run's inputs): unique within the run, whatever the records' own ids say.
@@ -60,6 +61,7 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
         dropped.append({**ids, "stage": stage, "reason": reason, **extra})
 
     reader, clock = read_file(path), _Clock(stats)
+    blocked = blocklist(tuple(cfg.url.blocklists)) if cfg.url.blocklists else None
     while True:
         item = clock.run("read", next, reader, None)
         if item is None:
@@ -77,6 +79,13 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
             drop(ids, "read", item.unreadable, detail=item.detail)
             continue
         stats.kept("read", size)
+        if blocked is not None:
+            stats.saw("url", size)
+            hit = clock.run("url", blocked.match, item.url)
+            if hit:
+                drop(ids, "url", "blocked domain", domain=hit[0], blocklist=hit[1])
+                continue
+            stats.kept("url", size)
         stats.saw("extract", size)
         text, reason = clock.run("extract", extract_text, item)
         if reason:
