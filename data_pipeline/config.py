@@ -97,6 +97,13 @@ class QualityConfig:
 
 
 @dataclass
+class PiiConfig:
+    # FineWeb's PII formatting of the kept text (data_pipeline/pii.py): addresses replaced by reserved stand-ins
+    emails: bool = False  # e-mail addresses -> email@example.com
+    ips: bool = False  # public IPv4 addresses -> 192.0.2.1 (private and loopback ones stay)
+
+
+@dataclass
 class DedupConfig:
     enabled: bool = True
     ngram: int = 5  # word n-grams (FineWeb)
@@ -168,6 +175,7 @@ class CorpusConfig:
     langid: LangidConfig = field(default_factory=LangidConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)

@@ -19,7 +19,7 @@ from data_pipeline.runs import RECORD, read_record
 from data_pipeline.stages import shard_name
 from megagpt.errors import DataError
 
-STAGES = ("read", "url", "extract", "langid", "filters", "quality", "dedup", "decontam", "tokenize")
+STAGES = ("read", "url", "extract", "langid", "filters", "quality", "pii", "dedup", "decontam", "tokenize")
 _IDENTITY = ("id", "record_id", "url", "stage", "reason")
 
 
@@ -137,6 +137,11 @@ def _until(stage: str, config: dict, doc: Optional[dict]) -> list[str]:
             lines.append(_line(s, f"passed ({doc['lang']}, score {doc['lang_score']})"))
         elif s == "url" and not config.get("url.blocklists"):  # off, or a run from before the stage
             lines.append(_line(s, "off"))
+        elif s == "pii" and not (config.get("pii.emails") or config.get("pii.ips")):
+            lines.append(_line(s, "off"))
+        elif s == "pii" and doc and doc.get("pii"):
+            lines.append(_line(s, "replaced " + ", ".join(f"{n} {kind[:-1] if n == 1 else kind}"
+                                                          for kind, n in doc["pii"].items())))
         elif s == "quality" and not config["quality.model"]:
             lines.append(_line(s, "off"))
         elif s == "quality" and doc and "quality" in doc:

@@ -27,6 +27,9 @@ def summary_table(stats: dict) -> str:
     if skipped:
         rows.append(f"records holding no page, skipped: {sum(skipped.values())} ("
                     + ", ".join(f"{kind} {n}" for kind, n in sorted(skipped.items(), key=lambda kv: -kv[1])) + ")")
+    redacted = stats["stages"].get("pii", {}).get("redacted", {})
+    if redacted:
+        rows.append("personal data replaced: " + ", ".join(f"{kind} {n}" for kind, n in redacted.items()))
     rows.append(f"documents {stats['documents']}, tokens {stats['tokens']}, file errors {len(stats['errors'])}")
     return "\n".join(rows)
 

@@ -17,6 +17,7 @@ from data_pipeline.extract import extract_text
 from data_pipeline.filters import apply_filters
 from data_pipeline.io import atomic_path, read_jsonl_gz, write_json, write_jsonl_gz
 from data_pipeline.langid import NO_LABEL, identify
+from data_pipeline.pii import redact
 from data_pipeline.quality import pareto_keep, quality_score
 from data_pipeline.readers import ReadError, Skipped, read_file
 from data_pipeline.stats import StageStats
@@ -48,7 +49,8 @@ class _Clock:
 
 
 def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> None:
-    """read > url blocklists > extract > langid > heuristic filters > hash + MinHash signature, for one input file.
+    """read > url blocklists > extract > langid > heuristic filters > quality > pii > hash + MinHash signature,
+    for one input file.
 
     A document's id is `<id_prefix>:<record index>` (id_prefix: the file's path relative to the
     run's inputs): unique within the run, whatever the records' own ids say.
@@ -120,7 +122,8 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
 
 
 def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: "_Clock", drop):
-    """Language, heuristic and quality verdicts on one text: its document fields, or None once dropped.
+    """Language, heuristic and quality verdicts on one text, then its personal data replaced: its document fields,
+    or None once dropped.
 
     A verdict that raises (a library failing on one odd text) drops that document with the
     stage and the error's type, as a counted drop: one record never stops a shard.
@@ -153,6 +156,15 @@ def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: 
                 drop("quality", f"{cfg.quality.mode} rule", quality=doc["quality"])
                 return None
             stats.kept("quality", size)
+        p = cfg.pii
+        if p.emails or p.ips:
+            stage = "pii"
+            stats.saw("pii", size)
+            doc["text"], found = clock.run("pii", redact, text, p.emails, p.ips)
+            if found:
+                doc["pii"] = dict(sorted(found.items()))
+                stats.redacted("pii", found)
+            stats.kept("pii", nbytes(doc["text"]))
         return doc
     except Exception as exc:
         drop(stage, f"{stage} failed ({type(exc).__name__})", error=str(exc)[:200])

@@ -1,6 +1,6 @@
 """Per-stage counts: documents in, kept, dropped by reason, bytes, seconds (and, for a stage made of
 steps such as the heuristic filters, seconds per step; for the read stage, the records skipped as holding
-no document, by kind)."""
+no document, by kind; for pii, the addresses replaced, by kind)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class StageStats:
     def skipped(self, stage: str, reason: str) -> None:
         self._stage(stage).setdefault("skipped", Counter())[reason] += 1
 
+    def redacted(self, stage: str, counts: Counter) -> None:
+        self._stage(stage).setdefault("redacted", Counter()).update(counts)
+
     def timed(self, stage: str, seconds: float) -> None:
         self._stage(stage)["seconds"] += seconds
 
@@ -43,7 +46,7 @@ class StageStats:
 
     def to_dict(self) -> dict:
         return {k: {**v, "dropped": dict(sorted(v["dropped"].items())),
-                    **({"skipped": dict(sorted(v["skipped"].items()))} if "skipped" in v else {}),
+                    **{extra: dict(sorted(v[extra].items())) for extra in ("skipped", "redacted") if extra in v},
                     **({"step_seconds": dict(v["step_seconds"])} if "step_seconds" in v else {})}
                 for k, v in self.stages.items()}
 
@@ -57,14 +60,15 @@ def merge_stats(parts: list[dict]) -> dict:
             for key in ("in", "kept", "bytes_in", "bytes_kept", "seconds"):
                 t[key] += s[key]
             t["dropped"].update(s["dropped"])
-            for extra in ("skipped", "step_seconds"):
+            for extra in ("skipped", "redacted", "step_seconds"):
                 if extra in s:
                     t.setdefault(extra, Counter()).update(s[extra])
     for t in total.values():
         t["dropped"] = dict(sorted(t["dropped"].items()))
         t["seconds"] = round(t["seconds"], 3)
-        if "skipped" in t:
-            t["skipped"] = dict(sorted(t["skipped"].items()))
+        for extra in ("skipped", "redacted"):
+            if extra in t:
+                t[extra] = dict(sorted(t[extra].items()))
         if "step_seconds" in t:
             t["step_seconds"] = {k: round(v, 3) for k, v in t["step_seconds"].items()}
     return total

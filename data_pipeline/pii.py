@@ -1,0 +1,44 @@
+"""Personal data in kept text: e-mail addresses and public IPv4 addresses are replaced by reserved stand-ins, as
+FineWeb formats PII, so that the model learns their shape but no one's address.
+
+The stand-ins lie in ranges reserved for documentation (RFC 2606's example.com, RFC 5737's 192.0.2.0/24), so
+they name no one. Private, loopback and other non-global addresses (192.168.1.1 in a router's manual) stay.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+
+EMAIL_STANDIN = "email@example.com"
+IP_STANDIN = "192.0.2.1"
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]*[A-Za-z0-9_%+-])?"
+                    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\b")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")  # not inside a longer dotted number
+
+
+def redact(text: str, emails: bool, ips: bool) -> tuple[str, Counter]:
+    """The text with its e-mail addresses and/or public IPv4 addresses replaced, and how many of each."""
+    found = Counter()
+
+    def email(match: re.Match) -> str:
+        if match[0] != EMAIL_STANDIN:
+            found["emails"] += 1
+        return EMAIL_STANDIN
+
+    def address(match: re.Match) -> str:
+        try:
+            public = ipaddress.IPv4Address(match[0]).is_global
+        except ValueError:  # an octet past 255 or with a leading zero: a version or a date, not an address
+            return match[0]
+        if not public:
+            return match[0]
+        found["ips"] += 1
+        return IP_STANDIN
+
+    if emails:
+        text = _EMAIL.sub(email, text)
+    if ips:
+        text = _IPV4.sub(address, text)
+    return text, found

@@ -1,0 +1,62 @@
+"""Personal data: e-mail and public IPv4 addresses in kept text are replaced by reserved stand-ins and counted;
+everything that only looks like one stays."""
+
+import json
+
+import pytest
+
+from data_pipeline.io import read_jsonl_gz
+from data_pipeline.pii import EMAIL_STANDIN, IP_STANDIN, redact
+from data_pipeline.synthetic import english_pages
+
+
+@pytest.mark.parametrize("text,emails,ips,out", [
+    ("Write to John.Smith+news@Mail.Example.co.uk.", 1, 0, f"Write to {EMAIL_STANDIN}."),
+    ("mailto:bob@corp.io, or first.last@sub-domain.example.org", 2, 0, f"mailto:{EMAIL_STANDIN}, or {EMAIL_STANDIN}"),
+    ("Our DNS is 8.8.8.8. The server: 93.184.216.34:443", 0, 2,
+     f"Our DNS is {IP_STANDIN}. The server: {IP_STANDIN}:443"),
+    ("Router at 192.168.1.1, loopback 127.0.0.1, 10.0.0.7 and 100.64.0.1", 0, 0, None),  # not global
+    ("version 1.2.3.4.5, 300.1.1.1, 01.2.3.4 and 2.4.2024", 0, 0, None),  # not addresses
+    ("user@localhost, a@b.c, @handle and .@a.com", 0, 0, None),  # no domain with a TLD
+    (f"{EMAIL_STANDIN} and {IP_STANDIN}", 0, 0, None),  # the stand-ins themselves
+])
+def test_addresses_are_replaced_and_lookalikes_stay(text, emails, ips, out):
+    new, found = redact(text, emails=True, ips=True)
+    assert new == (text if out is None else out)
+    assert (found["emails"], found["ips"]) == (emails, ips)
+
+
+def test_each_kind_is_replaced_only_when_asked():
+    text = "mail a@example.org from 8.8.4.4"
+    assert redact(text, emails=True, ips=False) == (f"mail {EMAIL_STANDIN} from 8.8.4.4", {"emails": 1})
+    assert redact(text, emails=False, ips=True) == (f"mail a@example.org from {IP_STANDIN}", {"ips": 1})
+
+
+def test_a_run_replaces_counts_and_explains_and_dedups_what_differed_only_in_addresses(tmp_path):
+    """Two pages equal but for their contact lines are exact copies once the addresses are replaced: dedup keeps
+    one. The counts are the planted ones, in stats.json, the report's table and each document's `pii`."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.explain import explain
+    from data_pipeline.pipeline import run
+    from data_pipeline.report import summary_table
+
+    pages = english_pages()[:4]
+    texts = [pages[0] + "\nContact ann@shop.example.net or 8.8.8.8 for help.",
+             pages[0] + "\nContact bob@other.example.net or 1.1.1.1 for help.",
+             pages[1] + "\nOur router is 192.168.0.1.", pages[2]]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/in.jsonl]", f"output.dir={tmp_path}/out",
+                                    "tokenize.vocab_size=400", "executor.workers=1", "filters.min_words=10",
+                                    "filters.min_line_punct_ratio=null", "pii.emails=true", "pii.ips=true"])
+    summary = run(cfg, progress=False)
+    assert summary["stages"]["pii"]["redacted"] == {"emails": 2, "ips": 2}
+    assert "personal data replaced: emails 2, ips 2" in summary_table(summary)
+    docs = list(read_jsonl_gz(str(tmp_path / "out" / "documents" / "commoncrawl" / "00000.jsonl.gz")))
+    assert [d["id"] for d in docs] == ["in.jsonl:1", "in.jsonl:3", "in.jsonl:4"]
+    assert docs[0]["text"].endswith(f"Contact {EMAIL_STANDIN} or {IP_STANDIN} for help.")
+    assert docs[0]["pii"] == {"emails": 1, "ips": 1} and "pii" not in docs[1]
+    assert docs[1]["text"].endswith("Our router is 192.168.0.1.")
+    dup = next(read_jsonl_gz(str(tmp_path / "out" / "dropped" / "dedup" / "00000.jsonl.gz")))
+    assert (dup["id"], dup["duplicate_of"], dup["similarity"]) == ("in.jsonl:2", "in.jsonl:1", 1.0)
+    assert "  pii       replaced 1 email, 1 ip" in explain(str(tmp_path / "out"), "in.jsonl:1")
+    assert "  pii       passed" in explain(str(tmp_path / "out"), "in.jsonl:3")
