@@ -142,6 +142,8 @@ def _until(stage: str, config: dict, doc: Optional[dict]) -> list[str]:
         elif s == "pii" and doc and doc.get("pii"):
             lines.append(_line(s, "replaced " + ", ".join(f"{n} {kind[:-1] if n == 1 else kind}"
                                                           for kind, n in doc["pii"].items())))
+        elif s == "pii" and doc:
+            lines.append(_line(s, "passed (nothing replaced)"))
         elif s == "quality" and not config["quality.model"]:
             lines.append(_line(s, "off"))
         elif s == "quality" and doc and "quality" in doc:

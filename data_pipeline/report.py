@@ -11,7 +11,7 @@ import numpy as np
 from data_pipeline.io import read_jsonl_gz
 from megagpt.errors import DataError
 
-FUNNEL = ("read", "url", "extract", "langid", "filters", "quality", "dedup", "decontam")
+FUNNEL = ("read", "url", "extract", "langid", "filters", "quality", "pii", "dedup", "decontam")
 
 
 def summary_table(stats: dict) -> str:
@@ -29,7 +29,11 @@ def summary_table(stats: dict) -> str:
                     + ", ".join(f"{kind} {n}" for kind, n in sorted(skipped.items(), key=lambda kv: -kv[1])) + ")")
     redacted = stats["stages"].get("pii", {}).get("redacted", {})
     if redacted:
-        rows.append("personal data replaced: " + ", ".join(f"{kind} {n}" for kind, n in redacted.items()))
+        rows.append("personal data replaced (in pages before dedup): " +
+                    ", ".join(f"{kind} {n}" for kind, n in redacted.items()))
+    unjudged = stats["stages"].get("url", {}).get("skipped", {})
+    if unjudged:
+        rows.append(f"url: kept with no host to judge: {sum(unjudged.values())}")
     rows.append(f"documents {stats['documents']}, tokens {stats['tokens']}, file errors {len(stats['errors'])}")
     return "\n".join(rows)
 

@@ -22,7 +22,7 @@ from data_pipeline.quality import pareto_keep, quality_score
 from data_pipeline.readers import ReadError, Skipped, read_file
 from data_pipeline.stats import StageStats
 from data_pipeline.tokens import sample_key
-from data_pipeline.urls import blocklist
+from data_pipeline.urls import blocklist, host_of
 
 
 def nbytes(text) -> int:
@@ -83,7 +83,10 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
         stats.kept("read", size)
         if blocked is not None:
             stats.saw("url", size)
-            hit = clock.run("url", blocked.match, item.url)
+            host = host_of(item.url)
+            if host is None:  # kept: nothing to judge it by, counted
+                stats.skipped("url", "no host to judge")
+            hit = clock.run("url", blocked.match_host, host)
             if hit:
                 drop(ids, "url", "blocked domain", domain=hit[0], blocklist=hit[1])
                 continue

@@ -1,6 +1,7 @@
 """Per-stage counts: documents in, kept, dropped by reason, bytes, seconds (and, for a stage made of
 steps such as the heuristic filters, seconds per step; for the read stage, the records skipped as holding
-no document, by kind; for pii, the addresses replaced, by kind)."""
+no document, by kind, and for url, the pages kept with no host to judge them by; for pii, the addresses
+replaced, by kind)."""
 
 from __future__ import annotations
 

@@ -9,16 +9,17 @@ the local workers it forks share its copy: a lookup that misses writes nothing t
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import sys
 from functools import lru_cache
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
 from megagpt.errors import ConfigError
 
-_DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
+_DOMAIN = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # lists hold labels DNS would refuse (w-w-i-s-.com)
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-_HOSTS_ADDRESSES = ("0.0.0.0", "127.0.0.1", "::1", "::")
 
 
 class Blocklist:
@@ -34,7 +35,9 @@ class Blocklist:
 
     def match(self, url: Optional[str]) -> Optional[tuple[str, str]]:
         """(the listed domain, its list file) that blocks `url`'s host, or None."""
-        host = host_of(url)
+        return self.match_host(host_of(url))
+
+    def match_host(self, host: Optional[str]) -> Optional[tuple[str, str]]:
         while host:
             for path, domains in zip(self.paths, self.sets):
                 if host in domains:
@@ -46,10 +49,14 @@ class Blocklist:
 def host_of(url: Optional[str]) -> Optional[str]:
     """The URL's host as lists write it (lower case, no port, user or trailing dot; an IDN in punycode), or
     None where there is none to judge (a JSONL page without a url, a URL that does not parse)."""
+    url = (url or "").strip().removeprefix("<").removesuffix(">")  # WARC 1.0 writes <http://...>
     if not url:
         return None
     try:
-        host = urlsplit(url.strip()).hostname
+        parts = urlsplit(url)
+        if not parts.scheme and not parts.netloc:  # example.com/page, as some JSONL sets write urls
+            parts = urlsplit("//" + url)
+        host = parts.hostname
     except ValueError:  # an unbalanced [ in an IPv6 host
         return None
     if not host:
@@ -60,34 +67,56 @@ def host_of(url: Optional[str]) -> Optional[str]:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             return None
-    return host or None
+    return host if host and (_DOMAIN.fullmatch(host) or ":" in host) else None  # "not a url" names no host
 
 
 def _domains(path: str) -> Iterator[str]:
+    """The domains a list file names. A line that names none (a URL, prose) is skipped, and the skips are
+    counted in one warning naming the first: real lists hold a few (UT1's bank list has `w-w-i-s-.com`'s kin)."""
     try:
-        f = open(path, encoding="utf-8", errors="strict")
+        f = open(path, encoding="utf-8-sig", errors="strict")  # -sig: a byte-order mark is no part of line 1
     except OSError as exc:
         raise ConfigError(f"url.blocklists: {path!r} cannot be read ({exc.strerror})") from None
+    skipped, first = 0, None
     with f:
         try:
             for number, line in enumerate(f, 1):
                 fields = line.partition("#")[0].split()
                 if not fields:
                     continue
-                if len(fields) == 2 and fields[0] in _HOSTS_ADDRESSES:
-                    fields = fields[1:]
-                domain = fields[0].lower().rstrip(".")
-                if not domain.isascii():
-                    try:
-                        domain = domain.encode("idna").decode("ascii")
-                    except UnicodeError:
-                        domain = ""
-                if len(fields) != 1 or not _DOMAIN.fullmatch(domain):
-                    raise ConfigError(f"url.blocklists: {path} line {number}: {line.strip()[:80]!r} is not a domain "
-                                      f"(one a line, or a hosts file's '0.0.0.0 domain')")
-                yield domain
+                if len(fields) > 1 and _is_address(fields[0]):  # a hosts file: an address, then its names
+                    domains = [_domain(name) for name in fields[1:]]
+                else:  # one domain a line; several words are no list's line
+                    domains = [_domain(fields[0]) if len(fields) == 1 else None]
+                yield from filter(None, domains)
+                if not all(domains):
+                    skipped += 1
+                    first = first or (number, line.strip()[:80])
         except UnicodeDecodeError as exc:
             raise ConfigError(f"url.blocklists: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if skipped:
+        print(f"megagpt: warning: url.blocklists: {path} line {first[0]} ({first[1]!r}) names no domain; "
+              f"{skipped} such line(s) skipped", file=sys.stderr, flush=True)
+
+
+def _domain(name: str) -> Optional[str]:
+    """A list entry as hosts are matched: lower case, punycode, no leading '.' or '*.' (both mean "and below",
+    which every entry means here) nor trailing dot; None if it is no domain."""
+    name = name.lower().removeprefix("*.").lstrip(".").rstrip(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    return name if _DOMAIN.fullmatch(name) else None
+
+
+def _is_address(field: str) -> bool:
+    try:
+        ipaddress.ip_address(field.partition("%")[0])  # fe80::1%lo0: a scoped address
+        return True
+    except ValueError:
+        return False
 
 
 def blocklist(paths: tuple) -> Blocklist:
