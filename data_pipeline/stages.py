@@ -83,7 +83,7 @@ def process_shard(cfg: CorpusConfig, index: int, path: str, id_prefix: str) -> N
         stats.kept("read", size)
         if blocked is not None:
             stats.saw("url", size)
-            host = host_of(item.url)
+            host = clock.run("url", host_of, item.url)
             if host is None:  # kept: nothing to judge it by, counted
                 stats.skipped("url", "no host to judge")
             hit = clock.run("url", blocked.match_host, host)

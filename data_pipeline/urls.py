@@ -10,6 +10,7 @@ the local workers it forks share its copy: a lookup that misses writes nothing t
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import sys
 from functools import lru_cache
@@ -61,13 +62,7 @@ def host_of(url: Optional[str]) -> Optional[str]:
         return None
     if not host:
         return None
-    host = host.rstrip(".")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
-    return host if host and (_DOMAIN.fullmatch(host) or ":" in host) else None  # "not a url" names no host
+    return host if ":" in host else _domain(host)  # an IPv6 address as it is; "not a url" names no domain
 
 
 def _domains(path: str) -> Iterator[str]:
@@ -100,7 +95,7 @@ def _domains(path: str) -> Iterator[str]:
 
 
 def _domain(name: str) -> Optional[str]:
-    """A list entry as hosts are matched: lower case, punycode, no leading '.' or '*.' (both mean "and below",
+    """A list entry or a URL's host as they are matched: lower case, punycode, no leading '.' or '*.' (both mean "and below",
     which every entry means here) nor trailing dot; None if it is no domain."""
     name = name.lower().removeprefix("*.").lstrip(".").rstrip(".")
     if not name.isascii():
@@ -122,8 +117,6 @@ def _is_address(field: str) -> bool:
 def blocklist(paths: tuple) -> Blocklist:
     """The lists, read once a process for all its shards (the driver's copy is shared by the workers it forks);
     read again once a file changes."""
-    import os
-
     return _read(paths, tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in paths))
 
 
