@@ -17,6 +17,8 @@ from functools import lru_cache
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
+import idna
+
 from megagpt.errors import ConfigError
 
 _DOMAIN = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # lists hold labels DNS would refuse (w-w-i-s-.com)
@@ -99,11 +101,22 @@ def _domain(name: str) -> Optional[str]:
     which every entry means here) nor trailing dot; None if it is no domain."""
     name = name.lower().removeprefix("*.").lstrip(".").rstrip(".")
     if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
-    return name if _DOMAIN.fullmatch(name) else None
+        name = _punycode(name)
+    return name if name and _DOMAIN.fullmatch(name) else None
+
+
+def _punycode(name: str) -> Optional[str]:
+    """An IDN as browsers send it: IDNA 2008 with UTS 46's mapping, as the `idna` package writes it (Python's own
+    codec is IDNA 2003, which writes faß.de as fass.de, another registrable domain). A name IDNA 2008 refuses
+    but 2003 takes (an emoji label: such domains are registered) is written as 2003 writes it."""
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        pass
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 def _is_address(field: str) -> bool:

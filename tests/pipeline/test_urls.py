@@ -35,12 +35,22 @@ def test_a_host_is_blocked_by_its_domain_or_any_domain_above_it(tmp_path):
 
 @pytest.mark.parametrize("url,host", [
     ("HTTP://User:pw@Example.COM:80/x", "example.com"), ("http://example.com./", "example.com"),
-    ("http://bücher.de/", "xn--bcher-kva.de"), ("http://[::1]:80/", "::1"), ("http://[::1/", None),
+    ("http://bücher.de/", "xn--bcher-kva.de"), ("http://faß.de/", "xn--fa-hia.de"), ("http://😀.ws/", "xn--e28h.ws"),
+    ("http://[::1]:80/", "::1"), ("http://[::1/", None),
     ("mailto:someone@example.com", None), ("", None), (None, None), ("not a url", None),
     ("<http://Example.com/>", "example.com"), ("example.com/page", "example.com"), ("/relative/page", None),
 ])
 def test_hosts_are_read_as_lists_write_them(url, host):
     assert host_of(url) == host
+
+
+def test_idns_are_matched_as_browsers_send_them(tmp_path):
+    """IDNA 2008: straße.de is its own domain (xn--strae-oqa.de); IDNA 2003 wrote it strasse.de, and blocked that."""
+    (tmp_path / "x.txt").write_text("straße.de\n")
+    block = Blocklist([str(tmp_path / "x.txt")])
+    assert block.sets == [{"xn--strae-oqa.de"}]
+    assert block.match("http://www.xn--strae-oqa.de/") and block.match("http://STRAßE.de/")
+    assert block.match("http://strasse.de/") is None
 
 
 def test_real_lists_are_read_whole_and_what_names_no_domain_is_skipped_and_counted(tmp_path, capsys):
