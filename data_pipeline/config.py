@@ -100,7 +100,7 @@ class QualityConfig:
 class PiiConfig:
     # FineWeb's PII formatting of the kept text (data_pipeline/pii.py): addresses replaced by reserved stand-ins
     emails: bool = False  # e-mail addresses -> email@example.com
-    ips: bool = False  # public IPv4 addresses -> 192.0.2.1 (private and loopback ones stay)
+    ips: bool = False  # public IPv4 -> 192.0.2.1, IPv6 in 2000::/3 -> 2001:db8::1 (private and loopback ones stay)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Personal data: e-mail and public IPv4 addresses in kept text are replaced by reserved stand-ins and counted;
+"""Personal data: e-mail and public IP addresses in kept text are replaced by reserved stand-ins and counted;
 everything that only looks like one stays."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from data_pipeline.io import read_jsonl_gz
-from data_pipeline.pii import EMAIL_STANDIN, IP_STANDIN, redact
+from data_pipeline.pii import EMAIL_STANDIN, IP6_STANDIN, IP_STANDIN, redact
 from data_pipeline.synthetic import english_pages
 
 
@@ -19,6 +19,14 @@ from data_pipeline.synthetic import english_pages
     ("version 1.2.3.4.5, 300.1.1.1, 01.2.3.4 and 2.4.2024", 0, 0, None),  # not addresses
     ("user@localhost, a@b.c, @handle and .@a.com", 0, 0, None),  # no domain with a TLD
     (f"{EMAIL_STANDIN} and {IP_STANDIN}", 0, 0, None),  # the stand-ins themselves
+    ("DNS 2001:4860:4860::8888, web [2606:4700:4700::1111]:443, at IP:2a00:1450:4001:82B::200e: done", 0, 3,
+     f"DNS {IP6_STANDIN}, web [{IP6_STANDIN}]:443, at IP:{IP6_STANDIN}: done"),
+    ("2400:cb00:2048:1:0:0:c629:d7a2", 0, 1, IP6_STANDIN),  # eight words, no '::'
+    (f"{IP6_STANDIN}, ::1, fe80::1%eth0, fc00::7, ff02::1", 0, 0, None),  # documentation, loopback, local, multicast
+    ("Face::Bad, std::vector, dead::beef, a::b::c, 12:30:45, 00:1a:2b:3c:4d:5e, de:ad:be:ef:00:11:22:33", 0, 0,
+     None),  # code, times and MAC addresses: no address, or none in 2000::/3
+    ("x2001:4860::8888, 2001:4860::8888x, 1::2001:4860:1:2, 2001:4860::8888.5", 0, 0, None),  # pieces of more
+    ("::ffff:8.8.8.8", 0, 1, f"::ffff:{IP_STANDIN}"),  # an IPv4 tail is judged as IPv4
 ])
 def test_addresses_are_replaced_and_lookalikes_stay(text, emails, ips, out):
     new, found = redact(text, emails=True, ips=True)
@@ -36,10 +44,18 @@ def test_long_tokens_beside_an_at_sign_are_read_once(text):
     assert new == text if not found else new.startswith(("Contact email@example.com. 0123", "email@example.com"))
 
 
+def test_long_hex_and_colon_runs_are_read_once():
+    """A hex dump with colons (a key fingerprint, a memory dump) is one candidate, judged once."""
+    for text in ("2001:" + "abcd:" * 20000, ":1:" + "2001:" * 20000 + "x", "a::b " * 20000):
+        assert redact(text, emails=False, ips=True) == (text, {})
+
+
 def test_each_kind_is_replaced_only_when_asked():
-    text = "mail a@example.org from 8.8.4.4"
-    assert redact(text, emails=True, ips=False) == (f"mail {EMAIL_STANDIN} from 8.8.4.4", {"emails": 1})
-    assert redact(text, emails=False, ips=True) == (f"mail a@example.org from {IP_STANDIN}", {"ips": 1})
+    text = "mail a@example.org from 8.8.4.4 or 2001:4860::1"
+    assert redact(text, emails=True, ips=False) == (f"mail {EMAIL_STANDIN} from 8.8.4.4 or 2001:4860::1",
+                                                    {"emails": 1})
+    assert redact(text, emails=False, ips=True) == (f"mail a@example.org from {IP_STANDIN} or {IP6_STANDIN}",
+                                                    {"ips": 2})
 
 
 def test_a_run_replaces_counts_and_explains_and_dedups_what_differed_only_in_addresses(tmp_path):
