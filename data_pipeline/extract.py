@@ -28,12 +28,37 @@ def _decode(payload: bytes, declared: Optional[str]) -> str:
         return payload.decode("utf-8")  # decoded once: the text is this
     except UnicodeDecodeError:
         pass
-    try:  # servers send names Python has no codec for ("none", "utf8mb4"), and UTF-16 without its BOM
-        if declared and not codecs.lookup(declared).name.startswith(("utf-16", "utf-32")):
+    wide = _wide(declared)
+    if wide and b"\x00" in payload[:4096]:  # UTF-16 without its BOM, as declared (its ASCII letters hold NULs)
+        return payload.decode(wide, errors="replace")
+    try:  # servers send names Python has no codec for ("none", "utf8mb4"), and UTF-16 for pages that are not
+        if declared and not wide:
             return bytes_to_str(payload, declared)
     except LookupError:
         pass
     return bytes_to_str(payload, detect_encoding(payload, from_html_meta=True))
+
+
+def _wide(declared: Optional[str]) -> Optional[str]:
+    """The codec of a declared UTF-16 or UTF-32 charset, else None."""
+    try:
+        name = codecs.lookup(declared).name if declared else ""
+    except LookupError:
+        return None
+    return name if name.startswith(("utf-16", "utf-32")) else None
+
+
+def _unicode_text(payload: bytes, declared: Optional[str]) -> bool:
+    """Whether NUL bytes in the payload are those of UTF-16 or UTF-32 text: it starts with their byte-order mark,
+    or its charset says so."""
+    return payload.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _wide(declared) is not None
+
+
+def _decode_text(payload: bytes) -> str:
+    """Plain text (a WET conversion, a .txt file): UTF-8, or UTF-16 where a byte-order mark says so."""
+    if payload.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return payload.decode("utf-16", errors="replace")  # a cut odd byte at the end: one U+FFFD
+    return payload.decode("utf-8-sig")
 
 
 def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
@@ -47,11 +72,11 @@ def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
         return None, f"text is {_JSON_KINDS.get(type(payload), type(payload).__name__)}, not a string"
     elif not payload:
         return None, "empty record"
-    elif b"\x00" in payload[:4096]:
+    elif b"\x00" in payload[:4096] and not _unicode_text(payload, record.charset):
         return None, "binary content"
     elif record.kind == "text":
         try:
-            text = payload.decode("utf-8")
+            text = _decode_text(payload)
         except UnicodeDecodeError:
             return None, "invalid utf-8"
     else:

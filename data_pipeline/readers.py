@@ -305,7 +305,8 @@ def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: O
 
 
 def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
-    opener = gzip.open if path.endswith(".gz") else open
+    with open(path, "rb") as f:  # by content, as WARC files are: a plain .jsonl.gz and a gzipped .jsonl happen
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
     try:
         with opener(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
@@ -327,8 +328,10 @@ def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
                 rid, url = obj.get("id"), obj.get("url")
                 yield Record(lineno, None if rid is None else str(rid), url if isinstance(url, str) else None, "text",
                              obj.get("text"), unreadable=why, detail=detail)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except EOFError as exc:
         yield ReadError(path, f"truncated gzip ({exc})")
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        yield ReadError(path, f"corrupt gzip ({exc})")
 
 
 def iter_texts(paths: list[str]) -> Iterator[str]:

@@ -211,6 +211,31 @@ def test_a_page_is_read_in_the_charset_it_declares(tmp_path, encoding, header, m
     assert extract_text(record) == (text, None)
 
 
+@pytest.mark.parametrize("codec,charset", [("utf-16", "utf-16"), ("utf-16", None), ("utf-16-le", "utf-16le"),
+                                           ("utf-16-be", "UTF-16BE")])
+def test_utf16_pages_are_read_not_taken_for_binary(codec, charset):
+    """UTF-16's ASCII letters hold NUL bytes: a byte-order mark or a declared UTF-16 charset says they are text."""
+    text = "Café crème brûlée: a naïve façade, señor."
+    page = f"<html><head><title>t</title></head><body><article><p>{text}</p></article></body></html>"
+    assert extract_text(Record(0, None, None, "html", page.encode(codec), "text/html", charset=charset)) == (text, None)
+
+
+@pytest.mark.parametrize("payload", ["Plain text, café.".encode("utf-16"), b"\xef\xbb\xbfPlain text, caf\xc3\xa9."])
+def test_plain_text_with_a_byte_order_mark_is_read_without_it(payload):
+    assert extract_text(Record(0, None, None, "text", payload)) == ("Plain text, café.", None)
+
+
+def test_jsonl_compression_is_judged_by_content_not_name(tmp_path):
+    rows = b"".join(json.dumps({"text": f"document {i}"}).encode() + b"\n" for i in range(3))
+    (tmp_path / "plain.jsonl.gz").write_bytes(rows)
+    (tmp_path / "packed.jsonl").write_bytes(gzip.compress(rows))
+    for name in ("plain.jsonl.gz", "packed.jsonl"):
+        recs, errors = records_and_errors(tmp_path / name)
+        assert errors == [] and [r.payload for r in recs] == [f"document {i}" for i in range(3)]
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(rows)[:-9])
+    assert [e.reason.split(" (")[0] for e in records_and_errors(tmp_path / "cut.jsonl.gz")[1]] == ["truncated gzip"]
+
+
 def test_extraction_keeps_main_text_and_decodes_other_charsets():
     page = "<html><body><nav>Home | Login</nav><article><p>Caf\xe9 cr\xe8me, na\xefve text.</p></article></body></html>"
     text, reason = extract_text(Record(0, None, None, "html", page.encode("latin-1"), "text/html; charset=iso-8859-1"))
