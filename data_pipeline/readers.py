@@ -4,7 +4,8 @@ A .gz WARC is decompressed member by member here (_GzipMembers), where fastwarc'
 at a cut member; each record's block is checked against its Content-Length and the file's last bytes
 against the last record, so a cut anywhere is reported (a file error) and a cut record is a counted drop,
 never a document. A damaged file is reported, never fatal: the records before the damage are still
-processed, and after a corrupt member those of the next one.
+processed, after a corrupt member those of the next one, and after damage fastwarc cannot read past (a
+wrong Content-Length, junk between records) those from the next record's first line on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import collections
 import gzip
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
@@ -69,13 +71,19 @@ def read_file(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
 
 class _Stream:
     """The (decompressed) bytes handed to fastwarc, counted, with the last `window` bytes kept: the tail from the
-    last record on is checked without reading the file twice."""
+    last record on is checked without reading the file twice, and reading can start again at a kept offset
+    (rewind) after damage."""
 
     def __init__(self, raw, window: int = 8 << 20):
         self.raw, self.window, self.total, self.kept, self.kept_bytes = raw, window, 0, collections.deque(), 0
+        self.replay = b""  # bytes handed on once, to hand on again (after a rewind)
 
     def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
+        if self.replay:
+            data, self.replay = (self.replay, b"") if n < 0 or n >= len(self.replay) else \
+                (self.replay[:n], self.replay[n:])
+        else:
+            data = self.raw.read(n)
         self.total += len(data)
         self.kept.append(data)
         self.kept_bytes += len(data)
@@ -90,6 +98,30 @@ class _Stream:
         """The bytes from `offset` to the end (once read), or None where they were not all kept."""
         start = offset - (self.total - self.kept_bytes)
         return b"".join(self.kept)[start:] if start >= 0 else None
+
+    def find(self, pattern, offset: int) -> Optional[int]:
+        """The offset of the first match of `pattern` (a compiled bytes regex) at or after `offset`, reading on as
+        far as needed; None where none is left or `offset` is no longer kept."""
+        at = self.total - self.kept_bytes  # buf's first byte
+        if offset < at:
+            return None
+        buf, start = b"".join(self.kept), offset - at
+        while True:
+            found = pattern.search(buf, start)
+            if found:
+                return at + found.start()
+            more = self.read(1 << 20)
+            if not more:
+                return None
+            drop = max(0, len(buf) - 64)  # a match may straddle the old end
+            buf, at, start = buf[drop:] + more, at + drop, max(0, start - drop)
+
+    def rewind(self, offset: int) -> None:
+        """Hand on the bytes from `offset` (kept) again."""
+        kept = b"".join(self.kept)
+        cut = len(kept) - (self.total - offset)
+        self.replay = kept[cut:] + self.replay
+        self.kept, self.kept_bytes, self.total = collections.deque([kept[:cut]]), cut, offset
 
 
 class _GzipMembers:
@@ -199,14 +231,31 @@ def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
         f.seek(0)
         members = _GzipMembers(f) if compressed else None
         stream = _Stream(members or f)
-        last_pos, count, damage = None, 0, None
-        try:
-            for rec in ArchiveIterator(stream, parse_http=False, stream_detect=False):
-                index, last_pos, count = count, rec.stream_pos, count + 1
-                yield _content(rec, index)
-        except OSError as exc:  # fastwarc's: the records after it are not read
-            damage = f"unreadable ({exc}) after {count} records"
-    for problem in members.problems if members else ():
+        last_pos, count, damage, resumed = None, 0, None, []
+        held, start = None, 0  # the last record read, given out once the next one is read; where reading started
+        while True:
+            try:
+                for rec in ArchiveIterator(stream, parse_http=False, stream_detect=False):
+                    if held:
+                        yield held[0]
+                    index, last_pos, count = count, rec.stream_pos, count + 1  # from tell()
+                    held = (_content(rec, index), last_pos, rec.content_length)
+                break
+            except OSError as exc:  # fastwarc's: it cannot go on, so a new iterator starts at the next record
+                after = max(start, last_pos if last_pos is not None else -1) + 1
+                found = stream.find(_RECORD_START, after)
+                if held and isinstance(held[0], Record) and not _ends_right(stream, *held[1:], found):
+                    held = (_wrong_length(held[0], held[2]), *held[1:])
+                if found is None:
+                    damage = f"unreadable ({exc}) after {count} records"
+                    break
+                resumed.append(f"unreadable ({exc}) after {count} records: read on from the next record, at "
+                               f"{'decompressed ' if members else ''}byte {found}")
+                stream.rewind(found)
+                start = found
+        if held:
+            yield held[0]
+    for problem in (members.problems if members else []) + resumed:
         yield ReadError(path, problem)
     if members and members.cut_at is not None:
         damage = f"truncated gzip after {count} records (the member from byte {members.cut_at} is cut short)"
@@ -215,6 +264,26 @@ def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
         damage = damage and f"{damage} after {count} records"
     if damage:
         yield ReadError(path, damage)
+
+
+# A WARC record's first line: where reading goes on after damage.
+_RECORD_START = re.compile(rb"(?:^|(?<=\n))WARC/\d\.\d+\r?\n")
+
+
+def _ends_right(stream: _Stream, pos: int, length: int, following: Optional[int]) -> bool:
+    """Whether the record at `pos` ends where its Content-Length says: its block is followed by the blank line
+    that ends a record, and the next record does not start inside it."""
+    tail = stream.tail(pos)
+    if tail is None:
+        return True  # too far back to check: believed, as before
+    end = tail.find(b"\r\n\r\n") + 4 + length
+    return tail[end:end + 4] == b"\r\n\r\n" and (following is None or pos + end + 4 <= following)
+
+
+def _wrong_length(record: Record, length: int) -> Record:
+    return Record(record.index, record.record_id, record.url, record.kind, record.payload, record.content_type,
+                  unreadable="wrong Content-Length",
+                  detail=f"its {length} bytes do not end where the record does: its text would be cut or run on")
 
 
 def _content(rec, index: int) -> Union[Record, Skipped]:

@@ -95,6 +95,40 @@ def test_a_corrupt_member_loses_its_record_alone(tmp_path):
                                               f"records lost"]
 
 
+def _set_length(record: bytes, length) -> bytes:
+    head, _, rest = record.partition(b"Content-Length: ")
+    return head + b"Content-Length: " + str(length).encode() + rest[rest.index(b"\r\n"):]
+
+
+@pytest.mark.parametrize("form", ["member per record", "whole file", "plain"])
+@pytest.mark.parametrize("damage", ["length too long", "length too short", "length not a number",
+                                    "length negative", "length past any number", "junk between", "header garbled"])
+def test_one_damaged_record_loses_no_other(tmp_path, form, damage):
+    """fastwarc cannot go on past a record whose length is wrong, and the file's later records were all lost; a
+    too long record was kept with the next one's header as its text. Reading now goes on at the next record."""
+    blocks = [http(PAGE, "Content-Type: text/html") for _ in range(6)]
+    records = [warc("response", b, f"<urn:uuid:{i}>") for i, b in enumerate(blocks)]
+    size, body = len(blocks[2]), records[2][records[2].index(b"\r\n\r\n"):]
+    records[2] = {"length too long": _set_length(records[2], size + 100),
+                  "length too short": _set_length(records[2], size - 100),
+                  "length not a number": _set_length(records[2], "abc"),
+                  "length negative": _set_length(records[2], -5),
+                  "length past any number": _set_length(records[2], 10 ** 25),
+                  "junk between": records[2] + b"this line is no record\r\n",
+                  "header garbled": b"WARC/1.0\r\n\x00\x01\x02" + body}[damage]
+    data = {"member per record": b"".join(gzip.compress(r, mtime=0) for r in records),
+            "whole file": gzip.compress(b"".join(records), mtime=0), "plain": b"".join(records)}[form]
+    path = tmp_path / ("t.warc" if form == "plain" else "t.warc.gz")
+    path.write_bytes(data)
+    recs, errors = records_and_errors(path)
+    expected = {"junk between": {},  # the record before the junk is whole
+                "header garbled": {2: "gone"}}.get(damage, {2: "wrong Content-Length"})  # no type: skipped, counted
+    assert {r.index: r.unreadable for r in recs} == {i: expected.get(i) for i in range(6) if expected.get(i) != "gone"}
+    assert all(r.payload == blocks[0][blocks[0].index(b"<html>"):] for r in recs if r.unreadable is None)
+    assert [e.reason.split(": read on")[0] for e in errors] == [
+        "unreadable (Invalid WARC header) after 3 records"]
+
+
 def test_what_follows_the_records_is_named_right(tmp_path):
     record = warc("response", http(PAGE))
     last = warc("resource", b"").replace(b"Content-Length: 0", b"Content-Length: x")  # fastwarc reads it as 0
