@@ -68,6 +68,10 @@ def extract_text(record: Record) -> tuple[Optional[str], Optional[str]]:
     payload = record.payload
     if isinstance(payload, str):
         text = payload
+        try:
+            text.encode("utf-8")  # JSON's \ud800 escapes make lone surrogates, which no library takes
+        except UnicodeEncodeError:
+            return None, "not valid Unicode (a lone surrogate)"
     elif not isinstance(payload, (bytes, bytearray)):  # a JSONL "text" that held a number, an object, null...
         return None, f"text is {_JSON_KINDS.get(type(payload), type(payload).__name__)}, not a string"
     elif not payload:

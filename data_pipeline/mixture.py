@@ -35,7 +35,10 @@ class MixConfig:
 
 def _run_source(entry: dict, i: int) -> dict:
     try:
-        name, run_dir, weight = entry["source"], entry["run"], float(entry["weight"])
+        name, run_dir, weight = entry["source"], entry["run"], entry["weight"]
+        if isinstance(weight, bool):  # YAML's `true` is no weight, though float() takes it
+            raise TypeError
+        weight = float(weight)
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"mixture.sources[{i}]={entry!r} needs source, run and a numeric weight") from None
     if not (math.isfinite(weight) and weight > 0):  # NaN passes a plain `<= 0` test
@@ -48,8 +51,10 @@ def _run_source(entry: dict, i: int) -> dict:
         except (OSError, ValueError):
             worst = None
         if worst:
-            raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} kept no documents (stage {worst['stage']} "
-                              f"removed the most: {worst['dropped']} of {worst['in']}): nothing to mix")
+            from data_pipeline.pipeline import kept_nothing_why
+
+            raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} kept no documents ({kept_nothing_why(worst)}): "
+                              f"nothing to mix")
         raise ConfigError(f"mixture.sources[{i}].run={run_dir!r} has no mixture.json (is the corpus run finished?)")
     with open(path) as f:
         run = json.load(f)
@@ -88,6 +93,9 @@ def mix(cfg: MixConfig) -> dict:
         raise ConfigError(f"mixture sources use different tokenizers ({', '.join(sorted(tokenizers))}); "
                           "tokenize every run with the same tokenize.tokenizer")
     total = sum(s["weight"] for s in sources)
+    if not math.isfinite(total):  # each finite, their sum past a float: every share would be 0
+        raise ConfigError(f"mixture.sources' weights sum to {total}: give them on a smaller scale (only their "
+                          f"ratios matter)")
     out = os.path.abspath(m.out)
     entries = []
     for s in sources:

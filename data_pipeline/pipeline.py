@@ -381,6 +381,16 @@ def _write_summary(cfg: CorpusConfig, names: list[str], counts: dict, tokenizer_
 
 
 def largest_drop(stats: dict) -> dict:
-    """The stage that removed the most documents: {"stage", "dropped", "in"}."""
+    """The stage that removed the most documents: {"stage", "dropped", "in"} (the read stage, none dropped, where
+    no record was read)."""
     stage, record = max(stats.items(), key=lambda kv: kv[1].get("in", 0) - kv[1].get("kept", 0))
+    if record.get("in", 0) == record.get("kept", 0):
+        stage, record = "read", stats.get("read", {})
     return {"stage": stage, "dropped": record.get("in", 0) - record.get("kept", 0), "in": record.get("in", 0)}
+
+
+def kept_nothing_why(worst: dict) -> str:
+    """largest_drop's record in words."""
+    if not worst["in"]:
+        return "no record was read (the file errors are in stats.json)"
+    return f"stage {worst['stage']} removed the most ({worst['dropped']} of {worst['in']})"

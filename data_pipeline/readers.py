@@ -376,11 +376,13 @@ def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: O
 def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
     with open(path, "rb") as f:  # by content, as WARC files are: a plain .jsonl.gz and a gzipped .jsonl happen
         opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    records = 0
     try:
         with opener(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                records += 1
                 why, detail, obj = None, "", {}
                 try:
                     obj = json.loads(line)
@@ -401,6 +403,9 @@ def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
         yield ReadError(path, f"truncated gzip ({exc})")
     except (zlib.error, gzip.BadGzipFile) as exc:
         yield ReadError(path, f"corrupt gzip ({exc})")
+    else:
+        if not records:
+            yield ReadError(path, "no records: only blank lines")
 
 
 def iter_texts(paths: list[str]) -> Iterator[str]:

@@ -544,9 +544,10 @@ def cmd_corpus(args) -> int:
           f"{f' ({skipped} more holding no page skipped)' if skipped else ''}, {summary['documents']} documents kept, "
           f"{summary['tokens']} tokens, {len(summary['errors'])} file errors; see {cfg.output.dir}/stats.json")
     if "kept_nothing" in summary:
-        worst = summary["kept_nothing"]
-        print(f"megagpt corpus: kept nothing, so no mixture.json; stage {worst['stage']} removed the most "
-              f"({worst['dropped']} of {worst['in']}); the reasons are in {cfg.output.dir}/dropped/")
+        from data_pipeline.pipeline import kept_nothing_why
+
+        print(f"megagpt corpus: kept nothing, so no mixture.json; {kept_nothing_why(summary['kept_nothing'])}; "
+              f"the reasons are in {cfg.output.dir}/dropped/")
     return 0
 
 
@@ -601,12 +602,15 @@ def main(argv: list[str] | None = None) -> None:
 def console() -> None:
     """The `megagpt` command and `python -m launchers.cli`: main(), then an exit that skips torch's teardown
     (launchers.local.exit_now). A bug's traceback ends the process as usual."""
+    from launchers.local import exit_now
+
     try:
         main()
     except SystemExit as exc:
-        from launchers.local import exit_now
-
         exit_now(exc.code)
+    except BrokenPipeError:  # `megagpt corpus explain ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+        exit_now(141)  # as a process that SIGPIPE ended
 
 
 if __name__ == "__main__":

@@ -97,11 +97,37 @@ def test_two_runs_of_one_source_name_are_told_apart_by_a_name_of_their_own(two_r
                                    "mixture.token_budget=-1000", f"mixture.out={tmp_path / 'm'}"]))
 
 
+@pytest.mark.parametrize("weights,message", [
+    (("1e308", "1e308"), r"weights sum to inf: give them on a smaller scale"),  # each finite: shares were all 0.0
+    (("true", "1"), r"needs source, run and a numeric weight"),  # float(True) made it 1.0
+    (("nan", "1"), r"weight=nan must be finite and positive"), (("0", "1"), r"weight=0.0 must be finite and positive"),
+])
+def test_weights_that_make_no_mixture_are_refused(two_runs, tmp_path, weights, message):
+    base, runs = two_runs
+    with pytest.raises(ConfigError, match=message):
+        mix(load_mix_config(None, [f"mixture.sources=[{{source: books, run: {runs['books']}, weight: {weights[0]}}}, "
+                                   f"{{source: wiki, run: {runs['wiki']}, weight: {weights[1]}}}]",
+                                   f"mixture.out={tmp_path / 'm'}"]))
+
+
+def test_a_run_that_read_nothing_says_so(tmp_path):
+    """A file of blank lines is a file error, and no stage is blamed for removing what was never read."""
+    from data_pipeline.pipeline import kept_nothing_why
+
+    (tmp_path / "blank.jsonl").write_text("\n   \n\n")
+    summary = run(load_corpus_config(None, [f"input.paths=[{tmp_path / 'blank.jsonl'}]", f"output.dir={tmp_path / 'o'}",
+                                            "executor.workers=1"]), progress=False)
+    assert [e["reason"] for e in summary["errors"]] == ["no records: only blank lines"]
+    assert kept_nothing_why(summary["kept_nothing"]) == "no record was read (the file errors are in stats.json)"
+    with pytest.raises(ConfigError, match=r"kept no documents \(no record was read"):
+        mix(load_mix_config(None, [f"mixture.sources=[{{source: web, run: {tmp_path / 'o'}, weight: 1}}]"]))
+
+
 def test_a_run_that_kept_nothing_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "stats.json").write_text(json.dumps(
         {"kept_nothing": {"stage": "langid", "dropped": 5, "in": 5}}))
-    with pytest.raises(ConfigError, match=r"kept no documents \(stage langid removed the most: 5 of 5\)"):
+    with pytest.raises(ConfigError, match=r"kept no documents \(stage langid removed the most \(5 of 5\)\)"):
         mix(load_mix_config(None, [f"mixture.sources=[{{source: web, run: {tmp_path / 'empty'}, weight: 1}}]"]))
 
 

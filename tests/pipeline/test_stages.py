@@ -220,6 +220,7 @@ def test_unreadable_and_jsonl_inputs(tmp_path):
     (b"%PDF-1.4", "html", "application/pdf", "not html (application/pdf)"),
     (b"caf\xe9 \xff", "text", "text/plain", "invalid utf-8"),
     (b"<html><body><script>var x;</script></body></html>", "html", "text/html", "no text"),
+    ("caf\ud800 au lait", "text", "", "not valid Unicode (a lone surrogate)"),  # JSON's "\ud800": fastText raised
 ])
 def test_extraction_names_what_is_wrong(payload, kind, ctype, reason):
     assert extract_text(Record(0, None, None, kind, payload, ctype)) == (None, reason)

@@ -7,7 +7,7 @@ import pytest
 import launchers.cli as cli
 from megagpt.errors import (CheckpointError, ConfigError, DataError, MegagptError, SlurmError, StorageError,
                             TrainingError)
-from tests.conftest import TINY
+from tests.conftest import REPO, TINY
 
 SUBCLASSES = [ConfigError, CheckpointError, DataError, StorageError, SlurmError, TrainingError]
 
@@ -46,6 +46,19 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="work/manifest/process"):
         pretrain_raising(monkeypatch, FileNotFoundError(2, "No such file or directory", "work/manifest/process"))
     assert "megagpt: error" not in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """`megagpt corpus explain ... | head -1` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    code = ("import launchers.cli as cli\n"
+            "cli.main = lambda: [print('x' * 1000) for _ in range(10000)]\n"
+            "cli.console()\n")
+    proc = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (141, "x" * 10, "")
 
 
 def test_a_real_command_names_the_missing_file(tmp_path, capsys):
