@@ -19,6 +19,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
+import brotli
+
 
 @dataclass
 class Record:
@@ -307,8 +309,8 @@ def _content(rec, index: int) -> Union[Record, Skipped]:
     # some crawlers leave out `Content-Type: application/http`: their HTTP headers were read as page text
     if rec.is_http or kind == "response" and block.startswith(b"HTTP/"):
         try:
-            body, http = _http_body(block)
-        except (OSError, zlib.error) as exc:
+            body, http = _http_body(block, cut=bool(cut))
+        except (OSError, zlib.error, brotli.error) as exc:
             return unreadable("undecodable HTTP body", str(exc)[:200])
         ctype, charset = (http.http_content_type or "").lower(), http.http_charset
     else:
@@ -323,29 +325,56 @@ _HTTP_RECORD = b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/ht
     b"Content-Length: %d\r\n\r\n"
 
 
-def _http_body(block: bytes):
+def _http_body(block: bytes, cut: bool = False):
     """(payload, parsed record) of an HTTP response block: chunked transfer and gzip/deflate/br content encodings
-    undone (fastwarc), raw deflate too (sent as "deflate" by many servers; browsers read it). Parsed in a record of
-    its own: a decoding error in the iterator's record leaves the iterator unable to go on."""
+    undone (fastwarc), raw deflate too (sent as "deflate" by many servers; browsers read it), header lines ended by
+    LF alone read as browsers read them. A body the crawler cut (`cut`: WARC-Truncated) is decoded as far as it
+    goes. Parsed in a record of its own: a decoding error in the iterator's record leaves the iterator unable to go
+    on."""
     from fastwarc.warc import WarcRecord
 
     def parsed(decode: str):
         http = WarcRecord.from_bytes(_HTTP_RECORD % len(block) + block + b"\r\n\r\n")
-        http.parse_http(auto_decode=decode)
+        http.parse_http(auto_decode=decode, quirks_mode=True)
         return http.reader.read(), http
 
     try:
         return parsed("all")
     except OSError:
-        body, http = parsed("transfer")
+        try:
+            body, http = parsed("transfer")
+        except OSError:  # a chunked body cut short
+            if not cut:
+                raise
+            body, http = parsed("none")
+            body = _dechunk(body)
         coding = http.http_headers.get("Content-Encoding", "").strip().lower()
-        if coding in ("gzip", "x-gzip"):  # RFC 9110: x-gzip is gzip
-            return zlib.decompress(body, wbits=47), http
-        if coding in ("deflate", "x-deflate"):
-            return zlib.decompress(body, wbits=-15), http
+        if coding in ("gzip", "x-gzip", "deflate", "x-deflate"):  # RFC 9110: x-gzip is gzip
+            inflate = zlib.decompressobj(wbits=47 if "gzip" in coding else -15)
+            body = inflate.decompress(body)
+            if not (inflate.eof or cut):
+                raise zlib.error("the compressed body ends early")
+            return body, http
+        if coding == "br" and cut:
+            return brotli.Decompressor().process(body), http  # as far as the cut body goes
         if coding in ("br", "zstd", "compress", "x-compress"):
             raise
         return body, http  # a label that is no coding ("none", "utf-8", "identity"): the body as sent
+
+
+def _dechunk(body: bytes) -> bytes:
+    """The data of a chunked body, as far as it goes (fastwarc refuses a cut one)."""
+    out, pos = [], 0
+    while (end := body.find(b"\r\n", pos)) >= 0:
+        try:
+            size = int(body[pos:end].split(b";")[0], 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        out.append(body[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
+    return b"".join(out)
 
 
 def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: Optional[int]) -> Optional[str]:

@@ -129,6 +129,47 @@ def test_one_damaged_record_loses_no_other(tmp_path, form, damage):
         "unreadable (Invalid WARC header) after 3 records"]
 
 
+@pytest.mark.parametrize("coding", ["chunked", "br", "gzip", "deflate", "chunked gzip"])
+def test_a_body_the_crawler_cut_is_decoded_as_far_as_it_goes(tmp_path, coding):
+    """WARC-Truncated pages are kept; a cut chunked or brotli body was an 'undecodable HTTP body' drop. The same
+    cut without WARC-Truncated is damage, and stays a drop."""
+    import zlib
+
+    import brotli
+
+    import random
+
+    rng = random.Random(0)  # text that compresses little: a cut of compressed bytes still holds pages of it
+    words = " ".join("".join(rng.choices("abcdefghij", k=6)) for _ in range(600))
+    body, headers = f"<html><body><article><p>{PROSE}</p><p>{words}</p></article></body></html>".encode(), \
+        ["Content-Type: text/html"]
+    if "gzip" in coding or coding in ("br", "deflate"):
+        body = {"br": brotli.compress, "deflate": lambda b: zlib.compress(b)[2:-4]}.get(coding, gzip.compress)(body)
+        headers.append(f"Content-Encoding: {coding.split()[-1]}")
+    if "chunked" in coding:
+        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 300]), body[i:i + 300]) for i in range(0, len(body), 300))
+        headers.append("Transfer-Encoding: chunked")
+    block = http(body[:len(body) * 2 // 3], *headers)
+    path = tmp_path / "cut.warc.gz"
+    path.write_bytes(gzip.compress(warc("response", block, "<urn:uuid:crawler>", WARC_Truncated="length")) +
+                     gzip.compress(warc("response", block, "<urn:uuid:damaged>")))
+    crawler, damaged = records_and_errors(path)[0]
+    assert crawler.unreadable is None and crawler.crawler_cut == "length"
+    text, why = extract_text(crawler)
+    assert why is None and len(text) >= 100 and text[:100] == PROSE.strip()[:100]
+    # fastwarc hands on a cut gzip body as far as it goes, marked or not
+    assert damaged.unreadable == (None if coding == "gzip" else "undecodable HTTP body")
+
+
+def test_http_headers_ended_by_lf_alone_are_read_as_browsers_read_them(tmp_path):
+    """fastwarc read no header and no body: the page was an 'empty record' drop."""
+    path = tmp_path / "lf.warc.gz"
+    path.write_bytes(gzip.compress(warc("response", b"HTTP/1.1 200 OK\nContent-Type: text/html\n\n" + PAGE)))
+    [record] = records_and_errors(path)[0]
+    assert record.content_type == "text/html" and extract_text(record) == extract_text(
+        Record(0, None, None, "html", PAGE, "text/html"))
+
+
 def test_what_follows_the_records_is_named_right(tmp_path):
     record = warc("response", http(PAGE))
     last = warc("resource", b"").replace(b"Content-Length: 0", b"Content-Length: x")  # fastwarc reads it as 0
