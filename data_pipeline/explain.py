@@ -59,7 +59,9 @@ def explain(run_dir: str, doc_id: str) -> list[str]:
     doc = _find(files["processed"], base)
     if doc is None:
         why = ("a JSONL document's index is its line number, from 1" if int(index) < first_index else
-               f"fewer {unit}s, or lost to damage the run reported in stats.json")
+               f"fewer {unit}s, or lost to damage the run reported in stats.json" +
+               (", or a record that holds no page (request, metadata, revisit, warcinfo: counted in stats.json as "
+                "the read stage's skipped)" if unit == "record" else ""))
         raise DataError(f"{doc_id!r}: no such document in the run at {run_dir} ({prefix} has no {unit} {index}: "
                         f"{why})")
     lines = header + _identity(doc) + _until("dedup", record["config"], doc)

@@ -75,6 +75,7 @@ def test_an_unknown_id_or_a_directory_that_is_no_run_is_one_line(corpus_run, tmp
     dup = a_planted_near_duplicate(corpus_run)["id"]
     for run_dir, doc_id, message in [
             (out, f"{prefix}:99999", f"'{prefix}:99999': no such document in the run at {out}"),
+            (out, f"{prefix}:99999", "or a record that holds no page (request, metadata, revisit, warcinfo: counted"),
             (out, "elsewhere/crawl.warc.gz:3", f"'elsewhere/crawl.warc.gz:3': no input 'elsewhere/crawl.warc.gz'"),
             (out, "17", "'17' is not a document id"),
             (out, f"{dup}#1", f"'{dup}#1': {dup} was dropped whole at fuzzy-dedup (near duplicate), so it has no piece #1"),
