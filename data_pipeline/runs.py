@@ -38,6 +38,9 @@ _TEMPORARY = re.compile(r"\.tmp\.(\d+)$")  # data_pipeline.io.atomic_path's name
 ACROSS_SHARDS = ("dedup-exact", "dedup-bands", "dedup", "finalize", "tokenizer", "tokenize", "summary")
 
 
+UNUSED_WITH_TOKENIZER = ("tokenize.vocab_size", "tokenize.train_sample_bytes", "tokenize.train_sample_seed")
+
+
 def result_config(cfg: CorpusConfig) -> dict:
     """The settings the results depend on, flattened: section.key -> value; for a setting that names files (the
     quality model, benchmarks, a tokenizer) also `section.key contents`, their sha256s: a file rewritten in
@@ -47,6 +50,9 @@ def result_config(cfg: CorpusConfig) -> dict:
     raw["input"].pop("paths")  # compared as the files they match
     raw["output"].pop("dir")
     flat = {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+    if cfg.tokenize.tokenizer:  # a given tokenizer is not trained: how it would be changes nothing
+        for key in UNUSED_WITH_TOKENIZER:
+            flat.pop(key)
     for key, paths in (("url.blocklists", cfg.url.blocklists), ("quality.model", [cfg.quality.model]),
                        ("decontam.paths", cfg.decontam.paths),
                        ("tokenize.tokenizer", [cfg.tokenize.tokenizer])):
@@ -91,6 +97,8 @@ class Run:
             return self._write(cfg, _describe(input_files(cfg)))
         files = input_files(cfg)
         theirs, ours = record["config"], result_config(cfg)
+        if cfg.tokenize.tokenizer:  # recorded by a megagpt that kept them
+            theirs = {k: v for k, v in theirs.items() if k not in UNUSED_WITH_TOKENIZER}
         if not any(k.endswith(CONTENTS) for k in theirs):  # recorded before file contents were: settings alone
             ours = {k: v for k, v in ours.items() if not k.endswith(CONTENTS)}
         # a setting a later megagpt added is absent from the record: at its default it changes nothing

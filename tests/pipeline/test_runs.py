@@ -63,6 +63,7 @@ def test_a_file_a_setting_names_rewritten_in_place_refuses_the_rerun(inputs):
     settings = (f"tokenize.tokenizer={inputs}/tok.json", f"decontam.paths=[{benchmark}]")
     corpus(inputs, *settings)
     corpus(inputs, *settings)  # unchanged: resumes
+    corpus(inputs, *settings, "tokenize.vocab_size=999")  # a given tokenizer is not trained: resumes
     benchmark.write_text(PAGES[0])
     assert "(decontam.paths: a file's contents changed)" in error_line(corpus(inputs, *settings, check=False))
     benchmark.write_text("zebra quagga okapi " * 10)
