@@ -86,10 +86,13 @@ def full_vocab_logits(local: torch.Tensor, vocab_size: int, tp_group) -> torch.T
 
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] = None,
-             row_seeds: Optional[Sequence[int]] = None, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+             row_seeds: Optional[Sequence[int]] = None, pad: Optional[torch.Tensor] = None,
+             vocab: Optional[int] = None) -> torch.Tensor:
     """(B, T0) prompt ids -> (B, T0 + n) with n <= s.max_new_tokens new ones (stops once every row hit eod).
     Row i samples from its own generator seeded row_seeds[i] (default s.seed + i). Prompts of different
-    lengths go in one batch left-padded: pad (B,) counts each row's padding columns (see KVCache)."""
+    lengths go in one batch left-padded: pad (B,) counts each row's padding columns (see KVCache). vocab: the
+    ids a new token may take, the tokenizer's (default: model.vocab_size); a tokenizer smaller than the model
+    has no text for the others, and its decode left them out without a word."""
     m = model.embedding.ctx.model
     ctx = model.embedding.ctx
     total = prompt.shape[1] + s.max_new_tokens
@@ -105,7 +108,8 @@ def generate(model: GPT, prompt: torch.Tensor, s: Sampling, eod: Optional[int] =
     tokens, step_input = prompt, prompt
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for _ in range(s.max_new_tokens):
-        logits = full_vocab_logits(model(step_input, cache)[:, -1], m.vocab_size, ctx.tp_group)
+        logits = full_vocab_logits(model(step_input, cache)[:, -1], min(vocab or m.vocab_size, m.vocab_size),
+                                   ctx.tp_group)
         new = next_token(logits, s, generators)
         if eod is not None:
             new = torch.where(finished, torch.full_like(new, eod), new)
@@ -202,9 +206,13 @@ def run_generation(checkpoint: str, prompt: str, s: Sampling, tokenizer: Optiona
     model, cfg, path = load_model(checkpoint, pc)  # path: the checkpoint dir a run dir resolved to
     tok = generation_tokenizer(path, cfg, tokenizer)
     ids = tok.encode(prompt) or [tok.eod]  # no prompt: an unconditional sample, begun as a new document (GPT-2's)
-    if s.max_new_tokens is None:  # what the context leaves (a prompt that fills it: generate says so)
-        s = dataclasses.replace(s, max_new_tokens=max(1, min(64, cfg.model.seq_length - len(ids))))
-    out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod)[0, len(ids):].tolist()
+    if s.max_new_tokens is None:  # what the context leaves
+        if len(ids) >= cfg.model.seq_length:
+            raise ConfigError(f"the prompt ({len(ids)} tokens) fills the model's context model.seq_length="
+                              f"{cfg.model.seq_length}: no room is left to generate; shorten it")
+        s = dataclasses.replace(s, max_new_tokens=min(64, cfg.model.seq_length - len(ids)))
+    out = generate(model, torch.tensor([ids], device=pc.device), s, eod=tok.eod, vocab=tok.vocab_size)
+    out = out[0, len(ids):].tolist()
     shutdown_distributed()
     completion = tok.decode(out[: out.index(tok.eod)] if tok.eod in out else out)
     return completion if pc.rank == 0 else None

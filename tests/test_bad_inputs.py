@@ -126,6 +126,13 @@ def malformed_jsonl(tmp, prefix):
     return corpus(tmp, inputs=[path])
 
 
+def imported_then_other_tokenizer(tmp, prefix, trained):
+    """A model imported from Hugging Face, trained on in its run dir with another tokenizer's shards: it trained on
+    ids whose text differs from its own, and its tokenizer.json was replaced, without a word."""
+    megagpt("import-hf", str(trained / "hf"), "--out", str(tmp / "imported"))
+    return pretrain(tmp, other_tokenizer_shard(tmp), f"run.dir={tmp / 'imported'}", "data.split=1,0,0")
+
+
 def other_tokenizer_shard(tmp):
     """A shard with its own 300-token BPE beside it (megagpt tokenize's <prefix>.tokenizer.json)."""
     (tmp / "t.txt").write_text(" ".join(pages()))
@@ -241,6 +248,8 @@ CASES = {
     "perplexity of another tokenizer's shard": (lambda tmp, p, t: [
         "eval", "perplexity", "--checkpoint", str(t / "run"), "--data", str(other_tokenizer_shard(tmp))],
         ("error", "other was tokenized with")),
+    "an imported model trained on another tokenizer's shard": (
+        imported_then_other_tokenizer, ("error", "holds checkpoints of a model that reads")),
     "import-hf missing layers": (lambda tmp, p, t: hf_dir_with(tmp, t, missing_layer),
                                  ("error", "lacks weights the config implies: missing transformer.h.3.")),
     "import-hf bad config.json": (lambda tmp, p, t: hf_dir_with(tmp, t, lambda hf: (hf / "config.json").write_text("{oops")),

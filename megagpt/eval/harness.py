@@ -67,7 +67,7 @@ class MegagptLM(LM):
             prompt = (self.tok.encode(context) or [self.tok.eod])[-(self.scorer.context - budget):]
             ids = torch.tensor([prompt], device=self.scorer.device)
             new = generate(self.scorer.model, ids, Sampling(max_new_tokens=budget, temperature=0.0),
-                           eod=self.tok.eod)[0, len(prompt):].tolist()
+                           eod=self.tok.eod, vocab=self.tok.vocab_size)[0, len(prompt):].tolist()
             text = self.tok.decode(new[: new.index(self.tok.eod)] if self.tok.eod in new else new)
             for stop in until:
                 text = text.split(stop)[0]

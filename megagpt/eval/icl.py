@@ -130,7 +130,8 @@ def _generation_row(scorer: Scorer, tok, task: Task, prompt: list[int], record: 
     budget = min(task.max_new_tokens, context - 1)
     prompt = prompt[-(context - budget):]
     ids = torch.tensor([prompt], device=scorer.device)
-    out = generate(scorer.model, ids, Sampling(max_new_tokens=budget, temperature=0.0), eod=tok.eod)[0, len(prompt):]
+    out = generate(scorer.model, ids, Sampling(max_new_tokens=budget, temperature=0.0), eod=tok.eod,
+                   vocab=tok.vocab_size)[0, len(prompt):]
     new = out.tolist()
     text = tok.decode(new[: new.index(tok.eod)] if tok.eod in new else new)
     answer = text.split(task.stop)[0] if task.stop else text

@@ -64,9 +64,10 @@ def share(n: int, pc) -> slice:
 
 
 def sample_rows(actor, prompts: list[list[int]], rows: range, length: int, s: Sampling, eod: int, seed: int,
-                iteration: int) -> torch.Tensor:
+                iteration: int, vocab: Optional[int] = None) -> torch.Tensor:
     """Packed rollouts (len(rows), length + 2) of the given rows of this iteration's prompts, sampled as
-    one left-padded batch (KVCache.pad), then laid out prompt first, response after, eod padding last."""
+    one left-padded batch (KVCache.pad), then laid out prompt first, response after, eod padding last; new
+    tokens among the tokenizer's `vocab` ids (generation.generate)."""
     device = actor.pc.device
     mine = [prompts[r] for r in rows]
     width = max(map(len, mine))
@@ -75,7 +76,8 @@ def sample_rows(actor, prompts: list[list[int]], rows: range, length: int, s: Sa
     for i, p in enumerate(mine):
         batch[i, width - len(p):] = torch.tensor(p, dtype=torch.int64, device=device)
     actor.module.eval()
-    out = generate(actor.module, batch, s, eod=eod, row_seeds=[row_seed(seed, iteration, r) for r in rows], pad=pad)
+    out = generate(actor.module, batch, s, eod=eod, row_seeds=[row_seed(seed, iteration, r) for r in rows], pad=pad,
+                   vocab=vocab)
     actor.module.train()
     new = out[:, width:]
     ended = new == eod

@@ -93,7 +93,7 @@ class Iteration:
     def __init__(self, cfg: Config, roles: dict, exchange: Exchange, device: torch.device):
         self.cfg, self.r, self.roles, self.exchange, self.device = cfg, cfg.rlhf, roles, exchange, device
 
-    def rollout(self, prompts: list[list[int]], iteration: int, eod: int) -> torch.Tensor:
+    def rollout(self, prompts: list[list[int]], iteration: int, eod: int, vocab: int) -> torch.Tensor:
         n = self.r.rollout_batch_size
         batch = iteration_prompts(prompts, iteration, n, self.cfg.train.seed)
         length = max(map(len, batch)) + self.r.max_new_tokens
@@ -101,7 +101,8 @@ class Iteration:
         if "actor" in self.roles:
             actor = self.roles["actor"]
             rows = range(n)[share(n, actor.pc)]
-            part = sample_rows(actor, batch, rows, length, sampling(self.cfg), eod, self.cfg.train.seed, iteration)
+            part = sample_rows(actor, batch, rows, length, sampling(self.cfg), eod, self.cfg.train.seed, iteration,
+                               vocab)
             packed = gather_rows(part, actor.pc)
         return self.exchange.send(packed, "actor", ("critic", "reward", "reference"), (n, length + 2), torch.int64,
                                   self.device)
@@ -295,7 +296,7 @@ def _ppo(cfg: Config, device: torch.device) -> None:
         for iteration in range(state.iteration + 1, t.steps + 1):
             profiler.before(iteration)
             start = time.perf_counter()
-            packed = it.rollout(prompts, iteration, tokenizer.eod)
+            packed = it.rollout(prompts, iteration, tokenizer.eod, tokenizer.vocab_size)
             generated = scored = _now(device)
             local = {}
             if packed is not None:

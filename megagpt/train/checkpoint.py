@@ -300,7 +300,8 @@ def prune(root: str, keep: int, saved: int) -> None:
         shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
 
 
-RECORDS = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")  # what a run logs in run.dir, step by step
+# what a run logs in run.dir, step by step (TensorBoard's events: a folder)
+RECORDS = ("metrics.jsonl", "eval.jsonl", "samples.jsonl", "checkpoint_io.jsonl", "tensorboard")
 
 
 def requeued() -> bool:
@@ -334,7 +335,7 @@ def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
                 for name in earlier:
                     os.rename(os.path.join(root, name), os.path.join(aside, name))
                 for name in RECORDS:
-                    if os.path.isfile(os.path.join(run_dir, name)):
+                    if os.path.exists(os.path.join(run_dir, name)):
                         shutil.move(os.path.join(run_dir, name), os.path.join(aside, name))
                 steps = [str(int(TAG_RE.match(t).group(1))) for t in earlier if TAG_RE.match(t)]
                 print(f"{who}: train.resume=false: the earlier run's checkpoints (steps {', '.join(steps) or 'none'}) "

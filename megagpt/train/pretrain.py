@@ -18,7 +18,7 @@ import yaml
 from megagpt.config import Config, validate
 from megagpt.data.datasets import build_datasets, micro_batches, note_epochs
 from megagpt.dir_lock import hold_on_rank_zero
-from megagpt.errors import StorageError
+from megagpt.errors import DataError, StorageError
 from megagpt.files import writing
 from megagpt.model.gpt import GPT, lm_loss
 from megagpt.parallel.collectives import any_ranks, mean_over
@@ -206,7 +206,24 @@ def preflight_pretrain(cfg: Config) -> None:
     check_training_data(cfg)
     found = find_tokenizer(cfg)
     if found is not None:
+        _same_tokenizer_as_checkpoints(found, cfg.run.dir)
         keep_tokenizer(found, cfg.run.dir)
+
+
+def _same_tokenizer_as_checkpoints(found: str, run_dir: str) -> None:
+    """The data's tokenizer is the one run.dir's checkpoints read (kept beside them), where there are any: a run
+    imported from Hugging Face, or resumed or started afresh beside its checkpoints, trained on another
+    tokenizer's ids (whose text differs) without a word, and its tokenizer.json was replaced by the data's."""
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.train.checkpoint import checkpoint_root, complete_tags
+
+    kept = os.path.join(run_dir, "tokenizer.json")
+    if not os.path.isfile(kept) or not complete_tags(checkpoint_root(run_dir)):
+        return
+    if Tokenizer.load(kept).fingerprint != Tokenizer.load(found).fingerprint:
+        raise DataError(f"run.dir={run_dir!r} holds checkpoints of a model that reads {kept}, but the training data "
+                        f"were made with another tokenizer ({found}): its ids stand for other text; tokenize the "
+                        f"data with {kept}, or use another run.dir")
 
 
 def pretrain(cfg: Config, datasets=build_datasets, init_from: str | None = None, task: Task = Task()) -> None:
@@ -244,7 +261,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
         open_run_dir(cfg, state.step)
         if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
             note_epochs(cfg.run.dir, train_ds, state.step)
-            note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens)
+            note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens + sizes[state.step] * seq)
 
     written_by_rank_zero(is_logger, device, open_records)
     if is_logger:

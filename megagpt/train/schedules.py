@@ -65,10 +65,11 @@ def lr_schedule(cfg: Config, run_tokens: int) -> CosineLR:
     return CosineLR(o.lr, o.min_lr_ratio, o.warmup_tokens, o.decay_tokens or run_tokens)
 
 
-def note_schedule(run_dir: str, lr_at: CosineLR, resumed_at: int, consumed_tokens: int) -> None:
+def note_schedule(run_dir: str, lr_at: CosineLR, resumed_at: int, next_tokens: int) -> None:
     """Record the cosine's end (run.dir/lr_schedule.json), and say so where a resume moves it: with
     optim.decay_tokens unset it is the whole run's tokens, so raising train.steps to go on stretches the decay,
-    and the lr jumps at the resume (Megatron-LM refuses a changed decay; megagpt lets a run go longer)."""
+    and the lr jumps at the resume (Megatron-LM refuses a changed decay; megagpt lets a run go longer).
+    next_tokens: the tokens consumed once step resumed_at + 1's batch is, where that step takes its lr."""
     import json
     import os
     import sys
@@ -84,8 +85,8 @@ def note_schedule(run_dir: str, lr_at: CosineLR, resumed_at: int, consumed_token
     if resumed_at and before is not None and before != lr_at.decay_tokens:
         then = CosineLR(lr_at.peak, lr_at.min_ratio, lr_at.warmup_tokens, before)
         print(f"megagpt: warning: the cosine now ends at {lr_at.decay_tokens:,} tokens, not {before:,} (optim.decay_tokens "
-              f"is unset, so train.steps sets it): the lr at step {resumed_at + 1} is {lr_at(consumed_tokens):.3g} "
-              f"where the run was heading for {then(consumed_tokens):.3g}; a run meant to be extended sets "
+              f"is unset, so train.steps sets it): the lr at step {resumed_at + 1} is {lr_at(next_tokens):.3g} "
+              f"where the run was heading for {then(next_tokens):.3g}; a run meant to be extended sets "
               f"optim.decay_tokens from its start", file=sys.stderr, flush=True)
     with writing(path, path + ".tmp"):
         with open(path + ".tmp", "w") as f:

@@ -137,6 +137,23 @@ def test_a_rerun_with_fewer_steps_trains_nothing_and_changes_no_record(demo_pref
     assert {name: (run / name).read_text() for name in records} == records
 
 
+def test_a_stretched_schedules_warning_names_the_lr_the_next_step_takes(demo_prefix, tmp_path):
+    """The warning gave the lr at the tokens consumed before the step, one batch early: 0.003 where the run was
+    heading for 0.003, while the step took 2.7e-3 against the old schedule's floor."""
+    import re
+
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=4", "train.eval_interval=0",
+                         "optim.warmup_tokens=1024")  # a step of 16 x 64
+    megagpt(*args, "train.steps=4")
+    out = megagpt(*args, "train.steps=6")
+    said = re.search(r"the lr at step 5 is (\S+) where the run was heading for (\S+);", out.stderr)
+    assert said, out.stderr
+    took = read_jsonl(str(run / "metrics.jsonl"))[4]
+    assert took["step"] == 5 and float(said[1]) == float(f"{took['lr']:.3g}")
+    assert float(said[2]) == pytest.approx(3e-4, rel=1e-3)  # tiny.yaml's floor, where 4 steps of 4 had ended
+
+
 def first_loss_after(run_dir) -> float:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
 
@@ -185,13 +202,15 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(demo_prefix, tmp_path
 def test_resume_false_starts_afresh_and_sets_the_earlier_checkpoints_aside(demo_prefix, tmp_path):
     run = tmp_path / "run"
     args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.save_interval=2")
-    megagpt(*args, "train.steps=6")  # keeps step 4 and 6
+    megagpt(*args, "train.steps=6", "run.tensorboard=true")  # keeps step 4 and 6
     out = megagpt(*args, "train.steps=2", "train.resume=false")
     assert "resumed" not in out.stdout
     aside = run / "checkpoints" / "earlier"
     assert (f"megagpt: train.resume=false: the earlier run's checkpoints (steps 4, 6) and records moved to "
             f"{aside}") in out.stderr
-    assert sorted(os.listdir(aside)) == ["eval.jsonl", "latest", "metrics.jsonl", "step_00000004", "step_00000006"]
+    assert sorted(os.listdir(aside)) == ["checkpoint_io.jsonl", "eval.jsonl", "latest", "metrics.jsonl",
+                                         "step_00000004", "step_00000006", "tensorboard"]
+    assert not (run / "tensorboard").exists()  # TensorBoard showed both runs as one
     assert [m["step"] for m in read_jsonl(str(aside / "metrics.jsonl"))] == [1, 2, 3, 4, 5, 6]
     # the new run's checkpoint is kept (keep_last no longer prunes it for the earlier run's higher steps)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"

@@ -24,6 +24,13 @@ def test_without_max_new_tokens_the_context_left_is_filled(pretrained_tiny):
     assert out.startswith("Return the value of the") and len(out) > len("Return the value of the ") + 10
 
 
+def test_a_prompt_that_fills_the_context_is_named_as_such(pretrained_tiny):
+    """Without --max-new-tokens the message blamed a --max-new-tokens=1 the user never gave."""
+    proc = megagpt("generate", "--checkpoint", str(pretrained_tiny), "--prompt", "Return the value " * 40, check=False)
+    assert proc.returncode == 2 and "fills the model's context model.seq_length=64: no room is left to generate" \
+        in proc.stderr and "--max-new-tokens" not in proc.stderr, proc.stderr
+
+
 def test_an_empty_prompt_samples_a_new_document(pretrained_tiny, demo_prefix):
     # pretraining keeps its data's tokenizer in run.dir, where generate looks first
     assert (pretrained_tiny / "tokenizer.json").read_bytes() == open(demo_prefix + ".tokenizer.json", "rb").read()

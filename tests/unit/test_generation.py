@@ -65,6 +65,17 @@ def test_generate_stops_at_eod_and_checks_the_context(world_of_one):
         generate(gpt, prompt, Sampling(max_new_tokens=30))
 
 
+def test_new_tokens_are_the_tokenizers_own(world_of_one):
+    """A tokenizer smaller than model.vocab_size (allowed) has no text for the ids past it: they were sampled, fed
+    back to the model, and left out of the decoded text without a word."""
+    gpt = model(world_of_one)
+    prompt = torch.tensor([[5, 6, 7]] * 8)
+    free = generate(gpt, prompt, Sampling(max_new_tokens=20, temperature=2.0, seed=1))
+    assert (free[:, 3:] >= 10).any()  # an untrained model over 100 ids: most draws lie past the first 10
+    kept = generate(gpt, prompt, Sampling(max_new_tokens=20, temperature=2.0, seed=1), vocab=10)
+    assert kept.shape == free.shape and (kept[:, 3:] < 10).all()
+
+
 @pytest.mark.parametrize("attention", [[], ["model.attention=alternating", "model.local_window=4"]],
                          ids=["dense", "local"])
 def test_a_left_padded_batch_generates_what_each_prompt_does_alone(world_of_one, attention):

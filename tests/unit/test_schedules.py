@@ -46,9 +46,9 @@ def test_a_resume_that_moves_the_cosine_end_says_what_it_does_to_the_lr(tmp_path
     note_schedule(str(tmp_path), short, 0, 0)
     note_schedule(str(tmp_path), short, 5, 500)  # a resume at the same length: nothing to say
     assert capsys.readouterr().err == ""
-    note_schedule(str(tmp_path), longer, 10, 1000)
+    note_schedule(str(tmp_path), longer, 10, 1100)  # step 11 takes the lr of 1,100 tokens: its batch consumed
     err = capsys.readouterr().err
     assert err.startswith("megagpt: warning: the cosine now ends at 2,000 tokens, not 1,000 (optim.decay_tokens is "
                           "unset, so train.steps sets it): the lr at step 11 is ")
-    assert f"{longer(1000):.3g} where the run was heading for {short(1000):.3g}" in err
+    assert f"{longer(1100):.3g} where the run was heading for {short(1100):.3g}" in err
     assert json.loads((tmp_path / "lr_schedule.json").read_text())["decay_tokens"] == 2000
