@@ -48,8 +48,17 @@ def first_repeat(items: Iterable) -> Optional[tuple[int, int]]:
 
 
 def same_shard_twice(prefixes: Iterable[str]) -> Optional[tuple[int, int]]:
-    """first_repeat over the files the prefixes name (a link or another spelling of a path is the same shard)."""
-    return first_repeat(os.path.realpath(p) for p in prefixes)
+    """first_repeat over the files the prefixes name: another spelling of a path, a link to the folder or to the
+    .bin itself (a hard one too) is the same shard."""
+
+    def shard(prefix: str):
+        try:
+            found = os.stat(prefix + ".bin")
+        except OSError:  # not there (yet): the path alone
+            return os.path.realpath(prefix)
+        return found.st_dev, found.st_ino
+
+    return first_repeat(shard(p) for p in prefixes)
 
 
 @contextmanager

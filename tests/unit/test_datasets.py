@@ -1,9 +1,10 @@
 import json
+import os
 
 import numpy as np
 import pytest
 
-from megagpt.config import ConfigError, load_config
+from megagpt.config import ConfigError, load_config, validate
 from megagpt.errors import StorageError
 from megagpt.data.datasets import build_datasets, cache_written, micro_batches, resolve_blend
 from megagpt.data.shards import write_shard
@@ -68,6 +69,25 @@ def test_a_mixture_of_nothing_or_of_one_shard_twice_is_named(two_sources, tmp_pa
         (tmp_path / "m.json").write_text(json.dumps({"sources": sources}))
         with pytest.raises(ConfigError, match=message):  # a rank's AssertionError; weights that resumed unchecked
             resolve_blend(load_config(None, [f"data.mixture={tmp_path / 'm.json'}"]))
+
+
+@pytest.mark.parametrize("link", ["symlinked files", "linked folder", "hard links"])
+def test_one_shard_under_two_names_is_named(two_sources, tmp_path, link):
+    """Linked .bin/.idx files under another name trained at double weight."""
+    from megagpt.files import same_shard_twice
+
+    books = two_sources / "books"
+    if link == "linked folder":
+        os.symlink(two_sources, tmp_path / "data")
+        other = tmp_path / "data" / "books"
+    else:
+        other = tmp_path / "copy"
+        for ext in (".bin", ".idx"):
+            (os.symlink if link == "symlinked files" else os.link)(f"{books}{ext}", f"{other}{ext}")
+    assert same_shard_twice([str(two_sources / "wiki"), str(books), str(other)]) == (1, 2)
+    assert same_shard_twice([str(two_sources / "wiki"), str(books)]) is None
+    with pytest.raises(ConfigError, match=r"names the shard of data.prefixes\[0\] again"):
+        validate(load_config(None, [f"data.prefixes=[{books}, {other}]"]), 1)
 
 
 def test_split_bounds_are_megatron_cores_and_count_tokens(tmp_path):
