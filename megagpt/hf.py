@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import torch
 
@@ -103,8 +104,9 @@ def gpt2_config(m: ModelConfig, eos_id: int | None):
 
     return GPT2Config(vocab_size=m.vocab_size, n_positions=m.seq_length, n_embd=m.hidden_size, n_layer=m.num_layers,
                       n_head=m.num_heads, n_inner=m.ffn_size, activation_function="gelu_new",
-                      layer_norm_epsilon=m.layernorm_epsilon, initializer_range=m.init_std, resid_pdrop=0.0,
-                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id,
+                      layer_norm_epsilon=m.layernorm_epsilon, initializer_range=m.init_std,
+                      resid_pdrop=m.hidden_dropout, embd_pdrop=m.hidden_dropout, attn_pdrop=m.attention_dropout,
+                      bos_token_id=eos_id, eos_token_id=eos_id,
                       tie_word_embeddings=True)
 
 
@@ -119,10 +121,15 @@ def model_config_from_gpt2(hf) -> ModelConfig:
     if not getattr(hf, "tie_word_embeddings", True):
         raise ConfigError("import-hf: tie_word_embeddings=false: megagpt's output layer is the token embedding (GPT-2's "
                           "tied lm_head); the model's own lm_head.weight would be dropped")
+    resid, embd = getattr(hf, "resid_pdrop", 0.0), getattr(hf, "embd_pdrop", 0.0)
+    if resid != embd:  # megagpt's hidden_dropout is both: a setting for further training, not the weights
+        print(f"megagpt: warning: import-hf: embd_pdrop={embd} differs from resid_pdrop={resid}; megagpt drops out "
+              f"the embeddings and the residual stream alike: model.hidden_dropout={resid}", file=sys.stderr)
     return ModelConfig(num_layers=hf.n_layer, hidden_size=hf.n_embd, num_heads=hf.n_head,
                        ffn_hidden_size=hf.n_inner or 4 * hf.n_embd, seq_length=hf.n_positions,
                        vocab_size=hf.vocab_size, layernorm_epsilon=hf.layer_norm_epsilon, norm_position="pre",
-                       attention="dense", init_std=hf.initializer_range)
+                       attention="dense", init_std=hf.initializer_range, hidden_dropout=resid,
+                       attention_dropout=getattr(hf, "attn_pdrop", 0.0))
 
 
 def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import TINY, megagpt, read_jsonl
 
@@ -35,12 +36,14 @@ def test_export_hf_matches_megagpt_logits(demo_prefix, tmp_path, world_of_one):
     run = tmp_path / "run"
     megagpt("pretrain", "--config", TINY, "--nproc", "4", "parallel.tp=2", "parallel.pp=2",
             f"data.prefixes=[{demo_prefix}]", f"run.dir={run}", "run.tensorboard=false", "train.progress=false",
-            "train.steps=3", "train.eval_interval=0", "train.save_interval=3")
+            "train.steps=3", "train.eval_interval=0", "train.save_interval=3", "model.hidden_dropout=0.05",
+            "model.attention_dropout=0.02")
     out = tmp_path / "hf"
     printed = megagpt("export-hf", "--checkpoint", str(run), "--out", str(out)).stdout
     assert "step 3" in printed
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
     hf = GPT2LMHeadModel.from_pretrained(out, local_files_only=True).eval()
+    assert (hf.config.resid_pdrop, hf.config.embd_pdrop, hf.config.attn_pdrop) == (0.05, 0.05, 0.02)  # were 0.0
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.decode(tokenizer.encode("def f(x):")) == "def f(x):"
     tokens = torch.randint(0, 4096, (2, 64), generator=torch.Generator().manual_seed(0))
@@ -66,6 +69,8 @@ def test_import_hf_loads_at_any_layout(demo_prefix, tmp_path, world_of_one):
     hf.save_pretrained(hf_dir)
     imported = tmp_path / "imported"
     megagpt("import-hf", str(hf_dir), "--out", str(imported))
+    model = yaml.safe_load((imported / "model.yaml").read_text())["model"]  # GPT-2's dropouts of 0.1 were lost
+    assert (model["hidden_dropout"], model["attention_dropout"]) == (0.1, 0.1)
     checkpoint = imported / "checkpoints" / "step_00000000"
     tokens = torch.randint(0, 4096, (2, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
