@@ -110,7 +110,7 @@ class _Stream:
         buf, start = b"".join(self.kept), offset - at
         while True:
             found = pattern.search(buf, start)
-            if found:
+            if found:  # (kept still: the window holds more than one read)
                 return at + found.start()
             more = self.read(1 << 20)
             if not more:
