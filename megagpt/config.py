@@ -587,6 +587,11 @@ def validate_rlhf(cfg: Config) -> None:
     _require(r.log_samples >= 0, f"rlhf.log_samples={r.log_samples} must be >= 0")
     _require(r.critic_lr is None or 0 < r.critic_lr < math.inf,
              f"rlhf.critic_lr={r.critic_lr} must be positive and finite (null: optim.lr)")
+    o = cfg.optim
+    _require(o.warmup_tokens == 0 and o.decay_tokens is None,
+             f"optim.warmup_tokens={o.warmup_tokens}, optim.decay_tokens={o.decay_tokens}: PPO trains at a constant "
+             f"learning rate (optim.lr for the actor, rlhf.critic_lr for the critic), so a warm-up or decay would be "
+             f"ignored; set optim.warmup_tokens=0 and optim.decay_tokens=null (configs/rlhf/instructgpt.yaml does)")
     _require(r.max_new_tokens < cfg.model.seq_length,
              f"rlhf.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in model.seq_length={cfg.model.seq_length}")
     for key, value in [("rlhf.kl_coef", r.kl_coef), ("rlhf.ptx_coef", r.ptx_coef)]:

@@ -256,7 +256,7 @@ def ppo(cfg: Config) -> None:
 
 
 def _ppo(cfg: Config, device: torch.device) -> None:
-    from megagpt.data.datasets import build_datasets
+    from megagpt.data.datasets import build_datasets, note_epochs
     from megagpt.data.tokenizer import Tokenizer
     from megagpt.rlhf.data import checkpoint_tokenizer
     from megagpt.train.checkpoint import require_verified, resolve_checkpoint
@@ -280,7 +280,12 @@ def _ppo(cfg: Config, device: torch.device) -> None:
     checkpointer = PPOCheckpointer(cfg, roles, device)
     state = checkpointer.resume()
     kl = math.KLController(state.kl_coef, r.kl_target, r.kl_horizon)
-    written_by_rank_zero(rank == 0, device, lambda: open_run_dir(cfg, state.iteration))
+    def open_records():
+        open_run_dir(cfg, state.iteration)
+        if ptx_data is not None and state.iteration < t.steps:  # the ptx samples' order, as pretraining notes it
+            note_epochs(cfg.run.dir, ptx_data, state.iteration)
+
+    written_by_rank_zero(rank == 0, device, open_records)
     if rank == 0:
         layout = ", ".join(f"{n} {len(s.ranks)}x(tp={s.tp}, dp={s.dp})" for n, s in specs.items())
         print(f"megagpt ppo: {'colocated' if r.layout is None else 'split'}: {layout}; {len(prompts)} prompts"

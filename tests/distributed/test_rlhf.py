@@ -156,6 +156,17 @@ def test_ppo_signal_saves_and_the_rerun_continues(stage, tmp_path):
     assert ppo_record(run) == ppo_record(tmp_path / "reference")
 
 
+def test_a_ppo_resume_that_reorders_the_ptx_samples_says_so(stage, tmp_path):
+    """The ptx term's dataset is built for the run's samples: raising train.steps reordered them without a word
+    (pretraining warned)."""
+    run = tmp_path / "run"
+    megagpt(*ppo_args(stage, run, 1, "train.steps=2", "train.save_interval=2"))
+    assert json.loads((run / "data_epochs.json").read_text())
+    out = megagpt(*ppo_args(stage, run, 1, "train.steps=400", "train.exit_duration_minutes=1e-4"))
+    assert "resumed after iteration 2" in out.stdout
+    assert "megagpt: warning: this resume builds the training split over other numbers of epochs" in out.stderr
+
+
 def test_the_critic_starts_as_the_reward_model(stage):
     script = f"""
 import torch

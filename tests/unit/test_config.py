@@ -156,6 +156,11 @@ RULES = [
     (["train.batch_ramp_tokens=-1"], 8, "train.batch_ramp_tokens=-1 must be >= 0 (0: no ramp)"),
     (["rlhf.prompts=p.jsonl", "parallel.pp=1", "rlhf.critic_lr=-1"], 8,
      "rlhf.critic_lr=-1.0 must be positive and finite (null: optim.lr)"),
+    # PPO ran at a constant lr whatever these said, and a change to them refused the resume
+    (["rlhf.prompts=p.jsonl", "parallel.pp=1", "optim.warmup_tokens=1000"], 8,
+     "optim.warmup_tokens=1000, optim.decay_tokens=None: PPO trains at a constant learning rate"),
+    (["rlhf.prompts=p.jsonl", "parallel.pp=1", "optim.warmup_tokens=0", "optim.decay_tokens=5000"], 8,
+     "optim.decay_tokens=5000: PPO trains at a constant learning rate"),
 ]
 
 
