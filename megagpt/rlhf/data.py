@@ -16,7 +16,7 @@ import os
 import random
 from typing import Callable, Optional
 
-from megagpt.errors import DataError
+from megagpt.errors import ConfigError, DataError
 
 MAX_RESPONSES = 9  # InstructGPT ranked K = 4..9 responses per prompt
 
@@ -121,15 +121,19 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 
 def checkpoint_tokenizer(checkpoint: str, override: Optional[str] = None) -> str:
-    """The tokenizer.json a checkpoint's model reads: `override`, else its run dir's, else its training data's."""
+    """The tokenizer.json a checkpoint's model reads: `override`, else its run dir's, else its training data's; one
+    with more tokens than the model is refused (its ids past the embeddings crashed every rank)."""
+    from megagpt.data.tokenizer import Tokenizer
     from megagpt.generation import checkpoint_config, find_generation_tokenizer
 
-    if override is not None:
-        if not os.path.isfile(override):
-            raise DataError(f"tokenizer {override}: file not found")
-        return override
+    if override is not None and not os.path.isfile(override):
+        raise DataError(f"tokenizer {override}: file not found")
     path, cfg = checkpoint_config(checkpoint)
-    found = find_generation_tokenizer(path, cfg)
+    found = override or find_generation_tokenizer(path, cfg)
     if found is None:
         raise DataError(f"no tokenizer.json beside the training data or in the run dir of {path}; name one")
+    size = Tokenizer.load(found).vocab_size
+    if size > cfg.model.vocab_size:
+        raise ConfigError(f"tokenizer {found} has {size} tokens but checkpoint {path} has model.vocab_size="
+                          f"{cfg.model.vocab_size}: its ids past the model's embeddings cannot be read")
     return found

@@ -212,6 +212,24 @@ def test_bad_ppo_input_is_one_line_before_any_process(stage, tmp_path):
     assert "differs from the actor's" in error(f"rlhf.reward_init={other}")
 
 
+def test_a_tokenizer_larger_than_the_model_is_one_line_for_sft_and_rm(stage, tmp_path):
+    """Its ids past the embeddings crashed every rank with an IndexError."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    big = HFTokenizer.from_file(str(stage["sft"] / "tokenizer.json"))
+    big.add_special_tokens(["<|sep|>"])
+    big.save(str(tmp_path / "big.json"))
+    for command in (["sft", "--config", os.path.join(RLHF, "sft-tiny.yaml"), f"sft.data={stage['demonstrations']}",
+                     f"sft.init={stage['sft']}", f"sft.tokenizer={tmp_path / 'big.json'}"],
+                    ["rm", "--config", os.path.join(RLHF, "rm-tiny.yaml"), f"rm.data={stage['comparisons']}",
+                     f"rm.demonstrations={stage['demonstrations']}", f"rm.init={stage['sft']}",
+                     f"rm.tokenizer={tmp_path / 'big.json'}"]):
+        proc = megagpt(*command, "--nproc", "1", "parallel.tp=1", "parallel.pp=1", f"run.dir={tmp_path / command[0]}",
+                       check=False, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+            f"megagpt: error: tokenizer {tmp_path / 'big.json'} has 4097 tokens but checkpoint "), proc.stderr
+
+
 def test_ppo_resumes_at_another_role_layout(stage, tmp_path):
     """Saved colocated in one process at iteration 2, continued split over 4 ranks: the same iterations 3-4."""
     reference, run = tmp_path / "reference", tmp_path / "run"
