@@ -284,10 +284,16 @@ def _heads(path: str) -> tuple[dict, Optional[list[str]]]:
 def require_reward_model(path: str, key: str) -> None:
     """`key` reads a reward model (ScalarGPT): a checkpoint without its value_head (a language model, a classifier)
     is refused, naming what it is, rather than failing inside the ranks or starting from an untrained head."""
+    from megagpt.train.checkpoint import META, read_meta
+
     meta, heads = _heads(path)
     if "ppo" in meta:
         raise CheckpointError(f"{key}: checkpoint {path} is a PPO checkpoint, not a reward model; give a reward "
                               f"model's checkpoint (a `megagpt rm` run)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(parent, META)) and "ppo" in read_meta(parent):  # a role's folder: <step>/critic
+        raise CheckpointError(f"{key}: checkpoint {path} is a PPO run's {os.path.basename(path)}, a value function "
+                              f"that scores every prefix, not a reward model; give a `megagpt rm` run")
     if heads is not None and not any(n.startswith("value_head.") for n in heads):
         what = f"a model with {heads[0]} (a fine-tuned classifier)" if heads else "a language model"
         raise CheckpointError(f"{key}: checkpoint {path} is {what}, not a reward model (no value_head); "

@@ -158,10 +158,15 @@ def test_ppo_signal_saves_and_the_rerun_continues(stage, tmp_path):
 
 def test_a_ppo_resume_that_reorders_the_ptx_samples_says_so(stage, tmp_path):
     """The ptx term's dataset is built for the run's samples: raising train.steps reordered them without a word
-    (pretraining warned)."""
+    (pretraining warned). And the run's critic, a value function, is no reward model (it was taken for one)."""
     run = tmp_path / "run"
     megagpt(*ppo_args(stage, run, 1, "train.steps=2", "train.save_interval=2"))
     assert json.loads((run / "data_epochs.json").read_text())
+    critic = run / "checkpoints" / "step_00000002" / "critic"
+    proc = megagpt(*ppo_args(stage, tmp_path / "other", 1, f"rlhf.reward_init={critic}"), check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        f"rlhf.reward_init: checkpoint {critic} is a PPO run's critic, a value function that scores every prefix, "
+        f"not a reward model; give a `megagpt rm` run"), proc.stderr
     out = megagpt(*ppo_args(stage, run, 1, "train.steps=400", "train.exit_duration_minutes=1e-4"))
     assert "resumed after iteration 2" in out.stdout
     assert "megagpt: warning: this resume builds the training split over other numbers of epochs" in out.stderr
