@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -204,7 +205,12 @@ def preflight_rm(cfg: Config) -> None:
     from megagpt.train.checkpoint import check_shape, read_meta, resolve_init
     from megagpt.train.universal import require_language_model
 
-    read_comparisons(cfg.rm.data)
+    comparisons = read_comparisons(cfg.rm.data)
+    repeats = len(comparisons) - len({(p, tuple(r)) for p, r in comparisons})
+    if repeats:  # a held-out comparison may then be a trained one: the pairwise accuracy would flatter the model
+        print(f"megagpt rm: warning: {repeats} of the {len(comparisons)} comparisons in {cfg.rm.data} repeat an "
+              f"earlier one; the held-out pairwise accuracy counts those the model also trained on", file=sys.stderr,
+              flush=True)
     read_demonstrations(cfg.rm.demonstrations)
     path = resolve_init("rm.init", cfg.rm.init, cfg.run.dir)
     require_language_model(path, "rm.init")  # the reward model's head is new: it starts from the SFT model

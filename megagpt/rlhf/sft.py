@@ -54,7 +54,7 @@ def tokenize_demonstrations(cfg: Config, tokenizer) -> tuple[list[Demonstration]
     """The demonstrations as token ids, and how many were left out (prompt fills the whole context)."""
     demos, too_long = [], 0
     for prompt, response in read_demonstrations(cfg.sft.data):
-        p = tokenizer.encode(prompt)
+        p = tokenizer.encode(prompt) or [tokenizer.eod]  # no prompt: a document's start, as generate begins one
         if len(p) >= cfg.model.seq_length:
             too_long += 1
             continue

@@ -433,7 +433,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval",
                      "train.progress", "train.save_interval", "train.keep_last", "train.resume",
                      "train.universal_checkpoint", "train.compile", "train.activation_checkpointing",
                      "train.exit_duration_minutes", "train.profile_steps", "train.profile_ranks", "data.cache_dir",
-                     "run.", "parallel.", "rlhf.layout")
+                     "run.", "parallel.", "rlhf.layout", "rlhf.log_samples")
 
 
 def check_same_run(saved: dict, cfg: Config, path: str) -> None:

@@ -17,6 +17,22 @@ def test_loss_mask_covers_the_response_and_its_end_only():
     assert s["loss_mask"].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]  # predicting 4, 5 and the end
 
 
+def test_an_empty_prompt_begins_as_a_document_so_every_response_token_is_learned(tmp_path):
+    """With no prompt token the response's first token was never a target."""
+    from megagpt.config import load_config
+    from megagpt.data.tokenizer import Tokenizer
+    from megagpt.rlhf.sft import tokenize_demonstrations
+
+    tok = Tokenizer.train(["the answer is here and there"] * 20, vocab_size=300)
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "", "response": "the answer"}) + "\n")
+    cfg = load_config(None, [f"sft.data={tmp_path / 'd.jsonl'}", "model.seq_length=16"])
+    [demo], left_out = tokenize_demonstrations(cfg, tok)
+    assert demo.prompt == [tok.eod] and left_out == 0
+    s = DemonstrationDataset([demo], seq_length=16, eod=tok.eod, num_samples=1, seed=0)[0]
+    learned = [label for label, on in zip(s["labels"].tolist(), s["loss_mask"].tolist()) if on]
+    assert learned == tok.encode("the answer") + [tok.eod]
+
+
 def test_a_long_demonstration_is_cut_to_the_context():
     ds = DemonstrationDataset([Demonstration(list(range(1, 8)), [8, 9, 10, 11, 12])], 8, eod=0, num_samples=1, seed=0)
     s = ds[0]
