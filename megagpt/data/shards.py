@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import struct
+import zlib
 from itertools import chain, islice
 from typing import Iterable, Iterator
 
@@ -192,10 +193,15 @@ def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str
                     yield f.read()
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        except EOFError:
+            raise DataError(f"{path}: truncated gzip (it ends before its last member does)") from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt gzip ({exc})") from None
 
 
 def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
-    opener = gzip.open if path.endswith(".gz") else open
+    with open(path, "rb") as f:  # by content, as the corpus pipeline reads JSONL: a name can say either
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():

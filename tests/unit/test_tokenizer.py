@@ -69,6 +69,23 @@ def test_read_documents_formats_and_errors(tmp_path):
     (tmp_path / "d.txt").write_bytes(b"caf\xe9")
     with pytest.raises(DataError, match=r"d.txt: not UTF-8 text \(byte 3"):
         list(read_documents([str(tmp_path / "d.txt")]))
+    # gzip damage was a traceback in every rank; a gzip or plain file is told by its bytes, not its name
+    packed = (tmp_path / "b.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[:-10])
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "plain.jsonl.gz").write_text(json.dumps({"text": "plain"}) + "\n")
+    (tmp_path / "packed.jsonl").write_bytes(packed)
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: truncated gzip"):
+        list(read_documents([str(tmp_path / "cut.jsonl.gz")]))
+    bad = bytearray(packed)
+    bad[-9] ^= 0xFF  # the CRC
+    (tmp_path / "flip.jsonl.gz").write_bytes(bytes(bad))
+    with pytest.raises(DataError, match=r"flip.jsonl.gz: corrupt gzip"):
+        list(read_documents([str(tmp_path / "flip.jsonl.gz")]))
+    with pytest.raises(DataError, match=r"fake.jsonl.gz:1: not a JSON object"):  # plain bytes: read as plain
+        list(read_documents([str(tmp_path / "fake.jsonl.gz")]))
+    assert list(read_documents([str(tmp_path / "plain.jsonl.gz"), str(tmp_path / "packed.jsonl")])) == [
+        "plain", "one", "two"]
 
 
 def test_missing_tokenizer_files_are_named(tmp_path):
