@@ -578,7 +578,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:2] == ["eval", "harness"]:  # lm_eval's own arguments, which argparse here would not pass through
         from megagpt.eval.harness import main as harness
 
-        harness(argv[2:])
+        try:
+            harness(argv[2:])
+        except MegagptError as exc:  # a bad checkpoint in --model_args, say: one line, as every command says it
+            if prints_here(exc):
+                print(f"megagpt: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         sys.exit(0)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may sit between options

@@ -88,6 +88,11 @@ def test_lm_eval_harness_log_likelihoods_equal_megagpts_own(run_dir, tmp_path):
     megagpt("eval", "harness", "--model", "megagpt", "--model_args", f"checkpoint={run_dir}", "--device", "cpu",
             "--tasks", "megagpt_capitals", "--include_path", str(tmp_path / "harness"), "--output_path",
             str(tmp_path / "lm"), "--log_samples", env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    bad = megagpt("eval", "harness", "--model", "megagpt", "--model_args", f"checkpoint={tmp_path / 'none'}",
+                  "--device", "cpu", "--tasks", "megagpt_capitals", "--include_path", str(tmp_path / "harness"),
+                  env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}, check=False)
+    assert (bad.returncode, bad.stderr.strip().splitlines()[-1]) == (  # was a 42-line traceback
+        2, f"megagpt: error: checkpoint {tmp_path / 'none'}: no such directory"), bad.stderr
     samples = [json.loads(line) for path in (tmp_path / "lm").rglob("samples_megagpt_capitals_*.jsonl")
                for line in path.read_text().splitlines()]
     assert len(samples) == 8
