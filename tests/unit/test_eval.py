@@ -185,6 +185,9 @@ def test_shots_are_seeded_per_record_exclude_it_and_drop_to_fit(tok):
     ('{"country": "X", "choices": ["a", "b"], "label": 2}', "t.jsonl:2: 'label' must be the index of the right choice"),
     ('{"choices": ["a", "b"], "label": 0}', "t.jsonl:2: the prompt's field(s) country are missing"),
     ('{"country": "X", "choices": ["a"], "label": 0}', "t.jsonl:2: a multiple_choice record needs 'choices'"),
+    ('{"country": "X", "choices": ["a", " "], "label": 0}', "t.jsonl:2: a multiple_choice record needs 'choices'"),
+    # equal choices score alike and the first wins: the label alone decided the record's score
+    ('{"country": "X", "choices": ["Paris", "Paris", "Lyon"], "label": 1}', "t.jsonl:2: its 'choices' name the same"),
     ('not json', "t.jsonl:2: not JSON"),
     ('["country"]', "t.jsonl:2: a record must be a JSON object"),
 ])
