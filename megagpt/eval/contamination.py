@@ -57,5 +57,6 @@ def contamination(task: Task, corpus: Iterable[str]) -> dict:
                 if h in owners:
                     found.add(h)
     dirty = sorted({i for h in found for i in owners[h]})
-    return {"n": n, "ngrams": len(owners), "found": len(found), "share": len(found) / max(len(owners), 1),
-            "dirty": [i in set(dirty) for i in range(len(texts))]}
+    whole = len({tuple(w) for w in texts if 0 < len(w) < n})  # grams that are a short record's whole text
+    return {"n": n, "ngrams": len(owners), "whole_records": whole, "found": len(found),
+            "share": len(found) / max(len(owners), 1), "dirty": [i in set(dirty) for i in range(len(texts))]}

@@ -86,7 +86,10 @@ def run_eval(args) -> str | None:
                      f"start), {result['answers_cut']} with an answer scored on its last tokens only")
         if found is not None:
             c = result["contamination"]
-            line += (f"\ncontamination: {c['share']:.1%} of the task's {c['ngrams']} {c['n']}-grams are in the corpus; "
+            whole = (f", {c['whole_records']} of them whole records shorter than {c['n']} words"
+                     if c.get("whole_records") else "")
+            line += (f"\ncontamination: {c['share']:.1%} of the task's {c['ngrams']} {c['n']}-grams{whole} are in the "
+                     f"corpus; "
                      + "; ".join(f"{name} {c[name]['records']} records"
                                  + "".join(f", {k} {v:.4f}" for k, v in c[name].items() if k != "records")
                                  for name in ("clean", "dirty")))

@@ -2,6 +2,7 @@
 sliding-window perplexity, zero/few-shot prompts and their scores, and task files that fail with
 their file and line."""
 
+import dataclasses
 import json
 import math
 import os
@@ -286,6 +287,10 @@ def test_contamination_finds_the_planted_records_and_splits_the_scores(scorer, t
     assert found["dirty"] == [i == 2 for i in range(8)]
     planted = len(words(texts[2])) - n + 1
     assert found["found"] == planted and found["share"] == pytest.approx(planted / found["ngrams"])
+    assert found["whole_records"] == 0  # every record holds 11 words or more
+    short = dataclasses.replace(task, prompt="{country}", test=task.test[:3])  # records shorter than 8 words
+    assert contamination(short, []) | {"dirty": None} == {"n": 8, "ngrams": 3, "whole_records": 3, "found": 0,
+                                                          "share": 0.0, "dirty": None}
     result = evaluate(scorer, tok, task, contamination=found)
     c = result["contamination"]
     assert (c["clean"]["records"], c["dirty"]["records"]) == (7, 1)
