@@ -12,7 +12,7 @@ from megagpt.config import load_config
 from megagpt.data import ngrams
 from megagpt.data.tokenizer import SMALLEST_VOCAB
 from megagpt.errors import ConfigError
-from megagpt.slurm import check_mem, check_name, check_time
+from megagpt.slurm import check_mem, check_name, check_partition, check_time
 
 
 @dataclass
@@ -270,7 +270,7 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     if e.kind not in ("local", "slurm"):
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
     if e.partition is not None:
-        check_name("executor.partition", e.partition)
+        check_partition(e.partition, "executor.partition", ask_cluster=False)
     for key in ("time", "reduce_time", "dedup_time"):
         if getattr(e, key) is not None:
             check_time(f"executor.{key}", getattr(e, key))

@@ -90,14 +90,19 @@ def check_path(key: str, value: str) -> str:
     return value
 
 
-def check_partition(partition: str) -> str:
-    """A plain word that the cluster knows (when sinfo is here to ask)."""
-    check_name("--partition", partition)
-    if shutil.which("sinfo"):
+def check_partition(partition: str, key: str = "--partition", ask_cluster: bool = True) -> str:
+    """Plain words, one or several joined by commas (sbatch runs a job on whichever has room first), that the
+    cluster knows (when sinfo is here to ask)."""
+    names = partition.split(",")
+    for name in names:
+        check_name(key, name)
+    if ask_cluster and shutil.which("sinfo"):
         proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True)
         known = sorted(set(proc.stdout.split()))
-        if proc.returncode == 0 and partition not in known:
-            raise ConfigError(f"--partition={partition!r}: no such Slurm partition (known: {', '.join(known) or 'none'})")
+        unknown = [name for name in names if name not in known]
+        if proc.returncode == 0 and unknown:
+            raise ConfigError(f"{key}={partition!r}: no such Slurm partition {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(known) or 'none'})")
     return partition
 
 

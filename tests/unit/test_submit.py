@@ -47,6 +47,9 @@ def test_dry_run_renders_a_multi_node_script(no_cluster, demo_prefix, tmp_path):
         assert expected in lines
     srun = next(line for line in lines if line.startswith("srun "))
     assert f"--config {TINY}" in srun and f"'data.prefixes=[{demo_prefix}]'" in srun
+    # sbatch runs a job on whichever of several partitions has room first (the list was refused)
+    listed, _ = render_pretrain(job(demo_prefix, tmp_path, partition="gpu,debug"))
+    assert "#SBATCH --partition=gpu,debug" in listed.splitlines()
     # srun 22.05-23.02 gives each task one CPU unless told; the rendezvous is never the submitting shell's
     assert '--cpus-per-task="${SLURM_CPUS_PER_TASK}"' in srun
     assert lines.index("unset MASTER_ADDR MASTER_PORT") < lines.index(srun)
@@ -92,7 +95,9 @@ def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     (dict(nodes=1, gpus_per_node=3), "3 ranks, not a multiple of parallel.tp*parallel.pp=2*2"),
     (dict(nodes=8, gpus_per_node=8), "train.global_batch_size=16 must be a multiple of train.micro_batch_size*dp=2*16"),
     (dict(partition="gpu; rm -rf ~"), "--partition='gpu; rm -rf ~' may only hold letters"),
-    (dict(partition="bigmem"), "--partition='bigmem': no such Slurm partition (known: debug, gpu)"),
+    (dict(partition="bigmem"), "--partition='bigmem': no such Slurm partition 'bigmem' (known: debug, gpu)"),
+    (dict(partition="gpu,bigmem"), "--partition='gpu,bigmem': no such Slurm partition 'bigmem' (known: debug, gpu)"),
+    (dict(partition="gpu,"), "--partition='' may only hold letters"),
     (dict(job_name="x$(reboot)"), "--job-name='x$(reboot)' may only hold"),
     (dict(time="2 hours"), "--time='2 hours' is not a Slurm time"),
     (dict(time="3", save_lead=120), "--time 3: the job is signalled 120-180 s before its time limit"),
