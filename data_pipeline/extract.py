@@ -24,13 +24,14 @@ def _decode(payload: bytes, declared: Optional[str]) -> str:
     for bom, name in _BOMS:
         if payload.startswith(bom):
             return bytes_to_str(payload, name)
+    wide = _wide(declared)
+    # UTF-16 without its BOM, as declared: its ASCII letters hold NULs (and all-ASCII UTF-16 is valid UTF-8)
+    if wide and b"\x00" in payload[:4096]:
+        return payload.decode(wide, errors="replace")
     try:
         return payload.decode("utf-8")  # decoded once: the text is this
     except UnicodeDecodeError:
         pass
-    wide = _wide(declared)
-    if wide and b"\x00" in payload[:4096]:  # UTF-16 without its BOM, as declared (its ASCII letters hold NULs)
-        return payload.decode(wide, errors="replace")
     try:  # servers send names Python has no codec for ("none", "utf8mb4"), and UTF-16 for pages that are not
         if declared and not wide:
             return bytes_to_str(payload, declared)
