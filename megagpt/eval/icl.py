@@ -94,8 +94,11 @@ def evaluate(scorer: Scorer, tok, task: Task, shots: int = 0, seed: int = 1234, 
         else:
             total = [s[0] for s in scored]
             per_token = [s[0] / s[2] for s in scored]
-            rows.append({"correct": _argmax(total) == record["label"],
-                         "correct_per_token": _argmax(per_token) == record["label"],
+            # by text: a choice written twice scores alike, and either copy of the right one is right (MMLU
+            # repeats options in a few records)
+            choices, gold = record["choices"], record["choices"][record["label"]]
+            rows.append({"correct": choices[_argmax(total)] == gold,
+                         "correct_per_token": choices[_argmax(per_token)] == gold,
                          "logprobs": total})
     result = {"task": task.name, "type": task.type, "records": len(rows), "shots": shots,
               "mean_shots_used": sum(used) / len(used), **summarise(task.type, rows), **cut, "rows": rows}

@@ -160,11 +160,8 @@ def _check(record, kind: str, fields: set[str]) -> Optional[str]:
         return "a completion record needs a non-empty string 'target'"
     if kind == "multiple_choice":
         choices, label = record.get("choices"), record.get("label")
-        if not (isinstance(choices, list) and len(choices) >= 2 and
-                all(isinstance(c, str) and c.strip() for c in choices)):
+        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
             return "a multiple_choice record needs 'choices': two or more non-empty strings"
-        if len(set(choices)) < len(choices):  # equal scores: the first copy wins, so the label decides the score
-            return "its 'choices' name the same text twice"
         if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(choices)):
             return f"'label' must be the index of the right choice (0..{len(choices) - 1}), got {label!r}"
     if kind == "generation":
