@@ -442,6 +442,8 @@ def check_same_run(saved: dict, cfg: Config, path: str) -> None:
     # a pretraining loss is the mean over every token, however the batch is sliced; the other stages' is a mean per
     # micro-batch of their masked tokens, which another micro-batch size weighs differently
     resumable = RESUMABLE_CHANGES + (("train.micro_batch_size",) if stage_of(cfg) == "pretrain" else ())
+    if stage_of(cfg) == "ppo":  # a schedule PPO never applied (a run saved before it was refused may now set 0)
+        resumable += ("optim.warmup_tokens", "optim.decay_tokens", "optim.min_lr_ratio")
     changed = [f"{k}={ours.get(k)!r} (checkpoint has {theirs.get(k)!r})" for k in sorted(set(theirs) | set(ours))
                if theirs.get(k) != ours.get(k) and not k.startswith(resumable)]
     if changed:

@@ -239,3 +239,17 @@ def test_configs_the_docs_name_are_found_from_any_directory(tmp_path, monkeypatc
     assert load_config("configs/model/gpt3-175b.yaml").model.num_layers == 3
     with pytest.raises(ConfigError, match="config file .*configs/model/gpt5.yaml not found"):
         load_config("configs/model/gpt5.yaml")
+
+
+def test_a_ppo_run_saved_with_a_schedule_it_never_applied_resumes_without_one(tmp_path):
+    """PPO ignored optim.warmup_tokens (the default is 375M) until it refused one: a run saved before then must
+    resume with the setting at 0, which the resume check would otherwise call another config."""
+    from megagpt.errors import CheckpointError
+    from megagpt.train.checkpoint import check_same_run
+
+    ppo = ["rlhf.prompts=p.jsonl", "rlhf.actor_init=a", "rlhf.reward_init=r"]
+    saved = load_config(None, ppo + ["optim.warmup_tokens=10240"]).to_dict()
+    check_same_run(saved, load_config(None, ppo + ["optim.warmup_tokens=0"]), "ck")
+    with pytest.raises(CheckpointError, match="optim.warmup_tokens=0 \\(checkpoint has 10240\\)"):
+        check_same_run(load_config(None, ["optim.warmup_tokens=10240"]).to_dict(),
+                       load_config(None, ["optim.warmup_tokens=0"]), "ck")  # pretraining's schedule is the run's
