@@ -35,6 +35,15 @@ _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 _GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 
 
+def _in_address(text: str, colon: int) -> bool:
+    """Whether the colon at `colon` ends a run of hex digits and colons that is an address's start ("1::" before
+    "2001:..."), not a label's end ("Source:", "ip6:": the run is preceded by the rest of a word)."""
+    i = colon
+    while i > 0 and text[i - 1] in _HEX_COLON:
+        i -= 1
+    return i < colon and not (text[i - 1:i].isalnum() or text[i - 1:i] == "_")
+
+
 def redact(text: str, emails: bool, ips: bool) -> tuple[str, Counter]:
     """The text with its e-mail addresses and/or public IP addresses replaced, and how many of each."""
     found = Counter()
@@ -62,7 +71,7 @@ def redact(text: str, emails: bool, ips: bool) -> tuple[str, Counter]:
         text, start, end = match.string, match.start(), match.end()
         tail = ":" if text.endswith(":", start, end) and not text.endswith("::", start, end) else ""
         before, after = text[start - 1:start], text[end:end + 1]
-        if before.isalnum() or before in ("_", ".") or before == ":" and text[start - 2:start - 1] in _HEX_COLON or \
+        if before.isalnum() or before in ("_", ".") or before == ":" and _in_address(text, start - 1) or \
                 after.isalnum() or after == "_" or after == "." and text[end + 1:end + 2].isdigit():
             return match[0]  # a piece of a longer word or address, or one with an IPv4 tail (judged as IPv4)
         try:

@@ -292,8 +292,10 @@ def require_reward_model(path: str, key: str) -> None:
                               f"model's checkpoint (a `megagpt rm` run)")
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isfile(os.path.join(parent, META)) and "ppo" in read_meta(parent):  # a role's folder: <step>/critic
-        raise CheckpointError(f"{key}: checkpoint {path} is a PPO run's {os.path.basename(path)}, a value function "
-                              f"that scores every prefix, not a reward model; give a `megagpt rm` run")
+        role = os.path.basename(os.path.normpath(path))
+        what = "critic, a value function that scores every prefix" if role == "critic" else f"{role}, a policy"
+        raise CheckpointError(f"{key}: checkpoint {path} is a PPO run's {what}, not a reward model; give a "
+                              f"`megagpt rm` run")
     if heads is not None and not any(n.startswith("value_head.") for n in heads):
         what = f"a model with {heads[0]} (a fine-tuned classifier)" if heads else "a language model"
         raise CheckpointError(f"{key}: checkpoint {path} is {what}, not a reward model (no value_head); "

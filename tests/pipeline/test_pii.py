@@ -22,6 +22,7 @@ from data_pipeline.synthetic import english_pages
     ("DNS 2001:4860:4860::8888, web [2606:4700:4700::1111]:443, at IP:2a00:1450:4001:82B::200e: done", 0, 3,
      f"DNS {IP6_STANDIN}, web [{IP6_STANDIN}]:443, at IP:{IP6_STANDIN}: done"),
     ("2400:cb00:2048:1:0:0:c629:d7a2", 0, 1, IP6_STANDIN),  # eight words, no '::'
+    ("Source:2001:4860::1 ip6:2001:4860::2", 0, 2, f"Source:{IP6_STANDIN} ip6:{IP6_STANDIN}"),  # labels ending in hex
     (f"{IP6_STANDIN}, ::1, fe80::1%eth0, fc00::7, ff02::1", 0, 0, None),  # documentation, loopback, local, multicast
     ("Face::Bad, std::vector, dead::beef, a::b::c, 12:30:45, 00:1a:2b:3c:4d:5e, de:ad:be:ef:00:11:22:33", 0, 0,
      None),  # code, times and MAC addresses: no address, or none in 2000::/3
