@@ -96,18 +96,33 @@ class _Stream:
     def tell(self) -> int:
         return self.total
 
+    def first_kept(self) -> int:
+        return self.total - self.kept_bytes
+
+    def _since(self, offset: int) -> tuple[bytes, int]:
+        """The kept bytes from the chunk that holds `offset` on, and that chunk's offset: joined from there, not
+        from the window's start (a file damaged at every record would copy the whole window each time)."""
+        chunks, at = [], self.total
+        for chunk in reversed(self.kept):
+            chunks.append(chunk)
+            at -= len(chunk)
+            if at <= offset:
+                break
+        return b"".join(reversed(chunks)), at
+
     def tail(self, offset: int) -> Optional[bytes]:
         """The bytes from `offset` to the end (once read), or None where they were not all kept."""
-        start = offset - (self.total - self.kept_bytes)
-        return b"".join(self.kept)[start:] if start >= 0 else None
+        if offset < self.first_kept():
+            return None
+        data, at = self._since(offset)
+        return data[offset - at:]
 
     def find(self, pattern, offset: int) -> Optional[int]:
-        """The offset of the first match of `pattern` (a compiled bytes regex) at or after `offset`, reading on as
-        far as needed; None where none is left or `offset` is no longer kept."""
-        at = self.total - self.kept_bytes  # buf's first byte
-        if offset < at:
-            return None
-        buf, start = b"".join(self.kept), offset - at
+        """The offset of the first match of `pattern` (a compiled bytes regex) at or after `offset` (or the first
+        byte kept, if later), reading on as far as needed; None where none is left."""
+        offset = max(offset, self.first_kept())
+        buf, at = self._since(offset)
+        start = offset - at
         while True:
             found = pattern.search(buf, start)
             if found:  # (kept still: the window holds more than one read)
@@ -120,10 +135,16 @@ class _Stream:
 
     def rewind(self, offset: int) -> None:
         """Hand on the bytes from `offset` (kept) again."""
-        kept = b"".join(self.kept)
-        cut = len(kept) - (self.total - offset)
-        self.replay = kept[cut:] + self.replay
-        self.kept, self.kept_bytes, self.total = collections.deque([kept[:cut]]), cut, offset
+        data, at = self._since(offset)
+        while self.kept and self.total - len(self.kept[-1]) >= at:  # the chunks joined into data
+            self.total -= len(self.kept[-1])
+            self.kept_bytes -= len(self.kept.pop())
+        cut = offset - at
+        self.replay = data[cut:] + self.replay
+        if cut:
+            self.kept.append(data[:cut])
+            self.kept_bytes += cut
+        self.total = offset
 
 
 class _GzipMembers:
@@ -236,27 +257,35 @@ def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
         last_pos, count, damage, resumed = None, 0, None, []
         held, start = None, 0  # the last record read, given out once the next one is read; where reading started
         while True:
+            problem = None
             try:
                 for rec in ArchiveIterator(stream, parse_http=False, stream_detect=False):
                     if held:
                         yield held[0]
                     index, last_pos, count = count, rec.stream_pos, count + 1  # from tell()
                     held = (_content(rec, index), last_pos, rec.content_length)
-                break
             except OSError as exc:  # fastwarc's: it cannot go on, so a new iterator starts at the next record
-                after = max(start, last_pos if last_pos is not None else -1) + 1
-                found = stream.find(_RECORD_START, after)
-                if held and isinstance(held[0], Record) and not _ends_right(stream, *held[1:], found):
-                    held = (_wrong_length(held[0], held[2]), *held[1:])
-                if found is None:
-                    damage = f"unreadable ({exc}) after {count} records"
-                    break
-                resumed.append(f"unreadable ({exc}) after {count} records: read on from the next record, at "
-                               f"{'decompressed ' if members else ''}byte {found}")
-                stream.rewind(found)
-                start = found
+                problem = f"unreadable ({exc})"
+            cut_short = held and isinstance(held[0], Record) and held[0].unreadable == "truncated record"
+            if problem is None and not cut_short:
+                break
+            # a record whose length runs past the file's end may be one whose Content-Length is wrong: the records
+            # after it were read as its block
+            after, wrong = _next_record_from(stream, held, max(start, last_pos if last_pos is not None else -1) + 1)
+            found = stream.find(_RECORD_START, after)
+            if found is None:
+                damage = problem and f"{problem} after {count} records"
+                break
+            if wrong:
+                held = (_wrong_length(held[0], held[2]), *held[1:])
+            resumed.append(f"{problem or 'a Content-Length past the end of the file'} after {count} records: read "
+                           f"on from the next record, at {'decompressed ' if members else ''}byte {found}")
+            stream.rewind(found)
+            start = found
         if held:
             yield held[0]
+    if len(resumed) > _RESUMES_SAID:
+        resumed[_RESUMES_SAID:] = [f"and {len(resumed) - _RESUMES_SAID} more places where reading went on past damage"]
     for problem in (members.problems if members else []) + resumed:
         yield ReadError(path, problem)
     if members and members.cut_at is not None:
@@ -268,18 +297,26 @@ def _read_warc(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
         yield ReadError(path, damage)
 
 
-# A WARC record's first line: where reading goes on after damage.
-_RECORD_START = re.compile(rb"(?:^|(?<=\n))WARC/\d\.\d+\r?\n")
+# A WARC record's first line: where reading goes on after damage. (No `^`: a search may begin mid-line.)
+_RECORD_START = re.compile(rb"(?<=\n)WARC/\d\.\d+\r?\n")
+_RESUMES_SAID = 10  # a file damaged at every record says so in this many lines and a count
 
 
-def _ends_right(stream: _Stream, pos: int, length: int, following: Optional[int]) -> bool:
-    """Whether the record at `pos` ends where its Content-Length says: its block is followed by the blank line
-    that ends a record, and the next record does not start inside it."""
+def _next_record_from(stream: _Stream, held, after: int) -> tuple[int, bool]:
+    """Where to look for the next record after damage, and whether the record before it (held) is the damage: a
+    record whose block ends in the blank line that ends a record is whole, and the next one starts after it;
+    else its Content-Length is wrong, and the next record may start inside what it claims (too long)."""
+    if not held or not isinstance(held[0], (Record, Skipped)):
+        return after, False
+    _, pos, length = held
     tail = stream.tail(pos)
-    if tail is None:
-        return True  # too far back to check: believed, as before
-    end = tail.find(b"\r\n\r\n") + 4 + length
-    return tail[end:end + 4] == b"\r\n\r\n" and (following is None or pos + end + 4 <= following)
+    if tail is None:  # too far back to check: believed, as before
+        return after, False
+    header = tail.find(b"\r\n\r\n") + 4
+    end = header + length
+    if header >= 4 and tail[end:end + 4] == b"\r\n\r\n":
+        return max(after, pos + end + 4), False
+    return max(after, pos + max(header, 1)), isinstance(held[0], Record)
 
 
 def _wrong_length(record: Record, length: int) -> Record:

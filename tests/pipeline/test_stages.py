@@ -102,7 +102,8 @@ def _set_length(record: bytes, length) -> bytes:
 
 @pytest.mark.parametrize("form", ["member per record", "whole file", "plain"])
 @pytest.mark.parametrize("damage", ["length too long", "length too short", "length not a number",
-                                    "length negative", "length past any number", "junk between", "header garbled"])
+                                    "length negative", "length past any number", "length past the file's end",
+                                    "junk between", "header garbled", "a WARC line in the page, then junk"])
 def test_one_damaged_record_loses_no_other(tmp_path, form, damage):
     """fastwarc cannot go on past a record whose length is wrong, and the file's later records were all lost; a
     too long record was kept with the next one's header as its text. Reading now goes on at the next record."""
@@ -114,19 +115,33 @@ def test_one_damaged_record_loses_no_other(tmp_path, form, damage):
                   "length not a number": _set_length(records[2], "abc"),
                   "length negative": _set_length(records[2], -5),
                   "length past any number": _set_length(records[2], 10 ** 25),
+                  "length past the file's end": _set_length(records[2], 10 ** 6),  # fastwarc reads to the end
                   "junk between": records[2] + b"this line is no record\r\n",
-                  "header garbled": b"WARC/1.0\r\n\x00\x01\x02" + body}[damage]
+                  "header garbled": b"WARC/1.0\r\n\x00\x01\x02" + body,
+                  # the search for the next record starts after the whole record, not at a line inside its page
+                  "a WARC line in the page, then junk": warc("response", blocks[2] + b"\nWARC/1.0\r\n",
+                                                             "<urn:uuid:2>") + b"junk\r\n"}[damage]
     data = {"member per record": b"".join(gzip.compress(r, mtime=0) for r in records),
             "whole file": gzip.compress(b"".join(records), mtime=0), "plain": b"".join(records)}[form]
     path = tmp_path / ("t.warc" if form == "plain" else "t.warc.gz")
     path.write_bytes(data)
     recs, errors = records_and_errors(path)
-    expected = {"junk between": {},  # the record before the junk is whole
+    expected = {"junk between": {}, "a WARC line in the page, then junk": {},  # the record before the junk is whole
                 "header garbled": {2: "gone"}}.get(damage, {2: "wrong Content-Length"})  # no type: skipped, counted
     assert {r.index: r.unreadable for r in recs} == {i: expected.get(i) for i in range(6) if expected.get(i) != "gone"}
-    assert all(r.payload == blocks[0][blocks[0].index(b"<html>"):] for r in recs if r.unreadable is None)
-    assert [e.reason.split(": read on")[0] for e in errors] == [
-        "unreadable (Invalid WARC header) after 3 records"]
+    assert all(r.payload.startswith(blocks[0][blocks[0].index(b"<html>"):]) for r in recs if r.unreadable is None)
+    cause = "a Content-Length past the end of the file" if damage == "length past the file's end" else \
+        "unreadable (Invalid WARC header)"
+    assert [e.reason.split(": read on")[0] for e in errors] == [f"{cause} after 3 records"]
+
+
+def test_a_file_damaged_at_every_record_is_read_whole_and_said_in_a_few_lines(tmp_path):
+    """Each damage point copied the whole 8 MiB window: 12,000 of them took 142 s."""
+    records = [warc("response", http(PAGE, "Content-Type: text/html"), f"<urn:uuid:{i}>") for i in range(600)]
+    (tmp_path / "t.warc").write_bytes(b"".join((b"junk\r\n" if i % 2 else b"") + r for i, r in enumerate(records)))
+    recs, errors = records_and_errors(tmp_path / "t.warc")
+    assert [r.index for r in recs] == list(range(600)) and not any(r.unreadable for r in recs)
+    assert len(errors) == 11 and errors[-1].reason == "and 290 more places where reading went on past damage"
 
 
 @pytest.mark.parametrize("coding", ["chunked", "br", "gzip", "deflate", "chunked gzip"])
