@@ -26,7 +26,7 @@ from megagpt.parallel.distributed import init_distributed
 from megagpt.parallel.parallelize import parallelize
 from megagpt.parallel.topology import ParallelContext, build_parallel_context
 from megagpt.planner import training_flops_per_token
-from megagpt.train.checkpoint import Checkpointer, TrainState
+from megagpt.train.checkpoint import Checkpointer, TrainState, starts_afresh
 from megagpt.train.guard import check_finite
 from megagpt.train.metrics import (RunLog, first_evaluation, first_unwritten, stop_if_unwritten, unwritten_error,
                                    written_by_rank_zero)
@@ -206,14 +206,16 @@ def preflight_pretrain(cfg: Config) -> None:
     check_training_data(cfg)
     found = find_tokenizer(cfg)
     if found is not None:
-        _same_tokenizer_as_checkpoints(found, cfg.run.dir)
+        if not starts_afresh(cfg):
+            _same_tokenizer_as_checkpoints(found, cfg.run.dir)
         keep_tokenizer(found, cfg.run.dir)
 
 
 def _same_tokenizer_as_checkpoints(found: str, run_dir: str) -> None:
-    """The data's tokenizer is the one run.dir's checkpoints read (kept beside them), where there are any: a run
-    imported from Hugging Face, or resumed or started afresh beside its checkpoints, trained on another
-    tokenizer's ids (whose text differs) without a word, and its tokenizer.json was replaced by the data's."""
+    """The data's tokenizer is the one run.dir's checkpoints read (kept beside them), where the run continues
+    from them: a run imported from Hugging Face, or resumed, trained on another tokenizer's ids (whose text
+    differs) without a word, and its tokenizer.json was replaced by the data's. (A fresh start sets the
+    checkpoints aside, where generate reads their training data's tokenizer, not run.dir's.)"""
     from megagpt.data.tokenizer import Tokenizer
     from megagpt.train.checkpoint import checkpoint_root, complete_tags
 
