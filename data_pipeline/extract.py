@@ -12,7 +12,8 @@ _JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a
                list: "an array"}
 
 
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), *((bom, "utf-16") for bom in _UTF16_BOMS))
 
 
 def _decode(payload: bytes, declared: Optional[str]) -> str:
@@ -52,12 +53,12 @@ def _wide(declared: Optional[str]) -> Optional[str]:
 def _unicode_text(payload: bytes, declared: Optional[str]) -> bool:
     """Whether NUL bytes in the payload are those of UTF-16 or UTF-32 text: it starts with their byte-order mark,
     or its charset says so."""
-    return payload.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _wide(declared) is not None
+    return payload.startswith(_UTF16_BOMS) or _wide(declared) is not None
 
 
 def _decode_text(payload: bytes) -> str:
     """Plain text (a WET conversion, a .txt file): UTF-8, or UTF-16 where a byte-order mark says so."""
-    if payload.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if payload.startswith(_UTF16_BOMS):
         return payload.decode("utf-16", errors="replace")  # a cut odd byte at the end: one U+FFFD
     return payload.decode("utf-8-sig")
 

@@ -21,6 +21,8 @@ from typing import Iterator, Optional, Union
 
 import brotli
 
+from megagpt.files import gzipped
+
 
 @dataclass
 class Record:
@@ -440,8 +442,7 @@ def _tail_damage(tail: Optional[bytes], path: str, compressed: bool, last_pos: O
 
 
 def _read_jsonl(path: str) -> Iterator[Union[Record, ReadError]]:
-    with open(path, "rb") as f:  # by content, as WARC files are: a plain .jsonl.gz and a gzipped .jsonl happen
-        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    opener = gzip.open if gzipped(path) else open  # by content, as WARC files are
     records = 0
     try:
         with opener(path, "rb") as f:

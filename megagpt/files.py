@@ -47,6 +47,12 @@ def first_repeat(items: Iterable) -> Optional[tuple[int, int]]:
     return None
 
 
+def gzipped(path: str) -> bool:
+    """Whether a file is gzip by its first bytes, whatever its name says (a plain file named .gz happens)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def same_shard_twice(prefixes: Iterable[str]) -> Optional[tuple[int, int]]:
     """first_repeat over the files the prefixes name: another spelling of a path, a link to the folder or to the
     .bin itself (a hard one too) is the same shard."""

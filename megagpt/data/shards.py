@@ -16,7 +16,7 @@ import numpy as np
 
 from megagpt.data.tokenizer import Tokenizer
 from megagpt.errors import ConfigError, DataError
-from megagpt.files import writing
+from megagpt.files import gzipped, writing
 
 # megatron-core's _IndexWriter: this header, version 1, then the token dtype's code
 _INDEX_HEADER = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1)
@@ -200,8 +200,7 @@ def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str
 
 
 def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
-    with open(path, "rb") as f:  # by content, as the corpus pipeline reads JSONL: a name can say either
-        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    opener = gzip.open if gzipped(path) else open
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
