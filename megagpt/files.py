@@ -53,6 +53,15 @@ def gzipped(path: str) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+def same_path(then: str, cwd_then: Optional[str], now: str) -> bool:
+    """Whether a path a run wrote in cwd_then (None: not recorded) names what `now` names here: written alike (a moved
+    project keeps its relative paths), or resolving to the same place (relative then, absolute now, or from another
+    directory)."""
+    if os.path.normpath(then) == os.path.normpath(now):
+        return True
+    return cwd_then is not None and os.path.realpath(os.path.join(cwd_then, then)) == os.path.realpath(now)
+
+
 def same_shard_twice(prefixes: Iterable[str]) -> Optional[tuple[int, int]]:
     """first_repeat over the files the prefixes name: another spelling of a path, a link to the folder or to the
     .bin itself (a hard one too) is the same shard."""

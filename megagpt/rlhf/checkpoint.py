@@ -80,7 +80,8 @@ class PPOCheckpointer:
             for name in TRAINED:  # each role's directory is a checkpoint of its own
                 own = {f[len(name) + 1:]: s for f, s in sums.items() if f.startswith(name + "/")}
                 writes.append((os.path.join(path, name, META), json.dumps(self._meta(state, own), indent=1)))
-            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs}
+            meta = {**self._meta(state, sums), "ppo": asdict(state), "world": self.world, "inputs": self.inputs,
+                    "cwd": os.getcwd()}
             writes += [(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True)),
                        (os.path.join(self.root, LATEST), tag_for(state.iteration) + "\n")]
             write_meta_and_latest(writes, failures)
@@ -121,7 +122,7 @@ class PPOCheckpointer:
         meta = read_meta(path)
         if "ppo" not in meta:
             raise CheckpointError(f"checkpoint {path} is not a PPO checkpoint (run.dir holds another kind of run)")
-        check_same_run(meta["config"], self.cfg, path)
+        check_same_run(meta["config"], self.cfg, path, meta.get("cwd"))
         for name in TRAINED:
             role = self.roles.get(name)
             if role is not None:

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from megagpt.config import Config, from_dict, stage_of, steps_bf16_optimizer
 from megagpt.errors import CheckpointError, ConfigError, StorageError, on_every_rank
-from megagpt.files import sha256_file, writing
+from megagpt.files import same_path, sha256_file, writing
 from megagpt.parallel.parallelize import canonical_name
 from megagpt.parallel.topology import ParallelContext
 from megagpt.train.inputs import check_same_inputs, describe_inputs
@@ -373,7 +373,7 @@ def preflight(cfg: Config, world: int) -> None:
         return  # none to resume (or none usable: resume() says so)
     check_compatible(meta, cfg, path)
     if not meta["weights_only"]:
-        check_same_inputs(meta.get("inputs"), cfg, path)
+        check_same_inputs(meta.get("inputs"), cfg, path, meta.get("cwd"))
     if "ppo" in meta:
         return  # layout-free (universal/ only)
     layout = layout_of(cfg, world // (cfg.parallel.tp * cfg.parallel.pp))
@@ -425,7 +425,7 @@ def check_shape(meta: dict, cfg: Config, path: str, grown_vocab: bool = False) -
 def check_compatible(meta: dict, cfg: Config, path: str) -> None:
     check_shape(meta, cfg, path)
     if not meta["weights_only"]:  # an imported model (import-hf) starts a run; a trained one is continued
-        check_same_run(meta["config"], cfg, path)
+        check_same_run(meta["config"], cfg, path, meta.get("cwd"))
 
 
 # What a resumed run may change: its length, logging, profiling and saving, and how it is laid out and run.
@@ -436,9 +436,24 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_interval", "train.eval_interval",
                      "run.", "parallel.", "rlhf.layout", "rlhf.log_samples")
 
 
-def check_same_run(saved: dict, cfg: Config, path: str) -> None:
-    """Resuming continues the saved run: any other change would silently train a different one."""
+# Settings that name files: the same where they name the same files, however written (an interactive run's relative
+# path resumed by a Slurm script's absolute one); what the files hold is checked apart (check_same_inputs).
+PATH_SETTINGS = ("data.prefixes", "data.mixture", "sft.data", "sft.init", "sft.tokenizer", "rm.data", "rm.init",
+                 "rm.demonstrations", "rm.tokenizer", "finetune.train", "finetune.test", "finetune.init",
+                 "finetune.tokenizer", "rlhf.prompts", "rlhf.actor_init", "rlhf.reward_init", "rlhf.tokenizer")
+
+
+def check_same_run(saved: dict, cfg: Config, path: str, cwd: Optional[str] = None) -> None:
+    """Resuming continues the saved run: any other change would silently train a different one. cwd: the directory
+    the saved run ran in (None for a checkpoint from before it was recorded: paths must then be written alike)."""
     theirs, ours = _flat(from_dict(saved).to_dict()), _flat(cfg.to_dict())
+    for key in PATH_SETTINGS:
+        then, now = theirs.get(key), ours.get(key)
+        if isinstance(then, str) and isinstance(now, str) and same_path(then, cwd, now):
+            theirs[key] = now
+        elif isinstance(then, list) and isinstance(now, list) and len(then) == len(now) and all(
+                isinstance(a, str) and isinstance(b, str) and same_path(a, cwd, b) for a, b in zip(then, now)):
+            theirs[key] = now
     # a pretraining loss is the mean over every token, however the batch is sliced; the other stages' is a mean per
     # micro-batch of their masked tokens, which another micro-batch size weighs differently
     resumable = RESUMABLE_CHANGES + (("train.micro_batch_size",) if stage_of(cfg) == "pretrain" else ())
@@ -499,7 +514,7 @@ class Checkpointer:
             meta = {"format_version": FORMAT_VERSION, "step": state.step, "consumed_samples": state.consumed_samples,
                     "consumed_tokens": state.consumed_tokens, "layout": self.layout(), "model": model_shape(self.cfg),
                     "weights_only": False, "universal": self.cfg.train.universal_checkpoint,
-                    "config": self.cfg.to_dict(), "inputs": self.inputs,
+                    "config": self.cfg.to_dict(), "cwd": os.getcwd(), "inputs": self.inputs,
                     "files": sums}
             write_meta_and_latest([(os.path.join(path, META), json.dumps(meta, indent=1, sort_keys=True)),
                                    (os.path.join(self.root, LATEST), tag + "\n")], failures)  # latest last

@@ -12,7 +12,7 @@ import os
 
 from megagpt.config import Config, setting, stage_of
 from megagpt.errors import CheckpointError
-from megagpt.files import sha256_file
+from megagpt.files import same_path, sha256_file
 
 # The JSONL files each stage reads (the key validate() tells the stages apart by comes first).
 _FILES = {"ppo": ("rlhf.prompts",), "finetune": ("finetune.train", "finetune.test"), "sft": ("sft.data",),
@@ -53,11 +53,18 @@ def _mixture(path: str) -> list[dict]:
         return json.load(f)["sources"]
 
 
-def check_same_inputs(recorded: dict | None, cfg: Config, path: str) -> None:
-    """A resume reads what the checkpoint's run read (a checkpoint from before inputs were recorded: not checked)."""
+def check_same_inputs(recorded: dict | None, cfg: Config, path: str, cwd: str | None = None) -> None:
+    """A resume reads what the checkpoint's run read (a checkpoint from before inputs were recorded: not checked).
+    cwd: where that run ran, which its relative shard prefixes were read from."""
     if recorded is None:
         return
     now = describe_inputs(cfg)
+    for key in [k for k in recorded if k.startswith("shard ") and k not in now]:  # the same shard, written otherwise
+        here = next((k for k in now if k.startswith("shard ") and k not in recorded and same_path(key[6:], cwd, k[6:])),
+                    None)
+        if here is not None:
+            recorded = {**recorded, here: recorded[key]}
+            del recorded[key]
     changed = [_change(key, recorded[key], now.get(key)) for key in recorded if _identity(now.get(key)) !=
                _identity(recorded[key])]
     if changed:

@@ -266,6 +266,19 @@ def test_a_shard_rebuilt_in_place_refuses_the_resume_and_a_fresh_start_indexes_i
     assert len(os.listdir(run / "data_cache")) == 2
 
 
+def test_a_resume_may_name_the_same_shard_absolutely(demo_prefix, tmp_path):
+    """The run started with a relative prefix (an interactive shell); the job that continues it names it absolutely
+    (a Slurm script): the same files, the same run."""
+    from tests.conftest import REPO
+
+    run = tmp_path / "run"
+    relative = os.path.relpath(demo_prefix, REPO)  # megagpt() runs in REPO
+    megagpt(*pretrain_args(relative, run, 1, 1, 1, "train.steps=2", "train.save_interval=2", "train.eval_interval=0"))
+    out = megagpt(*pretrain_args(os.path.abspath(demo_prefix), run, 1, 1, 1, "train.steps=3", "train.save_interval=2",
+                                 "train.eval_interval=0"))
+    assert "resumed from step 2" in out.stdout
+
+
 def test_a_second_run_into_a_busy_run_dir_refuses_and_leaves_the_first_alone(demo_prefix, tmp_path):
     run = tmp_path / "run"
     args = pretrain_args(demo_prefix, run, 1, 1, 2, "train.steps=400", "train.eval_interval=0")

@@ -60,3 +60,32 @@ def test_each_stage_records_its_own_inputs(tmp_path):
         describe_inputs(ppo)
     sft = load_config(TINY, [f"sft.data={prompts}", "data.prefixes=[/nowhere/shard]"])
     assert stage_of(sft) == "sft" and list(describe_inputs(sft)) == ["sft.data"]  # not the shards it does not read
+
+
+def test_the_same_shards_written_absolutely_or_from_elsewhere_resume(tmp_path, monkeypatch):
+    """An interactive run named its shard relatively; the Slurm script that resumes it names it absolutely, or runs
+    in another directory: the same files, so the same run. Another shard at the same relative path is not."""
+    from megagpt.train.checkpoint import check_same_run
+
+    (tmp_path / "tokens").mkdir()
+    shard(str(tmp_path / "tokens" / "web"), 5)
+    monkeypatch.chdir(tmp_path)
+    then = load_config(TINY, ["data.prefixes=[tokens/web]", "sft.init=runs/base"])
+    recorded = json.loads(json.dumps(describe_inputs(then)))
+    (tmp_path / "elsewhere").mkdir()
+    for cwd, prefix, init in ((tmp_path, f"{tmp_path}/tokens/web", f"{tmp_path}/runs/base"),
+                              (tmp_path / "elsewhere", "../tokens/web", "../runs/base")):
+        monkeypatch.chdir(cwd)
+        now = load_config(TINY, [f"data.prefixes=[{prefix}]", f"sft.init={init}"])
+        check_same_run(then.to_dict(), now, "ckpt", str(tmp_path))
+        check_same_inputs(recorded, now, "ckpt", str(tmp_path))
+        with pytest.raises(CheckpointError, match="another config.*data.prefixes"):  # from before cwd was recorded
+            check_same_run(then.to_dict(), now, "ckpt")
+    (tmp_path / "elsewhere" / "tokens").mkdir()
+    shard(str(tmp_path / "elsewhere" / "tokens" / "web"), 5)  # the same relative name, other files
+    now = load_config(TINY, ["data.prefixes=[tokens/web]", "sft.init=runs/base"])
+    check_same_run(then.to_dict(), now, "ckpt", str(tmp_path))  # written alike: a moved project
+    check_same_inputs(recorded, now, "ckpt", str(tmp_path))  # ... and the same contents
+    with pytest.raises(CheckpointError, match="another config.*data.prefixes"):
+        check_same_run(then.to_dict(), load_config(TINY, ["data.prefixes=[tokens/web, tokens/web]"]), "ckpt",
+                       str(tmp_path))
