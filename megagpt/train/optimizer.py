@@ -137,7 +137,7 @@ def deepspeed_config(cfg: Config, dp: int, global_batch_size: int) -> dict:
         ds["bf16"] = {"enabled": True, "check_grad_overflow": False, "immediate_grad_update": True}
         if cfg.parallel.zero_stage >= 1:
             # Gradients summed over micro-batches in fp32, as Megatron-LM does with bf16: in bf16 (DeepSpeed's
-            # default) the 48 micro-batches of GPT-3 175B's layout add up with an 8-bit mantissa. Their reduction
+            # default) the 96 micro-batches of GPT-3 175B's layout add up with an 8-bit mantissa. Their reduction
             # over DP is in bf16 unless parallel.grad_reduce_in_fp32 (Megatron-LM's default). At ZeRO 1 DeepSpeed then
             # steps BF16_Optimizer (config.steps_bf16_optimizer). ZeRO 0 has no fp32 accumulation in DeepSpeed.
             ds["data_types"] = {"grad_accum_dtype": "fp32"}

@@ -235,7 +235,7 @@ def test_layout_files_fit_and_say_their_mfu(world_of_one, name):
     gives the planner's MFU, and whose dry run builds every stage on the meta device."""
     from megagpt.config import validate
     from megagpt.planner.dry_run import dry_run
-    from megagpt.planner.search import config_layout, evaluate, plan
+    from megagpt.planner.search import config_layout, evaluate, gib, plan
 
     path = os.path.join(LAYOUTS, f"{name}.yaml")
     cfg, gpus = load_config(path), LAYOUT_GPUS[name]
@@ -243,7 +243,8 @@ def test_layout_files_fit_and_say_their_mfu(world_of_one, name):
     hw = Hardware()
     own = evaluate(cfg, config_layout(cfg, gpus), hw, plan(cfg, gpus, 80, hw)[0].usable)
     assert own.fits
-    assert f"estimated MFU {own.mfu:.1%}" in open(path).read()
+    assert (f"{gib(own.memory.total)} GiB on the fullest rank, {own.time.total:.2f} s per step, estimated MFU "
+            f"{own.mfu:.1%}") in " ".join(line.lstrip("# ") for line in open(path).read().splitlines())
     assert plan(cfg, gpus, 80, hw)[0].layout == own.layout  # "ranks this layout first", as its header says
     assert dry_run(cfg, gpus, 80, hw).splitlines()[-1].startswith("verdict: fits")
 
