@@ -22,7 +22,7 @@ from data_pipeline.pipeline import STAGES, forget_lost_outputs, stage_tasks
 from data_pipeline.io import write_json
 from data_pipeline.runs import SLURM_JOBS, Run
 from megagpt.errors import ConfigError, SlurmError
-from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, check_path, jobs_in_flight, max_array_size, python, render,
+from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, cancel_jobs, check_path, jobs_in_flight, max_array_size, python, render,
                            sbatch_line, submit_script, write_script)
 
 
@@ -83,12 +83,11 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
             try:
                 previous = submit_script(script)
             except SlurmError as exc:
-                if "submit limit" in str(exc) or "MaxSubmitJob" in str(exc):
-                    raise SlurmError(f"{exc}. The cluster caps the jobs you may queue (sacctmgr show qos "
-                                     f"format=name,maxsubmitjobsperuser): set executor.max_submit to the cap less "
-                                     f"the jobs you have queued; {len(jobs)} stage(s) before {stage} are queued "
-                                     f"and a rerun keeps their work") from None
-                raise
+                why = str(exc)
+                if "submit limit" in why or "MaxSubmitJob" in why:
+                    why += (". The cluster caps the jobs you may queue (sacctmgr show qos format=name,"
+                            "maxsubmitjobsperuser): set executor.max_submit to the cap less the jobs you have queued")
+                raise SlurmError(why + _cancelled(jobs, list(counts)[:len(jobs)])) from None
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
         if cfg.executor.wait:
@@ -101,6 +100,19 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
         return jobs
     finally:
         run.close()
+
+
+def _cancelled(jobs: list[str], stages: list[str]) -> str:
+    """The stages queued before a submission failed are cancelled: they would run a part of the run, and hold its
+    output.dir until they ended, which refuses the rerun that fixes the failure."""
+    if not jobs:
+        return ""
+    failed = cancel_jobs(jobs)
+    if failed:
+        return (f"; the jobs of the stages before it ({', '.join(stages)}: {', '.join(jobs)}) are still queued, as "
+                f"scancel failed ({failed}): scancel them, or wait for them, before a rerun")
+    return (f"; the jobs of the stages before it ({', '.join(stages)}: {', '.join(jobs)}) were cancelled, and a "
+            f"rerun keeps the tasks they finished")
 
 
 def array_share(max_submit: int | None, counts: dict[str, int]) -> int:

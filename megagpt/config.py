@@ -270,14 +270,40 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
         raise ConfigError(f"malformed override {item!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(text) if text else ""
+        value = yaml.load(text, Loader=_Loader) if text else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed override {item!r}: {str(exc).splitlines()[0]}") from None
     return key, value
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+class _Loader(yaml.SafeLoader):
+    """safe_load without YAML 1.1's base-60 numbers: a Slurm time 12:00:00 stays that text (PyYAML read 43200)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, re.compile(r"(?!.*:)" + regexp.pattern, regexp.flags) if tag.endswith((":int", ":float")) else regexp)
+            for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+class _Int(int):
+    """A YAML int that keeps its text: a text setting given a number takes it as written (a Slurm time in minutes,
+    a memory in MB: `0100` is not "64")."""
+
+    text: str
+
+
+def _construct_int(loader: _Loader, node) -> _Int:
+    value = _Int(loader.construct_yaml_int(node))
+    value.text = node.value
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+class _UniqueKeyLoader(_Loader):
+    """_Loader, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -380,7 +406,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if isinstance(value, str):  # YAML 1.1 reads "375e6" as a string
             try:
                 value = float(value)
@@ -399,6 +425,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, _Int):
+            return value.text
     elif hint is list or typing.get_origin(hint) is list:
         if isinstance(value, list):
             return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else value

@@ -153,6 +153,15 @@ def max_array_size() -> int:
     return int(found.group(1)) if proc.returncode == 0 and found and int(found.group(1)) > 0 else DEFAULT_MAX_ARRAY_SIZE
 
 
+def cancel_jobs(jobs: list[str]) -> str | None:
+    """scancel `jobs`; None once Slurm has taken the request, else why not."""
+    try:
+        proc = subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if proc.returncode == 0 else " ".join(proc.stderr.split()) or f"exit status {proc.returncode}"
+
+
 def jobs_in_flight(jobs: list[str]) -> list[str] | None:
     """Those of `jobs` Slurm still holds (pending, running, completing): a job it no longer knows has ended.
     None where squeue cannot tell (not installed, the controller unreachable)."""

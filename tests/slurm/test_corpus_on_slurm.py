@@ -81,3 +81,28 @@ def test_a_task_index_past_its_stage_is_refused(tmp_path):
         run_task(cfg, "process", 1)
     with pytest.raises(ConfigError, match=r"--stage 'dedup-pairs' is not one of process, dedup-index, dedup-exact"):
         run_task(cfg, "dedup-pairs", 0)
+
+
+def test_a_stage_sbatch_refuses_cancels_the_stages_queued_before_it(slurm_cluster, crawl, tmp_path):
+    """A reduce job asking more memory than any node has is refused at its sbatch, after the process and
+    dedup-index arrays were queued: they are cancelled, so the rerun with the setting fixed is not refused
+    while they run on."""
+    import re
+    import time
+
+    import pytest
+
+    from data_pipeline.slurm_executor import submit
+    from megagpt.errors import SlurmError
+    from megagpt.slurm import jobs_in_flight
+
+    crawl_dir, _ = crawl
+    with pytest.raises(SlurmError, match=r"Memory specification can not be satisfied.*the jobs of the stages before "
+                                         r"it \(process, dedup-index: \d+, \d+\) were cancelled"):
+        submit(corpus_config(crawl_dir, tmp_path / "out", "executor.kind=slurm", "executor.reduce_mem=999999G"))
+    with open(tmp_path / "out" / "work" / "slurm" / "jobs.json") as f:
+        jobs = re.findall(r"\d+", f.read())
+    deadline = time.time() + 60
+    while jobs_in_flight(jobs) and time.time() < deadline:  # cancelled jobs pass through COMPLETING
+        time.sleep(0.5)
+    assert jobs_in_flight(jobs) == []

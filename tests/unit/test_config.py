@@ -62,7 +62,7 @@ def test_presets_load_and_validate(preset):
     ("model.num_layers=[1", "malformed override 'model.num_layers=[1'"),
     ("optim.lr=fast", "optim.lr='fast' is not a valid float"),
     ("train.progress=3", "train.progress=3 is not a valid bool"),
-    ("data.prefixes=[1, 2]", "data.prefixes[0]=1 is not a valid str"),  # was a TypeError traceback at validate
+    ("data.prefixes=[true, 2]", "data.prefixes[0]=True is not a valid str"),  # was a TypeError traceback at validate
     ("data.weights=[true]", "data.weights[0]=True is not a valid float"),
     ("train.profile_steps=[1, 2.5]", "train.profile_steps[1]=2.5 is not a valid int"),
 ])
@@ -253,3 +253,22 @@ def test_a_ppo_run_saved_with_a_schedule_it_never_applied_resumes_without_one(tm
     with pytest.raises(CheckpointError, match="optim.warmup_tokens=0 \\(checkpoint has 10240\\)"):
         check_same_run(load_config(None, ["optim.warmup_tokens=10240"]).to_dict(),
                        load_config(None, ["optim.warmup_tokens=0"]), "ck")  # pretraining's schedule is the run's
+
+
+def test_slurm_times_and_sizes_read_as_written(tmp_path):
+    """YAML 1.1 reads 12:00:00 as the base-60 number 43200, and 60 or 8000 as numbers: every unquoted Slurm time
+    but those with a leading zero was 'not a valid str'. A number given to a text setting keeps its text."""
+    from data_pipeline.config import load_corpus_config
+
+    base = ["input.paths=[/etc/hostname]", "executor.kind=slurm"]
+    for given in ("12:00:00", "10:00", "60", "0100", "1-12:00:00", "0"):
+        assert load_corpus_config(None, base + [f"executor.time={given}"]).executor.time == given
+    for given in ("8000", "0", "16G"):
+        assert load_corpus_config(None, base + [f"executor.mem={given}"]).executor.mem == given
+    (tmp_path / "c.yaml").write_text("input: {paths: [/etc/hostname]}\nexecutor:\n  kind: slurm\n  time: 12:00:00\n"
+                                     "  mem: 8000\n")
+    cfg = load_corpus_config(str(tmp_path / "c.yaml"))
+    assert (cfg.executor.time, cfg.executor.mem) == ("12:00:00", "8000")
+    assert type(load_config(None, ["train.steps=1_000"]).train.steps) is int  # numbers stay plain numbers
+    with pytest.raises(ConfigError, match=r"optim.lr='1:30' is not a valid float"):
+        load_config(None, ["optim.lr=1:30"])

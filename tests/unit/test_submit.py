@@ -314,6 +314,7 @@ def _corpus_on_fake_slurm(tmp_path, monkeypatch, *overrides, refuse_at=None):
     from data_pipeline import slurm_executor
     from data_pipeline.config import load_corpus_config
 
+    tmp_path.mkdir(exist_ok=True)
     for i in range(7):
         (tmp_path / f"{i}.jsonl").write_text('{"text": "x"}\n')
     handed = []
@@ -376,8 +377,23 @@ def test_max_submit_below_one_job_a_stage_is_refused(tmp_path, monkeypatch):
         _corpus_on_fake_slurm(tmp_path, monkeypatch, "executor.max_submit=0")
 
 
-def test_a_refused_submission_names_max_submit(tmp_path, monkeypatch):
+def test_a_refused_submission_names_max_submit_and_cancels_the_stages_before_it(tmp_path, monkeypatch):
+    """The jobs already queued would run a part of the run and hold output.dir, refusing the rerun that fixes the
+    failure, until they ended: they are cancelled, or named where scancel fails."""
+    from data_pipeline import slurm_executor
+
+    cancelled = []
+    monkeypatch.setattr(slurm_executor, "cancel_jobs", lambda jobs: cancelled.append(jobs))
     with pytest.raises(SlurmError, match=r"job submit limit.*The cluster caps the jobs you may queue .*set "
-                                         r"executor.max_submit to the cap less the jobs you have queued; 2 stage\(s\) "
-                                         r"before dedup-exact are queued and a rerun keeps their work"):
+                                         r"executor.max_submit to the cap less the jobs you have queued; the jobs of "
+                                         r"the stages before it \(process, dedup-index: 101, 102\) were cancelled, "
+                                         r"and a rerun keeps the tasks they finished$"):
         _corpus_on_fake_slurm(tmp_path, monkeypatch, refuse_at=2)
+    assert cancelled == [["101", "102"]]
+    monkeypatch.setattr(slurm_executor, "cancel_jobs", lambda jobs: "scancel: error: Kill job error")
+    with pytest.raises(SlurmError, match=r"the jobs of the stages before it \(process: 101\) are still queued, as "
+                                         r"scancel failed \(scancel: error: Kill job error\): scancel them, or wait "
+                                         r"for them, before a rerun$"):
+        _corpus_on_fake_slurm(tmp_path / "again", monkeypatch, refuse_at=1)
+    with pytest.raises(SlurmError, match=r"job submit limit.*jobs you have queued$"):  # nothing queued before it
+        _corpus_on_fake_slurm(tmp_path / "first", monkeypatch, refuse_at=0)
