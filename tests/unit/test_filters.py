@@ -241,7 +241,7 @@ def test_same_decisions_as_datatrove_on_generated_pages():
     ("filters.top_ngram_char_frac={0: 0.2}", "filters.top_ngram_char_frac maps n-gram sizes"),
     ("filters.dup_ngram_char_frac={5: 2}", "filters.dup_ngram_char_frac maps n-gram sizes"),
     ("filters.min_words=-1", "filters.min_words=-1 must be at least 0"),
-    ("filters.stop_words=[1, 2]", "filters.stop_words[0]=1 is not a valid str"),
+    ("filters.stop_words=[{a: 1}]", "filters.stop_words[0]={'a': 1} is not a valid str"),
     ("filters.c4_min_sentences=-2", "filters.c4_min_sentences=-2 must be at least 0"),
 ])
 def test_bad_filter_settings_are_one_line_errors(override, message):
