@@ -8,6 +8,7 @@ one line naming the keys and values at fault, before any process group exists.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import re
@@ -270,7 +271,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
         raise ConfigError(f"malformed override {item!r}: expected section.key=value")
     try:
-        value = yaml.load(text, Loader=_Loader) if text else ""
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed override {item!r}: {str(exc).splitlines()[0]}") from None
     return key, value
@@ -294,7 +295,10 @@ class _Int(int):
 
 
 def _construct_int(loader: _Loader, node) -> _Int:
-    value = _Int(loader.construct_yaml_int(node))
+    digits = node.value.replace("_", "")
+    # YAML 1.1 reads 010 as octal 8 (train.steps=010 trained 8 steps); 1.2, and every reader of decimals, as 10
+    decimal = re.fullmatch(r"[-+]?0[0-9]+", digits)
+    value = _Int(int(digits, 10) if decimal else loader.construct_yaml_int(node))
     value.text = node.value
     return value
 
@@ -303,12 +307,18 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 class _UniqueKeyLoader(_Loader):
-    """_Loader, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+    """_Loader, but a key given twice in one mapping is an error (PyYAML keeps the last one silently); a merge key's
+    (`<<:`) mapping is a default, which a key of the mapping itself overrides, as YAML says."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, not a {type(key).__name__}",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
                                                         key_node.start_mark)
@@ -458,6 +468,10 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
     return world_size // (cfg.parallel.tp * cfg.parallel.pp)
 
 
+MAX_STEPS = 100_000_000  # a per-step schedule is kept: 100M steps is years at any size
+MAX_TIMEOUT_MINUTES = 1_000_000
+
+
 def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
     """Reject a run that cannot work at this world size. Raises ConfigError."""
     m, p, t, o = cfg.model, cfg.parallel, cfg.train, cfg.optim
@@ -470,6 +484,8 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         ("train.micro_batch_size", t.micro_batch_size), ("train.log_interval", t.log_interval),
     ]:
         _require(value >= 1, f"{key}={value} must be at least 1")
+    _require(t.steps <= MAX_STEPS, f"train.steps={t.steps} is more than {MAX_STEPS:,} steps (a token or sample count "
+             f"given as steps?)")
     _require(m.ffn_hidden_size is None or m.ffn_hidden_size >= 1,
              f"model.ffn_hidden_size={m.ffn_hidden_size} must be at least 1 (null: 4 x model.hidden_size)")
     for key, value in [("train.eval_interval", t.eval_interval), ("train.batch_ramp_tokens", t.batch_ramp_tokens)]:
@@ -537,8 +553,9 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(all(type(r) is int and 0 <= r < world_size for r in t.profile_ranks),
                  f"train.profile_ranks={t.profile_ranks} must name ranks of this world (0..{world_size - 1})")
     _require(cfg.run.device in DEVICES, f"run.device={cfg.run.device!r} must be auto, cpu or cuda")
-    _require(cfg.run.dist_timeout_minutes > 0 and math.isfinite(cfg.run.dist_timeout_minutes),
-             f"run.dist_timeout_minutes={cfg.run.dist_timeout_minutes} must be a positive number of minutes")
+    _require(0 < cfg.run.dist_timeout_minutes <= MAX_TIMEOUT_MINUTES,  # 1e16 overflowed timedelta: a traceback
+             f"run.dist_timeout_minutes={cfg.run.dist_timeout_minutes} must be a positive number of minutes, at most "
+             f"{MAX_TIMEOUT_MINUTES:,} (almost two years)")
     _require(bool(cfg.run.dir.strip()), f"run.dir={cfg.run.dir!r} is empty: name the directory the run writes to")
     _require(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
     _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be positive and finite")
@@ -578,8 +595,19 @@ def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
         _require(p.pp == 1, f"parallel.pp={p.pp}: the reward model trains at pp=1 (tensor and data parallel)")
         _require(p.zero_stage in (1, 2), f"parallel.zero_stage={p.zero_stage}: the reward model trains at ZeRO 1 "
                  f"or 2 (its reward shift sets a parameter in place)")
+    _require_finite(cfg)
     if check_data:
         validate_data_paths(cfg)
+
+
+def _require_finite(cfg) -> None:
+    """No setting is infinite or NaN (the checks above name the usual ones with their ranges; this catches the rest,
+    such as finetune.lm_coef=.inf, which trained to an 'inf loss: the run diverged')."""
+    for section in dataclasses.fields(cfg):
+        for name, value in dataclasses.asdict(getattr(cfg, section.name)).items():
+            for item in value if isinstance(value, list) else [value]:
+                _require(not isinstance(item, float) or math.isfinite(item),
+                         f"{section.name}.{name}={value} must be finite")
 
 
 def validate_batches(cfg: Config, world_size: int) -> None:

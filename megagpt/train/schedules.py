@@ -54,10 +54,10 @@ def batch_sizes(cfg: Config) -> list[int]:
     """The global batch size of every step of the run."""
     ramp, seq = batch_ramp(cfg), cfg.model.seq_length
     sizes, tokens = [], 0
-    for _ in range(cfg.train.steps):
+    while len(sizes) < cfg.train.steps and (not sizes or sizes[-1] < ramp.full):
         sizes.append(ramp.batch_size(tokens))
         tokens += sizes[-1] * seq
-    return sizes
+    return sizes + [ramp.full] * (cfg.train.steps - len(sizes))  # the ramp's end on: the full batch
 
 
 def lr_schedule(cfg: Config, run_tokens: int) -> CosineLR:

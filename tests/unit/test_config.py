@@ -272,3 +272,42 @@ def test_slurm_times_and_sizes_read_as_written(tmp_path):
     assert type(load_config(None, ["train.steps=1_000"]).train.steps) is int  # numbers stay plain numbers
     with pytest.raises(ConfigError, match=r"optim.lr='1:30' is not a valid float"):
         load_config(None, ["optim.lr=1:30"])
+
+
+def test_yaml_reads_as_a_user_means_it(tmp_path):
+    """Leading zeros are decimal (YAML 1.1 read train.steps=010 as octal 8); merge keys are read, the mapping's own
+    keys overriding them; a list as a key and a key given twice in an override are one-line errors."""
+    assert load_config(None, ["train.steps=010"]).train.steps == 10
+    (tmp_path / "merge.yaml").write_text("train:\n  <<: {steps: 3, seed: 7}\n  steps: 5\n")
+    cfg = load_config(str(tmp_path / "merge.yaml"))
+    assert (cfg.train.steps, cfg.train.seed) == (5, 7)
+    (tmp_path / "listkey.yaml").write_text("train:\n  [steps]: 3\n")
+    with pytest.raises(ConfigError, match=r"listkey.yaml is not valid YAML: a key must be a name, not a list"):
+        load_config(str(tmp_path / "listkey.yaml"))
+    with pytest.raises(ConfigError, match=r"malformed override 'train=\{steps: 1, steps: 2\}': key 'steps' given twice"):
+        load_config(None, ["train={steps: 1, steps: 2}"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("finetune.lm_coef=.inf", "finetune.lm_coef=inf must be finite"),  # trained to 'inf loss: the run diverged'
+    ("rlhf.kl_coef=.nan", "rlhf.kl_coef=nan must be finite"),
+    ("data.weights=[1, .inf]", r"data.weights=\[1.0, inf\] must be finite"),
+    ("run.dist_timeout_minutes=1e16", r"run.dist_timeout_minutes=1e\+16 must be a positive number of minutes, at "
+                                      r"most 1,000,000"),  # an OverflowError traceback in every rank
+    ("train.steps=1e20", r"train.steps=100000000000000000000 is more than 100,000,000 steps"),  # built a list forever
+])
+def test_settings_past_any_use_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(None, ["finetune.task=classification", override]), 1, check_data=False)
+
+
+def test_batch_sizes_past_the_ramp_are_the_full_batch():
+    from megagpt.train.schedules import batch_ramp, batch_sizes
+
+    cfg = load_config(None, ["train.steps=40", "train.global_batch_size=32", "train.batch_ramp_start=8",
+                             "train.batch_ramp_increment=8", "train.batch_ramp_tokens=20000", "model.seq_length=64"])
+    ramp, tokens, expected = batch_ramp(cfg), 0, []
+    for _ in range(40):  # the schedule step by step
+        expected.append(ramp.batch_size(tokens))
+        tokens += expected[-1] * 64
+    assert batch_sizes(cfg) == expected and expected[0] == 8 and expected[-1] == 32
