@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Mapping, NoReturn, Sequence
 
@@ -104,11 +105,18 @@ def rank_main(argv: list[str]) -> None:
     finally:
         atexit._run_exitfuncs()  # a forked process skips them at exit; a fresh interpreter would run them here
     if Preemption.in_process in (signal.SIGTERM, signal.SIGINT):
-        # Stopped by SIGTERM or Ctrl-C: torch elastic is closing the ranks (it passes either signal on), and would
-        # wait 30 s for this one at its exit barrier for function entrypoints before killing it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # Stopped by SIGTERM or Ctrl-C: where the launcher got it too, torch elastic is closing the ranks, and would
+        # wait 30 s for this one at the exit barrier that follows this return. Where this rank alone got it, the
+        # launcher waits for its return value, which torch elastic hands on once this returns: then leave (without
+        # that value it waited forever).
+        def leave() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+        timer = threading.Timer(1.0, leave)
+        timer.daemon = True
+        timer.start()
 
 
 def existing_world_size(env: Mapping[str, str] = os.environ) -> int | None:

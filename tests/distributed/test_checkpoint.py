@@ -75,6 +75,25 @@ def test_signal_saves_and_exits_zero_then_continues(demo_prefix, tmp_path, sig, 
     assert training_record(run) == uninterrupted_112
 
 
+def test_sigterm_to_one_rank_saves_and_the_job_ends(demo_prefix, tmp_path, uninterrupted_112):
+    """`kill` of one CPU rank (not the launcher): the signalled rank left without handing torch elastic its return
+    value, and the launcher and the other rank waited for it forever."""
+    import psutil
+
+    run = tmp_path / "preempted"
+    args = pretrain_args(demo_prefix, run, 1, 1, 2)
+    proc = start(args)
+    wait_for_step(proc, run, 2)
+    server = [p for p in psutil.Process(proc.pid).children() if "forkserver" in " ".join(p.cmdline())]
+    ranks = server[0].children()  # forked from the rank server (launchers/local.py)
+    assert len(server) == 1 and len(ranks) == 2
+    max(ranks, key=lambda p: p.pid).send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "megagpt: another rank was signalled; saved step" in output, output[-3000:]
+    megagpt(*args)
+    assert training_record(run) == uninterrupted_112
+
+
 def test_ctrl_c_in_one_process_saves_and_exits_130(demo_prefix, tmp_path):
     run = tmp_path / "run"
     proc = start(pretrain_args(demo_prefix, run, 1, 1, 1, "train.steps=400", "train.eval_interval=0"))
