@@ -53,7 +53,7 @@ def parallelize(cfg: Config, pc: ParallelContext, global_batch_size: int, model_
         apply_sequence_parallel(model, ctx)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     if cfg.train.compile:
-        apply_compile(model)
+        apply_compile(model, eager_random=bool(cfg.model.hidden_dropout or cfg.model.attention_dropout))
     return apply_deepspeed(model, cfg, pc, global_batch_size, mpu), rng
 
 
@@ -134,14 +134,20 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
             module.recompute_core = mode == "selective"
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, eager_random: bool = False) -> None:
     """torch.compile every transformer block in place, as torchtitan does.
 
     Per block, not the whole model: the blocks share one compiled graph, DeepSpeed's
     pipeline and ZeRO hooks stay outside it, and `Module.compile` keeps parameter names
     (checkpoints and the name map do not see an `_orig_mod.` prefix).
+    eager_random (a model with dropout): the masks are eager's, drawn from the RNG streams' generators, so the
+    losses stay eager's, and a resume may switch compile (inductor's own generator put them 6e-3 apart).
     """
     import torch._dynamo
+    import torch._inductor.config
+
+    if eager_random:
+        torch._inductor.config.fallback_random = True
 
     # megatron-core's RowParallelLinear calls warnings.warn (a deprecation notice) on every forward,
     # which would split each block's graph in 7; inside compiled code the notice is dropped.

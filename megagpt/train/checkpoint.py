@@ -597,8 +597,15 @@ class Checkpointer:
                                   f"(train.universal_checkpoint=false); it loads only at that layout, not {self.layout()}")
         else:
             self.load_universal(path, with_optimizer=not meta["weights_only"])
-            if meta["layout"] == self.layout():  # BF16_Optimizer without ZeRO: the same rank reads its own
-                self._restore_rng(path)
+            ours = self.layout()
+            if meta["layout"] and all(meta["layout"][k] == ours[k] for k in ("tp", "pp", "dp")):
+                self._restore_rng(path)  # the same rank grid, with another ZeRO stage or precision: each its own
+            elif self.rank == 0 and not meta["weights_only"] and (self.cfg.model.hidden_dropout or
+                                                                  self.cfg.model.attention_dropout):
+                print(f"megagpt: note: checkpoint {path} was saved at (tp, pp, dp) = ({meta['layout']['tp']}, "
+                      f"{meta['layout']['pp']}, {meta['layout']['dp']}); dropout's masks at this layout are drawn "
+                      f"from streams started afresh, so the run goes on within dropout's noise, not as it would have",
+                      flush=True)
         dist.barrier()
         self._record("load" if meta["layout"] == self.layout() else "load-reshaped", path, meta["step"],
                      time.perf_counter() - start)

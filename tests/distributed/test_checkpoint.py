@@ -177,6 +177,24 @@ def first_loss_after(run_dir) -> float:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[0]["loss"]
 
 
+def test_another_zero_stage_keeps_dropouts_streams(demo_prefix, tmp_path):
+    """The same rank grid at ZeRO 2 from a ZeRO 1 checkpoint, with dropout: each rank's streams are its own, so the
+    run goes on bit for bit (they were started afresh: 8e-3 off by step 6). Another grid says they start afresh."""
+    dropout = ("model.hidden_dropout=0.1", "model.attention_dropout=0.1")
+    saved = tmp_path / "saved"
+    megagpt(*pretrain_args(demo_prefix, saved, 1, 1, 1, *dropout, "train.save_interval=5", "train.eval_interval=0"))
+    for target, zero in (((1, 1, 1), 2), ((1, 1, 2), 1)):
+        resumed = tmp_path / f"resumed-{zero}"
+        os.makedirs(resumed / "checkpoints")
+        os.symlink(saved / "checkpoints" / "step_00000005", resumed / "checkpoints" / "step_00000005")
+        (resumed / "checkpoints" / "latest").write_text("step_00000005\n")
+        out = megagpt(*pretrain_args(demo_prefix, resumed, *target, *dropout, f"parallel.zero_stage={zero}",
+                                     "train.eval_interval=0"))
+        reshaped = "dropout's masks at this layout are drawn from streams started afresh" in out.stdout
+        assert reshaped == (target != (1, 1, 1))
+    assert training_record(tmp_path / "resumed-2")[0] == training_record(saved)[0][5:]
+
+
 @pytest.mark.parametrize("source,target,zero", [((2, 2, 2), (1, 1, 1), 1), ((1, 1, 2), (2, 2, 1), 1),
                                                 ((1, 1, 1), (2, 1, 2), 1), ((1, 1, 2), (1, 1, 1), 3)],
                          ids=["222-to-111", "112-to-221", "111-to-212", "112-zero3-to-111"])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch._inductor.config
 
 from tests.distributed.test_equivalence import STEPS, assert_same_run
 
@@ -32,6 +33,25 @@ def test_compile_keeps_parameter_names_and_compiles_only_blocks(world_of_one):
     assert all(b._compiled_call_impl is not None for b in model.blocks)
     assert getattr(model.embedding, "_compiled_call_impl", None) is None
     torch.testing.assert_close(model(x), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_dropout_draws_eagers_masks(world_of_one):
+    """With dropout, inductor drew its masks from its own generator: compiled and eager runs 6e-3 apart."""
+    from megagpt.config import load_config
+    from megagpt.model.gpt import GPT
+    from megagpt.model.layers import LayerContext
+    from megagpt.parallel.parallelize import apply_compile
+    from tests.conftest import TINY
+
+    m = load_config(TINY, ["model.hidden_dropout=0.1", "model.attention_dropout=0.1"]).model
+    model = GPT(LayerContext(model=m, seed=1, tp_group=world_of_one)).train()
+    x = torch.randint(0, 4096, (2, 16))
+    torch.manual_seed(5)
+    eager = model(x)
+    with torch._inductor.config.patch(fallback_random=False):  # as a fresh process has it; restored after
+        apply_compile(model, eager_random=True)
+        torch.manual_seed(5)
+        torch.testing.assert_close(model(x), eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("overrides", [[], ["model.attention=alternating", "model.local_window=4"],
