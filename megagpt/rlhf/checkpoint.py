@@ -116,6 +116,7 @@ class PPOCheckpointer:
                 print(f"megagpt ppo: warning: skipping checkpoint {path}: {problem}", flush=True)
         if found or latest is not None:  # the run saved: starting it over would silently lose it
             raise CheckpointError(f"no usable checkpoint in {self.root}; train.resume=false starts afresh")
+        set_aside_earlier_run(self.cfg.run.dir, self.device, "megagpt ppo", why="no checkpoint to resume")
         return fresh
 
     def load(self, path: str) -> PPOState:

@@ -314,37 +314,39 @@ def starts_afresh(cfg: Config) -> bool:
     return not cfg.train.resume and not requeued()
 
 
-def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt") -> None:
+def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt", why: str = "train.resume=false") -> None:
     """A fresh start where an earlier run saved: its checkpoints (and the records logged with them) move to
     <run.dir>/checkpoints/earlier[-N]/, under the checkpoint root itself so a root on another file system
     (a link to scratch) keeps them there. Left in place, keep_last would prune the new run's checkpoints for
     the earlier run's higher steps and a later resume would continue the earlier run; deleting them would
-    lose what a user may still want. Collective."""
+    lose what a user may still want. An earlier run that saved no checkpoint leaves records alone, which move
+    too: the new run's would replace them. Collective."""
     from megagpt.parallel.collectives import any_rank
 
     root, failed = checkpoint_root(run_dir), None
-    if dist.get_rank() == 0 and os.path.isdir(root):
-        earlier = sorted(t for t in os.listdir(root) if TAG_RE.match(t) or t == LATEST)
+    if dist.get_rank() == 0:
+        earlier = sorted(t for t in os.listdir(root) if TAG_RE.match(t) or t == LATEST) if os.path.isdir(root) else []
+        records = [name for name in RECORDS if os.path.exists(os.path.join(run_dir, name))]
         aside, n = os.path.join(root, "earlier"), 1
         while os.path.lexists(aside):
             n += 1
             aside = os.path.join(root, f"earlier-{n}")
         try:
-            if earlier:
+            if earlier or records:
                 os.makedirs(aside)
                 for name in earlier:
                     os.rename(os.path.join(root, name), os.path.join(aside, name))
-                for name in RECORDS:
-                    if os.path.exists(os.path.join(run_dir, name)):
-                        shutil.move(os.path.join(run_dir, name), os.path.join(aside, name))
+                for name in records:
+                    shutil.move(os.path.join(run_dir, name), os.path.join(aside, name))
                 steps = [str(int(TAG_RE.match(t).group(1))) for t in earlier if TAG_RE.match(t)]
-                print(f"{who}: train.resume=false: the earlier run's checkpoints (steps {', '.join(steps) or 'none'}) "
-                      f"and records moved to {aside}", file=sys.stderr, flush=True)
+                what = (f"checkpoints (steps {', '.join(steps) or 'none'}) and records" if earlier else
+                        f"records ({', '.join(records)})")
+                print(f"{who}: {why}: the earlier run's {what} moved to {aside}", file=sys.stderr, flush=True)
         except OSError as exc:
             failed = f"{exc.filename}: {exc.strerror}"
     if any_rank(failed is not None, device):
         raise on_every_rank(CheckpointError(  # rank 0's line, which says why, is the one printed
-            f"train.resume=false: the earlier run's checkpoints in {root} could not be set aside "
+            f"{why}: the earlier run's checkpoints or records in {root} could not be set aside "
             f"({failed or 'see rank 0'}); move them yourself or use another run.dir"))
 
 
@@ -578,6 +580,7 @@ class Checkpointer:
         if found or latest is not None:
             raise CheckpointError(f"no usable checkpoint in {self.root} (see the warnings above); "
                                   f"train.resume=false starts afresh")
+        set_aside_earlier_run(self.cfg.run.dir, self.pc.device, why="no checkpoint to resume")
         return TrainState()
 
 

@@ -260,6 +260,20 @@ def test_resume_false_starts_afresh_and_sets_the_earlier_checkpoints_aside(demo_
     assert [m["step"] for m in read_jsonl(str(run / "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
+def test_a_rerun_beside_records_of_a_run_that_saved_nothing_sets_them_aside(demo_prefix, tmp_path):
+    """train.save_interval's default saves no checkpoint: a second run into the same run.dir (another lr, say)
+    replaced the first's metrics.jsonl and eval.jsonl without a word."""
+    run = tmp_path / "run"
+    args = pretrain_args(demo_prefix, run, 1, 1, 1, "train.steps=2", "train.eval_interval=2")
+    megagpt(*args)
+    first = read_jsonl(str(run / "metrics.jsonl"))
+    out = megagpt(*args, "optim.lr=1e-4")
+    aside = run / "checkpoints" / "earlier"
+    assert (f"megagpt: no checkpoint to resume: the earlier run's records (metrics.jsonl, eval.jsonl) moved to "
+            f"{aside}") in out.stderr
+    assert read_jsonl(str(aside / "metrics.jsonl")) == first and len(read_jsonl(str(run / "metrics.jsonl"))) == 2
+
+
 def keep_documents(source: str, prefix: str, count: int) -> None:
     """A shard at `prefix` of `source`'s first `count` documents, with its tokenizer: a corpus rebuilt smaller."""
     import shutil
