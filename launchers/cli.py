@@ -613,6 +613,9 @@ def console() -> None:
         main()
     except SystemExit as exc:
         exit_now(exc.code)
+    except KeyboardInterrupt:  # Ctrl-C before training handles it (saving); during training it never comes here
+        print("megagpt: interrupted", file=sys.stderr, flush=True)
+        exit_now(130)
     except BrokenPipeError:  # `megagpt corpus explain ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
         exit_now(141)  # as a process that SIGPIPE ended

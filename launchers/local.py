@@ -79,6 +79,7 @@ def leave_the_server() -> None:
         forkserver._forkserver._forkserver_alive_fd = None
     for sig in (signal.SIGTERM, signal.SIGUSR1):  # the server ignores them
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def rank_main(argv: list[str]) -> None:
@@ -94,6 +95,9 @@ def rank_main(argv: list[str]) -> None:
         # by Ctrl-C, which the launcher reports as one
         if exc.code and not (Preemption.in_process == signal.SIGINT and exc.code == INTERRUPTED):
             raise
+    except KeyboardInterrupt:  # Ctrl-C before training took it over: the launcher, which got it too, says so
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
     except Exception:
         # A bug's traceback, which a fresh interpreter would print: torch elastic's copy goes to a log the
         # launcher silences (launch_local), and its own line names only the rank. One write, each line marked
@@ -222,7 +226,9 @@ def launch_local(nproc: int, argv: Sequence[str], device: str, preempted_marker:
 
             return INTERRUPTED if exc.sigval == signal.SIGINT else 0  # Ctrl-C: saved, but interrupted
         print(f"megagpt: error: stopped by signal {exc.sigval.name} before the ranks saved", file=sys.stderr)
-        return 1
+        from megagpt.train.pretrain import INTERRUPTED
+
+        return INTERRUPTED if exc.sigval == signal.SIGINT else 1
     except ChildFailedError as exc:
         failures = exc.failures
         first = min(failures)

@@ -3,13 +3,18 @@
 The libraries every rank needs: imported here once, each forked rank starts with them
 (importing them is most of a rank's start-up, about 6 s each, 8 ranks on 2 cores). The
 server is deaf to the signals meant for the ranks (Slurm signals a job's whole process
-group); each rank takes them back as it starts (launchers.local.rank_main)."""
+group), Ctrl-C included, from its first line: a Ctrl-C during these imports printed their traceback; each rank
+takes them back as it starts (launchers.local.rank_main)."""
 
-import atexit
-import os
 import signal
 
-from megagpt.parallel.distributed import quiet_library_warnings
+for _sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+    signal.signal(_sig, signal.SIG_IGN)
+
+import atexit  # noqa: E402
+import os  # noqa: E402
+
+from megagpt.parallel.distributed import quiet_library_warnings  # noqa: E402
 
 quiet_library_warnings()  # before the imports that print them
 
@@ -17,9 +22,6 @@ import deepspeed  # noqa: E402,F401  (DS_ACCELERATOR=cpu is set: DeepSpeed picks
 import megatron.core.parallel_state  # noqa: E402,F401
 import megatron.core.tensor_parallel  # noqa: E402,F401
 import torch  # noqa: E402,F401
-
-for _sig in (signal.SIGTERM, signal.SIGUSR1):
-    signal.signal(_sig, signal.SIG_IGN)
 
 _SERVER = os.getpid()
 

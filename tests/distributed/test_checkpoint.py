@@ -106,6 +106,20 @@ def test_ctrl_c_in_one_process_saves_and_exits_130(demo_prefix, tmp_path):
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped_at:08d}"
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_while_starting_is_one_line(demo_prefix, tmp_path, nproc):
+    """Before training takes Ctrl-C over (to save), it printed the traceback of whatever was importing: 30 to 70
+    lines from the launcher, the rank server and each rank."""
+    import time
+
+    proc = start(pretrain_args(demo_prefix, tmp_path / "run", 1, 1, nproc))
+    time.sleep(1.5)  # importing torch (one process) or preloading the ranks' libraries (the rank server)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the whole process group
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
+    assert "megagpt: interrupted" in output
+
+
 def test_a_resume_may_change_the_micro_batch(demo_prefix, tmp_path, uninterrupted_112):
     """As memory allows at the new layout: the same samples make each step, in other slices."""
     run = tmp_path / "run"
