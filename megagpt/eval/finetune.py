@@ -4,7 +4,8 @@ the extract token's final hidden state, and the task's input turned into token s
     megagpt finetune --config PATH [--nproc N] [key=value ...]
 
 Three tokens are added (GPT-1's randomly initialised start, delimiter and extract tokens), ids
-V .. V + 2 for the checkpoint's vocabulary of V: the run's model.vocab_size is V + 3, and when
+V .. V + 2 for the checkpoint's vocabulary of V: the run's model.vocab_size is V + 3 (its
+run.dir/config.yaml keeps the V given, to be reused as --config), and when
 the padded vocabulary must grow for them, the new rows are drawn N(0, init_std) (the same at
 every layout) while the checkpoint fills the rest. The transforms (GPT-1's Figure 1), with the
 records each task reads (JSONL, one per line, "label" an integer):
@@ -285,7 +286,7 @@ def finetune(cfg: Config) -> None:
 
     pretrain(run_cfg, datasets=datasets, init_from=f.init, task=Task(
         name="finetune", model=classifier_model(f.task, f.num_labels), loss=loss, new_parameters=("head.",),
-        grown_vocab=True, finish=finish))
+        grown_vocab=True, finish=finish, given=cfg))
 
 
 def preflight_finetune(cfg: Config) -> None:

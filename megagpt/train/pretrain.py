@@ -60,6 +60,9 @@ class Task:
     grown_vocab: bool = False  # the vocabulary has tokens the init checkpoint lacks (GPT-1's added tokens)
     # (engine, pc, cfg) -> a line for rank 0 to print: after the last step, before the last checkpoint
     finish: Optional[Callable] = None
+    # the config as the user gave it, for run.dir/config.yaml where the run's differs (finetune's added tokens):
+    # that file is for reusing as --config, which adds them again
+    given: Optional[Config] = None
 
 
 class Trainer:
@@ -260,7 +263,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
     is_logger = dist.get_rank() == 0
 
     def open_records():
-        open_run_dir(cfg, state.step)
+        open_run_dir(task.given or cfg, state.step)
         if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
             note_epochs(cfg.run.dir, train_ds, state.step)
             note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens + sizes[state.step] * seq)

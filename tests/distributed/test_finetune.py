@@ -6,8 +6,9 @@ import json
 import os
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, megagpt
+from tests.conftest import REPO, TINY, megagpt
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +44,14 @@ def test_a_planted_task_is_learned_and_the_auxiliary_lm_loss_adds_to_it(pretrain
 
 def test_a_stopped_finetune_run_resumes(pretrained_tiny, tmp_path):
     """The resume check compared the checkpoint (GPT-1's three tokens added) with the user's vocabulary and
-    refused every resume: "is for another model shape: model.padded_vocab_size=..."."""
+    refused every resume: "is for another model shape: model.padded_vocab_size=...". run.dir/config.yaml held the
+    vocabulary with the tokens added, so resuming from it was refused as another config (and a new run from it
+    added three more)."""
     run = tmp_path / "resumed"
     finetune(pretrained_tiny, run, "train.steps=2", "train.save_interval=2")
-    out = megagpt("finetune", "--config", CONFIG, f"finetune.init={pretrained_tiny}",
-                  f"finetune.train={EVAL}/keyword.train.jsonl", f"finetune.test={EVAL}/keyword.test.jsonl",
-                  f"run.dir={run}", "run.tensorboard=false", "train.progress=false", "train.steps=3")
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["model"]["vocab_size"] == yaml.safe_load(open(TINY))["model"]["vocab_size"]
+    out = megagpt("finetune", "--config", str(run / "config.yaml"), "train.steps=3")
     assert "resumed from step 2" in out.stdout
     with open(run / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
