@@ -1,15 +1,18 @@
 """What a file holds, as hashes: the whole of it, or (cheaply, for large inputs) its size and edges; which of a list
-of shard prefixes names the same files twice; a file that cannot be written, in one line."""
+of shard prefixes names the same files twice; the lines of a JSONL file, gzip or not; a file that cannot be written,
+in one line."""
 
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
+import zlib
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional
 
-from megagpt.errors import StorageError
+from megagpt.errors import DataError, StorageError
 
 EDGE_BYTES = 1 << 20
 # what a write into a directory the run could create can still meet: a full disk, a quota, a file too large
@@ -51,6 +54,23 @@ def gzipped(path: str) -> bool:
     """Whether a file is gzip by its first bytes, whatever its name says (a plain file named .gz happens)."""
     with open(path, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
+
+
+def jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) for each non-blank line of a JSONL file, gzip or not by its first bytes: the one
+    reader of megagpt's JSONL inputs. Bytes that are not UTF-8 and gzip that is corrupt or cut short are a DataError
+    naming the file."""
+    try:
+        with (gzip.open if gzipped(path) else open)(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except EOFError:
+        raise DataError(f"{path}: truncated gzip (it ends before its last member does)") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt gzip ({exc})") from None
 
 
 def same_path(then: str, cwd_then: Optional[str], now: str) -> bool:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 import shutil
 import struct
-import zlib
 from itertools import chain, islice
 from typing import Iterable, Iterator
 
@@ -16,7 +14,7 @@ import numpy as np
 
 from megagpt.data.tokenizer import Tokenizer
 from megagpt.errors import ConfigError, DataError
-from megagpt.files import gzipped, writing
+from megagpt.files import jsonl_lines, writing
 
 # megatron-core's _IndexWriter: this header, version 1, then the token dtype's code
 _INDEX_HEADER = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1)
@@ -185,30 +183,22 @@ def source_documents(paths: Iterable[str], flag: str, tokenizer: Tokenizer | Non
 def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str]:
     """Documents from .txt (one per file), .jsonl or .jsonl.gz (one per line, field text_key)."""
     for path in paths:
+        if path.endswith((".jsonl", ".jsonl.gz")):
+            yield from _read_jsonl(path, text_key)
+            continue
         try:
-            if path.endswith((".jsonl", ".jsonl.gz")):
-                yield from _read_jsonl(path, text_key)
-            else:
-                with open(path, encoding="utf-8") as f:
-                    yield f.read()
+            with open(path, encoding="utf-8") as f:
+                yield f.read()
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-        except EOFError:
-            raise DataError(f"{path}: truncated gzip (it ends before its last member does)") from None
-        except (gzip.BadGzipFile, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt gzip ({exc})") from None
 
 
 def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
-    opener = gzip.open if gzipped(path) else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_key]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{lineno}: not a JSON object with a {text_key!r} field ({exc})") from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: its {text_key!r} is {json.dumps(text)[:40]}, not a string")
-            yield text
+    for lineno, line in jsonl_lines(path):
+        try:
+            text = json.loads(line)[text_key]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}:{lineno}: not a JSON object with a {text_key!r} field ({exc})") from None
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{lineno}: its {text_key!r} is {json.dumps(text)[:40]}, not a string")
+        yield text

@@ -17,23 +17,18 @@ import random
 from typing import Callable, Optional
 
 from megagpt.errors import ConfigError, DataError
+from megagpt.files import jsonl_lines
 
 MAX_RESPONSES = 9  # InstructGPT ranked K = 4..9 responses per prompt
 
 
 def read_records(path: str, parse: Callable[[dict], object], what: str) -> list:
-    """parse(row) of every non-blank line; parse raises ValueError(reason) for a malformed row."""
+    """parse(row) of every non-blank line (the file gzip or not, by its bytes); parse raises ValueError(reason) for a
+    malformed row."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     records, bad = [], []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            lines = list(f)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(path):
         try:
             row = json.loads(line)
         except ValueError:

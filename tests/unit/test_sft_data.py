@@ -1,5 +1,6 @@
 """SFT samples: the loss covers the response and its end, never the prompt; bad demonstration files are named."""
 
+import gzip
 import json
 
 import pytest
@@ -73,3 +74,13 @@ def test_bad_demonstrations_name_the_line(tmp_path, line, message):
     path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + line + "\n")
     with pytest.raises(DataError, match=message):
         read_demonstrations(str(path))
+
+
+def test_a_gzipped_file_is_read_by_its_bytes(tmp_path):
+    """Every other JSONL reader took gzip by its first bytes; this one said "not UTF-8 (invalid start byte at byte 1)"."""
+    rows = "".join(json.dumps({"prompt": f"p{i}", "response": "r"}) + "\n" for i in range(3)).encode()
+    (tmp_path / "demos.jsonl.gz").write_bytes(gzip.compress(rows))
+    assert read_demonstrations(str(tmp_path / "demos.jsonl.gz")) == [(f"p{i}", "r") for i in range(3)]
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(rows)[:-10])
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: truncated gzip"):
+        read_demonstrations(str(tmp_path / "cut.jsonl.gz"))
