@@ -60,13 +60,19 @@ def jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
     """(line number from 1, line) for each non-blank line of a JSONL file, gzip or not by its first bytes: the one
     reader of megagpt's JSONL inputs. Bytes that are not UTF-8 and gzip that is corrupt or cut short are a DataError
     naming the file."""
+    packed = gzipped(path)
+    at = 0  # the line's first byte: a text-mode reader's UnicodeDecodeError counts from its decode chunk instead
     try:
-        with (gzip.open if gzipped(path) else open)(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with (gzip.open if packed else open)(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {at + exc.start}"
+                                    f"{' of the decompressed text' if packed else ''}: {exc.reason})") from None
+                at += len(raw)
                 if line.strip():
                     yield lineno, line
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except EOFError:
         raise DataError(f"{path}: truncated gzip (it ends before its last member does)") from None
     except (gzip.BadGzipFile, zlib.error) as exc:

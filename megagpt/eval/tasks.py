@@ -31,6 +31,7 @@ import yaml
 
 from megagpt.config import shipped_config
 from megagpt.errors import ConfigError, DataError
+from megagpt.files import jsonl_lines
 
 TYPES = ("completion", "multiple_choice", "generation")
 
@@ -120,18 +121,9 @@ def _template_fields(template: str, path: str) -> set[str]:
 
 def _read_records(path: str, task: Task, fields: set[str], where: dict) -> list[dict]:
     records = []
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{task.path}: data file {path} not found") from None
-    with f:
-        try:
-            lines = list(enumerate(f, 1))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    for lineno, line in lines:
-        if not line.strip():
-            continue
+    if not os.path.isfile(path):
+        raise ConfigError(f"{task.path}: data file {path} not found")
+    for lineno, line in jsonl_lines(path):
         at = f"{path}:{lineno}"
         try:
             record = json.loads(line)

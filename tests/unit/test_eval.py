@@ -206,6 +206,16 @@ def test_bad_records_fail_with_their_file_and_line(tmp_path, line, message):
     assert str(err.value).startswith(str(tmp_path / message.split(":")[0])) and message.split(":", 1)[1] in str(err.value)
 
 
+def test_bytes_that_are_not_utf8_are_placed_by_line_and_byte_of_the_file(tmp_path):
+    from megagpt.eval.tasks import load_task
+
+    good = b"".join(json.dumps({"target": f"t{i}"}).encode() + b"\n" for i in range(5000))
+    (tmp_path / "t.jsonl").write_bytes(good + b'{"target": "\xff"}\n')
+    (tmp_path / "t.yaml").write_text("type: completion\ntest: t.jsonl\nprompt: x\n")
+    with pytest.raises(DataError, match=rf"t.jsonl:5001: not UTF-8 text \(byte {len(good) + 12}: invalid start"):
+        load_task(str(tmp_path / "t.yaml"))  # was "byte 8", the offset in a decode chunk
+
+
 @pytest.mark.parametrize("prompt, line, message", [
     ("'Capital of {country:d}?'", '{"country": "Peru"}', "Unknown format code 'd'"),  # a traceback in a rank
     ("'Capital of {country.name}?'", '{"country": "Peru"}', "AttributeError"),

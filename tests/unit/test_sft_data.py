@@ -84,3 +84,10 @@ def test_a_gzipped_file_is_read_by_its_bytes(tmp_path):
     (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(rows)[:-10])
     with pytest.raises(DataError, match=r"cut.jsonl.gz: truncated gzip"):
         read_demonstrations(str(tmp_path / "cut.jsonl.gz"))
+
+
+def test_bytes_that_are_not_utf8_are_placed_by_line_and_byte_of_the_file(tmp_path):
+    good = b"".join(json.dumps({"prompt": f"p{i}", "response": "r"}).encode() + b"\n" for i in range(5000))
+    (tmp_path / "demos.jsonl").write_bytes(good + b'{"prompt": "\xff", "response": "r"}\n')
+    with pytest.raises(DataError, match=rf"demos.jsonl:5001: not UTF-8 text \(byte {len(good) + 12}: invalid start"):
+        read_demonstrations(str(tmp_path / "demos.jsonl"))  # was "byte 61", the offset in a decode chunk

@@ -88,6 +88,17 @@ def test_read_documents_formats_and_errors(tmp_path):
         "plain", "one", "two"]
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_bytes_that_are_not_utf8_are_placed_in_the_file_not_in_a_decode_chunk(tmp_path, packed):
+    """A text-mode reader's UnicodeDecodeError counts from the chunk it was decoding: 'byte 61' for byte 163901."""
+    good = b"".join(json.dumps({"text": f"doc {i}"}).encode() + b"\n" for i in range(5000))
+    data = good + b'{"text": "x\xff"}\n'
+    (tmp_path / "late.jsonl").write_bytes(gzip.compress(data) if packed else data)
+    where = " of the decompressed text" if packed else ""
+    with pytest.raises(DataError, match=rf"late.jsonl:5001: not UTF-8 text \(byte {len(good) + 11}{where}: invalid start"):
+        list(read_documents([str(tmp_path / "late.jsonl")]))
+
+
 def test_missing_tokenizer_files_are_named(tmp_path):
     with pytest.raises(DataError, match="vocab.json not found"):
         Tokenizer.from_gpt2_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
