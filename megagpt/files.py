@@ -1,12 +1,13 @@
 """What a file holds, as hashes: the whole of it, or (cheaply, for large inputs) its size and edges; which of a list
-of shard prefixes names the same files twice; the lines of a JSONL file, gzip or not; a file that cannot be written,
-in one line."""
+of shard prefixes names the same files twice; the lines of a JSONL file, gzip or not, and whether a JSON value's strings
+are text; a file that cannot be written, in one line."""
 
 from __future__ import annotations
 
 import errno
 import gzip
 import hashlib
+import json
 import os
 import zlib
 from contextlib import contextmanager
@@ -77,6 +78,16 @@ def jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: truncated gzip (it ends before its last member does)") from None
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: corrupt gzip ({exc})") from None
+
+
+def check_utf8(value) -> None:
+    """ValueError unless every string in a JSON value can be written as UTF-8: JSON reads the escape "\\ud800" as a
+    lone surrogate, which no encoder takes (tokenizers raised a TypeError on it, far from the file and line)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds {exc.object[exc.start]!r}, a lone UTF-16 surrogate, which is not text") from None
 
 
 def same_path(then: str, cwd_then: Optional[str], now: str) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 
 from megagpt.data.tokenizer import Tokenizer
 from megagpt.errors import ConfigError, DataError
-from megagpt.files import jsonl_lines, writing
+from megagpt.files import check_utf8, jsonl_lines, writing
 
 # megatron-core's _IndexWriter: this header, version 1, then the token dtype's code
 _INDEX_HEADER = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1)
@@ -201,4 +201,8 @@ def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
             raise DataError(f"{path}:{lineno}: not a JSON object with a {text_key!r} field ({exc})") from None
         if not isinstance(text, str):
             raise DataError(f"{path}:{lineno}: its {text_key!r} is {json.dumps(text)[:40]}, not a string")
+        try:
+            check_utf8(text)
+        except ValueError as exc:
+            raise DataError(f"{path}:{lineno}: its {text_key!r} {exc}") from None
         yield text

@@ -31,7 +31,7 @@ import yaml
 
 from megagpt.config import shipped_config
 from megagpt.errors import ConfigError, DataError
-from megagpt.files import jsonl_lines
+from megagpt.files import check_utf8, jsonl_lines
 
 TYPES = ("completion", "multiple_choice", "generation")
 
@@ -145,6 +145,10 @@ def _read_records(path: str, task: Task, fields: set[str], where: dict) -> list[
 def _check(record, kind: str, fields: set[str]) -> Optional[str]:
     if not isinstance(record, dict):
         return "a record must be a JSON object"
+    try:
+        check_utf8(record)
+    except ValueError as exc:
+        return str(exc)
     missing = sorted(f for f in fields if f not in record)
     if missing:
         return f"the prompt's field(s) {', '.join(missing)} are missing"

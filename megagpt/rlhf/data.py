@@ -17,7 +17,7 @@ import random
 from typing import Callable, Optional
 
 from megagpt.errors import ConfigError, DataError
-from megagpt.files import jsonl_lines
+from megagpt.files import check_utf8, jsonl_lines
 
 MAX_RESPONSES = 9  # InstructGPT ranked K = 4..9 responses per prompt
 
@@ -37,6 +37,7 @@ def read_records(path: str, parse: Callable[[dict], object], what: str) -> list:
         try:
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
+            check_utf8(row)
             records.append(parse(row))
         except ValueError as exc:
             bad.append(f"line {lineno}: {exc}")

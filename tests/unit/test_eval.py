@@ -194,6 +194,7 @@ def test_shots_are_seeded_per_record_exclude_it_and_drop_to_fit(tok):
     ('{"country": "X", "choices": ["a"], "label": 0}', "t.jsonl:2: a multiple_choice record needs 'choices'"),
     ('not json', "t.jsonl:2: not JSON"),
     ('["country"]', "t.jsonl:2: a record must be a JSON object"),
+    ('{"country": "\\ud800", "choices": ["a", "b"], "label": 0}', "t.jsonl:2: holds '\\ud800', a lone UTF-16 surrogate"),
 ])
 def test_bad_records_fail_with_their_file_and_line(tmp_path, line, message):
     from megagpt.eval.tasks import load_task

@@ -79,6 +79,7 @@ def test_loss_is_l2_plus_lambda_l1(lm_coef):
     ({"text": "a", "label": 2}, 'line 2: "label" 2 is outside 0..1 (finetune.num_labels=2)'),
     ({"text": "", "label": 0}, 'line 2: needs a non-empty string field "text"'),
     ({"text": "a", "label": "yes"}, "line 2: needs an integer \"label\", got 'yes'"),
+    ({"text": "a \ud800", "label": 0}, "line 2: holds '\\ud800', a lone UTF-16 surrogate"),  # tokenizers' TypeError
 ])
 def test_bad_records_name_their_file_and_line(tmp_path, row, message):
     path = tmp_path / "train.jsonl"

@@ -68,6 +68,7 @@ def test_an_epoch_is_shuffled_once_in_the_order_saved_runs_resume_with():
     (json.dumps({"prompt": "x"}), "line 2: needs a string field \"response\""),
     (json.dumps({"prompt": "x", "response": 5}), "line 2: needs a string field \"response\""),
     (json.dumps({"prompt": "x", "response": "  "}), "line 2: the response is empty"),
+    (json.dumps({"prompt": "x \ud800", "response": "r"}), r"line 2: holds '\\ud800', a lone UTF-16 surrogate"),
 ])
 def test_bad_demonstrations_name_the_line(tmp_path, line, message):
     path = tmp_path / "demos.jsonl"

@@ -66,6 +66,9 @@ def test_read_documents_formats_and_errors(tmp_path):
     (tmp_path / "e.jsonl").write_text('{"text": "ok"}\n{"text": 5}\n{"text": null}\n')
     with pytest.raises(DataError, match=r"e.jsonl:2: its 'text' is 5, not a string"):  # was a TypeError traceback
         list(read_documents([str(tmp_path / "e.jsonl")]))
+    (tmp_path / "s.jsonl").write_text('{"text": "ok"}\n{"text": "half \\ud800 a pair"}\n')  # valid JSON, not text
+    with pytest.raises(DataError, match=r"s.jsonl:2: its 'text' holds '\\ud800', a lone UTF-16 surrogate"):
+        list(read_documents([str(tmp_path / "s.jsonl")]))  # was tokenizers' TypeError, with no file or line
     (tmp_path / "d.txt").write_bytes(b"caf\xe9")
     with pytest.raises(DataError, match=r"d.txt: not UTF-8 text \(byte 3"):
         list(read_documents([str(tmp_path / "d.txt")]))
