@@ -187,7 +187,7 @@ def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str
             yield from _read_jsonl(path, text_key)
             continue
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", newline="") as f:  # the file's own line ends, as the document holds them
                 yield f.read()
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None

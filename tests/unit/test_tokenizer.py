@@ -60,6 +60,8 @@ def test_read_documents_formats_and_errors(tmp_path):
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
     assert list(read_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl.gz")])) == ["whole file", "one", "two"]
+    (tmp_path / "crlf.txt").write_bytes(b"line one\r\nold mac\rend\n")  # was read with every line end as \n
+    assert list(read_documents([str(tmp_path / "crlf.txt")])) == ["line one\r\nold mac\rend\n"]
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
     with pytest.raises(DataError, match=r"c.jsonl:2: not a JSON object with a 'text' field"):
         list(read_documents([str(tmp_path / "c.jsonl")]))
