@@ -39,6 +39,10 @@ class Tokenizer:
     """Text <-> ids, with the end-of-document id that separates documents in shards."""
 
     def __init__(self, hf_tokenizer, source: str = "tokenizer"):
+        # Text is encoded as text: by default `tokenizers` reads "<|endoftext|>" written in a document as the
+        # end-of-document id, which split the document in two (and decode dropped it). The only EOD is the one
+        # appended. A setting of this object, not of the saved file: Hugging Face users keep their defaults.
+        hf_tokenizer.encode_special_tokens = True
         self._tok = hf_tokenizer
         eod = hf_tokenizer.token_to_id(EOD)
         if eod is None:

@@ -133,6 +133,24 @@ def test_tokenize_shard_rereads_a_tokenizer_retrained_at_the_same_path(tmp_path)
             [ids + [tok.eod] for ids in tok.encode_batch(PAGES)]
 
 
+def test_tokenize_shard_encodes_an_end_of_document_in_the_text_as_text(tmp_path):
+    """A page holding "<|endoftext|>" was two documents to training: tokenizers read it as the EOD id."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.io import write_jsonl_gz
+    from data_pipeline.stages import tokenize_shard
+
+    (tmp_path / "a.jsonl").write_text("")
+    cfg = load_corpus_config(None, [f"input.paths=[{tmp_path}/a.jsonl]", f"output.dir={tmp_path}/out"])
+    texts = [f"{PAGES[0]} {EOD} {PAGES[1]}", PAGES[2]]
+    write_jsonl_gz(str(tmp_path / "out" / "documents" / "commoncrawl" / "00000.jsonl.gz"), [{"text": t} for t in texts])
+    path = str(tmp_path / "out" / "tokenizer.json")
+    Tokenizer.train(PAGES, 300).save(path)
+    tokenize_shard(cfg, 0, path)
+    tok = Tokenizer.load(path)
+    for ids, text in zip(shard_ids(tmp_path / "out" / "work" / "tokens" / "00000"), texts):
+        assert ids.count(tok.eod) == 1 and ids[-1] == tok.eod and tok.decode(ids) == text
+
+
 @pytest.mark.parametrize("budget", [1, 5_000, 40_000, 10**9])
 def test_the_sample_bound_holds_the_sample_with_its_margin_and_no_more(budget):
     """Documents under the bound hold more than SAMPLE_MARGIN x budget, the sample among them; without the last

@@ -23,6 +23,22 @@ def test_trained_bpe_round_trips_bytes(tok):
         assert tok.decode(tok.encode(text)) == text
 
 
+def test_end_of_document_written_in_a_text_is_text(tok, tmp_path):
+    """`tokenizers` read "<|endoftext|>" in a document as the EOD id: the document split in two, and decode dropped
+    it. Whichever way a tokenizer is read, the only EOD in a shard is the one after each document."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    text = f"before {EOD} after\n{EOD}"
+    tok.save(str(tmp_path / "tokenizer.json"))
+    for t in (tok, Tokenizer.load(str(tmp_path / "tokenizer.json")), Tokenizer.load(str(gpt2_directory(tmp_path / "gpt2")))):
+        assert t.eod not in t.encode(text) and t.decode(t.encode(text)) == text
+        assert t.encode_batch([text, "plain"]) == [t.encode(text), t.encode("plain")]
+    write_shard(str(tmp_path / "shard"), [text, "next"], tok)
+    shard = IndexedDataset(str(tmp_path / "shard"))  # held: its arrays are views of its memory map
+    ids = shard[0].tolist()
+    assert ids.count(tok.eod) == 1 and ids[-1] == tok.eod and tok.decode(ids) == text
+
+
 def test_the_fingerprint_tells_tokenizers_by_their_ids_not_their_files(tok, tmp_path):
     tok.save_gpt2_files(str(tmp_path / "gpt2"))
     tok.save(str(tmp_path / "tokenizer.json"))
