@@ -460,6 +460,10 @@ def cmd_tokenize(args) -> int:
     for path in args.input:
         if not os.path.isfile(path):
             raise ConfigError(f"--input {path}: file not found")
+    prefix = args.output_prefix
+    if not os.path.basename(prefix) or os.path.isdir(prefix):  # PREFIX.bin would be a hidden DIR/.bin
+        raise ConfigError(f"--output-prefix {prefix!r} names a directory, not the shard's files: give a name in it, "
+                          f"like {os.path.join(prefix, 'shard')!r} for shard.bin, shard.idx and shard.tokenizer.json")
     inputs = list({os.path.realpath(p): p for p in args.input}.values())  # a file given twice is read once
     if len(inputs) < len(args.input):
         print(f"megagpt tokenize: {len(args.input) - len(inputs)} --input path(s) name a file given already; "

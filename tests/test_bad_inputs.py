@@ -158,6 +158,13 @@ def tokenize_nothing(tmp, prefix):
     return ["tokenize", "--input", str(tmp / "e.txt"), "--output-prefix", str(tmp / "e"), "--vocab-size", "300"]
 
 
+def tokenize_into(tmp, prefix):
+    """--output-prefix DIR/ (or "") wrote the hidden files DIR/.bin, DIR/.idx and DIR/.tokenizer.json."""
+    (tmp / "shards").mkdir()
+    (tmp / "t.txt").write_text("some text")
+    return ["tokenize", "--input", str(tmp / "t.txt"), "--output-prefix", prefix, "--vocab-size", "300"]
+
+
 def corrupt_checkpoint(command):
     def build(tmp, prefix, trained):
         shutil.copytree(trained / "run", tmp / "run", symlinks=True)
@@ -237,6 +244,12 @@ CASES = {
     "mixture and prefixes": (lambda tmp, p: pretrain(tmp, p, f"data.mixture={tmp}/mixture.json"),
                              ("error", "names its own shards and weights: give it or data.prefixes")),
     "tokenize no text": (tokenize_nothing, ("error", "no text to tokenize (every document is empty)")),
+    "tokenize into a directory": (lambda tmp, p: tokenize_into(tmp, f"{tmp}/shards/"),
+                                  ("error", "/shards/' names a directory, not the shard's files")),
+    "tokenize onto a directory": (lambda tmp, p: tokenize_into(tmp, f"{tmp}/shards"),
+                                  ("error", "/shards' names a directory, not the shard's files")),
+    "tokenize to an empty prefix": (lambda tmp, p: tokenize_into(tmp, ""),
+                                    ("error", "--output-prefix '' names a directory")),
     "tokenize --vocab-size 100": (lambda tmp, p: ["tokenize", "--input", TINY, "--output-prefix", str(tmp / "t"),
                                                   "--vocab-size", "100"], ("error", "--vocab-size 100 must be at least 257")),
     "split with no training share": (lambda tmp, p: pretrain(tmp, p, "data.split=0,1,0"),
