@@ -454,7 +454,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from megagpt.data.shards import read_documents, write_shard
+    from megagpt.data.shards import read_documents, text_kind, write_shard
     from megagpt.data.tokenizer import SMALLEST_VOCAB, Tokenizer
 
     for path in args.input:
@@ -474,6 +474,8 @@ def cmd_tokenize(args) -> int:
     if args.vocab_size is not None and args.vocab_size < SMALLEST_VOCAB:
         raise ConfigError(f"--vocab-size {args.vocab_size} must be at least {SMALLEST_VOCAB} "
                           f"(256 byte tokens and the end-of-document token)")
+    for path in inputs:  # each read as its name says, before a tokenizer is trained on any
+        text_kind(path)
     if args.tokenizer:
         tok = Tokenizer.load(args.tokenizer)
     elif args.vocab or args.merges:

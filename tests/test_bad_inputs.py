@@ -250,6 +250,9 @@ CASES = {
                                   ("error", "/shards' names a directory, not the shard's files")),
     "tokenize to an empty prefix": (lambda tmp, p: tokenize_into(tmp, ""),
                                     ("error", "--output-prefix '' names a directory")),
+    "tokenize a .json file": (lambda tmp, p: (tmp / "docs.json").write_text('{"text": "a"}\n') and [
+        "tokenize", "--input", str(tmp / "docs.json"), "--output-prefix", str(tmp / "t"), "--vocab-size", "300"],
+        ("error", "docs.json: a text input is .txt (the file is one document) or .jsonl[.gz]")),
     "tokenize --vocab-size 100": (lambda tmp, p: ["tokenize", "--input", TINY, "--output-prefix", str(tmp / "t"),
                                                   "--vocab-size", "100"], ("error", "--vocab-size 100 must be at least 257")),
     "split with no training share": (lambda tmp, p: pretrain(tmp, p, "data.split=0,1,0"),

@@ -137,8 +137,23 @@ def shard_prefix(path: str) -> str | None:
 
 def check_source(path: str, flag: str) -> None:
     """A data argument must be a shard or a text file."""
-    if shard_prefix(path) is None and not os.path.isfile(path):
+    if shard_prefix(path) is not None:
+        return
+    if not os.path.isfile(path):
         raise ConfigError(f"{flag} {path}: no such file, and no .bin/.idx shard of that prefix")
+    text_kind(path)
+
+
+def text_kind(path: str) -> str:
+    """How a text file is read, by its name in any case: "jsonl" (.jsonl, .jsonl.gz: a document per line) or "txt"
+    (one document). Any other name is refused: a .json or .JSONL file was trained on as one document of JSON."""
+    name = path.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "jsonl"
+    if name.endswith(".txt"):
+        return "txt"
+    raise ConfigError(f"{path}: a text input is .txt (the file is one document) or .jsonl[.gz] (a document per line); "
+                      f"name the file by what it holds")
 
 
 def shard_tokenizer(prefix: str) -> str | None:
@@ -181,9 +196,9 @@ def source_documents(paths: Iterable[str], flag: str, tokenizer: Tokenizer | Non
 
 
 def read_documents(paths: Iterable[str], text_key: str = "text") -> Iterator[str]:
-    """Documents from .txt (one per file), .jsonl or .jsonl.gz (one per line, field text_key)."""
+    """Documents from .txt (one per file), .jsonl or .jsonl.gz (one per line, field text_key), by text_kind."""
     for path in paths:
-        if path.endswith((".jsonl", ".jsonl.gz")):
+        if text_kind(path) == "jsonl":
             yield from _read_jsonl(path, text_key)
             continue
         try:

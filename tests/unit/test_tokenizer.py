@@ -6,7 +6,7 @@ import pytest
 
 from megagpt.data.shards import read_documents, write_shard
 from megagpt.data.tokenizer import EOD, Tokenizer
-from megagpt.errors import DataError
+from megagpt.errors import ConfigError, DataError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Pack my box with five dozen liquor jugs!",
          "Unicode survives: naïve café, 東京, emoji 🙂."] * 20
@@ -76,6 +76,16 @@ def test_read_documents_formats_and_errors(tmp_path):
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
     assert list(read_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl.gz")])) == ["whole file", "one", "two"]
+    (tmp_path / "UP.JSONL").write_text('{"text": "upper"}\n')  # was one document of raw JSON
+    (tmp_path / "a.Jsonl.GZ").write_bytes(gzip.compress(b'{"text": "mixed"}\n'))
+    (tmp_path / "B.TXT").write_text("shouted")
+    assert list(read_documents([str(tmp_path / n) for n in ("UP.JSONL", "a.Jsonl.GZ", "B.TXT")])) == [
+        "upper", "mixed", "shouted"]
+    for name in ("docs.json", "notes.md"):  # JSON, or some other text: refused, not trained on as one document
+        (tmp_path / name).write_text('{"text": "first"}\n')
+        with pytest.raises(ConfigError, match=rf"{name}: a text input is .txt \(the file is one document\) or "
+                                              r"\.jsonl\[\.gz\] \(a document per line\)"):
+            list(read_documents([str(tmp_path / name)]))
     (tmp_path / "crlf.txt").write_bytes(b"line one\r\nold mac\rend\n")  # was read with every line end as \n
     assert list(read_documents([str(tmp_path / "crlf.txt")])) == ["line one\r\nold mac\rend\n"]
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
