@@ -456,6 +456,7 @@ def cmd_demo(args) -> int:
 def cmd_tokenize(args) -> int:
     from megagpt.data.shards import read_documents, text_kind, write_shard
     from megagpt.data.tokenizer import SMALLEST_VOCAB, Tokenizer
+    from megagpt.files import file_identity
 
     for path in args.input:
         if not os.path.isfile(path):
@@ -464,7 +465,7 @@ def cmd_tokenize(args) -> int:
     if not os.path.basename(prefix) or os.path.isdir(prefix):  # PREFIX.bin would be a hidden DIR/.bin
         raise ConfigError(f"--output-prefix {prefix!r} names a directory, not the shard's files: give a name in it, "
                           f"like {os.path.join(prefix, 'shard')!r} for shard.bin, shard.idx and shard.tokenizer.json")
-    inputs = list({os.path.realpath(p): p for p in args.input}.values())  # a file given twice is read once
+    inputs = list({file_identity(p): p for p in args.input}.values())  # a file given twice (or linked) is read once
     if len(inputs) < len(args.input):
         print(f"megagpt tokenize: {len(args.input) - len(inputs)} --input path(s) name a file given already; "
               f"each file is read once", file=sys.stderr)

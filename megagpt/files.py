@@ -99,18 +99,19 @@ def same_path(then: str, cwd_then: Optional[str], now: str) -> bool:
     return cwd_then is not None and os.path.realpath(os.path.join(cwd_then, then)) == os.path.realpath(now)
 
 
+def file_identity(path: str):
+    """What a path names, to tell the same file under two names: another spelling of the path, a link to its folder or
+    to the file itself (a hard one too) give the same (device, inode). A file not there (yet): the path alone."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return found.st_dev, found.st_ino
+
+
 def same_shard_twice(prefixes: Iterable[str]) -> Optional[tuple[int, int]]:
-    """first_repeat over the files the prefixes name: another spelling of a path, a link to the folder or to the
-    .bin itself (a hard one too) is the same shard."""
-
-    def shard(prefix: str):
-        try:
-            found = os.stat(prefix + ".bin")
-        except OSError:  # not there (yet): the path alone
-            return os.path.realpath(prefix)
-        return found.st_dev, found.st_ino
-
-    return first_repeat(shard(p) for p in prefixes)
+    """first_repeat over the files the prefixes name (file_identity of each .bin)."""
+    return first_repeat(file_identity(p + ".bin") for p in prefixes)
 
 
 @contextmanager

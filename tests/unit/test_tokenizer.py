@@ -130,6 +130,27 @@ def test_bytes_that_are_not_utf8_are_placed_in_the_file_not_in_a_decode_chunk(tm
         list(read_documents([str(tmp_path / "late.jsonl")]))
 
 
+def test_tokenize_reads_a_file_once_under_any_of_its_names(tok, tmp_path, capsys):
+    """A hard link to an input was read again (tokenize compared resolved paths; training's check compares inodes)."""
+    import os
+
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    import launchers.cli as cli
+
+    (tmp_path / "a.txt").write_text("some text")
+    os.link(tmp_path / "a.txt", tmp_path / "hard.txt")
+    os.symlink("a.txt", tmp_path / "soft.txt")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(SystemExit) as done:
+        cli.main(["tokenize", "--input", *(str(tmp_path / n) for n in ("a.txt", "hard.txt", "soft.txt")),
+                  "--output-prefix", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tokenizer.json")])
+    assert done.value.code == 0
+    assert "2 --input path(s) name a file given already" in capsys.readouterr().err
+    shard = IndexedDataset(str(tmp_path / "out"))
+    assert len(shard) == 1
+
+
 def test_missing_tokenizer_files_are_named(tmp_path):
     with pytest.raises(DataError, match="vocab.json not found"):
         Tokenizer.from_gpt2_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
