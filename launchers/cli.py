@@ -293,12 +293,17 @@ def cmd_export_hf(args) -> int:
 
 def cmd_generate(args) -> int:
     from launchers.local import join_existing_world, launch_local
+    from megagpt.files import check_utf8
     from megagpt.generation import Sampling, check_layout, checkpoint_config, run_generation
     from megagpt.parallel.distributed import local_world_size, quiet_library_warnings, resolve_device
 
     quiet_library_warnings()
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     sampling.check()
+    try:
+        check_utf8(args.prompt)  # bytes that are not UTF-8 reach Python as lone surrogates, which no tokenizer takes
+    except ValueError:
+        raise ConfigError("--prompt holds bytes that are not UTF-8 text") from None
     if args.tokenizer and not os.path.isfile(args.tokenizer):
         raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
     world = join_existing_world(args.nproc)

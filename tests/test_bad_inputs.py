@@ -264,6 +264,9 @@ CASES = {
     "export onto a file": (export_onto_file, ("error", "taken is a file, not a directory")),
     "generate from a corrupt checkpoint": (corrupt_checkpoint(["generate", "--prompt", "x"]),
                                            ("error", "pp0_tp0.pt fails its sha256 checksum")),
+    "generate a prompt that is not UTF-8": (lambda tmp, p: ["generate", "--checkpoint", str(tmp), "--prompt",
+                                                            "caf\udcff"],  # the byte 0xff, as a shell passes it
+                                            ("error", "--prompt holds bytes that are not UTF-8 text")),
     "perplexity from a corrupt checkpoint": (corrupt_checkpoint(["eval", "perplexity", "--data", TINY]),
                                              ("error", "pp0_tp0.pt fails its sha256 checksum")),
     "perplexity of another tokenizer's shard": (lambda tmp, p, t: [
