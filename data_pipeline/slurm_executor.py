@@ -108,9 +108,10 @@ def _cancelled(jobs: list[str], stages: list[str]) -> str:
     if not jobs:
         return ""
     failed = cancel_jobs(jobs)
-    if failed:
-        return (f"; the jobs of the stages before it ({', '.join(stages)}: {', '.join(jobs)}) are still queued, as "
-                f"scancel failed ({failed}): scancel them, or wait for them, before a rerun")
+    left = jobs_in_flight(jobs) if failed else []  # scancel fails for a job that has ended, and cancels the rest
+    if left != []:
+        return (f"; the jobs of the stages before it ({', '.join(stages)}: {', '.join(left or jobs)}) are still "
+                f"queued, as scancel failed ({failed}): scancel them, or wait for them, before a rerun")
     return (f"; the jobs of the stages before it ({', '.join(stages)}: {', '.join(jobs)}) were cancelled, and a "
             f"rerun keeps the tasks they finished")
 

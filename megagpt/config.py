@@ -310,20 +310,41 @@ class _UniqueKeyLoader(_Loader):
     """_Loader, but a key given twice in one mapping is an error (PyYAML keeps the last one silently); a merge key's
     (`<<:`) mapping is a default, which a key of the mapping itself overrides, as YAML says."""
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, collections.abc.Hashable):
-                raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, not a {type(key).__name__}",
-                                                        key_node.start_mark)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    def flatten_mapping(self, node):
+        # a mapping's own keys, checked once, before merging writes the merged keys into it (a mapping merged into
+        # another is flattened again there: its overrides of what it merged are then no second key)
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if not isinstance(key, collections.abc.Hashable):
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"a key must be a name, not a {type(key).__name__}", key_node.start_mark)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+        super().flatten_mapping(node)
+
+
+def load_yaml(stream):
+    """A YAML document as configs read it (_UniqueKeyLoader), its numbers plain ints and floats."""
+    return _plain(yaml.load(stream, Loader=_UniqueKeyLoader))
+
+
+def _plain(value):
+    """value with each _Int made an int: a setting read as a whole (a dict, an untyped list) must dump as YAML."""
+    if isinstance(value, _Int):
+        return int(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
@@ -439,10 +460,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value.text
     elif hint is list or typing.get_origin(hint) is list:
         if isinstance(value, list):
-            return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else value
+            return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else _plain(value)
     elif hint is dict:
         if isinstance(value, dict):
-            return value
+            return _plain(value)
     raise ConfigError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}")
 
 

@@ -29,7 +29,7 @@ from typing import Optional
 
 import yaml
 
-from megagpt.config import shipped_config
+from megagpt.config import load_yaml, shipped_config
 from megagpt.errors import ConfigError, DataError
 from megagpt.files import check_utf8, jsonl_lines
 
@@ -67,7 +67,7 @@ def load_task(path: str) -> Task:
     path = shipped_config(path)
     try:
         with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
+            spec = load_yaml(f)  # as configs are read: 010 is ten, a key given twice an error
     except FileNotFoundError:
         raise ConfigError(f"--task {path}: no such file") from None
     except yaml.YAMLError as exc:

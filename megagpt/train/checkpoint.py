@@ -346,7 +346,7 @@ def set_aside_earlier_run(run_dir: str, device, who: str = "megagpt", why: str =
             failed = f"{exc.filename}: {exc.strerror}"
     if any_rank(failed is not None, device):
         raise on_every_rank(CheckpointError(  # rank 0's line, which says why, is the one printed
-            f"{why}: the earlier run's checkpoints or records in {root} could not be set aside "
+            f"{why}: the earlier run's checkpoints or records in {run_dir} could not be set aside "
             f"({failed or 'see rank 0'}); move them yourself or use another run.dir"))
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 
@@ -311,3 +312,27 @@ def test_batch_sizes_past_the_ramp_are_the_full_batch():
         expected.append(ramp.batch_size(tokens))
         tokens += expected[-1] * 64
     assert batch_sizes(cfg) == expected and expected[0] == 8 and expected[-1] == 32
+
+
+def test_settings_read_whole_dump_as_yaml(tmp_path):
+    """A dict or untyped list setting keeps what YAML read: its ints were the text-keeping kind, which yaml.safe_dump
+    refused (PPO's rlhf.layout, a corpus config's n-gram settings: run.dir/config.yaml and Slurm's config file)."""
+    import yaml
+
+    from data_pipeline.config import load_corpus_config
+
+    cfg = load_config(None, ["rlhf.layout={actor: {ranks: 2, tp: 2}, critic: {ranks: 2, tp: 1}}"])
+    assert yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["rlhf"]["layout"]["actor"] == {"ranks": 2, "tp": 2}
+    corpus = load_corpus_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data",
+                                             "commoncrawl-example.yaml"), check_inputs=False)
+    yaml.safe_dump(dataclasses.asdict(corpus))
+
+
+def test_a_nested_merge_that_overrides_what_it_merged_is_no_second_key(tmp_path):
+    (tmp_path / "c.yaml").write_text("x-b: &b {steps: 3, seed: 7}\nx-a: &a {<<: *b, steps: 4}\n")
+    from megagpt.config import load_yaml
+
+    assert load_yaml(open(tmp_path / "c.yaml")) == {"x-b": {"steps": 3, "seed": 7}, "x-a": {"steps": 4, "seed": 7}}
+    (tmp_path / "t.yaml").write_text("train:\n  <<: {<<: {steps: 3, seed: 7}, steps: 4}\n  seed: 8\n")
+    cfg = load_config(str(tmp_path / "t.yaml"))
+    assert (cfg.train.steps, cfg.train.seed) == (4, 8)

@@ -391,9 +391,13 @@ def test_a_refused_submission_names_max_submit_and_cancels_the_stages_before_it(
         _corpus_on_fake_slurm(tmp_path, monkeypatch, refuse_at=2)
     assert cancelled == [["101", "102"]]
     monkeypatch.setattr(slurm_executor, "cancel_jobs", lambda jobs: "scancel: error: Kill job error")
+    monkeypatch.setattr(slurm_executor, "jobs_in_flight", lambda jobs: jobs)
     with pytest.raises(SlurmError, match=r"the jobs of the stages before it \(process: 101\) are still queued, as "
                                          r"scancel failed \(scancel: error: Kill job error\): scancel them, or wait "
                                          r"for them, before a rerun$"):
         _corpus_on_fake_slurm(tmp_path / "again", monkeypatch, refuse_at=1)
+    monkeypatch.setattr(slurm_executor, "jobs_in_flight", lambda jobs: [])  # the one scancel failed for had ended
+    with pytest.raises(SlurmError, match=r"\(process: 101\) were cancelled"):
+        _corpus_on_fake_slurm(tmp_path / "ended", monkeypatch, refuse_at=1)
     with pytest.raises(SlurmError, match=r"job submit limit.*jobs you have queued$"):  # nothing queued before it
         _corpus_on_fake_slurm(tmp_path / "first", monkeypatch, refuse_at=0)
