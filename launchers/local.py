@@ -95,9 +95,6 @@ def rank_main(argv: list[str]) -> None:
         # by Ctrl-C, which the launcher reports as one
         if exc.code and not (Preemption.in_process == signal.SIGINT and exc.code == INTERRUPTED):
             raise
-    except KeyboardInterrupt:  # Ctrl-C before training took it over: the launcher, which got it too, says so
-        sys.stderr.flush()
-        os._exit(INTERRUPTED)
     except Exception:
         # A bug's traceback, which a fresh interpreter would print: torch elastic's copy goes to a log the
         # launcher silences (launch_local), and its own line names only the rank. One write, each line marked
