@@ -32,8 +32,13 @@ def check_eval_args(args) -> None:
             raise ConfigError(f"--shots {args.shots}: {args.task} has {available} train records to draw from"
                               + (f" (of {len(task.train)}, leaving out copies of the test record)"
                                  if available < len(task.train) else ""))
-    elif args.stride is not None and args.stride < 1:
-        raise ConfigError(f"--stride {args.stride} must be at least 1")
+    else:
+        from megagpt.data.shards import check_source
+
+        if args.stride is not None and args.stride < 1:
+            raise ConfigError(f"--stride {args.stride} must be at least 1")
+        for path in args.data:  # before the ranks start and load the checkpoint
+            check_source(path, "--data")
 
 
 def eval_argv(args) -> list[str]:

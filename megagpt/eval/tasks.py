@@ -82,8 +82,9 @@ def load_task(path: str) -> Task:
     for key in ("type", "test", "prompt"):
         if spec.get(key) is None:
             raise ConfigError(f"--task {path}: '{key}' is missing")
-    if "stop" in spec and spec["stop"] is None:
-        spec["stop"] = ""  # `stop:` left empty: generation stops at nothing but its length
+    for key in ("stop", "answer_prefix", "separator"):
+        if key in spec and spec[key] is None:
+            spec[key] = ""  # left empty, as `answer_prefix:` reads: no text (for stop: nothing but the length)
     for key, value in spec.items():  # YAML reads `separator: 7` as a number, which would fail in a rank later
         if value is None and key in ("name", "train", "description"):
             continue  # optional, and None is their unset

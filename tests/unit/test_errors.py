@@ -176,3 +176,13 @@ def test_a_gpu_rank_bound_per_task_prints_a_node_wide_error_by_its_rank_on_the_n
     monkeypatch.setattr(distributed, "node_rank", None)  # a CPU rank: LOCAL_RANK is its rank on the node
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not prints_here(raised.value)
+
+
+def test_eval_perplexity_refuses_a_data_file_it_cannot_read_before_opening_the_checkpoint(tmp_path, capsys):
+    """A refused name (.json) was found only in the ranks, after each had loaded the checkpoint."""
+    (tmp_path / "text.json").write_text('{"text": "hello"}\n')
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["eval", "perplexity", "--checkpoint", str(tmp_path / "no-run"), "--data", str(tmp_path / "text.json")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"megagpt: error: {tmp_path / 'text.json'}: a text input is .txt") and err.count("\n") == 1

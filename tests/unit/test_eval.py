@@ -241,7 +241,6 @@ def test_a_prompt_the_records_cannot_fill_fails_with_file_and_line(tmp_path, pro
     ("type: generation\ntest: t.jsonl\nprompt: x\nmax_new_tokens: ten\n", "max_new_tokens='ten' must be a whole"),
     ("type: generation\ntest: t.jsonl\nprompt: x\nmax_new_tokens: -3\n", "max_new_tokens=-3 must be a whole number >= 1"),
     ("type: completion\ntest: t.jsonl\nprompt:\n", "'prompt' is missing"),
-    ("type: completion\ntest: t.jsonl\nprompt: x\nseparator:\n", "separator=None must be text"),
     ("type: completion\ntest: nope.jsonl\nprompt: x\n", "data file"),
     ("type: completion\ntest: t.jsonl\nprompt: '{}'\n", "prompt fields must be named"),
 ])
@@ -252,6 +251,17 @@ def test_bad_task_settings_are_one_line_errors(tmp_path, yaml_text, message):
     (tmp_path / "t.yaml").write_text(yaml_text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_task(str(tmp_path / "t.yaml"))
+
+
+def test_settings_left_empty_are_empty_text(tmp_path):
+    """`answer_prefix:` written with no value is YAML's null: it means no prefix, as `stop:` means no stop."""
+    from megagpt.eval.tasks import load_task
+
+    (tmp_path / "t.jsonl").write_text('{"target": "a"}\n')
+    (tmp_path / "t.yaml").write_text("type: completion\ntest: t.jsonl\nprompt: x\nanswer_prefix:\nseparator:\n"
+                                     "stop:\n")
+    task = load_task(str(tmp_path / "t.yaml"))
+    assert (task.answer_prefix, task.separator, task.stop) == ("", "", "")
 
 
 def test_lm_eval_adapter_requests_equal_megagpts_own_scores(scorer, tok):
