@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from data_pipeline.decontam import benchmark_texts
+from data_pipeline.readers import input_kind
 from megagpt.config import load_config
 from megagpt.data import ngrams
 from megagpt.data.tokenizer import SMALLEST_VOCAB
@@ -38,8 +39,10 @@ class UrlConfig:
 
 @dataclass
 class LangidConfig:
+    # [] keeps every language (each document still labelled with lang and lang_score), as an empty list turns
+    # url.blocklists and decontam.paths off: it dropped every document
     languages: list[str] = field(default_factory=lambda: ["en"])
-    threshold: float = 0.65  # fastText lid.176 top-label probability needed to keep
+    threshold: float = 0.65  # fastText lid.176 top-label probability needed to keep (with languages named)
 
 
 @dataclass
@@ -54,8 +57,8 @@ class FiltersConfig:
     dup_para_char_frac: Optional[float] = 0.2
     dup_line_frac: Optional[float] = 0.3
     dup_line_char_frac: Optional[float] = 0.2
-    top_ngram_char_frac: dict = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
-    dup_ngram_char_frac: dict = field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11,
+    top_ngram_char_frac: Optional[dict] = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+    dup_ngram_char_frac: Optional[dict] = field(default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11,
                                                                10: 0.10})
     # Gopher quality (words are spaCy-like tokens, data_pipeline/text.py; punctuation-only ones are
     # left out of the word count and mean length)
@@ -119,7 +122,7 @@ class DedupConfig:
 @dataclass
 class DecontamConfig:
     paths: list[str] = field(default_factory=list)  # benchmark files (.jsonl[.gz], .txt); empty: stage off
-    text_field: str = "text"  # the JSONL field holding an example's text; known benchmark fields are tried next
+    text_field: str = "text"  # the JSONL field holding an example's text; where a line lacks it, all its strings
     ngram: int = 13
     margin_chars: int = 200
     min_piece_chars: int = 200
@@ -208,6 +211,7 @@ def input_files(cfg: CorpusConfig) -> list[str]:
         if not matches or not all(os.path.isfile(m) for m in matches):
             raise ConfigError(f"input.paths[{i}]={pattern!r} matches no file")
         for m in matches:
+            input_kind(m)
             if os.path.realpath(m) not in seen:
                 seen.add(os.path.realpath(m))
                 files.append(m)
@@ -246,7 +250,7 @@ def _validate_filters(f: FiltersConfig) -> None:
     if f.min_words is not None and f.max_words is not None and f.min_words > f.max_words:
         raise ConfigError(f"filters.min_words={f.min_words} exceeds filters.max_words={f.max_words}")
     for key in ("top_ngram_char_frac", "dup_ngram_char_frac"):
-        for n, limit in getattr(f, key).items():
+        for n, limit in (getattr(f, key) or {}).items():
             if not isinstance(n, int) or isinstance(n, bool) or n < 1 or isinstance(limit, bool) or \
                     not isinstance(limit, (int, float)) or not 0 <= limit <= 1:
                 raise ConfigError(f"filters.{key} maps n-gram sizes (integers >= 1) to character fractions in "

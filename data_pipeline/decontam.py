@@ -16,15 +16,10 @@ import numpy as np
 from megagpt.data.ngrams import WORD as _WORD, window_hashes, words
 from megagpt.errors import DataError
 
-# Where common benchmark formats keep their text, tried when a line lacks decontam.text_field:
-# LAMBADA/plain (text), SQuAD (context, question), TriviaQA/NQ (question, answer), HellaSwag (ctx, endings),
-# PIQA (goal, sol1, sol2), WinoGrande (sentence), ANLI/RTE (premise, hypothesis), prompt/completion pairs.
-KNOWN_FIELDS = ("text", "context", "passage", "question", "answer", "answers", "ctx", "endings", "goal", "sol1",
-                "sol2", "sentence", "premise", "hypothesis", "prompt", "completion")
-
-
 def benchmark_texts(path: str, field: str = "text") -> Iterator[str]:
-    """The text of each example of a benchmark file: .txt whole, .jsonl[.gz] per line (`field`, else known fields)."""
+    """The text of each example of a benchmark file: .txt whole, .jsonl[.gz] per line: its `field`, else every
+    string it holds, nested ones too, in order (a fixed list of known fields missed RACE's "article", MMLU's
+    "choices" and more; a field that is not benchmark text, an id or a label, only adds n-grams no page has)."""
     if not path.endswith((".jsonl", ".jsonl.gz")):
         with open(path, encoding="utf-8", errors="replace") as f:
             yield f.read()
@@ -40,11 +35,11 @@ def benchmark_texts(path: str, field: str = "text") -> Iterator[str]:
                 raise DataError(f"decontam: {path}:{lineno} is not JSON") from None
             if not isinstance(example, dict):
                 raise DataError(f"decontam: {path}:{lineno} is not a JSON object")
-            found = [example[field]] if field in example else [example[k] for k in KNOWN_FIELDS if k in example]
+            found = list(_strings(example[field] if field in example else example))
             if not found:
-                raise DataError(f"decontam: {path}:{lineno} has no {field!r} field (decontam.text_field) nor any of "
-                                f"{', '.join(KNOWN_FIELDS)}")
-            yield " ".join(_strings(found))
+                raise DataError(f"decontam: {path}:{lineno} has no text: no {field!r} field (decontam.text_field) "
+                                f"and no string values")
+            yield " ".join(found)
 
 
 def _strings(value) -> Iterator[str]:

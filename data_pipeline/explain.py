@@ -29,14 +29,21 @@ def _unit(path: str) -> tuple[str, int]:
     return ("line", 1) if os.path.basename(path).endswith((".jsonl", ".jsonl.gz")) else ("record", 0)
 
 
+def _split_piece(doc_id: str) -> tuple[str, str]:
+    """(<input>:<index>, piece or ""): a piece is the trailing #k that decontamination adds, and an input's name may
+    hold a # of its own (cc#1.warc.gz:0)."""
+    base, hash_, piece = doc_id.rpartition("#")
+    return (base, piece) if hash_ and piece.isdigit() and base.rpartition(":")[2].isdigit() else (doc_id, "")
+
+
 def explain(run_dir: str, doc_id: str) -> list[str]:
     """The lines `corpus explain` prints: a header, then one verdict per stage (and a cluster for duplicates)."""
     record = read_record(run_dir)
     if record is None:
         raise DataError(f"{run_dir} is not a corpus run: no {RECORD} there")
-    base, _, piece = doc_id.partition("#")
+    base, piece = _split_piece(doc_id)
     prefix, colon, index = base.rpartition(":")
-    if not colon or not index.isdigit() or (piece and not piece.isdigit()):
+    if not colon or not index.isdigit():
         first = record["inputs"][0]
         raise DataError(f"{doc_id!r} is not a document id (<input path>:<record index>[#piece], "
                         f"e.g. {first['id_prefix']}:{_unit(first['path'])[1]})")
@@ -79,7 +86,7 @@ def explain(run_dir: str, doc_id: str) -> list[str]:
     if decon:
         _whole(doc_id, piece, decon)
         return lines + [_line("decontam", f"dropped: {decon['reason']}{_fields(decon, _IDENTITY)}")] + _after("decontam")
-    pieces = [(n, d) for n, d in enumerate(read_jsonl_gz(files["kept"]), 1) if d["id"].partition("#")[0] == base]
+    pieces = [(n, d) for n, d in enumerate(read_jsonl_gz(files["kept"]), 1) if _split_piece(d["id"])[0] == base]
     if piece and not any(d["id"] == doc_id for _, d in pieces):
         raise DataError(f"{doc_id!r}: {base} was not split into a piece #{piece} (it has {len(pieces)} piece(s))")
     if not record["config"]["decontam.paths"]:

@@ -166,13 +166,13 @@ def gopher_repetition(text: str, tokens: list[str], cfg: FiltersConfig) -> Optio
     if cfg.dup_line_char_frac is not None and chars / len(text) > cfg.dup_line_char_frac:
         return "dup_line_char_frac"
     grams = _NGrams(tokens)
-    for n, limit in sorted(cfg.top_ngram_char_frac.items()):
+    for n, limit in sorted((cfg.top_ngram_char_frac or {}).items()):
         if _top_ngram_chars(grams, n) / len(text) > limit:
-            return f"top_{n}gram_char_frac"
-    for n, limit in sorted(cfg.dup_ngram_char_frac.items()):
+            return f"top_ngram_char_frac[{n}]"  # the key it broke, as each drop names it
+    for n, limit in sorted((cfg.dup_ngram_char_frac or {}).items()):
         chars = _duplicated_ngram_chars(grams, n)
         if chars / len(text) > limit:
-            return f"dup_{n}gram_char_frac"
+            return f"dup_ngram_char_frac[{n}]"
         if not chars:
             break  # no n-gram repeats, so no longer one does either
     return None
@@ -275,7 +275,7 @@ def fineweb(text: str, cfg: FiltersConfig) -> Optional[str]:
 def _fineweb(text: str, lines: list[str], n_words: int, cfg: FiltersConfig) -> Optional[str]:
     """FineWeb's rules on a text, given its non-blank lines and its token count."""
     if not lines:
-        return "empty"
+        return "c4 line rules removed every line"  # (c4_min_words_per_line, c4_max_word_length...)
     if cfg.min_line_punct_ratio is not None and \
             sum(ends_sentence(line) for line in lines) / len(lines) < cfg.min_line_punct_ratio:
         return "min_line_punct_ratio"

@@ -19,6 +19,7 @@ import numpy as np
 from megagpt.errors import DataError
 
 POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
+CHECKED_EXAMPLES = 2000  # per class, scored after training to tell whether the classifier separates them
 
 
 def _line(text: str) -> str:
@@ -27,10 +28,13 @@ def _line(text: str) -> str:
 
 def train_quality(positive: Iterable[str], negative: Iterable[str], out_path: str, epochs: int = 10,
                   dim: int = 32, seed: int = 0) -> dict:
-    """Train and save the classifier; returns example counts. One thread, so training is reproducible."""
+    """Train and save the classifier; returns the example counts and each class's mean score over its first
+    CHECKED_EXAMPLES training examples (a classifier trained on too few updates scores every text about 0.5, and
+    the Pareto rule then drops most good pages: the caller says so). One thread, so training is reproducible."""
     import fasttext
 
     counts = {"positive": 0, "negative": 0}
+    held: dict[str, list[str]] = {"positive": [], "negative": []}  # the examples scored after training
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
     # beside the model, not in $TMPDIR: compute nodes' /tmp is small, and the training set can be tens of GB
@@ -39,14 +43,19 @@ def train_quality(positive: Iterable[str], negative: Iterable[str], out_path: st
         for label, texts, key in ((POSITIVE, positive, "positive"), (NEGATIVE, negative, "negative")):
             for text in texts:
                 if text.strip():
-                    f.write(f"{label} {_line(text)}\n")
+                    line = _line(text)
+                    f.write(f"{label} {line}\n")
                     counts[key] += 1
+                    if len(held[key]) < CHECKED_EXAMPLES:
+                        held[key].append(line)
         train_file = f.name
     try:
         if not counts["positive"] or not counts["negative"]:
             raise DataError(f"need positive and negative examples, got {counts}")
         model = fasttext.train_supervised(train_file, epoch=epochs, dim=dim, wordNgrams=2, minCount=1,
                                           thread=1, seed=seed, verbose=0)
+        for key, lines in held.items():
+            counts[f"{key}_mean_score"] = float(np.mean([_score(model, line) for line in lines]))
     finally:
         os.remove(train_file)
     model.save_model(out_path)
@@ -76,8 +85,12 @@ def check_model(path: str) -> None:
 
 def quality_score(model_path: str, text: str) -> float:
     """P(curated) under the classifier."""
+    return _score(_model(model_path), _line(text))
+
+
+def _score(model, line: str) -> float:
     # model.f.predict: fastText 0.9.3's Python predict() breaks under NumPy 2.
-    for prob, label in _model(model_path).f.predict(_line(text), 2, 0.0, "strict"):
+    for prob, label in model.f.predict(line, 2, 0.0, "strict"):
         if label == POSITIVE:
             return min(float(prob), 1.0)
     return 0.0

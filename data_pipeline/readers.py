@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Union
 
 import brotli
 
+from megagpt.errors import ConfigError
 from megagpt.files import gzipped
 
 
@@ -57,14 +58,29 @@ class Skipped:
     reason: str
 
 
+INPUT_SUFFIXES = {".warc": "warc", ".warc.gz": "warc", ".wet": "warc", ".wet.gz": "warc", ".jsonl": "jsonl",
+                  ".jsonl.gz": "jsonl", ".txt": "txt"}
+
+
+def input_kind(path: str) -> str:
+    """How an input is read, told by its name in any case (a .JSONL file was read as a WARC: every record lost to
+    "Invalid WARC header"); a name with none of these suffixes is refused, not guessed at."""
+    name = os.path.basename(path).lower()
+    for suffix, kind in INPUT_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    raise ConfigError(f"{path}: an input is named .warc[.gz] or .wet[.gz] (WARC), .jsonl[.gz] (a document per line) "
+                      f"or .txt (one document); name the file by what it holds")
+
+
 def read_file(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:
-    name = os.path.basename(path)
+    kind = input_kind(path)
     try:
         if os.path.getsize(path) == 0:  # said alike for every format (a failed download leaves one)
             yield ReadError(path, "empty file: no records")
-        elif name.endswith((".jsonl", ".jsonl.gz")):
+        elif kind == "jsonl":
             yield from _read_jsonl(path)
-        elif name.endswith(".txt"):
+        elif kind == "txt":
             with open(path, "rb") as f:
                 yield Record(0, None, None, "text", f.read())
         else:
@@ -382,11 +398,14 @@ def _http_body(block: bytes, cut: bool = False):
     except OSError:
         try:
             body, http = parsed("transfer")
-        except OSError:  # a chunked body cut short
-            if not cut:
-                raise
+        except OSError:  # a chunked body cut short, or one stored de-chunked under its Transfer-Encoding header
             body, http = parsed("none")
-            body = _dechunk(body)
+            if cut:
+                body = _dechunk(body)
+            elif _CHUNK_SIZE.match(body):
+                raise
+            # no chunk size line begins it: the body as stored (several WARC writers de-chunk and keep the header;
+            # warcio reads such a body as it is)
         coding = http.http_headers.get("Content-Encoding", "").strip().lower()
         if coding in ("gzip", "x-gzip", "deflate", "x-deflate"):  # RFC 9110: x-gzip is gzip
             inflate = zlib.decompressobj(wbits=47 if "gzip" in coding else -15)
@@ -399,6 +418,9 @@ def _http_body(block: bytes, cut: bool = False):
         if coding in ("br", "zstd", "compress", "x-compress"):
             raise
         return body, http  # a label that is no coding ("none", "utf-8", "identity"): the body as sent
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+[ \t]*(;[^\r\n]*)?\r?\n")
 
 
 def _dechunk(body: bytes) -> bytes:

@@ -135,7 +135,7 @@ def _judge(cfg: CorpusConfig, doc_id: str, text: str, stats: StageStats, clock: 
     try:
         stats.saw("langid", size)
         lang, score = clock.run("langid", identify, text)
-        if lang not in cfg.langid.languages or score < cfg.langid.threshold:
+        if cfg.langid.languages and (lang not in cfg.langid.languages or score < cfg.langid.threshold):
             why = "no language label" if lang == NO_LABEL else \
                 f"language {lang}" if lang not in cfg.langid.languages else "low confidence"
             drop("langid", why, lang=lang, lang_score=round(score, 4))

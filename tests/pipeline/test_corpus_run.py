@@ -166,3 +166,23 @@ def test_report_of_a_missing_run_is_one_line(tmp_path):
     proc = megagpt("corpus", "report", str(tmp_path / "nope"), check=False, timeout=60)
     assert proc.returncode == 2
     assert "stats.json not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_empty_language_list_keeps_every_language_labelled(tmp_path):
+    """`langid.languages=[]` dropped every document; an empty list turns a stage's choice off, as for
+    url.blocklists and decontam.paths."""
+    import random
+
+    from data_pipeline.pipeline import run
+    from data_pipeline.synthetic import english_pages, foreign_page
+    from tests.conftest import corpus_config
+
+    rng = random.Random(0)
+    texts = {"en": english_pages(1)[0], "fr": foreign_page("fr", rng), "de": foreign_page("de", rng)}
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": lang, "text": t}) + "\n" for lang, t in texts.items()))
+    cfg = corpus_config(tmp_path, tmp_path / "out", f"input.paths=[{tmp_path / 'docs.jsonl'}]", "langid.languages=[]",
+                        "filters.enabled=false", "dedup.enabled=false", "tokenize.vocab_size=300",
+                        "executor.workers=1")
+    run(cfg, progress=False)
+    assert {d["record_id"]: d["lang"] for d in rows(str(tmp_path / "out"), "documents/*/*.jsonl.gz")} == \
+        {"en": "en", "fr": "fr", "de": "de"}

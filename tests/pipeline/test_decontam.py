@@ -121,3 +121,19 @@ def test_cuts_equal_a_set_of_word_tuples_on_random_overlaps():
 def test_a_benchmark_without_a_full_ngram_removes_nothing():
     d = Decontaminator(["too short"], n=13)
     assert len(d.grams) == 0 and d.clean(f"{FILLER} too short {FILLER}") == ([f"{FILLER} too short {FILLER}"], None, 0, 1)
+
+
+def test_every_string_of_an_example_is_benchmark_text_where_text_field_is_absent(tmp_path):
+    """A RACE line keeps its passage in "article" and its answers in "options": a fixed list of fields took only
+    the question, and a page copying the passage was kept whole."""
+    from data_pipeline.decontam import benchmark_texts
+
+    passage = " ".join(f"passage{i}" for i in range(20))
+    race = {"id": "race-1", "article": passage, "question": "Why?", "options": ["one two", {"nested": "three"}],
+            "answer": "A", "label": 2}
+    (tmp_path / "race.jsonl").write_text(json.dumps(race) + "\n" + json.dumps({"text": "only this", "x": "not"}) + "\n")
+    assert list(benchmark_texts(str(tmp_path / "race.jsonl"))) == [
+        f"race-1 {passage} Why? one two three A", "only this"]
+    d = Decontaminator(benchmark_texts(str(tmp_path / "race.jsonl")))
+    pieces, reason, hits, _ = d.clean(f"{FILLER} {passage} {FILLER}")
+    assert reason is None and hits == 8 and "passage10" not in " ".join(pieces)

@@ -95,17 +95,27 @@ def test_the_summary_counts_the_records_skipped_as_holding_no_page():
 
 
 def test_a_jsonl_documents_index_is_its_line_number(tmp_path):
-    """JSONL ids count lines from 1 (WARC records from 0): explain says "line", and an id :0 says why it is none."""
-    (tmp_path / "docs.jsonl").write_text('{"text": 12345}\n')
+    """JSONL ids count lines from 1 (WARC records from 0): explain says "line", and an id :0 says why it is none.
+    The file's name holds a #, which explain took for the start of a piece number."""
+    (tmp_path / "docs#1.jsonl").write_text('{"text": 12345}\n')
     out = tmp_path / "run"
-    megagpt("corpus", "run", f"input.paths=[{tmp_path / 'docs.jsonl'}]", f"output.dir={out}", "executor.workers=1",
+    megagpt("corpus", "run", f"input.paths=[{tmp_path / 'docs#1.jsonl'}]", f"output.dir={out}", "executor.workers=1",
             timeout=300)
-    lines = explain(out, "docs.jsonl:1")
-    assert lines[0] == f"docs.jsonl:1  (input {tmp_path / 'docs.jsonl'}, line 1)"
+    lines = explain(out, "docs#1.jsonl:1")
+    assert lines[0] == f"docs#1.jsonl:1  (input {tmp_path / 'docs#1.jsonl'}, line 1)"
     assert stage_line(lines, "extract") == "extract dropped: text is a number, not a string"
-    for doc_id, message in [("docs.jsonl:0", "(docs.jsonl has no line 0: a JSONL document's index is its line number, "
-                                             "from 1)"),
-                            ("docs.jsonl:2", "(docs.jsonl has no line 2: fewer lines, or lost to damage"),
-                            ("docs.jsonl", "is not a document id (<input path>:<record index>[#piece], e.g. docs.jsonl:1)")]:
+    for doc_id, message in [("docs#1.jsonl:0", "(docs#1.jsonl has no line 0: a JSONL document's index is its line "
+                                               "number, from 1)"),
+                            ("docs#1.jsonl:2", "(docs#1.jsonl has no line 2: fewer lines, or lost to damage"),
+                            ("docs#1.jsonl", "is not a document id (<input path>:<record index>[#piece], "
+                                             "e.g. docs#1.jsonl:1)"),
+                            ("docs#1.jsonl:1#2", "docs#1.jsonl:1 was dropped whole at extract")]:
         proc = megagpt("corpus", "explain", "--run", str(out), "--id", doc_id, check=False, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_a_piece_number_is_only_the_trailing_one():
+    from data_pipeline.explain import _split_piece
+
+    assert [_split_piece(i) for i in ("cc#1.warc.gz:0", "cc#1.warc.gz:0#3", "a.warc.gz:5#2", "a.warc.gz:5", "x#y")] == \
+        [("cc#1.warc.gz:0", ""), ("cc#1.warc.gz:0", "3"), ("a.warc.gz:5", "2"), ("a.warc.gz:5", ""), ("x#y", "")]

@@ -12,6 +12,7 @@ from data_pipeline.extract import extract_text
 from data_pipeline.langid import identify
 from data_pipeline.readers import ReadError, Record, Skipped, read_file
 from data_pipeline.synthetic import _record, foreign_page, mutate
+from megagpt.errors import ConfigError
 
 PROSE = ("The river runs through the old town, past the mill and the church, and on into the fields where "
          "farmers have grown wheat and barley for many hundreds of years. ") * 6
@@ -250,6 +251,19 @@ def test_encoded_bodies_are_decoded_and_every_record_is_counted(tmp_path):
     assert len(list(iter_texts([str(path)]))) == 9  # the undecodable record is no classifier example  # the chunk sizes were in the text; gzip was "binary"
 
 
+def test_a_body_stored_dechunked_under_its_chunked_header_is_read_as_stored(tmp_path):
+    """Several WARC writers store the body de-chunked and keep `Transfer-Encoding: chunked`: it was an
+    'undecodable HTTP body' drop. A body that starts as chunks and then breaks stays one."""
+    broken = b"%x\r\n%s\r\nzz\r\n" % (300, PAGE[:300])
+    path = tmp_path / "te.warc.gz"
+    path.write_bytes(b"".join(gzip.compress(warc("response", http(body, "Content-Type: text/html",
+                                                                       "Transfer-Encoding: chunked"), rid))
+                              for body, rid in ((PAGE, "<urn:uuid:stored>"), (broken, "<urn:uuid:broken>"))))
+    stored, cut = records_and_errors(path)[0]
+    assert extract_text(stored) == extract_text(Record(0, None, None, "html", PAGE, "text/html"))
+    assert cut.unreadable == "undecodable HTTP body"
+
+
 def test_unreadable_and_jsonl_inputs(tmp_path):
     missing = list(read_file(str(tmp_path / "nope.warc.gz")))
     assert len(missing) == 1 and missing[0].reason.startswith("unreadable")
@@ -312,9 +326,60 @@ def test_utf16_pages_are_read_not_taken_for_binary(codec, charset):
             (text, None)
 
 
+@pytest.mark.parametrize("text,codec,label", [
+    ("北京是中华人民共和国的首都，朱镕基曾任总理。", "gbk", "gb2312"),  # 镕: GBK, not GB2312
+    ("똠방각하 햏 뷁: 한국어로 된 긴 문장입니다.", "cp949", "euc-kr"),  # windows-949 only
+    ("株式会社は㈱と書き、①②③と数えます。", "cp932", "Shift_JIS"),  # Windows-31J only
+    ("He said “hello” and it’s fine — really – ok… costs €5.", "cp1252", "iso-8859-1"),
+    ("He said “hello” and it’s fine — really – ok… costs €5.", "cp1252", "us-ascii"),
+])
+def test_a_charset_label_is_read_as_browsers_read_it(text, codec, label):
+    """The WHATWG decoder of each label: pages under these labels are written in the supersets. Python's strict
+    codecs failed on one superset character, and the whole page became cp1252 mojibake (CJK), or kept C1 control
+    characters (latin-1, where … became a line break that the filters then cut the line at)."""
+    page = f"<html><head><title>t</title></head><body><article><p>{text}</p></article></body></html>"
+    assert extract_text(Record(0, None, None, "html", page.encode(codec), "text/html", charset=label)) == (text, None)
+
+
+def test_markup_nested_past_the_limit_is_a_counted_drop_not_a_stalled_shard():
+    """resiliparse's main-content pass took a minute over 40,000 unclosed <div>s (a 1 MiB page: half an hour)."""
+    from data_pipeline.extract import MAX_DEPTH
+
+    def page(divs):  # <html>, <body> and <p> are elements of the chain too
+        return ("<html><body>" + "<div>" * divs + "<p>The text of the page.</p>").encode()
+
+    assert extract_text(Record(0, None, None, "html", page(MAX_DEPTH - 4), "text/html")) == ("The text of the page.", None)
+    for divs in (MAX_DEPTH - 3, 40_000):
+        assert extract_text(Record(0, None, None, "html", page(divs), "text/html")) == \
+            (None, f"markup nested {MAX_DEPTH} elements deep or more")
+
+
+def test_a_damaged_byte_is_replaced_not_a_reason_to_read_the_page_in_another_charset():
+    text = "이것은 서울 날씨에 관한 긴 문장입니다. 오늘은 맑고 따뜻합니다."
+    page = f"<html><body><article><p>{text}</p><p>끝</p></article></body></html>".encode("cp949")
+    damaged = page.replace("끝".encode("cp949"), b"\xff\xff")
+    assert extract_text(Record(0, None, None, "html", damaged, "text/html", charset="euc-kr")) == \
+        (text + "\n\n\ufffd\ufffd", None)
+
+
 @pytest.mark.parametrize("payload", ["Plain text, café.".encode("utf-16"), b"\xef\xbb\xbfPlain text, caf\xc3\xa9."])
 def test_plain_text_with_a_byte_order_mark_is_read_without_it(payload):
     assert extract_text(Record(0, None, None, "text", payload)) == ("Plain text, café.", None)
+
+
+def test_an_input_is_read_by_its_name_in_any_case_and_other_names_are_refused(tmp_path):
+    """UPPER.JSONL and DOC.TXT were read as WARC files: every record lost to 'Invalid WARC header', the run rc 0."""
+    from data_pipeline.readers import input_kind
+
+    (tmp_path / "UPPER.JSONL").write_text(json.dumps({"text": "a document"}) + "\n")
+    (tmp_path / "DOC.TXT").write_text("a text file")
+    assert [(r.kind, r.payload) for r in records_and_errors(tmp_path / "UPPER.JSONL")[0]] == [("text", "a document")]
+    assert [(r.kind, r.payload) for r in records_and_errors(tmp_path / "DOC.TXT")[0]] == [("text", b"a text file")]
+    assert [input_kind(n) for n in ("a.WARC.GZ", "CC-MAIN-1.warc.wet.gz", "x.Jsonl.Gz", "x.wet")] == \
+        ["warc", "warc", "jsonl", "warc"]
+    for name in ("rows.json", "rows.ndjson", "crawl.gz", "page.html"):
+        with pytest.raises(ConfigError, match=f"{name}: an input is named .warc"):
+            input_kind(str(tmp_path / name))
 
 
 def test_jsonl_compression_is_judged_by_content_not_name(tmp_path):

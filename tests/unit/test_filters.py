@@ -83,7 +83,7 @@ def planted(phrase_words: int, times: int, seed: int = 0) -> str:
 
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_the_most_frequent_ngram(n):
-    rule = f"top_{n}gram_char_frac"
+    rule = f"top_ngram_char_frac[{n}]"
     cfg = only(top_ngram_char_frac={n: FiltersConfig().top_ngram_char_frac[n]})
     fired = next(k for k in range(1, 400) if reason(planted(n, k), cfg))
     assert reason(planted(n, fired), cfg) == rule and reason(planted(n, fired - 1), cfg) is None
@@ -93,7 +93,7 @@ def test_the_most_frequent_ngram(n):
 
 @pytest.mark.parametrize("n", [5, 6, 7, 8, 9, 10])
 def test_repeated_ngrams(n):
-    rule = f"dup_{n}gram_char_frac"
+    rule = f"dup_ngram_char_frac[{n}]"
     cfg = only(dup_ngram_char_frac={n: FiltersConfig().dup_ngram_char_frac[n]})
     fired = next(k for k in range(1, 400) if reason(planted(n, k), cfg))
     assert fired > 1 and reason(planted(n, fired), cfg) == rule and reason(planted(n, fired - 1), cfg) is None
@@ -259,3 +259,19 @@ def test_a_rule_set_to_null_is_off():
     assert reason(spam) == "dup_para_frac" or reason(spam) == "dup_line_frac"
     cfg = dataclasses.replace(FiltersConfig(), dup_line_frac=None, dup_line_char_frac=None)
     assert reason(spam, cfg) not in ("dup_line_frac", "dup_line_char_frac")
+
+
+def test_an_ngram_rule_set_to_null_is_off_and_names_its_key_when_on():
+    """`filters.top_ngram_char_frac=null` was 'None is not a valid dict', though null turns every other rule off;
+    its drops were named top_4gram_char_frac, a key that does not exist."""
+    text = planted(4, 200)
+    assert reason(text, only(top_ngram_char_frac={4: 0.16})) == "top_ngram_char_frac[4]"
+    cfg = load_corpus_config(None, ["input.paths=[README.md]", "filters.top_ngram_char_frac=null",
+                                    "filters.dup_ngram_char_frac=null"], check_inputs=False).filters
+    assert (cfg.top_ngram_char_frac, cfg.dup_ngram_char_frac) == (None, None)
+    assert reason(text, dataclasses.replace(only(), top_ngram_char_frac=None, dup_ngram_char_frac=None)) is None
+
+
+def test_a_page_whose_every_line_the_c4_rules_remove_says_so():
+    cfg = only(c4_min_words_per_line=3)
+    assert reason("one two\nthree four\nfive", cfg) == "c4 line rules removed every line"
