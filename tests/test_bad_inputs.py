@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import TINY, megagpt
+from tests.conftest import REPO, TINY, megagpt
 
 pytestmark = pytest.mark.slow
 
@@ -165,12 +165,13 @@ def tokenize_into(tmp, prefix):
     return ["tokenize", "--input", str(tmp / "t.txt"), "--output-prefix", prefix, "--vocab-size", "300"]
 
 
-def corrupt_checkpoint(command):
+def corrupt_checkpoint(command, at=0.5):
+    """The first universal shard with one byte flipped, at `at` of its length (early on: in its pickle)."""
     def build(tmp, prefix, trained):
         shutil.copytree(trained / "run", tmp / "run", symlinks=True)
         shard = next((tmp / "run" / "checkpoints").glob("step_*/universal/pp0_tp0.pt"))
         data = bytearray(shard.read_bytes())
-        data[len(data) // 2] ^= 0xFF
+        data[int(len(data) * at)] ^= 0xFF
         shard.write_bytes(bytes(data))
         return [*command, "--checkpoint", str(tmp / "run")]
     return build
@@ -266,10 +267,12 @@ CASES = {
     "export onto a file": (export_onto_file, ("error", "taken is a file, not a directory")),
     "generate from a corrupt checkpoint": (corrupt_checkpoint(["generate", "--prompt", "x"]),
                                            ("error", "pp0_tp0.pt fails its sha256 checksum")),
+    "generate from a checkpoint with a damaged pickle": (corrupt_checkpoint(["generate", "--prompt", "x"], at=0.0005),
+                                                         ("error", "pp0_tp0.pt fails its sha256 checksum")),
     "generate a prompt that is not UTF-8": (lambda tmp, p: ["generate", "--checkpoint", str(tmp), "--prompt",
                                                             "caf\udcff"],  # the byte 0xff, as a shell passes it
                                             ("error", "--prompt holds bytes that are not UTF-8 text")),
-    "perplexity from a corrupt checkpoint": (corrupt_checkpoint(["eval", "perplexity", "--data", TINY]),
+    "perplexity from a corrupt checkpoint": (corrupt_checkpoint(["eval", "perplexity", "--data", os.path.join(REPO, "requirements.txt")]),
                                              ("error", "pp0_tp0.pt fails its sha256 checksum")),
     "perplexity of another tokenizer's shard": (lambda tmp, p, t: [
         "eval", "perplexity", "--checkpoint", str(t / "run"), "--data", str(other_tokenizer_shard(tmp))],

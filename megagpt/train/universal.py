@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 from typing import Optional
 
 import torch
@@ -219,6 +220,15 @@ def link_adam_state(engine) -> None:
     zero._lazy_init_hp_params_optimizer_state()
 
 
+def _unreadable(path: str, file: str, exc: Exception) -> str:
+    from megagpt.train.checkpoint import read_meta, sha256_file
+
+    recorded = read_meta(path)["files"].get(os.path.relpath(file, path))
+    if recorded is not None and sha256_file(file) != recorded:
+        return f"{file} fails its sha256 checksum"
+    return f"{file} cannot be read ({type(exc).__name__}: {exc})"
+
+
 def tp_shard(full: torch.Tensor, dim: int, tp: int, tp_rank: int) -> torch.Tensor:
     """This TP rank's slice of a full tensor along its partition dim (-1: replicated, the whole tensor)."""
     return full if dim < 0 else full.chunk(tp, dim=dim)[tp_rank].contiguous()
@@ -230,7 +240,12 @@ class UniversalShards:
     def __init__(self, path: str):
         self.files = {}
         for file in sorted(glob.glob(os.path.join(path, "universal", "pp*_tp*.pt"))):
-            self.files[file] = torch.load(file, mmap=True, weights_only=True)
+            try:
+                self.files[file] = torch.load(file, mmap=True, weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+                # what the unpickler met in a damaged file (a UnicodeDecodeError, say): read before the ranks verify
+                # the checksums (the parameters' names, in a launcher's checks), so the checksum is told here
+                raise CheckpointError(f"checkpoint {path}: {_unreadable(path, file, exc)}") from None
         if not self.files:
             raise CheckpointError(f"checkpoint {path}: universal/ holds no shards")
         self.where: dict[str, list] = {}

@@ -261,12 +261,13 @@ def test_slurm_times_and_sizes_read_as_written(tmp_path):
     but those with a leading zero was 'not a valid str'. A number given to a text setting keeps its text."""
     from data_pipeline.config import load_corpus_config
 
-    base = ["input.paths=[/etc/hostname]", "executor.kind=slurm"]
+    (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
+    base = [f"input.paths=[{tmp_path / 'in.jsonl'}]", "executor.kind=slurm"]
     for given in ("12:00:00", "10:00", "60", "0100", "1-12:00:00", "0"):
         assert load_corpus_config(None, base + [f"executor.time={given}"]).executor.time == given
     for given in ("8000", "0", "16G"):
         assert load_corpus_config(None, base + [f"executor.mem={given}"]).executor.mem == given
-    (tmp_path / "c.yaml").write_text("input: {paths: [/etc/hostname]}\nexecutor:\n  kind: slurm\n  time: 12:00:00\n"
+    (tmp_path / "c.yaml").write_text(f"input: {{paths: [{tmp_path / 'in.jsonl'}]}}\nexecutor:\n  kind: slurm\n  time: 12:00:00\n"
                                      "  mem: 8000\n")
     cfg = load_corpus_config(str(tmp_path / "c.yaml"))
     assert (cfg.executor.time, cfg.executor.mem) == ("12:00:00", "8000")
