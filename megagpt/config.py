@@ -683,6 +683,8 @@ def validate_rlhf(cfg: Config) -> None:
     _require(r.clip_ratio > 0 and r.value_clip > 0, "rlhf.clip_ratio and rlhf.value_clip must be positive")
     _require(0 <= r.gamma <= 1 and 0 <= r.lam <= 1, f"rlhf.gamma={r.gamma} and rlhf.lam={r.lam} must lie in [0, 1]")
     _require(cfg.parallel.pp == 1, f"parallel.pp={cfg.parallel.pp}: PPO's roles are tensor and data parallel (pp=1)")
+    _require(cfg.train.eval_interval == 0, f"train.eval_interval={cfg.train.eval_interval}: PPO has no held-out loss to "
+             f"evaluate (its reward and KL are in metrics.jsonl each iteration); set train.eval_interval=0")
     _require(cfg.parallel.zero_stage in (1, 2), f"parallel.zero_stage={cfg.parallel.zero_stage}: PPO trains its "
              f"roles at ZeRO 1 or 2 (their checkpoints are layout-free, which ZeRO 3 does not load)")
 

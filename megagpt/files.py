@@ -4,6 +4,7 @@ are text; a file that cannot be written, in one line."""
 
 from __future__ import annotations
 
+import codecs
 import errno
 import gzip
 import hashlib
@@ -66,6 +67,8 @@ def jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
     try:
         with (gzip.open if packed else open)(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # editors on Windows write one; JSON ignores it
+                    at, raw = len(codecs.BOM_UTF8), raw[len(codecs.BOM_UTF8):]
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:

@@ -196,7 +196,7 @@ def rm(cfg: Config) -> None:
                 ComparisonDataset(valid, seq, eod, k_max, valid_samples, seed + 1))
 
     task = Task(name="rm", model=ScalarGPT, loss=rm_loss, new_parameters=("value_head.",),
-                finish=finish(valid, demos, tokenizer.eod))
+                finish=finish(valid, demos, tokenizer.eod), sequences_per_sample=k_max)
     pretrain(cfg, datasets=datasets, init_from=cfg.rm.init, task=task)
 
 

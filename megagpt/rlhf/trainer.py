@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import Config
-from megagpt.errors import DataError, StorageError
+from megagpt.errors import ConfigError, DataError, StorageError
 from megagpt.files import writing
 from megagpt.generation import Sampling
 from megagpt.parallel.collectives import mean_over
@@ -357,10 +357,26 @@ def _ppo(cfg: Config, device: torch.device) -> None:
                 checkpointer.save(state)
     stop_if_unwritten(device, log.problem)
     log.close()
-    if rank == 0 and record:
+    if rank == 0 and not record:  # a rerun of a finished run (as pretraining's says)
+        print(f"megagpt ppo: {cfg.run.dir} has trained {state.iteration} iterations already, train.steps={t.steps} "
+              f"(raise train.steps to continue it)", flush=True)
+    elif rank == 0:
         print(f"megagpt ppo: {t.steps} iterations; last reward {record['reward']:.3f}, KL {record['kl']:.3f}, "
               f"beta {record['kl_coef']:.4f}; metrics in {cfg.run.dir}/metrics.jsonl", flush=True)
     dist.barrier()
+
+
+def _check_policy_shape(cfg: Config, meta: dict, path: str) -> None:
+    """model.* names the policy's shape, which is rlhf.actor_init's (a setting that differs was ignored: the roles
+    are their checkpoints' models); model.seq_length may be shorter, as the context a rollout fills."""
+    from megagpt.train.checkpoint import SHAPE_KEYS, model_shape
+
+    ours = model_shape(cfg)
+    diff = [f"model.{k}={ours[k]} (it has {meta['model'].get(k)})" for k in SHAPE_KEYS
+            if k != "seq_length" and meta["model"].get(k) != ours[k]]
+    if diff:
+        raise ConfigError(f"rlhf.actor_init: checkpoint {path} is the policy PPO trains, and the config names another "
+                          f"shape: {', '.join(diff)}; set model.* to the policy's")
 
 
 def preflight_ppo(cfg: Config, world: int) -> None:
@@ -380,6 +396,7 @@ def preflight_ppo(cfg: Config, world: int) -> None:
             raise DataError(f"rlhf.{key}: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
         if key == "actor_init":  # the policy is a language model; the reward model is the one with a head
             require_language_model(path, "rlhf.actor_init")
+            _check_policy_shape(cfg, read_meta(path), path)
         else:
             require_reward_model(path, "rlhf.reward_init")
     actor = checkpoint_tokenizer(cfg.rlhf.actor_init, cfg.rlhf.tokenizer)

@@ -58,6 +58,9 @@ class Task:
     loss: Callable = lm_loss  # (model output, labels) -> scalar
     new_parameters: tuple = ()  # name prefixes an init checkpoint lacks (a new head), initialised fresh
     grown_vocab: bool = False  # the vocabulary has tokens the init checkpoint lacks (GPT-1's added tokens)
+    # the sequences of seq_length the model reads per sample: a reward model's comparison is K responses (tokens/s
+    # counts them all; consumed_tokens, which the schedules read, counts samples × seq_length)
+    sequences_per_sample: int = 1
     # (engine, pc, cfg) -> a line for rank 0 to print: after the last step, before the last checkpoint
     finish: Optional[Callable] = None
     # the config as the user gave it, for run.dir/config.yaml where the run's differs (finetune's added tokens):
@@ -313,7 +316,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
             record = {"step": step, "loss": loss, "lr": lr,
                       "grad_norm": None if grad_norm is None else float(grad_norm), "global_batch_size": gbs,
                       "consumed_samples": consumed_samples, "consumed_tokens": consumed_tokens,
-                      "tokens_per_s": gbs * seq / elapsed, "step_time_s": elapsed}
+                      "tokens_per_s": gbs * seq * task.sequences_per_sample / elapsed, "step_time_s": elapsed}
             if flops_per_token:
                 record["model_tflops_per_gpu"] = flops_per_token * record["tokens_per_s"] / world / 1e12
             if t.precision == "fp16":  # as Megatron-LM logs them: the dynamic loss scale, and overflow-skipped steps

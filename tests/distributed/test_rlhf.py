@@ -56,6 +56,12 @@ def test_reward_model_ranks_the_planted_preference(stage):
     assert evals[0]["loss"] == pytest.approx(0.693, abs=0.02)  # log 2: a fresh head ranks at chance
     assert evals[-1]["loss"] < 0.35
     assert (rm_dir / "tokenizer.json").is_file()  # the next stage's tokenizer
+    import yaml
+
+    seq = yaml.safe_load((rm_dir / "config.yaml").read_text())["model"]["seq_length"]
+    first = read_jsonl(str(rm_dir / "metrics.jsonl"))[0]  # the model reads K = 4 sequences per comparison
+    assert first["tokens_per_s"] * first["step_time_s"] == pytest.approx(first["global_batch_size"] * seq * 4)
+    assert first["consumed_tokens"] == first["global_batch_size"] * seq  # what the schedule counts
 
 
 def test_reward_model_losses_match_across_layouts(stage, tmp_path):
@@ -275,6 +281,9 @@ def test_a_resumed_ppo_run_reads_the_reward_model_and_prompts_it_started_with(st
     assert "rlhf.prompts's contents changed since checkpoint" in refused()
     shutil.copy(stage["prompts"], prompts)
     assert "resumed after iteration 1" in megagpt(*args, "train.steps=2").stdout
+    again = megagpt(*args, "train.steps=2").stdout  # a rerun of the finished run said only "resumed after"
+    assert f"megagpt ppo: {run} has trained 2 iterations already, train.steps=2 (raise train.steps to continue " \
+           f"it)" in again
 
 
 def test_a_diverged_ppo_run_stops_at_the_iteration(stage, tmp_path):
@@ -311,6 +320,12 @@ def test_what_the_stages_read_is_checked(stage, tmp_path):
                                            f"run.dir={tmp_path / 's2'}")
     assert "rlhf.actor_init: checkpoint" in error(*ppo_args(stage, tmp_path / "p2", 1, f"rlhf.actor_init={stage['rm']}"))
     assert not (tmp_path / "s2").exists()  # refused before anything is written
+    # settings PPO has no use for were run without a word: the policy is the actor_init's model, and no held-out loss
+    assert error(*ppo_args(stage, tmp_path / "p4", 1, "model.hidden_size=128")).endswith(
+        "names another shape: model.hidden_size=128 (it has 64), model.ffn_size=512 (it has 256); set model.* to the "
+        "policy's")
+    assert "train.eval_interval=1: PPO has no held-out loss" in error(*ppo_args(stage, tmp_path / "p5", 1,
+                                                                                   "train.eval_interval=1"))
     # and the reward model is one: a language model there has no value head to start the critic from
     assert error(*ppo_args(stage, tmp_path / "p3", 1, f"rlhf.reward_init={stage['sft']}")).endswith(
         "is a language model, not a reward model (no value_head); train one with `megagpt rm`")

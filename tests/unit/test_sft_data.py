@@ -1,5 +1,6 @@
 """SFT samples: the loss covers the response and its end, never the prompt; bad demonstration files are named."""
 
+import codecs
 import gzip
 import json
 
@@ -92,3 +93,14 @@ def test_bytes_that_are_not_utf8_are_placed_by_line_and_byte_of_the_file(tmp_pat
     (tmp_path / "demos.jsonl").write_bytes(good + b'{"prompt": "\xff", "response": "r"}\n')
     with pytest.raises(DataError, match=rf"demos.jsonl:5001: not UTF-8 text \(byte {len(good) + 12}: invalid start"):
         read_demonstrations(str(tmp_path / "demos.jsonl"))  # was "byte 61", the offset in a decode chunk
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    """Saved by a Windows editor: 'line 1: not JSON', though the line is JSON after the mark; bytes are still
+    counted from the file's start."""
+    rows = "".join(json.dumps({"prompt": f"p{i}", "response": "r"}) + "\n" for i in range(2))
+    (tmp_path / "demos.jsonl").write_bytes(codecs.BOM_UTF8 + rows.encode() + b'{"prompt": "\xff"}\n')
+    with pytest.raises(DataError, match=rf"demos.jsonl:3: not UTF-8 text \(byte {3 + len(rows) + 12}:"):
+        read_demonstrations(str(tmp_path / "demos.jsonl"))
+    (tmp_path / "demos.jsonl").write_bytes(codecs.BOM_UTF8 + rows.encode())
+    assert read_demonstrations(str(tmp_path / "demos.jsonl")) == [("p0", "r"), ("p1", "r")]
