@@ -144,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export-hf", help="a checkpoint -> a transformers GPT-2 directory (pre-LN, dense attention)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
     e.add_argument("--out", required=True)
-    e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the training data)")
+    e.add_argument("--tokenizer", help="tokenizer.json, or a directory with GPT-2 vocab.json + merges.txt (default: "
+                                       "the run dir's, else the training data's)")
 
     g = sub.add_parser("generate", help="sample a completion from a checkpoint (KV cache, any TP size)")
     g.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
@@ -154,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--tokenizer", help="tokenizer.json (default: the run dir's, else the training data's)")
+    g.add_argument("--tokenizer", help="tokenizer.json, or a directory with GPT-2 vocab.json + merges.txt (default: "
+                                       "the run dir's, else the training data's)")
     g.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks the model is split over")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
@@ -180,7 +182,8 @@ def _parser() -> argparse.ArgumentParser:
                     "of the task's n-grams found there and the scores of its clean and dirty records (GPT-3)")
     for e in (ep, ei):
         e.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (its latest checkpoint)")
-        e.add_argument("--tokenizer", help="tokenizer.json (default: the run dir's, else the training data's)")
+        e.add_argument("--tokenizer", help="tokenizer.json, or a directory with GPT-2 vocab.json + merges.txt "
+                                           "(default: the run dir's, else the training data's)")
         e.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks the model is split over")
         e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         e.add_argument("--batch-size", type=int, default=8, help="sequences scored at once")
@@ -304,8 +307,10 @@ def cmd_generate(args) -> int:
         check_utf8(args.prompt)  # bytes that are not UTF-8 reach Python as lone surrogates, which no tokenizer takes
     except ValueError:
         raise ConfigError("--prompt holds bytes that are not UTF-8 text") from None
-    if args.tokenizer and not os.path.isfile(args.tokenizer):
-        raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
+    if args.tokenizer:
+        from megagpt.data.tokenizer import check_tokenizer_flag
+
+        check_tokenizer_flag(args.tokenizer)
     world = join_existing_world(args.nproc)
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc)
@@ -334,6 +339,8 @@ def cmd_eval(args) -> int:
     world = join_existing_world(args.nproc)
     _, cfg = checkpoint_config(args.checkpoint)
     check_layout(cfg, world or args.nproc, "eval")
+    if args.eval_command == "perplexity" and args.stride and args.stride > cfg.model.seq_length:
+        raise ConfigError(f"--stride {args.stride} must lie in [1, the model's context {cfg.model.seq_length}]")
     device = resolve_device(args.device, args.nproc if world is None else local_world_size())
     if world is None and args.nproc > 1:
         return launch_local(args.nproc, eval_argv(args), device)
@@ -347,8 +354,10 @@ def cmd_import_hf(args) -> int:
     from megagpt.hf import import_hf
 
     done = import_hf(args.model_dir, args.out, args.make_vocab_size_divisible_by)
-    print(f"megagpt: imported {done['parameters']:,} parameters from {args.model_dir} into {done['checkpoint']}; "
-          f"train with run.dir={args.out} and the model section of {args.out}/model.yaml")
+    print(f"megagpt: imported {done['parameters']:,} parameters from {args.model_dir} into {done['checkpoint']}"
+          + (f", and its tokenizer ({done['tokenizer']})" if done["tokenizer"] else ", without a tokenizer (none there: "
+             "give eval, generate and export-hf --tokenizer)")
+          + f"; train with run.dir={args.out} and the model section of {args.out}/model.yaml")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from typing import Optional
 
 import torch
 
@@ -136,7 +137,9 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
     from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast
 
-    from megagpt.data.tokenizer import EOD
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from megagpt.data.tokenizer import EOD, Tokenizer, check_tokenizer_flag
     from megagpt.generation import find_generation_tokenizer
 
     path = resolve_checkpoint(checkpoint)
@@ -152,15 +155,15 @@ def export_hf(checkpoint: str, out: str, tokenizer: str | None = None) -> dict:
     if tokenizer is None:
         raise ConfigError(f"export-hf: no tokenizer.json found in the run dir or beside the training data of {path}; "
                           f"pass --tokenizer")
-    if not os.path.isfile(tokenizer):
-        raise ConfigError(f"export-hf: --tokenizer {tokenizer}: file not found")
+    check_tokenizer_flag(tokenizer)
     if not meta["universal"]:
         raise CheckpointError(f"export-hf: checkpoint {path} has no universal/ shards (train.universal_checkpoint=false)")
     require_language_model(path, "export-hf")
     shards = UniversalShards(path)
     full = {name: shards.full(name)["fp32"] for name in shards.names()}
     state = to_hf_state_dict(full, cfg.model)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_file=tokenizer, eos_token=EOD, bos_token=EOD, unk_token=EOD)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(Tokenizer.load(tokenizer).to_str()),
+                                     eos_token=EOD, bos_token=EOD, unk_token=EOD)
     if len(hf_tok) > cfg.model.vocab_size:
         raise ConfigError(f"export-hf: tokenizer {tokenizer} has {len(hf_tok)} tokens, the model "
                           f"model.vocab_size={cfg.model.vocab_size}")
@@ -206,6 +209,8 @@ def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 
         raise DataError(f"import-hf: {model_dir}/config.json is not a readable model config ({exc})") from None
     if hf_cfg.model_type != "gpt2":
         raise ConfigError(f"import-hf: {model_dir} holds a {hf_cfg.model_type!r} model; only GPT-2 is supported")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"import-hf: --out {run_dir} is a file, not a directory")
     m = model_config_from_gpt2(hf_cfg)
     m.make_vocab_size_divisible_by = make_vocab_size_divisible_by
     root = checkpoint_root(run_dir)
@@ -216,13 +221,28 @@ def import_hf(model_dir: str, run_dir: str, make_vocab_size_divisible_by: int = 
     full = from_hf_state_dict(model.state_dict(), m)
     cfg = Config(model=m)
     write_universal(path, full, cfg)
-    tokenizer = os.path.join(model_dir, "tokenizer.json")
-    if os.path.isfile(tokenizer):
-        shutil.copyfile(tokenizer, os.path.join(run_dir, "tokenizer.json"))
+    tokenizer = _import_tokenizer(model_dir, os.path.join(run_dir, "tokenizer.json"))
     import yaml
 
     with open(os.path.join(run_dir, "model.yaml"), "w") as f:
         yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
     atomic_write_text(os.path.join(root, LATEST), tag_for(0) + "\n")
     return {"checkpoint": path, "parameters": sum(v.numel() for k, v in model.state_dict().items()
-                                                   if k != "lm_head.weight")}
+                                                   if k != "lm_head.weight"), "tokenizer": tokenizer}
+
+
+def _import_tokenizer(model_dir: str, target: str) -> Optional[str]:
+    """The model directory's tokenizer, as <run_dir>/tokenizer.json where eval, generate and later stages look:
+    its tokenizer.json, else GPT-2's vocab.json + merges.txt (older save_pretrained runs write only those; they were
+    left behind). What was taken, or None."""
+    from megagpt.data.tokenizer import GPT2_FILES, Tokenizer
+
+    given = os.path.join(model_dir, "tokenizer.json")
+    if os.path.isfile(given):
+        shutil.copyfile(given, target)
+        return given
+    gpt2 = [os.path.join(model_dir, name) for name in GPT2_FILES]
+    if all(map(os.path.isfile, gpt2)):
+        Tokenizer.from_gpt2_files(*gpt2).save(target)
+        return " + ".join(gpt2)
+    return None

@@ -274,6 +274,9 @@ CASES = {
                                             ("error", "--prompt holds bytes that are not UTF-8 text")),
     "perplexity from a corrupt checkpoint": (corrupt_checkpoint(["eval", "perplexity", "--data", os.path.join(REPO, "requirements.txt")]),
                                              ("error", "pp0_tp0.pt fails its sha256 checksum")),
+    "perplexity --stride past the context": (lambda tmp, p, t: [
+        "eval", "perplexity", "--checkpoint", str(t / "run"), "--data", os.path.join(REPO, "requirements.txt"),
+        "--stride", "1000", "--nproc", "2"], ("error", "--stride 1000 must lie in [1, the model's context 64]")),
     "perplexity of another tokenizer's shard": (lambda tmp, p, t: [
         "eval", "perplexity", "--checkpoint", str(t / "run"), "--data", str(other_tokenizer_shard(tmp))],
         ("error", "other was tokenized with")),

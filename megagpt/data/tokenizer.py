@@ -35,6 +35,17 @@ def tokenizer_files(path: str) -> list[str]:
                     f"(a GPT-2 tokenizer is vocab.json + merges.txt)")
 
 
+def check_tokenizer_flag(path: str, flag: str = "--tokenizer") -> None:
+    """A tokenizer named on the command line reads as Tokenizer.load reads it (a tokenizer.json, or a directory of
+    GPT-2's vocab.json + merges.txt or a tokenizer.json): checked before any process starts."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{flag} {path}: no such file or directory")
+    try:
+        Tokenizer.load(path)
+    except DataError as exc:
+        raise ConfigError(f"{flag} {path}: {exc}") from None
+
+
 class Tokenizer:
     """Text <-> ids, with the end-of-document id that separates documents in shards."""
 
@@ -119,6 +130,10 @@ class Tokenizer:
 
     def save(self, path: str) -> None:
         self._tok.save(path)
+
+    def to_str(self) -> str:
+        """tokenizer.json's text (without this object's encode-as-text setting)."""
+        return self._tok.to_str()
 
     def save_gpt2_files(self, directory: str) -> None:
         """vocab.json + merges.txt, the files GPT-2 tooling (and transformers) read."""

@@ -28,10 +28,18 @@ from lm_eval.api.registry import register_model
 @register_model("megagpt")
 class MegagptLM(LM):
     def __init__(self, checkpoint: str, tokenizer: str | None = None, device: str = "auto", batch_size: int = 8,
-                 rolling_stride: int | None = None, **_ignored):
+                 rolling_stride: int | None = None, max_batch_size=None, **unknown):
         super().__init__()
+        from megagpt.errors import ConfigError
         from megagpt.eval.scorer import open_checkpoint
         from megagpt.parallel.distributed import lone_gpu
+
+        # max_batch_size: lm_eval's, for its "auto" batch search, which megagpt's fixed batch has no use for
+        if unknown:  # a misspelt argument was ignored, its default used without a word
+            raise ConfigError(f"--model_args: unknown argument(s) {', '.join(sorted(unknown))} (megagpt takes "
+                              f"checkpoint, tokenizer, rolling_stride; lm_eval's --device and --batch_size)")
+        if rolling_stride is not None and not (str(rolling_stride).isdigit() and int(rolling_stride) >= 1):
+            raise ConfigError(f"--model_args rolling_stride={rolling_stride} must be a whole number >= 1")
 
         device = lone_gpu(str(device))  # lm_eval's --device: cuda:0, cpu, ...
         batch = int(batch_size) if str(batch_size).isdigit() else 8  # lm_eval's --batch_size may say "auto"

@@ -131,7 +131,7 @@ def _generation_row(scorer: Scorer, tok, task: Task, prompt: list[int], record: 
 
     context = scorer.context
     budget = min(task.max_new_tokens, context - 1)
-    prompt = prompt[-(context - budget):]
+    prompt = prompt[-(context - budget):] or [tok.eod]  # an empty prompt: a new document's start, as generate's
     ids = torch.tensor([prompt], device=scorer.device)
     out = generate(scorer.model, ids, Sampling(max_new_tokens=budget, temperature=0.0), eod=tok.eod,
                    vocab=tok.vocab_size)[0, len(prompt):]

@@ -12,8 +12,16 @@ from megagpt.errors import ConfigError
 def check_eval_args(args) -> None:
     """Everything that can be checked before processes start: flags (counts: launchers.cli.COUNTS), and the task
     file with its records."""
-    if args.tokenizer and not os.path.isfile(args.tokenizer):
-        raise ConfigError(f"--tokenizer {args.tokenizer}: file not found")
+    if args.tokenizer:
+        from megagpt.data.tokenizer import check_tokenizer_flag
+
+        check_tokenizer_flag(args.tokenizer)
+    if args.output:  # written at the end: a path that cannot be lost the whole evaluation's result
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise ConfigError(f"--output {args.output} is a directory; name the file to write")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--output {args.output}: no directory {folder} to write it in")
     if args.eval_command == "icl":
         from megagpt.eval.tasks import load_task
 

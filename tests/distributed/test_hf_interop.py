@@ -53,6 +53,28 @@ def test_export_hf_matches_megagpt_logits(demo_prefix, tmp_path, world_of_one):
     assert theirs.shape == ours.shape == (2, 64, 4096)
     assert (theirs - ours).abs().max().item() < 1e-4
 
+    # GPT-2's older tokenizer files, vocab.json + merges.txt, without tokenizer.json: import-hf left them behind,
+    # and eval, generate and export-hf then had no tokenizer and took only a file for --tokenizer
+    from megagpt.data.tokenizer import Tokenizer
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (legacy / name).write_bytes((out / name).read_bytes())
+    Tokenizer.load(str(out / "tokenizer.json")).save_gpt2_files(str(legacy))
+    printed = megagpt("import-hf", str(legacy), "--out", str(tmp_path / "imported")).stdout
+    assert f"and its tokenizer ({legacy / 'vocab.json'} + {legacy / 'merges.txt'})" in printed
+    text = "def f(x):\n    return x  # <|endoftext|> as text"
+    assert Tokenizer.load(str(tmp_path / "imported" / "tokenizer.json")).encode(text) == \
+        Tokenizer.load(str(out / "tokenizer.json")).encode(text)
+    greedy = ["generate", "--checkpoint", str(tmp_path / "imported"), "--prompt", "def", "--temperature", "0",
+              "--max-new-tokens", "4"]
+    assert megagpt(*greedy).stdout == megagpt(*greedy, "--tokenizer", str(legacy)).stdout
+    (tmp_path / "taken").write_text("x")
+    proc = megagpt("import-hf", str(legacy), "--out", str(tmp_path / "taken"), check=False)
+    assert proc.returncode == 2 and proc.stderr == f"megagpt: error: import-hf: --out {tmp_path / 'taken'} is a file, " \
+                                                   f"not a directory\n"
+
 
 def test_import_hf_loads_at_any_layout(demo_prefix, tmp_path, world_of_one):
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -186,3 +186,14 @@ def test_eval_perplexity_refuses_a_data_file_it_cannot_read_before_opening_the_c
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"megagpt: error: {tmp_path / 'text.json'}: a text input is .txt") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("output,message", [("{tmp}", "--output {tmp} is a directory; name the file to write"),
+                                            ("{tmp}/no/x.json", "--output {tmp}/no/x.json: no directory {tmp}/no to write it in")])
+def test_eval_output_that_cannot_be_written_is_refused_before_the_evaluation(tmp_path, capsys, output, message):
+    """It was opened after every record was scored: a traceback, and the result lost."""
+    (tmp_path / "text.txt").write_text("hello")
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "perplexity", "--checkpoint", str(tmp_path / "no-run"), "--data", str(tmp_path / "text.txt"),
+                  "--output", output.format(tmp=tmp_path)])
+    assert capsys.readouterr().err == f"megagpt: error: {message.format(tmp=tmp_path)}\n"

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -251,6 +252,31 @@ def test_bad_task_settings_are_one_line_errors(tmp_path, yaml_text, message):
     (tmp_path / "t.yaml").write_text(yaml_text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_task(str(tmp_path / "t.yaml"))
+
+
+def test_a_generation_prompt_that_comes_out_empty_starts_a_document(scorer, tok, tmp_path):
+    """An empty prompt made an empty float tensor, and the rank's embedding lookup a RuntimeError traceback."""
+    from megagpt.eval.icl import evaluate
+    from megagpt.eval.tasks import load_task
+    from megagpt.generation import Sampling, generate
+
+    (tmp_path / "t.jsonl").write_text('{"q": "", "answers": ["x"]}\n')
+    (tmp_path / "t.yaml").write_text('type: generation\ntest: t.jsonl\nprompt: "{q}"\nanswer_prefix: ""\n'
+                                     'max_new_tokens: 4\nstop: ""\n')
+    row = evaluate(scorer, tok, load_task(str(tmp_path / "t.yaml")), shots=0)["rows"][0]
+    new = generate(scorer.model, torch.tensor([[tok.eod]]), Sampling(4, temperature=0.0), eod=tok.eod,
+                   vocab=tok.vocab_size)[0, 1:].tolist()
+    assert row["prediction"] == tok.decode(new[: new.index(tok.eod)] if tok.eod in new else new).strip()
+
+
+@pytest.mark.parametrize("args,message", [({"rolling_strid": 1}, "unknown argument(s) rolling_strid"),
+                                          ({"rolling_stride": 0}, "rolling_stride=0 must be a whole number >= 1")])
+def test_lm_eval_model_args_that_would_be_ignored_are_refused(args, message):
+    """A misspelt --model_args key, or rolling_stride=0, ran with the default in its place."""
+    from megagpt.eval.harness import MegagptLM
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        MegagptLM(checkpoint="no-such-run", max_batch_size=None, **args)
 
 
 def test_settings_left_empty_are_empty_text(tmp_path):
