@@ -22,8 +22,8 @@ from data_pipeline.pipeline import STAGES, forget_lost_outputs, stage_tasks
 from data_pipeline.io import write_json
 from data_pipeline.runs import SLURM_JOBS, Run
 from megagpt.errors import ConfigError, SlurmError
-from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, cancel_jobs, check_path, jobs_in_flight, max_array_size, python, render,
-                           sbatch_line, submit_script, write_script)
+from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, cancel_jobs, check_path, jobs_in_flight, max_array_size, python,
+                           pythonpath_line, render, sbatch_line, submit_script, write_script)
 
 
 def save_config(cfg: CorpusConfig) -> str:
@@ -61,7 +61,7 @@ def stage_script(cfg: CorpusConfig, stage: str, count: int, config_path: str, de
         "mem_line": sbatch_line("mem", mem),
         "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
         # The submitting directory, as for a local run: relative paths in the config mean the same there.
-        "workdir": check_path("workdir", os.getcwd()), "python": python(),
+        "workdir": check_path("workdir", os.getcwd()), "python": python(), "pythonpath_line": pythonpath_line(),
         "config": check_path("config", config_path), "stage": stage,
     })
 

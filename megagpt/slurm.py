@@ -14,10 +14,12 @@ anything is written or submitted; sbatch missing or refusing a script is a Slurm
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 from importlib import resources
@@ -128,6 +130,24 @@ def sbatch_line(option: str, value) -> str:
 
 def python() -> str:
     return check_path("python", sys.executable)
+
+
+_PACKAGES = ("launchers", "data_pipeline", "megagpt")  # the distribution's top-level packages
+
+
+def pythonpath_line() -> str:
+    """The job runs the megagpt this process imported, which submit's checks ran: the templates start Python
+    with -P, so the directory the job starts in (the submitting one: a project's own data_pipeline/ or
+    launchers/ there would shadow ours) is not on sys.path, and this line puts back where ours came from (a
+    clone run as `python -m launchers.cli`, an editable install of another clone). Empty where that is the
+    interpreter's site-packages, which Python reads anyway and PYTHONPATH would put before the standard library."""
+    site_dirs = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    roots = []
+    for name in _PACKAGES:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(importlib.import_module(name).__file__)))
+        if os.path.realpath(root) not in site_dirs and root not in roots:
+            roots.append(check_path(f"the directory {name} was imported from", root))
+    return f"export PYTHONPATH={':'.join(roots)}${{PYTHONPATH:+:${{PYTHONPATH}}}}" if roots else ""
 
 
 def submit_script(path: str, extra_args: tuple = ()) -> str:

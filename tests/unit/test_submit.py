@@ -150,6 +150,40 @@ def test_corpus_stage_jobs_start_where_the_run_was_submitted(tmp_path, monkeypat
     assert f"--config {tmp_path}/out/work/corpus-config.yaml --stage process" in script
 
 
+def test_jobs_run_the_megagpt_submit_checked_not_a_package_in_the_submitting_directory(no_cluster, demo_prefix,
+                                                                                        tmp_path, monkeypatch):
+    """Jobs start in the submitting directory, and `python -m` put it first on sys.path: a project's own
+    launchers/ or data_pipeline/ there was imported instead, and every task failed on the cluster."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.executors import mark_done
+    from data_pipeline.pipeline import stage_tasks
+    from data_pipeline.runs import Run
+    from data_pipeline.slurm_executor import save_config, stage_script
+    from launchers.submit import render_pretrain
+
+    for name in ("launchers", "data_pipeline"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('the decoy in the submitting directory')\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": "n1", "SLURM_CPUS_PER_TASK": "1"}
+    cfg = load_corpus_config(None, ["input.paths=[a.jsonl]", "output.dir=out", "executor.kind=slurm"])
+    script = stage_script(cfg, "process", 1, save_config(cfg), None)
+    Run(cfg, "resume").close()
+    mark_done(cfg.output.dir, "process", stage_tasks(cfg, "process")[0])  # the task reads its config and ends
+    task = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert task.returncode == 0, task.stderr
+    # the ranks' srun line, with an srun that runs the command with --help
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@" --help\n')
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    script, _ = render_pretrain(job(demo_prefix, tmp_path))
+    ranks = subprocess.run(["bash", "-c", script], env={**env, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}"},
+                           capture_output=True, text=True)
+    assert ranks.returncode == 0 and "usage: megagpt" in ranks.stdout, ranks.stderr
+
+
 def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
     """sbatch refuses an array past slurm.conf's MaxArraySize (1001 by default), and a CommonCrawl run has tens of
     thousands of files: with more shards than that, array task i runs shards i, i + tasks, i + 2 tasks, ..."""
