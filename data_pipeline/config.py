@@ -168,6 +168,12 @@ class ExecutorConfig:
     # share it, each task then taking every k-th of its stage's tasks. Default: MaxArraySize alone bounds them.
     max_submit: Optional[int] = None
     wait: bool = True  # slurm: wait for the last job and check every stage finished
+    # slurm: seconds between the squeue calls that wait for the jobs; each is an RPC to the cluster's controller,
+    # which many sites ask scripts to make at most about once a minute
+    poll_seconds: float = 30.0
+
+
+MAX_POLL_SECONDS = 3600  # executor.poll_seconds: a wait that notices a finished run within the hour
 
 
 @dataclass
@@ -286,6 +292,8 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     from data_pipeline.dedup import SLOTS
 
     _in_range("executor.dedup_parts", e.dedup_parts, 1, SLOTS)
+    if not 0 < e.poll_seconds <= MAX_POLL_SECONDS:
+        raise ConfigError(f"executor.poll_seconds={e.poll_seconds} must be more than 0 and at most {MAX_POLL_SECONDS}")
     if e.max_submit is not None and e.max_submit < 1:
         raise ConfigError(f"executor.max_submit={e.max_submit} must be at least 1")
     if cfg.executor.workers is not None and cfg.executor.workers < 1:

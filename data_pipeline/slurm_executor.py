@@ -5,7 +5,8 @@ reduce step a single job that depends on the one before.
 Tasks are `megagpt corpus task` over a copy of the run's config saved in the output
 directory; they honour the same manifest as the local executor, so a requeued or
 resubmitted run redoes only unfinished shards. With executor.wait the driver waits
-for the queue to drain and then names the first stage that did not finish.
+for the queue to drain (asking squeue every executor.poll_seconds) and then names the
+first stage that did not finish.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def stage_script(cfg: CorpusConfig, stage: str, count: int, config_path: str, de
     })
 
 
-def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -> list[str]:
+def submit(cfg: CorpusConfig, mode: str = "resume") -> list[str]:
     """Submit every stage; with executor.wait, hold the run's lock until the queue drains and check each stage."""
     run = Run(cfg, mode)
     try:
@@ -91,7 +92,7 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
         if cfg.executor.wait:
-            wait_for(jobs, poll_seconds)
+            wait_for(jobs, cfg.executor.poll_seconds)
             for stage, _ in STAGES:
                 missing = [n for n in stage_tasks(cfg, stage) if not is_done(cfg.output.dir, stage, n)]
                 if missing:

@@ -435,3 +435,22 @@ def test_a_refused_submission_names_max_submit_and_cancels_the_stages_before_it(
         _corpus_on_fake_slurm(tmp_path / "ended", monkeypatch, refuse_at=1)
     with pytest.raises(SlurmError, match=r"job submit limit.*jobs you have queued$"):  # nothing queued before it
         _corpus_on_fake_slurm(tmp_path / "first", monkeypatch, refuse_at=0)
+
+
+def test_the_wait_asks_squeue_every_executor_poll_seconds(tmp_path, monkeypatch):
+    """Each squeue call is an RPC to the cluster's controller, and the wait made one a second for the hours a run
+    takes; many sites ask scripts for one a minute at most."""
+    from data_pipeline import slurm_executor
+
+    sleeps = []
+    monkeypatch.setattr(slurm_executor.time, "sleep", sleeps.append)
+    for run, extra, every in (("default", [], 30.0), ("fast", ["executor.poll_seconds=0.5"], 0.5)):
+        answers = iter([["101"], None, []])  # queued; squeue could not tell; drained
+        monkeypatch.setattr(slurm_executor, "jobs_in_flight", lambda jobs: next(answers))
+        with pytest.raises(SlurmError, match="did not finish"):  # the fake sbatch ran nothing
+            _corpus_on_fake_slurm(tmp_path / run, monkeypatch, "executor.wait=true", *extra)
+        assert sleeps == [every, every]
+        sleeps.clear()
+    for bad in ("0", "-1", ".nan", "7200"):
+        with pytest.raises(ConfigError, match=r"executor.poll_seconds=\S+ must be more than 0 and at most 3600"):
+            _corpus_on_fake_slurm(tmp_path / "bad", monkeypatch, f"executor.poll_seconds={bad}")
