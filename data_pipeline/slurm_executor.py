@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 
 import yaml
@@ -91,6 +92,9 @@ def submit(cfg: CorpusConfig, mode: str = "resume") -> list[str]:
                 raise SlurmError(why + _cancelled(jobs, list(counts)[:len(jobs)])) from None
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
+        # now, not after the wait: the run may take hours, and these are what squeue and scancel take
+        print(f"megagpt corpus: submitted Slurm jobs {', '.join(jobs)} (logs in {os.path.abspath(slurm_dir)})",
+              flush=True)
         if cfg.executor.wait:
             wait_for(jobs, cfg.executor.poll_seconds)
             for stage, _ in STAGES:
@@ -131,8 +135,18 @@ def array_share(max_submit: int | None, counts: dict[str, int]) -> int:
 
 
 def wait_for(jobs: list[str], poll_seconds: float) -> None:
-    while jobs_in_flight(jobs) != []:  # None (squeue could not tell): ask again
-        time.sleep(poll_seconds)
+    """Until Slurm holds none of `jobs`. Ctrl-C stops the wait, not the jobs: they are the run (as with
+    executor.wait=false, which does not wait at all), so they are named with how to stop them, not cancelled."""
+    try:
+        while jobs_in_flight(jobs) != []:  # None (squeue could not tell): ask again
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        left = jobs_in_flight(jobs)
+        left = jobs if left is None else left
+        if left:
+            print(f"megagpt corpus: stopped waiting; the Slurm jobs {', '.join(left)} are still queued or running "
+                  f"and go on with the run (scancel {' '.join(left)} stops them)", file=sys.stderr, flush=True)
+        raise
 
 
 def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int | None = None) -> None:

@@ -454,3 +454,27 @@ def test_the_wait_asks_squeue_every_executor_poll_seconds(tmp_path, monkeypatch)
     for bad in ("0", "-1", ".nan", "7200"):
         with pytest.raises(ConfigError, match=r"executor.poll_seconds=\S+ must be more than 0 and at most 3600"):
             _corpus_on_fake_slurm(tmp_path / "bad", monkeypatch, f"executor.poll_seconds={bad}")
+
+
+def test_the_jobs_are_named_once_queued_and_again_when_the_wait_is_interrupted(tmp_path, monkeypatch, capsys):
+    """The ids were printed only after the queue drained, hours later; a Ctrl-C during the wait said 'interrupted'
+    and left the run's jobs queued without naming them. The wait's end is not the run's: they are not cancelled."""
+    from data_pipeline import slurm_executor
+
+    printed = []
+
+    def interrupt(seconds):
+        printed.append(capsys.readouterr().out)
+        raise KeyboardInterrupt
+
+    cancelled = []
+    monkeypatch.setattr(slurm_executor.time, "sleep", interrupt)
+    monkeypatch.setattr(slurm_executor, "cancel_jobs", cancelled.append)
+    monkeypatch.setattr(slurm_executor, "jobs_in_flight", lambda jobs: ["108", "109"] if printed else jobs)
+    with pytest.raises(KeyboardInterrupt):
+        _corpus_on_fake_slurm(tmp_path, monkeypatch, "executor.wait=true")
+    ids = ", ".join(str(i) for i in range(101, 110))
+    assert printed == [f"megagpt corpus: submitted Slurm jobs {ids} (logs in {tmp_path}/out/work/slurm)\n"]
+    assert capsys.readouterr().err == ("megagpt corpus: stopped waiting; the Slurm jobs 108, 109 are still queued or "
+                                       "running and go on with the run (scancel 108 109 stops them)\n")
+    assert cancelled == []
