@@ -92,14 +92,21 @@ def check_path(key: str, value: str) -> str:
     return value
 
 
+SINFO_TIMEOUT_S = 5  # a controller answers in well under a second; sinfo without one retries for about 10 s
+
+
 def check_partition(partition: str, key: str = "--partition", ask_cluster: bool = True) -> str:
     """Plain words, one or several joined by commas (sbatch runs a job on whichever has room first), that the
-    cluster knows (when sinfo is here to ask)."""
+    cluster knows (when sinfo is here to answer: else sbatch is left to tell)."""
     names = partition.split(",")
     for name in names:
         check_name(key, name)
     if ask_cluster and shutil.which("sinfo"):
-        proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True)
+        try:  # -a: hidden partitions, and those of other groups, which a user may still be allowed on
+            proc = subprocess.run(["sinfo", "-a", "-h", "-o", "%R"], capture_output=True, text=True,
+                                  timeout=SINFO_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            return partition
         known = sorted(set(proc.stdout.split()))
         unknown = [name for name in names if name not in known]
         if proc.returncode == 0 and unknown:

@@ -478,3 +478,25 @@ def test_the_jobs_are_named_once_queued_and_again_when_the_wait_is_interrupted(t
     assert capsys.readouterr().err == ("megagpt corpus: stopped waiting; the Slurm jobs 108, 109 are still queued or "
                                        "running and go on with the run (scancel 108 109 stops them)\n")
     assert cancelled == []
+
+
+def test_partition_check_sees_hidden_partitions_and_does_not_wait_on_a_silent_controller(monkeypatch):
+    """Without -a sinfo leaves out hidden partitions and other groups' (a user may be allowed on them), which were
+    refused; without a controller sinfo retried for about 10 s on each submit before the check was skipped."""
+    from megagpt import slurm
+
+    def sinfo(cmd, **kw):
+        assert kw.get("timeout") == slurm.SINFO_TIMEOUT_S
+        return subprocess.CompletedProcess(cmd, 0, "gpu\ncpu\n" + ("gpu-priority\n" if "-a" in cmd else ""), "")
+
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm.subprocess, "run", sinfo)
+    assert slurm.check_partition("gpu-priority") == "gpu-priority"
+    with pytest.raises(ConfigError, match=r"no such Slurm partition 'bigmem' \(known: cpu, gpu, gpu-priority\)"):
+        slurm.check_partition("bigmem")
+
+    def silent(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(slurm.subprocess, "run", silent)
+    assert slurm.check_partition("bigmem") == "bigmem"  # sbatch is left to tell
