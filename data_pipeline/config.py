@@ -13,7 +13,7 @@ from megagpt.config import load_config
 from megagpt.data import ngrams
 from megagpt.data.tokenizer import SMALLEST_VOCAB
 from megagpt.errors import ConfigError
-from megagpt.slurm import check_mem, check_name, check_partition, check_time
+from megagpt.slurm import check_log_dir, check_mem, check_name, check_partition, check_time
 
 
 @dataclass
@@ -279,6 +279,8 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     e = cfg.executor
     if e.kind not in ("local", "slurm"):
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
+    if e.kind == "slurm":  # the stages' logs are output.dir/work/slurm/<stage>-%A_%a.out
+        check_log_dir("output.dir", cfg.output.dir)
     if e.partition is not None:
         check_partition(e.partition, "executor.partition", ask_cluster=False)
     for key in ("time", "reduce_time", "dedup_time"):

@@ -13,8 +13,8 @@ from typing import Optional
 
 from megagpt.config import Config, check_stage_inputs, load_config, parse_override, shipped_config, validate
 from megagpt.errors import ConfigError
-from megagpt.slurm import (check_name, check_partition, check_path, check_time, python, pythonpath_line, quote_all,
-                           render, sbatch_line, submit_script, time_seconds, write_script)
+from megagpt.slurm import (check_log_dir, check_name, check_partition, check_path, check_time, python,
+                           pythonpath_line, quote_all, render, sbatch_line, submit_script, time_seconds, write_script)
 
 SAVE_LEAD_S = 600  # --save-lead's default: seconds before the time limit that Slurm signals the job to save
 MAX_SIGNAL_LEAD_S = 65535  # sbatch --signal's largest sig_time
@@ -69,7 +69,7 @@ def check_job(job: PretrainJob) -> Config:
     for item in job.overrides:
         parse_override(item)
     cfg = load_config(job.config, job.overrides)
-    check_path("run.dir", cfg.run.dir)
+    check_log_dir("run.dir", cfg.run.dir)
     check_save_lead(cfg.run.dir, lead)
     world = job.nodes * job.tasks_per_node
     p = cfg.parallel

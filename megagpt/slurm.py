@@ -7,7 +7,8 @@ use this module, which is why it lives in megagpt, the package both may import.
 
 Every value that reaches a script is checked here first: names and partitions are
 plain words, times are Slurm time formats, paths hold no whitespace or shell
-characters (they also land on `#SBATCH` lines, which sbatch parses without a shell),
+characters (they also land on `#SBATCH` lines, which sbatch parses without a shell;
+a log's directory holds no %, which `--output` reads as a pattern),
 and command arguments are shell-quoted. A bad value is a one-line ConfigError before
 anything is written or submitted; sbatch missing or refusing a script is a SlurmError.
 """
@@ -93,6 +94,16 @@ def check_path(key: str, value: str) -> str:
 
 
 SINFO_TIMEOUT_S = 5  # a controller answers in well under a second; sinfo without one retries for about 10 s
+
+
+def check_log_dir(key: str, value: str) -> str:
+    """check_path for a directory that holds the job's log: `#SBATCH --output` reads % as a pattern (%j: the job id),
+    so run.dir=runs/lr%j sent the log into a directory that does not exist."""
+    value = check_path(key, value)
+    if "%" in value:
+        raise ConfigError(f"{key}={value!r}: sbatch would read the % in the job's log path as a pattern "
+                          f"(%j: the job id); use a path without %")
+    return value
 
 
 def check_partition(partition: str, key: str = "--partition", ask_cluster: bool = True) -> str:

@@ -500,3 +500,20 @@ def test_partition_check_sees_hidden_partitions_and_does_not_wait_on_a_silent_co
 
     monkeypatch.setattr(slurm.subprocess, "run", silent)
     assert slurm.check_partition("bigmem") == "bigmem"  # sbatch is left to tell
+
+
+def test_a_percent_in_a_log_directory_is_refused(no_cluster, demo_prefix, tmp_path):
+    """#SBATCH --output reads % as a pattern: run.dir=runs/lr%j sent the job's log to runs/lr<jobid>/slurm/, a
+    directory that does not exist, while the run trained in runs/lr%j; Slurm wrote no log at all."""
+    from data_pipeline.config import load_corpus_config
+    from launchers.submit import render_pretrain
+
+    with pytest.raises(ConfigError, match=r"run.dir='.*/lr%j': sbatch would read the % in the job's log path as a "
+                                          r"pattern \(%j: the job id\); use a path without %$"):
+        render_pretrain(job(demo_prefix, tmp_path, overrides=[f"data.prefixes=[{demo_prefix}]",
+                                                               f"run.dir={tmp_path}/lr%j"]))
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    corpus = [f"input.paths=[{tmp_path}/a.jsonl]", f"output.dir={tmp_path}/out%u"]
+    with pytest.raises(ConfigError, match=r"output.dir='.*/out%u': sbatch would read the %"):
+        load_corpus_config(None, corpus + ["executor.kind=slurm"])
+    load_corpus_config(None, corpus)  # a local run writes no Slurm log
