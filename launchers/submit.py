@@ -86,6 +86,9 @@ def check_job(job: PretrainJob) -> Config:
     if job.cpu_tasks_per_node is not None and cfg.train.precision == "fp16":
         raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU), and "
                           "--cpu-tasks-per-node asks for none; use fp32 or bf16, or --gpus-per-node")
+    if job.cpu_tasks_per_node is not None and cfg.run.device == "cuda":  # every task would stop on its node
+        raise ConfigError("run.device=cuda needs a GPU per task, and --cpu-tasks-per-node asks for none; use "
+                          "run.device=cpu (or auto), or --gpus-per-node")
     if job.command == "ppo":
         from megagpt.rlhf.layout import parse_layout
 

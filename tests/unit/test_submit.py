@@ -76,6 +76,16 @@ def test_fp16_on_cpu_tasks_is_refused_before_the_job_queues(no_cluster, demo_pre
                             overrides=[f"data.prefixes=[{demo_prefix}]", "train.precision=fp16"]))
 
 
+def test_cuda_on_cpu_tasks_is_refused_before_the_job_queues(no_cluster, demo_prefix, tmp_path):
+    """The script asked for no GPUs and kept run.device=cuda: after the queue, every task stopped on its node."""
+    from launchers.submit import render_pretrain
+
+    with pytest.raises(ConfigError, match=r"^run.device=cuda needs a GPU per task, and --cpu-tasks-per-node asks for "
+                                          r"none; use run.device=cpu \(or auto\), or --gpus-per-node$"):
+        render_pretrain(job(demo_prefix, tmp_path, gpus_per_node=None, cpu_tasks_per_node=2,
+                            overrides=[f"data.prefixes=[{demo_prefix}]", "parallel.pp=1", "run.device=cuda"]))
+
+
 def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     from launchers.submit import render_pretrain
 
