@@ -15,7 +15,7 @@ anything is written or submitted; sbatch missing or refusing a script is a Slurm
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -162,7 +162,8 @@ def pythonpath_line() -> str:
     site_dirs = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
     roots = []
     for name in _PACKAGES:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(importlib.import_module(name).__file__)))
+        # found, not imported: imports go one way, and megagpt never imports launchers (docs/design.md)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(importlib.util.find_spec(name).origin)))
         if os.path.realpath(root) not in site_dirs and root not in roots:
             roots.append(check_path(f"the directory {name} was imported from", root))
     return f"export PYTHONPATH={':'.join(roots)}${{PYTHONPATH:+:${{PYTHONPATH}}}}" if roots else ""
