@@ -13,7 +13,7 @@ from megagpt.config import load_config
 from megagpt.data import ngrams
 from megagpt.data.tokenizer import SMALLEST_VOCAB
 from megagpt.errors import ConfigError
-from megagpt.slurm import check_mem, check_name, check_partition, check_time
+from megagpt.slurm import check_log_dir, check_mem, check_name, check_partition, check_time
 
 
 @dataclass
@@ -168,6 +168,12 @@ class ExecutorConfig:
     # share it, each task then taking every k-th of its stage's tasks. Default: MaxArraySize alone bounds them.
     max_submit: Optional[int] = None
     wait: bool = True  # slurm: wait for the last job and check every stage finished
+    # slurm: seconds between the squeue calls that wait for the jobs; each is an RPC to the cluster's controller,
+    # which many sites ask scripts to make at most about once a minute
+    poll_seconds: float = 30.0
+
+
+MAX_POLL_SECONDS = 3600  # executor.poll_seconds: a wait that notices a finished run within the hour
 
 
 @dataclass
@@ -273,6 +279,8 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     e = cfg.executor
     if e.kind not in ("local", "slurm"):
         raise ConfigError(f"executor.kind={e.kind!r} must be 'local' or 'slurm'")
+    if e.kind == "slurm":  # the stages' logs are output.dir/work/slurm/<stage>-%A_%a.out
+        check_log_dir("output.dir", cfg.output.dir)
     if e.partition is not None:
         check_partition(e.partition, "executor.partition", ask_cluster=False)
     for key in ("time", "reduce_time", "dedup_time"):
@@ -286,6 +294,8 @@ def validate_corpus(cfg: CorpusConfig, check_inputs: bool = True) -> None:
     from data_pipeline.dedup import SLOTS
 
     _in_range("executor.dedup_parts", e.dedup_parts, 1, SLOTS)
+    if not 0 < e.poll_seconds <= MAX_POLL_SECONDS:
+        raise ConfigError(f"executor.poll_seconds={e.poll_seconds} must be more than 0 and at most {MAX_POLL_SECONDS}")
     if e.max_submit is not None and e.max_submit < 1:
         raise ConfigError(f"executor.max_submit={e.max_submit} must be at least 1")
     if cfg.executor.workers is not None and cfg.executor.workers < 1:

@@ -5,13 +5,15 @@ reduce step a single job that depends on the one before.
 Tasks are `megagpt corpus task` over a copy of the run's config saved in the output
 directory; they honour the same manifest as the local executor, so a requeued or
 resubmitted run redoes only unfinished shards. With executor.wait the driver waits
-for the queue to drain and then names the first stage that did not finish.
+for the queue to drain (asking squeue every executor.poll_seconds) and then names the
+first stage that did not finish.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 
 import yaml
@@ -22,8 +24,8 @@ from data_pipeline.pipeline import STAGES, forget_lost_outputs, stage_tasks
 from data_pipeline.io import write_json
 from data_pipeline.runs import SLURM_JOBS, Run
 from megagpt.errors import ConfigError, SlurmError
-from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, cancel_jobs, check_path, jobs_in_flight, max_array_size, python, render,
-                           sbatch_line, submit_script, write_script)
+from megagpt.slurm import (DEFAULT_MAX_ARRAY_SIZE, cancel_jobs, check_path, jobs_in_flight, max_array_size, python,
+                           pythonpath_line, render, sbatch_line, submit_script, write_script)
 
 
 def save_config(cfg: CorpusConfig) -> str:
@@ -61,12 +63,12 @@ def stage_script(cfg: CorpusConfig, stage: str, count: int, config_path: str, de
         "mem_line": sbatch_line("mem", mem),
         "log": check_path("output.dir", os.path.join(logs, f"{stage}-%A_%a.out" if sharded else f"{stage}-%j.out")),
         # The submitting directory, as for a local run: relative paths in the config mean the same there.
-        "workdir": check_path("workdir", os.getcwd()), "python": python(),
+        "workdir": check_path("workdir", os.getcwd()), "python": python(), "pythonpath_line": pythonpath_line(),
         "config": check_path("config", config_path), "stage": stage,
     })
 
 
-def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -> list[str]:
+def submit(cfg: CorpusConfig, mode: str = "resume") -> list[str]:
     """Submit every stage; with executor.wait, hold the run's lock until the queue drains and check each stage."""
     run = Run(cfg, mode)
     try:
@@ -90,8 +92,11 @@ def submit(cfg: CorpusConfig, poll_seconds: float = 1.0, mode: str = "resume") -
                 raise SlurmError(why + _cancelled(jobs, list(counts)[:len(jobs)])) from None
             jobs.append(previous)
             write_json(os.path.join(cfg.output.dir, SLURM_JOBS), {"jobs": jobs})  # what a later run waits out
+        # now, not after the wait: the run may take hours, and these are what squeue and scancel take
+        print(f"megagpt corpus: submitted Slurm jobs {', '.join(jobs)} (logs in {os.path.abspath(slurm_dir)})",
+              flush=True)
         if cfg.executor.wait:
-            wait_for(jobs, poll_seconds)
+            wait_for(jobs, cfg.executor.poll_seconds)
             for stage, _ in STAGES:
                 missing = [n for n in stage_tasks(cfg, stage) if not is_done(cfg.output.dir, stage, n)]
                 if missing:
@@ -130,8 +135,18 @@ def array_share(max_submit: int | None, counts: dict[str, int]) -> int:
 
 
 def wait_for(jobs: list[str], poll_seconds: float) -> None:
-    while jobs_in_flight(jobs) != []:  # None (squeue could not tell): ask again
-        time.sleep(poll_seconds)
+    """Until Slurm holds none of `jobs`. Ctrl-C stops the wait, not the jobs: they are the run (as with
+    executor.wait=false, which does not wait at all), so they are named with how to stop them, not cancelled."""
+    try:
+        while jobs_in_flight(jobs) != []:  # None (squeue could not tell): ask again
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        left = jobs_in_flight(jobs)
+        left = jobs if left is None else left
+        if left:
+            print(f"megagpt corpus: stopped waiting; the Slurm jobs {', '.join(left)} are still queued or running "
+                  f"and go on with the run (scancel {' '.join(left)} stops them)", file=sys.stderr, flush=True)
+        raise
 
 
 def run_task(cfg: CorpusConfig, stage: str, index: int | None, stride: int | None = None) -> None:

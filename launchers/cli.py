@@ -551,8 +551,7 @@ def cmd_corpus(args) -> int:
     if cfg.executor.kind == "slurm":
         from data_pipeline.slurm_executor import submit
 
-        jobs = submit(cfg, mode=run_mode(args))
-        print(f"megagpt corpus: submitted Slurm jobs {', '.join(jobs)} (logs in {cfg.output.dir}/work/slurm)")
+        submit(cfg, mode=run_mode(args))  # which names the jobs as it queues them
         if not cfg.executor.wait:
             return 0
         with open(os.path.join(cfg.output.dir, "stats.json")) as f:

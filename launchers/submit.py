@@ -13,8 +13,8 @@ from typing import Optional
 
 from megagpt.config import Config, check_stage_inputs, load_config, parse_override, shipped_config, validate
 from megagpt.errors import ConfigError
-from megagpt.slurm import (check_name, check_partition, check_path, check_time, python, quote_all, render, sbatch_line,
-                           submit_script, time_seconds, write_script)
+from megagpt.slurm import (check_log_dir, check_name, check_partition, check_path, check_time, python,
+                           pythonpath_line, quote_all, render, sbatch_line, submit_script, time_seconds, write_script)
 
 SAVE_LEAD_S = 600  # --save-lead's default: seconds before the time limit that Slurm signals the job to save
 MAX_SIGNAL_LEAD_S = 65535  # sbatch --signal's largest sig_time
@@ -69,7 +69,7 @@ def check_job(job: PretrainJob) -> Config:
     for item in job.overrides:
         parse_override(item)
     cfg = load_config(job.config, job.overrides)
-    check_path("run.dir", cfg.run.dir)
+    check_log_dir("run.dir", cfg.run.dir)
     check_save_lead(cfg.run.dir, lead)
     world = job.nodes * job.tasks_per_node
     p = cfg.parallel
@@ -86,6 +86,9 @@ def check_job(job: PretrainJob) -> Config:
     if job.cpu_tasks_per_node is not None and cfg.train.precision == "fp16":
         raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed has no fp16 on CPU), and "
                           "--cpu-tasks-per-node asks for none; use fp32 or bf16, or --gpus-per-node")
+    if job.cpu_tasks_per_node is not None and cfg.run.device == "cuda":  # every task would stop on its node
+        raise ConfigError("run.device=cuda needs a GPU per task, and --cpu-tasks-per-node asks for none; use "
+                          "run.device=cpu (or auto), or --gpus-per-node")
     if job.command == "ppo":
         from megagpt.rlhf.layout import parse_layout
 
@@ -128,7 +131,8 @@ def render_pretrain(job: PretrainJob) -> tuple[str, Config]:
         "gpus_line": sbatch_line("gpus-per-node", job.gpus_per_node),
         "partition_line": sbatch_line("partition", job.partition), "time_line": sbatch_line("time", job.time),
         "log_dir": os.path.join(run_dir, "slurm"), "workdir": check_path("workdir", os.getcwd()),
-        "python": python(), "command": job.command, "config": check_path("--config", shipped_config(job.config)),
+        "python": python(), "pythonpath_line": pythonpath_line(), "command": job.command,
+        "config": check_path("--config", shipped_config(job.config)),
         "overrides": quote_all(overrides),
         "run_dir": run_dir,
     })

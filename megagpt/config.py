@@ -257,13 +257,25 @@ def shipped_config(path: str) -> str:
     return str(shipped) if shipped.is_file() else path
 
 
+# The files of examples a stage reads: `configs/...` there names the shipped copy too, as for --config (the
+# examples in configs/eval name their .jsonl files so).
+DATA_FILES = ("sft.data", "rm.data", "rm.demonstrations", "rlhf.prompts", "finetune.train", "finetune.test")
+
+
 def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = (), root: type = None):
     """Read `path` (with its bases), apply `section.key=value` overrides, build `root` (default Config)."""
     raw = _read_yaml_with_bases(shipped_config(path), seen=()) if path else {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return from_dict(raw, root or Config)
+    cfg = from_dict(raw, root or Config)
+    if isinstance(cfg, Config):
+        for key in DATA_FILES:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if isinstance(value, str):
+                setattr(getattr(cfg, section), name, shipped_config(value))
+    return cfg
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -7,17 +7,20 @@ use this module, which is why it lives in megagpt, the package both may import.
 
 Every value that reaches a script is checked here first: names and partitions are
 plain words, times are Slurm time formats, paths hold no whitespace or shell
-characters (they also land on `#SBATCH` lines, which sbatch parses without a shell),
+characters (they also land on `#SBATCH` lines, which sbatch parses without a shell;
+a log's directory holds no %, which `--output` reads as a pattern),
 and command arguments are shell-quoted. A bad value is a one-line ConfigError before
 anything is written or submitted; sbatch missing or refusing a script is a SlurmError.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 from importlib import resources
@@ -90,14 +93,31 @@ def check_path(key: str, value: str) -> str:
     return value
 
 
+SINFO_TIMEOUT_S = 5  # a controller answers in well under a second; sinfo without one retries for about 10 s
+
+
+def check_log_dir(key: str, value: str) -> str:
+    """check_path for a directory that holds the job's log: `#SBATCH --output` reads % as a pattern (%j: the job id),
+    so run.dir=runs/lr%j sent the log into a directory that does not exist."""
+    value = check_path(key, value)
+    if "%" in value:
+        raise ConfigError(f"{key}={value!r}: sbatch would read the % in the job's log path as a pattern "
+                          f"(%j: the job id); use a path without %")
+    return value
+
+
 def check_partition(partition: str, key: str = "--partition", ask_cluster: bool = True) -> str:
     """Plain words, one or several joined by commas (sbatch runs a job on whichever has room first), that the
-    cluster knows (when sinfo is here to ask)."""
+    cluster knows (when sinfo is here to answer: else sbatch is left to tell)."""
     names = partition.split(",")
     for name in names:
         check_name(key, name)
     if ask_cluster and shutil.which("sinfo"):
-        proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True)
+        try:  # -a: hidden partitions, and those of other groups, which a user may still be allowed on
+            proc = subprocess.run(["sinfo", "-a", "-h", "-o", "%R"], capture_output=True, text=True,
+                                  timeout=SINFO_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            return partition
         known = sorted(set(proc.stdout.split()))
         unknown = [name for name in names if name not in known]
         if proc.returncode == 0 and unknown:
@@ -128,6 +148,25 @@ def sbatch_line(option: str, value) -> str:
 
 def python() -> str:
     return check_path("python", sys.executable)
+
+
+_PACKAGES = ("launchers", "data_pipeline", "megagpt")  # the distribution's top-level packages
+
+
+def pythonpath_line() -> str:
+    """The job runs the megagpt this process imported, which submit's checks ran: the templates start Python
+    with -P, so the directory the job starts in (the submitting one: a project's own data_pipeline/ or
+    launchers/ there would shadow ours) is not on sys.path, and this line puts back where ours came from (a
+    clone run as `python -m launchers.cli`, an editable install of another clone). Empty where that is the
+    interpreter's site-packages, which Python reads anyway and PYTHONPATH would put before the standard library."""
+    site_dirs = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    roots = []
+    for name in _PACKAGES:
+        # found, not imported: imports go one way, and megagpt never imports launchers (docs/design.md)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(importlib.util.find_spec(name).origin)))
+        if os.path.realpath(root) not in site_dirs and root not in roots:
+            roots.append(check_path(f"the directory {name} was imported from", root))
+    return f"export PYTHONPATH={':'.join(roots)}${{PYTHONPATH:+:${{PYTHONPATH}}}}" if roots else ""
 
 
 def submit_script(path: str, extra_args: tuple = ()) -> str:

@@ -12,7 +12,7 @@ def test_slurm_executor_gives_the_local_run_byte_for_byte(slurm_cluster, crawl, 
     crawl_dir, _ = crawl
     reference, _, _ = corpus_run
     out = tmp_path / "slurm-run"
-    jobs = submit(corpus_config(crawl_dir, out, "executor.kind=slurm"), poll_seconds=0.5)
+    jobs = submit(corpus_config(crawl_dir, out, "executor.kind=slurm", "executor.poll_seconds=0.5"))
     assert len(jobs) == 9
     same_tree(str(reference), str(out))
     logs = os.listdir(out / "work" / "slurm")

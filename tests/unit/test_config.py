@@ -242,6 +242,26 @@ def test_configs_the_docs_name_are_found_from_any_directory(tmp_path, monkeypatc
         load_config("configs/model/gpt5.yaml")
 
 
+def test_example_files_the_shipped_configs_name_are_found_from_any_directory(tmp_path, monkeypatch):
+    """configs/eval/finetune-keyword.yaml's own example names finetune.train=configs/eval/keyword.train.jsonl: an
+    install has no configs/ beside the user, and the command said 'file not found'."""
+    from megagpt.config import validate_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    given = ["finetune.init=runs/demo", "finetune.train=configs/eval/keyword.train.jsonl",
+             "finetune.test=configs/eval/keyword.test.jsonl"]
+    cfg = load_config("configs/eval/finetune-keyword.yaml", given)
+    validate_data_paths(cfg)
+    with open(cfg.finetune.train) as shipped, open(os.path.join(REPO, "configs/eval/keyword.train.jsonl")) as ours:
+        assert shipped.read() == ours.read()
+    (tmp_path / "configs" / "eval").mkdir(parents=True)
+    (tmp_path / "configs" / "eval" / "keyword.train.jsonl").write_text('{"text": "a file", "label": 1}\n')
+    cfg = load_config("configs/eval/finetune-keyword.yaml", given)  # the directory's own copy comes first
+    assert cfg.finetune.train == "configs/eval/keyword.train.jsonl"
+    assert cfg.finetune.test != "configs/eval/keyword.test.jsonl"
+    assert load_config(None, ["sft.data=configs/eval/nothing.jsonl"]).sft.data == "configs/eval/nothing.jsonl"
+
+
 def test_a_ppo_run_saved_with_a_schedule_it_never_applied_resumes_without_one(tmp_path):
     """PPO ignored optim.warmup_tokens (the default is 375M) until it refused one: a run saved before then must
     resume with the setting at 0, which the resume check would otherwise call another config."""

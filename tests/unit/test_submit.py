@@ -76,6 +76,16 @@ def test_fp16_on_cpu_tasks_is_refused_before_the_job_queues(no_cluster, demo_pre
                             overrides=[f"data.prefixes=[{demo_prefix}]", "train.precision=fp16"]))
 
 
+def test_cuda_on_cpu_tasks_is_refused_before_the_job_queues(no_cluster, demo_prefix, tmp_path):
+    """The script asked for no GPUs and kept run.device=cuda: after the queue, every task stopped on its node."""
+    from launchers.submit import render_pretrain
+
+    with pytest.raises(ConfigError, match=r"^run.device=cuda needs a GPU per task, and --cpu-tasks-per-node asks for "
+                                          r"none; use run.device=cpu \(or auto\), or --gpus-per-node$"):
+        render_pretrain(job(demo_prefix, tmp_path, gpus_per_node=None, cpu_tasks_per_node=2,
+                            overrides=[f"data.prefixes=[{demo_prefix}]", "parallel.pp=1", "run.device=cuda"]))
+
+
 def test_a_device_the_user_chose_is_kept(no_cluster, demo_prefix, tmp_path):
     from launchers.submit import render_pretrain
 
@@ -148,6 +158,40 @@ def test_corpus_stage_jobs_start_where_the_run_was_submitted(tmp_path, monkeypat
     script = stage_script(cfg, "process", 1, save_config(cfg), None)
     assert f"\ncd {tmp_path}\n" in script and "#SBATCH --array=0-0" in script
     assert f"--config {tmp_path}/out/work/corpus-config.yaml --stage process" in script
+
+
+def test_jobs_run_the_megagpt_submit_checked_not_a_package_in_the_submitting_directory(no_cluster, demo_prefix,
+                                                                                        tmp_path, monkeypatch):
+    """Jobs start in the submitting directory, and `python -m` put it first on sys.path: a project's own
+    launchers/ or data_pipeline/ there was imported instead, and every task failed on the cluster."""
+    from data_pipeline.config import load_corpus_config
+    from data_pipeline.executors import mark_done
+    from data_pipeline.pipeline import stage_tasks
+    from data_pipeline.runs import Run
+    from data_pipeline.slurm_executor import save_config, stage_script
+    from launchers.submit import render_pretrain
+
+    for name in ("launchers", "data_pipeline"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('the decoy in the submitting directory')\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": "n1", "SLURM_CPUS_PER_TASK": "1"}
+    cfg = load_corpus_config(None, ["input.paths=[a.jsonl]", "output.dir=out", "executor.kind=slurm"])
+    script = stage_script(cfg, "process", 1, save_config(cfg), None)
+    Run(cfg, "resume").close()
+    mark_done(cfg.output.dir, "process", stage_tasks(cfg, "process")[0])  # the task reads its config and ends
+    task = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert task.returncode == 0, task.stderr
+    # the ranks' srun line, with an srun that runs the command with --help
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@" --help\n')
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    script, _ = render_pretrain(job(demo_prefix, tmp_path))
+    ranks = subprocess.run(["bash", "-c", script], env={**env, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}"},
+                           capture_output=True, text=True)
+    assert ranks.returncode == 0 and "usage: megagpt" in ranks.stdout, ranks.stderr
 
 
 def test_corpus_arrays_stay_within_max_array_size(tmp_path, monkeypatch):
@@ -401,3 +445,85 @@ def test_a_refused_submission_names_max_submit_and_cancels_the_stages_before_it(
         _corpus_on_fake_slurm(tmp_path / "ended", monkeypatch, refuse_at=1)
     with pytest.raises(SlurmError, match=r"job submit limit.*jobs you have queued$"):  # nothing queued before it
         _corpus_on_fake_slurm(tmp_path / "first", monkeypatch, refuse_at=0)
+
+
+def test_the_wait_asks_squeue_every_executor_poll_seconds(tmp_path, monkeypatch):
+    """Each squeue call is an RPC to the cluster's controller, and the wait made one a second for the hours a run
+    takes; many sites ask scripts for one a minute at most."""
+    from data_pipeline import slurm_executor
+
+    sleeps = []
+    monkeypatch.setattr(slurm_executor.time, "sleep", sleeps.append)
+    for run, extra, every in (("default", [], 30.0), ("fast", ["executor.poll_seconds=0.5"], 0.5)):
+        answers = iter([["101"], None, []])  # queued; squeue could not tell; drained
+        monkeypatch.setattr(slurm_executor, "jobs_in_flight", lambda jobs: next(answers))
+        with pytest.raises(SlurmError, match="did not finish"):  # the fake sbatch ran nothing
+            _corpus_on_fake_slurm(tmp_path / run, monkeypatch, "executor.wait=true", *extra)
+        assert sleeps == [every, every]
+        sleeps.clear()
+    for bad in ("0", "-1", ".nan", "7200"):
+        with pytest.raises(ConfigError, match=r"executor.poll_seconds=\S+ must be more than 0 and at most 3600"):
+            _corpus_on_fake_slurm(tmp_path / "bad", monkeypatch, f"executor.poll_seconds={bad}")
+
+
+def test_the_jobs_are_named_once_queued_and_again_when_the_wait_is_interrupted(tmp_path, monkeypatch, capsys):
+    """The ids were printed only after the queue drained, hours later; a Ctrl-C during the wait said 'interrupted'
+    and left the run's jobs queued without naming them. The wait's end is not the run's: they are not cancelled."""
+    from data_pipeline import slurm_executor
+
+    printed = []
+
+    def interrupt(seconds):
+        printed.append(capsys.readouterr().out)
+        raise KeyboardInterrupt
+
+    cancelled = []
+    monkeypatch.setattr(slurm_executor.time, "sleep", interrupt)
+    monkeypatch.setattr(slurm_executor, "cancel_jobs", cancelled.append)
+    monkeypatch.setattr(slurm_executor, "jobs_in_flight", lambda jobs: ["108", "109"] if printed else jobs)
+    with pytest.raises(KeyboardInterrupt):
+        _corpus_on_fake_slurm(tmp_path, monkeypatch, "executor.wait=true")
+    ids = ", ".join(str(i) for i in range(101, 110))
+    assert printed == [f"megagpt corpus: submitted Slurm jobs {ids} (logs in {tmp_path}/out/work/slurm)\n"]
+    assert capsys.readouterr().err == ("megagpt corpus: stopped waiting; the Slurm jobs 108, 109 are still queued or "
+                                       "running and go on with the run (scancel 108 109 stops them)\n")
+    assert cancelled == []
+
+
+def test_partition_check_sees_hidden_partitions_and_does_not_wait_on_a_silent_controller(monkeypatch):
+    """Without -a sinfo leaves out hidden partitions and other groups' (a user may be allowed on them), which were
+    refused; without a controller sinfo retried for about 10 s on each submit before the check was skipped."""
+    from megagpt import slurm
+
+    def sinfo(cmd, **kw):
+        assert kw.get("timeout") == slurm.SINFO_TIMEOUT_S
+        return subprocess.CompletedProcess(cmd, 0, "gpu\ncpu\n" + ("gpu-priority\n" if "-a" in cmd else ""), "")
+
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm.subprocess, "run", sinfo)
+    assert slurm.check_partition("gpu-priority") == "gpu-priority"
+    with pytest.raises(ConfigError, match=r"no such Slurm partition 'bigmem' \(known: cpu, gpu, gpu-priority\)"):
+        slurm.check_partition("bigmem")
+
+    def silent(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(slurm.subprocess, "run", silent)
+    assert slurm.check_partition("bigmem") == "bigmem"  # sbatch is left to tell
+
+
+def test_a_percent_in_a_log_directory_is_refused(no_cluster, demo_prefix, tmp_path):
+    """#SBATCH --output reads % as a pattern: run.dir=runs/lr%j sent the job's log to runs/lr<jobid>/slurm/, a
+    directory that does not exist, while the run trained in runs/lr%j; Slurm wrote no log at all."""
+    from data_pipeline.config import load_corpus_config
+    from launchers.submit import render_pretrain
+
+    with pytest.raises(ConfigError, match=r"run.dir='.*/lr%j': sbatch would read the % in the job's log path as a "
+                                          r"pattern \(%j: the job id\); use a path without %$"):
+        render_pretrain(job(demo_prefix, tmp_path, overrides=[f"data.prefixes=[{demo_prefix}]",
+                                                               f"run.dir={tmp_path}/lr%j"]))
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    corpus = [f"input.paths=[{tmp_path}/a.jsonl]", f"output.dir={tmp_path}/out%u"]
+    with pytest.raises(ConfigError, match=r"output.dir='.*/out%u': sbatch would read the %"):
+        load_corpus_config(None, corpus + ["executor.kind=slurm"])
+    load_corpus_config(None, corpus)  # a local run writes no Slurm log
