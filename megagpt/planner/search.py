@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from megagpt.config import Config, ModelConfig, validate
+from megagpt.config import Config, ModelConfig, validate, validate_model_sizes
 from megagpt.errors import ConfigError
 from megagpt.planner.counts import parameter_count
 from megagpt.planner.memory import Layout, RankMemory, rank_memory
@@ -149,6 +149,7 @@ def with_layout(cfg: Config, layout: Layout) -> Config:
 def plan(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_gb: float = 4.0) -> list[Plan]:
     """Every candidate, those that fit first (fastest first), then the rest (closest to fitting first)."""
     check_request(cfg, gpus, gpu_memory_gb, reserve_gb, hw)
+    validate_model_sizes(cfg.model)  # before tensor_parallel_sizes divides by the padded vocab's multiple
     usable = int((gpu_memory_gb - reserve_gb) * GiB)
     layouts, refused = candidates(cfg, gpus, hw)
     plans = [evaluate(cfg, layout, hw, usable) for layout in layouts]

@@ -82,6 +82,9 @@ def test_a_cluster_too_small_for_the_model_fits_nothing_and_says_why(capsys):
     (["--gpus", "8", "--gpu-memory-gb", "80", "model.num_heads=7"], "no layout of 8 GPUs suits this config: "
                                                                      "model.num_heads=7 must divide"),
     (["--gpus", "8", "--gpu-memory-gb", "80", "--gpu-tflops", "0"], "--gpu-tflops 0.0 must be positive"),
+    # the candidates read the padded vocab before any layout was validated: a ZeroDivisionError traceback
+    (["--gpus", "8", "--gpu-memory-gb", "80", "model.make_vocab_size_divisible_by=0"],
+     "model.make_vocab_size_divisible_by=0 must be at least 1"),
     (["--gpus", "8", "--gpu-memory-gb", "80", "--matmul-efficiency", "1.5"], "--matmul-efficiency 1.5 must lie in"),
 ])
 def test_nonsense_is_a_one_line_error(capsys, argv, message):
