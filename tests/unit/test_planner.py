@@ -198,6 +198,24 @@ def test_zero_0_holds_everything_on_every_rank_and_gathers_nothing():
         step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel
 
 
+@pytest.mark.parametrize("name, tp, pp", [("gpt3-xl", 1, 1), ("gpt3-175b", 8, 1), ("gpt3-xl", 2, 4), ("gpt1", 2, 3)])
+def test_zero_3_gathers_the_two_largest_modules_whole(world_of_one, name, tp, pp):
+    """ZeRO 3's gathered parameters: the largest module (the embedding or a block, built on meta) computing and
+    one as large prefetched. The tensors were cut every 12 from the first, so stage 0's first 'block' was the
+    embedding with 10 of block 0's tensors (gpt3-xl: 31% over)."""
+    from megagpt.planner.memory import _modules
+
+    m = preset(name)
+    for stage in sorted({0, pp // 2, pp - 1}):
+        built = sorted(sum(p.numel() for p in module.parameters()) for module in build_rank_on_meta(m, tp, pp, stage))
+        tensors = rank_tensors(m, tp, pp, stage)
+        assert sorted(sum(n for n, _ in module) for module in _modules(tensors)) == built, stage
+        if pp == 1:  # ZeRO 3 runs at pp = 1 alone
+            for precision, e in (("bf16", 2), ("fp32", 4)):
+                states = model_states(tensors, Layout(tp=tp, dp=8, zero_stage=3), precision)
+                assert states.buffers == 2 * e * built[-1]
+
+
 @pytest.mark.parametrize("zero, pp", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 2)])
 def test_gradients_reduced_in_fp32_double_their_bytes_alone(zero, pp):
     """parallel.grad_reduce_in_fp32: a bf16 run's gradients cross DP in 4 bytes, the parameters ZeRO gathers in 2
