@@ -308,8 +308,18 @@ class RankMemory:
 
     @property
     def total(self) -> int:
+        return sum(self.parts().values())
+
+    def parts(self) -> dict[str, int]:
+        """The bytes at the rank's fullest moment, by kind: the activations' transient (a layer rebuilt by full
+        recompute, the logits) and DeepSpeed's buffers (ZeRO 2's bucket, ZeRO 3's gathered parameters) are counted
+        as never live at once, so the larger is. Buffers are their own part: counted as activations, a tiny model
+        at full recompute was told its activations took ZeRO 2's 1.9 GiB bucket."""
         s, a = self.states, self.activations
-        return s.weights + s.gradients + s.optimizer + a.kept + max(a.transient, s.buffers)
+        transient_peaks = a.transient >= s.buffers
+        return {"weights": s.weights, "gradients": s.gradients, "optimizer": s.optimizer,
+                "activations": a.kept + (a.transient if transient_peaks else 0),
+                "buffers": 0 if transient_peaks else s.buffers}
 
 
 def rank_memory(m: ModelConfig, layout: Layout, precision: str, micro_batches: int) -> RankMemory:
