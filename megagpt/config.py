@@ -505,22 +505,31 @@ MAX_STEPS = 100_000_000  # a per-step schedule is kept: 100M steps is years at a
 MAX_TIMEOUT_MINUTES = 1_000_000
 
 
-def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
-    """Reject a run that cannot work at this world size. Raises ConfigError."""
-    m, p, t, o = cfg.model, cfg.parallel, cfg.train, cfg.optim
+def validate_model_sizes(m: ModelConfig) -> None:
+    """The model's sizes, which the planner divides by (the padded vocab) before it validates any layout."""
     for key, value in [
         ("model.num_layers", m.num_layers), ("model.hidden_size", m.hidden_size),
         ("model.num_heads", m.num_heads), ("model.seq_length", m.seq_length),
         ("model.vocab_size", m.vocab_size), ("model.make_vocab_size_divisible_by", m.make_vocab_size_divisible_by),
-        ("model.local_window", m.local_window), ("parallel.tp", p.tp), ("parallel.pp", p.pp),
+        ("model.local_window", m.local_window),
+    ]:
+        _require(value >= 1, f"{key}={value} must be at least 1")
+    _require(m.ffn_hidden_size is None or m.ffn_hidden_size >= 1,
+             f"model.ffn_hidden_size={m.ffn_hidden_size} must be at least 1 (null: 4 x model.hidden_size)")
+
+
+def validate(cfg: Config, world_size: int, check_data: bool = True) -> None:
+    """Reject a run that cannot work at this world size. Raises ConfigError."""
+    m, p, t, o = cfg.model, cfg.parallel, cfg.train, cfg.optim
+    validate_model_sizes(m)
+    for key, value in [
+        ("parallel.tp", p.tp), ("parallel.pp", p.pp),
         ("train.steps", t.steps), ("train.global_batch_size", t.global_batch_size),
         ("train.micro_batch_size", t.micro_batch_size), ("train.log_interval", t.log_interval),
     ]:
         _require(value >= 1, f"{key}={value} must be at least 1")
     _require(t.steps <= MAX_STEPS, f"train.steps={t.steps} is more than {MAX_STEPS:,} steps (a token or sample count "
              f"given as steps?)")
-    _require(m.ffn_hidden_size is None or m.ffn_hidden_size >= 1,
-             f"model.ffn_hidden_size={m.ffn_hidden_size} must be at least 1 (null: 4 x model.hidden_size)")
     for key, value in [("train.eval_interval", t.eval_interval), ("train.batch_ramp_tokens", t.batch_ramp_tokens)]:
         _require(value >= 0, f"{key}={value} must be >= 0 (0: {'no held-out evaluation' if 'eval' in key else 'no ramp'})")
     _require(0 <= t.seed < 2**32, f"train.seed={t.seed} must lie in [0, 2**32) (numpy's and torch's seeds)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from megagpt.config import Config
 from megagpt.planner.counts import build_rank_on_meta, rank_parameters, rank_tensors, stage_blocks
-from megagpt.planner.memory import activations, model_states
+from megagpt.planner.memory import RankMemory, activations, model_states
 from megagpt.planner.search import config_layout, count, gib, verdict
 from megagpt.planner.timing import Hardware
 
@@ -24,19 +24,19 @@ def dry_run(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_
     lines = [f"megagpt pretrain --dry-run: {layout.label()} on {gpus} GPUs, {precision}, {micro_batches} "
              f"micro-batches per step; GiB per rank",
              f"{'stage':>5} {'blocks':>9} {'params (built)':>15} {'weights':>8} {'grads':>7} {'optim':>7} "
-             f"{'activ':>7} {'total':>7} {'on CPU':>7}"]
+             f"{'activ':>7} {'buffers':>7} {'total':>7} {'on CPU':>7}"]
     for stage in range(layout.pp):
         built = built_parameters(cfg, stage)
         planned = rank_parameters(m, layout.tp, layout.pp, stage)
         if built != planned:  # the planner's bytes rest on its count: say so rather than print a wrong table
             raise AssertionError(f"stage {stage}: the planner counts {planned} parameters, the built model {built}")
         states = model_states(rank_tensors(m, layout.tp, layout.pp, stage), layout, precision)
-        act = activations(m, layout, precision, stage, micro_batches)
-        activ = act.kept + max(act.transient, states.buffers)
+        memory = RankMemory(stage, built, states, activations(m, layout, precision, stage, micro_batches))
+        parts = memory.parts()
         blocks = stage_blocks(m.num_layers, layout.pp, stage)
         lines.append(f"{stage:>5} {f'{blocks.start}-{blocks.stop - 1}':>9} {count(built):>15} "
-                     f"{gib(states.weights):>8} {gib(states.gradients):>7} {gib(states.optimizer):>7} {gib(activ):>7} "
-                     f"{gib(states.weights + states.gradients + states.optimizer + activ):>7} "
+                     f"{gib(parts['weights']):>8} {gib(parts['gradients']):>7} {gib(parts['optimizer']):>7} "
+                     f"{gib(parts['activations']):>7} {gib(parts['buffers']):>7} {gib(memory.total):>7} "
                      f"{gib(states.offloaded):>7}")
     _, line = verdict(cfg, gpus, gpu_memory_gb, hw, reserve_gb)
     return "\n".join(lines + [f"verdict: {line}"])

@@ -42,7 +42,8 @@ DeepSpeed's own ZeRO optimizers keep a gradient bucket of 5e8 elements (`_bucket
 the wire type), ZeRO 1 from a step's first backward to the step (fp32 at bf16); both counted with the
 gradients. Transient buffers are reported apart: ZeRO 2's bucket, which lives through each backward, a copy of
 the bucket's gradients in the wire type where that differs (parallel.grad_reduce_in_fp32), and ZeRO 3's
-gathered parameters (the two largest blocks whole, the one computing and the one prefetched).
+gathered parameters (the two largest modules whole, the embedding or a block: the one computing and the
+one prefetched).
 
 Activations per transformer layer and micro-batch (Korthikanti et al. 2022, "Reducing
 activation recomputation in large transformer models", adapted to this block: s sequence,
@@ -153,7 +154,7 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         model = e * persistent + (0 if layout.offload_params else e * parts)
         cpu = e * parts if layout.offload_params else 0
         grads = 4 * parts  # ZeRO 3 accumulates in fp32 (bf16: megagpt asks it to; fp32: the model's own)
-        buffers = 2 * max((sum(n for n, _ in block) for block in _blocks(tensors)), default=0) * e
+        buffers = 2 * max((sum(n for n, _ in module) for module in _modules(tensors)), default=0) * e
         bucket = _bucket(layout, precision)
         if layout.offload_optimizer:  # master, moments, the fp32 gradient partition (grad_partitions_flat_buffer)
             return ModelStates(model, bucket, 0, cpu + 4 * master + grads, buffers)  # and the master's .grad: CPU
@@ -255,10 +256,14 @@ def _overlaps(sizes: list[int], partition: int, d: int) -> list[int]:
     return per_rank
 
 
-def _blocks(tensors: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """The rank's tensors cut into transformer blocks (12 tensors each), for ZeRO 3's gather size."""
-    per_block = 12
-    return [tensors[i:i + per_block] for i in range(0, len(tensors), per_block)]
+def _modules(tensors: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The rank's tensors cut at its modules (rank_tensors' order), for ZeRO 3's gather size: the embedding's two
+    matrices where the stage holds it (a block starts with its LayerNorm's vectors instead), each block's 12
+    tensors, then the final norm's two. Cut every 12 from the start, the first chunk was the embedding with most
+    of block 0 (gpt3-xl: 31% over the larger of the two)."""
+    embedding = 2 if tensors and tensors[0][1] == 2 else 0
+    rest = tensors[embedding:]
+    return ([tensors[:embedding]] if embedding else []) + [rest[i:i + 12] for i in range(0, len(rest), 12)]
 
 
 def layer_activations(m: ModelConfig, layout: Layout, precision: str, recompute: str | None = None) -> int:
@@ -303,8 +308,18 @@ class RankMemory:
 
     @property
     def total(self) -> int:
+        return sum(self.parts().values())
+
+    def parts(self) -> dict[str, int]:
+        """The bytes at the rank's fullest moment, by kind: the activations' transient (a layer rebuilt by full
+        recompute, the logits) and DeepSpeed's buffers (ZeRO 2's bucket, ZeRO 3's gathered parameters) are counted
+        as never live at once, so the larger is. Buffers are their own part: counted as activations, a tiny model
+        at full recompute was told its activations took ZeRO 2's 1.9 GiB bucket."""
         s, a = self.states, self.activations
-        return s.weights + s.gradients + s.optimizer + a.kept + max(a.transient, s.buffers)
+        transient_peaks = a.transient >= s.buffers
+        return {"weights": s.weights, "gradients": s.gradients, "optimizer": s.optimizer,
+                "activations": a.kept + (a.transient if transient_peaks else 0),
+                "buffers": 0 if transient_peaks else s.buffers}
 
 
 def rank_memory(m: ModelConfig, layout: Layout, precision: str, micro_batches: int) -> RankMemory:

@@ -20,13 +20,14 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from megagpt.config import Config, ModelConfig, validate
+from megagpt.config import Config, ModelConfig, validate, validate_model_sizes
 from megagpt.errors import ConfigError
 from megagpt.planner.counts import parameter_count
 from megagpt.planner.memory import Layout, RankMemory, rank_memory
 from megagpt.planner.timing import Hardware, StepTime, mfu, step_time
 
 GiB = 2**30
+PART_NAMES = {"optimizer": "optimizer states", "buffers": "DeepSpeed's buffers"}  # RankMemory.parts, said in full
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 RECOMPUTE = ("none", "selective", "full")
 
@@ -47,20 +48,16 @@ class Plan:
         """Which part exceeds memory and by how much ('' when it fits)."""
         if self.fits:
             return ""
-        parts = self.parts()
+        parts = self.memory.parts()
         largest = max(parts, key=parts.get)
         return (f"needs {gib(self.memory.total)} of {gib(self.usable)} GiB on pipeline stage {self.memory.stage}: "
-                f"over by {gib(self.memory.total - self.usable)} GiB; {largest} take {gib(parts[largest])} GiB")
-
-    def parts(self) -> dict[str, int]:
-        s, a = self.memory.states, self.memory.activations
-        return {"weights": s.weights, "gradients": s.gradients, "optimizer states": s.optimizer,
-                "activations": a.kept + max(a.transient, s.buffers)}
+                f"over by {gib(self.memory.total - self.usable)} GiB; {PART_NAMES.get(largest, largest)} take "
+                f"{gib(parts[largest])} GiB")
 
     def to_dict(self) -> dict:
         return {"layout": asdict(self.layout), "fits": self.fits, "why_not": self.why_not(),
                 "parameters_per_rank": self.memory.parameters, "stage": self.memory.stage,
-                "bytes": {**{k.split()[0]: v for k, v in self.parts().items()}, "total": self.memory.total,
+                "bytes": {**self.memory.parts(), "total": self.memory.total,
                           "offloaded_to_cpu": self.memory.states.offloaded, "usable": self.usable},
                 "bubble": self.time.bubble, "step_seconds": self.time.total, "mfu": self.mfu,
                 "seconds": {"compute": self.time.compute, "tensor_parallel": self.time.tensor_parallel,
@@ -149,6 +146,7 @@ def with_layout(cfg: Config, layout: Layout) -> Config:
 def plan(cfg: Config, gpus: int, gpu_memory_gb: float, hw: Hardware, reserve_gb: float = 4.0) -> list[Plan]:
     """Every candidate, those that fit first (fastest first), then the rest (closest to fitting first)."""
     check_request(cfg, gpus, gpu_memory_gb, reserve_gb, hw)
+    validate_model_sizes(cfg.model)  # before tensor_parallel_sizes divides by the padded vocab's multiple
     usable = int((gpu_memory_gb - reserve_gb) * GiB)
     layouts, refused = candidates(cfg, gpus, hw)
     plans = [evaluate(cfg, layout, hw, usable) for layout in layouts]
@@ -169,15 +167,16 @@ def config_layout(cfg: Config, gpus: int) -> Layout:
                   grad_reduce_in_fp32=p.grad_reduce_in_fp32)
 
 
-HEADER = (f"{'layout':<46} {'params/rank':>12} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'total':>7}"
-          f" {'bubble':>7} {'step s':>8} {'MFU':>6}")
+HEADER = (f"{'layout':<46} {'params/rank':>12} {'weights':>8} {'grads':>7} {'optim':>7} {'activ':>7} {'buffers':>7}"
+          f" {'total':>7} {'bubble':>7} {'step s':>8} {'MFU':>6}")
 
 
 def row(p: Plan) -> str:
-    parts = p.parts()
+    parts = p.memory.parts()
     return (f"{p.layout.label():<46} {count(p.memory.parameters):>12} {gib(parts['weights']):>8} "
-            f"{gib(parts['gradients']):>7} {gib(parts['optimizer states']):>7} {gib(parts['activations']):>7} "
-            f"{gib(p.memory.total):>7} {p.time.bubble:>7.1%} {p.time.total:>8.2f} {p.mfu:>6.1%}")
+            f"{gib(parts['gradients']):>7} {gib(parts['optimizer']):>7} {gib(parts['activations']):>7} "
+            f"{gib(parts['buffers']):>7} {gib(p.memory.total):>7} {p.time.bubble:>7.1%} {p.time.total:>8.2f} "
+            f"{p.mfu:>6.1%}")
 
 
 def render(cfg: Config, plans: list[Plan], gpus: int, hw: Hardware, top: int | None) -> str:

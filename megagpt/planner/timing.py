@@ -4,9 +4,10 @@ The hardware is a few numbers a user can override (`megagpt plan --gpu-tflops ..
 dense peak for the run's precision, the fraction of it large matrix multiplications reach
 (`matmul_efficiency`), and the bus bandwidths NCCL reaches inside a node (NVLink) and between
 nodes (per GPU, the NIC); give measured nccl-tests busbw figures where you have them. Rank order
-is TP fastest, then DP, then PP (megagpt.parallel.topology), so a TP group stays inside a node
-while tp ≤ gpus_per_node, a DP group while tp·dp ≤ gpus_per_node, and some neighbouring pipeline
-stages sit on different nodes once tp·dp·pp > gpus_per_node.
+is TP fastest, then DP, then PP (megagpt.parallel.topology), and a node holds consecutive ranks, so
+on more than one node a TP group stays inside a node when tp divides gpus_per_node, a DP group when
+tp·dp does (tp 4 on 6-GPU nodes puts ranks 4-7 on two nodes), and some neighbouring pipeline stages
+always sit on different nodes.
 
 One micro-batch on pipeline stage i (per rank; T = s·b tokens, L_i its blocks, e activation bytes):
 
@@ -75,10 +76,12 @@ class StepTime:
         return (self.compute + self.tensor_parallel + self.pipeline) / (1 - self.bubble) + self.data_parallel
 
 
-def _bandwidth(hw: Hardware, span: int) -> float:
-    """Bytes/s for a group whose ranks lie within `span` consecutive ranks."""
-    gbps = hw.intra_node_gbps if span <= hw.gpus_per_node else hw.inter_node_gbps
-    return gbps * 1e9 / 8
+def _bandwidth(hw: Hardware, span: int, gpus: int) -> float:
+    """Bytes/s for groups that each spread over one of the runs of `span` ranks [0, span), [span, 2·span), ...
+    of a `gpus`-rank world. They stay inside nodes only if the world fits one node or the runs tile the nodes: any
+    run a node boundary cuts holds a group with ranks on both sides, and the slowest group paces the step."""
+    inside = gpus <= hw.gpus_per_node or hw.gpus_per_node % span == 0
+    return (hw.intra_node_gbps if inside else hw.inter_node_gbps) * 1e9 / 8
 
 
 def layer_forward_flops(m: ModelConfig, layer_index: int) -> tuple[float, float]:
@@ -92,10 +95,11 @@ def step_time(m: ModelConfig, layout: Layout, precision: str, global_batch: int,
     e, tokens = BYTES[precision], m.seq_length * b
     micro = global_batch // (d * b)
     flops_per_s = hw.gpu_tflops * 1e12 * hw.matmul_efficiency
-    tp_bw, dp_bw = _bandwidth(hw, t), _bandwidth(hw, t * d)
+    # a TP group is t consecutive ranks, a DP group every t-th rank of t·d consecutive ones
+    tp_bw, dp_bw = _bandwidth(hw, t, layout.gpus), _bandwidth(hw, t * d, layout.gpus)
     # stages follow each other every t·d ranks: once they span more than a node, some hop crosses between nodes,
     # and the slowest hop paces the pipeline (tp2 dp2 pp4 on 8-GPU nodes: stage 1 -> 2 crosses)
-    pp_bw = _bandwidth(hw, t * d * pp)
+    pp_bw = _bandwidth(hw, t * d * pp, layout.gpus)
     all_reduce = 2 * (t - 1) / t * e * tokens * m.hidden_size / tp_bw if t > 1 else 0.0
     slowest = (0.0, 0.0)
     for stage in range(pp):

@@ -45,7 +45,7 @@ def test_plan_json_lists_every_candidate_with_its_bytes_and_time(capsys):
     assert [p["step_seconds"] for p in fitting] == sorted(p["step_seconds"] for p in fitting)
     for p in plans:
         b = p["bytes"]
-        assert b["total"] == b["weights"] + b["gradients"] + b["optimizer"] + b["activations"]
+        assert b["total"] == b["weights"] + b["gradients"] + b["optimizer"] + b["activations"] + b["buffers"]
         assert (b["total"] <= b["usable"]) == p["fits"] and (p["why_not"] == "") == p["fits"]
 
 
@@ -67,6 +67,23 @@ def test_every_layout_planned_is_one_the_trainer_takes(config, gpus, overrides):
         validate(with_layout(cfg, p.layout), gpus, check_data=False)
 
 
+def test_deepspeeds_buffers_are_their_own_part_not_activations(capsys):
+    """ZeRO 2's gradient bucket (5e8 elements, whatever the model) was counted as activations: the 466K-parameter
+    demo at full recompute was told its activations took 1.9 GiB, which recompute or micro-batches cannot mend."""
+    tiny = os.path.join(REPO, "configs", "demo", "tiny.yaml")
+    code, out, _ = run(capsys, "plan", "--config", tiny, "--gpus", "1", "--gpu-memory-gb", "2.5", "--reserve-gb", "1",
+                       "--all")
+    assert code == 0
+    misfit = next(x for x in out.splitlines() if "mb1 zero2 recompute=full" in x)
+    assert misfit.endswith("over by 0.4 GiB; DeepSpeed's buffers take 1.9 GiB")
+    code, out, _ = run(capsys, "plan", "--config", tiny, "--gpus", "1", "--gpu-memory-gb", "80", "--json")
+    layouts = {(p["layout"]["zero_stage"], p["layout"]["micro_batch"], p["layout"]["recompute"]): p["bytes"]
+               for p in json.loads(out)}
+    zero1, zero2 = layouts[1, 1, "full"], layouts[2, 1, "full"]
+    assert zero2["buffers"] == 500_000_000 * 4 and zero1["buffers"] == 0  # fp32: the bucket's 4 bytes an element
+    assert zero2["activations"] < 2**21  # what the layers keep beside the bucket (the logits' transient is gone)
+
+
 def test_a_cluster_too_small_for_the_model_fits_nothing_and_says_why(capsys):
     code, out, _ = run(capsys, "plan", "--config", GPT3_175B, "--gpus", "8", "--gpu-memory-gb", "80", "--all")
     assert code == 0
@@ -82,6 +99,9 @@ def test_a_cluster_too_small_for_the_model_fits_nothing_and_says_why(capsys):
     (["--gpus", "8", "--gpu-memory-gb", "80", "model.num_heads=7"], "no layout of 8 GPUs suits this config: "
                                                                      "model.num_heads=7 must divide"),
     (["--gpus", "8", "--gpu-memory-gb", "80", "--gpu-tflops", "0"], "--gpu-tflops 0.0 must be positive"),
+    # the candidates read the padded vocab before any layout was validated: a ZeroDivisionError traceback
+    (["--gpus", "8", "--gpu-memory-gb", "80", "model.make_vocab_size_divisible_by=0"],
+     "model.make_vocab_size_divisible_by=0 must be at least 1"),
     (["--gpus", "8", "--gpu-memory-gb", "80", "--matmul-efficiency", "1.5"], "--matmul-efficiency 1.5 must lie in"),
 ])
 def test_nonsense_is_a_one_line_error(capsys, argv, message):

@@ -153,6 +153,25 @@ def test_a_pipeline_that_spans_nodes_pays_the_network_between_them(tp, dp, pp, a
     assert time.pipeline == pytest.approx(micro * 2 * 2 * m.seq_length * m.hidden_size / (gbps * 1e9 / 8))
 
 
+@pytest.mark.parametrize("per_node, tp, dp, pp, tp_across, dp_across", [
+    (8, 4, 3, 1, False, True),  # DP groups {i, i+4, i+8} reach rank 8 on the second node
+    (6, 4, 3, 1, True, True),  # TP group 4-7 straddles two 6-GPU nodes (Summit's), and so do DP's
+    (6, 2, 3, 2, False, False),  # each tp·dp = 6 ranks are a node
+    (6, 2, 2, 3, False, True),  # ranks 4-7 hold DP groups {4, 6} and {5, 7}, across the boundary at 6
+    (3, 2, 2, 2, True, True),  # TP group 2-3 on 3-GPU nodes
+    (8, 2, 3, 1, False, False),  # 6 GPUs: one node, though 6 does not divide 8
+])
+def test_a_group_a_node_boundary_cuts_pays_the_network(per_node, tp, dp, pp, tp_across, dp_across):
+    """A group was inside a node whenever tp (tp·dp for DP) was at most a node wide: tp 4 on 6-GPU nodes was priced
+    at NVLink, though ranks 4-7 sit on two nodes. Against one node that holds every rank."""
+    m, hw = preset("gpt3-xl"), Hardware(gpus_per_node=per_node)
+    layout = Layout(tp=tp, pp=pp, dp=dp, micro_batch=1, zero_stage=1)
+    time, one_node = (step_time(m, layout, "bf16", 24, h) for h in (hw, Hardware(gpus_per_node=layout.gpus)))
+    slower = hw.intra_node_gbps / hw.inter_node_gbps
+    assert time.tensor_parallel == pytest.approx(one_node.tensor_parallel * (slower if tp_across else 1))
+    assert time.data_parallel == pytest.approx(one_node.data_parallel * (slower if dp_across else 1))
+
+
 def test_zero_0_holds_everything_on_every_rank_and_gathers_nothing():
     m = preset("gpt3-xl")
     tensors = rank_tensors(m, 2, 1, 0)
@@ -177,6 +196,24 @@ def test_zero_0_holds_everything_on_every_rank_and_gathers_nothing():
     assert states.gradients == same.gradients - (same.weights - same.optimizer // 2)  # a bf16 buffer, not fp32
     assert step_time(m, piped, "bf16", 512, Hardware()).data_parallel == \
         step_time(m, Layout(tp=2, pp=2, dp=8, zero_stage=1), "bf16", 512, Hardware()).data_parallel
+
+
+@pytest.mark.parametrize("name, tp, pp", [("gpt3-xl", 1, 1), ("gpt3-175b", 8, 1), ("gpt3-xl", 2, 4), ("gpt1", 2, 3)])
+def test_zero_3_gathers_the_two_largest_modules_whole(world_of_one, name, tp, pp):
+    """ZeRO 3's gathered parameters: the largest module (the embedding or a block, built on meta) computing and
+    one as large prefetched. The tensors were cut every 12 from the first, so stage 0's first 'block' was the
+    embedding with 10 of block 0's tensors (gpt3-xl: 31% over)."""
+    from megagpt.planner.memory import _modules
+
+    m = preset(name)
+    for stage in sorted({0, pp // 2, pp - 1}):
+        built = sorted(sum(p.numel() for p in module.parameters()) for module in build_rank_on_meta(m, tp, pp, stage))
+        tensors = rank_tensors(m, tp, pp, stage)
+        assert sorted(sum(n for n, _ in module) for module in _modules(tensors)) == built, stage
+        if pp == 1:  # ZeRO 3 runs at pp = 1 alone
+            for precision, e in (("bf16", 2), ("fp32", 4)):
+                states = model_states(tensors, Layout(tp=tp, dp=8, zero_stage=3), precision)
+                assert states.buffers == 2 * e * built[-1]
 
 
 @pytest.mark.parametrize("zero, pp", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 2)])
