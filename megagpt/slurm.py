@@ -170,13 +170,28 @@ def pythonpath_line() -> str:
 
 
 def submit_script(path: str, extra_args: tuple = ()) -> str:
-    """sbatch the script at `path`; returns the job id."""
+    """sbatch the script at `path`; returns the job id. Its `#SBATCH` options are given on the command line too:
+    sbatch lets SBATCH_* variables (SBATCH_TIMELIMIT, SBATCH_PARTITION...: a site's or a user's profile) override
+    the script's lines, and the time limit, the save signal and the partition were checked together."""
     if not shutil.which("sbatch"):
         raise SlurmError("sbatch not found: is Slurm installed here? (slurm/local-cluster.sh start for a local one)")
-    proc = subprocess.run(["sbatch", "--parsable", *extra_args, path], capture_output=True, text=True)
+    proc = subprocess.run(["sbatch", "--parsable", *directives(path), *extra_args, path], capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise SlurmError(f"sbatch {path} failed: {' '.join(proc.stderr.split())}")
     return proc.stdout.strip().split(";")[0]
+
+
+def directives(path: str) -> list[str]:
+    """The options of a script's `#SBATCH` lines, which sbatch reads up to the first command."""
+    options = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#SBATCH "):
+                options.append(line[len("#SBATCH "):].strip())
+            elif line.strip() and not line.startswith("#"):
+                break
+    return options
 
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # slurm.conf's MaxArraySize unless a site sets it

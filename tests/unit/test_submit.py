@@ -527,3 +527,21 @@ def test_a_percent_in_a_log_directory_is_refused(no_cluster, demo_prefix, tmp_pa
     with pytest.raises(ConfigError, match=r"output.dir='.*/out%u': sbatch would read the %"):
         load_corpus_config(None, corpus + ["executor.kind=slurm"])
     load_corpus_config(None, corpus)  # a local run writes no Slurm log
+
+
+def test_the_checked_sbatch_lines_are_given_on_sbatchs_command_line(no_cluster, demo_prefix, tmp_path, monkeypatch):
+    """sbatch lets SBATCH_TIMELIMIT, SBATCH_PARTITION... override a script's #SBATCH lines, not its command line: a
+    profile's SBATCH_TIMELIMIT would have outlived the checked --time and its save lead."""
+    import megagpt.slurm as slurm
+    from launchers.submit import render_pretrain
+
+    script, _ = render_pretrain(job(demo_prefix, tmp_path, partition="gpu", time="1-00:00:00"))
+    path = tmp_path / "job.sbatch"
+    path.write_text(script.replace("set -euo pipefail", "set -euo pipefail\n#SBATCH --time=9:00"))  # past the body
+    given = []
+    monkeypatch.setattr(slurm.subprocess, "run", lambda cmd, **kw: given.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0, "17;cluster\n", ""))
+    assert slurm.submit_script(str(path), ("--dependency=afterok:16",)) == "17"
+    lines = [line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH ")]
+    assert given == [["sbatch", "--parsable", *lines, "--dependency=afterok:16", str(path)]]
+    assert "--time=1-00:00:00" in lines and "--signal=USR1@600" in lines and "--time=9:00" not in lines
