@@ -17,23 +17,37 @@ _BOMS = ((codecs.BOM_UTF8, "utf-8"), *((bom, "utf-16") for bom in _UTF16_BOMS))
 
 
 # The WHATWG decoders of these labels are supersets of the codecs Python names them by: a gb2312 page with one
-# GBK character, or a euc-kr page with one of windows-949's, failed strict decoding whole and became cp1252.
-_WHATWG_SUPERSETS = {"gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs"}
+# GBK character, or a euc-kr page with one of windows-949's, failed strict decoding whole and became cp1252. Python's
+# latin-1 and ascii (for labels browsers do not know, "latin-1" among them) are windows-1252 to a browser too.
+_SUPERSETS = {"gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs", "iso8859-1": "cp1252",
+              "ascii": "cp1252"}
+# Legacy multi-byte codecs, where a few bytes that do not decode are damage (a browser shows U+FFFD), not the sign of
+# another encoding that they are in UTF-8 and single-byte codecs
+_MULTIBYTE = ("gb18030", "cp949", "cp932", "big5hkscs", "euc_jp", "iso2022_jp")
 
 
 def _codec(label: Optional[str]) -> Optional[str]:
     """The Python codec a browser decodes a charset label with (WHATWG Encoding Standard: latin-1 and us-ascii are
-    windows-1252, gb2312 is GBK...), or None for a label it does not know."""
+    windows-1252, gb2312 is GBK...), else Python's own codec of that name (cp437, latin-1), else None."""
     from resiliparse.parse.encoding import map_encoding_to_html5
 
-    name = map_encoding_to_html5(label, fallback_utf8=False) if label else None
-    return _WHATWG_SUPERSETS.get(name, name)
+    if not label:
+        return None
+    name = map_encoding_to_html5(label, fallback_utf8=False)
+    if name is None:
+        try:
+            name = codecs.lookup(label).name
+        except LookupError:
+            return None
+    return _SUPERSETS.get(name, name)
 
 
 def _decode(payload: bytes, declared: Optional[str]) -> str:
     """A byte-order mark, else UTF-8 where the bytes are valid UTF-8 (servers mislabel UTF-8 pages as latin-1;
-    other encodings' non-ASCII text is almost never valid UTF-8), else the HTTP charset as a browser reads it where
-    the bytes are valid in it, else the page's <meta> charset or uchardet's guess (resiliparse)."""
+    other encodings' non-ASCII text is almost never valid UTF-8, and one cut at its last character is UTF-8 still),
+    else the first of the HTTP charset (read as a browser reads it) and the page's <meta> charset or uchardet's guess
+    that decodes every byte, else the declared multi-byte codec with U+FFFD for a few damaged bytes, else windows-1252
+    where it decodes every byte, else the guess with U+FFFD."""
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     for bom, name in _BOMS:
@@ -45,28 +59,31 @@ def _decode(payload: bytes, declared: Optional[str]) -> str:
         return payload.decode(wide, errors="replace")
     try:
         return payload.decode("utf-8")  # decoded once: the text is this
-    except UnicodeDecodeError:
-        pass
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # cut inside its last character (a crawler's size limit)
+            return payload.decode("utf-8", errors="replace")
     # servers send names there is no codec for ("none", "utf8mb4"), and UTF-16 for pages that are not
     declared_codec = None if wide else _codec(declared)
-    if declared_codec:
+    guess = _codec(detect_encoding(payload, from_html_meta=True))
+    for codec in dict.fromkeys(c for c in (declared_codec, guess) if c):
+        try:
+            return payload.decode(codec)
+        except UnicodeDecodeError:
+            pass
+    if declared_codec in _MULTIBYTE:
         text = payload.decode(declared_codec, errors="replace")
-        # a damaged byte or two is shown as U+FFFD, as a browser shows it; more, and the label is wrong: the page's
-        # own <meta> or a guess may know better
         if text.count("\ufffd") <= 2 + len(text) // 1000:
             return text
-    guess = _codec(detect_encoding(payload, from_html_meta=True)) or "cp1252"
-    # where no candidate decodes every byte, the guess with U+FFFD for the bad ones (as a browser shows them)
-    return bytes_to_str(payload, guess, errors="replace",
-                        fallback_encodings=(declared_codec,) if declared_codec and declared_codec != guess else ())
+    return bytes_to_str(payload, guess or "cp1252", errors="replace", fallback_encodings=("cp1252",))
 
 
 def _wide(declared: Optional[str]) -> Optional[str]:
-    """The codec of a declared UTF-16 or UTF-32 charset, else None."""
+    """The codec of a declared UTF-16 or UTF-32 charset (Python's name, or a browser's: "unicode", "ucs-2"), else
+    None."""
     try:
         name = codecs.lookup(declared).name if declared else ""
     except LookupError:
-        return None
+        name = _codec(declared) or ""
     return name if name.startswith(("utf-16", "utf-32")) else None
 
 

@@ -332,6 +332,12 @@ def test_utf16_pages_are_read_not_taken_for_binary(codec, charset):
     ("株式会社は㈱と書き、①②③と数えます。", "cp932", "Shift_JIS"),  # Windows-31J only
     ("He said “hello” and it’s fine — really – ok… costs €5.", "cp1252", "iso-8859-1"),
     ("He said “hello” and it’s fine — really – ok… costs €5.", "cp1252", "us-ascii"),
+    # labels no browser knows are Python's codecs; a mislabelled page is read in what its bytes decode in
+    ("Größe, Übung, Straße, schön, für, Mädchen: ├──┤ ░▒▓", "cp437", "cp437"),
+    ("Größe, Übung, Straße: it’s “quoted” — €5", "cp1252", "latin-1"),
+    ("We sell ordinary things. © 2023 Shop. Don’t copy. It’s “fine”.", "cp1252", "utf-8"),
+    ("We sell ordinary things. © 2023 Shop. Don’t copy. It’s “fine”.", "cp1252", None),
+    ("We sell ordinary things. Café, naïve, résumé.", "cp1252", "unicode"),  # a browser's UTF-16 label, no NULs
 ])
 def test_a_charset_label_is_read_as_browsers_read_it(text, codec, label):
     """The WHATWG decoder of each label: pages under these labels are written in the supersets. Python's strict
@@ -352,6 +358,15 @@ def test_markup_nested_past_the_limit_is_a_counted_drop_not_a_stalled_shard():
     for divs in (MAX_DEPTH - 3, 40_000):
         assert extract_text(Record(0, None, None, "html", page(divs), "text/html")) == \
             (None, f"markup nested {MAX_DEPTH} elements deep or more")
+
+
+def test_utf8_cut_inside_its_last_character_is_utf8():
+    """A crawler's size limit cuts a page anywhere: the cut character is U+FFFD, the rest UTF-8 (it was all cp1252)."""
+    text = "Ein schöner Tag für Café und Straße, " * 20
+    page = f"<html><body><article><p>{text}</p></article></body></html>".encode()
+    cut = page[:page.rindex("ß".encode()) + 1]
+    decoded, _ = extract_text(Record(0, None, None, "html", cut, "text/html", charset="iso-8859-1"))
+    assert decoded.endswith("und Stra\ufffd") and "schöner Tag für Café" in decoded
 
 
 def test_a_damaged_byte_is_replaced_not_a_reason_to_read_the_page_in_another_charset():
