@@ -122,7 +122,7 @@ class DedupConfig:
 @dataclass
 class DecontamConfig:
     paths: list[str] = field(default_factory=list)  # benchmark files (.jsonl[.gz], .txt); empty: stage off
-    text_field: str = "text"  # the JSONL field holding an example's text; where a line lacks it, all its strings
+    text_field: str = "text"  # the JSONL field(s) of an example's text (a,b: several); else known benchmark fields
     ngram: int = 13
     margin_chars: int = 200
     min_piece_chars: int = 200

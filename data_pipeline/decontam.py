@@ -7,7 +7,6 @@ under 200 characters are dropped; a document split into more than 10 pieces is d
 
 from __future__ import annotations
 
-import gzip
 import json
 from typing import Iterable, Iterator, Optional
 
@@ -16,30 +15,41 @@ import numpy as np
 from megagpt.data.ngrams import WORD as _WORD, window_hashes, words
 from megagpt.errors import DataError
 
-def benchmark_texts(path: str, field: str = "text") -> Iterator[str]:
-    """The text of each example of a benchmark file: .txt whole, .jsonl[.gz] per line: its `field`, else every
-    string it holds, nested ones too, in order (a fixed list of known fields missed RACE's "article", MMLU's
-    "choices" and more; a field that is not benchmark text, an id or a label, only adds n-grams no page has)."""
-    if not path.endswith((".jsonl", ".jsonl.gz")):
+# Where common benchmark formats keep their text, read where a line lacks decontam.text_field: LAMBADA and plain
+# (text), SQuAD and BoolQ (context, passage, question), RACE (article, question, options), MMLU and ARC (question,
+# choices), TriviaQA and NQ (question, answer), HellaSwag (ctx, endings), PIQA (goal, sol1, sol2), WinoGrande
+# (sentence, option1, option2), CoQA (story, questions, answers), ANLI and RTE (premise, hypothesis), completion
+# tasks (target), prompt/completion pairs. Not every string: NQ's and TriviaQA's exports hold whole source documents
+# (document, wiki_context, search_context), whose n-grams would cut most of a crawl.
+KNOWN_FIELDS = ("text", "context", "passage", "article", "question", "questions", "options", "choices", "answer",
+                "answers", "ctx", "endings", "goal", "sol1", "sol2", "sentence", "option1", "option2", "story",
+                "premise", "hypothesis", "target", "prompt", "completion")
+
+
+def benchmark_texts(path: str, fields: str = "text") -> Iterator[str]:
+    """The text of each example of a benchmark file: .txt whole, .jsonl[.gz] per line: the `fields` it has (one
+    name, or several joined by commas: decontam.text_field), else the KNOWN_FIELDS it has."""
+    from megagpt.data.shards import text_kind
+    from megagpt.files import jsonl_lines
+
+    if text_kind(path) == "txt":
         with open(path, encoding="utf-8", errors="replace") as f:
             yield f.read()
         return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                example = json.loads(line)
-            except ValueError:
-                raise DataError(f"decontam: {path}:{lineno} is not JSON") from None
-            if not isinstance(example, dict):
-                raise DataError(f"decontam: {path}:{lineno} is not a JSON object")
-            found = list(_strings(example[field] if field in example else example))
-            if not found:
-                raise DataError(f"decontam: {path}:{lineno} has no text: no {field!r} field (decontam.text_field) "
-                                f"and no string values")
-            yield " ".join(found)
+    wanted = [name.strip() for name in fields.split(",")]
+    for lineno, line in jsonl_lines(path):
+        try:
+            example = json.loads(line)
+        except ValueError:
+            raise DataError(f"decontam: {path}:{lineno} is not JSON") from None
+        if not isinstance(example, dict):
+            raise DataError(f"decontam: {path}:{lineno} is not a JSON object")
+        found = [example[k] for k in wanted if k in example] or [example[k] for k in KNOWN_FIELDS if k in example]
+        text = " ".join(_strings(found))
+        if not text:
+            raise DataError(f"decontam: {path}:{lineno} has no {fields!r} field (decontam.text_field) nor any of "
+                            f"{', '.join(KNOWN_FIELDS)} holding text")
+        yield text
 
 
 def _strings(value) -> Iterator[str]:

@@ -123,17 +123,23 @@ def test_a_benchmark_without_a_full_ngram_removes_nothing():
     assert len(d.grams) == 0 and d.clean(f"{FILLER} too short {FILLER}") == ([f"{FILLER} too short {FILLER}"], None, 0, 1)
 
 
-def test_every_string_of_an_example_is_benchmark_text_where_text_field_is_absent(tmp_path):
-    """A RACE line keeps its passage in "article" and its answers in "options": a fixed list of fields took only
-    the question, and a page copying the passage was kept whole."""
+def test_the_known_benchmark_fields_are_read_where_text_field_is_absent(tmp_path):
+    """A RACE line keeps its passage in "article" and its answers in "options": the known fields took only the
+    question, and a page copying the passage was kept whole. A source document an export carries along (NQ's
+    "document", TriviaQA's "wiki_context") is not benchmark text: its n-grams would cut most of a crawl."""
+    import codecs
+
     from data_pipeline.decontam import benchmark_texts
 
     passage = " ".join(f"passage{i}" for i in range(20))
     race = {"id": "race-1", "article": passage, "question": "Why?", "options": ["one two", {"nested": "three"}],
             "answer": "A", "label": 2}
-    (tmp_path / "race.jsonl").write_text(json.dumps(race) + "\n" + json.dumps({"text": "only this", "x": "not"}) + "\n")
-    assert list(benchmark_texts(str(tmp_path / "race.jsonl"))) == [
-        f"race-1 {passage} Why? one two three A", "only this"]
-    d = Decontaminator(benchmark_texts(str(tmp_path / "race.jsonl")))
+    nq = {"question": "who wrote it", "answer": ["someone"], "document": "a whole wikipedia page " * 50}
+    rows = [race, nq, {"text": "only this", "question": "not this"}]
+    (tmp_path / "b.JSONL").write_bytes(codecs.BOM_UTF8 + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    assert list(benchmark_texts(str(tmp_path / "b.JSONL"))) == [
+        f"{passage} Why? one two three A", "who wrote it someone", "only this"]
+    assert list(benchmark_texts(str(tmp_path / "b.JSONL"), "question, label")) == ["Why?", "who wrote it", "not this"]
+    d = Decontaminator(benchmark_texts(str(tmp_path / "b.JSONL")))
     pieces, reason, hits, _ = d.clean(f"{FILLER} {passage} {FILLER}")
     assert reason is None and hits == 8 and "passage10" not in " ".join(pieces)
