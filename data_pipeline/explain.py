@@ -15,6 +15,7 @@ import os
 from typing import Optional
 
 from data_pipeline.io import read_jsonl_gz
+from data_pipeline.readers import input_kind
 from data_pipeline.runs import RECORD, read_record
 from data_pipeline.stages import shard_name
 from megagpt.errors import DataError
@@ -26,7 +27,7 @@ _IDENTITY = ("id", "record_id", "url", "stage", "reason")
 def _unit(path: str) -> tuple[str, int]:
     """What a document id's index counts in this input, and its first value: a JSONL file's line numbers (from 1,
     as data_pipeline.readers numbers them), else its records (from 0)."""
-    return ("line", 1) if os.path.basename(path).endswith((".jsonl", ".jsonl.gz")) else ("record", 0)
+    return ("line", 1) if input_kind(path) == "jsonl" else ("record", 0)
 
 
 def _split_piece(doc_id: str) -> tuple[str, str]:

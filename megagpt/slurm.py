@@ -15,12 +15,12 @@ anything is written or submitted; sbatch missing or refusing a script is a Slurm
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
 import shlex
 import shutil
-import site
 import subprocess
 import sys
 from importlib import resources
@@ -153,20 +153,32 @@ def python() -> str:
 _PACKAGES = ("launchers", "data_pipeline", "megagpt")  # the distribution's top-level packages
 
 
+@functools.lru_cache(maxsize=1)
 def pythonpath_line() -> str:
     """The job runs the megagpt this process imported, which submit's checks ran: the templates start Python
     with -P, so the directory the job starts in (the submitting one: a project's own data_pipeline/ or
-    launchers/ there would shadow ours) is not on sys.path, and this line puts back where ours came from (a
-    clone run as `python -m launchers.cli`, an editable install of another clone). Empty where that is the
-    interpreter's site-packages, which Python reads anyway and PYTHONPATH would put before the standard library."""
-    site_dirs = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    launchers/ there would shadow ours) is not on sys.path, and this line puts back where ours came from when
+    `python -P` alone would not find it there (a clone run as `python -m launchers.cli`, another clone's editable
+    install). Empty where it would (site-packages, an editable install of this copy): a clone's root put before
+    the standard library could shadow it."""
+    ours = {name: os.path.abspath(importlib.util.find_spec(name).origin) for name in _PACKAGES}  # found, not imported
+    probe = ("import importlib.util as u, sys\n"
+             "for n in sys.argv[1:]: s = u.find_spec(n); print(s.origin if s and s.origin else '')")
+    try:  # the job's interpreter and environment (sbatch passes the submitting one on), without the job's cwd
+        found = subprocess.run([sys.executable, "-P", "-c", probe, *_PACKAGES], capture_output=True, text=True,
+                               timeout=60, cwd=os.path.dirname(sys.executable)).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        found = []
     roots = []
-    for name in _PACKAGES:
-        # found, not imported: imports go one way, and megagpt never imports launchers (docs/design.md)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(importlib.util.find_spec(name).origin)))
-        if os.path.realpath(root) not in site_dirs and root not in roots:
-            roots.append(check_path(f"the directory {name} was imported from", root))
-    return f"export PYTHONPATH={':'.join(roots)}${{PYTHONPATH:+:${{PYTHONPATH}}}}" if roots else ""
+    for name, origin in ours.items():
+        theirs = found[_PACKAGES.index(name)] if len(found) > len(_PACKAGES) - 1 else ""
+        root = os.path.dirname(os.path.dirname(origin))
+        if (not theirs or os.path.realpath(theirs) != os.path.realpath(origin)) and root not in roots:
+            if ":" in root:  # PYTHONPATH's separator
+                raise ConfigError(f"megagpt lies in {root}, whose ':' a job's PYTHONPATH cannot hold; install it "
+                                  f"(pip install) or move it")
+            roots.append(root)
+    return f"export PYTHONPATH={shlex.quote(':'.join(roots))}${{PYTHONPATH:+:${{PYTHONPATH}}}}" if roots else ""
 
 
 def submit_script(path: str, extra_args: tuple = ()) -> str:

@@ -154,7 +154,8 @@ def model_states(tensors: list[tuple[int, int]], layout: Layout, precision: str,
         model = e * persistent + (0 if layout.offload_params else e * parts)
         cpu = e * parts if layout.offload_params else 0
         grads = 4 * parts  # ZeRO 3 accumulates in fp32 (bf16: megagpt asks it to; fp32: the model's own)
-        buffers = 2 * max((sum(n for n, _ in module) for module in _modules(tensors)), default=0) * e
+        sizes = sorted(sum(n for n, _ in module) for module in _modules(tensors))
+        buffers = sum(sizes[-2:]) * e  # the two largest: one computing, the next prefetched
         bucket = _bucket(layout, precision)
         if layout.offload_optimizer:  # master, moments, the fp32 gradient partition (grad_partitions_flat_buffer)
             return ModelStates(model, bucket, 0, cpu + 4 * master + grads, buffers)  # and the master's .grad: CPU

@@ -226,7 +226,7 @@ def _unreadable(path: str, file: str, exc: Exception) -> str:
     recorded = read_meta(path)["files"].get(os.path.relpath(file, path))
     if recorded is not None and sha256_file(file) != recorded:
         return f"{file} fails its sha256 checksum"
-    return f"{file} cannot be read ({type(exc).__name__}: {exc})"
+    return f"{file} cannot be read ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"  # torch's: pages
 
 
 def tp_shard(full: torch.Tensor, dim: int, tp: int, tp_rank: int) -> torch.Tensor:

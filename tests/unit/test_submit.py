@@ -545,3 +545,21 @@ def test_the_checked_sbatch_lines_are_given_on_sbatchs_command_line(no_cluster, 
     lines = [line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH ")]
     assert given == [["sbatch", "--parsable", *lines, "--dependency=afterok:16", str(path)]]
     assert "--time=1-00:00:00" in lines and "--signal=USR1@600" in lines and "--time=9:00" not in lines
+
+
+def test_a_pythonpath_is_exported_only_where_python_p_would_find_another_megagpt(monkeypatch):
+    """An editable install (or site-packages) needs none, and a clone's root put before the standard library could
+    shadow it; a plain clone, or another clone's editable install, needs this one's root."""
+    import importlib.util
+
+    import megagpt.slurm as slurm
+
+    ours = [importlib.util.find_spec(n).origin for n in slurm._PACKAGES]
+    for found, expected in [(ours, ""), (["", "", ""], os.path.dirname(os.path.dirname(ours[0]))),
+                            (["/elsewhere/launchers/__init__.py", *ours[1:]], os.path.dirname(os.path.dirname(ours[0])))]:
+        slurm.pythonpath_line.cache_clear()
+        monkeypatch.setattr(slurm.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+            cmd, 0, "".join(f"{f}\n" for f in found), ""))
+        line = slurm.pythonpath_line()
+        assert line == (f"export PYTHONPATH={expected}${{PYTHONPATH:+:${{PYTHONPATH}}}}" if expected else "")
+    slurm.pythonpath_line.cache_clear()
