@@ -58,19 +58,34 @@ class Skipped:
     reason: str
 
 
+# .json.gz: C4's and Dolma's shards are JSON lines under that name
 INPUT_SUFFIXES = {".warc": "warc", ".warc.gz": "warc", ".wet": "warc", ".wet.gz": "warc", ".jsonl": "jsonl",
-                  ".jsonl.gz": "jsonl", ".txt": "txt"}
+                  ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".ndjson": "jsonl", ".ndjson.gz": "jsonl", ".txt": "txt"}
 
 
 def input_kind(path: str) -> str:
     """How an input is read, told by its name in any case (a .JSONL file was read as a WARC: every record lost to
-    "Invalid WARC header"); a name with none of these suffixes is refused, not guessed at."""
+    "Invalid WARC header"), else by its first bytes where they are a WARC record's (a download's .warc.gz.1, a
+    plain .gz); anything else is refused, not guessed at."""
     name = os.path.basename(path).lower()
     for suffix, kind in INPUT_SUFFIXES.items():
         if name.endswith(suffix):
             return kind
-    raise ConfigError(f"{path}: an input is named .warc[.gz] or .wet[.gz] (WARC), .jsonl[.gz] (a document per line) "
-                      f"or .txt (one document); name the file by what it holds")
+    if _starts_a_warc(path):
+        return "warc"
+    raise ConfigError(f"{path}: an input is named .warc[.gz] or .wet[.gz] (WARC, or holds one under another name), "
+                      f".jsonl[.gz] (a document per line) or .txt (one document); name the file by what it holds")
+
+
+def _starts_a_warc(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 << 10)
+        if head.startswith(_GzipMembers.MAGIC):
+            head = zlib.decompressobj(wbits=47).decompress(head, 16)
+    except (OSError, zlib.error):
+        return False
+    return head.startswith(b"WARC/")
 
 
 def read_file(path: str) -> Iterator[Union[Record, ReadError, Skipped]]:

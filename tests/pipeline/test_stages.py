@@ -392,9 +392,16 @@ def test_an_input_is_read_by_its_name_in_any_case_and_other_names_are_refused(tm
     (tmp_path / "DOC.TXT").write_text("a text file")
     assert [(r.kind, r.payload) for r in records_and_errors(tmp_path / "UPPER.JSONL")[0]] == [("text", "a document")]
     assert [(r.kind, r.payload) for r in records_and_errors(tmp_path / "DOC.TXT")[0]] == [("text", b"a text file")]
-    assert [input_kind(n) for n in ("a.WARC.GZ", "CC-MAIN-1.warc.wet.gz", "x.Jsonl.Gz", "x.wet")] == \
-        ["warc", "warc", "jsonl", "warc"]
-    for name in ("rows.json", "rows.ndjson", "crawl.gz", "page.html"):
+    assert [input_kind(n) for n in ("a.WARC.GZ", "CC-MAIN-1.warc.wet.gz", "x.Jsonl.Gz", "x.wet", "c4-00001.json.gz",
+                                    "d.ndjson")] == ["warc", "warc", "jsonl", "warc", "jsonl", "jsonl"]
+    record = warc("response", http(PAGE, "Content-Type: text/html"))
+    (tmp_path / "CC-MAIN-1.warc.gz.1").write_bytes(gzip.compress(record))  # a download's second copy
+    (tmp_path / "crawl.gz").write_bytes(gzip.compress(record))
+    (tmp_path / "crawl").write_bytes(record)
+    assert [input_kind(str(tmp_path / n)) for n in ("CC-MAIN-1.warc.gz.1", "crawl.gz", "crawl")] == ["warc"] * 3
+    (tmp_path / "rows.json").write_text('{"text": "a"}\n')
+    (tmp_path / "page.gz").write_bytes(gzip.compress(b"<html>a page</html>"))
+    for name in ("rows.json", "page.gz", "missing.html"):
         with pytest.raises(ConfigError, match=f"{name}: an input is named .warc"):
             input_kind(str(tmp_path / name))
 
