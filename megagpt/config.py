@@ -1,7 +1,7 @@
 """Typed run configuration: YAML files plus dotted command-line overrides.
 
-A config file may name other files under `base:` (paths relative to itself); they are
-merged first, in order, so presets in configs/model/ compose with run files. Every key
+A config file may name other files under `base:` (paths relative to itself, or `configs/...` for the presets
+megagpt ships); they are merged first, in order, so presets in configs/model/ compose with run files. Every key
 is checked against the dataclasses below, and `validate()` rejects impossible runs with
 one line naming the keys and values at fault, before any process group exists.
 """
@@ -383,6 +383,8 @@ def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
     merged: dict = {}
     for base in bases:
         full = os.path.join(os.path.dirname(path), base)
+        if not os.path.exists(full) and os.path.isfile(shipped_config(base)):
+            full = shipped_config(base)  # `base: configs/model/gpt3-xl.yaml` in a user's own file: the shipped preset
         if os.path.isdir(full):
             raise ConfigError(f"config file {path}: base {base!r} is a directory, not a config file")
         if not os.path.isfile(full):

@@ -242,6 +242,18 @@ def test_configs_the_docs_name_are_found_from_any_directory(tmp_path, monkeypatc
         load_config("configs/model/gpt5.yaml")
 
 
+def test_a_users_config_may_base_itself_on_a_shipped_preset(tmp_path, monkeypatch):
+    """`base: configs/model/gpt3-small.yaml` in a file of one's own was looked for beside that file only."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "run.yaml").write_text("base: configs/model/gpt3-small.yaml\nparallel: {tp: 4}\n")
+    cfg = load_config(str(tmp_path / "mine" / "run.yaml"))
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.parallel.tp) == (12, 768, 4)
+    (tmp_path / "mine" / "configs" / "model").mkdir(parents=True)  # one beside the file is that file's own
+    (tmp_path / "mine" / "configs" / "model" / "gpt3-small.yaml").write_text("model: {num_layers: 3}\n")
+    assert load_config(str(tmp_path / "mine" / "run.yaml")).model.num_layers == 3
+
+
 def test_example_files_the_shipped_configs_name_are_found_from_any_directory(tmp_path, monkeypatch):
     """configs/eval/finetune-keyword.yaml's own example names finetune.train=configs/eval/keyword.train.jsonl: an
     install has no configs/ beside the user, and the command said 'file not found'."""
