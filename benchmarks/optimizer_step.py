@@ -137,7 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "bench", "cpu-small.yaml"))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--zero", type=int, nargs="+", default=[0, 1, 2], help="megagpt's ZeRO stages to compare")
+    parser.add_argument("--zero", type=int, nargs="+", default=[0, 1, 2], choices=(0, 1, 2),
+                        help="megagpt's ZeRO stages to compare (ZeRO 3 partitions the parameters it counts)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--micro-batches", type=int, default=1, help="per step, their gradients summed")
     parser.add_argument("--top", type=int, default=6, help="ops listed per row, by bytes")
@@ -145,6 +146,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1:  # the median is over --steps after the warm-up
         parser.error(f"--steps {args.steps}: at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     from megagpt.parallel.distributed import init_distributed
 
     init_distributed(args.device)

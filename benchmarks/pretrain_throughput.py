@@ -40,7 +40,8 @@ from torch import nn
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megagpt.config import load_config  # noqa: E402
+from megagpt import usable_cpus  # noqa: E402
+from megagpt.config import load_config, shipped_config  # noqa: E402
 from megagpt.data.datasets import build_datasets, micro_batches  # noqa: E402
 from megagpt.data.demo_corpus import build_demo_shard  # noqa: E402
 from megagpt.planner import parameter_count, training_flops_per_token  # noqa: E402
@@ -240,14 +241,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, help="train.steps (default: the config's; gpt3 presets: 10)")
     parser.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the median")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=usable_cpus(),
+                        help="torch threads (default: the CPUs this process may run on)")
     parser.add_argument("--profile", action="store_true", help="profile one more step and list where megagpt's "
                         "time differs from the plain loop's")
     parser.add_argument("--profile-top", type=int, default=20, help="differences listed per pair of systems")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    for flag, value in (("--repeats", args.repeats), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{flag} {value} must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    # the megagpt runs start in the repository: a relative path must name there what it names here
+    args.config = os.path.abspath(shipped_config(args.config))
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    # known before any system runs: an unlisted GPU ended the run with no table after every system had run
+    peak_flops, peak_text = gpu_peak_flops(torch.cuda.get_device_name(device)) if args.device == "cuda" else (0, "")
 
     work = tempfile.mkdtemp(prefix="megagpt-bench-")
     atexit.register(shutil.rmtree, work, True)  # each run's data cache and run dirs, whatever way the script ends
@@ -306,9 +317,7 @@ def main() -> None:
 
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_length
     flops = dense_flops_per_token(cfg.model)
-    if args.device == "cuda":
-        peak_flops, peak_text = gpu_peak_flops(torch.cuda.get_device_name(device))
-    else:
+    if args.device == "cpu":
         peak_flops = cpu_peak_flops()
         peak_text = f"peak {peak_flops / 1e9:.1f} GFLOP/s (measured fp32 matmul)"
     print(f"\nconfig {os.path.relpath(args.config, REPO)}: {parameter_count(cfg.model) / 1e6:.1f}M parameters, "

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 from typing import Callable, Sequence
 
+from megagpt import usable_cpus
 from megagpt.files import writing
 
 
@@ -51,7 +52,7 @@ def _run_task(job):
 
 class LocalExecutor:
     def __init__(self, workers: int | None, progress: bool = True):
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or usable_cpus()
         self.progress = progress
 
     def run(self, out_dir: str, stage: str, fn: Callable, tasks: Sequence[tuple[str, tuple]],

@@ -18,6 +18,7 @@ import traceback
 from typing import Mapping, NoReturn, Sequence
 
 from launchers.slurm_env import torch_env_from_slurm
+from megagpt import usable_cpus
 from megagpt.slurm import in_slurm_step
 
 
@@ -63,7 +64,7 @@ def _rank_environment(nproc: int) -> None:
     # 2 cores shared by 8 ranks: more threads per rank only thrash. Set but empty counts as unset (libgomp
     # rejects it and takes every core).
     if not os.environ.get("OMP_NUM_THREADS", "").strip():
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cpus() // nproc))
     os.environ[DIE_WITH_LAUNCHER] = str(os.getpid())
 
 

@@ -18,9 +18,24 @@ def test_ranks_share_the_cores_unless_told_otherwise(monkeypatch, given, expecte
         monkeypatch.delenv(name)
     if given is not None:
         monkeypatch.setenv("OMP_NUM_THREADS", given)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))  # 16 of the machine's CPUs are ours
     _rank_environment(8)
-    assert os.environ["OMP_NUM_THREADS"] == (expected or str(max(1, (os.cpu_count() or 1) // 8)))
+    assert os.environ["OMP_NUM_THREADS"] == (expected or "2")
     assert os.environ[DIE_WITH_LAUNCHER] == str(os.getpid())
+
+
+def test_cores_are_those_the_process_may_run_on_not_the_machines(monkeypatch):
+    """A 4-core Slurm allocation on a 64-core node: the machine's count oversubscribed it 16 times."""
+    from data_pipeline.executors import LocalExecutor
+    from megagpt import usable_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
+    assert usable_cpus() == 4 and LocalExecutor(None, progress=False).workers == 4
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv(DIE_WITH_LAUNCHER, "")
+    _rank_environment(2)
+    assert os.environ["OMP_NUM_THREADS"] == "2"
 
 
 
