@@ -98,6 +98,12 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
     import torch.distributed as dist
 
     prefixes, weights = resolve_blend(cfg)
+    if weights is None and len(prefixes) > 1:
+        from megagpt.data.checks import shard_identity
+
+        # megatron-core builds one epoch of an unweighted blend, and a run past it ended in an IndexError on every
+        # rank: data.weights' default, the shards' sizes, given as weights
+        weights = [float(shard_identity(prefix)["tokens"]) for prefix in prefixes]
     check_split_sizes(cfg.data.split, prefixes)  # also before any process starts; here too, since a miss hangs
     cache = index_cache(cfg, prefixes)
     ds_config = GPTDatasetConfig(
@@ -110,6 +116,10 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
     def build():
         train, valid, _ = BlendedMegatronDatasetBuilder(
             GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
+        for name, ds, wanted in (("training", train, train_samples), ("held-out", valid, valid_samples)):
+            if wanted and (ds is None or len(ds) < wanted):  # a run reading past it ends in an IndexError, hours in
+                raise DataError(f"the {name} split built {0 if ds is None else len(ds)} samples of the {wanted} the "
+                                f"run reads (data.prefixes={prefixes}, data.split={cfg.data.split!r})")
         return train, valid
 
     if not dist.is_initialized():

@@ -36,6 +36,22 @@ def test_mixture_weights_set_the_sampling_shares(two_sources, world_of_one, tmp_
     assert sample["tokens"][1:].tolist() == sample["labels"][:-1].tolist()
 
 
+def test_prefixes_without_weights_blend_by_size_over_as_many_epochs_as_the_run_reads(two_sources, world_of_one,
+                                                                                     tmp_path):
+    """megatron-core builds one epoch of an unweighted blend: a run past it ended in an IndexError on every rank,
+    and a held-out set asked for more samples than the split's one epoch failed at step 0."""
+    from megagpt.data.checks import shard_identity
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}, {two_sources / 'wiki'}]", "model.seq_length=32",
+                             "model.vocab_size=300", f"run.dir={tmp_path}"])
+    train, valid = build_datasets(cfg, train_samples=4000, valid_samples=200)
+    assert len(train) >= 4000 and len(valid) >= 200
+    tokens = [shard_identity(str(two_sources / name))["tokens"] for name in ("books", "wiki")]
+    shares = np.bincount(train.dataset_index[:4000], minlength=2) / 4000
+    assert shares == pytest.approx([t / sum(tokens) for t in tokens], abs=0.01)
+    train[3999], valid[199]  # noqa: B018 (read past the one epoch that was built)
+
+
 def test_data_parallel_ranks_split_the_same_global_batch(two_sources, world_of_one, tmp_path):
     cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=16", "model.vocab_size=300",
                              f"run.dir={tmp_path}"])
