@@ -17,7 +17,7 @@ import numpy as np
 
 from megagpt.config import Config
 from megagpt.errors import ConfigError, DataError
-from megagpt.files import edges_fingerprint
+from megagpt.files import edges_fingerprint, sha256_file
 
 
 def check_training_data(cfg: Config) -> None:
@@ -76,13 +76,17 @@ def shard_documents(prefix: str) -> int:
 
 
 def shard_identity(prefix: str) -> dict:
-    """What a shard holds, cheaply: its documents and tokens, and a hash of its index's edges (which hold the first
-    and last documents' lengths) to tell a rewrite of the same size."""
+    """What a shard holds, cheaply: its documents and tokens; its whole index (every document's length, which the
+    sample index is made of: a hash of its first and last MiB missed documents swapped in between, and a cache
+    built for the old order was read); and the first and last MiB of its tokens (text rewritten into as many tokens
+    left the index as it was). `index_sha256`, the index's edges, is what checkpoints recorded before."""
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
     documents = shard_documents(prefix)  # a damaged index says so here; past it, the .bin holds exactly the tokens
     tokens = os.path.getsize(prefix + ".bin") // np.dtype(_IndexReader(prefix + ".idx", multimodal=False).dtype).itemsize
-    return {"documents": documents, "tokens": tokens, "index_sha256": edges_fingerprint(prefix + ".idx")["edges_sha256"]}
+    return {"documents": documents, "tokens": tokens, "index_sha256": edges_fingerprint(prefix + ".idx")["edges_sha256"],
+            "whole_index_sha256": sha256_file(prefix + ".idx"),
+            "tokens_edges_sha256": edges_fingerprint(prefix + ".bin")["edges_sha256"]}
 
 
 def data_tokenizers(cfg: Config) -> dict[str, list[str]]:

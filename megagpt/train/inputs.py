@@ -65,8 +65,7 @@ def check_same_inputs(recorded: dict | None, cfg: Config, path: str, cwd: str | 
         if here is not None:
             recorded = {**recorded, here: recorded[key]}
             del recorded[key]
-    changed = [_change(key, recorded[key], now.get(key)) for key in recorded if _identity(now.get(key)) !=
-               _identity(recorded[key])]
+    changed = [_change(key, recorded[key], now.get(key)) for key in recorded if not _same(recorded[key], now.get(key))]
     if changed:
         raise CheckpointError(f"run.dir={cfg.run.dir!r}: {'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}"
                               f" since checkpoint {path} was saved; a resume must read what the run read: restore "
@@ -89,6 +88,12 @@ def _change(key: str, then, now) -> str:
     if key == "data.mixture":
         return f"data.mixture's weights changed ({then} -> {now})"
     return f"{key}'s contents changed"
+
+
+def _same(then, now) -> bool:
+    if isinstance(then, dict) and "documents" in then:  # a shard: what the checkpoint recorded of it (a checkpoint
+        return isinstance(now, dict) and all(now.get(k) == v for k, v in then.items())  # from before records less)
+    return _identity(now) == _identity(then)
 
 
 def _identity(described):
