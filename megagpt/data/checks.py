@@ -24,9 +24,10 @@ def check_training_data(cfg: Config) -> None:
     from megagpt.data.datasets import check_split_sizes, resolve_blend
 
     prefixes, weights = resolve_blend(cfg)
-    if weights is not None and not all(math.isfinite(w) and w > 0 for w in weights):
+    # their sum too: megatron-core normalises by it, and 1e308 twice failed its assertion in every rank
+    if weights is not None and not (all(math.isfinite(w) and w > 0 for w in weights) and math.isfinite(sum(weights))):
         where = f"data.mixture={cfg.data.mixture!r}" if cfg.data.mixture else "data.weights"
-        raise ConfigError(f"{where}: weights {weights} must all be finite and positive")
+        raise ConfigError(f"{where}: weights {weights} must all be finite and positive, and so must their sum")
     for prefix in prefixes:
         check_shard(prefix)
     check_vocabulary(cfg)  # first: where the shards record their tokenizer, its size says what to set
@@ -36,9 +37,17 @@ def check_training_data(cfg: Config) -> None:
 
 
 def check_shard(prefix: str) -> None:
-    """A shard to train on: whole (shard_documents), and not empty."""
-    if not shard_documents(prefix):
+    """A shard to train on: whole (shard_documents), not empty, and a sequence per document."""
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
+    sequences = shard_documents(prefix)
+    if not sequences:
         raise DataError(f"{prefix}.idx lists no documents: an empty shard has nothing to train on (leave it out)")
+    documents = len(_IndexReader(prefix + ".idx", multimodal=False).document_indices) - 1
+    if documents != sequences:  # the split checks count documents, megatron-core's split sequences: a run hung
+        raise DataError(f"{prefix} holds {sequences} sequences in {documents} documents (split into sentences, as "
+                        f"Megatron-LM's preprocess_data.py --split-sentences writes): megagpt trains on a sequence "
+                        f"per document, as `megagpt tokenize` writes them")
 
 
 def check_token_ids(prefix: str, vocab_size: int, windows: int = 16, window_tokens: int = 1 << 15) -> None:

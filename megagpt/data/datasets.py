@@ -325,6 +325,21 @@ def _same_order(before, now: dict) -> bool:
     return before == now or (not isinstance(before, dict) and before == now["epochs"])
 
 
+def note_small_held_out(valid, samples: int, seq_length: int) -> None:
+    """Say where the held-out split holds fewer tokens than the held-out loss reads: megatron-core repeats its
+    documents to fill the samples, and the loss is then partly of text already in the same context."""
+    import sys
+
+    sources = getattr(valid, "datasets", [valid])
+    if not samples or not all(hasattr(d, "dataset") and hasattr(d, "indices") for d in sources):
+        return  # no held-out loss, or not megatron-core's GPTDataset (SFT's, the reward model's)
+    tokens = sum(int(d.dataset.sequence_lengths[d.indices].sum()) for d in sources)
+    if tokens < samples * seq_length + 1:  # (consecutive samples share a token: a label and the next input)
+        print(f"megagpt: warning: the held-out split holds {tokens} tokens, fewer than the {samples * seq_length + 1} "
+              f"its train.eval_samples={samples} samples read: its documents repeat within them (give data.split's "
+              f"held-out share more, or ask fewer train.eval_samples)", file=sys.stderr, flush=True)
+
+
 def note_epochs(run_dir: str, train, resumed_at: int) -> None:
     """Record how many epochs of each source the training split was built with, and whether its last epoch is
     shuffled apart (run.dir/data_epochs.json), and say so where a resume changes them: raising train.steps keeps the

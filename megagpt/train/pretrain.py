@@ -16,7 +16,7 @@ import torch.distributed as dist
 import yaml
 
 from megagpt.config import Config, validate
-from megagpt.data.datasets import build_datasets, micro_batches, note_epochs
+from megagpt.data.datasets import build_datasets, micro_batches, note_epochs, note_small_held_out
 from megagpt.dir_lock import hold_on_rank_zero
 from megagpt.errors import DataError, StorageError
 from megagpt.files import writing
@@ -269,6 +269,7 @@ def _train(cfg: Config, device: torch.device, datasets, init_from: str | None, t
         open_run_dir(task.given or cfg, state.step)
         if state.step < t.steps:  # a rerun that trains nothing changes neither its sample order nor its schedule
             note_epochs(cfg.run.dir, train_ds, state.step)
+            note_small_held_out(valid_ds, eval_samples, seq)
             note_schedule(cfg.run.dir, lr_at, state.step, state.consumed_tokens + sizes[state.step] * seq)
 
     written_by_rank_zero(is_logger, device, open_records)

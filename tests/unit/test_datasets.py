@@ -52,6 +52,50 @@ def test_prefixes_without_weights_blend_by_size_over_as_many_epochs_as_the_run_r
     train[3999], valid[199]  # noqa: B018 (read past the one epoch that was built)
 
 
+def test_a_shard_of_several_sequences_a_document_is_refused(tmp_path):
+    """Megatron-LM's --split-sentences shards: the split checks count documents and megatron-core's split sequences,
+    so a split the check passed hung the run in megatron-core's epoch count."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megagpt.data.checks import check_shard
+    from megagpt.errors import DataError
+
+    builder = IndexedDatasetBuilder(str(tmp_path / "sent.bin"), dtype=np.uint16)
+    for sentences in (2, 1, 1, 1, 1):
+        for _ in range(sentences):
+            builder.add_item(torch.arange(1, 40))
+        builder.end_document()
+    builder.finalize(str(tmp_path / "sent.idx"))
+    with pytest.raises(DataError, match="sent holds 6 sequences in 5 documents \\(split into sentences"):
+        check_shard(str(tmp_path / "sent"))
+
+
+def test_a_held_out_split_smaller_than_its_samples_is_said(two_sources, world_of_one, tmp_path, capsys):
+    """Two documents of 24 tokens filled 16 samples of 64: the loss was partly of text already in its context."""
+    from megagpt.data.datasets import note_small_held_out
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=32", "model.vocab_size=300",
+                             f"run.dir={tmp_path}", "data.split=90,10,0"])
+    _, valid = build_datasets(cfg, train_samples=64, valid_samples=400)
+    tokens = int(valid.dataset.sequence_lengths[valid.indices].sum())
+    note_small_held_out(valid, (tokens - 1) // 32, 32)
+    assert capsys.readouterr().err == ""
+    note_small_held_out(valid, (tokens - 1) // 32 + 1, 32)
+    assert f"the held-out split holds {tokens} tokens, fewer than" in capsys.readouterr().err
+
+
+def test_weights_whose_sum_overflows_are_one_line(two_sources, tmp_path):
+    """megatron-core normalises by their sum: 1e308 twice failed its assertion, a traceback in every rank."""
+    from megagpt.data.checks import check_training_data
+
+    cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}, {two_sources / 'wiki'}]",
+                             "data.weights=[1.0e308, 1.0e308]", "model.vocab_size=300", f"run.dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"data.weights: weights \[1e\+308, 1e\+308\] must all be finite and "
+                                          r"positive, and so must their sum"):
+        check_training_data(cfg)
+
+
 def test_data_parallel_ranks_split_the_same_global_batch(two_sources, world_of_one, tmp_path):
     cfg = load_config(None, [f"data.prefixes=[{two_sources / 'books'}]", "model.seq_length=16", "model.vocab_size=300",
                              f"run.dir={tmp_path}"])
