@@ -74,7 +74,8 @@ def input_kind(path: str) -> str:
     if _starts_a_warc(path):
         return "warc"
     raise ConfigError(f"{path}: an input is named .warc[.gz] or .wet[.gz] (WARC, or holds one under another name), "
-                      f".jsonl[.gz] (a document per line) or .txt (one document); name the file by what it holds")
+                      f".jsonl[.gz], .ndjson[.gz] or .json.gz (a document per line) or .txt (one document); name the "
+                      f"file by what it holds")
 
 
 def _starts_a_warc(path: str) -> bool:

@@ -227,7 +227,8 @@ CASES = {
     "benchmark without text": (lambda tmp, p: corpus(tmp, f"decontam.paths=[{jsonl(tmp / 'b.jsonl', [{'id': 1}])}]"),
                                ("error", "b.jsonl:1 has no 'text' field (decontam.text_field) nor any of")),
     "input named .json": (lambda tmp, p: corpus(tmp, f"input.paths=[{jsonl(tmp / 'rows.json', [{'text': 'a'}])}]"),
-                          ("error", "rows.json: an input is named .warc[.gz] or .wet[.gz] (WARC)")),
+                          ("error", "rows.json: an input is named .warc[.gz] or .wet[.gz] (WARC, or holds one under another name), "
+                                    ".jsonl[.gz], .ndjson[.gz] or .json.gz (a document per line)")),
     "benchmark without n-grams": (lambda tmp, p: corpus(tmp, f"decontam.paths=[{jsonl(tmp / 'b.jsonl', [{'text': 'a b'}])}]"),
                                   ("error", "yields no 13-grams")),
     "mixture lists a source twice": (twice_mixture, ("error", "which mixture.sources[0] names already")),
