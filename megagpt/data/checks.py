@@ -9,6 +9,7 @@ data.split share that leaves a split of some source empty (megatron-core loops f
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -85,6 +86,17 @@ def shard_documents(prefix: str) -> int:
 
 
 def shard_identity(prefix: str) -> dict:
+    """_shard_identity, read once a process per state of the files (a start asks for it for the index cache, the
+    blend's weights and the inputs it records)."""
+    try:
+        stamp = tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in map(os.stat, (prefix + ".idx", prefix + ".bin")))
+    except OSError:
+        return _shard_identity.__wrapped__(prefix, ())  # what is missing, said as shard_documents says it
+    return dict(_shard_identity(prefix, stamp))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shard_identity(prefix: str, stamp: tuple) -> dict:
     """What a shard holds, cheaply: its documents and tokens; its whole index (every document's length, which the
     sample index is made of: a hash of its first and last MiB missed documents swapped in between, and a cache
     built for the old order was read); and the first and last MiB of its tokens (text rewritten into as many tokens
