@@ -117,9 +117,10 @@ def build_datasets(cfg: Config, train_samples: int, valid_samples: int, eod: int
         train, valid, _ = BlendedMegatronDatasetBuilder(
             GPTDataset, [train_samples, valid_samples, 0], lambda: True, ds_config).build()
         for name, ds, wanted in (("training", train, train_samples), ("held-out", valid, valid_samples)):
-            if wanted and (ds is None or len(ds) < wanted):  # a run reading past it ends in an IndexError, hours in
-                raise DataError(f"the {name} split built {0 if ds is None else len(ds)} samples of the {wanted} the "
-                                f"run reads (data.prefixes={prefixes}, data.split={cfg.data.split!r})")
+            # a run reading past it ends in an IndexError, hours in (a split with no share is config's to refuse)
+            if ds is not None and len(ds) < wanted:
+                raise DataError(f"the {name} split built {len(ds)} samples of the {wanted} the run reads "
+                                f"(data.prefixes={prefixes}, data.split={cfg.data.split!r})")
         return train, valid
 
     if not dist.is_initialized():
