@@ -64,10 +64,15 @@ def _decode(payload: bytes, declared: Optional[str]) -> str:
             return payload.decode("utf-8", errors="replace")
     # servers send names there is no codec for ("none", "utf8mb4"), and UTF-16 for pages that are not
     declared_codec = None if wide else _codec(declared)
-    guess = _codec(detect_encoding(payload, from_html_meta=True))
-    for codec in dict.fromkeys(c for c in (declared_codec, guess) if c):
+    if declared_codec:
         try:
-            return payload.decode(codec)
+            return payload.decode(declared_codec)
+        except UnicodeDecodeError:
+            pass
+    guess = _codec(detect_encoding(payload, from_html_meta=True))  # only where the declared charset fails
+    if guess and guess != declared_codec:
+        try:
+            return payload.decode(guess)
         except UnicodeDecodeError:
             pass
     if declared_codec in _MULTIBYTE:

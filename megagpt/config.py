@@ -383,8 +383,8 @@ def _read_yaml_with_bases(path: str, seen: tuple) -> dict:
     merged: dict = {}
     for base in bases:
         full = os.path.join(os.path.dirname(path), base)
-        if not os.path.exists(full) and os.path.isfile(shipped_config(base)):
-            full = shipped_config(base)  # `base: configs/model/gpt3-xl.yaml` in a user's own file: the shipped preset
+        if not os.path.exists(full) and os.path.isfile(preset := shipped_config(base)):
+            full = preset  # `base: configs/model/gpt3-xl.yaml` in a user's own file: the shipped preset
         if os.path.isdir(full):
             raise ConfigError(f"config file {path}: base {base!r} is a directory, not a config file")
         if not os.path.isfile(full):
